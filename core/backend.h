@@ -1,0 +1,86 @@
+/*
+ * backend.h - internal: the interface both back ends (CPU threads, CUDA)
+ * implement, so the engine drives one EM loop whatever computes the step.
+ * Not installed; core/ only.
+ */
+#ifndef FGMM_BACKEND_H
+#define FGMM_BACKEND_H
+
+#include "core/fgmm.h"
+
+/* The E-step's per-component terms, computed once per step by the engine
+ * from the model so every back end evaluates the same function. In shifted
+ * coordinates y = x - shift, m_k = mu_k - shift:
+ *   log(w_k N(x | mu_k, v_k)) = c[k] + sum_j y_j w[j][k] + y_j^2 w[D+j][k]
+ * with w[j][k] = m_kj / v_kj, w[D+j][k] = -1/(2 v_kj) and
+ *   c[k] = log w_k - (D log 2pi + sum_j log v_kj + sum_j m_kj^2 / v_kj) / 2.
+ * w is 2D x K, row-major. */
+typedef struct {
+    int k, d;
+    const double *w;     /* 2D * K */
+    const double *c;     /* K */
+    const double *shift; /* D */
+} fgmm_estep_params;
+
+typedef struct {
+    const char *name;
+    /* Start a pass: zero partial statistics, upload parameters. */
+    fgmm_status (*begin_pass)(void *self, const fgmm_estep_params *p, fgmm_error *err);
+    /* Fold a chunk's rows into the partial statistics. per_row_ll, when not
+     * NULL, receives the chunk's rows' log-likelihoods. Also offers rows as
+     * re-seeding candidates. */
+    fgmm_status (*accumulate)(void *self, const fgmm_chunk *c, float *per_row_ll,
+                              fgmm_error *err);
+    /* Sum the partials, in a fixed order, into out (already reset). */
+    fgmm_status (*end_pass)(void *self, fgmm_stats *out, fgmm_error *err);
+    void (*destroy)(void *self);
+} fgmm_backend_ops;
+
+/* CPU back end: threads > 0. */
+fgmm_status fgmm_cpu_backend_create(int threads, void **out, fgmm_error *err);
+extern const fgmm_backend_ops fgmm_cpu_backend_ops;
+
+/* CUDA back end (core/cuda_backend.c over cuda/). */
+fgmm_status fgmm_cuda_backend_create(int device, void **out, fgmm_error *err);
+extern const fgmm_backend_ops fgmm_cuda_backend_ops;
+
+/* Fill w (2D*K), c (K) and shift (D) from a model. */
+void fgmm_estep_params_fill(const fgmm_model *m, double *w, double *c, double *shift);
+
+/* Run fn(i, arg) for i in [0, n) on n threads (n == 1: inline). */
+fgmm_status fgmm_parallel_run(int n, void (*fn)(int, void *), void *arg, fgmm_error *err);
+
+/* exp(x) for x <= 0, vectorisable, relative error < 1e-14; exp(x) for
+ * x < -708 is flushed to exp(-708) (about 3e-308), which is zero next to
+ * any responsibility that matters. */
+static inline double fgmm_exp_nonpos(double x)
+{
+    const double log2e = 1.4426950408889634, ln2_hi = 6.93147180369123816490e-01,
+                 ln2_lo = 1.90821492927058770002e-10, shifter = 0x1.8p52;
+    x = x < -708.0 ? -708.0 : x;
+    double kf = x * log2e + shifter;
+    double n = kf - shifter;
+    double r = x - n * ln2_hi - n * ln2_lo;
+    /* Taylor to degree 11 on |r| <= ln2/2: truncation < 1e-15. */
+    double p = 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    /* 2^n from the shifter's low mantissa bits (n in [-1022, 0]). */
+    uint64_t bits;
+    __builtin_memcpy(&bits, &kf, 8);
+    bits = (bits + 1023) << 52;
+    double scale;
+    __builtin_memcpy(&scale, &bits, 8);
+    return p * scale;
+}
+
+#endif

@@ -1,0 +1,112 @@
+/*
+ * cuda_backend.c - the engine's CUDA back end: adapts cuda/'s launchers to
+ * the back-end interface, and folds the per-row log-likelihoods the GPU
+ * returns into the re-seeding candidates on the host (4 bytes a row, next
+ * to the row's own D values crossing PCIe).
+ */
+#include "core/backend.h"
+#include "cuda/fgmm_cuda.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    fgmmc_context *ctx;
+    fgmm_stats *st; /* accumulates worst rows; sums come from the device */
+    float *ll;      /* per-row log-likelihood scratch for one chunk */
+    int64_t ll_cap;
+    int64_t rows; /* rows folded in since begin_pass */
+    int k, d;
+} cuda_backend;
+
+int fgmm_cuda_device_count(void) { return fgmmc_device_count(); }
+
+static fgmm_status from_cuda(fgmmc_status s, const fgmmc_error *ce, fgmm_error *err)
+{
+    if (s == FGMMC_OK) return FGMM_OK;
+    fgmm_status code = s == FGMMC_ERR_ARGUMENT    ? FGMM_ERR_ARGUMENT
+                       : s == FGMMC_ERR_NO_MEMORY ? FGMM_ERR_NO_MEMORY
+                                                  : FGMM_ERR_DEVICE;
+    return fgmm_fail(err, code, "cuda: %s", ce->msg);
+}
+
+fgmm_status fgmm_cuda_backend_create(int device, void **out, fgmm_error *err)
+{
+    *out = NULL;
+    cuda_backend *b = calloc(1, sizeof *b);
+    if (!b) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+    fgmmc_error ce = {0};
+    fgmm_status st = from_cuda(fgmmc_create(device, &b->ctx, &ce), &ce, err);
+    if (st) {
+        free(b);
+        return st;
+    }
+    *out = b;
+    return FGMM_OK;
+}
+
+static fgmm_status cuda_begin_pass(void *self, const fgmm_estep_params *p, fgmm_error *err)
+{
+    cuda_backend *b = self;
+    if (!b->st || b->k != p->k || b->d != p->d) {
+        fgmm_stats_free(b->st);
+        b->st = NULL;
+        fgmm_status st = fgmm_stats_create(p->k, p->d, p->shift, &b->st, err);
+        if (st) return st;
+        b->k = p->k;
+        b->d = p->d;
+    }
+    fgmm_stats_reset(b->st, p->shift);
+    b->rows = 0;
+    fgmmc_error ce = {0};
+    return from_cuda(fgmmc_begin_pass(b->ctx, p->k, p->d, p->w, p->c, p->shift, &ce), &ce, err);
+}
+
+static fgmm_status cuda_accumulate(void *self, const fgmm_chunk *c, float *per_row_ll,
+                                   fgmm_error *err)
+{
+    cuda_backend *b = self;
+    float *ll = per_row_ll;
+    if (!ll) {
+        if (b->ll_cap < c->n_rows) {
+            free(b->ll);
+            b->ll = malloc(sizeof(float) * (size_t)c->n_rows);
+            b->ll_cap = b->ll ? c->n_rows : 0;
+            if (!b->ll) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+        }
+        ll = b->ll;
+    }
+    fgmmc_error ce = {0};
+    fgmm_status st = from_cuda(fgmmc_accumulate(b->ctx, c->rows, c->row_stride, c->n_rows,
+                                                (fgmmc_dtype)c->dtype, ll, &ce),
+                               &ce, err);
+    if (st) return st;
+    b->rows += c->n_rows;
+    for (int64_t i = 0; i < c->n_rows; i++) fgmm_stats_offer_row(b->st, c->first_row + i, ll[i]);
+    return FGMM_OK;
+}
+
+static fgmm_status cuda_end_pass(void *self, fgmm_stats *out, fgmm_error *err)
+{
+    cuda_backend *b = self;
+    double ll = 0;
+    fgmmc_error ce = {0};
+    fgmm_status st = from_cuda(
+        fgmmc_end_pass(b->ctx, fgmm_stats_nk(b->st), fgmm_stats_sums(b->st), &ll, &ce), &ce, err);
+    if (st) return st;
+    fgmm_stats_add_loglik(b->st, ll, b->rows);
+    return fgmm_stats_add(out, b->st, err);
+}
+
+static void cuda_destroy(void *self)
+{
+    cuda_backend *b = self;
+    if (!b) return;
+    fgmmc_free(b->ctx);
+    fgmm_stats_free(b->st);
+    free(b->ll);
+    free(b);
+}
+
+const fgmm_backend_ops fgmm_cuda_backend_ops = {"cuda", cuda_begin_pass, cuda_accumulate,
+                                                cuda_end_pass, cuda_destroy};

@@ -1,0 +1,254 @@
+/*
+ * engine.c - drives EM: one pass over the data per step through a back
+ * end (CPU or CUDA), then the M-step on the summed statistics.
+ */
+#include "core/backend.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+struct fgmm_engine {
+    fgmm_device device;
+    int threads;
+    const fgmm_backend_ops *ops;
+    void *backend;
+    /* E-step parameter scratch, sized for the last model seen. */
+    double *w, *c, *shift;
+    int k, d;
+};
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+fgmm_status fgmm_device_parse(const char *s, fgmm_device *out, fgmm_error *err)
+{
+    if (!strcmp(s, "auto")) *out = FGMM_DEVICE_AUTO;
+    else if (!strcmp(s, "cpu")) *out = FGMM_DEVICE_CPU;
+    else if (!strcmp(s, "cuda")) *out = FGMM_DEVICE_CUDA;
+    else
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "unknown device '%s'; expected auto, cpu or cuda",
+                         s);
+    return FGMM_OK;
+}
+
+fgmm_status fgmm_engine_create(fgmm_device device, int threads, fgmm_engine **out,
+                               fgmm_error *err)
+{
+    *out = NULL;
+    if (threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n > 0 ? (int)n : 1;
+    }
+    if (device == FGMM_DEVICE_AUTO)
+        device = fgmm_cuda_device_count() > 0 ? FGMM_DEVICE_CUDA : FGMM_DEVICE_CPU;
+    fgmm_engine *e = calloc(1, sizeof *e);
+    if (!e) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+    e->device = device;
+    e->threads = threads;
+    fgmm_status st;
+    if (device == FGMM_DEVICE_CUDA) {
+        if (fgmm_cuda_device_count() <= 0) {
+            free(e);
+            return fgmm_fail(err, FGMM_ERR_DEVICE,
+                             "--device cuda: no CUDA device is available on this machine; "
+                             "use --device cpu or auto");
+        }
+        e->ops = &fgmm_cuda_backend_ops;
+        st = fgmm_cuda_backend_create(0, &e->backend, err);
+    } else {
+        e->ops = &fgmm_cpu_backend_ops;
+        st = fgmm_cpu_backend_create(threads, &e->backend, err);
+    }
+    if (st) {
+        free(e);
+        return st;
+    }
+    *out = e;
+    return FGMM_OK;
+}
+
+void fgmm_engine_free(fgmm_engine *e)
+{
+    if (!e) return;
+    e->ops->destroy(e->backend);
+    free(e->w);
+    free(e->c);
+    free(e->shift);
+    free(e);
+}
+
+const char *fgmm_engine_device_name(const fgmm_engine *e) { return e->ops->name; }
+int fgmm_engine_threads(const fgmm_engine *e) { return e->threads; }
+
+void fgmm_estep_params_fill(const fgmm_model *m, double *w, double *c, double *shift)
+{
+    int K = fgmm_model_k(m), D = fgmm_model_d(m);
+    const double *wt = fgmm_model_weights_c(m), *mu = fgmm_model_means_c(m),
+                 *var = fgmm_model_variances_c(m);
+    int sph = fgmm_model_covariance(m) == FGMM_COV_SPHERICAL;
+    fgmm_model_shift(m, shift);
+    const double log2pi = 1.8378770664093453;
+    for (int k = 0; k < K; k++) {
+        double acc = D * log2pi;
+        for (int j = 0; j < D; j++) {
+            double v = sph ? var[k] : var[(size_t)k * D + j];
+            double mm = mu[(size_t)k * D + j] - shift[j];
+            w[(size_t)j * K + k] = mm / v;
+            w[(size_t)(D + j) * K + k] = -0.5 / v;
+            acc += log(v) + mm * mm / v;
+        }
+        c[k] = log(wt[k]) - 0.5 * acc;
+    }
+}
+
+fgmm_status fgmm_engine_estep(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
+                              fgmm_stats *out, float *per_row_ll, fgmm_error *err)
+{
+    int K = fgmm_model_k(m), D = fgmm_model_d(m);
+    if (fgmm_source_dim(src) != D)
+        return fgmm_fail(err, FGMM_ERR_DATA, "%s has dimension %d but the model has D=%d",
+                         fgmm_source_name(src), fgmm_source_dim(src), D);
+    if (fgmm_stats_k(out) != K || fgmm_stats_d(out) != D)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT,
+                         "statistics are K=%d, D=%d but the model is K=%d, D=%d",
+                         fgmm_stats_k(out), fgmm_stats_d(out), K, D);
+    if (e->k != K || e->d != D) {
+        free(e->w);
+        free(e->c);
+        free(e->shift);
+        e->w = malloc(sizeof(double) * 2 * (size_t)D * K);
+        e->c = malloc(sizeof(double) * (size_t)K);
+        e->shift = malloc(sizeof(double) * (size_t)D);
+        e->k = e->d = 0;
+        if (!e->w || !e->c || !e->shift)
+            return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+        e->k = K;
+        e->d = D;
+    }
+    fgmm_estep_params_fill(m, e->w, e->c, e->shift);
+    fgmm_estep_params p = {K, D, e->w, e->c, e->shift};
+    fgmm_stats_reset(out, e->shift);
+    fgmm_status st = e->ops->begin_pass(e->backend, &p, err);
+    if (st) return st;
+    if ((st = fgmm_source_rewind(src, err))) return st;
+    for (;;) {
+        fgmm_chunk ch;
+        if ((st = fgmm_source_next(src, &ch, err))) return st;
+        if (ch.n_rows == 0) break;
+        st = e->ops->accumulate(e->backend, &ch, per_row_ll ? per_row_ll + ch.first_row : NULL,
+                                err);
+        if (st) return st;
+    }
+    return e->ops->end_pass(e->backend, out, err);
+}
+
+fgmm_status fgmm_score(fgmm_engine *e, fgmm_source *src, const fgmm_model *m, double *mean_ll,
+                       float *per_row, fgmm_error *err)
+{
+    fgmm_stats *s;
+    fgmm_status st = fgmm_stats_create(fgmm_model_k(m), fgmm_model_d(m), NULL, &s, err);
+    if (st) return st;
+    st = fgmm_engine_estep(e, src, m, s, per_row, err);
+    if (!st) *mean_ll = fgmm_stats_loglik(s) / (double)fgmm_stats_rows(s);
+    fgmm_stats_free(s);
+    return st;
+}
+
+void fgmm_fit_params_default(fgmm_fit_params *p)
+{
+    memset(p, 0, sizeof *p);
+    p->k = 8;
+    p->covariance = FGMM_COV_DIAG;
+    p->init = FGMM_INIT_KMEANSPP;
+    p->max_iter = 100;
+    p->tol = 1e-3;
+    p->reg_covar = 1e-6;
+    p->min_count = 1.0;
+    p->seed = 0;
+    p->kmeans_iter = 20;
+}
+
+static const char *init_name(fgmm_init_kind k)
+{
+    switch (k) {
+    case FGMM_INIT_KMEANSPP: return "kmeans++";
+    case FGMM_INIT_RANDOM: return "random";
+    case FGMM_INIT_KMEANS: return "kmeans";
+    case FGMM_INIT_MODEL: return "model";
+    }
+    return "?";
+}
+
+fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
+                     fgmm_model **out, fgmm_error *err)
+{
+    *out = NULL;
+    double t_start = now_seconds();
+    if (p->max_iter < 0)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "--max-iter must be >= 0 (got %d)", p->max_iter);
+    if (!(p->tol >= 0))
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "--tol must be >= 0 (got %g)", p->tol);
+    if (!(p->reg_covar >= 0))
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "--reg-covar must be >= 0 (got %g)",
+                         p->reg_covar);
+    fgmm_model *m = NULL;
+    fgmm_stats *s = NULL;
+    fgmm_status st = fgmm_initialize(e, src, p, &m, err);
+    if (st) return st;
+    int K = fgmm_model_k(m), D = fgmm_model_d(m);
+    int64_t N = fgmm_source_rows(src);
+    fgmm_model_meta *meta = fgmm_model_meta_get(m);
+    meta->reg_covar = p->reg_covar;
+    meta->seed = p->seed;
+    meta->rows = N;
+    meta->iterations = 0;
+    meta->converged = 0;
+    meta->reseeded = 0;
+    if ((st = fgmm_model_set_text(m, FGMM_TEXT_SOURCE, fgmm_source_name(src), err)) ||
+        (st = fgmm_model_set_text(m, FGMM_TEXT_INIT, init_name(p->init), err)) ||
+        (st = fgmm_model_set_text(m, FGMM_TEXT_DEVICE, fgmm_engine_device_name(e), err)) ||
+        (st = fgmm_stats_create(K, D, NULL, &s, err)))
+        goto fail;
+    double prev = -INFINITY;
+    for (int it = 1; it <= p->max_iter; it++) {
+        double t0 = now_seconds();
+        if ((st = fgmm_engine_estep(e, src, m, s, NULL, err))) goto fail;
+        double ll = fgmm_stats_loglik(s) / (double)fgmm_stats_rows(s);
+        int reseeded = 0;
+        if ((st = fgmm_stats_mstep(s, m, p->reg_covar, p->min_count, src, &reseeded, err)))
+            goto fail;
+        if ((st = fgmm_model_push_loglik(m, ll, err))) goto fail;
+        meta->iterations = it;
+        meta->reseeded += reseeded;
+        double dt = now_seconds() - t0, change = ll - prev;
+        if (p->verbose) {
+            fprintf(stderr, "iter %4d  loglik %.6f  change %-10.3e  %.3fs  %.3g rows/s", it, ll,
+                    it == 1 ? NAN : change, dt, (double)N / dt);
+            if (reseeded)
+                fprintf(stderr, "  re-seeded %d collapsed component%s", reseeded,
+                        reseeded > 1 ? "s" : "");
+            fputc('\n', stderr);
+        }
+        prev = ll;
+        if (fabs(change) < p->tol) {
+            meta->converged = 1;
+            break;
+        }
+    }
+    meta->seconds = now_seconds() - t_start;
+    fgmm_stats_free(s);
+    *out = m;
+    return FGMM_OK;
+fail:
+    fgmm_stats_free(s);
+    fgmm_model_free(m);
+    return st;
+}

@@ -1,0 +1,325 @@
+/*
+ * fgmm.h - flashgmm core: status codes, the model, sufficient statistics,
+ * data sources, and the engine that drives EM steps.
+ *
+ * This is the one public header of core/. Everything here is reentrant: there
+ * is no global state, every call that can fail takes an fgmm_error* that
+ * receives a one-line message naming what went wrong (file, row, expected
+ * value), and returns an fgmm_status (test it with fgmm_is_error()).
+ *
+ * Numbers: the model is held in double precision; statistics accumulate in
+ * double. Data rows arrive as float32, float16, uint8 or int8 and are
+ * converted on the fly.
+ */
+#ifndef FGMM_H
+#define FGMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------ status */
+
+typedef enum {
+    FGMM_OK = 0,
+    FGMM_ERR_ARGUMENT,    /* a parameter is out of range (K <= 0, K > N, ...) */
+    FGMM_ERR_IO,          /* open/read/write/rename failed (errno in message) */
+    FGMM_ERR_FORMAT,      /* a file's bytes do not match its format */
+    FGMM_ERR_DATA,        /* values are unusable: NaN/Inf, dimension mismatch */
+    FGMM_ERR_NO_MEMORY,   /* an allocation failed */
+    FGMM_ERR_EXISTS,      /* an output path already exists */
+    FGMM_ERR_DEVICE,      /* CUDA device missing or a CUDA call failed */
+    FGMM_ERR_UNSUPPORTED, /* a valid request this build cannot serve */
+    FGMM_ERR_INTERNAL,    /* a broken invariant: a bug, please report */
+    FGMM_STATUS_COUNT
+} fgmm_status;
+
+/* Non-zero when s is an error. */
+int fgmm_is_error(fgmm_status s);
+/* Static, human-readable name of a status ("data error", ...). */
+const char *fgmm_status_name(fgmm_status s);
+
+/* Error report filled by failing calls. msg is one line, no trailing newline. */
+typedef struct {
+    fgmm_status code;
+    char msg[1024];
+} fgmm_error;
+
+/* Record code and a printf-style message in err (err may be NULL); returns
+ * code so callers can write `return fgmm_fail(err, FGMM_ERR_IO, ...)`. */
+fgmm_status fgmm_fail(fgmm_error *err, fgmm_status code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* ------------------------------------------------------------------ dtypes */
+
+typedef enum {
+    FGMM_F32 = 0,
+    FGMM_F16 = 1,
+    FGMM_U8 = 2,
+    FGMM_I8 = 3
+} fgmm_dtype;
+
+size_t fgmm_dtype_size(fgmm_dtype t);
+const char *fgmm_dtype_name(fgmm_dtype t); /* "float32", "float16", "uint8", "int8" */
+/* IEEE binary16 -> float, exact. */
+float fgmm_half_to_float(uint16_t h);
+/* float -> IEEE binary16, round to nearest even. */
+uint16_t fgmm_float_to_half(float f);
+/* Convert n values of type t starting at src to float (dst). */
+void fgmm_convert_row(fgmm_dtype t, const void *src, size_t n, float *dst);
+
+/* ------------------------------------------------------------------- model */
+
+typedef enum {
+    FGMM_COV_DIAG = 0,      /* one variance per component and dimension */
+    FGMM_COV_SPHERICAL = 1, /* one variance per component */
+    FGMM_COV_FULL = 2       /* reserved: D x D per component (not yet) */
+} fgmm_covariance;
+
+const char *fgmm_covariance_name(fgmm_covariance c);
+/* Parses "diag" / "spherical" / "full"; FGMM_ERR_ARGUMENT otherwise. */
+fgmm_status fgmm_covariance_parse(const char *s, fgmm_covariance *out, fgmm_error *err);
+
+typedef struct fgmm_model fgmm_model;
+
+/* Number of doubles in the variance array: K*D (diag), K (spherical),
+ * K*D*D (full). */
+size_t fgmm_covariance_len(fgmm_covariance c, int k, int d);
+
+/* A model with K components in D dimensions; weights 1/K, means 0,
+ * variances 1. Metadata fields start empty. */
+fgmm_status fgmm_model_create(int k, int d, fgmm_covariance cov, fgmm_model **out,
+                              fgmm_error *err);
+void fgmm_model_free(fgmm_model *m);
+fgmm_status fgmm_model_clone(const fgmm_model *m, fgmm_model **out, fgmm_error *err);
+
+int fgmm_model_k(const fgmm_model *m);
+int fgmm_model_d(const fgmm_model *m);
+fgmm_covariance fgmm_model_covariance(const fgmm_model *m);
+/* Parameter arrays, row-major, owned by the model: weights[K],
+ * means[K*D], variances[fgmm_covariance_len()]. */
+double *fgmm_model_weights(fgmm_model *m);
+double *fgmm_model_means(fgmm_model *m);
+double *fgmm_model_variances(fgmm_model *m);
+const double *fgmm_model_weights_c(const fgmm_model *m);
+const double *fgmm_model_means_c(const fgmm_model *m);
+const double *fgmm_model_variances_c(const fgmm_model *m);
+
+/* Fit metadata kept with a model (written to model.json). Strings are
+ * owned by the model; set them with fgmm_model_set_text(). */
+typedef struct {
+    double reg_covar;
+    int iterations;      /* EM steps performed */
+    int converged;       /* 1 when the tolerance was met */
+    uint64_t seed;
+    int64_t rows;        /* rows in the training data */
+    int64_t reseeded;    /* collapsed components re-seeded, summed over steps */
+    double seconds;      /* wall time of the fit */
+    const char *source;  /* data the model was fitted on */
+    const char *init;    /* initialisation used */
+    const char *device;  /* back end used: "cpu" or "cuda" */
+} fgmm_model_meta;
+
+fgmm_model_meta *fgmm_model_meta_get(fgmm_model *m);
+const fgmm_model_meta *fgmm_model_meta_c(const fgmm_model *m);
+typedef enum { FGMM_TEXT_SOURCE, FGMM_TEXT_INIT, FGMM_TEXT_DEVICE } fgmm_text_field;
+fgmm_status fgmm_model_set_text(fgmm_model *m, fgmm_text_field f, const char *s, fgmm_error *err);
+/* Mean log-likelihood per row of each EM step (the E-step's value, under
+ * the parameters before that step's M-step). */
+fgmm_status fgmm_model_push_loglik(fgmm_model *m, double ll, fgmm_error *err);
+int fgmm_model_loglik_count(const fgmm_model *m);
+const double *fgmm_model_loglik(const fgmm_model *m);
+
+/* Checks weights > 0 summing to 1 (1e-6), finite means, variances > 0. */
+fgmm_status fgmm_model_validate(const fgmm_model *m, const char *what, fgmm_error *err);
+
+/* ----------------------------------------------------------- data sources */
+
+/* A run of consecutive rows. rows points at row first_row; row i of the
+ * chunk starts at (const char*)rows + i*row_stride. Valid until the next
+ * call on the source. */
+typedef struct {
+    const void *rows;
+    size_t row_stride;
+    int64_t first_row;
+    int64_t n_rows;
+    fgmm_dtype dtype;
+} fgmm_chunk;
+
+/* The operations behind a source. Implementations live in io/ (files) and
+ * core/ (memory). `impl` is the implementation's own state. */
+typedef struct {
+    /* Start a new pass from row 0. */
+    fgmm_status (*rewind)(void *impl, fgmm_error *err);
+    /* Next chunk of the pass; at the end sets chunk->n_rows = 0. Must report
+     * bad rows (NaN/Inf, wrong per-row dimension) with the file and row. */
+    fgmm_status (*next)(void *impl, fgmm_chunk *chunk, fgmm_error *err);
+    /* Random access: copy rows idx[0..n) converted to float into out (n*D). */
+    fgmm_status (*read_rows)(void *impl, const int64_t *idx, int64_t n, float *out,
+                             fgmm_error *err);
+    void (*close)(void *impl);
+} fgmm_source_ops;
+
+typedef struct fgmm_source fgmm_source;
+
+/* Wrap an implementation. name is copied (used in messages). On failure
+ * ops->close(impl) has been called. */
+fgmm_status fgmm_source_create(const fgmm_source_ops *ops, void *impl, int64_t n, int d,
+                               fgmm_dtype dtype, const char *name, fgmm_source **out,
+                               fgmm_error *err);
+/* A source over a caller-owned array of n rows of d values (C order). The
+ * array must outlive the source. Non-finite values are reported by row. */
+fgmm_status fgmm_source_memory(const void *data, fgmm_dtype dtype, int64_t n, int d,
+                               const char *name, fgmm_source **out, fgmm_error *err);
+void fgmm_source_close(fgmm_source *s);
+
+int64_t fgmm_source_rows(const fgmm_source *s);
+int fgmm_source_dim(const fgmm_source *s);
+fgmm_dtype fgmm_source_dtype(const fgmm_source *s);
+const char *fgmm_source_name(const fgmm_source *s);
+fgmm_status fgmm_source_rewind(fgmm_source *s, fgmm_error *err);
+fgmm_status fgmm_source_next(fgmm_source *s, fgmm_chunk *chunk, fgmm_error *err);
+fgmm_status fgmm_source_read_rows(fgmm_source *s, const int64_t *idx, int64_t n, float *out,
+                                  fgmm_error *err);
+
+/* Scan n rows of a chunk for NaN/Inf (float types only); on the first bad
+ * value fails with FGMM_ERR_DATA naming `name`, the global row and column. */
+fgmm_status fgmm_chunk_check_finite(const fgmm_chunk *c, int d, const char *name,
+                                    fgmm_error *err);
+
+/* ------------------------------------------------- sufficient statistics */
+
+/* Sufficient statistics of one E-step over some rows:
+ *   nk[k]          = sum_i r_ik
+ *   sx[k][j]       = sum_i r_ik (x_ij - shift_j)
+ *   sxx[k][j]      = sum_i r_ik (x_ij - shift_j)^2
+ *   loglik         = sum_i log p(x_i)
+ *   rows           = number of rows
+ * plus the `worst` rows (lowest log-likelihood) used to re-seed collapsed
+ * components. The shift is part of the statistics' identity: statistics are
+ * only added to statistics with the same shift (the engine derives it from
+ * the model, so every tile, thread, chunk, GPU and node agrees). Shifting
+ * by the data's centre keeps E[x^2]-E[x]^2 from cancelling. */
+typedef struct fgmm_stats fgmm_stats;
+
+/* shift may be NULL (zero). */
+fgmm_status fgmm_stats_create(int k, int d, const double *shift, fgmm_stats **out,
+                              fgmm_error *err);
+void fgmm_stats_free(fgmm_stats *s);
+void fgmm_stats_zero(fgmm_stats *s);
+/* Zero and take a new shift (D doubles; NULL means zero). */
+void fgmm_stats_reset(fgmm_stats *s, const double *shift);
+/* dst += src. Fails if K, D or the shift differ. */
+fgmm_status fgmm_stats_add(fgmm_stats *dst, const fgmm_stats *src, fgmm_error *err);
+/* Sum n statistics into dst in index order (deterministic). */
+fgmm_status fgmm_stats_reduce(fgmm_stats *dst, fgmm_stats *const *parts, int n,
+                              fgmm_error *err);
+
+int fgmm_stats_k(const fgmm_stats *s);
+int fgmm_stats_d(const fgmm_stats *s);
+const double *fgmm_stats_shift(const fgmm_stats *s);
+/* Raw arrays: nk[K]; sums[K*2D] with row k = [sx[k][0..D), sxx[k][0..D)]. */
+double *fgmm_stats_nk(fgmm_stats *s);
+double *fgmm_stats_sums(fgmm_stats *s);
+double fgmm_stats_loglik(const fgmm_stats *s);
+int64_t fgmm_stats_rows(const fgmm_stats *s);
+/* Add a scalar log-likelihood sum and a row count (back ends call this). */
+void fgmm_stats_add_loglik(fgmm_stats *s, double ll_sum, int64_t rows);
+/* Offer a row as a re-seeding candidate (kept if among the K lowest). */
+void fgmm_stats_offer_row(fgmm_stats *s, int64_t row, double ll);
+/* Candidates, lowest log-likelihood first; returns their count. */
+int fgmm_stats_worst_rows(const fgmm_stats *s, int64_t *rows, double *ll, int cap);
+
+/* M-step with scikit-learn's semantics: weights Nk/N, means sx/Nk + shift,
+ * variances E[(x-shift)^2] - (mean-shift)^2 + reg_covar (averaged over
+ * dimensions for spherical). Components with Nk < min_count are re-seeded
+ * from the lowest-likelihood rows (read through src): mean = that row,
+ * variance = the average variance of the surviving components, weight
+ * min_count/N, then weights renormalised. *reseeded gets the count. */
+fgmm_status fgmm_stats_mstep(const fgmm_stats *s, fgmm_model *m, double reg_covar,
+                             double min_count, fgmm_source *src, int *reseeded,
+                             fgmm_error *err);
+
+/* ------------------------------------------------------------------ engine */
+
+typedef enum { FGMM_DEVICE_AUTO = 0, FGMM_DEVICE_CPU = 1, FGMM_DEVICE_CUDA = 2 } fgmm_device;
+fgmm_status fgmm_device_parse(const char *s, fgmm_device *out, fgmm_error *err);
+/* Number of CUDA devices usable by this process (0 without a GPU). */
+int fgmm_cuda_device_count(void);
+
+typedef struct fgmm_engine fgmm_engine;
+
+/* An engine owns a back end (CPU threads or a CUDA device) and its scratch
+ * memory. threads <= 0 means all online cores. AUTO picks CUDA when a
+ * device is present. */
+fgmm_status fgmm_engine_create(fgmm_device device, int threads, fgmm_engine **out,
+                               fgmm_error *err);
+void fgmm_engine_free(fgmm_engine *e);
+/* "cpu" or "cuda". */
+const char *fgmm_engine_device_name(const fgmm_engine *e);
+int fgmm_engine_threads(const fgmm_engine *e);
+
+/* One pass over src under model m: statistics (shifted by
+ * fgmm_model_shift(m)) are zeroed and filled. If per_row_ll is not NULL it
+ * receives each row's log-likelihood (N floats). Memory: O(tile*K +
+ * threads*K*D), never O(N*K). */
+fgmm_status fgmm_engine_estep(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
+                              fgmm_stats *out, float *per_row_ll, fgmm_error *err);
+
+/* The shift the engine uses for m: sum_k w_k mu_k (D doubles into out). */
+void fgmm_model_shift(const fgmm_model *m, double *out);
+
+typedef enum {
+    FGMM_INIT_KMEANSPP = 0, /* k-means++ seeding on a sample, then hard M-step */
+    FGMM_INIT_RANDOM = 1,   /* random responsibilities on a sample, then M-step */
+    FGMM_INIT_KMEANS = 2,   /* k-means++ then Lloyd iterations on a sample */
+    FGMM_INIT_MODEL = 3     /* start from fgmm_fit_params.init_model */
+} fgmm_init_kind;
+
+typedef struct {
+    int k;
+    fgmm_covariance covariance;
+    fgmm_init_kind init;
+    const fgmm_model *init_model; /* for FGMM_INIT_MODEL */
+    int max_iter;                 /* default 100 */
+    double tol;                   /* default 1e-3, on mean log-likelihood per row */
+    double reg_covar;             /* default 1e-6 */
+    double min_count;             /* collapse threshold on Nk, default 1.0 */
+    uint64_t seed;                /* default 0 */
+    int64_t init_sample;          /* rows sampled for initialisation; 0 = auto */
+    int kmeans_iter;              /* Lloyd iterations for FGMM_INIT_KMEANS, default 20 */
+    int verbose;                  /* 1: per-iteration progress on stderr */
+} fgmm_fit_params;
+
+void fgmm_fit_params_default(fgmm_fit_params *p);
+
+/* Initial model for src under p (no EM step). */
+fgmm_status fgmm_initialize(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
+                            fgmm_model **out, fgmm_error *err);
+
+/* Full fit: initialise, then EM until the change of the mean log-likelihood
+ * per row is below tol or max_iter steps ran. */
+fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
+                     fgmm_model **out, fgmm_error *err);
+
+/* Mean log-likelihood per row of src under m (per_row optional, N floats). */
+fgmm_status fgmm_score(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
+                       double *mean_ll, float *per_row, fgmm_error *err);
+
+/* Deterministic random numbers (splitmix64 seeding xoshiro256**). */
+typedef struct { uint64_t s[4]; } fgmm_rng;
+void fgmm_rng_seed(fgmm_rng *r, uint64_t seed);
+uint64_t fgmm_rng_next(fgmm_rng *r);
+double fgmm_rng_uniform(fgmm_rng *r);  /* [0, 1) */
+double fgmm_rng_normal(fgmm_rng *r);   /* standard normal */
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FGMM_H */

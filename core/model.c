@@ -1,0 +1,194 @@
+/*
+ * model.c - the Gaussian mixture model: parameters in double, plus the
+ * metadata of the fit that produced it.
+ */
+#include "core/fgmm.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct fgmm_model {
+    int k, d;
+    fgmm_covariance cov;
+    double *weights;   /* K */
+    double *means;     /* K*D */
+    double *variances; /* fgmm_covariance_len */
+    fgmm_model_meta meta;
+    char *text[3];     /* owned strings behind meta.source/init/device */
+    double *loglik;
+    int n_loglik, cap_loglik;
+};
+
+const char *fgmm_covariance_name(fgmm_covariance c)
+{
+    switch (c) {
+    case FGMM_COV_DIAG: return "diag";
+    case FGMM_COV_SPHERICAL: return "spherical";
+    case FGMM_COV_FULL: return "full";
+    }
+    return "unknown";
+}
+
+fgmm_status fgmm_covariance_parse(const char *s, fgmm_covariance *out, fgmm_error *err)
+{
+    if (!strcmp(s, "diag")) *out = FGMM_COV_DIAG;
+    else if (!strcmp(s, "spherical")) *out = FGMM_COV_SPHERICAL;
+    else if (!strcmp(s, "full"))
+        return fgmm_fail(err, FGMM_ERR_UNSUPPORTED,
+                         "covariance 'full' is not implemented yet; use diag or spherical");
+    else
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT,
+                         "unknown covariance '%s'; expected diag or spherical", s);
+    return FGMM_OK;
+}
+
+size_t fgmm_covariance_len(fgmm_covariance c, int k, int d)
+{
+    switch (c) {
+    case FGMM_COV_DIAG: return (size_t)k * d;
+    case FGMM_COV_SPHERICAL: return (size_t)k;
+    case FGMM_COV_FULL: return (size_t)k * d * d;
+    }
+    return 0;
+}
+
+fgmm_status fgmm_model_create(int k, int d, fgmm_covariance cov, fgmm_model **out,
+                              fgmm_error *err)
+{
+    *out = NULL;
+    if (k <= 0 || d <= 0)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "model needs K > 0 and D > 0 (got K=%d, D=%d)",
+                         k, d);
+    if (cov != FGMM_COV_DIAG && cov != FGMM_COV_SPHERICAL)
+        return fgmm_fail(err, FGMM_ERR_UNSUPPORTED, "covariance '%s' is not implemented yet",
+                         fgmm_covariance_name(cov));
+    fgmm_model *m = calloc(1, sizeof *m);
+    if (!m) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory creating model");
+    size_t vl = fgmm_covariance_len(cov, k, d);
+    m->k = k;
+    m->d = d;
+    m->cov = cov;
+    m->weights = malloc(sizeof(double) * (size_t)k);
+    m->means = calloc((size_t)k * d, sizeof(double));
+    m->variances = malloc(sizeof(double) * vl);
+    if (!m->weights || !m->means || !m->variances) {
+        fgmm_model_free(m);
+        return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for a model of K=%d, D=%d", k,
+                         d);
+    }
+    for (int i = 0; i < k; i++) m->weights[i] = 1.0 / k;
+    for (size_t i = 0; i < vl; i++) m->variances[i] = 1.0;
+    m->meta.reg_covar = 1e-6;
+    m->meta.source = m->meta.init = m->meta.device = "";
+    *out = m;
+    return FGMM_OK;
+}
+
+void fgmm_model_free(fgmm_model *m)
+{
+    if (!m) return;
+    free(m->weights);
+    free(m->means);
+    free(m->variances);
+    for (int i = 0; i < 3; i++) free(m->text[i]);
+    free(m->loglik);
+    free(m);
+}
+
+fgmm_status fgmm_model_clone(const fgmm_model *m, fgmm_model **out, fgmm_error *err)
+{
+    fgmm_model *c;
+    fgmm_status st = fgmm_model_create(m->k, m->d, m->cov, &c, err);
+    if (st) return st;
+    memcpy(c->weights, m->weights, sizeof(double) * (size_t)m->k);
+    memcpy(c->means, m->means, sizeof(double) * (size_t)m->k * m->d);
+    memcpy(c->variances, m->variances, sizeof(double) * fgmm_covariance_len(m->cov, m->k, m->d));
+    c->meta = m->meta;
+    c->meta.source = c->meta.init = c->meta.device = "";
+    if ((st = fgmm_model_set_text(c, FGMM_TEXT_SOURCE, m->meta.source, err)) ||
+        (st = fgmm_model_set_text(c, FGMM_TEXT_INIT, m->meta.init, err)) ||
+        (st = fgmm_model_set_text(c, FGMM_TEXT_DEVICE, m->meta.device, err))) {
+        fgmm_model_free(c);
+        return st;
+    }
+    for (int i = 0; i < m->n_loglik; i++)
+        if ((st = fgmm_model_push_loglik(c, m->loglik[i], err))) {
+            fgmm_model_free(c);
+            return st;
+        }
+    *out = c;
+    return FGMM_OK;
+}
+
+int fgmm_model_k(const fgmm_model *m) { return m->k; }
+int fgmm_model_d(const fgmm_model *m) { return m->d; }
+fgmm_covariance fgmm_model_covariance(const fgmm_model *m) { return m->cov; }
+double *fgmm_model_weights(fgmm_model *m) { return m->weights; }
+double *fgmm_model_means(fgmm_model *m) { return m->means; }
+double *fgmm_model_variances(fgmm_model *m) { return m->variances; }
+const double *fgmm_model_weights_c(const fgmm_model *m) { return m->weights; }
+const double *fgmm_model_means_c(const fgmm_model *m) { return m->means; }
+const double *fgmm_model_variances_c(const fgmm_model *m) { return m->variances; }
+fgmm_model_meta *fgmm_model_meta_get(fgmm_model *m) { return &m->meta; }
+const fgmm_model_meta *fgmm_model_meta_c(const fgmm_model *m) { return &m->meta; }
+
+fgmm_status fgmm_model_set_text(fgmm_model *m, fgmm_text_field f, const char *s, fgmm_error *err)
+{
+    if ((int)f < 0 || (int)f > 2) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "bad text field");
+    char *c = strdup(s ? s : "");
+    if (!c) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+    free(m->text[f]);
+    m->text[f] = c;
+    if (f == FGMM_TEXT_SOURCE) m->meta.source = c;
+    else if (f == FGMM_TEXT_INIT) m->meta.init = c;
+    else m->meta.device = c;
+    return FGMM_OK;
+}
+
+fgmm_status fgmm_model_push_loglik(fgmm_model *m, double ll, fgmm_error *err)
+{
+    if (m->n_loglik == m->cap_loglik) {
+        int cap = m->cap_loglik ? 2 * m->cap_loglik : 16;
+        double *p = realloc(m->loglik, sizeof(double) * (size_t)cap);
+        if (!p) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+        m->loglik = p;
+        m->cap_loglik = cap;
+    }
+    m->loglik[m->n_loglik++] = ll;
+    return FGMM_OK;
+}
+
+int fgmm_model_loglik_count(const fgmm_model *m) { return m->n_loglik; }
+const double *fgmm_model_loglik(const fgmm_model *m) { return m->loglik; }
+
+fgmm_status fgmm_model_validate(const fgmm_model *m, const char *what, fgmm_error *err)
+{
+    double sum = 0;
+    for (int k = 0; k < m->k; k++) {
+        if (!(m->weights[k] > 0) || !isfinite(m->weights[k]))
+            return fgmm_fail(err, FGMM_ERR_DATA, "%s: weight %d is %g; weights must be > 0", what,
+                             k, m->weights[k]);
+        sum += m->weights[k];
+    }
+    if (fabs(sum - 1.0) > 1e-6)
+        return fgmm_fail(err, FGMM_ERR_DATA, "%s: weights sum to %.9g; expected 1", what, sum);
+    for (size_t i = 0; i < (size_t)m->k * m->d; i++)
+        if (!isfinite(m->means[i]))
+            return fgmm_fail(err, FGMM_ERR_DATA, "%s: mean of component %zu, dim %zu is %g", what,
+                             i / m->d, i % m->d, m->means[i]);
+    size_t vl = fgmm_covariance_len(m->cov, m->k, m->d);
+    for (size_t i = 0; i < vl; i++)
+        if (!(m->variances[i] > 0) || !isfinite(m->variances[i]))
+            return fgmm_fail(err, FGMM_ERR_DATA,
+                             "%s: variance %zu is %g; variances must be finite and > 0", what, i,
+                             m->variances[i]);
+    return FGMM_OK;
+}
+
+void fgmm_model_shift(const fgmm_model *m, double *out)
+{
+    for (int j = 0; j < m->d; j++) out[j] = 0;
+    for (int k = 0; k < m->k; k++)
+        for (int j = 0; j < m->d; j++) out[j] += m->weights[k] * m->means[(size_t)k * m->d + j];
+}

@@ -1,0 +1,288 @@
+/*
+ * stats.c - sufficient statistics: the unit that is summed across tiles,
+ * threads, chunks, GPUs and nodes, and the M-step that turns them into a
+ * model.
+ */
+#include "core/fgmm.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    double ll;
+    int64_t row;
+} worst_row;
+
+struct fgmm_stats {
+    int k, d;
+    double *shift; /* D */
+    double *nk;    /* K */
+    double *sums;  /* K * 2D: [sx | sxx] per component */
+    double loglik;
+    int64_t rows;
+    /* Max-heap on (ll, row) of the lowest-likelihood rows seen, at most K of
+     * them: a collapsed component is re-seeded at the row the model explains
+     * worst. (ll, row) is a total order, so the kept set does not depend on
+     * the order rows were offered in, and reductions stay deterministic. */
+    worst_row *worst;
+    int n_worst;
+};
+
+fgmm_status fgmm_stats_create(int k, int d, const double *shift, fgmm_stats **out,
+                              fgmm_error *err)
+{
+    *out = NULL;
+    if (k <= 0 || d <= 0)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "statistics need K > 0 and D > 0");
+    fgmm_stats *s = calloc(1, sizeof *s);
+    if (!s) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for statistics");
+    s->k = k;
+    s->d = d;
+    s->shift = calloc((size_t)d, sizeof(double));
+    s->nk = calloc((size_t)k, sizeof(double));
+    s->sums = calloc((size_t)k * 2 * d, sizeof(double));
+    s->worst = calloc((size_t)k, sizeof(worst_row));
+    if (!s->shift || !s->nk || !s->sums || !s->worst) {
+        fgmm_stats_free(s);
+        return fgmm_fail(err, FGMM_ERR_NO_MEMORY,
+                         "out of memory for statistics of K=%d, D=%d", k, d);
+    }
+    if (shift) memcpy(s->shift, shift, sizeof(double) * (size_t)d);
+    *out = s;
+    return FGMM_OK;
+}
+
+void fgmm_stats_free(fgmm_stats *s)
+{
+    if (!s) return;
+    free(s->shift);
+    free(s->nk);
+    free(s->sums);
+    free(s->worst);
+    free(s);
+}
+
+void fgmm_stats_zero(fgmm_stats *s)
+{
+    memset(s->nk, 0, sizeof(double) * (size_t)s->k);
+    memset(s->sums, 0, sizeof(double) * (size_t)s->k * 2 * s->d);
+    s->loglik = 0;
+    s->rows = 0;
+    s->n_worst = 0;
+}
+
+void fgmm_stats_reset(fgmm_stats *s, const double *shift)
+{
+    fgmm_stats_zero(s);
+    if (shift) memcpy(s->shift, shift, sizeof(double) * (size_t)s->d);
+    else memset(s->shift, 0, sizeof(double) * (size_t)s->d);
+}
+
+int fgmm_stats_k(const fgmm_stats *s) { return s->k; }
+int fgmm_stats_d(const fgmm_stats *s) { return s->d; }
+const double *fgmm_stats_shift(const fgmm_stats *s) { return s->shift; }
+double *fgmm_stats_nk(fgmm_stats *s) { return s->nk; }
+double *fgmm_stats_sums(fgmm_stats *s) { return s->sums; }
+double fgmm_stats_loglik(const fgmm_stats *s) { return s->loglik; }
+int64_t fgmm_stats_rows(const fgmm_stats *s) { return s->rows; }
+
+void fgmm_stats_add_loglik(fgmm_stats *s, double ll_sum, int64_t rows)
+{
+    s->loglik += ll_sum;
+    s->rows += rows;
+}
+
+static int worse_than(const worst_row *a, const worst_row *b)
+{
+    /* "a is ranked above b in the max-heap": higher ll, ties by higher row. */
+    return a->ll > b->ll || (a->ll == b->ll && a->row > b->row);
+}
+
+static void heap_sift_down(worst_row *h, int n, int i)
+{
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && worse_than(&h[l], &h[m])) m = l;
+        if (r < n && worse_than(&h[r], &h[m])) m = r;
+        if (m == i) return;
+        worst_row t = h[i];
+        h[i] = h[m];
+        h[m] = t;
+        i = m;
+    }
+}
+
+void fgmm_stats_offer_row(fgmm_stats *s, int64_t row, double ll)
+{
+    worst_row w = {ll, row};
+    if (s->n_worst < s->k) {
+        int i = s->n_worst++;
+        s->worst[i] = w;
+        while (i > 0) {
+            int p = (i - 1) / 2;
+            if (!worse_than(&s->worst[i], &s->worst[p])) break;
+            worst_row t = s->worst[i];
+            s->worst[i] = s->worst[p];
+            s->worst[p] = t;
+            i = p;
+        }
+    } else if (worse_than(&s->worst[0], &w)) {
+        s->worst[0] = w;
+        heap_sift_down(s->worst, s->n_worst, 0);
+    }
+}
+
+static int cmp_worst(const void *a, const void *b)
+{
+    const worst_row *x = a, *y = b;
+    if (worse_than(y, x)) return -1;
+    if (worse_than(x, y)) return 1;
+    return 0;
+}
+
+int fgmm_stats_worst_rows(const fgmm_stats *s, int64_t *rows, double *ll, int cap)
+{
+    worst_row *tmp = malloc(sizeof(worst_row) * (size_t)(s->n_worst ? s->n_worst : 1));
+    if (!tmp) return 0;
+    memcpy(tmp, s->worst, sizeof(worst_row) * (size_t)s->n_worst);
+    qsort(tmp, (size_t)s->n_worst, sizeof(worst_row), cmp_worst);
+    int n = s->n_worst < cap ? s->n_worst : cap;
+    for (int i = 0; i < n; i++) {
+        if (rows) rows[i] = tmp[i].row;
+        if (ll) ll[i] = tmp[i].ll;
+    }
+    free(tmp);
+    return n;
+}
+
+fgmm_status fgmm_stats_add(fgmm_stats *dst, const fgmm_stats *src, fgmm_error *err)
+{
+    if (dst->k != src->k || dst->d != src->d)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT,
+                         "cannot add statistics of K=%d, D=%d to statistics of K=%d, D=%d",
+                         src->k, src->d, dst->k, dst->d);
+    if (memcmp(dst->shift, src->shift, sizeof(double) * (size_t)dst->d) != 0)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT,
+                         "cannot add statistics taken with different shifts");
+    for (int k = 0; k < dst->k; k++) dst->nk[k] += src->nk[k];
+    size_t n = (size_t)dst->k * 2 * dst->d;
+    for (size_t i = 0; i < n; i++) dst->sums[i] += src->sums[i];
+    dst->loglik += src->loglik;
+    dst->rows += src->rows;
+    for (int i = 0; i < src->n_worst; i++)
+        fgmm_stats_offer_row(dst, src->worst[i].row, src->worst[i].ll);
+    return FGMM_OK;
+}
+
+fgmm_status fgmm_stats_reduce(fgmm_stats *dst, fgmm_stats *const *parts, int n, fgmm_error *err)
+{
+    fgmm_stats_zero(dst);
+    for (int i = 0; i < n; i++) {
+        fgmm_status st = fgmm_stats_add(dst, parts[i], err);
+        if (st) return st;
+    }
+    return FGMM_OK;
+}
+
+fgmm_status fgmm_stats_mstep(const fgmm_stats *s, fgmm_model *m, double reg_covar,
+                             double min_count, fgmm_source *src, int *reseeded,
+                             fgmm_error *err)
+{
+    int K = s->k, D = s->d;
+    fgmm_covariance cov = fgmm_model_covariance(m);
+    if (reseeded) *reseeded = 0;
+    if (fgmm_model_k(m) != K || fgmm_model_d(m) != D)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT,
+                         "M-step: statistics are K=%d, D=%d but the model is K=%d, D=%d", K, D,
+                         fgmm_model_k(m), fgmm_model_d(m));
+    if (s->rows <= 0) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "M-step on statistics of 0 rows");
+    double *w = fgmm_model_weights(m), *mu = fgmm_model_means(m), *var = fgmm_model_variances(m);
+    double N = (double)s->rows;
+    int *collapsed = malloc(sizeof(int) * (size_t)K);
+    double *avg_var = calloc((size_t)D, sizeof(double));
+    if (!collapsed || !avg_var) {
+        free(collapsed);
+        free(avg_var);
+        return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory in M-step");
+    }
+    int n_coll = 0, n_alive = 0;
+    for (int k = 0; k < K; k++) {
+        double nk = s->nk[k];
+        if (!(nk >= min_count) || nk <= 0) {
+            collapsed[n_coll++] = k;
+            continue;
+        }
+        n_alive++;
+        const double *sx = s->sums + (size_t)k * 2 * D, *sxx = sx + D;
+        double sph = 0;
+        for (int j = 0; j < D; j++) {
+            double m1 = sx[j] / nk;
+            /* E[(x-s)^2] - (E[x]-s)^2: variance is shift-invariant, and with
+             * the shift near the data's centre the two terms are of the size
+             * of the variance itself, so little cancels. */
+            double v = sxx[j] / nk - m1 * m1;
+            if (v < 0) v = 0;
+            mu[(size_t)k * D + j] = m1 + s->shift[j];
+            if (cov == FGMM_COV_DIAG) var[(size_t)k * D + j] = v + reg_covar;
+            sph += v;
+        }
+        if (cov == FGMM_COV_SPHERICAL) var[k] = sph / D + reg_covar;
+        w[k] = nk / N;
+        for (int j = 0; j < D; j++)
+            avg_var[j] += cov == FGMM_COV_DIAG ? var[(size_t)k * D + j] : var[k];
+    }
+    fgmm_status st = FGMM_OK;
+    if (n_coll > 0) {
+        if (n_alive == 0) {
+            st = fgmm_fail(err, FGMM_ERR_DATA,
+                           "M-step: all %d components collapsed (every Nk < %g); "
+                           "is K far too large for the data?",
+                           K, min_count);
+            goto done;
+        }
+        if (!src) {
+            st = fgmm_fail(err, FGMM_ERR_INTERNAL, "M-step: components collapsed, no source");
+            goto done;
+        }
+        int64_t *rows = malloc(sizeof(int64_t) * (size_t)n_coll);
+        float *x = malloc(sizeof(float) * (size_t)D);
+        if (!rows || !x) {
+            free(rows);
+            free(x);
+            st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory in M-step");
+            goto done;
+        }
+        int got = fgmm_stats_worst_rows(s, rows, NULL, n_coll);
+        /* Fewer candidates than collapsed components (tiny data): fall back to
+         * rows spread evenly over the data, still deterministic. */
+        for (int i = got; i < n_coll; i++)
+            rows[i] = (int64_t)(((uint64_t)i * 2654435761ull + 7) % (uint64_t)s->rows);
+        double wsum = 0;
+        for (int k = 0; k < K; k++) wsum += (s->nk[k] >= min_count && s->nk[k] > 0) ? w[k] : 0;
+        for (int i = 0; i < n_coll && !st; i++) {
+            int k = collapsed[i];
+            st = fgmm_source_read_rows(src, &rows[i], 1, x, err);
+            if (st) break;
+            double sph = 0;
+            for (int j = 0; j < D; j++) {
+                mu[(size_t)k * D + j] = x[j];
+                double v = avg_var[j] / n_alive;
+                if (cov == FGMM_COV_DIAG) var[(size_t)k * D + j] = v;
+                sph += v;
+            }
+            if (cov == FGMM_COV_SPHERICAL) var[k] = sph / D;
+            w[k] = (min_count > 1 ? min_count : 1) / N;
+            wsum += w[k];
+        }
+        free(rows);
+        free(x);
+        if (!st)
+            for (int k = 0; k < K; k++) w[k] /= wsum;
+        if (reseeded) *reseeded = n_coll;
+    }
+done:
+    free(collapsed);
+    free(avg_var);
+    return st;
+}

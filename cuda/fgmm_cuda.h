@@ -1,0 +1,80 @@
+/*
+ * fgmm_cuda.h - flashgmm cuda: E-step kernels and their launchers.
+ *
+ * The one public header of cuda/. It knows nothing of files, models or the
+ * engine: it takes the E-step's per-component terms as arrays and rows as
+ * host memory, and returns sufficient statistics. The engine's CUDA back
+ * end (core/cuda_backend.c) is its only caller.
+ *
+ * With y = x - shift, the log-joint of row x and component k is
+ *   l_k(x) = c[k] + sum_j y_j w[j*K+k] + y_j^2 w[(D+j)*K+k]
+ * and the step's statistics are, with r_k = exp(l_k - logsumexp_k l_k):
+ *   nk[k] = sum r_k,  sums[k*2D + j] = sum r_k y_j,
+ *   sums[k*2D + D + j] = sum r_k y_j^2,  ll = sum logsumexp_k l_k.
+ *
+ * Errors: every call returns an fgmmc_status; on failure err->msg names the
+ * CUDA call and its message. There is no global state besides the CUDA
+ * runtime's own.
+ */
+#ifndef FGMM_CUDA_H
+#define FGMM_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    FGMMC_OK = 0,
+    FGMMC_ERR_NO_DEVICE,
+    FGMMC_ERR_CUDA,
+    FGMMC_ERR_ARGUMENT,
+    FGMMC_ERR_NO_MEMORY
+} fgmmc_status;
+
+typedef struct {
+    fgmmc_status code;
+    char msg[512];
+} fgmmc_error;
+
+/* Row element types; the values equal core's fgmm_dtype. */
+typedef enum { FGMMC_F32 = 0, FGMMC_F16 = 1, FGMMC_U8 = 2, FGMMC_I8 = 3 } fgmmc_dtype;
+
+/* Number of usable CUDA devices; 0 when there is no driver or device. */
+int fgmmc_device_count(void);
+
+typedef struct fgmmc_context fgmmc_context;
+
+/* A context on one device: a stream, pinned staging buffers, device
+ * buffers (grown on demand). */
+fgmmc_status fgmmc_create(int device, fgmmc_context **out, fgmmc_error *err);
+void fgmmc_free(fgmmc_context *ctx);
+/* One-line description: device name, SMs, memory. */
+const char *fgmmc_describe(const fgmmc_context *ctx);
+/* Peak device memory this context has allocated, in bytes. */
+size_t fgmmc_device_bytes(const fgmmc_context *ctx);
+
+/* Start a pass: upload the E-step terms (w: 2D*K, c: K, shift: D) and zero
+ * the statistics accumulators. */
+fgmmc_status fgmmc_begin_pass(fgmmc_context *ctx, int k, int d, const double *w,
+                              const double *c, const double *shift, fgmmc_error *err);
+
+/* Fold n rows into the statistics. rows is host memory (any, pageable or
+ * pinned), row i at (const char*)rows + i*row_stride, d values of dtype.
+ * per_row_ll (host, n floats) receives each row's log-likelihood; it may
+ * be NULL. The rows buffer may be reused when the call returns. */
+fgmmc_status fgmmc_accumulate(fgmmc_context *ctx, const void *rows, size_t row_stride,
+                              int64_t n, fgmmc_dtype dtype, float *per_row_ll,
+                              fgmmc_error *err);
+
+/* Finish the pass: nk (K), sums (K*2D), *ll_sum, summed over all rows since
+ * fgmmc_begin_pass in a fixed order (same input, same bits). */
+fgmmc_status fgmmc_end_pass(fgmmc_context *ctx, double *nk, double *sums, double *ll_sum,
+                            fgmmc_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FGMM_CUDA_H */

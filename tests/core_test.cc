@@ -1,0 +1,432 @@
+// core_test.cc - the CPU engine against a float64 reference that
+// materialises N x K, EM's invariants, recovery, and core's error paths.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/fgmm.h"
+#include "tests/reference.h"
+
+namespace {
+
+struct Fixture {
+    fgmm_engine *e = nullptr;
+    fgmm_source *src = nullptr;
+    fgmm_model *m = nullptr;
+    fgmm_stats *s = nullptr;
+    std::vector<float> x;
+    ~Fixture()
+    {
+        fgmm_stats_free(s);
+        fgmm_model_free(m);
+        fgmm_source_close(src);
+        fgmm_engine_free(e);
+    }
+};
+
+uint64_t fresh_seed()
+{
+    // Fresh problems each run (the seed is printed so a failure reproduces).
+    static uint64_t counter = 0;
+    return (uint64_t)time(nullptr) * 1000003u + counter++;
+}
+
+void check_estep(fgmm_covariance cov, int64_t n, int K, int D, int threads, double spread)
+{
+    uint64_t seed = fresh_seed();
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    fgmm_rng rng;
+    fgmm_rng_seed(&rng, seed);
+    Fixture f;
+    fgmm_error err{};
+    f.m = random_mixture(&rng, K, D, cov, spread, n, f.x);
+    ASSERT_NE(f.m, nullptr);
+    ASSERT_EQ(fgmm_source_memory(f.x.data(), FGMM_F32, n, D, "mem", &f.src, &err), FGMM_OK)
+        << err.msg;
+    ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CPU, threads, &f.e, &err), FGMM_OK) << err.msg;
+    ASSERT_EQ(fgmm_stats_create(K, D, nullptr, &f.s, &err), FGMM_OK);
+    std::vector<float> per_row(n, NAN);
+    ASSERT_EQ(fgmm_engine_estep(f.e, f.src, f.m, f.s, per_row.data(), &err), FGMM_OK) << err.msg;
+    RefStats ref = reference_estep(f.m, f.x, n);
+    std::vector<double> nk, sx, sxx;
+    unshift(f.s, nk, sx, sxx);
+    double e_nk = rel_err(nk, ref.nk), e_sx = rel_err(sx, ref.sx), e_sxx = rel_err(sxx, ref.sxx);
+    double e_ll = std::fabs(fgmm_stats_loglik(f.s) - ref.loglik) / std::fabs(ref.loglik);
+    EXPECT_LE(e_nk, 1e-6);
+    EXPECT_LE(e_sx, 1e-6);
+    EXPECT_LE(e_sxx, 1e-6);
+    EXPECT_LE(e_ll, 1e-6);
+    EXPECT_EQ(fgmm_stats_rows(f.s), n);
+    for (int64_t i = 0; i < n; i++) {
+        ASSERT_FALSE(std::isnan(per_row[i])) << "row " << i << " not written";
+        ASSERT_NEAR(per_row[i], ref.row_ll[i], 1e-5 * std::fabs(ref.row_ll[i]) + 1e-5);
+    }
+    // The responsibilities are really soft here, not one-hot (else the
+    // comparison would be weak).
+    double maxnk = 0;
+    for (double v : nk) maxnk = std::max(maxnk, v);
+    if (K > 1) EXPECT_LT(maxnk, (double)n);
+    printf("  N=%lld K=%d D=%d %s threads=%d: rel err nk %.2e sx %.2e sxx %.2e ll %.2e\n",
+           (long long)n, K, D, fgmm_covariance_name(cov), threads, e_nk, e_sx, e_sxx, e_ll);
+}
+
+TEST(Estep, DiagMatchesFloat64Reference)
+{
+    check_estep(FGMM_COV_DIAG, 3001, 17, 24, 2, 1.0);
+    check_estep(FGMM_COV_DIAG, 70001, 8, 5, 2, 0.7);  // crosses a 65536-row chunk
+    check_estep(FGMM_COV_DIAG, 257, 1, 1, 1, 1.0);
+    check_estep(FGMM_COV_DIAG, 500, 300, 3, 2, 1.0);
+}
+
+TEST(Estep, SphericalMatchesFloat64Reference)
+{
+    check_estep(FGMM_COV_SPHERICAL, 2999, 13, 31, 2, 1.0);
+    check_estep(FGMM_COV_SPHERICAL, 1000, 1, 7, 1, 1.0);
+}
+
+TEST(Estep, ThreadCountOnlyReordersSums)
+{
+    fgmm_rng rng;
+    fgmm_rng_seed(&rng, fresh_seed());
+    std::vector<float> x;
+    fgmm_model *m = random_mixture(&rng, 9, 11, FGMM_COV_DIAG, 1.0, 5000, x);
+    fgmm_error err{};
+    fgmm_source *src;
+    ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, 5000, 11, "mem", &src, &err), FGMM_OK);
+    std::vector<double> ll;
+    for (int t : {1, 2, 3}) {
+        fgmm_engine *e;
+        fgmm_stats *s;
+        ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CPU, t, &e, &err), FGMM_OK);
+        fgmm_stats_create(9, 11, nullptr, &s, &err);
+        ASSERT_EQ(fgmm_engine_estep(e, src, m, s, nullptr, &err), FGMM_OK);
+        ll.push_back(fgmm_stats_loglik(s));
+        // Same threads, same bits.
+        double first = fgmm_stats_loglik(s);
+        ASSERT_EQ(fgmm_engine_estep(e, src, m, s, nullptr, &err), FGMM_OK);
+        EXPECT_EQ(first, fgmm_stats_loglik(s));
+        fgmm_stats_free(s);
+        fgmm_engine_free(e);
+    }
+    EXPECT_NEAR(ll[0], ll[1], 1e-10 * std::fabs(ll[0]));
+    EXPECT_NEAR(ll[0], ll[2], 1e-10 * std::fabs(ll[0]));
+    fgmm_source_close(src);
+    fgmm_model_free(m);
+}
+
+TEST(Estep, IntegerAndHalfInputsConvertOnTheFly)
+{
+    const int n = 600, D = 6, K = 4;
+    fgmm_rng rng;
+    fgmm_rng_seed(&rng, fresh_seed());
+    std::vector<uint8_t> u8(n * D);
+    std::vector<int8_t> i8(n * D);
+    std::vector<uint16_t> f16(n * D);
+    std::vector<float> xf(n * D);
+    for (int i = 0; i < n * D; i++) {
+        int v = (int)(fgmm_rng_uniform(&rng) * 100);
+        u8[i] = (uint8_t)v;
+        i8[i] = (int8_t)(v - 50);
+        f16[i] = fgmm_float_to_half((float)v * 0.25f);
+    }
+    fgmm_error err{};
+    fgmm_model *m;
+    ASSERT_EQ(fgmm_model_create(K, D, FGMM_COV_DIAG, &m, &err), FGMM_OK);
+    fgmm_engine *e;
+    ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CPU, 2, &e, &err), FGMM_OK);
+    struct Case {
+        fgmm_dtype t;
+        const void *p;
+        double scale, off;
+    } cases[] = {{FGMM_U8, u8.data(), 1, 0}, {FGMM_I8, i8.data(), 1, -50},
+                 {FGMM_F16, f16.data(), 0.25, 0}};
+    for (auto &c : cases) {
+        for (int i = 0; i < n * D; i++) xf[i] = (float)(u8[i] * c.scale + c.off);
+        double *mu = fgmm_model_means(m), *var = fgmm_model_variances(m);
+        for (int i = 0; i < K * D; i++) {
+            mu[i] = xf[i * 7 % (n * D)];
+            var[i] = 300 * c.scale * c.scale;
+        }
+        fgmm_source *src;
+        ASSERT_EQ(fgmm_source_memory(c.p, c.t, n, D, "mem", &src, &err), FGMM_OK);
+        fgmm_stats *s;
+        fgmm_stats_create(K, D, nullptr, &s, &err);
+        ASSERT_EQ(fgmm_engine_estep(e, src, m, s, nullptr, &err), FGMM_OK) << err.msg;
+        RefStats ref = reference_estep(m, xf, n);
+        std::vector<double> nk, sx, sxx;
+        unshift(s, nk, sx, sxx);
+        EXPECT_LE(rel_err(sx, ref.sx), 1e-9) << fgmm_dtype_name(c.t);
+        EXPECT_LE(rel_err(nk, ref.nk), 1e-9) << fgmm_dtype_name(c.t);
+        fgmm_stats_free(s);
+        fgmm_source_close(src);
+    }
+    fgmm_engine_free(e);
+    fgmm_model_free(m);
+}
+
+TEST(Fit, LogLikelihoodNeverDecreases)
+{
+    for (fgmm_covariance cov : {FGMM_COV_DIAG, FGMM_COV_SPHERICAL}) {
+        fgmm_rng rng;
+        fgmm_rng_seed(&rng, fresh_seed());
+        std::vector<float> x;
+        fgmm_model *truth = random_mixture(&rng, 6, 8, cov, 1.5, 20000, x);
+        fgmm_error err{};
+        fgmm_source *src;
+        fgmm_engine *e;
+        ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, 20000, 8, "mem", &src, &err), FGMM_OK);
+        ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CPU, 2, &e, &err), FGMM_OK);
+        fgmm_fit_params p;
+        fgmm_fit_params_default(&p);
+        p.k = 10;
+        p.covariance = cov;
+        p.init = FGMM_INIT_RANDOM;
+        p.tol = 0;
+        p.max_iter = 40;
+        fgmm_model *m;
+        ASSERT_EQ(fgmm_fit(e, src, &p, &m, &err), FGMM_OK) << err.msg;
+        int n = fgmm_model_loglik_count(m);
+        ASSERT_EQ(n, 40);
+        const double *ll = fgmm_model_loglik(m);
+        for (int i = 1; i < n; i++)
+            EXPECT_GE(ll[i], ll[i - 1] - 1e-9 * std::fabs(ll[i - 1])) << "iteration " << i + 1;
+        EXPECT_EQ(fgmm_model_meta_c(m)->reseeded, 0);
+        fgmm_model_free(m);
+        fgmm_model_free(truth);
+        fgmm_engine_free(e);
+        fgmm_source_close(src);
+    }
+}
+
+TEST(Fit, RecoversWellSeparatedMixture)
+{
+    fgmm_rng rng;
+    uint64_t seed = fresh_seed();
+    fgmm_rng_seed(&rng, seed);
+    std::vector<float> x;
+    const int K = 8, D = 16;
+    fgmm_model *truth = random_mixture(&rng, K, D, FGMM_COV_DIAG, 6.0, 40000, x);
+    fgmm_error err{};
+    fgmm_source *src;
+    fgmm_engine *e;
+    ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, 40000, D, "mem", &src, &err), FGMM_OK);
+    ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CPU, 2, &e, &err), FGMM_OK);
+    fgmm_fit_params p;
+    fgmm_fit_params_default(&p);
+    p.k = K;
+    p.init = FGMM_INIT_KMEANS;
+    p.seed = seed;
+    fgmm_model *m;
+    ASSERT_EQ(fgmm_fit(e, src, &p, &m, &err), FGMM_OK) << err.msg;
+    EXPECT_TRUE(fgmm_model_meta_c(m)->converged);
+    const double *tm = fgmm_model_means_c(truth), *fm = fgmm_model_means_c(m);
+    const double *tw = fgmm_model_weights_c(truth), *fw = fgmm_model_weights_c(m);
+    for (int k = 0; k < K; k++) {
+        int best = -1;
+        double bd = INFINITY;
+        for (int c = 0; c < K; c++) {
+            double d = 0;
+            for (int j = 0; j < D; j++) d += std::pow(tm[k * D + j] - fm[c * D + j], 2);
+            if (d < bd) bd = d, best = c;
+        }
+        EXPECT_LT(std::sqrt(bd / D), 0.1) << "true component " << k << " seed " << seed;
+        EXPECT_NEAR(fw[best], tw[k], 0.02) << "true component " << k;
+    }
+    fgmm_model_free(m);
+    fgmm_model_free(truth);
+    fgmm_engine_free(e);
+    fgmm_source_close(src);
+}
+
+TEST(Fit, SeededInitIsDeterministic)
+{
+    fgmm_rng rng;
+    fgmm_rng_seed(&rng, 7);
+    std::vector<float> x;
+    fgmm_model *truth = random_mixture(&rng, 5, 4, FGMM_COV_DIAG, 3.0, 3000, x);
+    fgmm_error err{};
+    fgmm_source *src;
+    fgmm_engine *e;
+    ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, 3000, 4, "mem", &src, &err), FGMM_OK);
+    ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CPU, 2, &e, &err), FGMM_OK);
+    for (fgmm_init_kind init : {FGMM_INIT_KMEANSPP, FGMM_INIT_RANDOM, FGMM_INIT_KMEANS}) {
+        fgmm_fit_params p;
+        fgmm_fit_params_default(&p);
+        p.k = 5;
+        p.init = init;
+        p.seed = 123;
+        fgmm_model *a, *b;
+        ASSERT_EQ(fgmm_initialize(e, src, &p, &a, &err), FGMM_OK) << err.msg;
+        ASSERT_EQ(fgmm_initialize(e, src, &p, &b, &err), FGMM_OK) << err.msg;
+        EXPECT_EQ(0, memcmp(fgmm_model_means_c(a), fgmm_model_means_c(b), sizeof(double) * 20));
+        EXPECT_EQ(fgmm_model_validate(a, "init", &err), FGMM_OK) << err.msg;
+        fgmm_model_free(a);
+        fgmm_model_free(b);
+    }
+    fgmm_model_free(truth);
+    fgmm_engine_free(e);
+    fgmm_source_close(src);
+}
+
+TEST(Mstep, CollapsedComponentIsReseededAndReported)
+{
+    // Two far clusters, K=3 with one component placed far from all data:
+    // its Nk underflows, it must be re-seeded at a worst-explained row.
+    const int n = 400, D = 2;
+    std::vector<float> x(n * D);
+    fgmm_rng rng;
+    fgmm_rng_seed(&rng, 3);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < D; j++)
+            x[i * D + j] = (float)((i % 2 ? 10 : -10) + fgmm_rng_normal(&rng));
+    x[0] = 40;  // an outlier the model explains worst
+    fgmm_error err{};
+    fgmm_model *m;
+    ASSERT_EQ(fgmm_model_create(3, D, FGMM_COV_DIAG, &m, &err), FGMM_OK);
+    double *mu = fgmm_model_means(m);
+    double init[] = {-10, -10, 10, 10, 1e4, 1e4};
+    memcpy(mu, init, sizeof init);
+    fgmm_source *src;
+    fgmm_engine *e;
+    ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, n, D, "mem", &src, &err), FGMM_OK);
+    ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CPU, 1, &e, &err), FGMM_OK);
+    fgmm_stats *s;
+    fgmm_stats_create(3, D, nullptr, &s, &err);
+    ASSERT_EQ(fgmm_engine_estep(e, src, m, s, nullptr, &err), FGMM_OK);
+    int reseeded = -1;
+    ASSERT_EQ(fgmm_stats_mstep(s, m, 1e-6, 1.0, src, &reseeded, &err), FGMM_OK) << err.msg;
+    EXPECT_EQ(reseeded, 1);
+    EXPECT_FLOAT_EQ(mu[4], 40.0f);  // row 0, the worst explained
+    EXPECT_EQ(fgmm_model_validate(m, "after", &err), FGMM_OK) << err.msg;
+    fgmm_stats_free(s);
+    fgmm_source_close(src);
+    fgmm_engine_free(e);
+    fgmm_model_free(m);
+}
+
+TEST(Stats, AddRefusesMismatchedShapesAndShifts)
+{
+    fgmm_error err{};
+    fgmm_stats *a, *b, *c;
+    double sh[3] = {1, 2, 3};
+    fgmm_stats_create(2, 3, nullptr, &a, &err);
+    fgmm_stats_create(2, 4, nullptr, &b, &err);
+    fgmm_stats_create(2, 3, sh, &c, &err);
+    EXPECT_EQ(fgmm_stats_add(a, b, &err), FGMM_ERR_ARGUMENT);
+    EXPECT_NE(std::string(err.msg).find("K=2, D=4"), std::string::npos) << err.msg;
+    EXPECT_EQ(fgmm_stats_add(a, c, &err), FGMM_ERR_ARGUMENT);
+    EXPECT_NE(std::string(err.msg).find("shift"), std::string::npos) << err.msg;
+    fgmm_stats_free(a);
+    fgmm_stats_free(b);
+    fgmm_stats_free(c);
+}
+
+TEST(BadInput, KOutOfRange)
+{
+    std::vector<float> x(10 * 2, 1.0f);
+    fgmm_error err{};
+    fgmm_source *src;
+    fgmm_engine *e;
+    ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, 10, 2, "tiny.fbin", &src, &err), FGMM_OK);
+    ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CPU, 1, &e, &err), FGMM_OK);
+    fgmm_fit_params p;
+    fgmm_fit_params_default(&p);
+    fgmm_model *m = nullptr;
+    p.k = 0;
+    EXPECT_EQ(fgmm_fit(e, src, &p, &m, &err), FGMM_ERR_ARGUMENT);
+    EXPECT_NE(std::string(err.msg).find("--k must be > 0"), std::string::npos) << err.msg;
+    p.k = 11;
+    EXPECT_EQ(fgmm_fit(e, src, &p, &m, &err), FGMM_ERR_ARGUMENT);
+    EXPECT_NE(std::string(err.msg).find("exceeds the 10 rows of tiny.fbin"), std::string::npos)
+        << err.msg;
+    EXPECT_EQ(m, nullptr);
+    fgmm_engine_free(e);
+    fgmm_source_close(src);
+}
+
+TEST(BadInput, NonFiniteValueNamesTheRow)
+{
+    std::vector<float> x(100 * 3, 0.5f);
+    x[37 * 3 + 2] = NAN;
+    fgmm_error err{};
+    fgmm_source *src;
+    fgmm_engine *e;
+    ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, 100, 3, "data.npy", &src, &err), FGMM_OK);
+    ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CPU, 1, &e, &err), FGMM_OK);
+    fgmm_model *m;
+    ASSERT_EQ(fgmm_model_create(2, 3, FGMM_COV_DIAG, &m, &err), FGMM_OK);
+    fgmm_stats *s;
+    fgmm_stats_create(2, 3, nullptr, &s, &err);
+    EXPECT_EQ(fgmm_engine_estep(e, src, m, s, nullptr, &err), FGMM_ERR_DATA);
+    EXPECT_NE(std::string(err.msg).find("data.npy: row 37 column 2 is NaN"), std::string::npos)
+        << err.msg;
+    x[37 * 3 + 2] = INFINITY;  // a second source: the first pass checks each chunk once
+    fgmm_source *src2;
+    ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, 100, 3, "data.npy", &src2, &err), FGMM_OK);
+    EXPECT_EQ(fgmm_engine_estep(e, src2, m, s, nullptr, &err), FGMM_ERR_DATA);
+    EXPECT_NE(std::string(err.msg).find("row 37 column 2 is Inf"), std::string::npos) << err.msg;
+    fgmm_stats_free(s);
+    fgmm_model_free(m);
+    fgmm_source_close(src);
+    fgmm_source_close(src2);
+    fgmm_engine_free(e);
+}
+
+TEST(BadInput, ModelDimensionMismatch)
+{
+    std::vector<float> x(50 * 4, 0.5f);
+    fgmm_error err{};
+    fgmm_source *src;
+    fgmm_engine *e;
+    ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, 50, 4, "d4.fbin", &src, &err), FGMM_OK);
+    ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CPU, 1, &e, &err), FGMM_OK);
+    fgmm_model *m;
+    ASSERT_EQ(fgmm_model_create(2, 5, FGMM_COV_DIAG, &m, &err), FGMM_OK);
+    fgmm_fit_params p;
+    fgmm_fit_params_default(&p);
+    p.k = 2;
+    p.init = FGMM_INIT_MODEL;
+    p.init_model = m;
+    fgmm_model *out = nullptr;
+    EXPECT_EQ(fgmm_fit(e, src, &p, &out, &err), FGMM_ERR_DATA);
+    EXPECT_NE(std::string(err.msg).find("initial model has D=5 but d4.fbin has dimension 4"),
+              std::string::npos)
+        << err.msg;
+    double ll;
+    EXPECT_EQ(fgmm_score(e, src, m, &ll, nullptr, &err), FGMM_ERR_DATA);
+    EXPECT_NE(std::string(err.msg).find("d4.fbin has dimension 4 but the model has D=5"),
+              std::string::npos)
+        << err.msg;
+    fgmm_model_free(m);
+    fgmm_engine_free(e);
+    fgmm_source_close(src);
+}
+
+TEST(BadInput, CudaDeviceRequestedWithoutGpu)
+{
+    if (fgmm_cuda_device_count() > 0) GTEST_SKIP() << "a GPU is present; nothing to refuse";
+    fgmm_error err{};
+    fgmm_engine *e = nullptr;
+    EXPECT_EQ(fgmm_engine_create(FGMM_DEVICE_CUDA, 1, &e, &err), FGMM_ERR_DEVICE);
+    EXPECT_NE(std::string(err.msg).find("no CUDA device"), std::string::npos) << err.msg;
+    ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_AUTO, 1, &e, &err), FGMM_OK);
+    EXPECT_STREQ(fgmm_engine_device_name(e), "cpu");
+    fgmm_engine_free(e);
+}
+
+TEST(Half, RoundTripsAndRounds)
+{
+    for (float f : {0.0f, 1.0f, -2.5f, 65504.0f, 6.1035156e-05f, 5.9604645e-08f, 0.333333f}) {
+        float back = fgmm_half_to_float(fgmm_float_to_half(f));
+        EXPECT_NEAR(back, f, std::fabs(f) * 1e-3 + 1e-8) << f;
+    }
+    EXPECT_EQ(fgmm_float_to_half(1.0f), 0x3c00);
+    EXPECT_EQ(fgmm_float_to_half(-2.0f), 0xc000);
+    EXPECT_EQ(fgmm_float_to_half(1e6f), 0x7c00);
+    EXPECT_TRUE(std::isnan(fgmm_half_to_float(0x7e00)));
+}
+
+}  // namespace
