@@ -124,18 +124,29 @@ static void cpu_tile(cpu_backend *b, cpu_thread *t, int64_t r0, int n)
     double ll_sum = 0;
     for (int i = 0; i < n; i++) {
         double *l = t->l + (size_t)i * K;
-        double mx = -INFINITY;
-        for (int k = 0; k < K; k++) {
+        /* Max and sum with four independent lanes: strict IEEE order would
+         * serialise these reductions (no -ffast-math here, on purpose). */
+        double m4[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+        int k = 0;
+        for (; k + 4 <= K; k += 4)
+            for (int u = 0; u < 4; u++) {
+                l[k + u] += p->c[k + u];
+                m4[u] = l[k + u] > m4[u] ? l[k + u] : m4[u];
+            }
+        for (; k < K; k++) {
             l[k] += p->c[k];
-            mx = l[k] > mx ? l[k] : mx;
+            m4[0] = l[k] > m4[0] ? l[k] : m4[0];
         }
-        double s = 0;
-        for (int k = 0; k < K; k++) {
-            l[k] = fgmm_exp_nonpos(l[k] - mx);
-            s += l[k];
-        }
+        double mx = m4[0];
+        for (int u = 1; u < 4; u++) mx = m4[u] > mx ? m4[u] : mx;
+        for (k = 0; k < K; k++) l[k] = fgmm_exp_nonpos(l[k] - mx);
+        double s4[4] = {0, 0, 0, 0};
+        for (k = 0; k + 4 <= K; k += 4)
+            for (int u = 0; u < 4; u++) s4[u] += l[k + u];
+        for (; k < K; k++) s4[0] += l[k];
+        double s = (s4[0] + s4[1]) + (s4[2] + s4[3]);
         double inv = 1.0 / s;
-        for (int k = 0; k < K; k++) {
+        for (k = 0; k < K; k++) {
             l[k] *= inv;
             nk[k] += l[k];
         }
