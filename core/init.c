@@ -33,7 +33,13 @@ typedef struct {
     const double *cnorm;   /* k */
     double *d2;            /* S: squared distance to the nearest center */
     int *label;            /* S */
-    int newest;            /* kmeans++: index of the center just added */
+    /* greedy k-means++ */
+    int n_cand;            /* candidates per step */
+    float *cand;           /* n_cand x D */
+    double *cnorm_cand;    /* n_cand */
+    float *cdist;          /* S x n_cand squared distances */
+    double *xnorm;         /* S */
+    double **tpot;         /* per thread: n_cand potentials */
     /* per thread, for Lloyd */
     double **tsums; /* K x D */
     double **tcount;
@@ -41,21 +47,29 @@ typedef struct {
     double **dots;
 } km_ctx;
 
-static void pp_update(int tid, void *arg)
+/* Greedy k-means++ step: squared distances of this thread's rows to the L
+ * candidate centers (one sgemm per tile: seeding needs no more precision),
+ * and each candidate's potential sum_i min(d2_i, dist_il) over the rows. */
+static void pp_candidates(int tid, void *arg)
 {
     km_ctx *c = arg;
+    int D = c->d, L = c->n_cand;
     int64_t lo = c->s * tid / c->threads, hi = c->s * (tid + 1) / c->threads;
-    const double *ctr = c->centers + (size_t)c->newest * c->d;
-    for (int64_t i = lo; i < hi; i++) {
-        const float *x = c->x + (size_t)i * c->d;
-        double acc = 0;
-        for (int j = 0; j < c->d; j++) {
-            double t = (double)x[j] - ctr[j];
-            acc += t * t;
-        }
-        if (acc < c->d2[i]) {
-            c->d2[i] = acc;
-            c->label[i] = c->newest;
+    double *pot = c->tpot[tid];
+    for (int l = 0; l < L; l++) pot[l] = 0;
+    for (int64_t r0 = lo; r0 < hi; r0 += INIT_TILE) {
+        int n = (int)(hi - r0 < INIT_TILE ? hi - r0 : INIT_TILE);
+        float *dots = c->cdist + (size_t)r0 * L;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, L, D, 1.0f,
+                    c->x + (size_t)r0 * D, D, c->cand, D, 0.0f, dots, L);
+        for (int i = 0; i < n; i++) {
+            double xn = c->xnorm[r0 + i], d2 = c->d2[r0 + i];
+            for (int l = 0; l < L; l++) {
+                double dist = xn + c->cnorm_cand[l] - 2.0 * dots[(size_t)i * L + l];
+                dist = dist > 0 ? dist : 0;
+                dots[(size_t)i * L + l] = (float)dist;
+                pot[l] += dist < d2 ? dist : d2;
+            }
         }
     }
 }
@@ -106,33 +120,69 @@ static fgmm_status kmeans_centers(km_ctx *c, double *centers, double *cnorm, fgm
     int K = c->k, D = c->d;
     int64_t S = c->s;
     fgmm_status st;
-    /* k-means++ (Arthur & Vassilvitskii): each new center drawn with
-     * probability proportional to the squared distance to the nearest. */
-    int64_t first = (int64_t)(fgmm_rng_uniform(rng) * (double)S);
-    for (int j = 0; j < D; j++) centers[j] = c->x[(size_t)first * D + j];
-    for (int64_t i = 0; i < S; i++) c->d2[i] = INFINITY;
+    /* Greedy k-means++ (as scikit-learn): each step draws 2 + ln K
+     * candidates with probability proportional to the squared distance to
+     * the nearest center, and keeps the one that lowers the potential most.
+     * Plain k-means++ often seeds two centers in one cluster when clusters
+     * hold many rows in many dimensions; EM cannot undo that. */
+    int L = 2 + (int)log((double)K);
+    for (int64_t i = 0; i < S; i++) {
+        c->d2[i] = INFINITY;
+        double nn = 0;
+        for (int j = 0; j < D; j++) nn += (double)c->x[(size_t)i * D + j] * c->x[(size_t)i * D + j];
+        c->xnorm[i] = nn;
+    }
     c->centers = centers;
-    for (int k = 0;; k++) {
-        c->newest = k;
-        if ((st = fgmm_parallel_run(c->threads, pp_update, c, err))) return st;
-        if (k + 1 == K) break;
+    int64_t *pick = malloc(sizeof(int64_t) * (size_t)L);
+    if (!pick) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+    for (int k = 0; k < K; k++) {
         double total = 0;
-        for (int64_t i = 0; i < S; i++) total += c->d2[i];
-        int64_t pick = S - 1;
-        if (total > 0) {
-            double r = fgmm_rng_uniform(rng) * total, cum = 0;
-            for (int64_t i = 0; i < S; i++) {
-                cum += c->d2[i];
-                if (cum > r) {
-                    pick = i;
-                    break;
+        if (k > 0)
+            for (int64_t i = 0; i < S; i++) total += c->d2[i];
+        int nc = k == 0 ? 1 : L;
+        for (int l = 0; l < nc; l++) {
+            pick[l] = (int64_t)(fgmm_rng_uniform(rng) * (double)S);
+            if (k > 0 && total > 0) {
+                double r = fgmm_rng_uniform(rng) * total, cum = 0;
+                pick[l] = S - 1;
+                for (int64_t i = 0; i < S; i++) {
+                    cum += c->d2[i];
+                    if (cum > r) {
+                        pick[l] = i;
+                        break;
+                    }
                 }
             }
-        } else {
-            pick = (int64_t)(fgmm_rng_uniform(rng) * (double)S);
+            double nn = 0;
+            for (int j = 0; j < D; j++) {
+                float v = c->x[(size_t)pick[l] * D + j];
+                c->cand[(size_t)l * D + j] = v;
+                nn += (double)v * v;
+            }
+            c->cnorm_cand[l] = nn;
         }
-        for (int j = 0; j < D; j++) centers[(size_t)(k + 1) * D + j] = c->x[(size_t)pick * D + j];
+        c->n_cand = nc;
+        if ((st = fgmm_parallel_run(c->threads, pp_candidates, c, err))) {
+            free(pick);
+            return st;
+        }
+        int best = 0;
+        double best_pot = INFINITY;
+        for (int l = 0; l < nc; l++) {
+            double pot = 0;
+            for (int t = 0; t < c->threads; t++) pot += c->tpot[t][l];
+            if (pot < best_pot) {
+                best_pot = pot;
+                best = l;
+            }
+        }
+        for (int j = 0; j < D; j++) centers[(size_t)k * D + j] = c->cand[(size_t)best * D + j];
+        for (int64_t i = 0; i < S; i++) {
+            double dist = c->cdist[(size_t)i * nc + best];
+            if (dist < c->d2[i]) c->d2[i] = dist;
+        }
     }
+    free(pick);
     /* Lloyd iterations; each assignment pass also leaves labels/d2 for
      * the hard M-step that follows. */
     for (int it = 0; it <= lloyd_iter; it++) {
@@ -288,15 +338,23 @@ fgmm_status fgmm_initialize(fgmm_engine *e, fgmm_source *src, const fgmm_fit_par
         c.tcount = calloc((size_t)threads, sizeof(double *));
         c.tile = calloc((size_t)threads, sizeof(double *));
         c.dots = calloc((size_t)threads, sizeof(double *));
+        c.tpot = calloc((size_t)threads, sizeof(double *));
+        int L = 2 + (int)log((double)K);
+        c.cand = malloc(sizeof(float) * (size_t)L * D);
+        c.cnorm_cand = malloc(sizeof(double) * (size_t)L);
+        c.cdist = malloc(sizeof(float) * (size_t)S * L);
+        c.xnorm = malloc(sizeof(double) * (size_t)S);
         centers = malloc(sizeof(double) * (size_t)K * D);
         cnorm = malloc(sizeof(double) * (size_t)K);
-        int ok = c.d2 && c.label && c.tsums && c.tcount && c.tile && c.dots && centers && cnorm;
+        int ok = c.d2 && c.label && c.tsums && c.tcount && c.tile && c.dots && centers && cnorm &&
+                 c.tpot && c.cand && c.cnorm_cand && c.cdist && c.xnorm;
         for (int t = 0; ok && t < threads; t++) {
             c.tsums[t] = malloc(sizeof(double) * (size_t)K * D);
             c.tcount[t] = malloc(sizeof(double) * (size_t)K);
             c.tile[t] = malloc(sizeof(double) * INIT_TILE * (size_t)D);
             c.dots[t] = malloc(sizeof(double) * INIT_TILE * (size_t)K);
-            ok = c.tsums[t] && c.tcount[t] && c.tile[t] && c.dots[t];
+            c.tpot[t] = malloc(sizeof(double) * (size_t)L);
+            ok = c.tsums[t] && c.tcount[t] && c.tile[t] && c.dots[t] && c.tpot[t];
         }
         if (!ok) {
             st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for k-means");
@@ -330,11 +388,17 @@ done:
             free(c.tcount[t]);
             free(c.tile[t]);
             free(c.dots[t]);
+            if (c.tpot) free(c.tpot[t]);
         }
     free(c.tsums);
     free(c.tcount);
     free(c.tile);
     free(c.dots);
+    free(c.tpot);
+    free(c.cand);
+    free(c.cnorm_cand);
+    free(c.cdist);
+    free(c.xnorm);
     free(c.d2);
     free(c.label);
     free(centers);
