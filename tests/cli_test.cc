@@ -1,0 +1,239 @@
+// cli_test.cc - the flashgmm binary end to end: a fit that numpy can read,
+// one exact E+M step from a model, and every bad input giving one clear
+// line and a non-zero exit with nothing left behind.
+#include <gtest/gtest.h>
+
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <dirent.h>
+#include <string>
+#include <vector>
+
+#include "core/fgmm.h"
+
+namespace {
+
+std::string g_dir;
+
+struct Result {
+    int code;
+    std::string out;
+};
+
+Result run(const std::string &args)
+{
+    std::string cmd = "tools/flashgmm " + args + " 2>&1";
+    FILE *p = popen(cmd.c_str(), "r");
+    Result r{-1, ""};
+    if (!p) return r;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+    int st = pclose(p);
+    r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return r;
+}
+
+std::string path(const char *name) { return g_dir + "/" + name; }
+
+void write_file(const std::string &p, const void *data, size_t n)
+{
+    FILE *f = fopen(p.c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    fwrite(data, 1, n, f);
+    fclose(f);
+}
+
+// A .fbin of n rows from three well-separated clusters.
+void write_fbin(const std::string &p, uint32_t n, uint32_t d, uint64_t seed, int nan_row = -1)
+{
+    std::vector<unsigned char> buf(8 + (size_t)n * d * 4);
+    memcpy(&buf[0], &n, 4);
+    memcpy(&buf[4], &d, 4);
+    fgmm_rng r;
+    fgmm_rng_seed(&r, seed);
+    float *x = (float *)&buf[8];
+    for (uint32_t i = 0; i < n; i++)
+        for (uint32_t j = 0; j < d; j++)
+            x[(size_t)i * d + j] = (float)(10.0 * (i % 3) + fgmm_rng_normal(&r));
+    if (nan_row >= 0) x[(size_t)nan_row * d] = NAN;
+    write_file(p, buf.data(), buf.size());
+}
+
+bool exists(const std::string &p)
+{
+    struct stat st;
+    return stat(p.c_str(), &st) == 0;
+}
+
+int count_tmp_leftovers()
+{
+    int n = 0;
+    DIR *d = opendir(g_dir.c_str());
+    while (struct dirent *e = readdir(d))
+        if (strstr(e->d_name, ".tmp.")) n++;
+    closedir(d);
+    return n;
+}
+
+class Cli : public ::testing::Test {
+  protected:
+    static void SetUpTestSuite()
+    {
+        const char *t = getenv("TEST_TMPDIR");
+        char tmpl[] = "/tmp/fgmm_cli_XXXXXX";
+        g_dir = t ? std::string(t) + "/cli" : std::string(mkdtemp(tmpl));
+        mkdir(g_dir.c_str(), 0755);
+        write_fbin(path("good.fbin"), 3000, 4, 1);
+        write_fbin(path("d5.fbin"), 100, 5, 2);
+        write_fbin(path("nan.fbin"), 500, 4, 3, 321);
+    }
+    void expect_fail(const std::string &args, int code, const std::string &needle)
+    {
+        Result r = run(args);
+        EXPECT_EQ(r.code, code) << args << "\n" << r.out;
+        EXPECT_NE(r.out.find(needle), std::string::npos)
+            << "flashgmm " << args << "\nprinted: " << r.out << "\nexpected: " << needle;
+        // One line: the message, nothing else.
+        EXPECT_LE(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+    }
+};
+
+TEST_F(Cli, FitWritesAModelNumpyReads)
+{
+    Result r = run("fit --quiet --data " + path("good.fbin") + " --k 3 --out " + path("m1"));
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("fitted K=3"), std::string::npos) << r.out;
+    std::string py = "/usr/bin/python3 -c \"import numpy as np, json; d='" + path("m1") +
+                     "'; w=np.load(d+'/weights.npy'); m=np.load(d+'/means.npy'); "
+                     "v=np.load(d+'/variances.npy'); j=json.load(open(d+'/model.json')); "
+                     "assert w.shape==(3,) and m.shape==(3,4) and v.shape==(3,4), (w.shape, m.shape); "
+                     "assert m.dtype==np.float32 and abs(w.sum()-1)<1e-6; "
+                     "assert j['k']==3 and j['d']==4 and j['covariance']=='diag'; "
+                     "assert sorted(np.round(m[:,0]/10).astype(int).tolist())==[0,1,2], m; print('ok')\"";
+    EXPECT_EQ(system(py.c_str()), 0);
+    Result info = run("info " + path("m1"));
+    EXPECT_EQ(info.code, 0);
+    EXPECT_NE(info.out.find("components K     3"), std::string::npos) << info.out;
+    Result s = run("score --model " + path("m1") + " --data " + path("good.fbin") +
+                   " --per-row " + path("ll.npy"));
+    EXPECT_EQ(s.code, 0) << s.out;
+    EXPECT_NE(s.out.find("mean log-likelihood per row: -"), std::string::npos) << s.out;
+    EXPECT_TRUE(exists(path("ll.npy")));
+}
+
+TEST_F(Cli, InitFromModelWithOneIterationIsOneEStepAndOneMStep)
+{
+    ASSERT_EQ(run("fit --quiet --data " + path("good.fbin") + " --k 3 --max-iter 2 --out " +
+                  path("m2")).code, 0);
+    Result r = run("fit --quiet --data " + path("good.fbin") + " --init " + path("m2") +
+                   " --max-iter 1 --out " + path("m3"));
+    ASSERT_EQ(r.code, 0) << r.out;
+    // The E-step ran under m2: its log-likelihood equals score(m2).
+    Result s = run("score --model " + path("m2") + " --data " + path("good.fbin"));
+    double ll_score = atof(s.out.substr(s.out.find(": ") + 2).c_str());
+    std::string py = "/usr/bin/python3 -c \"import json; j=json.load(open('" + path("m3") +
+                     "/model.json')); assert j['iterations']==1 and len(j['log_likelihood'])==1; "
+                     "print(repr(j['log_likelihood'][0]))\"";
+    FILE *p = popen(py.c_str(), "r");
+    double ll = NAN;
+    ASSERT_EQ(fscanf(p, "%lf", &ll), 1);
+    EXPECT_EQ(pclose(p), 0);
+    EXPECT_NEAR(ll, ll_score, 1e-7 * std::fabs(ll_score));
+}
+
+TEST_F(Cli, MissingFile) { expect_fail("fit --data " + path("nope.fbin") + " --k 2 --out " + path("x"), 1, "nope.fbin"); }
+
+TEST_F(Cli, UnknownExtension)
+{
+    write_file(path("data.csv"), "1,2\n", 4);
+    expect_fail("fit --data " + path("data.csv") + " --k 2 --out " + path("x"), 2, "data.csv");
+}
+
+TEST_F(Cli, TruncatedFile)
+{
+    uint32_t hdr[2] = {1000, 16};
+    std::vector<unsigned char> b(8 + 6000);
+    memcpy(b.data(), hdr, 8);
+    write_file(path("trunc.fbin"), b.data(), b.size());
+    expect_fail("fit --data " + path("trunc.fbin") + " --k 2 --out " + path("x"), 1, "trunc.fbin");
+}
+
+TEST_F(Cli, InconsistentFvecsDimension)
+{
+    std::vector<unsigned char> b;
+    auto row = [&](int32_t d) {
+        b.insert(b.end(), (unsigned char *)&d, (unsigned char *)&d + 4);
+        for (int j = 0; j < d; j++) {
+            float v = (float)j;
+            b.insert(b.end(), (unsigned char *)&v, (unsigned char *)&v + 4);
+        }
+    };
+    for (int i = 0; i < 5; i++) row(4);
+    row(3);  // row 5 is short: 4 + 12 bytes
+    row(5);  // and this one long, so the total stays a multiple of the row size
+    for (int i = 0; i < 3; i++) row(4);
+    write_file(path("bad.fvecs"), b.data(), b.size());
+    expect_fail("fit --data " + path("bad.fvecs") + " --k 2 --out " + path("x"), 1, "row 5");
+}
+
+TEST_F(Cli, NaNNamesTheRow)
+{
+    expect_fail("fit --data " + path("nan.fbin") + " --k 2 --out " + path("x"), 1, "row 321");
+    EXPECT_FALSE(exists(path("x")));
+    EXPECT_EQ(count_tmp_leftovers(), 0);
+}
+
+TEST_F(Cli, KOutOfRange)
+{
+    expect_fail("fit --data " + path("good.fbin") + " --k 0 --out " + path("x"), 2, "--k must be > 0");
+    expect_fail("fit --data " + path("good.fbin") + " --k 3001 --out " + path("x"), 2,
+                "exceeds the 3000 rows");
+    EXPECT_FALSE(exists(path("x")));
+}
+
+TEST_F(Cli, ModelAndDataDimensionsDisagree)
+{
+    ASSERT_EQ(run("fit --quiet --data " + path("good.fbin") + " --k 2 --max-iter 1 --out " +
+                  path("m4")).code, 0);
+    expect_fail("fit --data " + path("d5.fbin") + " --init " + path("m4") + " --out " + path("x"), 1,
+                "D=4");
+    expect_fail("score --model " + path("m4") + " --data " + path("d5.fbin"), 1, "dimension 5");
+}
+
+TEST_F(Cli, OutputThatExistsIsRefusedAndUntouched)
+{
+    mkdir(path("taken").c_str(), 0755);
+    write_file(path("taken/keep.txt"), "mine", 4);
+    expect_fail("fit --data " + path("good.fbin") + " --k 2 --out " + path("taken"), 1, "already exists");
+    EXPECT_TRUE(exists(path("taken/keep.txt")));
+    EXPECT_FALSE(exists(path("taken/model.json")));
+}
+
+TEST_F(Cli, UsageErrors)
+{
+    expect_fail("fit --data " + path("good.fbin") + " --k 2", 2, "--out are required");
+    expect_fail("fit --bogus 1", 2, "unknown flag '--bogus'");
+    expect_fail("fit --data " + path("good.fbin") + " --k two --out " + path("x"), 2, "--k expects an integer");
+    expect_fail("fit --data " + path("good.fbin") + " --k 2 --covariance full2 --out " + path("x"), 2,
+                "unknown covariance 'full2'");
+    expect_fail("frobnicate", 2, "unknown command 'frobnicate'");
+    EXPECT_EQ(run("fit --help").code, 0);
+    EXPECT_EQ(run("score --help").code, 0);
+    EXPECT_EQ(run("demo --help").code, 0);
+    EXPECT_EQ(run("info --help").code, 0);
+}
+
+TEST_F(Cli, DemoRunsSmall)
+{
+    Result r = run("demo --n 20000 --k 4 --d 8");
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("components recovered       4 of 4"), std::string::npos) << r.out;
+}
+
+}  // namespace
