@@ -230,8 +230,10 @@ fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
         meta->reseeded += reseeded;
         double dt = now_seconds() - t0, change = ll - prev;
         if (p->verbose) {
-            fprintf(stderr, "iter %4d  loglik %.6f  change %-10.3e  %.3fs  %.3g rows/s", it, ll,
-                    it == 1 ? NAN : change, dt, (double)N / dt);
+            char ch[32] = "-";
+            if (it > 1) snprintf(ch, sizeof ch, "%.3e", change);
+            fprintf(stderr, "iter %4d  loglik %.6f  change %-10s  %.3fs  %.3g rows/s", it, ll, ch,
+                    dt, (double)N / dt);
             if (reseeded)
                 fprintf(stderr, "  re-seeded %d collapsed component%s", reseeded,
                         reseeded > 1 ? "s" : "");
