@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds the GPU machine's binaries here (it has no Bazel): nvcc for sm_90a,
+# everything but glibc and the driver linked statically (that machine has no
+# OpenBLAS, liburing or zstd). Output: .devbin/ (git-ignored; carried).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=.devbin
+rm -rf "$OUT" && mkdir -p "$OUT/obj"
+CFLAGS="-std=c11 -D_GNU_SOURCE -O3 -march=x86-64-v3 -Wall -Wextra -I."
+NVCC="/usr/local/cuda/bin/nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I. -Xcompiler=-Wall"
+for f in core/*.c io/*.c; do gcc $CFLAGS -c "$f" -o "$OUT/obj/$(basename "${f%.c}").o"; done
+for f in cuda/*.cu; do $NVCC -c "$f" -o "$OUT/obj/cu_$(basename "${f%.cu}").o"; done
+LIB=/usr/lib/x86_64-linux-gnu
+STATIC="$LIB/libopenblas.a /usr/lib/gcc/x86_64-linux-gnu/12/libgfortran.a /usr/lib/gcc/x86_64-linux-gnu/12/libquadmath.a /usr/local/cuda/lib64/libcudart_static.a"
+LINK="-static-libstdc++ -static-libgcc $STATIC -ldl -lrt -lpthread -lm"
+OBJ="$OUT/obj/*.o"
+gcc $CFLAGS -c tools/flashgmm.c -o "$OUT/flashgmm.o"
+g++ -o "$OUT/flashgmm" "$OUT/flashgmm.o" $OBJ $LINK
+gcc $CFLAGS -c bench/engine_bench.c -o "$OUT/engine_bench.o"
+g++ -o "$OUT/engine_bench" "$OUT/engine_bench.o" $OBJ $LINK
+for t in cuda_test engine_gpu_test core_test; do
+  g++ -std=c++17 -O2 -I. -c tests/$t.cc -o "$OUT/$t.o"
+  g++ -o "$OUT/$t" "$OUT/$t.o" $OBJ $LIB/libgtest_main.a $LIB/libgtest.a $LINK
+done
+rm -rf "$OUT/obj" "$OUT"/*.o
+cp bench/torch_reference.py "$OUT/"
+ls -la "$OUT"

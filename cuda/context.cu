@@ -1,0 +1,441 @@
+/*
+ * context.cu - host orchestration of the E-step: device selection, buffers,
+ * staging of rows through pinned memory, and the pass protocol of
+ * fgmm_cuda.h. No kernels here (they are in estep.cu).
+ *
+ * Pipeline of fgmmc_accumulate, per sub-chunk i (slot b = alternating 0/1):
+ *   host:        wait h2d_done[b] (pinned h_in[b] free), pack rows into h_in[b]
+ *   copy_stream: wait kern_done[b] (d_in[b] free), h_in[b] -> d_in[b], record h2d_done[b]
+ *   stream:      wait h2d_done[b], kernels A B C on d_in[b], record kern_done[b],
+ *                lse -> pinned h_ll[b], record ll_done[b]
+ * so packing and copying chunk i+1 overlap the kernels of chunk i. Every
+ * kernel runs on `stream`, in call order, which is what makes the pass's
+ * sums deterministic.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda/internal.h"
+
+/* Rows per sub-chunk: bounded in count (device scratch per row) and in
+ * bytes (pinned staging: two buffers of STAGE_BYTES). */
+#define MAX_CHUNK_ROWS ((int64_t)262144)
+#define STAGE_BYTES ((size_t)32 << 20)
+
+struct fgmmc_context {
+    int device, sm_count;
+    cudaStream_t stream;      /* kernels, device-to-host copies */
+    cudaStream_t copy_stream; /* host-to-device copies of rows */
+    cudaEvent_t h2d_done[2], kern_done[2], ll_done[2];
+    int slot; /* next staging slot; alternates across calls too */
+    char desc[320];
+    size_t dev_bytes, peak_bytes;
+
+    /* the current pass */
+    int in_pass, k, d;
+    float *d_w, *d_c, *d_shift;
+    double *d_acc; /* k*(2d+1) statistics, then the log-likelihood sum */
+    size_t cap_w, cap_c, cap_shift, cap_acc;
+
+    /* per-batch device scratch (bytes in cap_*) */
+    void *d_in[2];
+    size_t cap_in[2];
+    float *d_lse2, *d_ll;
+    size_t cap_lse2, cap_ll;
+    double *d_block_ll, *d_part;
+    size_t cap_block_ll, cap_part;
+
+    /* pinned host memory */
+    void *h_in[2];
+    size_t cap_h_in[2];
+    float *h_ll[2];
+    size_t cap_h_ll[2];
+    void *h_param; /* begin_pass upload, end_pass download */
+    size_t cap_h_param;
+};
+
+fgmmc_status fgmmc_fail(fgmmc_error *err, fgmmc_status code, const char *fmt, ...)
+{
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        va_end(ap);
+        err->code = code;
+    }
+    return code;
+}
+
+int fgmmc_device_count(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError(); /* clear: no driver is not an error here */
+        return 0;
+    }
+    return n;
+}
+
+/* ------------------------------------------------------------- buffers */
+
+/* Waits for everything in flight: a buffer may only be freed or replaced
+ * once no copy or kernel can still touch it. */
+static fgmmc_status quiesce(fgmmc_context *ctx, fgmmc_error *err)
+{
+    FGMMC_CHECK(cudaStreamSynchronize(ctx->copy_stream), err);
+    FGMMC_CHECK(cudaStreamSynchronize(ctx->stream), err);
+    return FGMMC_OK;
+}
+
+/* Grows device buffer *p to at least need bytes (by 1.5x at least, so that
+ * slowly growing requests do not reallocate every time). Contents are not
+ * kept. */
+static fgmmc_status dev_reserve(fgmmc_context *ctx, void **p, size_t *cap, size_t need,
+                                const char *what, fgmmc_error *err)
+{
+    if (need <= *cap && *p) return FGMMC_OK;
+    size_t want = need > *cap + *cap / 2 ? need : *cap + *cap / 2;
+    if (want == 0) want = 16;
+    if (*p) {
+        fgmmc_status st = quiesce(ctx, err);
+        if (st) return st;
+        FGMMC_CHECK(cudaFree(*p), err);
+        ctx->dev_bytes -= *cap;
+        *p = NULL;
+        *cap = 0;
+    }
+    cudaError_t e = cudaMalloc(p, want);
+    if (e != cudaSuccess) {
+        *p = NULL;
+        (void)cudaGetLastError();
+        return fgmmc_fail(err, e == cudaErrorMemoryAllocation ? FGMMC_ERR_NO_MEMORY : FGMMC_ERR_CUDA,
+                          "cudaMalloc(%zu bytes for %s) failed: %s (%s:%d)", want, what,
+                          cudaGetErrorString(e), __FILE__, __LINE__);
+    }
+    *cap = want;
+    ctx->dev_bytes += want;
+    if (ctx->dev_bytes > ctx->peak_bytes) ctx->peak_bytes = ctx->dev_bytes;
+    return FGMMC_OK;
+}
+
+/* Same for pinned host memory (page-locked, so copies are truly async). */
+static fgmmc_status host_reserve(fgmmc_context *ctx, void **p, size_t *cap, size_t need,
+                                 const char *what, fgmmc_error *err)
+{
+    if (need <= *cap && *p) return FGMMC_OK;
+    size_t want = need > *cap + *cap / 2 ? need : *cap + *cap / 2;
+    if (want == 0) want = 16;
+    if (*p) {
+        fgmmc_status st = quiesce(ctx, err);
+        if (st) return st;
+        FGMMC_CHECK(cudaFreeHost(*p), err);
+        *p = NULL;
+        *cap = 0;
+    }
+    cudaError_t e = cudaHostAlloc(p, want, cudaHostAllocDefault);
+    if (e != cudaSuccess) {
+        *p = NULL;
+        (void)cudaGetLastError();
+        return fgmmc_fail(err, e == cudaErrorMemoryAllocation ? FGMMC_ERR_NO_MEMORY : FGMMC_ERR_CUDA,
+                          "cudaHostAlloc(%zu bytes for %s) failed: %s (%s:%d)", want, what,
+                          cudaGetErrorString(e), __FILE__, __LINE__);
+    }
+    *cap = want;
+    return FGMMC_OK;
+}
+
+#define DEV_RESERVE(ctx, ptr, cap, need, what, err) \
+    dev_reserve((ctx), (void **)&(ptr), &(cap), (need), (what), (err))
+#define HOST_RESERVE(ctx, ptr, cap, need, what, err) \
+    host_reserve((ctx), (void **)&(ptr), &(cap), (need), (what), (err))
+
+/* ------------------------------------------------------------ lifetime */
+
+void fgmmc_free(fgmmc_context *ctx)
+{
+    if (!ctx) return;
+    /* Best effort: errors cannot be reported from here. */
+    if (cudaSetDevice(ctx->device) == cudaSuccess) {
+        if (ctx->stream) cudaStreamSynchronize(ctx->stream);
+        if (ctx->copy_stream) cudaStreamSynchronize(ctx->copy_stream);
+    }
+    void *dev[] = {ctx->d_w,  ctx->d_c,    ctx->d_shift,     ctx->d_acc, ctx->d_in[0],
+                   ctx->d_in[1], ctx->d_lse2, ctx->d_ll, ctx->d_block_ll, ctx->d_part};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
+        if (dev[i]) cudaFree(dev[i]);
+    void *host[] = {ctx->h_in[0], ctx->h_in[1], ctx->h_ll[0], ctx->h_ll[1], ctx->h_param};
+    for (size_t i = 0; i < sizeof host / sizeof host[0]; i++)
+        if (host[i]) cudaFreeHost(host[i]);
+    for (int b = 0; b < 2; b++) {
+        if (ctx->h2d_done[b]) cudaEventDestroy(ctx->h2d_done[b]);
+        if (ctx->kern_done[b]) cudaEventDestroy(ctx->kern_done[b]);
+        if (ctx->ll_done[b]) cudaEventDestroy(ctx->ll_done[b]);
+    }
+    if (ctx->stream) cudaStreamDestroy(ctx->stream);
+    if (ctx->copy_stream) cudaStreamDestroy(ctx->copy_stream);
+    (void)cudaGetLastError();
+    free(ctx);
+}
+
+static fgmmc_status create_in(fgmmc_context *ctx, int device, fgmmc_error *err)
+{
+    FGMMC_CHECK(cudaSetDevice(device), err);
+    cudaDeviceProp prop;
+    FGMMC_CHECK(cudaGetDeviceProperties(&prop, device), err);
+    ctx->sm_count = prop.multiProcessorCount;
+    snprintf(ctx->desc, sizeof ctx->desc, "%.200s (device %d, sm_%d%d, %d SMs, %.1f GiB)", prop.name,
+             device, prop.major, prop.minor, prop.multiProcessorCount,
+             (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
+    /* Non-blocking: no implicit synchronisation with the legacy default
+     * stream that other code in the process might use. */
+    FGMMC_CHECK(cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking), err);
+    FGMMC_CHECK(cudaStreamCreateWithFlags(&ctx->copy_stream, cudaStreamNonBlocking), err);
+    for (int b = 0; b < 2; b++) {
+        FGMMC_CHECK(cudaEventCreateWithFlags(&ctx->h2d_done[b], cudaEventDisableTiming), err);
+        FGMMC_CHECK(cudaEventCreateWithFlags(&ctx->kern_done[b], cudaEventDisableTiming), err);
+        FGMMC_CHECK(cudaEventCreateWithFlags(&ctx->ll_done[b], cudaEventDisableTiming), err);
+    }
+    return FGMMC_OK;
+}
+
+fgmmc_status fgmmc_create(int device, fgmmc_context **out, fgmmc_error *err)
+{
+    if (!out) return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_create: out is NULL");
+    *out = NULL;
+    int count = fgmmc_device_count();
+    if (count == 0) return fgmmc_fail(err, FGMMC_ERR_NO_DEVICE, "no CUDA device (or no driver)");
+    if (device < 0 || device >= count)
+        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_create: device %d out of range (0..%d)",
+                          device, count - 1);
+    fgmmc_context *ctx = (fgmmc_context *)calloc(1, sizeof *ctx);
+    if (!ctx) return fgmmc_fail(err, FGMMC_ERR_NO_MEMORY, "fgmmc_create: out of host memory");
+    ctx->device = device;
+    fgmmc_status st = create_in(ctx, device, err);
+    if (st) {
+        fgmmc_free(ctx);
+        return st;
+    }
+    *out = ctx;
+    return FGMMC_OK;
+}
+
+const char *fgmmc_describe(const fgmmc_context *ctx) { return ctx ? ctx->desc : ""; }
+
+size_t fgmmc_device_bytes(const fgmmc_context *ctx) { return ctx ? ctx->peak_bytes : 0; }
+
+/* --------------------------------------------------------------- passes */
+
+fgmmc_status fgmmc_begin_pass(fgmmc_context *ctx, int k, int d, const double *w, const double *c,
+                              const double *shift, fgmmc_error *err)
+{
+    if (!ctx) return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_begin_pass: ctx is NULL");
+    if (k <= 0) return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_begin_pass: k=%d, must be >= 1", k);
+    if (d <= 0) return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_begin_pass: d=%d, must be >= 1", d);
+    if (d > FGMMC_MAX_D)
+        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT,
+                          "fgmmc_begin_pass: d=%d exceeds the CUDA back end's limit of %d", d,
+                          FGMMC_MAX_D);
+    if (!w || !c || !shift)
+        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_begin_pass: w, c and shift must be non-NULL");
+    ctx->in_pass = 0;
+    FGMMC_CHECK(cudaSetDevice(ctx->device), err);
+
+    size_t nw = (size_t)2 * d * k, per = (size_t)k * (2 * (size_t)d + 1);
+    fgmmc_status st;
+    if ((st = DEV_RESERVE(ctx, ctx->d_w, ctx->cap_w, nw * sizeof(float), "w", err)) ||
+        (st = DEV_RESERVE(ctx, ctx->d_c, ctx->cap_c, (size_t)k * sizeof(float), "c", err)) ||
+        (st = DEV_RESERVE(ctx, ctx->d_shift, ctx->cap_shift, (size_t)d * sizeof(float), "shift",
+                          err)) ||
+        (st = DEV_RESERVE(ctx, ctx->d_acc, ctx->cap_acc, (per + 1) * sizeof(double), "accumulators",
+                          err)))
+        return st;
+    size_t param_bytes = (nw + (size_t)k + (size_t)d) * sizeof(float);
+    if ((st = HOST_RESERVE(ctx, ctx->h_param, ctx->cap_h_param,
+                           param_bytes > (per + 1) * sizeof(double) ? param_bytes
+                                                                    : (per + 1) * sizeof(double),
+                           "parameter staging", err)))
+        return st;
+    /* h_param may still be the source of the previous pass's upload or
+     * the target of its download. */
+    FGMMC_CHECK(cudaStreamSynchronize(ctx->stream), err);
+
+    /* Logits in log2 units (see estep.cu): scale in double, round once. */
+    float *hw = (float *)ctx->h_param, *hc = hw + nw, *hs = hc + k;
+    for (size_t i = 0; i < nw; i++) hw[i] = (float)(w[i] * M_LOG2E);
+    for (int i = 0; i < k; i++) hc[i] = (float)(c[i] * M_LOG2E);
+    for (int i = 0; i < d; i++) hs[i] = (float)shift[i];
+    FGMMC_CHECK(cudaMemcpyAsync(ctx->d_w, hw, nw * sizeof(float), cudaMemcpyHostToDevice, ctx->stream),
+                err);
+    FGMMC_CHECK(cudaMemcpyAsync(ctx->d_c, hc, (size_t)k * sizeof(float), cudaMemcpyHostToDevice,
+                                ctx->stream),
+                err);
+    FGMMC_CHECK(cudaMemcpyAsync(ctx->d_shift, hs, (size_t)d * sizeof(float),
+                                cudaMemcpyHostToDevice, ctx->stream),
+                err);
+    FGMMC_CHECK(cudaMemsetAsync(ctx->d_acc, 0, (per + 1) * sizeof(double), ctx->stream), err);
+    ctx->k = k;
+    ctx->d = d;
+    ctx->in_pass = 1;
+    return FGMMC_OK;
+}
+
+/* Copies the pinned per-row log-likelihoods of a finished sub-chunk out to
+ * the caller's buffer. */
+typedef struct {
+    float *dst;
+    int64_t n;
+} pending_ll;
+
+static fgmmc_status drain_ll(fgmmc_context *ctx, int b, pending_ll *p, fgmmc_error *err)
+{
+    if (p->n == 0) return FGMMC_OK;
+    FGMMC_CHECK(cudaEventSynchronize(ctx->ll_done[b]), err);
+    memcpy(p->dst, ctx->h_ll[b], (size_t)p->n * sizeof(float));
+    p->n = 0;
+    return FGMMC_OK;
+}
+
+static fgmmc_status accumulate_in(fgmmc_context *ctx, const char *rows, size_t row_stride,
+                                  int64_t n, fgmmc_dtype dtype, float *per_row_ll,
+                                  pending_ll pend[2], fgmmc_error *err)
+{
+    const size_t row_bytes = (size_t)ctx->d * fgmmc_dtype_size(dtype);
+    int64_t chunk = (int64_t)(STAGE_BYTES / row_bytes);
+    if (chunk > MAX_CHUNK_ROWS) chunk = MAX_CHUNK_ROWS;
+    if (chunk > n) chunk = n;
+    if (chunk < 1) chunk = 1;
+
+    fgmmc_status st;
+    fgmmc_plan plan;
+    fgmmc_estep_plan(ctx->k, ctx->d, chunk, ctx->sm_count, &plan);
+    size_t cb = (size_t)chunk * row_bytes, cr = (size_t)chunk;
+    if ((st = DEV_RESERVE(ctx, ctx->d_lse2, ctx->cap_lse2, cr * sizeof(float), "lse", err)) ||
+        (st = DEV_RESERVE(ctx, ctx->d_ll, ctx->cap_ll, cr * sizeof(float), "row ll", err)) ||
+        (st = DEV_RESERVE(ctx, ctx->d_block_ll, ctx->cap_block_ll,
+                          (size_t)plan.lse_blocks * sizeof(double), "tile ll", err)))
+        return st;
+    for (int b = 0; b < 2; b++) {
+        if ((st = DEV_RESERVE(ctx, ctx->d_in[b], ctx->cap_in[b], cb, "rows", err)) ||
+            (st = HOST_RESERVE(ctx, ctx->h_in[b], ctx->cap_h_in[b], cb, "row staging", err)))
+            return st;
+        if (per_row_ll &&
+            (st = HOST_RESERVE(ctx, ctx->h_ll[b], ctx->cap_h_ll[b], cr * sizeof(float), "ll staging",
+                               err)))
+            return st;
+    }
+
+    for (int64_t off = 0; off < n; off += chunk) {
+        const int64_t m = n - off < chunk ? n - off : chunk;
+        const int b = ctx->slot;
+        ctx->slot ^= 1;
+
+        fgmmc_estep_plan(ctx->k, ctx->d, m, ctx->sm_count, &plan);
+        if ((st = DEV_RESERVE(ctx, ctx->d_part, ctx->cap_part, plan.partial_elems * sizeof(double),
+                              "partials", err)))
+            return st;
+
+        /* Pack into pinned memory once its previous upload has finished. */
+        FGMMC_CHECK(cudaEventSynchronize(ctx->h2d_done[b]), err);
+        const char *src = rows + (size_t)off * row_stride;
+        char *dst = (char *)ctx->h_in[b];
+        if (row_stride == row_bytes)
+            memcpy(dst, src, (size_t)m * row_bytes);
+        else
+            for (int64_t i = 0; i < m; i++)
+                memcpy(dst + (size_t)i * row_bytes, src + (size_t)i * row_stride, row_bytes);
+
+        /* Upload on the copy stream once the kernels that read d_in[b]
+         * two sub-chunks ago are done. */
+        FGMMC_CHECK(cudaStreamWaitEvent(ctx->copy_stream, ctx->kern_done[b], 0), err);
+        FGMMC_CHECK(cudaMemcpyAsync(ctx->d_in[b], ctx->h_in[b], (size_t)m * row_bytes,
+                                    cudaMemcpyHostToDevice, ctx->copy_stream),
+                    err);
+        FGMMC_CHECK(cudaEventRecord(ctx->h2d_done[b], ctx->copy_stream), err);
+        FGMMC_CHECK(cudaStreamWaitEvent(ctx->stream, ctx->h2d_done[b], 0), err);
+
+        fgmmc_batch bt;
+        bt.k = ctx->k;
+        bt.d = ctx->d;
+        bt.n = m;
+        bt.dtype = dtype;
+        bt.x = ctx->d_in[b];
+        bt.w = ctx->d_w;
+        bt.c = ctx->d_c;
+        bt.shift = ctx->d_shift;
+        bt.lse2 = ctx->d_lse2;
+        bt.ll = ctx->d_ll;
+        bt.block_ll = ctx->d_block_ll;
+        bt.partials = ctx->d_part;
+        bt.acc = ctx->d_acc;
+        if ((st = fgmmc_estep_launch(&bt, &plan, ctx->stream, err))) return st;
+        FGMMC_CHECK(cudaEventRecord(ctx->kern_done[b], ctx->stream), err);
+
+        if (per_row_ll) {
+            /* h_ll[b] still holds sub-chunk i-2's values until drained. */
+            if ((st = drain_ll(ctx, b, &pend[b], err))) return st;
+            FGMMC_CHECK(cudaMemcpyAsync(ctx->h_ll[b], ctx->d_ll, (size_t)m * sizeof(float),
+                                        cudaMemcpyDeviceToHost, ctx->stream),
+                        err);
+            FGMMC_CHECK(cudaEventRecord(ctx->ll_done[b], ctx->stream), err);
+            pend[b].dst = per_row_ll + off;
+            pend[b].n = m;
+        }
+    }
+    /* The older of the two pending sub-chunks first (either order is
+     * correct: they go to disjoint ranges). */
+    int b = ctx->slot;
+    if ((st = drain_ll(ctx, b, &pend[b], err))) return st;
+    return drain_ll(ctx, b ^ 1, &pend[b ^ 1], err);
+}
+
+fgmmc_status fgmmc_accumulate(fgmmc_context *ctx, const void *rows, size_t row_stride, int64_t n,
+                              fgmmc_dtype dtype, float *per_row_ll, fgmmc_error *err)
+{
+    if (!ctx) return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_accumulate: ctx is NULL");
+    if (!ctx->in_pass)
+        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT,
+                          "fgmmc_accumulate: no pass in progress (call fgmmc_begin_pass first)");
+    if (n < 0) return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_accumulate: n=%lld", (long long)n);
+    size_t es = fgmmc_dtype_size(dtype);
+    if (es == 0) return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_accumulate: unknown dtype %d", (int)dtype);
+    if (n == 0) return FGMMC_OK;
+    if (!rows) return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_accumulate: rows is NULL");
+    if (row_stride < (size_t)ctx->d * es)
+        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT,
+                          "fgmmc_accumulate: row_stride %zu < d*element size %zu", row_stride,
+                          (size_t)ctx->d * es);
+    FGMMC_CHECK(cudaSetDevice(ctx->device), err);
+    pending_ll pend[2] = {{NULL, 0}, {NULL, 0}};
+    fgmmc_status st =
+        accumulate_in(ctx, (const char *)rows, row_stride, n, dtype, per_row_ll, pend, err);
+    if (st) ctx->in_pass = 0; /* the accumulators are incomplete: refuse to end this pass */
+    return st;
+}
+
+fgmmc_status fgmmc_end_pass(fgmmc_context *ctx, double *nk, double *sums, double *ll_sum,
+                            fgmmc_error *err)
+{
+    if (!ctx) return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_end_pass: ctx is NULL");
+    if (!ctx->in_pass)
+        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_end_pass: no pass in progress");
+    if (!nk || !sums || !ll_sum)
+        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_end_pass: nk, sums and ll_sum must be non-NULL");
+    FGMMC_CHECK(cudaSetDevice(ctx->device), err);
+    const int K = ctx->k, D = ctx->d;
+    const size_t per = (size_t)K * (2 * (size_t)D + 1);
+    double *h = (double *)ctx->h_param; /* sized for this in begin_pass */
+    FGMMC_CHECK(cudaMemcpyAsync(h, ctx->d_acc, (per + 1) * sizeof(double), cudaMemcpyDeviceToHost,
+                                ctx->stream),
+                err);
+    FGMMC_CHECK(cudaStreamSynchronize(ctx->stream), err);
+    for (int k = 0; k < K; k++) {
+        const double *a = h + (size_t)k * (2 * D + 1);
+        memcpy(sums + (size_t)k * 2 * D, a, sizeof(double) * 2 * (size_t)D);
+        nk[k] = a[2 * D];
+    }
+    *ll_sum = h[per];
+    ctx->in_pass = 0;
+    return FGMMC_OK;
+}

@@ -1,0 +1,85 @@
+/*
+ * internal.h - declarations shared by cuda/'s translation units: the error
+ * macro and the E-step's plan/launch interface between the host
+ * orchestration (context.cu) and the kernels (estep.cu). Not installed.
+ */
+#ifndef FGMM_CUDA_INTERNAL_H
+#define FGMM_CUDA_INTERNAL_H
+
+#include <cuda_runtime.h>
+#include <stdio.h>
+
+#include "cuda/fgmm_cuda.h"
+
+/* Largest D the statistics kernel supports: one block keeps a
+ * (components x D) slice of the accumulators in registers and the whole
+ * row tile [TM x D] in shared memory. */
+#define FGMMC_MAX_D 1024
+
+/* Sets err and returns FGMMC_ERR_CUDA from the calling function when a CUDA
+ * runtime call fails; the message names the call as written, CUDA's own
+ * description and where. */
+#define FGMMC_CHECK(call, err)                                                         \
+    do {                                                                               \
+        cudaError_t fgmmc_e_ = (call);                                                 \
+        if (fgmmc_e_ != cudaSuccess)                                                   \
+            return fgmmc_fail((err), FGMMC_ERR_CUDA, "%s failed: %s (%s:%d)", #call,    \
+                              cudaGetErrorString(fgmmc_e_), __FILE__, __LINE__);       \
+    } while (0)
+
+/* After a kernel launch: launch-configuration errors show up here. */
+#define FGMMC_CHECK_LAUNCH(name, err)                                                  \
+    do {                                                                               \
+        cudaError_t fgmmc_e_ = cudaGetLastError();                                     \
+        if (fgmmc_e_ != cudaSuccess)                                                   \
+            return fgmmc_fail((err), FGMMC_ERR_CUDA, "launch of %s failed: %s (%s:%d)", \
+                              (name), cudaGetErrorString(fgmmc_e_), __FILE__, __LINE__); \
+    } while (0)
+
+/* Fills err (may be NULL) printf-style and returns code. */
+fgmmc_status fgmmc_fail(fgmmc_error *err, fgmmc_status code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* How one batch of n rows is cut up on the device. Computed by
+ * fgmmc_estep_plan from (k, d, n) only, so the same input always gets the
+ * same decomposition and therefore the same summation order. */
+typedef struct {
+    int lse_blocks;      /* kernel A: row tiles */
+    int slices;          /* kernel B: component slices of kb components */
+    int kb;              /* components per slice */
+    int splits;          /* kernel B: row ranges */
+    int rows_per_split;  /* multiple of the kernel's row tile */
+    size_t partial_elems; /* splits * k * (2d+1) doubles */
+} fgmmc_plan;
+
+/* One batch's device pointers; all on the device. */
+typedef struct {
+    int k, d;
+    int64_t n;            /* rows in x, packed: row i at x + i*d*elem */
+    fgmmc_dtype dtype;
+    const void *x;
+    const float *w;       /* 2D x K, row-major, scaled by log2(e) */
+    const float *c;       /* K, scaled by log2(e) */
+    const float *shift;   /* D */
+    float *lse2;          /* n: row log-sum-exp in log2 units (kernel B input) */
+    float *ll;            /* n: row log-likelihood, natural log (host output) */
+    double *block_ll;     /* lse_blocks: per-tile sums of ll */
+    double *partials;     /* plan.partial_elems */
+    double *acc;          /* k*(2d+1) statistics, then 1 log-likelihood sum */
+} fgmmc_batch;
+
+/* Element size of a dtype in bytes; 0 for an unknown dtype. */
+size_t fgmmc_dtype_size(fgmmc_dtype t);
+
+/* Decomposition for n (> 0) rows; sm_count sizes the grid of kernel B. */
+void fgmmc_estep_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *plan);
+
+/* Enqueues kernels A (log-sum-exp), B (statistics), C (fixed-order
+ * reduction into acc) on stream. Checks each launch. */
+fgmmc_status fgmmc_estep_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
+                                cudaStream_t stream, fgmmc_error *err);
+
+#endif /* FGMM_CUDA_INTERNAL_H */

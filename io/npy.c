@@ -1,0 +1,517 @@
+/*
+ * npy.c - numpy .npy arrays: the header parser shared with dataset.c, a
+ * writer (format 1.0, float32/float64) and a reader into doubles.
+ *
+ * Writes go to "<path>.tmp.<pid>", are fsync'ed, then renamed: a reader
+ * never sees a half-written array, and a failure leaves nothing behind.
+ */
+#include "io/fgmm_io.h"
+#include "io/json.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* The writer stores host floats as-is and the reader loads them as-is;
+ * both are only right on a little-endian host. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "io/npy.c assumes a little-endian host"
+#endif
+
+#define NPY_MAGIC "\x93NUMPY"
+#define NPY_MAGIC_LEN 6
+/* numpy >= 1.14 aligns the data of files it writes to 64 bytes. */
+#define NPY_ALIGN 64
+/* Headers longer than this are not arrays io/ could use. */
+#define NPY_MAX_HEADER (1u << 20)
+
+/* ------------------------------------------------------------- helpers */
+
+static uint32_t le16(const unsigned char *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8; }
+static uint32_t le32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* pread until n bytes are in or the file ends; returns bytes read, -1 on error. */
+static ssize_t pread_full(int fd, void *buf, size_t n, uint64_t off)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = pread(fd, (char *)buf + got, n - got, (off_t)(off + got));
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        if (r == 0) break;
+        got += (size_t)r;
+    }
+    return (ssize_t)got;
+}
+
+static int write_full(int fd, const void *buf, size_t n)
+{
+    const char *p = buf;
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+void fgmm_npy_shape_str(const int64_t *shape, int ndim, char *buf, size_t cap)
+{
+    size_t at = 0;
+    if (cap == 0) return;
+    buf[0] = '\0';
+    at += (size_t)snprintf(buf, cap, "(");
+    for (int i = 0; i < ndim && at < cap; i++)
+        at += (size_t)snprintf(buf + at, cap - at, i ? ", %lld" : "%lld", (long long)shape[i]);
+    if (at < cap) snprintf(buf + at, cap - at, ndim == 1 ? ",)" : ")");
+}
+
+/* ---------------------------------------------------------- header read */
+
+/* A cursor over the header's Python dict literal, e.g.
+ *   {'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }        */
+typedef struct {
+    const char *p, *end;
+} cursor;
+
+static void cur_ws(cursor *c)
+{
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r'))
+        c->p++;
+}
+
+static int cur_eat(cursor *c, char ch)
+{
+    cur_ws(c);
+    if (c->p < c->end && *c->p == ch) {
+        c->p++;
+        return 1;
+    }
+    return 0;
+}
+
+/* A '...' or "..." literal without escapes (numpy never writes any). */
+static int cur_str(cursor *c, char *out, size_t cap)
+{
+    cur_ws(c);
+    if (c->p >= c->end || (*c->p != '\'' && *c->p != '"')) return 0;
+    char q = *c->p++;
+    const char *s = c->p;
+    while (c->p < c->end && *c->p != q) c->p++;
+    if (c->p >= c->end) return 0;
+    size_t n = (size_t)(c->p - s);
+    c->p++;
+    if (n >= cap) return 0;
+    memcpy(out, s, n);
+    out[n] = '\0';
+    return 1;
+}
+
+static int cur_word(cursor *c, const char *w)
+{
+    size_t n = strlen(w);
+    cur_ws(c);
+    if ((size_t)(c->end - c->p) < n || memcmp(c->p, w, n)) return 0;
+    c->p += n;
+    return 1;
+}
+
+/* A tuple of non-negative integers: (), (5,), (3, 4), with optional 'L'. */
+static int cur_shape(cursor *c, fgmm_npy_header *h)
+{
+    if (!cur_eat(c, '(')) return 0;
+    h->ndim = 0;
+    for (;;) {
+        if (cur_eat(c, ')')) return 1;
+        cur_ws(c);
+        if (c->p >= c->end || *c->p < '0' || *c->p > '9') return 0;
+        int64_t v = 0;
+        while (c->p < c->end && *c->p >= '0' && *c->p <= '9') {
+            if (v > (INT64_MAX - 9) / 10) return 0;
+            v = v * 10 + (*c->p++ - '0');
+        }
+        if (c->p < c->end && *c->p == 'L') c->p++;
+        if (h->ndim == FGMM_NPY_MAX_NDIM) return 0;
+        h->shape[h->ndim++] = v;
+        if (cur_eat(c, ',')) continue;
+        if (cur_eat(c, ')')) return 1;
+        return 0;
+    }
+}
+
+/* Maps a descr to a kind. '<' and '=' are little-endian here; '|' (and any
+ * byte order) is fine for one-byte types. */
+static fgmm_npy_kind descr_kind(const char *d, size_t *elem)
+{
+    static const struct {
+        const char *t;
+        fgmm_npy_kind k;
+        size_t size;
+    } types[] = {
+        {"f4", FGMM_NPY_K_F32, 4}, {"f2", FGMM_NPY_K_F16, 2}, {"u1", FGMM_NPY_K_U8, 1},
+        {"i1", FGMM_NPY_K_I8, 1},  {"f8", FGMM_NPY_K_F64, 8}, {"i4", FGMM_NPY_K_I32, 4},
+        {"i8", FGMM_NPY_K_I64, 8},
+    };
+    *elem = 0;
+    if (strlen(d) != 3) return FGMM_NPY_K_UNKNOWN;
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        if (strcmp(d + 1, types[i].t)) continue;
+        int little = d[0] == '<' || d[0] == '=' || d[0] == '|' ||
+                     (types[i].size == 1 && d[0] == '>');
+        if (!little) return FGMM_NPY_K_UNKNOWN;
+        *elem = types[i].size;
+        return types[i].k;
+    }
+    return FGMM_NPY_K_UNKNOWN;
+}
+
+static fgmm_status parse_dict(const char *text, size_t len, const char *path,
+                              fgmm_npy_header *h, fgmm_error *err)
+{
+    cursor c = {text, text + len};
+    int have_descr = 0, have_order = 0, have_shape = 0;
+    if (!cur_eat(&c, '{')) goto bad;
+    for (;;) {
+        char key[32];
+        if (cur_eat(&c, '}')) break;
+        if (!cur_str(&c, key, sizeof key) || !cur_eat(&c, ':')) goto bad;
+        if (!strcmp(key, "descr")) {
+            /* Structured dtypes are lists: not a plain string, so refused. */
+            if (!cur_str(&c, h->descr, sizeof h->descr)) {
+                return fgmm_fail(err, FGMM_ERR_FORMAT,
+                                 "%s: .npy dtype is not a simple type (structured arrays are "
+                                 "not supported); expected e.g. '<f4'", path);
+            }
+            have_descr = 1;
+        } else if (!strcmp(key, "fortran_order")) {
+            if (cur_word(&c, "True")) h->fortran_order = 1;
+            else if (cur_word(&c, "False")) h->fortran_order = 0;
+            else goto bad;
+            have_order = 1;
+        } else if (!strcmp(key, "shape")) {
+            if (!cur_shape(&c, h)) goto bad;
+            have_shape = 1;
+        } else {
+            goto bad;
+        }
+        if (!cur_eat(&c, ',')) {
+            if (cur_eat(&c, '}')) break;
+            goto bad;
+        }
+    }
+    if (!have_descr || !have_order || !have_shape) goto bad;
+    h->kind = descr_kind(h->descr, &h->elem);
+    return FGMM_OK;
+bad:
+    return fgmm_fail(err, FGMM_ERR_FORMAT,
+                     "%s: malformed .npy header; expected a dict with 'descr', "
+                     "'fortran_order' and 'shape'", path);
+}
+
+fgmm_status fgmm_npy_header_read(int fd, uint64_t file_bytes, const char *path,
+                                 fgmm_npy_header *h, fgmm_error *err)
+{
+    unsigned char pre[12];
+    memset(h, 0, sizeof *h);
+    if (file_bytes == 0)
+        return fgmm_fail(err, FGMM_ERR_FORMAT, "%s: file is empty; expected a .npy array", path);
+    ssize_t got = pread_full(fd, pre, sizeof pre, 0);
+    if (got < 0) return fgmm_fail(err, FGMM_ERR_IO, "%s: read failed: %s", path, strerror(errno));
+    if (got < 10 || memcmp(pre, NPY_MAGIC, NPY_MAGIC_LEN))
+        return fgmm_fail(err, FGMM_ERR_FORMAT,
+                         "%s: not a .npy file (expected the magic \\x93NUMPY at byte 0)", path);
+    h->major = pre[6];
+    h->minor = pre[7];
+    uint64_t hlen, hstart;
+    if (h->major == 1) {
+        hlen = le16(pre + 8);
+        hstart = 10;
+    } else if (h->major == 2 || h->major == 3) {
+        if (got < 12)
+            return fgmm_fail(err, FGMM_ERR_FORMAT, "%s: truncated .npy header (%llu bytes)",
+                             path, (unsigned long long)file_bytes);
+        hlen = le32(pre + 8);
+        hstart = 12;
+    } else {
+        return fgmm_fail(err, FGMM_ERR_FORMAT,
+                         "%s: .npy format version %d.%d is not supported; expected 1.0, 2.0 "
+                         "or 3.0", path, h->major, h->minor);
+    }
+    if (hlen > NPY_MAX_HEADER || hstart + hlen > file_bytes)
+        return fgmm_fail(err, FGMM_ERR_FORMAT,
+                         "%s: .npy header says it is %llu bytes long, but the file has %llu "
+                         "bytes", path, (unsigned long long)hlen,
+                         (unsigned long long)file_bytes);
+    char *text = malloc((size_t)hlen + 1);
+    if (!text) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "%s: out of memory", path);
+    got = pread_full(fd, text, (size_t)hlen, hstart);
+    if (got != (ssize_t)hlen) {
+        int e = errno;
+        free(text);
+        if (got < 0) return fgmm_fail(err, FGMM_ERR_IO, "%s: read failed: %s", path, strerror(e));
+        return fgmm_fail(err, FGMM_ERR_FORMAT, "%s: truncated .npy header", path);
+    }
+    text[hlen] = '\0';
+    fgmm_status st = parse_dict(text, (size_t)hlen, path, h, err);
+    free(text);
+    h->data_offset = hstart + hlen;
+    return st;
+}
+
+/* --------------------------------------------------------------- write */
+
+/* Where the values come from: doubles or floats. */
+typedef struct {
+    const double *d;
+    const float *f;
+} npy_src;
+
+static fgmm_status fail_errno(fgmm_error *err, const char *path, const char *what)
+{
+    return fgmm_fail(err, FGMM_ERR_IO, "%s: %s: %s", path, what, strerror(errno));
+}
+
+/* The version 1.0 header: magic, version, uint16 length, the dict, spaces
+ * and '\n' so that the data starts at a multiple of NPY_ALIGN. */
+static size_t build_header(char *buf, size_t cap, const char *descr, int ndim,
+                           const int64_t *shape)
+{
+    char sh[128];
+    fgmm_npy_shape_str(shape, ndim, sh, sizeof sh);
+    char dict[256];
+    int dl = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': %s, }",
+                      descr, sh);
+    size_t total = 10 + (size_t)dl + 1; /* + the final '\n' */
+    total = (total + NPY_ALIGN - 1) / NPY_ALIGN * NPY_ALIGN;
+    if (total > cap) return 0;
+    size_t hlen = total - 10;
+    memcpy(buf, NPY_MAGIC, NPY_MAGIC_LEN);
+    buf[6] = 1;
+    buf[7] = 0;
+    buf[8] = (char)(hlen & 0xff);
+    buf[9] = (char)(hlen >> 8);
+    memcpy(buf + 10, dict, (size_t)dl);
+    memset(buf + 10 + dl, ' ', total - 10 - (size_t)dl - 1);
+    buf[total - 1] = '\n';
+    return total;
+}
+
+static fgmm_status write_values(int fd, fgmm_npy_type type, npy_src src, uint64_t count,
+                                const char *tmp, fgmm_error *err)
+{
+    enum { BATCH = 8192 };
+    double buf[BATCH]; /* 64 KiB; holds BATCH floats or doubles */
+    for (uint64_t at = 0; at < count; at += BATCH) {
+        size_t n = count - at < BATCH ? (size_t)(count - at) : BATCH;
+        size_t bytes;
+        if (type == FGMM_NPY_F64) {
+            for (size_t i = 0; i < n; i++) buf[i] = src.d ? src.d[at + i] : (double)src.f[at + i];
+            bytes = n * 8;
+        } else {
+            float *f = (float *)buf;
+            for (size_t i = 0; i < n; i++) f[i] = src.d ? (float)src.d[at + i] : src.f[at + i];
+            bytes = n * 4;
+        }
+        if (write_full(fd, buf, bytes)) return fail_errno(err, tmp, "write failed");
+    }
+    return FGMM_OK;
+}
+
+static fgmm_status npy_write(const char *path, fgmm_npy_type type, npy_src src, int ndim,
+                             const int64_t *shape, fgmm_error *err)
+{
+    if (ndim != 1 && ndim != 2)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s: can write 1-D or 2-D arrays, not %d-D",
+                         path, ndim);
+    if (type != FGMM_NPY_F32 && type != FGMM_NPY_F64)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s: unknown .npy element type %d", path,
+                         (int)type);
+    uint64_t count = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0)
+            return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s: negative shape %lld", path,
+                             (long long)shape[i]);
+        if (shape[i] && count > UINT64_MAX / 8 / (uint64_t)shape[i])
+            return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s: array too large", path);
+        count *= (uint64_t)shape[i];
+    }
+    char hdr[512];
+    size_t hl = build_header(hdr, sizeof hdr, type == FGMM_NPY_F64 ? "<f8" : "<f4", ndim, shape);
+    if (!hl) return fgmm_fail(err, FGMM_ERR_INTERNAL, "%s: .npy header too long", path);
+
+    size_t tl = strlen(path) + 32;
+    char *tmp = malloc(tl);
+    if (!tmp) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "%s: out of memory", path);
+    snprintf(tmp, tl, "%s.tmp.%ld", path, (long)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        fgmm_status st = fail_errno(err, tmp, "cannot create");
+        free(tmp);
+        return st;
+    }
+    fgmm_status st = FGMM_OK;
+    if (write_full(fd, hdr, hl)) st = fail_errno(err, tmp, "write failed");
+    if (!st) st = write_values(fd, type, src, count, tmp, err);
+    /* fsync before rename: otherwise a crash can leave the new name
+     * pointing at an empty file. */
+    if (!st && fsync(fd)) st = fail_errno(err, tmp, "fsync failed");
+    if (close(fd) && !st) st = fail_errno(err, tmp, "close failed");
+    if (!st && rename(tmp, path)) {
+        int e = errno;
+        st = fgmm_fail(err, FGMM_ERR_IO, "%s: cannot rename %s into place: %s", path, tmp,
+                       strerror(e));
+    }
+    if (st) unlink(tmp);
+    free(tmp);
+    return st;
+}
+
+fgmm_status fgmm_npy_write(const char *path, fgmm_npy_type type, const double *data, int ndim,
+                           const int64_t *shape, fgmm_error *err)
+{
+    npy_src s = {data, NULL};
+    return npy_write(path, type, s, ndim, shape, err);
+}
+
+fgmm_status fgmm_npy_write_f32(const char *path, const float *data, int ndim,
+                               const int64_t *shape, fgmm_error *err)
+{
+    npy_src s = {NULL, data};
+    return npy_write(path, FGMM_NPY_F32, s, ndim, shape, err);
+}
+
+/* ---------------------------------------------------------------- read */
+
+static void to_double(fgmm_npy_kind k, const void *src, size_t n, double *dst)
+{
+    switch (k) {
+    case FGMM_NPY_K_F32:
+        for (size_t i = 0; i < n; i++) {
+            float v;
+            memcpy(&v, (const char *)src + 4 * i, 4);
+            dst[i] = v;
+        }
+        break;
+    case FGMM_NPY_K_F16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t v;
+            memcpy(&v, (const char *)src + 2 * i, 2);
+            dst[i] = fgmm_half_to_float(v);
+        }
+        break;
+    case FGMM_NPY_K_U8:
+        for (size_t i = 0; i < n; i++) dst[i] = ((const uint8_t *)src)[i];
+        break;
+    case FGMM_NPY_K_I8:
+        for (size_t i = 0; i < n; i++) dst[i] = ((const int8_t *)src)[i];
+        break;
+    case FGMM_NPY_K_F64: memcpy(dst, src, n * 8); break;
+    case FGMM_NPY_K_I32:
+        for (size_t i = 0; i < n; i++) {
+            int32_t v;
+            memcpy(&v, (const char *)src + 4 * i, 4);
+            dst[i] = v;
+        }
+        break;
+    case FGMM_NPY_K_I64:
+        for (size_t i = 0; i < n; i++) {
+            int64_t v;
+            memcpy(&v, (const char *)src + 8 * i, 8);
+            dst[i] = (double)v;
+        }
+        break;
+    case FGMM_NPY_K_UNKNOWN: break;
+    }
+}
+
+/* Checks what fgmm_npy_read accepts and returns the element count. */
+static fgmm_status check_readable(const fgmm_npy_header *h, uint64_t file_bytes,
+                                  const char *path, uint64_t *count, fgmm_error *err)
+{
+    char sh[256];
+    fgmm_npy_shape_str(h->shape, h->ndim, sh, sizeof sh);
+    if (h->kind == FGMM_NPY_K_UNKNOWN)
+        return fgmm_fail(err, FGMM_ERR_FORMAT,
+                         "%s: .npy dtype '%s' is not supported; expected one of '<f4', '<f8', "
+                         "'<f2', '|u1', '|i1', '<i4', '<i8'", path, h->descr);
+    if (h->ndim != 1 && h->ndim != 2)
+        return fgmm_fail(err, FGMM_ERR_FORMAT, "%s: array has %d dimensions (shape %s); "
+                         "expected 1 or 2", path, h->ndim, sh);
+    if (h->fortran_order && h->ndim == 2)
+        return fgmm_fail(err, FGMM_ERR_FORMAT,
+                         "%s: array is in Fortran order; expected C order (fortran_order False)",
+                         path);
+    uint64_t n = 1;
+    for (int i = 0; i < h->ndim; i++) {
+        if (h->shape[i] && n > UINT64_MAX / 8 / (uint64_t)h->shape[i])
+            return fgmm_fail(err, FGMM_ERR_FORMAT, "%s: shape %s is too large", path, sh);
+        n *= (uint64_t)h->shape[i];
+    }
+    uint64_t want = h->data_offset + n * h->elem;
+    if (want != file_bytes)
+        return fgmm_fail(err, FGMM_ERR_FORMAT,
+                         "%s: header says shape %s of '%s' = %llu bytes with the header, file "
+                         "has %llu bytes", path, sh, h->descr, (unsigned long long)want,
+                         (unsigned long long)file_bytes);
+    *count = n;
+    return FGMM_OK;
+}
+
+fgmm_status fgmm_npy_read(const char *path, double **data, int *ndim, int64_t shape[2],
+                          fgmm_error *err)
+{
+    *data = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return fail_errno(err, path, "cannot open");
+    struct stat sb;
+    fgmm_npy_header h = {0};
+    uint64_t count = 0;
+    double *out = NULL;
+    void *raw = NULL;
+    fgmm_status st = FGMM_OK;
+    if (fstat(fd, &sb)) st = fail_errno(err, path, "cannot stat");
+    else if (!S_ISREG(sb.st_mode))
+        st = fgmm_fail(err, FGMM_ERR_IO, "%s: not a regular file", path);
+    if (!st) st = fgmm_npy_header_read(fd, (uint64_t)sb.st_size, path, &h, err);
+    if (!st) st = check_readable(&h, (uint64_t)sb.st_size, path, &count, err);
+    if (!st && count > SIZE_MAX / sizeof(double))
+        st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "%s: array too large", path);
+    if (!st && (!(out = malloc(count ? count * sizeof(double) : 1)) ||
+                !(raw = malloc(1 << 20))))
+        st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "%s: out of memory", path);
+    /* Read through a 1 MiB window rather than the whole array at once, so
+     * peak memory is the doubles plus a little. */
+    size_t per = (1u << 20) / (h.elem ? h.elem : 1);
+    for (uint64_t at = 0; !st && at < count; at += per) {
+        size_t n = count - at < per ? (size_t)(count - at) : per;
+        ssize_t got = pread_full(fd, raw, n * h.elem, h.data_offset + at * h.elem);
+        if (got < 0) st = fail_errno(err, path, "read failed");
+        else if ((size_t)got != n * h.elem)
+            st = fgmm_fail(err, FGMM_ERR_FORMAT, "%s: file shrank while being read", path);
+        else to_double(h.kind, raw, n, out + at);
+    }
+    close(fd);
+    free(raw);
+    if (st) {
+        free(out);
+        return st;
+    }
+    *data = out;
+    *ndim = h.ndim;
+    shape[0] = h.shape[0];
+    shape[1] = h.ndim == 2 ? h.shape[1] : 1;
+    return FGMM_OK;
+}

@@ -1,0 +1,140 @@
+// engine_gpu_test.cc - the CUDA back end through the engine: the same
+// E-step statistics as the float64 reference and the same EM trajectory as
+// the CPU back end, within the default precision mode's bound (1e-4).
+// Skips, with a message, where there is no GPU.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "core/fgmm.h"
+#include "tests/reference.h"
+
+namespace {
+
+#define NEED_GPU()                                                                  \
+    do {                                                                            \
+        if (fgmm_cuda_device_count() == 0)                                          \
+            GTEST_SKIP() << "no CUDA device: skipping GPU test";                    \
+    } while (0)
+
+void estep_case(fgmm_covariance cov, int64_t n, int K, int D, uint64_t seed)
+{
+    SCOPED_TRACE(std::string(fgmm_covariance_name(cov)) + " N=" + std::to_string(n) +
+                 " K=" + std::to_string(K) + " D=" + std::to_string(D));
+    fgmm_rng rng;
+    fgmm_rng_seed(&rng, seed);
+    std::vector<float> x;
+    fgmm_model *m = random_mixture(&rng, K, D, cov, 1.0, n, x);
+    fgmm_error err{};
+    fgmm_source *src;
+    fgmm_engine *e;
+    ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, n, D, "mem", &src, &err), FGMM_OK);
+    ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CUDA, 1, &e, &err), FGMM_OK) << err.msg;
+    fgmm_stats *s;
+    ASSERT_EQ(fgmm_stats_create(K, D, nullptr, &s, &err), FGMM_OK);
+    std::vector<float> ll(n, NAN);
+    ASSERT_EQ(fgmm_engine_estep(e, src, m, s, ll.data(), &err), FGMM_OK) << err.msg;
+    RefStats ref = reference_estep(m, x, n);
+    std::vector<double> nk, sx, sxx;
+    unshift(s, nk, sx, sxx);
+    double e1 = rel_err(nk, ref.nk), e2 = rel_err(sx, ref.sx), e3 = rel_err(sxx, ref.sxx);
+    double e4 = std::fabs(fgmm_stats_loglik(s) - ref.loglik) / std::fabs(ref.loglik);
+    printf("  cuda %s N=%lld K=%d D=%d: rel err nk %.2e sx %.2e sxx %.2e ll %.2e\n",
+           fgmm_covariance_name(cov), (long long)n, K, D, e1, e2, e3, e4);
+    EXPECT_LE(e1, 1e-4);
+    EXPECT_LE(e2, 1e-4);
+    EXPECT_LE(e3, 1e-4);
+    EXPECT_LE(e4, 1e-4);
+    for (int64_t i = 0; i < n; i++)
+        ASSERT_NEAR(ll[i], ref.row_ll[i], 1e-4 * std::fabs(ref.row_ll[i]) + 1e-4) << "row " << i;
+    fgmm_stats_free(s);
+    fgmm_engine_free(e);
+    fgmm_source_close(src);
+    fgmm_model_free(m);
+}
+
+TEST(EngineCuda, StatisticsMatchFloat64Reference)
+{
+    NEED_GPU();
+    uint64_t seed = (uint64_t)time(nullptr);
+    printf("  seed %llu\n", (unsigned long long)seed);
+    estep_case(FGMM_COV_DIAG, 5003, 37, 29, seed);
+    estep_case(FGMM_COV_DIAG, 70001, 64, 128, seed + 1);  // crosses a chunk
+    estep_case(FGMM_COV_DIAG, 999, 1, 1, seed + 2);
+    estep_case(FGMM_COV_SPHERICAL, 3001, 19, 7, seed + 3);
+}
+
+TEST(EngineCuda, TrajectoryMatchesCpu)
+{
+    NEED_GPU();
+    fgmm_rng rng;
+    fgmm_rng_seed(&rng, (uint64_t)time(nullptr));
+    std::vector<float> x;
+    const int n = 50000, K = 24, D = 40;
+    fgmm_model *truth = random_mixture(&rng, K, D, FGMM_COV_DIAG, 1.5, n, x);
+    fgmm_error err{};
+    fgmm_source *src;
+    ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, n, D, "mem", &src, &err), FGMM_OK);
+    std::vector<std::vector<double>> traj;
+    for (fgmm_device dev : {FGMM_DEVICE_CPU, FGMM_DEVICE_CUDA}) {
+        fgmm_engine *e;
+        ASSERT_EQ(fgmm_engine_create(dev, 0, &e, &err), FGMM_OK) << err.msg;
+        fgmm_fit_params p;
+        fgmm_fit_params_default(&p);
+        p.k = K;
+        p.seed = 5;
+        p.max_iter = 8;
+        p.tol = 0;
+        fgmm_model *m;
+        ASSERT_EQ(fgmm_fit(e, src, &p, &m, &err), FGMM_OK) << err.msg;
+        const double *ll = fgmm_model_loglik(m);
+        traj.emplace_back(ll, ll + fgmm_model_loglik_count(m));
+        fgmm_model_free(m);
+        fgmm_engine_free(e);
+    }
+    ASSERT_EQ(traj[0].size(), traj[1].size());
+    for (size_t i = 0; i < traj[0].size(); i++) {
+        printf("  iter %zu: cpu %.8f cuda %.8f\n", i + 1, traj[0][i], traj[1][i]);
+        EXPECT_NEAR(traj[1][i], traj[0][i], 1e-4 * std::fabs(traj[0][i])) << "iteration " << i + 1;
+    }
+    fgmm_model_free(truth);
+    fgmm_source_close(src);
+}
+
+TEST(EngineCuda, IntegerInputs)
+{
+    NEED_GPU();
+    const int n = 4000, D = 24, K = 6;
+    fgmm_rng rng;
+    fgmm_rng_seed(&rng, (uint64_t)time(nullptr));
+    std::vector<uint8_t> u8(n * D);
+    std::vector<float> xf(n * D);
+    for (int i = 0; i < n * D; i++) xf[i] = u8[i] = (uint8_t)(fgmm_rng_uniform(&rng) * 256);
+    fgmm_error err{};
+    fgmm_model *m;
+    ASSERT_EQ(fgmm_model_create(K, D, FGMM_COV_DIAG, &m, &err), FGMM_OK);
+    for (int i = 0; i < K * D; i++) {
+        fgmm_model_means(m)[i] = xf[i * 13 % (n * D)];
+        fgmm_model_variances(m)[i] = 3000;
+    }
+    fgmm_source *src;
+    fgmm_engine *e;
+    ASSERT_EQ(fgmm_source_memory(u8.data(), FGMM_U8, n, D, "u8", &src, &err), FGMM_OK);
+    ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CUDA, 1, &e, &err), FGMM_OK) << err.msg;
+    fgmm_stats *s;
+    fgmm_stats_create(K, D, nullptr, &s, &err);
+    ASSERT_EQ(fgmm_engine_estep(e, src, m, s, nullptr, &err), FGMM_OK) << err.msg;
+    RefStats ref = reference_estep(m, xf, n);
+    std::vector<double> nk, sx, sxx;
+    unshift(s, nk, sx, sxx);
+    EXPECT_LE(rel_err(nk, ref.nk), 1e-4);
+    EXPECT_LE(rel_err(sx, ref.sx), 1e-4);
+    EXPECT_LE(rel_err(sxx, ref.sxx), 1e-4);
+    fgmm_stats_free(s);
+    fgmm_engine_free(e);
+    fgmm_source_close(src);
+    fgmm_model_free(m);
+}
+
+}  // namespace
