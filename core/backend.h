@@ -43,12 +43,13 @@ extern const fgmm_backend_ops fgmm_cpu_backend_ops;
 /* CUDA back end (core/cuda_backend.c over cuda/). */
 fgmm_status fgmm_cuda_backend_create(int device, void **out, fgmm_error *err);
 extern const fgmm_backend_ops fgmm_cuda_backend_ops;
+/* Pinned host memory through cuda/ (core/cuda_backend.c). */
+void *fgmm_cuda_host_alloc(size_t bytes);
+void fgmm_cuda_host_free(void *p);
 
 /* Fill w (2D*K), c (K) and shift (D) from a model. */
 void fgmm_estep_params_fill(const fgmm_model *m, double *w, double *c, double *shift);
 
-/* Run fn(i, arg) for i in [0, n) on n threads (n == 1: inline). */
-fgmm_status fgmm_parallel_run(int n, void (*fn)(int, void *), void *arg, fgmm_error *err);
 
 /* exp(x) for x <= 0, vectorisable, relative error < 1e-14; exp(x) for
  * x < -708 is flushed to exp(-708) (about 3e-308), which is zero next to

@@ -20,6 +20,8 @@ typedef struct {
 } cuda_backend;
 
 int fgmm_cuda_device_count(void) { return fgmmc_device_count(); }
+void *fgmm_cuda_host_alloc(size_t bytes) { return fgmmc_host_alloc(bytes); }
+void fgmm_cuda_host_free(void *p) { fgmmc_host_free(p); }
 
 static fgmm_status from_cuda(fgmmc_status s, const fgmmc_error *ce, fgmm_error *err)
 {

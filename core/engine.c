@@ -86,6 +86,22 @@ void fgmm_engine_free(fgmm_engine *e)
 }
 
 const char *fgmm_engine_device_name(const fgmm_engine *e) { return e->ops->name; }
+
+void *fgmm_engine_host_alloc(void *engine, size_t bytes)
+{
+    fgmm_engine *e = engine;
+    if (e && e->device == FGMM_DEVICE_CUDA) return fgmm_cuda_host_alloc(bytes);
+    /* aligned_alloc wants a multiple of the alignment; 4096 also suits
+     * O_DIRECT reads straight into the buffer. */
+    return aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
+}
+
+void fgmm_engine_host_free(void *engine, void *p)
+{
+    fgmm_engine *e = engine;
+    if (e && e->device == FGMM_DEVICE_CUDA) fgmm_cuda_host_free(p);
+    else free(p);
+}
 int fgmm_engine_threads(const fgmm_engine *e) { return e->threads; }
 
 void fgmm_estep_params_fill(const fgmm_model *m, double *w, double *c, double *shift)

@@ -178,6 +178,10 @@ fgmm_status fgmm_source_create(const fgmm_source_ops *ops, void *impl, int64_t n
 fgmm_status fgmm_source_memory(const void *data, fgmm_dtype dtype, int64_t n, int d,
                                const char *name, fgmm_source **out, fgmm_error *err);
 void fgmm_source_close(fgmm_source *s);
+/* The ops and implementation state a source was created with: lets an
+ * implementation recognise its own sources (fgmm_shards_stats). */
+const fgmm_source_ops *fgmm_source_ops_of(const fgmm_source *s);
+void *fgmm_source_impl(const fgmm_source *s);
 
 int64_t fgmm_source_rows(const fgmm_source *s);
 int fgmm_source_dim(const fgmm_source *s);
@@ -263,6 +267,12 @@ fgmm_status fgmm_engine_create(fgmm_device device, int threads, fgmm_engine **ou
 void fgmm_engine_free(fgmm_engine *e);
 /* "cpu" or "cuda". */
 const char *fgmm_engine_device_name(const fgmm_engine *e);
+/* Host memory for rows the engine will consume: pinned (page-locked) on a
+ * CUDA engine, so host-to-device copies run asynchronously at full speed;
+ * 4096-byte aligned otherwise. NULL when out of memory. The signature fits
+ * fgmm_shard_read_options.host_alloc/host_free with the engine as ctx. */
+void *fgmm_engine_host_alloc(void *engine, size_t bytes);
+void fgmm_engine_host_free(void *engine, void *p);
 int fgmm_engine_threads(const fgmm_engine *e);
 
 /* One pass over src under model m: statistics (shifted by
@@ -311,6 +321,10 @@ fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
 /* Mean log-likelihood per row of src under m (per_row optional, N floats). */
 fgmm_status fgmm_score(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
                        double *mean_ll, float *per_row, fgmm_error *err);
+
+/* Run fn(i, arg) for i in [0, n) on n threads, the caller being thread 0
+ * (n == 1: inline). Used by the CPU back end, initialisation and io/. */
+fgmm_status fgmm_parallel_run(int n, void (*fn)(int, void *), void *arg, fgmm_error *err);
 
 /* Deterministic random numbers (splitmix64 seeding xoshiro256**). */
 typedef struct { uint64_t s[4]; } fgmm_rng;

@@ -48,6 +48,9 @@ void fgmm_source_close(fgmm_source *s)
     free(s);
 }
 
+const fgmm_source_ops *fgmm_source_ops_of(const fgmm_source *s) { return s->ops; }
+void *fgmm_source_impl(const fgmm_source *s) { return s->impl; }
+
 int64_t fgmm_source_rows(const fgmm_source *s) { return s->n; }
 int fgmm_source_dim(const fgmm_source *s) { return s->d; }
 fgmm_dtype fgmm_source_dtype(const fgmm_source *s) { return s->dtype; }

@@ -439,3 +439,15 @@ fgmmc_status fgmmc_end_pass(fgmmc_context *ctx, double *nk, double *sums, double
     ctx->in_pass = 0;
     return FGMMC_OK;
 }
+
+extern "C" void *fgmmc_host_alloc(size_t bytes)
+{
+    void *p = NULL;
+    if (cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocDefault) != cudaSuccess) return NULL;
+    return p;
+}
+
+extern "C" void fgmmc_host_free(void *p)
+{
+    if (p) cudaFreeHost(p);
+}

@@ -45,6 +45,12 @@ typedef enum { FGMMC_F32 = 0, FGMMC_F16 = 1, FGMMC_U8 = 2, FGMMC_I8 = 3 } fgmmc_
 /* Number of usable CUDA devices; 0 when there is no driver or device. */
 int fgmmc_device_count(void);
 
+/* Pinned (page-locked) host memory, which the GPU copies from
+ * asynchronously: for the reader's ring of decoded chunks. NULL on failure
+ * (no device, out of memory). */
+void *fgmmc_host_alloc(size_t bytes);
+void fgmmc_host_free(void *p);
+
 typedef struct fgmmc_context fgmmc_context;
 
 /* A context on one device: a stream, pinned staging buffers, device

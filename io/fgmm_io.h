@@ -62,6 +62,139 @@ fgmm_status fgmm_npy_write_f32(const char *path, const float *data, int ndim,
 fgmm_status fgmm_npy_read(const char *path, double **data, int *ndim, int64_t shape[2],
                           fgmm_error *err);
 
+/* ------------------------------------------------------------------ shards */
+
+/* A shard directory holds manifest.json and shard-NNNNN.fgs files: rows
+ * split into independently zstd-compressed, checksummed chunks on
+ * 4096-byte boundaries (docs/formats.md has the bytes). It is what
+ * `flashgmm shard` writes and what fitting on data larger than RAM reads. */
+
+typedef struct {
+    int64_t rows_per_chunk; /* 0: about 4 MiB of rows per chunk */
+    int chunks_per_shard;   /* 0: 256 */
+    int level;              /* zstd level, default 3 (1..19) */
+    int dtype;              /* -1: keep the input's; else an fgmm_dtype */
+    int threads;            /* compression threads; 0: all cores */
+    /* Stop after completing this many shards in this call (0: no limit),
+     * leaving the resumable state an interruption would: for tests and for
+     * converting in installments. */
+    int max_shards;
+} fgmm_shard_write_options;
+
+void fgmm_shard_write_options_default(fgmm_shard_write_options *o);
+
+typedef struct {
+    int64_t rows;           /* rows in the directory when done */
+    int shards;             /* shard files in the directory */
+    int shards_resumed;     /* of those, kept from an interrupted run */
+    uint64_t raw_bytes;     /* decoded row bytes */
+    uint64_t stored_bytes;  /* shard file bytes */
+    int complete;           /* 1 when manifest.json was written */
+} fgmm_shard_write_result;
+
+/* Converts datasets (fgmm_dataset_open's formats; a single directory path
+ * means every dataset file in it, in name order) into the shard directory
+ * out_dir. out_dir must not exist, be empty, or hold an unfinished
+ * conversion of the same inputs with the same options, which is resumed
+ * from its last complete shard. Each shard is written as NAME.tmp and
+ * renamed when complete; manifest.json is written last, so a manifest
+ * never names a partial shard. Fails before writing anything on mixed
+ * dimensions, mixed dtypes (with dtype -1), or bad rows (named by file and
+ * row). */
+fgmm_status fgmm_shard_convert(const char *const *inputs, int n_inputs, const char *out_dir,
+                               const fgmm_shard_write_options *o, fgmm_shard_write_result *res,
+                               fgmm_error *err);
+
+/* The writer behind fgmm_shard_convert, for producers of rows that are not
+ * files (the benchmarks' generators). fingerprint identifies the input for
+ * resumption. *resume_rows receives the rows already stored by an
+ * interrupted run: append rows from there. */
+typedef struct fgmm_shard_writer fgmm_shard_writer;
+fgmm_status fgmm_shard_writer_create(const char *out_dir, int dim, fgmm_dtype dtype,
+                                     const fgmm_shard_write_options *o, const char *fingerprint,
+                                     fgmm_shard_writer **out, int64_t *resume_rows,
+                                     fgmm_error *err);
+/* Appends n packed rows of the writer's dtype. Returns FGMM_OK with *stopped
+ * set (may be NULL) when max_shards was reached: later rows are ignored. */
+fgmm_status fgmm_shard_writer_append(fgmm_shard_writer *w, const void *rows, int64_t n,
+                                     int *stopped, fgmm_error *err);
+/* Flushes the last shard and writes manifest.json (unless stopped). */
+fgmm_status fgmm_shard_writer_finish(fgmm_shard_writer *w, const char *source,
+                                     fgmm_shard_write_result *res, fgmm_error *err);
+/* Frees the writer; an unfinished shard's temporary file is removed, the
+ * complete ones stay for resumption. */
+void fgmm_shard_writer_free(fgmm_shard_writer *w);
+
+typedef struct {
+    int queue_depth;   /* io_uring reads in flight; 0: 16 */
+    int threads;       /* decompression threads; 0: all cores */
+    int ring_slots;    /* decoded-chunk buffers (>= 2); 0: threads + 2 */
+    int buffered;      /* 1: never O_DIRECT; 0: O_DIRECT where the file system allows */
+    /* Bytes of decoded rows kept in memory across passes: when the whole
+     * dataset fits, the first pass fills the cache and later passes read
+     * memory. -1: half of the memory available now; 0: stream every pass. */
+    int64_t cache_budget;
+    /* Allocator for the ring and cache (pinned memory for a GPU engine,
+     * see fgmm_engine_host_alloc); NULL: 4096-aligned malloc. */
+    void *(*host_alloc)(void *ctx, size_t bytes);
+    void (*host_free)(void *ctx, void *p);
+    void *alloc_ctx;
+} fgmm_shard_read_options;
+
+void fgmm_shard_read_options_default(fgmm_shard_read_options *o);
+
+/* Opens a shard directory as a source after checking the manifest against
+ * every shard's header and chunk index (missing, truncated or mismatched
+ * shards are errors naming the file). Chunks are read with io_uring,
+ * checked against their checksums and decompressed by a thread pool into a
+ * ring of reusable buffers; a failing chunk is reported with its shard
+ * file and chunk index. */
+fgmm_status fgmm_shards_open(const char *dir, const fgmm_shard_read_options *o,
+                             fgmm_source **out, fgmm_error *err);
+
+/* What a shard source has done so far. */
+typedef struct {
+    int64_t chunks_read;       /* chunks read from disk and decoded, all passes */
+    int64_t chunks_cached;     /* chunks served from the cache */
+    uint64_t bytes_read;       /* bytes read from disk for those chunks */
+    uint64_t bytes_decoded;    /* decoded row bytes produced */
+    int ring_slots;            /* size of the ring */
+    int ring_max_in_use;       /* most ring buffers ever in use at once */
+    int direct_io;             /* 1 when shards are read with O_DIRECT */
+    int cache_enabled;         /* the dataset fits the cache budget */
+    int cache_complete;        /* every chunk is in the cache */
+    uint64_t cache_bytes;      /* bytes allocated for the cache */
+} fgmm_shard_read_stats;
+
+/* FGMM_ERR_ARGUMENT if src is not a shard source. */
+fgmm_status fgmm_shards_stats(fgmm_source *src, fgmm_shard_read_stats *out, fgmm_error *err);
+
+typedef struct {
+    int dim;
+    fgmm_dtype dtype;
+    int64_t rows;
+    int shards;
+    int64_t chunks;
+    int64_t rows_per_chunk;
+    int level;
+    uint64_t raw_bytes, stored_bytes;
+    char source[1024];
+} fgmm_shards_info;
+
+/* 1 if path is a directory holding manifest.json or an unfinished
+ * conversion. */
+int fgmm_is_shard_dir(const char *path);
+/* Checks the manifest, every shard's header and index (cheap). With
+ * verify, also reads and decompresses every chunk and checks its checksum
+ * and size. */
+fgmm_status fgmm_shards_probe(const char *dir, int verify, int threads, fgmm_shards_info *info,
+                              fgmm_error *err);
+
+/* Opens any input: a shard directory (with o, which may be NULL for the
+ * defaults) or a dataset file. */
+fgmm_status fgmm_data_open(const char *path, const fgmm_shard_read_options *o,
+                           fgmm_source **out, fgmm_error *err);
+
 /* ------------------------------------------------------------------ models */
 
 /* A model directory holds weights.npy (K, float64), means.npy (K x D,

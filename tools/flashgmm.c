@@ -120,6 +120,66 @@ static int fail(const char *cmd, const fgmm_error *err)
     return err->code == FGMM_ERR_ARGUMENT ? EXIT_USAGE : EXIT_WORK;
 }
 
+/* Parses a byte count: an integer with an optional K, M, G or T suffix
+ * (powers of 1024). */
+static int parse_bytes(const char *cmd, const char *name, const char *s, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    double mult = 1;
+    if (*end == 'K' || *end == 'k') mult = 1024.0, end++;
+    else if (*end == 'M' || *end == 'm') mult = 1048576.0, end++;
+    else if (*end == 'G' || *end == 'g') mult = 1073741824.0, end++;
+    else if (*end == 'T' || *end == 't') mult = 1099511627776.0, end++;
+    if (errno || *end || end == s || !(v >= 0) || v * mult > 9.0e18) {
+        fprintf(stderr, "flashgmm %s: --%s expects a byte count such as 0, 512M or 20G, got '%s'\n",
+                cmd, name, s);
+        return -1;
+    }
+    *out = (int64_t)(v * mult);
+    return 0;
+}
+
+/* The reader's flags, shared by fit and score. */
+#define READER_FLAGS FLAG("cache-budget"), FLAG("read-threads"), FLAG("queue-depth"), \
+    SWITCH("buffered-io")
+#define READER_HELP \
+    "  --cache-budget B     shard directories: keep decoded rows in memory across EM steps when\n" \
+    "                       the dataset fits in B bytes (e.g. 20G; 0: stream every step;\n" \
+    "                       default: half the memory available)\n" \
+    "  --read-threads T     shard directories: decompression threads (default: all cores)\n" \
+    "  --queue-depth Q      shard directories: reads in flight (default 16)\n" \
+    "  --buffered-io        shard directories: do not use O_DIRECT\n"
+
+/* Opens --data: a shard directory through the reader (its buffers from
+ * the engine, so pinned for a GPU), or a dataset file. */
+static int open_data(const char *cmd, flag *f, int nf, const char *path, fgmm_engine *e,
+                     fgmm_source **src)
+{
+    fgmm_shard_read_options o;
+    fgmm_shard_read_options_default(&o);
+    const char *s;
+    long lv;
+    if ((s = get(f, nf, "cache-budget")) && parse_bytes(cmd, "cache-budget", s, &o.cache_budget))
+        return EXIT_USAGE;
+    if ((s = get(f, nf, "read-threads"))) {
+        if (parse_long(cmd, "read-threads", s, 1, 1024, &lv)) return EXIT_USAGE;
+        o.threads = (int)lv;
+    }
+    if ((s = get(f, nf, "queue-depth"))) {
+        if (parse_long(cmd, "queue-depth", s, 1, 4096, &lv)) return EXIT_USAGE;
+        o.queue_depth = (int)lv;
+    }
+    o.buffered = get(f, nf, "buffered-io") != NULL;
+    o.host_alloc = fgmm_engine_host_alloc;
+    o.host_free = fgmm_engine_host_free;
+    o.alloc_ctx = e;
+    fgmm_error err = {0};
+    if (fgmm_data_open(path, &o, src, &err)) return fail(cmd, &err);
+    return 0;
+}
+
 /* --------------------------------------------------------------- fit */
 
 static const char *FIT_HELP =
@@ -127,7 +187,8 @@ static const char *FIT_HELP =
     "\n"
     "Fits a Gaussian mixture by EM without ever holding the N x K responsibilities.\n"
     "\n"
-    "  --data PATH          .fvecs .bvecs .fbin .u8bin .i8bin or .npy (float32/float16/uint8/int8)\n"
+    "  --data PATH          .fvecs .bvecs .fbin .u8bin .i8bin, .npy (float32/float16/uint8/int8)\n"
+    "                       or a shard directory from flashgmm shard (streamed from disk)\n"
     "  --k K                number of components (optional with --init MODEL_DIR)\n"
     "  --out MODEL_DIR      output model directory; must not exist\n"
     "  --covariance C       diag (default) or spherical\n"
@@ -139,6 +200,7 @@ static const char *FIT_HELP =
     "  --threads T          CPU threads (default: all cores)\n"
     "  --device D           auto (default: cuda if present), cpu or cuda\n"
     "  --quiet              no per-iteration progress\n"
+    READER_HELP
     "\n"
     "With --init MODEL_DIR --max-iter 1 it performs exactly one E-step under that model\n"
     "followed by one M-step. Progress per iteration goes to stderr.\n"
@@ -160,7 +222,7 @@ static int cmd_fit(int argc, char **argv)
 {
     flag f[] = {FLAG("data"),       FLAG("k"),         FLAG("out"),      FLAG("covariance"), FLAG("init"),
                 FLAG("max-iter"),   FLAG("tol"),       FLAG("reg-covar"), FLAG("seed"),      FLAG("threads"),
-                FLAG("device"),     SWITCH("quiet")};
+                FLAG("device"),     SWITCH("quiet"),   READER_FLAGS};
     int nf = (int)(sizeof f / sizeof f[0]);
     int r = parse_flags("fit", argc, argv, 2, f, nf);
     if (r == 1) {
@@ -237,11 +299,8 @@ static int cmd_fit(int argc, char **argv)
     fgmm_source *src = NULL;
     fgmm_engine *e = NULL;
     fgmm_model *m = NULL;
-    if (fgmm_dataset_open(data, &src, &err)) {
-        rc = fail("fit", &err);
-        goto done;
-    }
     if ((rc = open_engine("fit", get(f, nf, "device"), get(f, nf, "threads"), &e))) goto done;
+    if ((rc = open_data("fit", f, nf, data, e, &src))) goto done;
     if (p.verbose)
         fprintf(stderr, "fit: %s: %lld rows x %d dims (%s), K=%d %s, device %s, %d threads\n",
                 data, (long long)fgmm_source_rows(src), fgmm_source_dim(src),
@@ -282,11 +341,13 @@ static const char *SCORE_HELP =
     "\n"
     "  --per-row OUT.npy    also write each row's log-likelihood (float32, N); must not exist\n"
     "  --threads T          CPU threads (default: all cores)\n"
-    "  --device D           auto (default), cpu or cuda\n";
+    "  --device D           auto (default), cpu or cuda\n"
+    READER_HELP;
 
 static int cmd_score(int argc, char **argv)
 {
-    flag f[] = {FLAG("model"), FLAG("data"), FLAG("per-row"), FLAG("threads"), FLAG("device")};
+    flag f[] = {FLAG("model"),  FLAG("data"),   FLAG("per-row"),
+                FLAG("threads"), FLAG("device"), READER_FLAGS};
     int nf = (int)(sizeof f / sizeof f[0]);
     int r = parse_flags("score", argc, argv, 2, f, nf);
     if (r == 1) {
@@ -311,17 +372,18 @@ static int cmd_score(int argc, char **argv)
     fgmm_engine *e = NULL;
     float *ll = NULL;
     int rc = 0;
-    if (fgmm_model_load(model, &m, &err) || fgmm_dataset_open(data, &src, &err)) {
+    if (fgmm_model_load(model, &m, &err)) {
         rc = fail("score", &err);
         goto done;
     }
+    if ((rc = open_engine("score", get(f, nf, "device"), get(f, nf, "threads"), &e))) goto done;
+    if ((rc = open_data("score", f, nf, data, e, &src))) goto done;
     if (fgmm_source_dim(src) != fgmm_model_d(m)) {
         fprintf(stderr, "flashgmm score: error: %s has dimension %d but model %s has D=%d\n",
                 data, fgmm_source_dim(src), model, fgmm_model_d(m));
         rc = EXIT_WORK;
         goto done;
     }
-    if ((rc = open_engine("score", get(f, nf, "device"), get(f, nf, "threads"), &e))) goto done;
     if (per_row && !(ll = malloc(sizeof(float) * (size_t)fgmm_source_rows(src)))) {
         fprintf(stderr, "flashgmm score: error: out of memory for per-row output\n");
         rc = EXIT_WORK;
@@ -351,16 +413,144 @@ done:
     return rc;
 }
 
+/* ------------------------------------------------------------- shard */
+
+static const char *SHARD_HELP =
+    "usage: flashgmm shard --input PATH --out DIR [options]\n"
+    "\n"
+    "Converts a dataset (or a directory of them, in name order) into a shard directory:\n"
+    "zstd-compressed, checksummed chunks that fit and score stream from disk.\n"
+    "\n"
+    "  --input PATH           .fvecs .bvecs .fbin .u8bin .i8bin .npy, or a directory of them\n"
+    "  --out DIR              output directory; must not exist (or be empty), or hold an\n"
+    "                         unfinished conversion of the same input, which is resumed\n"
+    "  --rows-per-chunk R     rows per compressed chunk (default: about 4 MiB of rows)\n"
+    "  --chunks-per-shard C   chunks per shard file (default 256)\n"
+    "  --level L              zstd level 1..19 (default 3)\n"
+    "  --dtype T              keep (default), float32 or float16\n"
+    "  --threads T            compression threads (default: all cores)\n"
+    "  --max-shards N         stop after N new shards (run again to continue)\n"
+    "\n"
+    "Shards are written under temporary names and renamed when complete; manifest.json\n"
+    "comes last, so an interrupted conversion never looks complete and is resumed by\n"
+    "running the same command again.\n";
+
+static int cmd_shard(int argc, char **argv)
+{
+    flag f[] = {FLAG("input"), FLAG("out"),   FLAG("rows-per-chunk"), FLAG("chunks-per-shard"),
+                FLAG("level"), FLAG("dtype"), FLAG("threads"),        FLAG("max-shards")};
+    int nf = (int)(sizeof f / sizeof f[0]);
+    int r = parse_flags("shard", argc, argv, 2, f, nf);
+    if (r == 1) {
+        fputs(SHARD_HELP, stdout);
+        return 0;
+    }
+    if (r < 0) return EXIT_USAGE;
+    const char *in = get(f, nf, "input"), *out = get(f, nf, "out"), *s;
+    if (!in || !out) {
+        fprintf(stderr, "flashgmm shard: --input and --out are required (see flashgmm shard "
+                        "--help)\n");
+        return EXIT_USAGE;
+    }
+    fgmm_shard_write_options o;
+    fgmm_shard_write_options_default(&o);
+    long lv;
+    if ((s = get(f, nf, "rows-per-chunk"))) {
+        if (parse_long("shard", "rows-per-chunk", s, 1, 1L << 30, &lv)) return EXIT_USAGE;
+        o.rows_per_chunk = lv;
+    }
+    if ((s = get(f, nf, "chunks-per-shard"))) {
+        if (parse_long("shard", "chunks-per-shard", s, 1, 1L << 20, &lv)) return EXIT_USAGE;
+        o.chunks_per_shard = (int)lv;
+    }
+    if ((s = get(f, nf, "level"))) {
+        if (parse_long("shard", "level", s, 1, 19, &lv)) return EXIT_USAGE;
+        o.level = (int)lv;
+    }
+    if ((s = get(f, nf, "threads"))) {
+        if (parse_long("shard", "threads", s, 1, 1024, &lv)) return EXIT_USAGE;
+        o.threads = (int)lv;
+    }
+    if ((s = get(f, nf, "max-shards"))) {
+        if (parse_long("shard", "max-shards", s, 1, 1L << 30, &lv)) return EXIT_USAGE;
+        o.max_shards = (int)lv;
+    }
+    if ((s = get(f, nf, "dtype"))) {
+        if (!strcmp(s, "keep")) o.dtype = -1;
+        else if (!strcmp(s, "float32")) o.dtype = FGMM_F32;
+        else if (!strcmp(s, "float16")) o.dtype = FGMM_F16;
+        else {
+            fprintf(stderr, "flashgmm shard: --dtype expects keep, float32 or float16, got '%s'\n",
+                    s);
+            return EXIT_USAGE;
+        }
+    }
+    fgmm_error err = {0};
+    fgmm_shard_write_result res;
+    double t0 = now_seconds();
+    if (fgmm_shard_convert(&in, 1, out, &o, &res, &err)) return fail("shard", &err);
+    double dt = now_seconds() - t0;
+    if (!res.complete) {
+        printf("stopped after %d new shard%s (%d in all, %lld rows); run the same command again "
+               "to continue\n",
+               res.shards - res.shards_resumed, res.shards - res.shards_resumed == 1 ? "" : "s",
+               res.shards, (long long)res.rows);
+        return 0;
+    }
+    printf("wrote %s: %lld rows in %d shard%s (%d resumed), %.1f MB of rows stored in %.1f MB "
+           "(ratio %.2f), %.2f s\n",
+           out, (long long)res.rows, res.shards, res.shards == 1 ? "" : "s", res.shards_resumed,
+           res.raw_bytes / 1e6, res.stored_bytes / 1e6,
+           res.stored_bytes ? (double)res.raw_bytes / (double)res.stored_bytes : 0.0, dt);
+    return 0;
+}
+
 /* -------------------------------------------------------------- info */
 
 static int cmd_info(int argc, char **argv)
 {
     if (argc < 3 || !strcmp(argv[2], "--help") || !strcmp(argv[2], "-h")) {
-        printf("usage: flashgmm info PATH\n\nDescribes a dataset file or a model directory.\n");
+        printf("usage: flashgmm info PATH [--verify]\n\nDescribes a dataset file, a shard "
+               "directory or a model directory.\n"
+               "  --verify   shard directories: read and decompress every chunk and check its "
+               "checksum\n");
         return argc < 3 ? EXIT_USAGE : 0;
     }
     const char *path = argv[2];
+    int verify = 0;
+    for (int i = 3; i < argc; i++) {
+        if (!strcmp(argv[i], "--verify")) verify = 1;
+        else {
+            fprintf(stderr, "flashgmm info: unexpected argument '%s' (see flashgmm info --help)\n",
+                    argv[i]);
+            return EXIT_USAGE;
+        }
+    }
     fgmm_error err = {0};
+    if (fgmm_is_shard_dir(path)) {
+        fgmm_shards_info si;
+        double t0 = now_seconds();
+        if (fgmm_shards_probe(path, verify, 0, &si, &err)) return fail("info", &err);
+        double dt = now_seconds() - t0;
+        printf("shard directory %s\n  rows             %lld\n  dimensions       %d\n"
+               "  dtype            %s\n  shards           %d\n  chunks           %lld (%lld rows "
+               "each)\n  zstd level       %d\n  row bytes        %llu\n  stored bytes     %llu\n"
+               "  compression      %.2fx\n  source           %s\n",
+               path, (long long)si.rows, si.dim, fgmm_dtype_name(si.dtype), si.shards,
+               (long long)si.chunks, (long long)si.rows_per_chunk, si.level,
+               (unsigned long long)si.raw_bytes, (unsigned long long)si.stored_bytes,
+               si.stored_bytes ? (double)si.raw_bytes / (double)si.stored_bytes : 0.0, si.source);
+        if (verify)
+            printf("  verified         all %lld chunks read, checksums match, %lld rows decoded "
+                   "(%.2f s, %.2f GB/s)\n",
+                   (long long)si.chunks, (long long)si.rows, dt, si.raw_bytes / dt / 1e9);
+        return 0;
+    }
+    if (verify) {
+        fprintf(stderr, "flashgmm info: --verify applies to shard directories; %s is not one\n",
+                path);
+        return EXIT_USAGE;
+    }
     if (fgmm_is_model_dir(path)) {
         fgmm_model *m;
         if (fgmm_model_load(path, &m, &err)) return fail("info", &err);
@@ -536,7 +726,8 @@ static const char *MAIN_HELP =
     "  demo    fit a built-in synthetic mixture and report how well it was recovered\n"
     "  fit     fit a Gaussian mixture to a dataset file, write a model directory\n"
     "  score   mean log-likelihood per row of a dataset under a model\n"
-    "  info    describe a dataset file or a model directory\n"
+    "  shard   convert a dataset into a directory of compressed shards (data larger than RAM)\n"
+    "  info    describe a dataset file, a shard directory or a model directory\n"
     "\n"
     "Exit status: 0 ok, 1 the work failed, 2 bad command line.\n";
 
@@ -551,6 +742,7 @@ int main(int argc, char **argv)
     if (!strcmp(c, "fit")) return cmd_fit(argc, argv);
     if (!strcmp(c, "score")) return cmd_score(argc, argv);
     if (!strcmp(c, "info")) return cmd_info(argc, argv);
+    if (!strcmp(c, "shard")) return cmd_shard(argc, argv);
     if (!strcmp(c, "demo")) return cmd_demo(argc, argv);
     fprintf(stderr, "flashgmm: unknown command '%s'\n%s", c, MAIN_HELP);
     return EXIT_USAGE;
