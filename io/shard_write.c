@@ -224,6 +224,10 @@ fgmm_status fgmm_shard_writer_create(const char *out_dir, int dim, fgmm_dtype dt
                          "--rows-per-chunk, --chunks-per-shard and --threads must be >= 0");
     size_t row_bytes = (size_t)dim * fgmm_dtype_size(dtype);
     int64_t R = o.rows_per_chunk ? o.rows_per_chunk : (int64_t)(DEFAULT_CHUNK_BYTES / row_bytes);
+    /* Default chunks are a multiple of 256 rows, the CPU engine's tile:
+     * tiles then fall where they fall reading the original file, and a fit
+     * from shards repeats a fit from the file to rounding. */
+    if (!o.rows_per_chunk && R >= 256) R = R / 256 * 256;
     if (R < 1) R = 1;
     /* A chunk's rows must fit one 32-bit zstd frame size and the index's
      * 32-bit row count; 1 GiB keeps buffers sane. */
