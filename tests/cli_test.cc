@@ -234,6 +234,69 @@ TEST_F(Cli, UsageErrors)
     EXPECT_EQ(run("info --help").code, 0);
 }
 
+TEST_F(Cli, ShardThenFitAndScoreFromShards)
+{
+    Result r = run("shard --input " + path("good.fbin") + " --out " + path("sh") +
+                   " --rows-per-chunk 256 --chunks-per-shard 3");
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("3000 rows in 4 shards"), std::string::npos) << r.out;
+    Result info = run("info " + path("sh") + " --verify");
+    EXPECT_EQ(info.code, 0) << info.out;
+    EXPECT_NE(info.out.find("chunks           12 (256 rows each)"), std::string::npos) << info.out;
+    EXPECT_NE(info.out.find("verified         all 12 chunks"), std::string::npos) << info.out;
+    Result a = run("fit --quiet --data " + path("good.fbin") + " --k 3 --max-iter 4 --out " +
+                   path("mf"));
+    Result b = run("fit --quiet --data " + path("sh") + " --k 3 --max-iter 4 --cache-budget 0 "
+                   "--queue-depth 2 --read-threads 1 --out " + path("ms"));
+    ASSERT_EQ(a.code, 0) << a.out;
+    ASSERT_EQ(b.code, 0) << b.out;
+    // Same rows, same tiles (256-row chunks): the same printed fit.
+    EXPECT_EQ(a.out.substr(a.out.find("mean log-likelihood")),
+              b.out.substr(b.out.find("mean log-likelihood")).replace(
+                  b.out.substr(b.out.find("mean log-likelihood")).find(path("ms")),
+                  path("ms").size(), path("mf")));
+    Result s = run("score --model " + path("ms") + " --data " + path("sh") + " --buffered-io");
+    EXPECT_EQ(s.code, 0) << s.out;
+    // Running the conversion again refuses to touch the finished directory.
+    expect_fail("shard --input " + path("good.fbin") + " --out " + path("sh"), 1,
+                "already holds a complete shard directory");
+    expect_fail("fit --data " + path("sh") + " --k 2 --cache-budget lots --out " + path("x"), 2,
+                "--cache-budget expects a byte count");
+    expect_fail("shard --input " + path("good.fbin") + " --out " + path("x") + " --dtype int4",
+                2, "--dtype expects keep, float32 or float16");
+    EXPECT_FALSE(exists(path("x")));
+}
+
+TEST_F(Cli, CorruptShardFailsTheFitAndWritesNothing)
+{
+    ASSERT_EQ(run("shard --input " + path("good.fbin") + " --out " + path("shc") +
+                  " --rows-per-chunk 500 --chunks-per-shard 2").code, 0);
+    // Flip a byte in the second chunk of shard 1 (chunks start at 4096-byte
+    // boundaries after the 4096-byte header).
+    std::string f = path("shc") + "/shard-00001.fgs";
+    FILE *fp = fopen(f.c_str(), "r+b");
+    ASSERT_NE(fp, nullptr);
+    unsigned char idx[64];
+    fseek(fp, 48, SEEK_SET);
+    uint64_t index_off;
+    ASSERT_EQ(fread(&index_off, 8, 1, fp), 1u);
+    fseek(fp, (long)index_off + 32, SEEK_SET);
+    ASSERT_EQ(fread(idx, 8, 1, fp), 1u);
+    uint64_t chunk_off;
+    memcpy(&chunk_off, idx, 8);
+    fseek(fp, (long)chunk_off + 10, SEEK_SET);
+    int c = fgetc(fp);
+    fseek(fp, (long)chunk_off + 10, SEEK_SET);
+    fputc(c ^ 0xff, fp);
+    fclose(fp);
+    expect_fail("fit --quiet --data " + path("shc") + " --k 3 --cache-budget 0 --out " +
+                    path("mc"),
+                1, "shard-00001.fgs: chunk 1 (rows 1500..1999): checksum mismatch");
+    EXPECT_FALSE(exists(path("mc")));
+    expect_fail("info " + path("shc") + " --verify", 1, "shard-00001.fgs: chunk 1");
+    EXPECT_EQ(count_tmp_leftovers(), 0);
+}
+
 TEST_F(Cli, DemoRunsSmall)
 {
     Result r = run("demo --n 20000 --k 4 --d 8");
