@@ -11,7 +11,7 @@ NVCC="/usr/local/cuda/bin/nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_
 for f in core/*.c io/*.c; do gcc $CFLAGS -c "$f" -o "$OUT/obj/$(basename "${f%.c}").o"; done
 for f in cuda/*.cu; do $NVCC -c "$f" -o "$OUT/obj/cu_$(basename "${f%.cu}").o"; done
 LIB=/usr/lib/x86_64-linux-gnu
-STATIC="$LIB/libopenblas.a /usr/lib/gcc/x86_64-linux-gnu/12/libgfortran.a /usr/lib/gcc/x86_64-linux-gnu/12/libquadmath.a /usr/local/cuda/lib64/libcudart_static.a"
+STATIC="$LIB/liburing.a $LIB/libzstd.a $LIB/libxxhash.a $LIB/libopenblas.a /usr/lib/gcc/x86_64-linux-gnu/12/libgfortran.a /usr/lib/gcc/x86_64-linux-gnu/12/libquadmath.a /usr/local/cuda/lib64/libcudart_static.a"
 LINK="-static-libstdc++ -static-libgcc $STATIC -ldl -lrt -lpthread -lm"
 OBJ="$OUT/obj/*.o"
 gcc $CFLAGS -c tools/flashgmm.c -o "$OUT/flashgmm.o"
