@@ -34,6 +34,12 @@ typedef struct {
     /* Sum the partials, in a fixed order, into out (already reset). */
     fgmm_status (*end_pass)(void *self, fgmm_stats *out, fgmm_error *err);
     void (*destroy)(void *self);
+    /* Select the kernels' precision (see fgmm_precision); takes effect at
+     * the next begin_pass. */
+    fgmm_status (*set_precision)(void *self, fgmm_precision p, fgmm_error *err);
+    /* What computes the step, for progress lines ("cpu", "tensor cores,
+     * split bf16", ...). */
+    const char *(*path)(void *self);
 } fgmm_backend_ops;
 
 /* CPU back end: threads > 0. */

@@ -142,11 +142,18 @@ fgmm_status fgmm_chunk_check_finite(const fgmm_chunk *c, int d, const char *name
     if (c->dtype == FGMM_F32) {
         for (int64_t i = 0; i < c->n_rows; i++) {
             const float *r = (const float *)((const char *)c->rows + (size_t)i * c->row_stride);
-            /* Sum-then-test is fast and catches NaN and Inf in one compare; on a
-             * hit, look for the column to name. */
-            float acc = 0.0f;
-            for (int j = 0; j < d; j++) acc += r[j] * 0.0f;
-            if (acc != 0.0f) {
+            /* An all-ones exponent is NaN or Inf. Testing the bits with an OR
+             * reduction vectorises (8 values a cycle with AVX2); a float sum
+             * would be one dependent add per value, which made this scan the
+             * largest CPU cost of streaming shards. On a hit, look for the
+             * column to name. */
+            uint32_t bad = 0;
+            for (int j = 0; j < d; j++) {
+                uint32_t u;
+                memcpy(&u, &r[j], 4);
+                bad |= (uint32_t)((u & 0x7f800000u) == 0x7f800000u);
+            }
+            if (bad) {
                 for (int j = 0; j < d; j++)
                     if (!isfinite(r[j]))
                         return fgmm_fail(err, FGMM_ERR_DATA,
@@ -159,6 +166,9 @@ fgmm_status fgmm_chunk_check_finite(const fgmm_chunk *c, int d, const char *name
         for (int64_t i = 0; i < c->n_rows; i++) {
             const uint16_t *r =
                 (const uint16_t *)((const char *)c->rows + (size_t)i * c->row_stride);
+            uint32_t bad = 0;
+            for (int j = 0; j < d; j++) bad |= (uint32_t)((r[j] & 0x7c00u) == 0x7c00u);
+            if (!bad) continue;
             for (int j = 0; j < d; j++)
                 if ((r[j] & 0x7c00u) == 0x7c00u)
                     return fgmm_fail(err, FGMM_ERR_DATA,

@@ -230,8 +230,25 @@ static void cpu_destroy(void *self)
     free(b);
 }
 
-const fgmm_backend_ops fgmm_cpu_backend_ops = {"cpu", cpu_begin_pass, cpu_accumulate,
-                                               cpu_end_pass, cpu_destroy};
+static fgmm_status cpu_set_precision(void *self, fgmm_precision p, fgmm_error *err)
+{
+    (void)self;
+    if (p == FGMM_PRECISION_FAST)
+        return fgmm_fail(err, FGMM_ERR_UNSUPPORTED,
+                         "--precision fast applies to --device cuda; the CPU engine has one "
+                         "precision (float64 logits)");
+    return FGMM_OK;
+}
+
+static const char *cpu_path(void *self)
+{
+    (void)self;
+    return "cpu";
+}
+
+const fgmm_backend_ops fgmm_cpu_backend_ops = {"cpu",       cpu_begin_pass,    cpu_accumulate,
+                                               cpu_end_pass, cpu_destroy, cpu_set_precision,
+                                               cpu_path};
 
 /* ------------------------------------------------------------ parallel */
 

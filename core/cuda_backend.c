@@ -110,5 +110,21 @@ static void cuda_destroy(void *self)
     free(b);
 }
 
-const fgmm_backend_ops fgmm_cuda_backend_ops = {"cuda", cuda_begin_pass, cuda_accumulate,
-                                                cuda_end_pass, cuda_destroy};
+static fgmm_status cuda_set_precision(void *self, fgmm_precision p, fgmm_error *err)
+{
+    cuda_backend *b = self;
+    fgmmc_error ce = {0};
+    fgmmc_precision q = p == FGMM_PRECISION_FAST   ? FGMMC_PREC_FAST
+                        : p == FGMM_PRECISION_FP32 ? FGMMC_PREC_FP32
+                                                   : FGMMC_PREC_DEFAULT;
+    return from_cuda(fgmmc_set_precision(b->ctx, q, &ce), &ce, err);
+}
+
+static const char *cuda_path(void *self)
+{
+    return fgmmc_path_name(((cuda_backend *)self)->ctx);
+}
+
+const fgmm_backend_ops fgmm_cuda_backend_ops = {"cuda",       cuda_begin_pass,    cuda_accumulate,
+                                                cuda_end_pass, cuda_destroy, cuda_set_precision,
+                                                cuda_path};

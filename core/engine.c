@@ -87,6 +87,24 @@ void fgmm_engine_free(fgmm_engine *e)
 
 const char *fgmm_engine_device_name(const fgmm_engine *e) { return e->ops->name; }
 
+fgmm_status fgmm_precision_parse(const char *s, fgmm_precision *out, fgmm_error *err)
+{
+    if (!strcmp(s, "default")) *out = FGMM_PRECISION_DEFAULT;
+    else if (!strcmp(s, "fast")) *out = FGMM_PRECISION_FAST;
+    else if (!strcmp(s, "fp32")) *out = FGMM_PRECISION_FP32;
+    else
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT,
+                         "unknown precision '%s'; expected default, fast or fp32", s);
+    return FGMM_OK;
+}
+
+fgmm_status fgmm_engine_set_precision(fgmm_engine *e, fgmm_precision p, fgmm_error *err)
+{
+    return e->ops->set_precision(e->backend, p, err);
+}
+
+const char *fgmm_engine_path(const fgmm_engine *e) { return e->ops->path(e->backend); }
+
 void *fgmm_engine_host_alloc(void *engine, size_t bytes)
 {
     fgmm_engine *e = engine;

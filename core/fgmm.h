@@ -267,6 +267,27 @@ fgmm_status fgmm_engine_create(fgmm_device device, int threads, fgmm_engine **ou
 void fgmm_engine_free(fgmm_engine *e);
 /* "cpu" or "cuda". */
 const char *fgmm_engine_device_name(const fgmm_engine *e);
+/* Precision of the E-step's arithmetic.
+ *   DEFAULT  CPU: logits in float64, statistics per tile in float32 added
+ *            in float64. CUDA: tensor cores with split bf16 operands
+ *            (statistics within 1e-4 of float64), or fp32 SIMT kernels
+ *            where the tensor-core kernels do not apply (D > 128).
+ *   FAST     CUDA only: plain bf16 tensor cores; statistics off by up to
+ *            ~1e-2 (docs/precision.md).
+ *   FP32     CUDA: the fp32 SIMT kernels; CPU: same as DEFAULT. */
+typedef enum {
+    FGMM_PRECISION_DEFAULT = 0,
+    FGMM_PRECISION_FAST = 1,
+    FGMM_PRECISION_FP32 = 2
+} fgmm_precision;
+/* Parses "default", "fast", "fp32". */
+fgmm_status fgmm_precision_parse(const char *s, fgmm_precision *out, fgmm_error *err);
+/* FGMM_ERR_UNSUPPORTED for FAST on the CPU engine. */
+fgmm_status fgmm_engine_set_precision(fgmm_engine *e, fgmm_precision p, fgmm_error *err);
+/* What computes the E-step: "cpu", "tensor cores, split bf16", "tensor
+ * cores, bf16" or "fp32 SIMT" (the last pass's, or the next one's). */
+const char *fgmm_engine_path(const fgmm_engine *e);
+
 /* Host memory for rows the engine will consume: pinned (page-locked) on a
  * CUDA engine, so host-to-device copies run asynchronously at full speed;
  * 4096-byte aligned otherwise. NULL when out of memory. The signature fits

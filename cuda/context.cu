@@ -12,6 +12,7 @@
  * kernel runs on `stream`, in call order, which is what makes the pass's
  * sums deterministic.
  */
+#include <cuda_bf16.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -22,10 +23,16 @@
 /* Rows per sub-chunk: bounded in count (device scratch per row) and in
  * bytes (pinned staging: two buffers of STAGE_BYTES). */
 #define MAX_CHUNK_ROWS ((int64_t)262144)
-#define STAGE_BYTES ((size_t)32 << 20)
+#define STAGE_BYTES ((size_t)128 << 20)
 
 struct fgmmc_context {
-    int device, sm_count;
+    int device, sm_count, cc_major;
+    fgmmc_precision prec;
+    int use_tc, tc_prec, kw; /* this pass: tensor-core kernels, 3 or 1 products */
+    void *d_wt_hi, *d_wt_lo; /* W^T split, K rounded up to 64 rows of kw */
+    size_t cap_wt_hi, cap_wt_lo;
+    void *d_yg_hi, *d_yg_lo; /* converted rows of a sub-chunk, (kw+16) bf16 each */
+    size_t cap_yg_hi, cap_yg_lo;
     cudaStream_t stream;      /* kernels, device-to-host copies */
     cudaStream_t copy_stream; /* host-to-device copies of rows */
     cudaEvent_t h2d_done[2], kern_done[2], ll_done[2];
@@ -162,7 +169,8 @@ void fgmmc_free(fgmmc_context *ctx)
         if (ctx->copy_stream) cudaStreamSynchronize(ctx->copy_stream);
     }
     void *dev[] = {ctx->d_w,  ctx->d_c,    ctx->d_shift,     ctx->d_acc, ctx->d_in[0],
-                   ctx->d_in[1], ctx->d_lse2, ctx->d_ll, ctx->d_block_ll, ctx->d_part};
+                   ctx->d_in[1], ctx->d_lse2, ctx->d_ll, ctx->d_block_ll, ctx->d_part,
+                   ctx->d_wt_hi, ctx->d_wt_lo, ctx->d_yg_hi, ctx->d_yg_lo};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i]) cudaFree(dev[i]);
     void *host[] = {ctx->h_in[0], ctx->h_in[1], ctx->h_ll[0], ctx->h_ll[1], ctx->h_param};
@@ -185,6 +193,7 @@ static fgmmc_status create_in(fgmmc_context *ctx, int device, fgmmc_error *err)
     cudaDeviceProp prop;
     FGMMC_CHECK(cudaGetDeviceProperties(&prop, device), err);
     ctx->sm_count = prop.multiProcessorCount;
+    ctx->cc_major = prop.major;
     snprintf(ctx->desc, sizeof ctx->desc, "%.200s (device %d, sm_%d%d, %d SMs, %.1f GiB)", prop.name,
              device, prop.major, prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
@@ -222,6 +231,25 @@ fgmmc_status fgmmc_create(int device, fgmmc_context **out, fgmmc_error *err)
 }
 
 const char *fgmmc_describe(const fgmmc_context *ctx) { return ctx ? ctx->desc : ""; }
+
+fgmmc_status fgmmc_set_precision(fgmmc_context *ctx, fgmmc_precision p, fgmmc_error *err)
+{
+    if (!ctx) return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_set_precision: ctx is NULL");
+    if (p != FGMMC_PREC_DEFAULT && p != FGMMC_PREC_FAST && p != FGMMC_PREC_FP32)
+        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_set_precision: unknown mode %d", (int)p);
+    if (p == FGMMC_PREC_FAST && ctx->cc_major < 8)
+        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT,
+                          "precision fast needs bf16 tensor cores (sm_80 or newer); this is %s",
+                          ctx->desc);
+    ctx->prec = p;
+    return FGMMC_OK;
+}
+
+const char *fgmmc_path_name(const fgmmc_context *ctx)
+{
+    if (!ctx || !ctx->use_tc) return "fp32 SIMT";
+    return ctx->tc_prec == 3 ? "tensor cores, split bf16" : "tensor cores, bf16";
+}
 
 size_t fgmmc_device_bytes(const fgmmc_context *ctx) { return ctx ? ctx->peak_bytes : 0; }
 
@@ -275,6 +303,37 @@ fgmmc_status fgmmc_begin_pass(fgmmc_context *ctx, int k, int d, const double *w,
                                 cudaMemcpyHostToDevice, ctx->stream),
                 err);
     FGMMC_CHECK(cudaMemsetAsync(ctx->d_acc, 0, (per + 1) * sizeof(double), ctx->stream), err);
+
+    /* Tensor-core operands: W^T as hi + lo bf16 (zero rows up to a multiple
+     * of 64 components, zero columns up to kw). */
+    int kw = fgmmc_tc_kw(d);
+    ctx->use_tc = ctx->cc_major >= 8 && kw > 0 && ctx->prec != FGMMC_PREC_FP32;
+    ctx->tc_prec = ctx->prec == FGMMC_PREC_FAST ? 1 : 3;
+    ctx->kw = kw;
+    if (ctx->use_tc) {
+        size_t kpad = ((size_t)k + 63) / 64 * 64, nwt = kpad * (size_t)kw;
+        if ((st = DEV_RESERVE(ctx, ctx->d_wt_hi, ctx->cap_wt_hi, nwt * sizeof(__nv_bfloat16), "w hi",
+                              err)) ||
+            (st = DEV_RESERVE(ctx, ctx->d_wt_lo, ctx->cap_wt_lo, nwt * sizeof(__nv_bfloat16), "w lo",
+                              err)))
+            return st;
+        __nv_bfloat16 *hi = (__nv_bfloat16 *)malloc(2 * nwt * sizeof(__nv_bfloat16)), *lo = hi + nwt;
+        if (!hi) return fgmmc_fail(err, FGMMC_ERR_NO_MEMORY, "fgmmc_begin_pass: out of host memory");
+        for (size_t kk = 0; kk < kpad; kk++)
+            for (int j = 0; j < kw; j++) {
+                /* The same float the SIMT kernels use, then split. */
+                float v = (kk < (size_t)k && j < 2 * d) ? hw[(size_t)j * k + kk] : 0.f;
+                __nv_bfloat16 h = __float2bfloat16_rn(v);
+                hi[kk * kw + j] = h;
+                lo[kk * kw + j] = __float2bfloat16_rn(v - __bfloat162float(h));
+            }
+        /* Synchronous: the host arrays are freed right after. */
+        cudaError_t e1 = cudaMemcpy(ctx->d_wt_hi, hi, nwt * sizeof(__nv_bfloat16), cudaMemcpyHostToDevice);
+        cudaError_t e2 = cudaMemcpy(ctx->d_wt_lo, lo, nwt * sizeof(__nv_bfloat16), cudaMemcpyHostToDevice);
+        free(hi);
+        FGMMC_CHECK(e1, err);
+        FGMMC_CHECK(e2, err);
+    }
     ctx->k = k;
     ctx->d = d;
     ctx->in_pass = 1;
@@ -309,13 +368,20 @@ static fgmmc_status accumulate_in(fgmmc_context *ctx, const char *rows, size_t r
 
     fgmmc_status st;
     fgmmc_plan plan;
-    fgmmc_estep_plan(ctx->k, ctx->d, chunk, ctx->sm_count, &plan);
+    if (ctx->use_tc) fgmmc_estep_tc_plan(ctx->k, ctx->d, chunk, ctx->sm_count, &plan);
+    else fgmmc_estep_plan(ctx->k, ctx->d, chunk, ctx->sm_count, &plan);
     size_t cb = (size_t)chunk * row_bytes, cr = (size_t)chunk;
     if ((st = DEV_RESERVE(ctx, ctx->d_lse2, ctx->cap_lse2, cr * sizeof(float), "lse", err)) ||
         (st = DEV_RESERVE(ctx, ctx->d_ll, ctx->cap_ll, cr * sizeof(float), "row ll", err)) ||
         (st = DEV_RESERVE(ctx, ctx->d_block_ll, ctx->cap_block_ll,
                           (size_t)plan.lse_blocks * sizeof(double), "tile ll", err)))
         return st;
+    if (ctx->use_tc) {
+        size_t yb = cr * (size_t)(ctx->kw + 16) * sizeof(__nv_bfloat16);
+        if ((st = DEV_RESERVE(ctx, ctx->d_yg_hi, ctx->cap_yg_hi, yb, "rows bf16 hi", err)) ||
+            (st = DEV_RESERVE(ctx, ctx->d_yg_lo, ctx->cap_yg_lo, yb, "rows bf16 lo", err)))
+            return st;
+    }
     for (int b = 0; b < 2; b++) {
         if ((st = DEV_RESERVE(ctx, ctx->d_in[b], ctx->cap_in[b], cb, "rows", err)) ||
             (st = HOST_RESERVE(ctx, ctx->h_in[b], ctx->cap_h_in[b], cb, "row staging", err)))
@@ -331,7 +397,8 @@ static fgmmc_status accumulate_in(fgmmc_context *ctx, const char *rows, size_t r
         const int b = ctx->slot;
         ctx->slot ^= 1;
 
-        fgmmc_estep_plan(ctx->k, ctx->d, m, ctx->sm_count, &plan);
+        if (ctx->use_tc) fgmmc_estep_tc_plan(ctx->k, ctx->d, m, ctx->sm_count, &plan);
+        else fgmmc_estep_plan(ctx->k, ctx->d, m, ctx->sm_count, &plan);
         if ((st = DEV_RESERVE(ctx, ctx->d_part, ctx->cap_part, plan.partial_elems * sizeof(double),
                               "partials", err)))
             return st;
@@ -369,7 +436,14 @@ static fgmmc_status accumulate_in(fgmmc_context *ctx, const char *rows, size_t r
         bt.block_ll = ctx->d_block_ll;
         bt.partials = ctx->d_part;
         bt.acc = ctx->d_acc;
-        if ((st = fgmmc_estep_launch(&bt, &plan, ctx->stream, err))) return st;
+        bt.wt_hi = ctx->d_wt_hi;
+        bt.wt_lo = ctx->d_wt_lo;
+        bt.kw = ctx->kw;
+        bt.yg_hi = ctx->d_yg_hi;
+        bt.yg_lo = ctx->d_yg_lo;
+        st = ctx->use_tc ? fgmmc_estep_tc_launch(&bt, &plan, ctx->tc_prec, ctx->stream, err)
+                         : fgmmc_estep_launch(&bt, &plan, ctx->stream, err);
+        if (st) return st;
         FGMMC_CHECK(cudaEventRecord(ctx->kern_done[b], ctx->stream), err);
 
         if (per_row_ll) {

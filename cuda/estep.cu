@@ -491,6 +491,26 @@ void fgmmc_estep_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *plan)
     plan->partial_elems = (size_t)plan->splits * (size_t)k * (size_t)(2 * d + 1);
 }
 
+void fgmmc_estep_tc_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *plan)
+{
+    const int tm = 32, kb = 64; /* estep_tc.cu: TC_BMB, TC_BN */
+    plan->kb = kb;
+    plan->slices = (k + kb - 1) / kb;
+    int bm = fgmmc_tc_lse_rows(fgmmc_tc_kw(d));
+    plan->lse_blocks = (int)((n + bm - 1) / bm);
+    /* Two statistics blocks per SM at a time (shared memory); ~4 waves. */
+    int target = 8 * (sm_count > 0 ? sm_count : 132);
+    int64_t tiles = (n + tm - 1) / tm;
+    int64_t want = (target + plan->slices - 1) / plan->slices;
+    if (want > tiles) want = tiles;
+    if (want > 65535) want = 65535;
+    if (want < 1) want = 1;
+    int64_t tiles_per = (tiles + want - 1) / want;
+    plan->rows_per_split = (int)(tiles_per * tm);
+    plan->splits = (int)((n + plan->rows_per_split - 1) / plan->rows_per_split);
+    plan->partial_elems = (size_t)plan->splits * (size_t)k * (size_t)(2 * d + 1);
+}
+
 template <class C>
 static fgmmc_status launch_stats(const fgmmc_batch *b, const fgmmc_plan *plan,
                                  cudaStream_t stream, fgmmc_error *err)
@@ -528,7 +548,12 @@ fgmmc_status fgmmc_estep_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
     default: st = launch_stats<Cfg1024>(b, plan, stream, err); break;
     }
     if (st) return st;
+    return fgmmc_estep_reduce_launch(b, plan, stream, err);
+}
 
+fgmmc_status fgmmc_estep_reduce_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
+                                       cudaStream_t stream, fgmmc_error *err)
+{
     size_t per_split = (size_t)b->k * (size_t)(2 * b->d + 1);
     unsigned rblocks = (unsigned)((per_split + NT - 1) / NT);
     reduce_kernel<<<rblocks, NT, 0, stream>>>(b->partials, plan->splits, per_split, b->acc);

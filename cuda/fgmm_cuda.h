@@ -62,6 +62,21 @@ const char *fgmmc_describe(const fgmmc_context *ctx);
 /* Peak device memory this context has allocated, in bytes. */
 size_t fgmmc_device_bytes(const fgmmc_context *ctx);
 
+/* How the E-step is computed.
+ *   DEFAULT  tensor cores (bf16 mma, sm_80+) with every operand split into
+ *            hi + lo bf16 parts and three products summed in fp32:
+ *            statistics within 1e-4 of float64; for d > 128 or older GPUs,
+ *            the fp32 SIMT kernels;
+ *   FAST     tensor cores with plain bf16 operands: several times faster,
+ *            statistics off by up to ~1e-2 relative (docs/precision.md);
+ *   FP32     the fp32 SIMT kernels (no tensor cores).
+ * Takes effect at the next fgmmc_begin_pass. */
+typedef enum { FGMMC_PREC_DEFAULT = 0, FGMMC_PREC_FAST = 1, FGMMC_PREC_FP32 = 2 } fgmmc_precision;
+fgmmc_status fgmmc_set_precision(fgmmc_context *ctx, fgmmc_precision p, fgmmc_error *err);
+/* The kernels the current (or last) pass runs: "tensor cores, split bf16",
+ * "tensor cores, bf16" or "fp32 SIMT". */
+const char *fgmmc_path_name(const fgmmc_context *ctx);
+
 /* Start a pass: upload the E-step terms (w: 2D*K, c: K, shift: D) and zero
  * the statistics accumulators. */
 fgmmc_status fgmmc_begin_pass(fgmmc_context *ctx, int k, int d, const double *w,

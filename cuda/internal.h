@@ -64,6 +64,11 @@ typedef struct {
     const float *w;       /* 2D x K, row-major, scaled by log2(e) */
     const float *c;       /* K, scaled by log2(e) */
     const float *shift;   /* D */
+    const void *wt_hi;    /* tensor-core path: W^T (K rounded up to 64) x kw bf16, */
+    const void *wt_lo;    /* scaled by log2(e), split hi + lo (estep_tc.cu) */
+    int kw;               /* tensor-core path: 2D rounded up to a kernel width */
+    void *yg_hi, *yg_lo;  /* tensor-core path: n x (kw+16) bf16 [y, y^2, 0.., 1, 0..] split,
+                           * written by kernel A, read by B (converted once, not per slice) */
     float *lse2;          /* n: row log-sum-exp in log2 units (kernel B input) */
     float *ll;            /* n: row log-likelihood, natural log (host output) */
     double *block_ll;     /* lse_blocks: per-tile sums of ll */
@@ -81,5 +86,25 @@ void fgmmc_estep_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *plan);
  * reduction into acc) on stream. Checks each launch. */
 fgmmc_status fgmmc_estep_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
                                 cudaStream_t stream, fgmmc_error *err);
+
+/* ------------------------------------------------- tensor-core path */
+
+/* The column width (2D rounded up) the tensor-core kernels use for d, or 0
+ * when d is too large for them (the SIMT kernels of estep.cu serve). */
+int fgmmc_tc_kw(int d);
+/* Rows per block of the tensor-core log-sum-exp kernel for width kw. */
+int fgmmc_tc_lse_rows(int kw);
+/* Plan for the tensor-core kernels (64-component slices, 64-row tiles). */
+void fgmmc_estep_tc_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *plan);
+/* Enqueues the tensor-core kernels A and B (prec 3: split bf16, 1: plain
+ * bf16), then the reductions of estep.cu. */
+fgmmc_status fgmmc_estep_tc_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
+                                   cudaStream_t stream, fgmmc_error *err);
+/* The same, for timing: parts is a mask of 1 (kernel A), 2 (B), 4 (C). */
+fgmmc_status fgmmc_estep_tc_parts(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
+                                  int parts, cudaStream_t stream, fgmmc_error *err);
+/* The reductions (kernel C) alone, for the tensor-core path. */
+fgmmc_status fgmmc_estep_reduce_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
+                                       cudaStream_t stream, fgmmc_error *err);
 
 #endif /* FGMM_CUDA_INTERNAL_H */

@@ -86,7 +86,7 @@ fgmm_status shard_header_decode(const unsigned char *b, const char *path, shard_
 void shard_chunk_encode(const shard_chunk *c, unsigned char *p)
 {
     put_u64(p, c->offset);
-    put_u32(p + 8, c->stored);
+    put_u32(p + 8, c->stored | (c->raw ? SHARD_RAW_FLAG : 0));
     put_u32(p + 12, c->rows);
     put_u64(p + 16, c->checksum);
     put_u64(p + 24, c->first_row);
@@ -95,7 +95,9 @@ void shard_chunk_encode(const shard_chunk *c, unsigned char *p)
 void shard_chunk_decode(const unsigned char *p, shard_chunk *c)
 {
     c->offset = get_u64(p);
-    c->stored = get_u32(p + 8);
+    uint32_t v = get_u32(p + 8);
+    c->stored = v & ~SHARD_RAW_FLAG;
+    c->raw = (v & SHARD_RAW_FLAG) != 0;
     c->rows = get_u32(p + 12);
     c->checksum = get_u64(p + 16);
     c->first_row = get_u64(p + 24);
@@ -227,6 +229,7 @@ fgmm_status shard_file_check(int fd, const char *path, const shard_entry *expect
         if (c->offset != end || c->stored == 0 || c->offset + c->stored > h->index_offset ||
             c->first_row != row || c->rows == 0 || c->rows > h->rows_per_chunk ||
             (!last && c->rows != h->rows_per_chunk) ||
+            (c->raw && c->stored != (uint64_t)c->rows * row_bytes) ||
             (uint64_t)c->rows * row_bytes > (1ull << 31)) {
             st = fgmm_fail(err, FGMM_ERR_FORMAT,
                            "%s: chunk %u: index entry (offset %" PRIu64 ", %u bytes, %u rows from "

@@ -47,9 +47,14 @@ typedef struct {
     uint64_t header_checksum; /* XXH3-64 of header bytes [0, 80) */
 } shard_header;
 
+/* Bit 31 of the stored-size field: the chunk is the rows themselves, not a
+ * zstd frame (chunks are at most 1 GiB, so the bit is free). */
+#define SHARD_RAW_FLAG 0x80000000u
+
 typedef struct {
     uint64_t offset;      /* of the zstd frame, a multiple of 4096 */
-    uint32_t stored;      /* compressed bytes */
+    uint32_t stored;      /* compressed bytes (raw: the rows' bytes) */
+    int raw;              /* stored uncompressed (SHARD_RAW_FLAG on disk) */
     uint32_t rows;
     uint64_t checksum;    /* XXH3-64 of the stored bytes */
     uint64_t first_row;   /* global index of the chunk's first row */

@@ -71,6 +71,7 @@ typedef struct {
     unsigned char **cbuf;
     int n_cbuf, *cb_state;
     int64_t *cb_chunk;
+    unsigned char **cb_target; /* where the read lands: cbuf, or the ring slot (raw chunks) */
     int *fifo, fifo_head, fifo_count;
     uint32_t *ready_gen; /* per chunk: the pass that decoded it */
     uint32_t gen;
@@ -136,7 +137,8 @@ static unsigned char *chunk_dest(shard_source *s, int64_t g)
     return s->slot[g % s->n_slots];
 }
 
-/* Checksum, decompress into dst, size and finiteness checks. */
+/* Checksum, decompress into dst (raw chunks: copy, unless comp is dst),
+ * size and finiteness checks. */
 static fgmm_status decode_chunk(shard_source *s, ZSTD_DCtx *dctx, int64_t g,
                                 const unsigned char *comp, unsigned char *dst, fgmm_error *err)
 {
@@ -150,7 +152,13 @@ static fgmm_status decode_chunk(shard_source *s, ZSTD_DCtx *dctx, int64_t g,
                          path, gc->local, gc->c.first_row, gc->c.first_row + gc->c.rows - 1,
                          gc->c.checksum, sum);
     size_t want = (size_t)gc->c.rows * s->row_bytes;
-    size_t r = ZSTD_decompressDCtx(dctx, dst, want, comp, gc->c.stored);
+    size_t r;
+    if (gc->c.raw) {
+        if (comp != dst) memcpy(dst, comp, want);
+        r = want; /* stored == want was checked at open */
+    } else {
+        r = ZSTD_decompressDCtx(dctx, dst, want, comp, gc->c.stored);
+    }
     if (ZSTD_isError(r) || r != want)
         return fgmm_fail(err, FGMM_ERR_FORMAT,
                          "%s: chunk %u: zstd frame decodes to %s%zu bytes; expected %zu (%u rows)",
@@ -186,7 +194,13 @@ static void *io_main(void *arg)
             /* O_DIRECT needs aligned lengths; the shard pads every chunk
              * to 4096, so the rounded-up read stays inside the file. */
             unsigned len = s->direct ? (unsigned)shard_align_up(gc->c.stored) : gc->c.stored;
-            io_uring_prep_read(sqe, s->files[gc->shard].fd, s->cbuf[cb], len, gc->c.offset);
+            /* A raw chunk is read straight into its ring slot (aligned and
+             * sized for the rounded-up read): no copy at all. */
+            unsigned char *dst = chunk_dest(s, g);
+            s->cb_target[cb] = gc->c.raw && !s->cache_enabled && ((uintptr_t)dst % SHARD_ALIGN) == 0
+                                   ? dst
+                                   : s->cbuf[cb];
+            io_uring_prep_read(sqe, s->files[gc->shard].fd, s->cb_target[cb], len, gc->c.offset);
             io_uring_sqe_set_data64(sqe, (uint64_t)cb);
             s->cb_state[cb] = CB_READING;
             s->cb_chunk[cb] = g;
@@ -201,7 +215,7 @@ static void *io_main(void *arg)
             int r = io_uring_submit(&s->ring);
             if (r < 0) {
                 char m[256];
-                snprintf(m, sizeof m, "%s: io_uring_submit failed: %s", s->dir, strerror(-r));
+                snprintf(m, sizeof m, "%.200s: io_uring_submit failed: %s", s->dir, strerror(-r));
                 pass_fail(s, FGMM_ERR_IO, m);
             }
         }
@@ -213,7 +227,7 @@ static void *io_main(void *arg)
             if (r == -EINTR) continue;
             if (r < 0) {
                 char m[256];
-                snprintf(m, sizeof m, "%s: io_uring_wait_cqe failed: %s", s->dir, strerror(-r));
+                snprintf(m, sizeof m, "%.200s: io_uring_wait_cqe failed: %s", s->dir, strerror(-r));
                 pass_fail(s, FGMM_ERR_IO, m);
                 /* In-flight reads still own their buffers; they complete
                  * or the ring is torn down at close. */
@@ -230,11 +244,11 @@ static void *io_main(void *arg)
                 if (cqe->res < 0 || (unsigned)cqe->res < gc->c.stored) {
                     char m[1024];
                     if (cqe->res < 0)
-                        snprintf(m, sizeof m, "%s: chunk %u: read of %u bytes at offset %" PRIu64
+                        snprintf(m, sizeof m, "%.900s: chunk %u: read of %u bytes at offset %" PRIu64
                                  " failed: %s", s->files[gc->shard].path, gc->local, gc->c.stored,
                                  gc->c.offset, strerror(-cqe->res));
                     else
-                        snprintf(m, sizeof m, "%s: chunk %u: read %d of %u bytes at offset %" PRIu64
+                        snprintf(m, sizeof m, "%.900s: chunk %u: read %d of %u bytes at offset %" PRIu64
                                  " (file truncated?)", s->files[gc->shard].path, gc->local,
                                  cqe->res, gc->c.stored, gc->c.offset);
                     s->cb_state[cb] = CB_FREE;
@@ -276,7 +290,7 @@ static void *dec_main(void *arg)
         unsigned char *dst = chunk_dest(s, g);
         pthread_mutex_unlock(&s->mu);
         fgmm_error e = {0};
-        fgmm_status st = decode_chunk(s, s->dctx[a->t], g, s->cbuf[cb], dst, &e);
+        fgmm_status st = decode_chunk(s, s->dctx[a->t], g, s->cb_target[cb], dst, &e);
         pthread_mutex_lock(&s->mu);
         s->cb_state[cb] = CB_FREE;
         pthread_cond_signal(&s->cv_io);
@@ -447,6 +461,29 @@ static int cmp_row_pos(const void *a, const void *b)
 /* Random access (initialisation samples, re-seeding rows): sorted so each
  * chunk is read and decoded once, through the buffered descriptor, apart
  * from any pass in flight. */
+/* A sample that touches most chunks (initialisation's: 65,536 rows or
+ * more) is taken in one pass of the pipeline: parallel decoding, reads in
+ * flight, and the cache filled on the way when it is enabled. */
+static fgmm_status sample_by_pass(shard_source *s, const row_pos *rp, int64_t n, float *out,
+                                  fgmm_error *err)
+{
+    end_pass(s);
+    s->pass_done = 0;
+    fgmm_status st = FGMM_OK;
+    int64_t i = 0;
+    while (!st && i < n) {
+        fgmm_chunk c;
+        if ((st = ss_next(s, &c, err)) || c.n_rows == 0) break;
+        for (; i < n && rp[i].row < c.first_row + c.n_rows; i++)
+            fgmm_convert_row(s->dtype,
+                             (const char *)c.rows + (size_t)(rp[i].row - c.first_row) * s->row_bytes,
+                             (size_t)s->dim, out + (size_t)rp[i].pos * (size_t)s->dim);
+    }
+    end_pass(s);
+    s->pass_done = 0; /* the caller's next pass starts from the top */
+    return st;
+}
+
 static fgmm_status ss_read_rows(void *impl, const int64_t *idx, int64_t n, float *out,
                                 fgmm_error *err)
 {
@@ -455,6 +492,11 @@ static fgmm_status ss_read_rows(void *impl, const int64_t *idx, int64_t n, float
     if (!rp) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "%s: out of memory", s->dir);
     for (int64_t i = 0; i < n; i++) rp[i] = (row_pos){idx[i], i};
     qsort(rp, (size_t)n, sizeof *rp, cmp_row_pos);
+    if (!s->running && n >= 4 * s->n_chunks && s->n_chunks > 1) {
+        fgmm_status st = sample_by_pass(s, rp, n, out, err);
+        free(rp);
+        return st;
+    }
     ZSTD_DCtx *dctx = ZSTD_createDCtx();
     fgmm_status st = dctx ? FGMM_OK
                           : fgmm_fail(err, FGMM_ERR_NO_MEMORY, "%s: out of memory", s->dir);
@@ -514,6 +556,7 @@ static void ss_close(void *impl)
     free(s->cbuf);
     free(s->cb_state);
     free(s->cb_chunk);
+    free(s->cb_target);
     free(s->fifo);
     free(s->ready_gen);
     free(s->cache_valid);
@@ -642,7 +685,10 @@ fgmm_status fgmm_shards_open(const char *dir, const fgmm_shard_read_options *opt
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         s->o.threads = n > 0 ? (int)n : 1;
     }
-    if (s->o.ring_slots <= 0) s->o.ring_slots = s->o.threads + 2;
+    /* The ring bounds the reads in flight too (a read needs a free slot),
+     * so it must be deep enough to keep the disk busy: 16 slots of ~4 MiB
+     * keep ~64 MiB in flight. */
+    if (s->o.ring_slots <= 0) s->o.ring_slots = s->o.threads + 2 > 16 ? s->o.threads + 2 : 16;
     if (s->o.ring_slots < 2) s->o.ring_slots = 2;
     s->n_dec = s->o.threads;
     s->n_slots = s->o.ring_slots;
@@ -661,13 +707,14 @@ fgmm_status fgmm_shards_open(const char *dir, const fgmm_shard_read_options *opt
     s->cbuf = calloc((size_t)s->n_cbuf, sizeof *s->cbuf);
     s->cb_state = calloc((size_t)s->n_cbuf, sizeof *s->cb_state);
     s->cb_chunk = calloc((size_t)s->n_cbuf, sizeof *s->cb_chunk);
+    s->cb_target = calloc((size_t)s->n_cbuf, sizeof *s->cb_target);
     s->fifo = calloc((size_t)s->n_cbuf, sizeof *s->fifo);
     s->ready_gen = calloc((size_t)s->n_chunks, sizeof *s->ready_gen);
     s->cache_valid = calloc((size_t)s->n_chunks, 1);
     s->dctx = calloc((size_t)s->n_dec, sizeof *s->dctx);
     s->ra_comp = aligned_alloc(SHARD_ALIGN, shard_align_up(s->max_stored));
     s->ra_raw = malloc(s->max_chunk_bytes);
-    if (!s->cbuf || !s->cb_state || !s->cb_chunk || !s->fifo || !s->ready_gen ||
+    if (!s->cbuf || !s->cb_state || !s->cb_chunk || !s->cb_target || !s->fifo || !s->ready_gen ||
         !s->cache_valid || !s->dctx || !s->ra_comp || !s->ra_raw)
         goto oom;
     for (int i = 0; i < s->n_cbuf; i++)
@@ -681,7 +728,8 @@ fgmm_status fgmm_shards_open(const char *dir, const fgmm_shard_read_options *opt
         s->slot = calloc((size_t)s->n_slots, sizeof *s->slot);
         if (!s->slot) goto oom;
         for (int i = 0; i < s->n_slots; i++)
-            if (!(s->slot[i] = s->o.host_alloc(s->o.alloc_ctx, s->max_chunk_bytes))) goto oom;
+            if (!(s->slot[i] = s->o.host_alloc(s->o.alloc_ctx, shard_align_up(s->max_chunk_bytes))))
+                goto oom;
     }
     s->stats.ring_slots = s->n_slots;
     s->stats.direct_io = s->direct;

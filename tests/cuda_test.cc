@@ -258,7 +258,8 @@ void split_sums(const GpuOut &g, int K, int D, std::vector<double> &sx, std::vec
         }
 }
 
-void expect_matches_reference(const Problem &p, const Stats &ref, const GpuOut &g)
+void expect_matches_reference(const Problem &p, const Stats &ref, const GpuOut &g,
+                              double tol = 1e-4, double row_tol = 1e-4)
 {
     std::vector<double> sx, sxx;
     split_sums(g, p.K, p.D, sx, sxx);
@@ -269,13 +270,13 @@ void expect_matches_reference(const Problem &p, const Stats &ref, const GpuOut &
         e5 = std::max(e5, std::fabs(g.row_ll[i] - ref.row_ll[i]) / std::max(1.0, std::fabs(ref.row_ll[i])));
     printf("  %s N=%lld K=%d D=%d: rel err nk %.2e sy %.2e syy %.2e ll %.2e row ll %.2e\n",
            dtype_name(p.dt), (long long)p.n, p.K, p.D, e1, e2, e3, e4, e5);
-    EXPECT_LE(e1, 1e-4);
-    EXPECT_LE(e2, 1e-4);
-    EXPECT_LE(e3, 1e-4);
-    EXPECT_LE(e4, 1e-4);
+    EXPECT_LE(e1, tol);
+    EXPECT_LE(e2, tol);
+    EXPECT_LE(e3, tol);
+    EXPECT_LE(e4, tol);
     for (int64_t i = 0; i < p.n; i++) {
         ASSERT_TRUE(std::isfinite(g.row_ll[i])) << "row " << i << " not written";
-        ASSERT_NEAR(g.row_ll[i], ref.row_ll[i], 1e-4 * std::max(1.0, std::fabs(ref.row_ll[i])))
+        ASSERT_NEAR(g.row_ll[i], ref.row_ll[i], row_tol * std::max(1.0, std::fabs(ref.row_ll[i])))
             << "row " << i;
     }
 }
@@ -290,12 +291,17 @@ const Size kSizes[] = {
     {2001, 70, 20}, {1500, 40, 40}, {1200, 24, 200}, {900, 17, 300},  {500, 9, 1024},
 };
 
-void statistics_case(fgmmc_dtype dt, uint64_t seed)
+// prec: which kernels (DEFAULT: tensor cores with split bf16 operands for
+// D <= 128, SIMT fp32 above; FP32: SIMT fp32 everywhere; FAST: plain bf16
+// tensor cores, checked against its documented, looser bound).
+void statistics_case(fgmmc_dtype dt, uint64_t seed, fgmmc_precision prec = FGMMC_PREC_DEFAULT)
 {
     Ctx ctx;
     fgmmc_error err{};
     ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMMC_OK) << err.msg;
+    ASSERT_EQ(fgmmc_set_precision(ctx.p, prec, &err), FGMMC_OK) << err.msg;
     for (const Size &s : kSizes) {
+        if (prec == FGMMC_PREC_FAST && s.d > 128) continue; /* no tensor-core kernel there */
         SCOPED_TRACE(std::string(dtype_name(dt)) + " N=" + std::to_string(s.n) +
                      " K=" + std::to_string(s.k) + " D=" + std::to_string(s.d));
         Problem p = make_problem(s.n, s.k, s.d, dt, seed++);
@@ -303,7 +309,16 @@ void statistics_case(fgmmc_dtype dt, uint64_t seed)
         GpuOut g;
         run_pass(ctx.p, p, p.raw.data(), (size_t)p.D * elem_size(dt), {p.n}, true, g);
         if (::testing::Test::HasFatalFailure()) return;
-        expect_matches_reference(p, ref, g);
+        const char *want = prec == FGMMC_PREC_FP32 || s.d > 128 ? "fp32 SIMT"
+                           : prec == FGMMC_PREC_FAST          ? "tensor cores, bf16"
+                                                              : "tensor cores, split bf16";
+        EXPECT_STREQ(fgmmc_path_name(ctx.p), want);
+        /* Split bf16: statistics 1e-4, per-row log-likelihood 1e-3 (a
+         * logit's terms cancel, and each is good to ~2^-16 of its size);
+         * fast bf16: 1e-1 both (docs/precision.md). */
+        if (prec == FGMMC_PREC_FAST) expect_matches_reference(p, ref, g, 1e-1, 1e-1);
+        else if (prec == FGMMC_PREC_DEFAULT && s.d <= 128) expect_matches_reference(p, ref, g, 1e-4, 1e-3);
+        else expect_matches_reference(p, ref, g);
     }
 }
 
@@ -311,6 +326,10 @@ TEST(Cuda, StatisticsMatchFloat64F32) { NEED_GPU(); statistics_case(FGMMC_F32, 1
 TEST(Cuda, StatisticsMatchFloat64F16) { NEED_GPU(); statistics_case(FGMMC_F16, 2000); }
 TEST(Cuda, StatisticsMatchFloat64U8) { NEED_GPU(); statistics_case(FGMMC_U8, 3000); }
 TEST(Cuda, StatisticsMatchFloat64I8) { NEED_GPU(); statistics_case(FGMMC_I8, 4000); }
+TEST(Cuda, SimtFp32MatchesFloat64F32) { NEED_GPU(); statistics_case(FGMMC_F32, 1100, FGMMC_PREC_FP32); }
+TEST(Cuda, SimtFp32MatchesFloat64U8) { NEED_GPU(); statistics_case(FGMMC_U8, 3100, FGMMC_PREC_FP32); }
+TEST(Cuda, FastBf16WithinItsBoundF32) { NEED_GPU(); statistics_case(FGMMC_F32, 1200, FGMMC_PREC_FAST); }
+TEST(Cuda, FastBf16WithinItsBoundU8) { NEED_GPU(); statistics_case(FGMMC_U8, 3200, FGMMC_PREC_FAST); }
 
 // More rows than one staging sub-chunk: both pinned/device slots are used
 // and reused, and per-row results come back from each.
@@ -320,7 +339,7 @@ TEST(Cuda, CrossesStagingChunks)
     Ctx ctx;
     fgmmc_error err{};
     ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMMC_OK) << err.msg;
-    const Size sizes[] = {{140001, 8, 128}, {270001, 4, 128}};
+    const Size sizes[] = {{300001, 8, 128}, {270001, 4, 128}}; /* > 262144 rows per sub-chunk */
     const fgmmc_dtype dts[] = {FGMMC_F32, FGMMC_U8};
     for (int t = 0; t < 2; t++) {
         Problem p = make_problem(sizes[t].n, sizes[t].k, sizes[t].d, dts[t], 5000 + t);
@@ -328,7 +347,7 @@ TEST(Cuda, CrossesStagingChunks)
         GpuOut g;
         run_pass(ctx.p, p, p.raw.data(), (size_t)p.D * elem_size(p.dt), {p.n}, true, g);
         if (::testing::Test::HasFatalFailure()) return;
-        expect_matches_reference(p, ref, g);
+        expect_matches_reference(p, ref, g, 1e-4, 1e-3);
     }
     printf("  %s; peak device memory %.1f MiB\n", fgmmc_describe(ctx.p),
            fgmmc_device_bytes(ctx.p) / 1048576.0);

@@ -47,7 +47,9 @@ void estep_case(fgmm_covariance cov, int64_t n, int K, int D, uint64_t seed)
     EXPECT_LE(e3, 1e-4);
     EXPECT_LE(e4, 1e-4);
     for (int64_t i = 0; i < n; i++)
-        ASSERT_NEAR(ll[i], ref.row_ll[i], 1e-4 * std::fabs(ref.row_ll[i]) + 1e-4) << "row " << i;
+        // Per-row values: 1e-3 relative on the tensor-core path (see
+        // docs/precision.md); the statistics above keep 1e-4.
+        ASSERT_NEAR(ll[i], ref.row_ll[i], 1e-3 * std::fabs(ref.row_ll[i]) + 1e-3) << "row " << i;
     fgmm_stats_free(s);
     fgmm_engine_free(e);
     fgmm_source_close(src);

@@ -238,6 +238,48 @@ TEST(Shards, RoundTripEveryInputFormatBitExact)
     }
 }
 
+// Random rows barely compress and are stored raw; rows like images compress
+// and are stored as zstd frames. Both kinds round-trip, in one directory too.
+TEST(Shards, CompressedAndRawChunksRoundTrip)
+{
+    const int64_t n = 6000;
+    const int d = 64;
+    std::vector<unsigned char> rows((size_t)n * d);
+    fgmm_rng r;
+    fgmm_rng_seed(&r, 3);
+    for (int64_t i = 0; i < n; i++)
+        for (int j = 0; j < d; j++)
+            // first half of the rows compressible (few distinct values), the rest random
+            rows[i * d + j] = i < n / 2 ? (unsigned char)((i / 7 + j / 8) % 5)
+                                        : (unsigned char)(fgmm_rng_next(&r) & 255);
+    std::string in = fresh("mixed") + ".u8bin", out = fresh("mixedout");
+    write_bin(in, rows, (uint32_t)n, d);
+    fgmm_error err = {};
+    ASSERT_EQ(convert(in, out, small_opts(1000, 2), &err), FGMM_OK) << err.msg;
+    fgmm_shards_info info;
+    ASSERT_EQ(fgmm_shards_probe(out.c_str(), 1, 2, &info, &err), FGMM_OK) << err.msg;
+    // Half the chunks compress well, half are raw (plus 4 KiB alignment).
+    EXPECT_LT(info.stored_bytes, info.raw_bytes * 3 / 4);
+    EXPECT_GT(info.stored_bytes, info.raw_bytes / 2);
+    for (int buffered : {0, 1}) {
+        for (int64_t cache : {(int64_t)0, (int64_t)1 << 30}) {
+            fgmm_source *s;
+            auto o = ropts(cache, buffered);
+            ASSERT_EQ(fgmm_shards_open(out.c_str(), &o, &s, &err), FGMM_OK) << err.msg;
+            EXPECT_EQ(drain(s, &err), rows);
+            EXPECT_EQ(drain(s, &err), rows);
+            std::vector<int64_t> idx = {0, 2999, 3000, 5999, 100, 4500};
+            std::vector<float> got(idx.size() * d);
+            ASSERT_EQ(fgmm_source_read_rows(s, idx.data(), (int64_t)idx.size(), got.data(), &err),
+                      FGMM_OK);
+            for (size_t i = 0; i < idx.size(); i++)
+                for (int j = 0; j < d; j++)
+                    ASSERT_EQ(got[i * d + j], (float)rows[idx[i] * d + j]);
+            fgmm_source_close(s);
+        }
+    }
+}
+
 TEST(Shards, DirectoryOfInputsInNameOrderAndConversions)
 {
     std::string dir = fresh("indir");

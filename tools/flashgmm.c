@@ -142,9 +142,11 @@ static int parse_bytes(const char *cmd, const char *name, const char *s, int64_t
 }
 
 /* The reader's flags, shared by fit and score. */
-#define READER_FLAGS FLAG("cache-budget"), FLAG("read-threads"), FLAG("queue-depth"), \
+#define READER_FLAGS FLAG("precision"), FLAG("cache-budget"), FLAG("read-threads"), FLAG("queue-depth"), \
     SWITCH("buffered-io")
 #define READER_HELP \
+    "  --precision P        cuda: default (tensor cores, split bf16: statistics within 1e-4\n" \
+    "                       of float64), fast (plain bf16, ~1e-2) or fp32 (SIMT kernels)\n" \
     "  --cache-budget B     shard directories: keep decoded rows in memory across EM steps when\n" \
     "                       the dataset fits in B bytes (e.g. 20G; 0: stream every step;\n" \
     "                       default: half the memory available)\n" \
@@ -207,14 +209,21 @@ static const char *FIT_HELP =
     "Exit status: 0 ok, 1 failed (data, files, device), 2 bad command line.\n";
 
 static int open_engine(const char *cmd, const char *device, const char *threads,
-                       fgmm_engine **e)
+                       const char *precision, fgmm_engine **e)
 {
     fgmm_error err = {0};
     fgmm_device dev = FGMM_DEVICE_AUTO;
+    fgmm_precision prec = FGMM_PRECISION_DEFAULT;
     long nt = 0;
     if (device && fgmm_device_parse(device, &dev, &err)) return fail(cmd, &err);
+    if (precision && fgmm_precision_parse(precision, &prec, &err)) return fail(cmd, &err);
     if (threads && parse_long(cmd, "threads", threads, 1, 4096, &nt)) return EXIT_USAGE;
     if (fgmm_engine_create(dev, (int)nt, e, &err)) return fail(cmd, &err);
+    if (fgmm_engine_set_precision(*e, prec, &err)) {
+        fgmm_engine_free(*e);
+        *e = NULL;
+        return fail(cmd, &err);
+    }
     return 0;
 }
 
@@ -299,7 +308,8 @@ static int cmd_fit(int argc, char **argv)
     fgmm_source *src = NULL;
     fgmm_engine *e = NULL;
     fgmm_model *m = NULL;
-    if ((rc = open_engine("fit", get(f, nf, "device"), get(f, nf, "threads"), &e))) goto done;
+    if ((rc = open_engine("fit", get(f, nf, "device"), get(f, nf, "threads"),
+                          get(f, nf, "precision"), &e))) goto done;
     if ((rc = open_data("fit", f, nf, data, e, &src))) goto done;
     if (p.verbose)
         fprintf(stderr, "fit: %s: %lld rows x %d dims (%s), K=%d %s, device %s, %d threads\n",
@@ -318,10 +328,10 @@ static int cmd_fit(int argc, char **argv)
     }
     const fgmm_model_meta *meta = fgmm_model_meta_c(m);
     int nll = fgmm_model_loglik_count(m);
-    printf("fitted K=%d (%s) on %lld rows x %d dims: %d iteration%s, %s, "
+    printf("fitted K=%d (%s) on %lld rows x %d dims [%s]: %d iteration%s, %s, "
            "mean log-likelihood %.6f, %.2f s; model written to %s\n",
            p.k, fgmm_covariance_name(p.covariance), (long long)fgmm_source_rows(src),
-           fgmm_source_dim(src), meta->iterations, meta->iterations == 1 ? "" : "s",
+           fgmm_source_dim(src), fgmm_engine_path(e), meta->iterations, meta->iterations == 1 ? "" : "s",
            meta->converged ? "converged" : "not converged",
            nll ? fgmm_model_loglik(m)[nll - 1] : NAN, meta->seconds, out);
 done:
@@ -376,7 +386,8 @@ static int cmd_score(int argc, char **argv)
         rc = fail("score", &err);
         goto done;
     }
-    if ((rc = open_engine("score", get(f, nf, "device"), get(f, nf, "threads"), &e))) goto done;
+    if ((rc = open_engine("score", get(f, nf, "device"), get(f, nf, "threads"),
+                          get(f, nf, "precision"), &e))) goto done;
     if ((rc = open_data("score", f, nf, data, e, &src))) goto done;
     if (fgmm_source_dim(src) != fgmm_model_d(m)) {
         fprintf(stderr, "flashgmm score: error: %s has dimension %d but model %s has D=%d\n",
@@ -581,13 +592,15 @@ static int cmd_info(int argc, char **argv)
 
 static const char *DEMO_HELP =
     "usage: flashgmm demo [--n N] [--k K] [--d D] [--seed S] [--threads T] [--device D]\n"
+    "                     [--precision default|fast|fp32]\n"
     "\n"
     "Generates a synthetic Gaussian mixture in memory (default N=1000000, K=16, D=32),\n"
     "fits it from k-means and reports the fit against the generating model.\n";
 
 static int cmd_demo(int argc, char **argv)
 {
-    flag f[] = {FLAG("n"), FLAG("k"), FLAG("d"), FLAG("seed"), FLAG("threads"), FLAG("device")};
+    flag f[] = {FLAG("n"),       FLAG("k"),      FLAG("d"),        FLAG("seed"),
+                FLAG("threads"), FLAG("device"), FLAG("precision")};
     int nf = (int)(sizeof f / sizeof f[0]);
     int r = parse_flags("demo", argc, argv, 2, f, nf);
     if (r == 1) {
@@ -650,7 +663,8 @@ static int cmd_demo(int argc, char **argv)
         rc = fail("demo", &err);
         goto done;
     }
-    if ((rc = open_engine("demo", get(f, nf, "device"), get(f, nf, "threads"), &e))) goto done;
+    if ((rc = open_engine("demo", get(f, nf, "device"), get(f, nf, "threads"),
+                          get(f, nf, "precision"), &e))) goto done;
     printf("flashgmm demo: %ld rows x %ld dims drawn from a %ld-component diagonal Gaussian "
            "mixture (seed %ld)\n", N, D, K, seed);
     printf("fitting K=%ld from k-means (k-means++ then Lloyd) on %s (%d threads); progress on stderr\n", K,

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Issue 3's out-of-core benchmark: EM with the CPU engine on shard
+# directories larger than this machine's RAM, streamed from disk every step
+# (--cache-budget 0). For each size it measures, separately and from a cold
+# page cache:
+#   read time     one pass of the reader alone (bench/reader_bench);
+#   compute time  one EM step of the same engine on rows already in memory
+#                 (bench/engine_bench on SUB rows, scaled by N/SUB: the step
+#                 is linear in N);
+#   EM step       the fit's own per-step times (3 steps) and its peak RSS
+#                 (/usr/bin/time -v).
+# Data is generated straight into shards (bench/gen_shards, never committed)
+# under ${BENCH_DIR:-bench/out/ooc}. Needs root for drop_caches.
+# usage: bash bench/out_of_core.sh [K] [SIZES_GIB...]   (default 16, sizes 8 32)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+K=${1:-16}; shift || true
+SIZES=${*:-8 32}
+D=128 SUB=4194304
+DIR=${BENCH_DIR:-bench/out/ooc}
+mkdir -p "$DIR"
+bazel build -c opt --dynamic_mode=off //tools:flashgmm //bench:all >&2
+B=bazel-bin
+cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+
+cold
+comp1=$($B/bench/engine_bench cpu $SUB $K $D 3 | sed -n 's/.*: \([0-9.]*\) s\/step.*/\1/p')
+{
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, K=$K D=$D float32, CPU engine, cache budget 0"
+echo "compute: $comp1 s per EM step for $SUB in-memory rows (engine_bench)"
+for G in $SIZES; do
+  N=$(( G * 1073741824 / (D * 4) ))
+  S="$DIR/gauss${G}g"
+  [ -f "$S/manifest.json" ] || $B/bench/gen_shards "$S" $N $D 16 1 1
+  cold
+  read_s=$($B/bench/reader_bench "$S" 0 16 direct 1 | sed -n 's/^pass 1: \([0-9.]*\) s.*/\1/p')
+  comp=$(echo "$comp1 * $N / $SUB" | bc -l)
+  rm -rf "$DIR/model$G"
+  cold
+  /usr/bin/time -v $B/tools/flashgmm fit --data "$S" --k $K --max-iter 3 --tol 0 --cache-budget 0 \
+      --out "$DIR/model$G" > "$DIR/fit$G.out" 2> "$DIR/fit$G.log"
+  steps=$(sed -n 's/^iter .*  \([0-9.]*\)s  .*/\1/p' "$DIR/fit$G.log" | tr '\n' ' ')
+  rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$DIR/fit$G.log")
+  med=$(echo $steps | tr ' ' '\n' | sort -n | sed -n 2p)
+  mx=$(echo "if ($read_s > $comp) $read_s else $comp" | bc -l)
+  printf "%3d GiB (%d rows): read %.1f s, compute %.1f s, EM steps %s s -> median %.1f s = %.3f x max(read, compute); peak RSS %.0f MiB\n" \
+    "$G" "$N" "$read_s" "$comp" "$steps" "$med" "$(echo "$med / $mx" | bc -l)" "$(echo "$rss / 1024" | bc -l)"
+done
+} | tee "$DIR/results.txt"

@@ -1,0 +1,503 @@
+/*
+ * estep_tc.cu - the fused E-step on tensor cores (bf16 mma.sync, sm_80+).
+ *
+ * Same contract and same three-kernel shape as estep.cu (read it first):
+ *   A  tc_lse_kernel:   per tile of BM rows, logits against all K
+ *                       components on tensor cores, K-tile by K-tile, with
+ *                       an online max/sum -> log-sum-exp per row;
+ *   B  tc_stats_kernel: grid (64-component slices) x (row ranges); per tile
+ *                       of 64 rows, the slice's logits again (the same
+ *                       instructions in the same order as A, so the same
+ *                       bits), r = exp2(l - lse2) into shared memory, then
+ *                       S += R^T [y, y^2, 1] on tensor cores: the last
+ *                       column of ones makes nk fall out of the same product;
+ *   C  reduce_kernel / ll_reduce_kernel from estep.cu, unchanged.
+ * Nothing N x K is written anywhere; no atomics; the decomposition depends
+ * on (k, d, n) only, so the same input gives the same bits.
+ *
+ * Precision. bf16 keeps 8 significant bits, far too few for logits that are
+ * sums of D terms of size |y w| ~ 10 which cancel down to O(D): a plain bf16
+ * logit is off by ~0.5, i.e. responsibilities off by tens of percent
+ * (FGMMC_PREC_FAST, documented as such). The default splits every operand
+ * v = hi + lo (hi = bf16(v), lo = bf16(v - hi)) and sums three products
+ * hi*hi + hi*lo + lo*hi in fp32: each product is then good to ~2^-16
+ * instead of 2^-8, and bf16's 8-bit exponent (fp32's range) means no
+ * scaling is needed for any data or variance. The statistics product gets
+ * the same split (R and [y, y^2]). fp32 accumulation per tile, flushed into
+ * double partials every FLUSH rows, double across tiles and splits.
+ *
+ * Operands live in shared memory as bf16 [row][col] arrays whose rows are
+ * padded by 16 bytes, so the eight 16-byte rows an ldmatrix reads fall in
+ * distinct banks. Fragments come from ldmatrix (.trans where the product
+ * needs the transpose: R^T and [y, y^2] as the k-major B operand).
+ */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "cuda/internal.h"
+
+#define TC_BN 64        /* components per W tile (A) and per slice (B) */
+#define TC_BMB 32       /* rows per tile in B: small enough for two blocks per SM */
+#define TC_FLUSH 4096   /* rows per fp32 accumulation in B before the double fold */
+
+typedef __nv_bfloat16 bf16;
+
+/* ------------------------------------------------------------ fragments */
+
+__device__ __forceinline__ uint32_t smem_addr(const void *p)
+{
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void ldm_x4(uint32_t (&r)[4], const bf16 *p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void ldm_x4_t(uint32_t (&r)[4], const bf16 *p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
+/* d += a (16x16, row) * b (16x8, col), fp32 accumulate. */
+__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+    /* Not volatile: registers only, so the compiler may interleave
+     * independent products (a volatile chain would issue in program order
+     * and stall on each accumulator's latency). */
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* Logits of the warp's 16 rows (Y rows r0..r0+15) x NT8*8 components (W rows
+ * w0..), in log2 units without c: acc[n][0..1] row g, comps 8n+2t..; acc[n][2..3]
+ * row g+8. Both kernels call exactly this, so their logits agree bit for bit
+ * (per accumulator the products always come in the order kk ascending, and
+ * within a step hi*hi, hi*lo, lo*hi). */
+template <int NT8, int PREC>
+__device__ __forceinline__ void warp_logits(float (&acc)[NT8][4], const bf16 *Yh, const bf16 *Yl,
+                                            int ys, int r0, const bf16 *Wh, const bf16 *Wl,
+                                            int ws, int w0, int kw)
+{
+    const int lane = threadIdx.x & 31;
+    const int arow = r0 + (lane & 7) + 8 * ((lane >> 3) & 1), acol = 8 * (lane >> 4);
+    const int brow = w0 + (lane & 7) + 8 * (lane >> 4), bcol = 8 * ((lane >> 3) & 1);
+#pragma unroll
+    for (int n = 0; n < NT8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+    /* Not unrolled: with kw a compile-time constant the compiler would
+     * hoist every step's fragments and spill the statistics accumulators. */
+#pragma unroll 1
+    for (int kk = 0; kk < kw; kk += 16) {
+        uint32_t ah[4], al[4], bh[NT8 / 2][4], bl[NT8 / 2][4];
+        ldm_x4(ah, Yh + (size_t)arow * ys + kk + acol);
+        if (PREC == 3) ldm_x4(al, Yl + (size_t)arow * ys + kk + acol);
+#pragma unroll
+        for (int np = 0; np < NT8 / 2; np++) {
+            ldm_x4(bh[np], Wh + (size_t)(16 * np + brow) * ws + kk + bcol);
+            if (PREC == 3) ldm_x4(bl[np], Wl + (size_t)(16 * np + brow) * ws + kk + bcol);
+        }
+#pragma unroll
+        for (int np = 0; np < NT8 / 2; np++) {
+            mma(acc[2 * np], ah, bh[np][0], bh[np][1]);
+            mma(acc[2 * np + 1], ah, bh[np][2], bh[np][3]);
+        }
+        if (PREC == 3) {
+#pragma unroll
+            for (int np = 0; np < NT8 / 2; np++) {
+                mma(acc[2 * np], ah, bl[np][0], bl[np][1]);
+                mma(acc[2 * np + 1], ah, bl[np][2], bl[np][3]);
+            }
+#pragma unroll
+            for (int np = 0; np < NT8 / 2; np++) {
+                mma(acc[2 * np], al, bh[np][0], bh[np][1]);
+                mma(acc[2 * np + 1], al, bh[np][2], bh[np][3]);
+            }
+        }
+    }
+}
+
+/* Row element -> float, minus shift (same conversions as estep.cu). */
+__device__ __forceinline__ float tc_load_y(const void *x, int dtype, size_t idx, float shift)
+{
+    float v;
+    switch (dtype) {
+    case FGMMC_F32: v = __ldg((const float *)x + idx); break;
+    case FGMMC_F16: v = __half2float(__ushort_as_half(__ldg((const unsigned short *)x + idx))); break;
+    case FGMMC_U8: v = (float)__ldg((const unsigned char *)x + idx); break;
+    default: v = (float)__ldg((const signed char *)x + idx); break;
+    }
+    return __fsub_rn(v, shift);
+}
+
+__device__ __forceinline__ void split_store(bf16 *hi, bf16 *lo, size_t at, float v)
+{
+    bf16 h = __float2bfloat16_rn(v);
+    hi[at] = h;
+    lo[at] = __float2bfloat16_rn(__fsub_rn(v, __bfloat162float(h)));
+}
+
+/* Stages rows row0..row0+bm-1 as [y, y^2] (columns 0..2D) into Yh/Yl. Rows
+ * past n are zeros. Padding columns are set once by the caller. */
+__device__ __forceinline__ void stage_rows(const fgmmc_batch &b, int64_t row0, int64_t rend,
+                                           int bm, bf16 *Yh, bf16 *Yl, int ys)
+{
+    const int D = b.d, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    for (int m = threadIdx.x >> 5; m < bm; m += nw) { /* a warp per row: coalesced */
+        int64_t row = row0 + m;
+        for (int j = lane; j < D; j += 32) {
+            float y = row < rend ? tc_load_y(b.x, b.dtype, (size_t)row * D + j, b.shift[j]) : 0.f;
+            split_store(Yh, Yl, (size_t)m * ys + j, y);
+            split_store(Yh, Yl, (size_t)m * ys + D + j, __fmul_rn(y, y));
+        }
+    }
+}
+
+/* Copies W^T rows k0..k0+rows-1 (kw bf16 each, 16-byte vectors) to smem. */
+__device__ __forceinline__ void stage_w(const bf16 *src, int kw, int k0, int rows, bf16 *dst,
+                                        int ws)
+{
+    const int vec = kw / 8;
+    for (int e = threadIdx.x; e < rows * vec; e += blockDim.x) {
+        int r = e / vec, v = e - r * vec;
+        *(uint4 *)(dst + (size_t)r * ws + 8 * v) =
+            __ldg((const uint4 *)(src + (size_t)(k0 + r) * kw + 8 * v));
+    }
+}
+
+/* ------------------------------------------------ kernel A: log-sum-exp */
+
+template <int NT8, int PREC>
+__global__ void __launch_bounds__(256, 1) tc_lse_kernel(fgmmc_batch b)
+{
+    extern __shared__ uint4 tc_smem_a[];
+    const int BM = blockDim.x / 2, BN = NT8 * 8; /* 16 rows per warp */
+    const int kw = b.kw, ys = kw + 8, ws = kw + 8, K = b.k, D = b.d;
+    bf16 *Yh = (bf16 *)tc_smem_a, *Yl = Yh + (size_t)BM * ys;
+    bf16 *Wh = Yl + (size_t)BM * ys, *Wl = Wh + (size_t)BN * ws;
+    __shared__ double red[128];
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int64_t row0 = (int64_t)blockIdx.x * BM;
+
+    for (int e = tid; e < BM * (kw - 2 * D); e += blockDim.x) { /* zero padding columns */
+        int m = e / (kw - 2 * D), j = 2 * D + e % (kw - 2 * D);
+        Yh[(size_t)m * ys + j] = Yl[(size_t)m * ys + j] = __float2bfloat16_rn(0.f);
+    }
+    stage_rows(b, row0, b.n, BM, Yh, Yl, ys);
+    __syncthreads();
+    /* Hand the converted rows to kernel B: [y, y^2, 0.., 1 at kw, 0..]. */
+    {
+        const int yw = kw + 16, vec = yw / 8;
+        for (int e = tid; e < BM * vec; e += blockDim.x) {
+            int m = e / vec, v = e - m * vec;
+            int64_t row = row0 + m;
+            if (row >= b.n) continue;
+            uint4 h, l;
+            if (8 * v < kw) {
+                h = *(const uint4 *)(Yh + (size_t)m * ys + 8 * v);
+                l = *(const uint4 *)(Yl + (size_t)m * ys + 8 * v);
+            } else {
+                h = l = make_uint4(0, 0, 0, 0);
+                if (8 * v == kw) h.x = 0x3f80u; /* bf16 1.0 in the first lane */
+            }
+            *(uint4 *)((bf16 *)b.yg_hi + (size_t)row * yw + 8 * v) = h;
+            *(uint4 *)((bf16 *)b.yg_lo + (size_t)row * yw + 8 * v) = l;
+        }
+    }
+
+    float mrun[2] = {-INFINITY, -INFINITY}, srun[2] = {0.f, 0.f};
+    for (int k0 = 0; k0 < K; k0 += BN) {
+        __syncthreads(); /* Y staged (first), previous W tile consumed (later) */
+        stage_w((const bf16 *)b.wt_hi, kw, k0, BN, Wh, ws);
+        if (PREC == 3) stage_w((const bf16 *)b.wt_lo, kw, k0, BN, Wl, ws);
+        __syncthreads();
+        float acc[NT8][4];
+        warp_logits<NT8, PREC>(acc, Yh, Yl, ys, 16 * warp, Wh, Wl, ws, 0, kw);
+#pragma unroll
+        for (int h = 0; h < 2; h++) { /* h = 0: row g, h = 1: row g + 8 */
+            float l[NT8][2], tmax = -INFINITY;
+#pragma unroll
+            for (int n = 0; n < NT8; n++)
+#pragma unroll
+                for (int q = 0; q < 2; q++) {
+                    int k = k0 + 8 * n + 2 * t + q;
+                    l[n][q] = k < K ? __fadd_rn(acc[n][2 * h + q], __ldg(b.c + k)) : -INFINITY;
+                    tmax = fmaxf(tmax, l[n][q]);
+                }
+            tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
+            tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 2));
+            float mnew = fmaxf(mrun[h], tmax), ts = 0.f;
+            if (mnew != -INFINITY) {
+#pragma unroll
+                for (int n = 0; n < NT8; n++)
+#pragma unroll
+                    for (int q = 0; q < 2; q++) ts += exp2f(l[n][q] - mnew);
+            }
+            ts += __shfl_xor_sync(0xffffffffu, ts, 1);
+            ts += __shfl_xor_sync(0xffffffffu, ts, 2);
+            float scale = (mnew != -INFINITY && mrun[h] != -INFINITY) ? exp2f(mrun[h] - mnew) : 0.f;
+            srun[h] = __fmaf_rn(srun[h], scale, ts);
+            if (mnew != -INFINITY) mrun[h] = mnew;
+        }
+    }
+    const float LN2 = 0.693147180559945309f;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        int m = 16 * warp + g + 8 * h;
+        int64_t row = row0 + m;
+        float lse2 = mrun[h] + log2f(srun[h]);
+        float ll = __fmul_rn(lse2, LN2);
+        if (t == 0) {
+            if (row < b.n) {
+                b.lse2[row] = lse2;
+                b.ll[row] = ll;
+            }
+            red[m] = row < b.n ? (double)ll : 0.0;
+        }
+    }
+    __syncthreads();
+    for (int s = BM / 2; s > 0; s >>= 1) { /* fixed-order tree */
+        if (tid < s) red[tid] += red[tid + s];
+        __syncthreads();
+    }
+    if (tid == 0) b.block_ll[blockIdx.x] = red[0];
+}
+
+/* ------------------------------------------------- kernel B: statistics */
+
+/* 8 warps, two blocks per SM (one block's loads and exponentials overlap
+ * the other's products). Logits: warp w takes rows 16*(w%2).. x components
+ * 16*(w/2)..; statistics: warp w takes components 16*(w%4).. x half (w/4)
+ * of the column pairs, so each thread holds at most NPH*2*4 accumulators. */
+template <int KW, int PREC>
+__global__ void __launch_bounds__(256, 2) tc_stats_kernel(fgmmc_batch b, int rows_per_split)
+{
+    enum { BM = TC_BMB, BN = TC_BN, YS = KW + 24, WS = KW + 8, RS = BN + 8, NP = (KW + 16) / 16,
+           NPH = (NP + 1) / 2 };
+    extern __shared__ uint4 tc_smem_b[];
+    bf16 *Yh = (bf16 *)tc_smem_b, *Yl = Yh + BM * YS;
+    bf16 *Wh = Yl + BM * YS, *Wl = Wh + BN * WS;
+    bf16 *Rh = Wl + BN * WS, *Rl = Rh + BM * RS;
+    float *Ls = (float *)(Rl + BM * RS);
+    float *Cs = Ls + BM;
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int wr = warp & 3, wc = warp >> 2;       /* statistics layout */
+    const int lr = warp & 1, lc = warp >> 1;       /* logits layout */
+    const int K = b.k, D = b.d;
+    const int k0 = blockIdx.x * BN;
+    const int64_t r0 = (int64_t)blockIdx.y * rows_per_split;
+    const int64_t r1 = b.n < r0 + rows_per_split ? b.n : r0 + rows_per_split;
+    double *part = b.partials + (size_t)blockIdx.y * K * (2 * D + 1);
+    const int p0 = wc * NPH, p1 = wc ? NP : NPH; /* this warp's column pairs */
+
+    stage_w((const bf16 *)b.wt_hi, KW, k0, BN, Wh, WS);
+    if (PREC == 3) stage_w((const bf16 *)b.wt_lo, KW, k0, BN, Wl, WS);
+    for (int e = tid; e < BN; e += blockDim.x) Cs[e] = k0 + e < K ? b.c[k0 + e] : 0.f;
+
+    float sacc[2 * NPH][4];
+#pragma unroll
+    for (int n = 0; n < 2 * NPH; n++) sacc[n][0] = sacc[n][1] = sacc[n][2] = sacc[n][3] = 0.f;
+    int pending = 0;
+    bool written = false;
+
+    for (int64_t t0 = r0; t0 < r1; t0 += BM) {
+        __syncthreads(); /* previous tile's Y and R consumed */
+        {
+            /* Kernel A's converted rows: 16-byte copies, no arithmetic. */
+            const int vec = (KW + 16) / 8;
+            for (int e = tid; e < BM * vec; e += blockDim.x) {
+                int m = e / vec, v = e - m * vec;
+                int64_t row = t0 + m;
+                uint4 h = make_uint4(0, 0, 0, 0), l = h;
+                if (row < r1) {
+                    h = __ldg((const uint4 *)((const bf16 *)b.yg_hi + (size_t)row * (KW + 16) + 8 * v));
+                    if (PREC == 3)
+                        l = __ldg((const uint4 *)((const bf16 *)b.yg_lo + (size_t)row * (KW + 16) + 8 * v));
+                }
+                *(uint4 *)(Yh + m * YS + 8 * v) = h;
+                if (PREC == 3) *(uint4 *)(Yl + m * YS + 8 * v) = l;
+            }
+        }
+        for (int e = tid; e < BM; e += blockDim.x) Ls[e] = t0 + e < r1 ? b.lse2[t0 + e] : 0.f;
+        __syncthreads();
+
+        /* Logits, then responsibilities r = exp2(l - lse2) into R. */
+        {
+            float acc[2][4];
+            warp_logits<2, PREC>(acc, Yh, Yl, YS, 16 * lr, Wh, Wl, WS, 16 * lc, KW);
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                int m = 16 * lr + g + 8 * h;
+                bool rowok = t0 + m < r1;
+                float lse = Ls[m];
+#pragma unroll
+                for (int n = 0; n < 2; n++)
+#pragma unroll
+                    for (int q = 0; q < 2; q++) {
+                        int kk = 16 * lc + 8 * n + 2 * t + q;
+                        float r = (rowok && k0 + kk < K)
+                                      ? exp2f(__fadd_rn(acc[n][2 * h + q], Cs[kk]) - lse)
+                                      : 0.f;
+                        split_store(Rh, Rl, (size_t)m * RS + kk, r);
+                    }
+            }
+        }
+        __syncthreads();
+
+        /* S[comp][col] += sum_rows R[row][comp] Y[row][col]. */
+#pragma unroll 1
+        for (int ks = 0; ks < BM; ks += 16) {
+            uint32_t ah[4], al[4];
+            const int arow = ks + (lane & 7) + 8 * (lane >> 4), acol = 16 * wr + 8 * ((lane >> 3) & 1);
+            ldm_x4_t(ah, Rh + arow * RS + acol);
+            if (PREC == 3) ldm_x4_t(al, Rl + arow * RS + acol);
+            const int brow = ks + (lane & 7) + 8 * ((lane >> 3) & 1), bcol = 8 * (lane >> 4);
+#pragma unroll
+            for (int np = 0; np < NPH; np++) {
+                if (p0 + np < p1) {
+                    uint32_t bh[4], bl[4];
+                    ldm_x4_t(bh, Yh + brow * YS + 16 * (p0 + np) + bcol);
+                    if (PREC == 3) ldm_x4_t(bl, Yl + brow * YS + 16 * (p0 + np) + bcol);
+                    mma(sacc[2 * np], ah, bh[0], bh[1]);
+                    mma(sacc[2 * np + 1], ah, bh[2], bh[3]);
+                    if (PREC == 3) {
+                        mma(sacc[2 * np], ah, bl[0], bl[1]);
+                        mma(sacc[2 * np + 1], ah, bl[2], bl[3]);
+                        mma(sacc[2 * np], al, bh[0], bh[1]);
+                        mma(sacc[2 * np + 1], al, bh[2], bh[3]);
+                    }
+                }
+            }
+        }
+        pending += BM;
+
+        if (pending >= TC_FLUSH || t0 + BM >= r1) {
+            /* Opaque copies: otherwise the compiler hoists the flush's
+             * loop-invariant addresses out of the row loop into registers
+             * the accumulators need. */
+            double *pbase = part;
+            int dd = D;
+            asm volatile("" : "+l"(pbase), "+r"(dd));
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                int k = k0 + 16 * wr + g + 8 * h;
+                double *pk = pbase + (size_t)k * (2 * dd + 1);
+#pragma unroll
+                for (int n = 0; n < 2 * NPH; n++)
+#pragma unroll
+                    for (int q = 0; q < 2; q++) {
+                        int col = 16 * p0 + 8 * n + 2 * t + q;
+                        int at = col < 2 * dd ? col : (col == KW ? 2 * dd : -1);
+                        float v = sacc[n][2 * h + q];
+                        sacc[n][2 * h + q] = 0.f;
+                        if (k < K && at >= 0 && (n >> 1) + p0 < p1)
+                            pk[at] = written ? pk[at] + (double)v : (double)v;
+                    }
+            }
+            written = true;
+            pending = 0;
+        }
+    }
+}
+
+/* ------------------------------------------------------------ launchers */
+
+int fgmmc_tc_kw(int d)
+{
+    /* Column widths the statistics kernel is instantiated for. */
+    static const int widths[] = {32, 64, 128, 192, 256};
+    for (int i = 0; i < 5; i++)
+        if (2 * d <= widths[i]) return widths[i];
+    return 0; /* too wide: the SIMT kernels serve */
+}
+
+static size_t smem_a(int bm, int bn, int kw)
+{
+    return (size_t)(2 * bm * (kw + 8) + 2 * bn * (kw + 8)) * sizeof(bf16);
+}
+
+static size_t smem_b(int kw)
+{
+    return (size_t)(2 * TC_BMB * (kw + 24) + 2 * TC_BN * (kw + 8) + 2 * TC_BMB * (TC_BN + 8)) *
+               sizeof(bf16) +
+           (TC_BMB + TC_BN) * sizeof(float);
+}
+
+int fgmmc_tc_lse_rows(int kw)
+{
+    return smem_a(128, TC_BN, kw) <= 220 * 1024 ? 128 : 64;
+}
+
+template <int NT8, int PREC>
+static fgmmc_status launch_a(const fgmmc_batch *b, int blocks, int bm, cudaStream_t s,
+                             fgmmc_error *err)
+{
+    size_t smem = smem_a(bm, NT8 * 8, b->kw);
+    FGMMC_CHECK(cudaFuncSetAttribute(tc_lse_kernel<NT8, PREC>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                err);
+    tc_lse_kernel<NT8, PREC><<<blocks, bm * 2, smem, s>>>(*b);
+    FGMMC_CHECK_LAUNCH("tc_lse_kernel", err);
+    return FGMMC_OK;
+}
+
+template <int KW, int PREC>
+static fgmmc_status launch_b(const fgmmc_batch *b, const fgmmc_plan *plan, cudaStream_t s,
+                             fgmmc_error *err)
+{
+    size_t smem = smem_b(KW);
+    FGMMC_CHECK(cudaFuncSetAttribute(tc_stats_kernel<KW, PREC>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                err);
+    dim3 grid((unsigned)plan->slices, (unsigned)plan->splits);
+    tc_stats_kernel<KW, PREC><<<grid, 256, smem, s>>>(*b, plan->rows_per_split);
+    FGMMC_CHECK_LAUNCH("tc_stats_kernel", err);
+    return FGMMC_OK;
+}
+
+template <int PREC>
+static fgmmc_status launch_prec(const fgmmc_batch *b, const fgmmc_plan *plan, int parts,
+                                cudaStream_t s, fgmmc_error *err)
+{
+    int bm = fgmmc_tc_lse_rows(b->kw);
+    if (parts & 1) {
+        fgmmc_status st = launch_a<TC_BN / 8, PREC>(b, plan->lse_blocks, bm, s, err);
+        if (st) return st;
+    }
+    if (!(parts & 2)) return FGMMC_OK;
+    switch (b->kw) {
+    case 32: return launch_b<32, PREC>(b, plan, s, err);
+    case 64: return launch_b<64, PREC>(b, plan, s, err);
+    case 128: return launch_b<128, PREC>(b, plan, s, err);
+    case 192: return launch_b<192, PREC>(b, plan, s, err);
+    case 256: return launch_b<256, PREC>(b, plan, s, err);
+    }
+    return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "tc estep: no kernel for width %d", b->kw);
+}
+
+fgmmc_status fgmmc_estep_tc_parts(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
+                                  int parts, cudaStream_t s, fgmmc_error *err)
+{
+    if (b->n <= 0) return FGMMC_OK;
+    if (b->kw != fgmmc_tc_kw(b->d) || b->kw == 0 || !b->wt_hi || !b->wt_lo)
+        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "tc estep: d=%d kw=%d unsupported", b->d, b->kw);
+    fgmmc_status st = prec == 1 ? launch_prec<1>(b, plan, parts, s, err)
+                                : launch_prec<3>(b, plan, parts, s, err);
+    if (st || !(parts & 4)) return st;
+    return fgmmc_estep_reduce_launch(b, plan, s, err);
+}
+
+fgmmc_status fgmmc_estep_tc_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
+                                   cudaStream_t s, fgmmc_error *err)
+{
+    return fgmmc_estep_tc_parts(b, plan, prec, 7, s, err);
+}
