@@ -18,6 +18,7 @@
 #include <string.h>
 #include <algorithm>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "cuda/internal.h"
@@ -110,13 +111,27 @@ int main(int argc, char **argv)
     for (auto &v : var) v = 0.3 + 1.2 * U01(rng);
     std::vector<float> x((size_t)N * D);
     {
-        std::discrete_distribution<int> pick(pi.begin(), pi.end());
-        for (int64_t i = 0; i < N; i++) {
-            int k = pick(rng);
-            for (int j = 0; j < D; j++)
-                x[(size_t)i * D + j] =
-                    (float)(mu[(size_t)k * D + j] + sqrt(var[(size_t)k * D + j]) * N01(rng));
-        }
+        /* Rows in parallel (10M x 768 would take minutes on one core);
+         * each block of rows has its own generator, so the data does not
+         * depend on the thread count. */
+        unsigned nt = std::max(1u, std::thread::hardware_concurrency());
+        const int64_t B = 65536;
+        auto work = [&](unsigned t) {
+            std::discrete_distribution<int> pick(pi.begin(), pi.end());
+            std::normal_distribution<double> n01(0, 1);
+            for (int64_t b0 = (int64_t)t * B; b0 < N; b0 += (int64_t)nt * B) {
+                std::mt19937_64 r(1000003ull * (uint64_t)(b0 / B) + 7);
+                for (int64_t i = b0; i < std::min(N, b0 + B); i++) {
+                    int k = pick(r);
+                    for (int j = 0; j < D; j++)
+                        x[(size_t)i * D + j] =
+                            (float)(mu[(size_t)k * D + j] + sqrt(var[(size_t)k * D + j]) * n01(r));
+                }
+            }
+        };
+        std::vector<std::thread> th;
+        for (unsigned t = 0; t < nt; t++) th.emplace_back(work, t);
+        for (auto &t : th) t.join();
     }
     /* E-step terms (backend.h), shift = weighted mean of the means. */
     std::vector<double> shift(D, 0.0), w((size_t)2 * D * K), c(K);
@@ -138,13 +153,7 @@ int main(int argc, char **argv)
     for (int j = 0; j < D; j++) sf[j] = (float)shift[j];
     size_t kpad = ((size_t)K + 63) / 64 * 64;
     std::vector<__nv_bfloat16> hi(kpad * kw), lo(kpad * kw);
-    for (size_t k = 0; k < kpad; k++)
-        for (int j = 0; j < kw; j++) {
-            float v = (k < (size_t)K && j < 2 * D) ? wf[(size_t)j * K + k] : 0.f;
-            __nv_bfloat16 h = __float2bfloat16_rn(v);
-            hi[k * kw + j] = h;
-            lo[k * kw + j] = __float2bfloat16_rn(v - __bfloat162float(h));
-        }
+    fgmmc_split_wt(wf.data(), K, D, kw, hi.data(), lo.data());
     float *dx, *dw, *dc, *ds;
     void *dhi, *dlo;
     CK(cudaMalloc(&dx, x.size() * 4));

@@ -66,8 +66,8 @@ for f in mnist80.u8bin gauss.fbin; do
   cold; t_ddd=$(secs dd if="$X" of=/dev/null bs=16M iflag=direct)
   cold; t_z=$(secs sh -c "zstd -q -d -c '$X.zst' > /dev/null")
   cold; t_r=$(secs $B/bench/reader_bench "$X.shards" "$T" "$QD" direct 1)
-  g() { echo "$bytes / $1 / 1e9" | bc -l; }
+  g() { echo "$bytes / $1 / 1000000000" | bc -l; }
   printf "%-14s %10.2f %8.2f | %9.2f GB/s %9.2f GB/s %9.2f GB/s %9.2f GB/s\n" "$f" \
-    "$(echo "$bytes/1e9" | bc -l)" "$ratio" "$(g $t_dd)" "$(g $t_ddd)" "$(g $t_z)" "$(g $t_r)"
+    "$(echo "$bytes/1000000000" | bc -l)" "$ratio" "$(g $t_dd)" "$(g $t_ddd)" "$(g $t_z)" "$(g $t_r)"
 done
 } | tee "$D/results.txt"

@@ -40,6 +40,8 @@ typedef struct {
     /* What computes the step, for progress lines ("cpu", "tensor cores,
      * split bf16", ...). */
     const char *(*path)(void *self);
+    /* Peak device memory allocated so far (0 on the CPU). */
+    size_t (*device_bytes)(void *self);
 } fgmm_backend_ops;
 
 /* CPU back end: threads > 0. */

@@ -246,9 +246,15 @@ static const char *cpu_path(void *self)
     return "cpu";
 }
 
-const fgmm_backend_ops fgmm_cpu_backend_ops = {"cpu",       cpu_begin_pass,    cpu_accumulate,
-                                               cpu_end_pass, cpu_destroy, cpu_set_precision,
-                                               cpu_path};
+static size_t cpu_device_bytes(void *self)
+{
+    (void)self;
+    return 0;
+}
+
+const fgmm_backend_ops fgmm_cpu_backend_ops = {"cpu",          cpu_begin_pass,    cpu_accumulate,
+                                               cpu_end_pass,   cpu_destroy,       cpu_set_precision,
+                                               cpu_path,       cpu_device_bytes};
 
 /* ------------------------------------------------------------ parallel */
 

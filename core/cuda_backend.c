@@ -125,6 +125,11 @@ static const char *cuda_path(void *self)
     return fgmmc_path_name(((cuda_backend *)self)->ctx);
 }
 
-const fgmm_backend_ops fgmm_cuda_backend_ops = {"cuda",       cuda_begin_pass,    cuda_accumulate,
-                                                cuda_end_pass, cuda_destroy, cuda_set_precision,
-                                                cuda_path};
+static size_t cuda_device_bytes(void *self)
+{
+    return fgmmc_device_bytes(((cuda_backend *)self)->ctx);
+}
+
+const fgmm_backend_ops fgmm_cuda_backend_ops = {"cuda",         cuda_begin_pass,    cuda_accumulate,
+                                                cuda_end_pass,  cuda_destroy,       cuda_set_precision,
+                                                cuda_path,      cuda_device_bytes};

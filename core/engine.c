@@ -105,6 +105,8 @@ fgmm_status fgmm_engine_set_precision(fgmm_engine *e, fgmm_precision p, fgmm_err
 
 const char *fgmm_engine_path(const fgmm_engine *e) { return e->ops->path(e->backend); }
 
+size_t fgmm_engine_device_bytes(const fgmm_engine *e) { return e->ops->device_bytes(e->backend); }
+
 void *fgmm_engine_host_alloc(void *engine, size_t bytes)
 {
     fgmm_engine *e = engine;

@@ -287,6 +287,9 @@ fgmm_status fgmm_engine_set_precision(fgmm_engine *e, fgmm_precision p, fgmm_err
 /* What computes the E-step: "cpu", "tensor cores, split bf16", "tensor
  * cores, bf16" or "fp32 SIMT" (the last pass's, or the next one's). */
 const char *fgmm_engine_path(const fgmm_engine *e);
+/* Peak GPU memory the engine has allocated (0 for the CPU engine): O(chunk +
+ * K*D*blocks), whatever N is. */
+size_t fgmm_engine_device_bytes(const fgmm_engine *e);
 
 /* Host memory for rows the engine will consume: pinned (page-locked) on a
  * CUDA engine, so host-to-device copies run asynchronously at full speed;

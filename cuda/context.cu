@@ -232,6 +232,20 @@ fgmmc_status fgmmc_create(int device, fgmmc_context **out, fgmmc_error *err)
 
 const char *fgmmc_describe(const fgmmc_context *ctx) { return ctx ? ctx->desc : ""; }
 
+void fgmmc_split_wt(const float *w, int k, int d, int kw, void *hi_, void *lo_)
+{
+    __nv_bfloat16 *hi = (__nv_bfloat16 *)hi_, *lo = (__nv_bfloat16 *)lo_;
+    size_t kpad = ((size_t)k + 63) / 64 * 64;
+    for (size_t kk = 0; kk < kpad; kk++)
+        for (int j = 0; j < kw; j++) {
+            /* The same float the SIMT kernels use, then split. */
+            float v = (kk < (size_t)k && j < 2 * d) ? w[(size_t)j * k + kk] : 0.f;
+            __nv_bfloat16 h = __float2bfloat16_rn(v);
+            hi[kk * kw + j] = h;
+            lo[kk * kw + j] = __float2bfloat16_rn(v - __bfloat162float(h));
+        }
+}
+
 fgmmc_status fgmmc_set_precision(fgmmc_context *ctx, fgmmc_precision p, fgmmc_error *err)
 {
     if (!ctx) return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_set_precision: ctx is NULL");
@@ -317,16 +331,10 @@ fgmmc_status fgmmc_begin_pass(fgmmc_context *ctx, int k, int d, const double *w,
             (st = DEV_RESERVE(ctx, ctx->d_wt_lo, ctx->cap_wt_lo, nwt * sizeof(__nv_bfloat16), "w lo",
                               err)))
             return st;
-        __nv_bfloat16 *hi = (__nv_bfloat16 *)malloc(2 * nwt * sizeof(__nv_bfloat16)), *lo = hi + nwt;
+        __nv_bfloat16 *hi = (__nv_bfloat16 *)malloc(2 * nwt * sizeof(__nv_bfloat16));
         if (!hi) return fgmmc_fail(err, FGMMC_ERR_NO_MEMORY, "fgmmc_begin_pass: out of host memory");
-        for (size_t kk = 0; kk < kpad; kk++)
-            for (int j = 0; j < kw; j++) {
-                /* The same float the SIMT kernels use, then split. */
-                float v = (kk < (size_t)k && j < 2 * d) ? hw[(size_t)j * k + kk] : 0.f;
-                __nv_bfloat16 h = __float2bfloat16_rn(v);
-                hi[kk * kw + j] = h;
-                lo[kk * kw + j] = __float2bfloat16_rn(v - __bfloat162float(h));
-            }
+        __nv_bfloat16 *lo = hi + nwt;
+        fgmmc_split_wt(hw, k, d, kw, hi, lo);
         /* Synchronous: the host arrays are freed right after. */
         cudaError_t e1 = cudaMemcpy(ctx->d_wt_hi, hi, nwt * sizeof(__nv_bfloat16), cudaMemcpyHostToDevice);
         cudaError_t e2 = cudaMemcpy(ctx->d_wt_lo, lo, nwt * sizeof(__nv_bfloat16), cudaMemcpyHostToDevice);

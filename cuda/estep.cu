@@ -54,21 +54,6 @@ size_t fgmmc_dtype_size(fgmmc_dtype t)
     return 0;
 }
 
-/* Element idx of the packed input, converted to float, minus shift. The
- * dtype switch is uniform across the grid, so it costs a few instructions
- * per loaded element and saves four copies of every kernel. */
-__device__ __forceinline__ float load_y(const void *x, int dtype, size_t idx, float shift)
-{
-    float v;
-    switch (dtype) {
-    case FGMMC_F32: v = __ldg((const float *)x + idx); break;
-    case FGMMC_F16: v = __half2float(__ushort_as_half(__ldg((const unsigned short *)x + idx))); break;
-    case FGMMC_U8: v = (float)__ldg((const unsigned char *)x + idx); break;
-    default: v = (float)__ldg((const signed char *)x + idx); break;
-    }
-    return __fsub_rn(v, shift);
-}
-
 /* One step j of the logit chains of a thread's MI x NJ micro-tile:
  * ys -> y_j of the thread's first row (rows LY apart), w1/w2 -> w of its
  * first component (components LX apart). Explicit _rn intrinsics: the
@@ -470,16 +455,12 @@ static void cfg_shape(int d, int *kb, int *tm)
     }
 }
 
-void fgmmc_estep_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *plan)
+/* Row ranges of whole tm-row tiles for the statistics kernel: about
+ * `target` blocks over all slices, the grid's y at most 65535 (the
+ * hardware's limit; target/slices is far below). Fills splits,
+ * rows_per_split and partial_elems. */
+static void plan_splits(int k, int d, int64_t n, int tm, int target, fgmmc_plan *plan)
 {
-    int kb, tm;
-    cfg_shape(d, &kb, &tm);
-    plan->kb = kb;
-    plan->slices = (k + kb - 1) / kb;
-    plan->lse_blocks = (int)((n + A_TM - 1) / A_TM);
-    /* Enough blocks for ~4 per SM; row ranges of whole tiles. Grid y is
-     * capped at 65535 by the hardware; 4*SMs/slices is far below. */
-    int target = 4 * (sm_count > 0 ? sm_count : 132);
     int64_t tiles = (n + tm - 1) / tm;
     int64_t want = (target + plan->slices - 1) / plan->slices;
     if (want > tiles) want = tiles;
@@ -491,6 +472,17 @@ void fgmmc_estep_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *plan)
     plan->partial_elems = (size_t)plan->splits * (size_t)k * (size_t)(2 * d + 1);
 }
 
+void fgmmc_estep_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *plan)
+{
+    int kb, tm;
+    cfg_shape(d, &kb, &tm);
+    plan->kb = kb;
+    plan->slices = (k + kb - 1) / kb;
+    plan->lse_blocks = (int)((n + A_TM - 1) / A_TM);
+    /* ~4 blocks per SM. */
+    plan_splits(k, d, n, tm, 4 * (sm_count > 0 ? sm_count : 132), plan);
+}
+
 void fgmmc_estep_tc_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *plan)
 {
     const int tm = 32, kb = 64; /* estep_tc.cu: TC_BMB, TC_BN */
@@ -499,16 +491,7 @@ void fgmmc_estep_tc_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *plan
     int bm = fgmmc_tc_lse_rows(fgmmc_tc_kw(d));
     plan->lse_blocks = (int)((n + bm - 1) / bm);
     /* Two statistics blocks per SM at a time (shared memory); ~4 waves. */
-    int target = 8 * (sm_count > 0 ? sm_count : 132);
-    int64_t tiles = (n + tm - 1) / tm;
-    int64_t want = (target + plan->slices - 1) / plan->slices;
-    if (want > tiles) want = tiles;
-    if (want > 65535) want = 65535;
-    if (want < 1) want = 1;
-    int64_t tiles_per = (tiles + want - 1) / want;
-    plan->rows_per_split = (int)(tiles_per * tm);
-    plan->splits = (int)((n + plan->rows_per_split - 1) / plan->rows_per_split);
-    plan->partial_elems = (size_t)plan->splits * (size_t)k * (size_t)(2 * d + 1);
+    plan_splits(k, d, n, tm, 8 * (sm_count > 0 ? sm_count : 132), plan);
 }
 
 template <class C>

@@ -124,19 +124,6 @@ __device__ __forceinline__ void warp_logits(float (&acc)[NT8][4], const bf16 *Yh
     }
 }
 
-/* Row element -> float, minus shift (same conversions as estep.cu). */
-__device__ __forceinline__ float tc_load_y(const void *x, int dtype, size_t idx, float shift)
-{
-    float v;
-    switch (dtype) {
-    case FGMMC_F32: v = __ldg((const float *)x + idx); break;
-    case FGMMC_F16: v = __half2float(__ushort_as_half(__ldg((const unsigned short *)x + idx))); break;
-    case FGMMC_U8: v = (float)__ldg((const unsigned char *)x + idx); break;
-    default: v = (float)__ldg((const signed char *)x + idx); break;
-    }
-    return __fsub_rn(v, shift);
-}
-
 __device__ __forceinline__ void split_store(bf16 *hi, bf16 *lo, size_t at, float v)
 {
     bf16 h = __float2bfloat16_rn(v);
@@ -153,7 +140,7 @@ __device__ __forceinline__ void stage_rows(const fgmmc_batch &b, int64_t row0, i
     for (int m = threadIdx.x >> 5; m < bm; m += nw) { /* a warp per row: coalesced */
         int64_t row = row0 + m;
         for (int j = lane; j < D; j += 32) {
-            float y = row < rend ? tc_load_y(b.x, b.dtype, (size_t)row * D + j, b.shift[j]) : 0.f;
+            float y = row < rend ? load_y(b.x, b.dtype, (size_t)row * D + j, b.shift[j]) : 0.f;
             split_store(Yh, Yl, (size_t)m * ys + j, y);
             split_store(Yh, Yl, (size_t)m * ys + D + j, __fmul_rn(y, y));
         }

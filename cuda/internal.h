@@ -76,6 +76,30 @@ typedef struct {
     double *acc;          /* k*(2d+1) statistics, then 1 log-likelihood sum */
 } fgmmc_batch;
 
+#ifdef __CUDACC__
+#include <cuda_fp16.h>
+/* Element idx of the packed input, converted to float, minus shift: the
+ * one conversion every kernel family uses. The dtype switch is uniform
+ * across the grid, so it costs a few instructions per loaded element and
+ * saves four copies of every kernel. */
+static __device__ __forceinline__ float load_y(const void *x, int dtype, size_t idx, float shift)
+{
+    float v;
+    switch (dtype) {
+    case FGMMC_F32: v = __ldg((const float *)x + idx); break;
+    case FGMMC_F16: v = __half2float(__ushort_as_half(__ldg((const unsigned short *)x + idx))); break;
+    case FGMMC_U8: v = (float)__ldg((const unsigned char *)x + idx); break;
+    default: v = (float)__ldg((const signed char *)x + idx); break;
+    }
+    return __fsub_rn(v, shift);
+}
+#endif
+
+/* W^T (k x 2d floats taken from w, 2d x k row-major) as hi + lo bf16
+ * halves of kpad x kw each (kpad = k rounded up to 64), zero-padded: the
+ * tensor-core kernels' B operand. hi and lo are host arrays. */
+void fgmmc_split_wt(const float *w, int k, int d, int kw, void *hi, void *lo);
+
 /* Element size of a dtype in bytes; 0 for an unknown dtype. */
 size_t fgmmc_dtype_size(fgmmc_dtype t);
 

@@ -130,6 +130,10 @@ typedef struct {
     int threads;       /* decompression threads; 0: all cores */
     int ring_slots;    /* decoded-chunk buffers (>= 2); 0: threads + 2 */
     int buffered;      /* 1: never O_DIRECT; 0: O_DIRECT where the file system allows */
+    /* Niceness of the decompression threads (Linux, per thread); 0 keeps
+     * the caller's. A CPU engine that uses every core runs best with its
+     * decoders at a lower priority (the CLI sets 10 for --device cpu). */
+    int decoder_nice;
     /* Bytes of decoded rows kept in memory across passes: when the whole
      * dataset fits, the first pass fills the cache and later passes read
      * memory. -1: half of the memory available now; 0: stream every pass. */

@@ -28,7 +28,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #include <zstd.h>
 
@@ -277,6 +279,11 @@ static void *dec_main(void *arg)
 {
     dec_arg *a = arg;
     shard_source *s = a->s;
+    /* Decoders yield to the consumer's compute threads (per-thread nice on
+     * Linux): a decoder preempting one of the engine's threads stalls the
+     * engine's whole chunk at its barrier, while a decoder that waits for
+     * an idle moment only delays data the engine does not need yet. */
+    if (s->o.decoder_nice > 0) setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), s->o.decoder_nice);
     pthread_mutex_lock(&s->mu);
     for (;;) {
         while (!s->stop && s->fifo_count == 0 && !s->io_done)
@@ -721,8 +728,11 @@ fgmm_status fgmm_shards_open(const char *dir, const fgmm_shard_read_options *opt
         if (!(s->cbuf[i] = aligned_alloc(SHARD_ALIGN, shard_align_up(s->max_stored)))) goto oom;
     for (int i = 0; i < s->n_dec; i++)
         if (!(s->dctx[i] = ZSTD_createDCtx())) goto oom;
+    /* A cache that cannot be had (pinned memory is scarcer than the budget
+     * suggests) is not an error: every pass streams instead. */
+    if (s->cache_enabled && !(s->cache = s->o.host_alloc(s->o.alloc_ctx, total_bytes)))
+        s->cache_enabled = 0;
     if (s->cache_enabled) {
-        if (!(s->cache = s->o.host_alloc(s->o.alloc_ctx, total_bytes))) goto oom;
         s->stats.cache_bytes = total_bytes;
     } else {
         s->slot = calloc((size_t)s->n_slots, sizeof *s->slot);

@@ -174,6 +174,9 @@ static int open_data(const char *cmd, flag *f, int nf, const char *path, fgmm_en
         o.queue_depth = (int)lv;
     }
     o.buffered = get(f, nf, "buffered-io") != NULL;
+    /* The CPU engine keeps every core busy; its decoders then take the idle
+     * moments rather than preempting it (see fgmm_shard_read_options). */
+    if (!strcmp(fgmm_engine_device_name(e), "cpu")) o.decoder_nice = 10;
     o.host_alloc = fgmm_engine_host_alloc;
     o.host_free = fgmm_engine_host_free;
     o.alloc_ctx = e;
@@ -334,6 +337,9 @@ static int cmd_fit(int argc, char **argv)
            fgmm_source_dim(src), fgmm_engine_path(e), meta->iterations, meta->iterations == 1 ? "" : "s",
            meta->converged ? "converged" : "not converged",
            nll ? fgmm_model_loglik(m)[nll - 1] : NAN, meta->seconds, out);
+    if (fgmm_engine_device_bytes(e))
+        printf("GPU memory: %.1f MiB peak (rows in flight and K x D statistics; not N x K)\n",
+               fgmm_engine_device_bytes(e) / 1048576.0);
 done:
     fgmm_model_free(m);
     fgmm_model_free(init_model);
