@@ -170,6 +170,7 @@ __global__ void __launch_bounds__(256, 1) tc_lse_kernel(fgmmc_batch b)
     bf16 *Yh = (bf16 *)tc_smem_a, *Yl = Yh + (size_t)BM * ys;
     bf16 *Wh = Yl + (size_t)BM * ys, *Wl = Wh + (size_t)BN * ws;
     __shared__ double red[128];
+    __shared__ float Cs[TC_BN]; /* the K tile's c, -inf past K */
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int64_t row0 = (int64_t)blockIdx.x * BM;
@@ -205,6 +206,7 @@ __global__ void __launch_bounds__(256, 1) tc_lse_kernel(fgmmc_batch b)
         __syncthreads(); /* Y staged (first), previous W tile consumed (later) */
         stage_w((const bf16 *)b.wt_hi, kw, k0, BN, Wh, ws);
         if (PREC == 3) stage_w((const bf16 *)b.wt_lo, kw, k0, BN, Wl, ws);
+        for (int e = tid; e < BN; e += blockDim.x) Cs[e] = k0 + e < K ? __ldg(b.c + k0 + e) : -INFINITY;
         __syncthreads();
         float acc[NT8][4];
         warp_logits<NT8, PREC>(acc, Yh, Yl, ys, 16 * warp, Wh, Wl, ws, 0, kw);
@@ -215,8 +217,8 @@ __global__ void __launch_bounds__(256, 1) tc_lse_kernel(fgmmc_batch b)
             for (int n = 0; n < NT8; n++)
 #pragma unroll
                 for (int q = 0; q < 2; q++) {
-                    int k = k0 + 8 * n + 2 * t + q;
-                    l[n][q] = k < K ? __fadd_rn(acc[n][2 * h + q], __ldg(b.c + k)) : -INFINITY;
+                    /* -inf + finite stays -inf: padded components drop out. */
+                    l[n][q] = __fadd_rn(acc[n][2 * h + q], Cs[8 * n + 2 * t + q]);
                     tmax = fmaxf(tmax, l[n][q]);
                 }
             tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
