@@ -62,10 +62,10 @@ int main(int argc, char **argv)
         double dec = (double)(st.bytes_decoded - st0.bytes_decoded),
                rd = (double)(st.bytes_read - st0.bytes_read);
         printf("pass %d: %.3f s, %.3f GB/s decoded rows, %.3f GB/s read (%.2f GB decoded, "
-               "%.2f GB read), %s, %d threads, queue depth %d, ring %d (peak %d)%s\n",
+               "%.2f GB read), %s, %d threads, queue depth %d, ring %d (peak %d), %lld chunks decoded by the consumer%s\n",
                p + 1, dt, dec / dt / 1e9, rd / dt / 1e9, dec / 1e9, rd / 1e9,
                st.direct_io ? "O_DIRECT" : "buffered", o.threads, o.queue_depth, st.ring_slots,
-               st.ring_max_in_use, sum < 0 ? "!" : "");
+               st.ring_max_in_use, (long long)(st.chunks_self_decoded - st0.chunks_self_decoded), sum < 0 ? "!" : "");
     }
     fgmm_source_close(s);
     return 0;

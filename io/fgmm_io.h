@@ -160,6 +160,7 @@ fgmm_status fgmm_shards_open(const char *dir, const fgmm_shard_read_options *o,
 typedef struct {
     int64_t chunks_read;       /* chunks read from disk and decoded, all passes */
     int64_t chunks_cached;     /* chunks served from the cache */
+    int64_t chunks_self_decoded; /* of chunks_read: decoded by the consumer while it waited */
     uint64_t bytes_read;       /* bytes read from disk for those chunks */
     uint64_t bytes_decoded;    /* decoded row bytes produced */
     int ring_slots;            /* size of the ring */
