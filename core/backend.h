@@ -42,6 +42,20 @@ typedef struct {
     const char *(*path)(void *self);
     /* Peak device memory allocated so far (0 on the CPU). */
     size_t (*device_bytes)(void *self);
+    /* Top-m assignment of a chunk with the terms of the current pass (after
+     * begin_pass; statistics untouched): per row the m components of
+     * largest log-joint, best first (ties: smaller index), -1 past K; their
+     * responsibilities; the row's log-likelihood. idx/resp: n*m. */
+    fgmm_status (*assign)(void *self, const fgmm_chunk *c, int m, int32_t *idx, float *resp,
+                          float *ll, fgmm_error *err);
+    /* Optional (NULL: the back end keeps no rows). After begin_pass: the
+     * pass covers rows 0..rows-1 of the data named key (unique per fit,
+     * never 0). *cached = 1 when the back end holds them all already: the
+     * engine then passes chunks with rows == NULL, by row range only. */
+    fgmm_status (*pass_data)(void *self, uint64_t key, int64_t rows, fgmm_dtype dtype,
+                             int *cached, fgmm_error *err);
+    /* Optional: bytes of rows the back end may keep (see pass_data). */
+    fgmm_status (*set_cache_budget)(void *self, int64_t bytes, fgmm_error *err);
 } fgmm_backend_ops;
 
 /* CPU back end: threads > 0. */
@@ -54,6 +68,16 @@ extern const fgmm_backend_ops fgmm_cuda_backend_ops;
 /* Pinned host memory through cuda/ (core/cuda_backend.c). */
 void *fgmm_cuda_host_alloc(size_t bytes);
 void fgmm_cuda_host_free(void *p);
+
+/* Nearest of k centres (k x d, row-major) for each of s rows x (s x d
+ * floats), through the engine's back end when it is a GPU: the top-1
+ * assignment with k-means terms (w = centre - shift, c = -|centre -
+ * shift|^2 / 2, no quadratic term), shift (d) centring the data so fp32
+ * logits keep their precision. Returns FGMM_ERR_UNSUPPORTED on the CPU
+ * engine, whose callers keep their own (double) path. */
+fgmm_status fgmm_engine_nearest(fgmm_engine *e, const float *x, int64_t s, int d,
+                                const double *centers, int k, const double *shift, int32_t *label,
+                                fgmm_error *err);
 
 /* Fill w (2D*K), c (K) and shift (D) from a model. */
 void fgmm_estep_params_fill(const fgmm_model *m, double *w, double *c, double *shift);

@@ -37,6 +37,7 @@ typedef struct {
     float *af;      /* TILE x 2D: [y, y^2] in float */
     float *sf;      /* K x 2D: this tile's statistics in float */
     float *x;       /* D: one row converted to float */
+    double *topv;   /* top_m: a row's best logits (assign) */
     fgmm_stats *st; /* this thread's partial statistics */
     fgmm_status status;
     fgmm_error err;
@@ -50,6 +51,10 @@ typedef struct {
     /* the chunk being processed (shared, read-only) */
     const fgmm_chunk *chunk;
     float *per_row_ll;
+    /* assign: outputs for the chunk */
+    int top_m, topv_cap;
+    int32_t *out_idx;
+    float *out_resp, *out_ll;
 } cpu_backend;
 
 static void free_threads(cpu_backend *b)
@@ -62,10 +67,12 @@ static void free_threads(cpu_backend *b)
         free(b->t[i].lf);
         free(b->t[i].af);
         free(b->t[i].sf);
+        free(b->t[i].topv);
         fgmm_stats_free(b->t[i].st);
     }
     free(b->t);
     b->t = NULL;
+    b->topv_cap = 0;
 }
 
 fgmm_status fgmm_cpu_backend_create(int threads, void **out, fgmm_error *err)
@@ -115,8 +122,9 @@ static fgmm_status cpu_begin_pass(void *self, const fgmm_estep_params *p, fgmm_e
     return FGMM_OK;
 }
 
-/* One tile of n rows starting at chunk row r0. */
-static void cpu_tile(cpu_backend *b, cpu_thread *t, int64_t r0, int n)
+/* t->l = [y, y^2] W for the tile of n rows at chunk row r0 (t->a keeps
+ * [y, y^2]); c[k] not yet added. */
+static void tile_logits(cpu_backend *b, cpu_thread *t, int64_t r0, int n)
 {
     const fgmm_estep_params *p = b->p;
     const fgmm_chunk *c = b->chunk;
@@ -133,6 +141,15 @@ static void cpu_tile(cpu_backend *b, cpu_thread *t, int64_t r0, int n)
     }
     cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, K, D2, 1.0, t->a, D2, p->w, K, 0.0,
                 t->l, K);
+}
+
+/* One tile of n rows starting at chunk row r0. */
+static void cpu_tile(cpu_backend *b, cpu_thread *t, int64_t r0, int n)
+{
+    const fgmm_estep_params *p = b->p;
+    const fgmm_chunk *c = b->chunk;
+    const int K = p->k, D2 = 2 * p->d;
+    tile_logits(b, t, r0, n);
     double *nk = fgmm_stats_nk(t->st);
     double ll_sum = 0;
     for (int i = 0; i < n; i++) {
@@ -211,6 +228,91 @@ static fgmm_status cpu_accumulate(void *self, const fgmm_chunk *c, float *per_ro
     return fgmm_parallel_run(nt, cpu_worker, b, err);
 }
 
+/* Top-m of one tile: logits in double, then per row a log-sum-exp and an
+ * insertion into a sorted list (strictly larger replaces, candidates in
+ * index order: ties keep the smaller index). */
+static void assign_tile(cpu_backend *b, cpu_thread *t, int64_t r0, int n)
+{
+    const fgmm_estep_params *p = b->p;
+    const int K = p->k, m = b->top_m;
+    tile_logits(b, t, r0, n);
+    for (int i = 0; i < n; i++) {
+        double *l = t->l + (size_t)i * K;
+        double mx = -INFINITY;
+        for (int k = 0; k < K; k++) {
+            l[k] += p->c[k];
+            mx = l[k] > mx ? l[k] : mx;
+        }
+        double s = 0;
+        for (int k = 0; k < K; k++) s += fgmm_exp_nonpos(l[k] - mx);
+        double lse = mx + log(s);
+        int32_t *ix = b->out_idx + (size_t)(r0 + i) * m;
+        float *rs = b->out_resp + (size_t)(r0 + i) * m;
+        double *tv = t->topv;
+        int count = 0;
+        for (int k = 0; k < K && m > 0; k++) {
+            double v = l[k];
+            if (count == m && !(v > tv[m - 1])) continue;
+            int q = count < m ? count : m - 1;
+            while (q > 0 && v > tv[q - 1]) {
+                tv[q] = tv[q - 1];
+                ix[q] = ix[q - 1];
+                q--;
+            }
+            tv[q] = v;
+            ix[q] = k;
+            if (count < m) count++;
+        }
+        for (int j = 0; j < m; j++) {
+            if (j < count) {
+                rs[j] = (float)exp(tv[j] - lse);
+            } else {
+                ix[j] = -1;
+                rs[j] = 0.f;
+            }
+        }
+        b->out_ll[r0 + i] = (float)lse;
+    }
+}
+
+static void assign_worker(int tid, void *arg)
+{
+    cpu_backend *b = arg;
+    cpu_thread *t = &b->t[tid];
+    int64_t n = b->chunk->n_rows;
+    int64_t tiles = (n + TILE_ROWS - 1) / TILE_ROWS;
+    for (int64_t ti = tid; ti < tiles; ti += b->threads) {
+        int64_t r0 = ti * TILE_ROWS;
+        assign_tile(b, t, r0, (int)(n - r0 < TILE_ROWS ? n - r0 : TILE_ROWS));
+    }
+}
+
+static fgmm_status cpu_assign(void *self, const fgmm_chunk *c, int m, int32_t *idx, float *resp,
+                              float *ll, fgmm_error *err)
+{
+    cpu_backend *b = self;
+    if (!b->p) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "assign: no pass in progress");
+    if (m > b->topv_cap) {
+        for (int i = 0; i < b->threads; i++) {
+            free(b->t[i].topv);
+            b->t[i].topv = malloc(sizeof(double) * (size_t)m);
+            if (!b->t[i].topv) {
+                b->topv_cap = 0;
+                return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+            }
+        }
+        b->topv_cap = m;
+    }
+    b->chunk = c;
+    b->top_m = m;
+    b->out_idx = idx;
+    b->out_resp = resp;
+    b->out_ll = ll;
+    int64_t tiles = (c->n_rows + TILE_ROWS - 1) / TILE_ROWS;
+    int nt = tiles < b->threads ? (int)tiles : b->threads;
+    return fgmm_parallel_run(nt, assign_worker, b, err);
+}
+
 static fgmm_status cpu_end_pass(void *self, fgmm_stats *out, fgmm_error *err)
 {
     cpu_backend *b = self;
@@ -254,7 +356,8 @@ static size_t cpu_device_bytes(void *self)
 
 const fgmm_backend_ops fgmm_cpu_backend_ops = {"cpu",          cpu_begin_pass,    cpu_accumulate,
                                                cpu_end_pass,   cpu_destroy,       cpu_set_precision,
-                                               cpu_path,       cpu_device_bytes};
+                                               cpu_path,       cpu_device_bytes,  cpu_assign,
+                                               NULL,           NULL};
 
 /* ------------------------------------------------------------ parallel */
 

@@ -79,8 +79,8 @@ static fgmm_status cuda_accumulate(void *self, const fgmm_chunk *c, float *per_r
         ll = b->ll;
     }
     fgmmc_error ce = {0};
-    fgmm_status st = from_cuda(fgmmc_accumulate(b->ctx, c->rows, c->row_stride, c->n_rows,
-                                                (fgmmc_dtype)c->dtype, ll, &ce),
+    fgmm_status st = from_cuda(fgmmc_accumulate_at(b->ctx, c->first_row, c->rows, c->row_stride,
+                                                   c->n_rows, (fgmmc_dtype)c->dtype, ll, &ce),
                                &ce, err);
     if (st) return st;
     b->rows += c->n_rows;
@@ -130,6 +130,33 @@ static size_t cuda_device_bytes(void *self)
     return fgmmc_device_bytes(((cuda_backend *)self)->ctx);
 }
 
+static fgmm_status cuda_assign(void *self, const fgmm_chunk *c, int m, int32_t *idx, float *resp,
+                               float *ll, fgmm_error *err)
+{
+    cuda_backend *b = self;
+    fgmmc_error ce = {0};
+    /* int32_t and int are the same type on every platform CUDA runs on. */
+    return from_cuda(fgmmc_assign(b->ctx, c->rows, c->row_stride, c->n_rows, (fgmmc_dtype)c->dtype,
+                                  m, (int *)idx, resp, ll, &ce),
+                     &ce, err);
+}
+
+static fgmm_status cuda_pass_data(void *self, uint64_t key, int64_t rows, fgmm_dtype dtype,
+                                  int *cached, fgmm_error *err)
+{
+    cuda_backend *b = self;
+    fgmmc_error ce = {0};
+    return from_cuda(fgmmc_pass_data(b->ctx, key, rows, (fgmmc_dtype)dtype, cached, &ce), &ce, err);
+}
+
+static fgmm_status cuda_set_cache_budget(void *self, int64_t bytes, fgmm_error *err)
+{
+    cuda_backend *b = self;
+    fgmmc_error ce = {0};
+    return from_cuda(fgmmc_set_cache_budget(b->ctx, (size_t)bytes, &ce), &ce, err);
+}
+
 const fgmm_backend_ops fgmm_cuda_backend_ops = {"cuda",         cuda_begin_pass,    cuda_accumulate,
                                                 cuda_end_pass,  cuda_destroy,       cuda_set_precision,
-                                                cuda_path,      cuda_device_bytes};
+                                                cuda_path,      cuda_device_bytes,  cuda_assign,
+                                                cuda_pass_data, cuda_set_cache_budget};

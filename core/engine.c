@@ -19,7 +19,15 @@ struct fgmm_engine {
     /* E-step parameter scratch, sized for the last model seen. */
     double *w, *c, *shift;
     int k, d;
+    /* The current pass's terms: back ends keep a pointer to them. */
+    fgmm_estep_params params;
+    uint64_t data_serial; /* names each fit's data for the back end's row cache */
+    int cached_passes;
 };
+
+/* Rows per back-end call when the rows come from the back end's cache:
+ * bounds the per-row log-likelihood scratch. */
+#define CACHED_CALL_ROWS ((int64_t)1 << 20)
 
 static double now_seconds(void)
 {
@@ -145,8 +153,69 @@ void fgmm_estep_params_fill(const fgmm_model *m, double *w, double *c, double *s
     }
 }
 
+static fgmm_status estep_keyed(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
+                               fgmm_stats *out, float *per_row_ll, uint64_t key,
+                               fgmm_error *err);
+
 fgmm_status fgmm_engine_estep(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
                               fgmm_stats *out, float *per_row_ll, fgmm_error *err)
+{
+    return estep_keyed(e, src, m, out, per_row_ll, 0, err);
+}
+
+fgmm_status fgmm_engine_set_gpu_cache_budget(fgmm_engine *e, int64_t bytes, fgmm_error *err)
+{
+    if (bytes < 0)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "--gpu-cache-budget must be >= 0 (got %lld)",
+                         (long long)bytes);
+    if (!e->ops->set_cache_budget) return FGMM_OK;
+    return e->ops->set_cache_budget(e->backend, bytes, err);
+}
+
+int fgmm_engine_cached_passes(const fgmm_engine *e) { return e->cached_passes; }
+
+/* Loads the E-step terms of m into the engine's scratch and begins a
+ * back-end pass. */
+static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
+                                    fgmm_stats *out, fgmm_error *err);
+
+static fgmm_status estep_keyed(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
+                               fgmm_stats *out, float *per_row_ll, uint64_t key,
+                               fgmm_error *err)
+{
+    fgmm_status st = begin_model_pass(e, src, m, out, err);
+    if (st) return st;
+    int cached = 0;
+    if (key && e->ops->pass_data &&
+        (st = e->ops->pass_data(e->backend, key, fgmm_source_rows(src), fgmm_source_dtype(src),
+                                &cached, err)))
+        return st;
+    if (cached) {
+        /* The back end holds every row: the source is not read at all. */
+        int64_t n = fgmm_source_rows(src);
+        for (int64_t r = 0; r < n; r += CACHED_CALL_ROWS) {
+            fgmm_chunk ch = {NULL, 0, r, n - r < CACHED_CALL_ROWS ? n - r : CACHED_CALL_ROWS,
+                             fgmm_source_dtype(src)};
+            st = e->ops->accumulate(e->backend, &ch, per_row_ll ? per_row_ll + r : NULL, err);
+            if (st) return st;
+        }
+        e->cached_passes++;
+        return e->ops->end_pass(e->backend, out, err);
+    }
+    if ((st = fgmm_source_rewind(src, err))) return st;
+    for (;;) {
+        fgmm_chunk ch;
+        if ((st = fgmm_source_next(src, &ch, err))) return st;
+        if (ch.n_rows == 0) break;
+        st = e->ops->accumulate(e->backend, &ch, per_row_ll ? per_row_ll + ch.first_row : NULL,
+                                err);
+        if (st) return st;
+    }
+    return e->ops->end_pass(e->backend, out, err);
+}
+
+static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
+                                    fgmm_stats *out, fgmm_error *err)
 {
     int K = fgmm_model_k(m), D = fgmm_model_d(m);
     if (fgmm_source_dim(src) != D)
@@ -170,20 +239,9 @@ fgmm_status fgmm_engine_estep(fgmm_engine *e, fgmm_source *src, const fgmm_model
         e->d = D;
     }
     fgmm_estep_params_fill(m, e->w, e->c, e->shift);
-    fgmm_estep_params p = {K, D, e->w, e->c, e->shift};
+    e->params = (fgmm_estep_params){K, D, e->w, e->c, e->shift};
     fgmm_stats_reset(out, e->shift);
-    fgmm_status st = e->ops->begin_pass(e->backend, &p, err);
-    if (st) return st;
-    if ((st = fgmm_source_rewind(src, err))) return st;
-    for (;;) {
-        fgmm_chunk ch;
-        if ((st = fgmm_source_next(src, &ch, err))) return st;
-        if (ch.n_rows == 0) break;
-        st = e->ops->accumulate(e->backend, &ch, per_row_ll ? per_row_ll + ch.first_row : NULL,
-                                err);
-        if (st) return st;
-    }
-    return e->ops->end_pass(e->backend, out, err);
+    return e->ops->begin_pass(e->backend, &e->params, err);
 }
 
 fgmm_status fgmm_score(fgmm_engine *e, fgmm_source *src, const fgmm_model *m, double *mean_ll,
@@ -254,9 +312,13 @@ fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
         (st = fgmm_stats_create(K, D, NULL, &s, err)))
         goto fail;
     double prev = -INFINITY;
+    /* One name per fit: within it the source's rows do not change, so a
+     * back end that kept them (the GPU row cache) may reuse them. */
+    uint64_t key = ++e->data_serial;
+    e->cached_passes = 0;
     for (int it = 1; it <= p->max_iter; it++) {
         double t0 = now_seconds();
-        if ((st = fgmm_engine_estep(e, src, m, s, NULL, err))) goto fail;
+        if ((st = estep_keyed(e, src, m, s, NULL, key, err))) goto fail;
         double ll = fgmm_stats_loglik(s) / (double)fgmm_stats_rows(s);
         int reseeded = 0;
         if ((st = fgmm_stats_mstep(s, m, p->reg_covar, p->min_count, src, &reseeded, err)))
@@ -288,5 +350,100 @@ fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
 fail:
     fgmm_stats_free(s);
     fgmm_model_free(m);
+    return st;
+}
+
+fgmm_status fgmm_assign(fgmm_engine *e, fgmm_source *src, const fgmm_model *m, int top_m,
+                        fgmm_assign_sink sink, void *user, fgmm_error *err)
+{
+    if (top_m < 0 || top_m > FGMM_MAX_TOP_M)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "top-m must be in 0..%d (got %d)",
+                         FGMM_MAX_TOP_M, top_m);
+    if (!sink) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmm_assign: sink is NULL");
+    fgmm_stats *s;
+    fgmm_status st = fgmm_stats_create(fgmm_model_k(m), fgmm_model_d(m), NULL, &s, err);
+    if (st) return st;
+    int32_t *idx = NULL;
+    float *resp = NULL, *ll = NULL;
+    int64_t cap = 0;
+    if ((st = begin_model_pass(e, src, m, s, err))) goto done;
+    if ((st = fgmm_source_rewind(src, err))) goto done;
+    for (;;) {
+        fgmm_chunk ch;
+        if ((st = fgmm_source_next(src, &ch, err))) goto done;
+        if (ch.n_rows == 0) break;
+        if (ch.n_rows > cap) {
+            free(idx);
+            free(resp);
+            free(ll);
+            size_t mm = (size_t)(top_m > 0 ? top_m : 1);
+            idx = malloc(sizeof(int32_t) * (size_t)ch.n_rows * mm);
+            resp = malloc(sizeof(float) * (size_t)ch.n_rows * mm);
+            ll = malloc(sizeof(float) * (size_t)ch.n_rows);
+            cap = ch.n_rows;
+            if (!idx || !resp || !ll) {
+                st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for the assignment of "
+                               "%lld rows", (long long)ch.n_rows);
+                goto done;
+            }
+        }
+        if ((st = e->ops->assign(e->backend, &ch, top_m, idx, resp, ll, err))) goto done;
+        if ((st = sink(user, ch.first_row, ch.n_rows, top_m, idx, resp, ll, err))) goto done;
+    }
+    /* Closes the back end's pass; the statistics are all zero. */
+    st = e->ops->end_pass(e->backend, s, err);
+done:
+    free(idx);
+    free(resp);
+    free(ll);
+    fgmm_stats_free(s);
+    return st;
+}
+
+fgmm_status fgmm_engine_nearest(fgmm_engine *e, const float *x, int64_t s, int d,
+                                const double *centers, int k, const double *shift, int32_t *label,
+                                fgmm_error *err)
+{
+    if (e->device != FGMM_DEVICE_CUDA)
+        return fgmm_fail(err, FGMM_ERR_UNSUPPORTED, "nearest centres: the CPU engine has its own");
+    double *w = calloc((size_t)2 * d * k, sizeof(double));
+    double *c = malloc(sizeof(double) * (size_t)k);
+    float *resp = malloc(sizeof(float) * (size_t)s);
+    float *ll = malloc(sizeof(float) * (size_t)s);
+    fgmm_status st;
+    if (!w || !c || !resp || !ll) {
+        st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for k-means on the GPU");
+        goto done;
+    }
+    /* argmax_k y.m_k - |m_k|^2/2 = argmin_k |y - m_k|^2 (m_k = centre - shift). */
+    for (int kk = 0; kk < k; kk++) {
+        double nn = 0;
+        for (int j = 0; j < d; j++) {
+            double mj = centers[(size_t)kk * d + j] - shift[j];
+            w[(size_t)j * k + kk] = mj;
+            nn += mj * mj;
+        }
+        c[kk] = -0.5 * nn;
+    }
+    e->params = (fgmm_estep_params){k, d, w, c, shift};
+    if ((st = e->ops->begin_pass(e->backend, &e->params, err))) goto done;
+    fgmm_chunk ch = {x, sizeof(float) * (size_t)d, 0, s, FGMM_F32};
+    st = e->ops->assign(e->backend, &ch, 1, label, resp, ll, err);
+    /* Close the pass (its statistics are empty) whatever happened. */
+    fgmm_stats *tmp = NULL;
+    fgmm_error e2;
+    if (fgmm_stats_create(k, d, shift, &tmp, &e2) == FGMM_OK) {
+        fgmm_status st2 = e->ops->end_pass(e->backend, tmp, &e2);
+        if (!st && st2) {
+            st = st2;
+            *err = e2;
+        }
+        fgmm_stats_free(tmp);
+    }
+done:
+    free(w);
+    free(c);
+    free(resp);
+    free(ll);
     return st;
 }

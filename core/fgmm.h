@@ -298,6 +298,14 @@ size_t fgmm_engine_device_bytes(const fgmm_engine *e);
 void *fgmm_engine_host_alloc(void *engine, size_t bytes);
 void fgmm_engine_host_free(void *engine, void *p);
 int fgmm_engine_threads(const fgmm_engine *e);
+/* GPU row cache (CUDA engine): during fgmm_fit, when the data (N rows at
+ * their stored dtype) fits in `bytes` of device memory, the first EM pass
+ * copies it to the GPU and later passes read neither the source nor PCIe.
+ * Default: half of the device memory free when the engine was created.
+ * 0 turns it off. No effect on the CPU engine. */
+fgmm_status fgmm_engine_set_gpu_cache_budget(fgmm_engine *e, int64_t bytes, fgmm_error *err);
+/* Passes of the last fgmm_fit whose rows came from the GPU cache. */
+int fgmm_engine_cached_passes(const fgmm_engine *e);
 
 /* One pass over src under model m: statistics (shifted by
  * fgmm_model_shift(m)) are zeroed and filled. If per_row_ll is not NULL it
@@ -345,6 +353,26 @@ fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
 /* Mean log-likelihood per row of src under m (per_row optional, N floats). */
 fgmm_status fgmm_score(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
                        double *mean_ll, float *per_row, fgmm_error *err);
+
+/* Largest top_m of fgmm_assign. */
+#define FGMM_MAX_TOP_M 32
+
+/* Receives fgmm_assign's results one chunk at a time, in row order: rows
+ * first_row..first_row+n-1; idx and resp are n*m (row-major), ll is n.
+ * The arrays are valid during the call only. A non-OK status stops the
+ * pass and is returned by fgmm_assign. */
+typedef fgmm_status (*fgmm_assign_sink)(void *user, int64_t first_row, int64_t n, int m,
+                                        const int32_t *idx, const float *resp, const float *ll,
+                                        fgmm_error *err);
+
+/* Top-m assignment of every row of src under m: the top_m (0..32)
+ * components of largest posterior, best first (ties: smaller index; -1
+ * past K), their responsibilities, and the row's log-likelihood. One pass;
+ * memory O(chunk*top_m). CPU: logits in float64; CUDA: fp32 kernels
+ * (assign.cu), so a component within ~1e-5 of another in log-joint may
+ * swap places with it. top_m = 0 scores rows (log-likelihoods only). */
+fgmm_status fgmm_assign(fgmm_engine *e, fgmm_source *src, const fgmm_model *m, int top_m,
+                        fgmm_assign_sink sink, void *user, fgmm_error *err);
 
 /* Run fn(i, arg) for i in [0, n) on n threads, the caller being thread 0
  * (n == 1: inline). Used by the CPU back end, initialisation and io/. */

@@ -42,6 +42,9 @@ typedef struct {
     float *cdist;          /* S x n_cand squared distances */
     double *xnorm;         /* S */
     double **tpot;         /* per thread: n_cand potentials */
+    /* Lloyd's nearest-centre step on the GPU (engine not NULL) */
+    fgmm_engine *engine;
+    const double *shift; /* D: the sample mean */
     /* per thread, for Lloyd */
     double **tsums; /* K x D */
     double **tcount;
@@ -113,6 +116,31 @@ static void assign_worker(int tid, void *arg)
             double *sr = sums + (size_t)best * D;
             for (int j = 0; j < D; j++) sr[j] += a[(size_t)i * D + j];
         }
+    }
+}
+
+/* Lloyd step after the GPU found the labels: d2, counts and sums on the
+ * host, O(S*D) next to the GPU's O(S*K*D), in thread 0's arrays. */
+static void lloyd_from_labels(km_ctx *c)
+{
+    int D = c->d, K = c->k;
+    for (int t = 0; t < c->threads; t++) {
+        memset(c->tsums[t], 0, sizeof(double) * (size_t)K * D);
+        memset(c->tcount[t], 0, sizeof(double) * (size_t)K);
+    }
+    double *sums = c->tsums[0], *cnt = c->tcount[0];
+    for (int64_t i = 0; i < c->s; i++) {
+        int l = c->label[i];
+        const float *xr = c->x + (size_t)i * D;
+        const double *cr = c->centers + (size_t)l * D;
+        double d2 = 0, *sr = sums + (size_t)l * D;
+        for (int j = 0; j < D; j++) {
+            double v = (double)xr[j] - cr[j];
+            d2 += v * v;
+            sr[j] += xr[j];
+        }
+        c->d2[i] = d2;
+        cnt[l] += 1;
     }
 }
 
@@ -194,7 +222,14 @@ static fgmm_status kmeans_centers(km_ctx *c, double *centers, double *cnorm, fgm
             cnorm[k] = nn;
         }
         c->cnorm = cnorm;
-        if ((st = fgmm_parallel_run(c->threads, assign_worker, c, err))) return st;
+        if (c->engine) {
+            if ((st = fgmm_engine_nearest(c->engine, c->x, c->s, D, centers, K, c->shift,
+                                          (int32_t *)c->label, err)))
+                return st;
+            lloyd_from_labels(c);
+        } else if ((st = fgmm_parallel_run(c->threads, assign_worker, c, err))) {
+            return st;
+        }
         if (it == lloyd_iter) break;
         double moved = 0;
         for (int k = 0; k < K; k++) {
@@ -335,6 +370,11 @@ fgmm_status fgmm_initialize(fgmm_engine *e, fgmm_source *src, const fgmm_fit_par
         c.d = D;
         c.k = K;
         c.threads = threads;
+        /* Lloyd's O(S*K*D) step goes to the GPU when the engine has one. */
+        if (!strcmp(fgmm_engine_device_name(e), "cuda")) {
+            c.engine = e;
+            c.shift = shift;
+        }
         c.d2 = malloc(sizeof(double) * (size_t)S);
         c.label = malloc(sizeof(int) * (size_t)S);
         c.tsums = calloc((size_t)threads, sizeof(double *));

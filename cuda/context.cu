@@ -54,6 +54,26 @@ struct fgmmc_context {
     double *d_block_ll, *d_part;
     size_t cap_block_ll, cap_part;
 
+    /* device copy of the rows (fgmmc_set_cache_budget) */
+    size_t cache_budget;
+    void *d_cache;
+    size_t cap_cache;
+    uint64_t cache_key;    /* data the copy holds (0: none) */
+    int64_t cache_rows;    /* rows of that data */
+    fgmmc_dtype cache_dtype;
+    int cache_complete;    /* every row is on the device */
+    int cache_filling;     /* this pass uploads into d_cache */
+    int pass_cached;       /* this pass reads d_cache */
+    int64_t cache_next;    /* next row the filling pass expects */
+
+    /* top-m outputs (fgmmc_assign) */
+    int *d_topi;
+    float *d_topr;
+    size_t cap_topi, cap_topr;
+    int *h_topi;
+    float *h_topr;
+    size_t cap_h_topi, cap_h_topr;
+
     /* pinned host memory */
     void *h_in[2];
     size_t cap_h_in[2];
@@ -170,10 +190,12 @@ void fgmmc_free(fgmmc_context *ctx)
     }
     void *dev[] = {ctx->d_w,  ctx->d_c,    ctx->d_shift,     ctx->d_acc, ctx->d_in[0],
                    ctx->d_in[1], ctx->d_lse2, ctx->d_ll, ctx->d_block_ll, ctx->d_part,
-                   ctx->d_wt_hi, ctx->d_wt_lo, ctx->d_yg_hi, ctx->d_yg_lo};
+                   ctx->d_wt_hi, ctx->d_wt_lo, ctx->d_yg_hi, ctx->d_yg_lo, ctx->d_cache,
+                   ctx->d_topi,  ctx->d_topr};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i]) cudaFree(dev[i]);
-    void *host[] = {ctx->h_in[0], ctx->h_in[1], ctx->h_ll[0], ctx->h_ll[1], ctx->h_param};
+    void *host[] = {ctx->h_in[0], ctx->h_in[1], ctx->h_ll[0], ctx->h_ll[1], ctx->h_param,
+                    ctx->h_topi,  ctx->h_topr};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++)
         if (host[i]) cudaFreeHost(host[i]);
     for (int b = 0; b < 2; b++) {
@@ -197,6 +219,11 @@ static fgmmc_status create_in(fgmmc_context *ctx, int device, fgmmc_error *err)
     snprintf(ctx->desc, sizeof ctx->desc, "%.200s (device %d, sm_%d%d, %d SMs, %.1f GiB)", prop.name,
              device, prop.major, prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
+    /* The row cache may take half of what is free now: the other half
+     * leaves room for the E-step's own buffers (O(chunk + K*D*blocks)). */
+    size_t free_b = 0, total_b = 0;
+    FGMMC_CHECK(cudaMemGetInfo(&free_b, &total_b), err);
+    ctx->cache_budget = free_b / 2;
     /* Non-blocking: no implicit synchronisation with the legacy default
      * stream that other code in the process might use. */
     FGMMC_CHECK(cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking), err);
@@ -344,7 +371,64 @@ fgmmc_status fgmmc_begin_pass(fgmmc_context *ctx, int k, int d, const double *w,
     }
     ctx->k = k;
     ctx->d = d;
+    ctx->cache_filling = ctx->pass_cached = 0;
     ctx->in_pass = 1;
+    return FGMMC_OK;
+}
+
+/* ---------------------------------------------------------- row cache */
+
+fgmmc_status fgmmc_set_cache_budget(fgmmc_context *ctx, size_t bytes, fgmmc_error *err)
+{
+    if (!ctx) return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_set_cache_budget: ctx is NULL");
+    ctx->cache_budget = bytes;
+    if (ctx->d_cache && bytes < ctx->cap_cache) {
+        fgmmc_status st = quiesce(ctx, err);
+        if (st) return st;
+        FGMMC_CHECK(cudaFree(ctx->d_cache), err);
+        ctx->dev_bytes -= ctx->cap_cache;
+        ctx->d_cache = NULL;
+        ctx->cap_cache = 0;
+        ctx->cache_key = 0;
+        ctx->cache_complete = ctx->cache_filling = 0;
+    }
+    return FGMMC_OK;
+}
+
+fgmmc_status fgmmc_pass_data(fgmmc_context *ctx, uint64_t key, int64_t n_rows, fgmmc_dtype dtype,
+                             int *cached, fgmmc_error *err)
+{
+    if (!ctx || !cached)
+        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_pass_data: ctx and cached must be non-NULL");
+    *cached = 0;
+    if (!ctx->in_pass)
+        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT,
+                          "fgmmc_pass_data: no pass in progress (call fgmmc_begin_pass first)");
+    size_t es = fgmmc_dtype_size(dtype);
+    if (es == 0) return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_pass_data: unknown dtype %d", (int)dtype);
+    ctx->cache_filling = ctx->pass_cached = 0;
+    if (key == 0 || n_rows <= 0) return FGMMC_OK;
+    size_t bytes = (size_t)n_rows * (size_t)ctx->d * es;
+    if (ctx->cache_complete && ctx->cache_key == key && ctx->cache_rows == n_rows &&
+        ctx->cache_dtype == dtype && bytes <= ctx->cap_cache) {
+        *cached = 1;
+        return FGMMC_OK;
+    }
+    if (bytes > ctx->cache_budget) return FGMMC_OK;
+    /* New data: the previous copy is dropped, this pass fills a new one.
+     * A cudaMalloc that fails is not an error: the passes stream instead. */
+    ctx->cache_key = 0;
+    ctx->cache_complete = 0;
+    if (bytes > ctx->cap_cache) {
+        fgmmc_error e2;
+        if (dev_reserve(ctx, &ctx->d_cache, &ctx->cap_cache, bytes, "row cache", &e2))
+            return FGMMC_OK;
+    }
+    ctx->cache_key = key;
+    ctx->cache_rows = n_rows;
+    ctx->cache_dtype = dtype;
+    ctx->cache_filling = 1;
+    ctx->cache_next = 0;
     return FGMMC_OK;
 }
 
@@ -364,9 +448,9 @@ static fgmmc_status drain_ll(fgmmc_context *ctx, int b, pending_ll *p, fgmmc_err
     return FGMMC_OK;
 }
 
-static fgmmc_status accumulate_in(fgmmc_context *ctx, const char *rows, size_t row_stride,
-                                  int64_t n, fgmmc_dtype dtype, float *per_row_ll,
-                                  pending_ll pend[2], fgmmc_error *err)
+static fgmmc_status accumulate_in(fgmmc_context *ctx, int64_t first_row, const char *rows,
+                                  size_t row_stride, int64_t n, fgmmc_dtype dtype,
+                                  float *per_row_ll, pending_ll pend[2], fgmmc_error *err)
 {
     const size_t row_bytes = (size_t)ctx->d * fgmmc_dtype_size(dtype);
     int64_t chunk = (int64_t)(STAGE_BYTES / row_bytes);
@@ -391,8 +475,9 @@ static fgmmc_status accumulate_in(fgmmc_context *ctx, const char *rows, size_t r
             return st;
     }
     for (int b = 0; b < 2; b++) {
-        if ((st = DEV_RESERVE(ctx, ctx->d_in[b], ctx->cap_in[b], cb, "rows", err)) ||
-            (st = HOST_RESERVE(ctx, ctx->h_in[b], ctx->cap_h_in[b], cb, "row staging", err)))
+        if (!ctx->pass_cached &&
+            ((st = DEV_RESERVE(ctx, ctx->d_in[b], ctx->cap_in[b], cb, "rows", err)) ||
+             (st = HOST_RESERVE(ctx, ctx->h_in[b], ctx->cap_h_in[b], cb, "row staging", err))))
             return st;
         if (per_row_ll &&
             (st = HOST_RESERVE(ctx, ctx->h_ll[b], ctx->cap_h_ll[b], cr * sizeof(float), "ll staging",
@@ -411,31 +496,46 @@ static fgmmc_status accumulate_in(fgmmc_context *ctx, const char *rows, size_t r
                               "partials", err)))
             return st;
 
-        /* Pack into pinned memory once its previous upload has finished. */
-        FGMMC_CHECK(cudaEventSynchronize(ctx->h2d_done[b]), err);
-        const char *src = rows + (size_t)off * row_stride;
-        char *dst = (char *)ctx->h_in[b];
-        if (row_stride == row_bytes)
-            memcpy(dst, src, (size_t)m * row_bytes);
-        else
-            for (int64_t i = 0; i < m; i++)
-                memcpy(dst + (size_t)i * row_bytes, src + (size_t)i * row_stride, row_bytes);
+        const int64_t g0 = first_row + off; /* global index of the sub-chunk's first row */
+        const void *x_dev;
+        if (ctx->pass_cached) {
+            /* Rows already on the device: no staging, no transfer. */
+            x_dev = (const char *)ctx->d_cache + (size_t)g0 * row_bytes;
+        } else {
+            /* The filling pass uploads straight into the cache, in row
+             * order; anything else (a gap, a repeat) abandons the fill. */
+            int fill = ctx->cache_filling && g0 == ctx->cache_next && g0 + m <= ctx->cache_rows;
+            if (ctx->cache_filling && !fill) ctx->cache_filling = 0;
+            void *dst_dev = fill ? (char *)ctx->d_cache + (size_t)g0 * row_bytes : ctx->d_in[b];
 
-        /* Upload on the copy stream once the kernels that read d_in[b]
-         * two sub-chunks ago are done. */
-        FGMMC_CHECK(cudaStreamWaitEvent(ctx->copy_stream, ctx->kern_done[b], 0), err);
-        FGMMC_CHECK(cudaMemcpyAsync(ctx->d_in[b], ctx->h_in[b], (size_t)m * row_bytes,
-                                    cudaMemcpyHostToDevice, ctx->copy_stream),
-                    err);
-        FGMMC_CHECK(cudaEventRecord(ctx->h2d_done[b], ctx->copy_stream), err);
-        FGMMC_CHECK(cudaStreamWaitEvent(ctx->stream, ctx->h2d_done[b], 0), err);
+            /* Pack into pinned memory once its previous upload has finished. */
+            FGMMC_CHECK(cudaEventSynchronize(ctx->h2d_done[b]), err);
+            const char *src = rows + (size_t)off * row_stride;
+            char *dst = (char *)ctx->h_in[b];
+            if (row_stride == row_bytes)
+                memcpy(dst, src, (size_t)m * row_bytes);
+            else
+                for (int64_t i = 0; i < m; i++)
+                    memcpy(dst + (size_t)i * row_bytes, src + (size_t)i * row_stride, row_bytes);
+
+            /* Upload on the copy stream once the kernels that read d_in[b]
+             * two sub-chunks ago are done. */
+            FGMMC_CHECK(cudaStreamWaitEvent(ctx->copy_stream, ctx->kern_done[b], 0), err);
+            FGMMC_CHECK(cudaMemcpyAsync(dst_dev, ctx->h_in[b], (size_t)m * row_bytes,
+                                        cudaMemcpyHostToDevice, ctx->copy_stream),
+                        err);
+            FGMMC_CHECK(cudaEventRecord(ctx->h2d_done[b], ctx->copy_stream), err);
+            FGMMC_CHECK(cudaStreamWaitEvent(ctx->stream, ctx->h2d_done[b], 0), err);
+            if (fill) ctx->cache_next += m;
+            x_dev = dst_dev;
+        }
 
         fgmmc_batch bt;
         bt.k = ctx->k;
         bt.d = ctx->d;
         bt.n = m;
         bt.dtype = dtype;
-        bt.x = ctx->d_in[b];
+        bt.x = x_dev;
         bt.w = ctx->d_w;
         bt.c = ctx->d_c;
         bt.shift = ctx->d_shift;
@@ -475,6 +575,13 @@ static fgmmc_status accumulate_in(fgmmc_context *ctx, const char *rows, size_t r
 fgmmc_status fgmmc_accumulate(fgmmc_context *ctx, const void *rows, size_t row_stride, int64_t n,
                               fgmmc_dtype dtype, float *per_row_ll, fgmmc_error *err)
 {
+    return fgmmc_accumulate_at(ctx, -1, rows, row_stride, n, dtype, per_row_ll, err);
+}
+
+fgmmc_status fgmmc_accumulate_at(fgmmc_context *ctx, int64_t first_row, const void *rows,
+                                 size_t row_stride, int64_t n, fgmmc_dtype dtype,
+                                 float *per_row_ll, fgmmc_error *err)
+{
     if (!ctx) return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_accumulate: ctx is NULL");
     if (!ctx->in_pass)
         return fgmmc_fail(err, FGMMC_ERR_ARGUMENT,
@@ -483,15 +590,24 @@ fgmmc_status fgmmc_accumulate(fgmmc_context *ctx, const void *rows, size_t row_s
     size_t es = fgmmc_dtype_size(dtype);
     if (es == 0) return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_accumulate: unknown dtype %d", (int)dtype);
     if (n == 0) return FGMMC_OK;
-    if (!rows) return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_accumulate: rows is NULL");
-    if (row_stride < (size_t)ctx->d * es)
+    if (ctx->pass_cached) {
+        if (first_row < 0 || first_row + n > ctx->cache_rows || dtype != ctx->cache_dtype)
+            return fgmmc_fail(err, FGMMC_ERR_ARGUMENT,
+                              "fgmmc_accumulate: rows %lld..%lld are not in the device copy of "
+                              "this pass's %lld rows", (long long)first_row,
+                              (long long)(first_row + n - 1), (long long)ctx->cache_rows);
+    } else {
+        if (first_row < 0) ctx->cache_filling = 0;
+        if (!rows) return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_accumulate: rows is NULL");
+    }
+    if (!ctx->pass_cached && row_stride < (size_t)ctx->d * es)
         return fgmmc_fail(err, FGMMC_ERR_ARGUMENT,
                           "fgmmc_accumulate: row_stride %zu < d*element size %zu", row_stride,
                           (size_t)ctx->d * es);
     FGMMC_CHECK(cudaSetDevice(ctx->device), err);
     pending_ll pend[2] = {{NULL, 0}, {NULL, 0}};
     fgmmc_status st =
-        accumulate_in(ctx, (const char *)rows, row_stride, n, dtype, per_row_ll, pend, err);
+        accumulate_in(ctx, first_row, (const char *)rows, row_stride, n, dtype, per_row_ll, pend, err);
     if (st) ctx->in_pass = 0; /* the accumulators are incomplete: refuse to end this pass */
     return st;
 }
@@ -518,7 +634,98 @@ fgmmc_status fgmmc_end_pass(fgmmc_context *ctx, double *nk, double *sums, double
         nk[k] = a[2 * D];
     }
     *ll_sum = h[per];
+    if (ctx->cache_filling && ctx->cache_next == ctx->cache_rows) ctx->cache_complete = 1;
+    ctx->cache_filling = 0;
     ctx->in_pass = 0;
+    return FGMMC_OK;
+}
+
+/* ---------------------------------------------------------- top-m */
+
+fgmmc_status fgmmc_assign(fgmmc_context *ctx, const void *rows, size_t row_stride, int64_t n,
+                          fgmmc_dtype dtype, int m, int *idx, float *resp, float *ll,
+                          fgmmc_error *err)
+{
+    if (!ctx) return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_assign: ctx is NULL");
+    if (!ctx->in_pass)
+        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT,
+                          "fgmmc_assign: no pass in progress (call fgmmc_begin_pass first)");
+    if (m < 0 || m > FGMMC_MAX_TOPM)
+        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_assign: m=%d, must be in 0..%d", m,
+                          FGMMC_MAX_TOPM);
+    size_t es = fgmmc_dtype_size(dtype);
+    if (es == 0) return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_assign: unknown dtype %d", (int)dtype);
+    if (n < 0) return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_assign: n=%lld", (long long)n);
+    if (n == 0) return FGMMC_OK;
+    const size_t row_bytes = (size_t)ctx->d * es;
+    if (!rows || !ll || (m > 0 && (!idx || !resp)))
+        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT,
+                          "fgmmc_assign: rows, ll (and idx, resp when m > 0) must be non-NULL");
+    if (row_stride < row_bytes)
+        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_assign: row_stride %zu < d*element size %zu",
+                          row_stride, row_bytes);
+    FGMMC_CHECK(cudaSetDevice(ctx->device), err);
+    int64_t chunk = (int64_t)(STAGE_BYTES / row_bytes);
+    if (chunk > MAX_CHUNK_ROWS) chunk = MAX_CHUNK_ROWS;
+    if (chunk > n) chunk = n;
+    if (chunk < 1) chunk = 1;
+    size_t cr = (size_t)chunk, mm = (size_t)(m > 0 ? m : 1);
+    fgmmc_status st;
+    if ((st = DEV_RESERVE(ctx, ctx->d_in[0], ctx->cap_in[0], cr * row_bytes, "rows", err)) ||
+        (st = DEV_RESERVE(ctx, ctx->d_ll, ctx->cap_ll, cr * sizeof(float), "row ll", err)) ||
+        (st = DEV_RESERVE(ctx, ctx->d_topi, ctx->cap_topi, cr * mm * sizeof(int), "top-m", err)) ||
+        (st = DEV_RESERVE(ctx, ctx->d_topr, ctx->cap_topr, cr * mm * sizeof(float), "top-m", err)) ||
+        (st = HOST_RESERVE(ctx, ctx->h_in[0], ctx->cap_h_in[0], cr * row_bytes, "row staging", err)) ||
+        (st = HOST_RESERVE(ctx, ctx->h_ll[0], ctx->cap_h_ll[0], cr * sizeof(float), "ll staging", err)) ||
+        (st = HOST_RESERVE(ctx, ctx->h_topi, ctx->cap_h_topi, cr * mm * sizeof(int), "top-m staging", err)) ||
+        (st = HOST_RESERVE(ctx, ctx->h_topr, ctx->cap_h_topr, cr * mm * sizeof(float), "top-m staging", err)))
+        return st;
+    /* Everything earlier on either stream may still use the staging
+     * buffers. Assignment runs once, after fitting: one sub-chunk at a time
+     * keeps this simple, and the kernel (O(K*D) per row) dominates. */
+    if ((st = quiesce(ctx, err))) return st;
+    for (int64_t off = 0; off < n; off += chunk) {
+        const int64_t rn = n - off < chunk ? n - off : chunk;
+        const char *src = (const char *)rows + (size_t)off * row_stride;
+        char *dst = (char *)ctx->h_in[0];
+        if (row_stride == row_bytes)
+            memcpy(dst, src, (size_t)rn * row_bytes);
+        else
+            for (int64_t i = 0; i < rn; i++)
+                memcpy(dst + (size_t)i * row_bytes, src + (size_t)i * row_stride, row_bytes);
+        FGMMC_CHECK(cudaMemcpyAsync(ctx->d_in[0], ctx->h_in[0], (size_t)rn * row_bytes,
+                                    cudaMemcpyHostToDevice, ctx->stream),
+                    err);
+        fgmmc_batch bt;
+        memset(&bt, 0, sizeof bt);
+        bt.k = ctx->k;
+        bt.d = ctx->d;
+        bt.n = rn;
+        bt.dtype = dtype;
+        bt.x = ctx->d_in[0];
+        bt.w = ctx->d_w;
+        bt.c = ctx->d_c;
+        bt.shift = ctx->d_shift;
+        bt.ll = ctx->d_ll;
+        if ((st = fgmmc_topm_launch(&bt, m, ctx->d_topi, ctx->d_topr, ctx->stream, err))) return st;
+        FGMMC_CHECK(cudaMemcpyAsync(ctx->h_ll[0], ctx->d_ll, (size_t)rn * sizeof(float),
+                                    cudaMemcpyDeviceToHost, ctx->stream),
+                    err);
+        if (m > 0) {
+            FGMMC_CHECK(cudaMemcpyAsync(ctx->h_topi, ctx->d_topi, (size_t)rn * m * sizeof(int),
+                                        cudaMemcpyDeviceToHost, ctx->stream),
+                        err);
+            FGMMC_CHECK(cudaMemcpyAsync(ctx->h_topr, ctx->d_topr, (size_t)rn * m * sizeof(float),
+                                        cudaMemcpyDeviceToHost, ctx->stream),
+                        err);
+        }
+        FGMMC_CHECK(cudaStreamSynchronize(ctx->stream), err);
+        memcpy(ll + off, ctx->h_ll[0], (size_t)rn * sizeof(float));
+        if (m > 0) {
+            memcpy(idx + (size_t)off * m, ctx->h_topi, (size_t)rn * m * sizeof(int));
+            memcpy(resp + (size_t)off * m, ctx->h_topr, (size_t)rn * m * sizeof(float));
+        }
+    }
     return FGMMC_OK;
 }
 

@@ -54,43 +54,6 @@ size_t fgmmc_dtype_size(fgmmc_dtype t)
     return 0;
 }
 
-/* One step j of the logit chains of a thread's MI x NJ micro-tile:
- * ys -> y_j of the thread's first row (rows LY apart), w1/w2 -> w of its
- * first component (components LX apart). Explicit _rn intrinsics: the
- * chain must be the same instructions in A and B. */
-template <int MI, int NJ, int LY, int LX>
-__device__ __forceinline__ void logit_step(float (&acc)[MI][NJ], const float *ys, const float *w1,
-                                           const float *w2)
-{
-    float y[MI], y2[MI], a[NJ], b[NJ];
-#pragma unroll
-    for (int i = 0; i < MI; i++) {
-        y[i] = ys[LY * i];
-        y2[i] = __fmul_rn(y[i], y[i]);
-    }
-#pragma unroll
-    for (int j = 0; j < NJ; j++) {
-        a[j] = w1[LX * j];
-        b[j] = w2[LX * j];
-    }
-#pragma unroll
-    for (int i = 0; i < MI; i++)
-#pragma unroll
-        for (int j = 0; j < NJ; j++) {
-            acc[i][j] = __fmaf_rn(y[i], a[j], acc[i][j]);
-            acc[i][j] = __fmaf_rn(y2[i], b[j], acc[i][j]);
-        }
-}
-
-template <int MI, int NJ>
-__device__ __forceinline__ void add_into(float (&acc)[MI][NJ], const float (&part)[MI][NJ])
-{
-#pragma unroll
-    for (int i = 0; i < MI; i++)
-#pragma unroll
-        for (int j = 0; j < NJ; j++) acc[i][j] = __fadd_rn(acc[i][j], part[i][j]);
-}
-
 /* ------------------------------------------------ kernel A: log-sum-exp */
 
 #define A_TM 64 /* rows per block */

@@ -90,6 +90,42 @@ fgmmc_status fgmmc_accumulate(fgmmc_context *ctx, const void *rows, size_t row_s
                               int64_t n, fgmmc_dtype dtype, float *per_row_ll,
                               fgmmc_error *err);
 
+/* Rows kept on the device. With a budget of `bytes` (0: off),
+ * the data of a pass declared with fgmmc_pass_data is copied to the device
+ * on its first pass when all of it fits, and later passes over the same
+ * data read that copy: no host-to-device traffic at all. Lowering the
+ * budget below the copy's size frees it. Default: half of the device
+ * memory free when the context was created. */
+fgmmc_status fgmmc_set_cache_budget(fgmmc_context *ctx, size_t bytes, fgmmc_error *err);
+
+/* After fgmmc_begin_pass: the pass covers rows 0..n_rows-1 of the data
+ * named key (any value the caller keeps unique per dataset; 0: unnamed,
+ * never cached), of the given dtype. Sets *cached to 1 when those rows are
+ * all on the device already: then fgmmc_accumulate_at needs only row
+ * ranges, and rows may be NULL. Otherwise, if the budget allows, this pass
+ * fills the copy, provided its rows arrive in order (fgmmc_accumulate_at
+ * with consecutive first_row); the copy counts as complete once a pass
+ * that filled it ends. */
+fgmmc_status fgmmc_pass_data(fgmmc_context *ctx, uint64_t key, int64_t n_rows, fgmmc_dtype dtype,
+                             int *cached, fgmmc_error *err);
+
+/* fgmmc_accumulate for rows first_row..first_row+n-1 of the pass's data
+ * (see fgmmc_pass_data); first_row = -1: rows of no declared data. */
+fgmmc_status fgmmc_accumulate_at(fgmmc_context *ctx, int64_t first_row, const void *rows,
+                                 size_t row_stride, int64_t n, fgmmc_dtype dtype,
+                                 float *per_row_ll, fgmmc_error *err);
+
+/* Top-m assignment with the current pass's terms (fgmmc_begin_pass; no
+ * statistics are touched): for each of n rows, the m (0..32) components of
+ * largest log-joint, best first, ties to the smaller index, into idx (n*m,
+ * -1 past K) with their responsibilities in resp (n*m), and the row's
+ * log-likelihood in ll (n). Logits in fp32 (the SIMT kernels' accuracy).
+ * With k-means terms (w = centres, c = -|centre|^2/2) and m = 1 it is the
+ * nearest-centre step of k-means. Synchronous; all pointers are host. */
+fgmmc_status fgmmc_assign(fgmmc_context *ctx, const void *rows, size_t row_stride, int64_t n,
+                          fgmmc_dtype dtype, int m, int *idx, float *resp, float *ll,
+                          fgmmc_error *err);
+
 /* Finish the pass: nk (K), sums (K*2D), *ll_sum, summed over all rows since
  * fgmmc_begin_pass in a fixed order (same input, same bits). */
 fgmmc_status fgmmc_end_pass(fgmmc_context *ctx, double *nk, double *sums, double *ll_sum,

@@ -93,6 +93,43 @@ static __device__ __forceinline__ float load_y(const void *x, int dtype, size_t 
     }
     return __fsub_rn(v, shift);
 }
+
+/* One step j of the logit chains of a thread's MI x NJ micro-tile:
+ * ys -> y_j of the thread's first row (rows LY apart), w1/w2 -> w of its
+ * first component (components LX apart). Explicit _rn intrinsics: the
+ * chain must be the same instructions in A and B. */
+template <int MI, int NJ, int LY, int LX>
+__device__ __forceinline__ void logit_step(float (&acc)[MI][NJ], const float *ys, const float *w1,
+                                           const float *w2)
+{
+    float y[MI], y2[MI], a[NJ], b[NJ];
+#pragma unroll
+    for (int i = 0; i < MI; i++) {
+        y[i] = ys[LY * i];
+        y2[i] = __fmul_rn(y[i], y[i]);
+    }
+#pragma unroll
+    for (int j = 0; j < NJ; j++) {
+        a[j] = w1[LX * j];
+        b[j] = w2[LX * j];
+    }
+#pragma unroll
+    for (int i = 0; i < MI; i++)
+#pragma unroll
+        for (int j = 0; j < NJ; j++) {
+            acc[i][j] = __fmaf_rn(y[i], a[j], acc[i][j]);
+            acc[i][j] = __fmaf_rn(y2[i], b[j], acc[i][j]);
+        }
+}
+
+template <int MI, int NJ>
+__device__ __forceinline__ void add_into(float (&acc)[MI][NJ], const float (&part)[MI][NJ])
+{
+#pragma unroll
+    for (int i = 0; i < MI; i++)
+#pragma unroll
+        for (int j = 0; j < NJ; j++) acc[i][j] = __fadd_rn(acc[i][j], part[i][j]);
+}
 #endif
 
 /* W^T (k x 2d floats taken from w, 2d x k row-major) as hi + lo bf16
@@ -110,6 +147,15 @@ void fgmmc_estep_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *plan);
  * reduction into acc) on stream. Checks each launch. */
 fgmmc_status fgmmc_estep_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
                                 cudaStream_t stream, fgmmc_error *err);
+
+/* ------------------------------------------------- top-m assignment */
+
+/* Largest m of the top-m kernel (assign.cu). */
+#define FGMMC_MAX_TOPM 32
+/* Enqueues the top-m kernel on b's rows (uses b->x, w, c, shift, k, d, n;
+ * writes b->ll, and n x m indices and responsibilities). */
+fgmmc_status fgmmc_topm_launch(const fgmmc_batch *b, int m, int *out_idx, float *out_resp,
+                               cudaStream_t stream, fgmmc_error *err);
 
 /* ------------------------------------------------- tensor-core path */
 

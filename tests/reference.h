@@ -66,6 +66,32 @@ inline RefStats reference_estep(const fgmm_model *m, const std::vector<float> &x
     return r;
 }
 
+// The log-joint l_k(x) = log w_k + log N(x | mu_k, var_k) of every row and
+// component, in float64 (N x K, row-major).
+inline std::vector<double> reference_logits(const fgmm_model *m, const std::vector<float> &x,
+                                            int64_t n)
+{
+    int K = fgmm_model_k(m), D = fgmm_model_d(m);
+    bool sph = fgmm_model_covariance(m) == FGMM_COV_SPHERICAL;
+    const double *w = fgmm_model_weights_c(m), *mu = fgmm_model_means_c(m),
+                 *var = fgmm_model_variances_c(m);
+    std::vector<double> L((size_t)n * K);
+    std::vector<double> logdet(K, 0.0);
+    for (int k = 0; k < K; k++)
+        for (int j = 0; j < D; j++) logdet[k] += std::log(sph ? var[k] : var[(size_t)k * D + j]);
+    for (int64_t i = 0; i < n; i++)
+        for (int k = 0; k < K; k++) {
+            double q = 0;
+            for (int j = 0; j < D; j++) {
+                double v = sph ? var[k] : var[(size_t)k * D + j];
+                double t = x[(size_t)i * D + j] - mu[(size_t)k * D + j];
+                q += t * t / v;
+            }
+            L[(size_t)i * K + k] = std::log(w[k]) - 0.5 * (D * std::log(2 * M_PI) + logdet[k] + q);
+        }
+    return L;
+}
+
 inline double rel_err(const std::vector<double> &a, const std::vector<double> &b)
 {
     double num = 0, den = 0;

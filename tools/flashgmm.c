@@ -143,7 +143,7 @@ static int parse_bytes(const char *cmd, const char *name, const char *s, int64_t
 
 /* The reader's flags, shared by fit and score. */
 #define READER_FLAGS FLAG("precision"), FLAG("cache-budget"), FLAG("read-threads"), FLAG("queue-depth"), \
-    SWITCH("buffered-io")
+    SWITCH("buffered-io"), FLAG("gpu-cache-budget")
 #define READER_HELP \
     "  --precision P        cuda: default (tensor cores, split bf16: statistics within 1e-4\n" \
     "                       of float64), fast (plain bf16, ~1e-2) or fp32 (SIMT kernels)\n" \
@@ -152,7 +152,9 @@ static int parse_bytes(const char *cmd, const char *name, const char *s, int64_t
     "                       default: half the memory available)\n" \
     "  --read-threads T     shard directories: decompression threads (default: all cores)\n" \
     "  --queue-depth Q      shard directories: reads in flight (default 16)\n" \
-    "  --buffered-io        shard directories: do not use O_DIRECT\n"
+    "  --buffered-io        shard directories: do not use O_DIRECT\n" \
+    "  --gpu-cache-budget B cuda: keep the rows on the GPU after the first EM step when they fit\n" \
+    "                       in B bytes (0: transfer every step; default: half the free GPU memory)\n"
 
 /* Opens --data: a shard directory through the reader (its buffers from
  * the engine, so pinned for a GPU), or a dataset file. */
@@ -181,6 +183,11 @@ static int open_data(const char *cmd, flag *f, int nf, const char *path, fgmm_en
     o.host_free = fgmm_engine_host_free;
     o.alloc_ctx = e;
     fgmm_error err = {0};
+    if ((s = get(f, nf, "gpu-cache-budget"))) {
+        int64_t gb;
+        if (parse_bytes(cmd, "gpu-cache-budget", s, &gb)) return EXIT_USAGE;
+        if (fgmm_engine_set_gpu_cache_budget(e, gb, &err)) return fail(cmd, &err);
+    }
     if (fgmm_data_open(path, &o, src, &err)) return fail(cmd, &err);
     return 0;
 }
@@ -337,9 +344,13 @@ static int cmd_fit(int argc, char **argv)
            fgmm_source_dim(src), fgmm_engine_path(e), meta->iterations, meta->iterations == 1 ? "" : "s",
            meta->converged ? "converged" : "not converged",
            nll ? fgmm_model_loglik(m)[nll - 1] : NAN, meta->seconds, out);
-    if (fgmm_engine_device_bytes(e))
-        printf("GPU memory: %.1f MiB peak (rows in flight and K x D statistics; not N x K)\n",
-               fgmm_engine_device_bytes(e) / 1048576.0);
+    if (fgmm_engine_device_bytes(e)) {
+        int cp = fgmm_engine_cached_passes(e);
+        printf("GPU memory: %.1f MiB peak (rows in flight%s and K x D statistics; not N x K); "
+               "%d of %d EM steps read the rows from GPU memory\n",
+               fgmm_engine_device_bytes(e) / 1048576.0, cp ? ", the rows' GPU copy" : "", cp,
+               meta->iterations);
+    }
 done:
     fgmm_model_free(m);
     fgmm_model_free(init_model);

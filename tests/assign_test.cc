@@ -1,0 +1,311 @@
+// assign_test.cc - top-m assignment (fgmm_assign) on the CPU engine and,
+// where a GPU is present, the CUDA engine, against a float64 reference
+// that materialises N x K; k-means initialisation on the GPU; the GPU row
+// cache. GPU cases skip with a message where there is no GPU.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/fgmm.h"
+#include "tests/reference.h"
+
+namespace {
+
+#define NEED_GPU()                                                                  \
+    do {                                                                            \
+        if (fgmm_cuda_device_count() == 0)                                          \
+            GTEST_SKIP() << "no CUDA device: skipping GPU test";                    \
+    } while (0)
+
+struct Collected {
+    int64_t n = 0;
+    int m = 0;
+    int64_t next_row = 0;
+    std::vector<int32_t> idx;
+    std::vector<float> resp, ll;
+    int calls = 0;
+    int fail_at = -1;  // return an error on this call
+};
+
+fgmm_status collect(void *user, int64_t first_row, int64_t n, int m, const int32_t *idx,
+                    const float *resp, const float *ll, fgmm_error *err)
+{
+    Collected *c = static_cast<Collected *>(user);
+    if (c->calls++ == c->fail_at) {
+        snprintf(err->msg, sizeof err->msg, "sink refused rows %lld..", (long long)first_row);
+        err->code = FGMM_ERR_IO;
+        return FGMM_ERR_IO;
+    }
+    EXPECT_EQ(first_row, c->next_row) << "chunks must arrive in row order";
+    EXPECT_EQ(m, c->m);
+    c->next_row = first_row + n;
+    c->idx.insert(c->idx.end(), idx, idx + (size_t)n * m);
+    c->resp.insert(c->resp.end(), resp, resp + (size_t)n * m);
+    c->ll.insert(c->ll.end(), ll, ll + n);
+    return FGMM_OK;
+}
+
+// Checks an assignment against the float64 reference. A component may
+// stand in for the reference's choice only when their log-joints differ by
+// less than tie_tol (the GPU's fp32 logits).
+void check_against_reference(const fgmm_model *mod, const std::vector<float> &x, int64_t n,
+                             const Collected &c, double tie_tol, double resp_tol, double ll_tol)
+{
+    int K = fgmm_model_k(mod), m = c.m;
+    ASSERT_EQ((int64_t)c.ll.size(), n);
+    std::vector<double> L = reference_logits(mod, x, n);
+    int swapped = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const double *l = &L[(size_t)i * K];
+        double mx = *std::max_element(l, l + K), s = 0;
+        for (int k = 0; k < K; k++) s += std::exp(l[k] - mx);
+        double lse = mx + std::log(s);
+        ASSERT_NEAR(c.ll[i], lse, ll_tol * (1 + std::fabs(lse))) << "row " << i;
+        std::vector<int> order(K);
+        for (int k = 0; k < K; k++) order[k] = k;
+        std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return l[a] > l[b]; });
+        for (int j = 0; j < m; j++) {
+            int got = c.idx[(size_t)i * m + j];
+            float r = c.resp[(size_t)i * m + j];
+            if (j >= K) {
+                ASSERT_EQ(got, -1) << "row " << i << " slot " << j << " (K=" << K << ")";
+                ASSERT_EQ(r, 0.f);
+                continue;
+            }
+            int want = order[j];
+            if (got != want) {
+                ASSERT_TRUE(got >= 0 && got < K) << "row " << i << " slot " << j;
+                ASSERT_LE(std::fabs(l[got] - l[want]), tie_tol * (1 + std::fabs(l[want])))
+                    << "row " << i << " slot " << j << ": got component " << got << ", want "
+                    << want;
+                swapped++;
+            }
+            double rw = std::exp(l[got] - lse);
+            ASSERT_NEAR(r, rw, resp_tol * rw + 1e-30) << "row " << i << " slot " << j;
+            if (j > 0) {
+                ASSERT_LE(l[got], l[c.idx[(size_t)i * m + j - 1]] + tie_tol * (1 + std::fabs(l[got])));
+            }
+        }
+    }
+    printf("  %lld rows, top-%d: %d near-tie swaps\n", (long long)n, m, swapped);
+}
+
+void assign_case(fgmm_device dev, int64_t n, int K, int D, int m, uint64_t seed, double tie_tol,
+                 double resp_tol, double ll_tol)
+{
+    SCOPED_TRACE("N=" + std::to_string(n) + " K=" + std::to_string(K) + " D=" +
+                 std::to_string(D) + " m=" + std::to_string(m));
+    fgmm_rng rng;
+    fgmm_rng_seed(&rng, seed);
+    std::vector<float> x;
+    // Spread 0.4: overlapping components, so responsibilities are not all
+    // 0 or 1 and the order below the best one matters.
+    fgmm_model *mod = random_mixture(&rng, K, D, FGMM_COV_DIAG, 0.4, n, x);
+    fgmm_error err{};
+    fgmm_source *src;
+    fgmm_engine *e;
+    ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, n, D, "mem", &src, &err), FGMM_OK);
+    ASSERT_EQ(fgmm_engine_create(dev, 2, &e, &err), FGMM_OK) << err.msg;
+    Collected c;
+    c.m = m;
+    ASSERT_EQ(fgmm_assign(e, src, mod, m, collect, &c, &err), FGMM_OK) << err.msg;
+    check_against_reference(mod, x, n, c, tie_tol, resp_tol, ll_tol);
+    fgmm_engine_free(e);
+    fgmm_source_close(src);
+    fgmm_model_free(mod);
+}
+
+TEST(AssignCpu, TopMMatchesFloat64Reference)
+{
+    uint64_t seed = (uint64_t)time(nullptr);
+    printf("  seed %llu\n", (unsigned long long)seed);
+    assign_case(FGMM_DEVICE_CPU, 3001, 37, 13, 5, seed, 1e-9, 1e-6, 1e-7);
+    assign_case(FGMM_DEVICE_CPU, 70001, 16, 8, 3, seed + 1, 1e-9, 1e-6, 1e-7);  // crosses a chunk
+    assign_case(FGMM_DEVICE_CPU, 500, 3, 4, 8, seed + 2, 1e-9, 1e-6, 1e-7);     // m > K: -1 tail
+    assign_case(FGMM_DEVICE_CPU, 500, 1, 1, 1, seed + 3, 1e-9, 1e-6, 1e-7);
+    assign_case(FGMM_DEVICE_CPU, 400, 9, 5, 0, seed + 4, 1e-9, 1e-6, 1e-7);     // scoring only
+}
+
+TEST(AssignCpu, ScoresEqualScore)
+{
+    fgmm_rng rng;
+    fgmm_rng_seed(&rng, 11);
+    std::vector<float> x;
+    const int n = 2000, K = 7, D = 6;
+    fgmm_model *mod = random_mixture(&rng, K, D, FGMM_COV_DIAG, 1.0, n, x);
+    fgmm_error err{};
+    fgmm_source *src;
+    fgmm_engine *e;
+    ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, n, D, "mem", &src, &err), FGMM_OK);
+    ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CPU, 1, &e, &err), FGMM_OK);
+    Collected c;
+    c.m = 2;
+    ASSERT_EQ(fgmm_assign(e, src, mod, 2, collect, &c, &err), FGMM_OK) << err.msg;
+    std::vector<float> per(n);
+    double mean;
+    ASSERT_EQ(fgmm_score(e, src, mod, &mean, per.data(), &err), FGMM_OK);
+    double s = 0;
+    for (int i = 0; i < n; i++) {
+        EXPECT_NEAR(c.ll[i], per[i], 1e-5 * (1 + std::fabs(per[i])));
+        s += c.ll[i];
+        // The best component's responsibility is the largest one.
+        EXPECT_GE(c.resp[(size_t)i * 2], c.resp[(size_t)i * 2 + 1]);
+    }
+    EXPECT_NEAR(s / n, mean, 1e-5 * std::fabs(mean));
+    fgmm_engine_free(e);
+    fgmm_source_close(src);
+    fgmm_model_free(mod);
+}
+
+TEST(AssignCpu, BadRequestsAreRefused)
+{
+    fgmm_rng rng;
+    fgmm_rng_seed(&rng, 3);
+    std::vector<float> x;
+    fgmm_model *mod = random_mixture(&rng, 4, 3, FGMM_COV_DIAG, 1.0, 100, x);
+    fgmm_error err{};
+    fgmm_source *src;
+    fgmm_engine *e;
+    ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, 100, 3, "mem", &src, &err), FGMM_OK);
+    ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CPU, 1, &e, &err), FGMM_OK);
+    Collected c;
+    c.m = 33;
+    EXPECT_EQ(fgmm_assign(e, src, mod, 33, collect, &c, &err), FGMM_ERR_ARGUMENT);
+    EXPECT_NE(std::strstr(err.msg, "top-m"), nullptr) << err.msg;
+    EXPECT_EQ(fgmm_assign(e, src, mod, -1, collect, &c, &err), FGMM_ERR_ARGUMENT);
+    EXPECT_EQ(fgmm_assign(e, src, mod, 2, nullptr, &c, &err), FGMM_ERR_ARGUMENT);
+    // A sink's error stops the pass and comes back unchanged.
+    Collected f;
+    f.m = 2;
+    f.fail_at = 0;
+    EXPECT_EQ(fgmm_assign(e, src, mod, 2, collect, &f, &err), FGMM_ERR_IO);
+    EXPECT_NE(std::strstr(err.msg, "sink refused"), nullptr) << err.msg;
+    // A model of another dimension names both.
+    fgmm_model *other = random_mixture(&rng, 4, 5, FGMM_COV_DIAG, 1.0, 10, x);
+    EXPECT_EQ(fgmm_assign(e, src, other, 2, collect, &c, &err), FGMM_ERR_DATA);
+    EXPECT_NE(std::strstr(err.msg, "dimension"), nullptr) << err.msg;
+    fgmm_model_free(other);
+    fgmm_engine_free(e);
+    fgmm_source_close(src);
+    fgmm_model_free(mod);
+}
+
+TEST(AssignCuda, TopMMatchesFloat64Reference)
+{
+    NEED_GPU();
+    uint64_t seed = (uint64_t)time(nullptr);
+    printf("  seed %llu\n", (unsigned long long)seed);
+    // fp32 logits: ties within ~1e-5 relative may swap; responsibilities
+    // and log-likelihoods within 1e-4.
+    assign_case(FGMM_DEVICE_CUDA, 3001, 37, 13, 5, seed, 2e-5, 2e-4, 1e-5);
+    assign_case(FGMM_DEVICE_CUDA, 70001, 130, 128, 10, seed + 1, 2e-5, 2e-4, 1e-5);
+    assign_case(FGMM_DEVICE_CUDA, 500, 3, 4, 8, seed + 2, 2e-5, 2e-4, 1e-5);  // m > K
+    assign_case(FGMM_DEVICE_CUDA, 777, 1, 1, 1, seed + 3, 2e-5, 2e-4, 1e-5);
+    assign_case(FGMM_DEVICE_CUDA, 3000, 1000, 200, 32, seed + 4, 2e-5, 2e-4, 1e-5);  // D > 128
+    assign_case(FGMM_DEVICE_CUDA, 400, 9, 5, 0, seed + 5, 2e-5, 2e-4, 1e-5);
+}
+
+// The same fit with the GPU row cache on (default) and off: later steps
+// read GPU memory, and the trajectories agree (the sums' order differs
+// with the call sizes, so not bit for bit).
+TEST(GpuCache, LaterStepsReadGpuMemoryAndAgree)
+{
+    NEED_GPU();
+    fgmm_rng rng;
+    fgmm_rng_seed(&rng, 21);
+    std::vector<float> x;
+    const int n = 200000, K = 20, D = 32;
+    fgmm_model *truth = random_mixture(&rng, K, D, FGMM_COV_DIAG, 1.5, n, x);
+    fgmm_error err{};
+    fgmm_source *src;
+    ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, n, D, "mem", &src, &err), FGMM_OK);
+    std::vector<std::vector<double>> traj;
+    std::vector<int> cached;
+    for (int64_t budget : {(int64_t)0, (int64_t)1 << 30, (int64_t)1 << 30}) {
+        fgmm_engine *e;
+        ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CUDA, 0, &e, &err), FGMM_OK) << err.msg;
+        ASSERT_EQ(fgmm_engine_set_gpu_cache_budget(e, budget, &err), FGMM_OK) << err.msg;
+        fgmm_fit_params p;
+        fgmm_fit_params_default(&p);
+        p.k = K;
+        p.seed = 2;
+        p.max_iter = 6;
+        p.tol = 0;
+        fgmm_model *m;
+        ASSERT_EQ(fgmm_fit(e, src, &p, &m, &err), FGMM_OK) << err.msg;
+        const double *ll = fgmm_model_loglik(m);
+        traj.emplace_back(ll, ll + fgmm_model_loglik_count(m));
+        cached.push_back(fgmm_engine_cached_passes(e));
+        fgmm_model_free(m);
+        fgmm_engine_free(e);
+    }
+    EXPECT_EQ(cached[0], 0);
+    EXPECT_EQ(cached[1], 5);  // every step after the first
+    for (size_t i = 0; i < traj[0].size(); i++) {
+        printf("  iter %zu: streamed %.10f cached %.10f\n", i + 1, traj[0][i], traj[1][i]);
+        EXPECT_NEAR(traj[1][i], traj[0][i], 1e-6 * std::fabs(traj[0][i]));
+        EXPECT_EQ(traj[1][i], traj[2][i]) << "cached runs must repeat bit for bit";
+    }
+    fgmm_engine *e;
+    ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CUDA, 0, &e, &err), FGMM_OK);
+    EXPECT_EQ(fgmm_engine_set_gpu_cache_budget(e, -1, &err), FGMM_ERR_ARGUMENT);
+    fgmm_engine_free(e);
+    fgmm_model_free(truth);
+    fgmm_source_close(src);
+}
+
+// k-means initialisation with Lloyd's nearest-centre step on the GPU ends
+// where the CPU's does on well-separated data.
+TEST(GpuKmeans, InitialisationMatchesCpu)
+{
+    NEED_GPU();
+    fgmm_rng rng;
+    fgmm_rng_seed(&rng, 8);
+    std::vector<float> x;
+    const int n = 30000, K = 16, D = 24;
+    fgmm_model *truth = random_mixture(&rng, K, D, FGMM_COV_DIAG, 4.0, n, x);
+    fgmm_error err{};
+    fgmm_source *src;
+    ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, n, D, "mem", &src, &err), FGMM_OK);
+    std::vector<fgmm_model *> ms;
+    for (fgmm_device dev : {FGMM_DEVICE_CPU, FGMM_DEVICE_CUDA}) {
+        fgmm_engine *e;
+        ASSERT_EQ(fgmm_engine_create(dev, 0, &e, &err), FGMM_OK) << err.msg;
+        fgmm_fit_params p;
+        fgmm_fit_params_default(&p);
+        p.k = K;
+        p.seed = 4;
+        p.init = FGMM_INIT_KMEANS;
+        fgmm_model *m;
+        ASSERT_EQ(fgmm_initialize(e, src, &p, &m, &err), FGMM_OK) << err.msg;
+        ms.push_back(m);
+        fgmm_engine_free(e);
+    }
+    // Restarts of equal inertia may list the same centres in another
+    // order: each GPU centre is matched to its nearest CPU centre.
+    const double *a = fgmm_model_means_c(ms[0]), *b = fgmm_model_means_c(ms[1]);
+    double worst = 0;
+    for (int k = 0; k < K; k++) {
+        double best = INFINITY, norm = 0;
+        for (int l = 0; l < K; l++) {
+            double d2 = 0;
+            for (int j = 0; j < D; j++) {
+                double t = b[(size_t)k * D + j] - a[(size_t)l * D + j];
+                d2 += t * t;
+            }
+            best = std::min(best, d2);
+        }
+        for (int j = 0; j < D; j++) norm += b[(size_t)k * D + j] * b[(size_t)k * D + j];
+        worst = std::max(worst, std::sqrt(best / norm));
+    }
+    printf("  k-means centres, GPU vs CPU: worst rel distance %.2e\n", worst);
+    EXPECT_LE(worst, 1e-9);
+    for (fgmm_model *m : ms) fgmm_model_free(m);
+    fgmm_model_free(truth);
+    fgmm_source_close(src);
+}
+
+}  // namespace
