@@ -411,7 +411,7 @@ fgmmc_status fgmmc_pass_data(fgmmc_context *ctx, uint64_t key, int64_t n_rows, f
     size_t bytes = (size_t)n_rows * (size_t)ctx->d * es;
     if (ctx->cache_complete && ctx->cache_key == key && ctx->cache_rows == n_rows &&
         ctx->cache_dtype == dtype && bytes <= ctx->cap_cache) {
-        *cached = 1;
+        *cached = ctx->pass_cached = 1;
         return FGMMC_OK;
     }
     if (bytes > ctx->cache_budget) return FGMMC_OK;

@@ -494,6 +494,49 @@ TEST(Cuda, ArgumentErrors)
     ASSERT_EQ(fgmmc_end_pass(ctx.p, nk.data(), sums.data(), &ll, &err), FGMMC_OK) << err.msg;
     EXPECT_EQ(nk[0], 0.0);
     EXPECT_EQ(ll, 0.0);
+    // Assignment and the row cache refuse what they cannot serve.
+    int idx[64];
+    float resp[64], rll[4];
+    int cached = 1;
+    err = fgmmc_error{};
+    EXPECT_EQ(fgmmc_assign(ctx.p, row, sizeof row, 1, FGMMC_F32, 1, idx, resp, rll, &err),
+              FGMMC_ERR_ARGUMENT) << "no pass in progress";
+    err = fgmmc_error{};
+    EXPECT_EQ(fgmmc_pass_data(ctx.p, 7, 1, FGMMC_F32, &cached, &err), FGMMC_ERR_ARGUMENT);
+    EXPECT_EQ(cached, 0);
+    ASSERT_EQ(fgmmc_begin_pass(ctx.p, 3, 4, w.data(), c.data(), shift.data(), &err), FGMMC_OK);
+    err = fgmmc_error{};
+    EXPECT_EQ(fgmmc_assign(ctx.p, row, sizeof row, 1, FGMMC_F32, 33, idx, resp, rll, &err),
+              FGMMC_ERR_ARGUMENT) << "m > 32";
+    EXPECT_NE(std::strstr(err.msg, "m=33"), nullptr) << err.msg;
+    EXPECT_EQ(fgmmc_assign(ctx.p, row, sizeof row, 1, FGMMC_F32, 2, idx, resp, rll, &err), FGMMC_OK)
+        << err.msg;
+    EXPECT_EQ(idx[0] >= 0 && idx[0] < 3, true);
+    // A first pass over data named 7 fills the copy; the next is served
+    // from it, and a row range outside the data is refused.
+    ASSERT_EQ(fgmmc_pass_data(ctx.p, 7, 1, FGMMC_F32, &cached, &err), FGMMC_OK) << err.msg;
+    EXPECT_EQ(cached, 0);
+    ASSERT_EQ(fgmmc_accumulate_at(ctx.p, 0, row, sizeof row, 1, FGMMC_F32, nullptr, &err), FGMMC_OK);
+    ASSERT_EQ(fgmmc_end_pass(ctx.p, nk.data(), sums.data(), &ll, &err), FGMMC_OK) << err.msg;
+    double ll_first = ll;
+    ASSERT_EQ(fgmmc_begin_pass(ctx.p, 3, 4, w.data(), c.data(), shift.data(), &err), FGMMC_OK);
+    ASSERT_EQ(fgmmc_pass_data(ctx.p, 7, 1, FGMMC_F32, &cached, &err), FGMMC_OK) << err.msg;
+    EXPECT_EQ(cached, 1);
+    err = fgmmc_error{};
+    EXPECT_EQ(fgmmc_accumulate_at(ctx.p, 1, nullptr, 0, 1, FGMMC_F32, nullptr, &err),
+              FGMMC_ERR_ARGUMENT);
+    EXPECT_NE(std::strstr(err.msg, "device copy"), nullptr) << err.msg;
+    ASSERT_EQ(fgmmc_begin_pass(ctx.p, 3, 4, w.data(), c.data(), shift.data(), &err), FGMMC_OK);
+    ASSERT_EQ(fgmmc_pass_data(ctx.p, 7, 1, FGMMC_F32, &cached, &err), FGMMC_OK) << err.msg;
+    ASSERT_EQ(fgmmc_accumulate_at(ctx.p, 0, nullptr, 0, 1, FGMMC_F32, nullptr, &err), FGMMC_OK)
+        << err.msg;
+    ASSERT_EQ(fgmmc_end_pass(ctx.p, nk.data(), sums.data(), &ll, &err), FGMMC_OK) << err.msg;
+    EXPECT_EQ(ll, ll_first) << "the device copy holds the same row";
+    // Budget 0 drops the copy: the same data is not served any more.
+    ASSERT_EQ(fgmmc_set_cache_budget(ctx.p, 0, &err), FGMMC_OK);
+    ASSERT_EQ(fgmmc_begin_pass(ctx.p, 3, 4, w.data(), c.data(), shift.data(), &err), FGMMC_OK);
+    ASSERT_EQ(fgmmc_pass_data(ctx.p, 7, 1, FGMMC_F32, &cached, &err), FGMMC_OK) << err.msg;
+    EXPECT_EQ(cached, 0);
     // A device that does not exist.
     fgmmc_context *bad = nullptr;
     err = fgmmc_error{};
