@@ -50,5 +50,24 @@ for G in $SIZES; do
   mx=$(echo "if ($read_s > $comp) $read_s else $comp" | bc -l)
   printf "%3d GiB (%d rows): read %.1f s, compute %.1f s, EM steps %s s -> median %.1f s = %.3f x max(read, compute); peak RSS %.0f MiB\n" \
     "$G" "$N" "$read_s" "$comp" "$steps" "$med" "$(echo "$med / $mx" | bc -l)" "$(echo "$rss / 1024" | bc -l)"
+  # The disk's speed drifts by up to 40% within minutes on this VM, so each
+  # EM step is also timed right after a read-alone pass of the same data:
+  # PAIRS x (cold cache, one reader pass; cold cache, one EM step from the
+  # fitted model). Ratio per pair: step / max(that read, compute).
+  ratios=""
+  for i in $(seq 1 ${PAIRS:-3}); do
+    cold
+    r=$($B/bench/reader_bench "$S" 0 16 direct 1 | sed -n 's/^pass 1: \([0-9.]*\) s.*/\1/p')
+    rm -rf "$DIR/step$G"
+    cold
+    $B/tools/flashgmm fit --data "$S" --init "$DIR/model$G" --max-iter 1 --tol 0 --cache-budget 0 \
+        --out "$DIR/step$G" > /dev/null 2> "$DIR/step$G.log"
+    st=$(sed -n 's/^iter .*  \([0-9.]*\)s  .*/\1/p' "$DIR/step$G.log")
+    m2=$(echo "if ($r > $comp) $r else $comp" | bc -l)
+    q=$(echo "$st / $m2" | bc -l)
+    ratios="$ratios $(printf %.3f $q)"
+    printf "      pair %d: read %.2f s, EM step %.2f s -> %.3f\n" "$i" "$r" "$st" "$q"
+  done
+  printf "      paired ratios:%s -> median %s\n" "$ratios" "$(echo $ratios | tr ' ' '\n' | sort -n | sed -n "$(( (${PAIRS:-3} + 1) / 2 ))p")"
 done
 } | tee "$DIR/results.txt"

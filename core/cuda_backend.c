@@ -10,14 +10,44 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Calls whose per-row log-likelihoods may still be on their way: the
+ * device delivers them after the call returns (fgmm_cuda.h), so a chunk's
+ * rows are offered as re-seeding candidates a few calls later. */
+#define LL_RING 4
+
+typedef struct {
+    float *buf; /* own scratch, when the engine wants no per-row values */
+    int64_t cap;
+    const float *ll; /* where this call's values land */
+    int64_t first_row, n;
+    uint64_t call;
+    int live;
+} ll_entry;
+
 typedef struct {
     fgmmc_context *ctx;
     fgmm_stats *st; /* accumulates worst rows; sums come from the device */
-    float *ll;      /* per-row log-likelihood scratch for one chunk */
-    int64_t ll_cap;
+    ll_entry ring[LL_RING];
+    uint64_t calls; /* mirrors the context's call count */
+    uint64_t offered; /* calls whose rows were offered */
     int64_t rows; /* rows folded in since begin_pass */
     int k, d;
 } cuda_backend;
+
+/* Offers the rows of every delivered call, in call order (the candidates
+ * then do not depend on timing). */
+static void offer_delivered(cuda_backend *b, uint64_t done)
+{
+    while (b->offered < done && b->offered < b->calls) {
+        ll_entry *e = &b->ring[b->offered % LL_RING];
+        if (e->live && e->call == b->offered + 1) {
+            for (int64_t i = 0; i < e->n; i++)
+                fgmm_stats_offer_row(b->st, e->first_row + i, e->ll[i]);
+            e->live = 0;
+        }
+        b->offered++;
+    }
+}
 
 int fgmm_cuda_device_count(void) { return fgmmc_device_count(); }
 void *fgmm_cuda_host_alloc(size_t bytes) { return fgmmc_host_alloc(bytes); }
@@ -60,6 +90,8 @@ static fgmm_status cuda_begin_pass(void *self, const fgmm_estep_params *p, fgmm_
     }
     fgmm_stats_reset(b->st, p->shift);
     b->rows = 0;
+    for (int i = 0; i < LL_RING; i++) b->ring[i].live = 0;
+    b->offered = b->calls;
     fgmmc_error ce = {0};
     return from_cuda(fgmmc_begin_pass(b->ctx, p->k, p->d, p->w, p->c, p->shift, &ce), &ce, err);
 }
@@ -68,23 +100,31 @@ static fgmm_status cuda_accumulate(void *self, const fgmm_chunk *c, float *per_r
                                    fgmm_error *err)
 {
     cuda_backend *b = self;
+    fgmmc_error ce = {0};
+    fgmm_status st;
+    ll_entry *e = &b->ring[b->calls % LL_RING];
+    if (e->live) { /* LL_RING calls ago: wait for it */
+        if ((st = from_cuda(fgmmc_sync(b->ctx, &ce), &ce, err))) return st;
+        offer_delivered(b, b->calls);
+    }
     float *ll = per_row_ll;
     if (!ll) {
-        if (b->ll_cap < c->n_rows) {
-            free(b->ll);
-            b->ll = malloc(sizeof(float) * (size_t)c->n_rows);
-            b->ll_cap = b->ll ? c->n_rows : 0;
-            if (!b->ll) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+        if (e->cap < c->n_rows) {
+            free(e->buf);
+            e->buf = malloc(sizeof(float) * (size_t)c->n_rows);
+            e->cap = e->buf ? c->n_rows : 0;
+            if (!e->buf) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
         }
-        ll = b->ll;
+        ll = e->buf;
     }
-    fgmmc_error ce = {0};
-    fgmm_status st = from_cuda(fgmmc_accumulate_at(b->ctx, c->first_row, c->rows, c->row_stride,
-                                                   c->n_rows, (fgmmc_dtype)c->dtype, ll, &ce),
-                               &ce, err);
+    st = from_cuda(fgmmc_accumulate_at(b->ctx, c->first_row, c->rows, c->row_stride, c->n_rows,
+                                       (fgmmc_dtype)c->dtype, ll, &ce),
+                   &ce, err);
+    b->calls++;
     if (st) return st;
     b->rows += c->n_rows;
-    for (int64_t i = 0; i < c->n_rows; i++) fgmm_stats_offer_row(b->st, c->first_row + i, ll[i]);
+    *e = (ll_entry){e->buf, e->cap, ll, c->first_row, c->n_rows, b->calls, 1};
+    offer_delivered(b, fgmmc_ll_completed(b->ctx));
     return FGMM_OK;
 }
 
@@ -96,6 +136,7 @@ static fgmm_status cuda_end_pass(void *self, fgmm_stats *out, fgmm_error *err)
     fgmm_status st = from_cuda(
         fgmmc_end_pass(b->ctx, fgmm_stats_nk(b->st), fgmm_stats_sums(b->st), &ll, &ce), &ce, err);
     if (st) return st;
+    offer_delivered(b, b->calls); /* end_pass delivered everything */
     fgmm_stats_add_loglik(b->st, ll, b->rows);
     return fgmm_stats_add(out, b->st, err);
 }
@@ -106,7 +147,7 @@ static void cuda_destroy(void *self)
     if (!b) return;
     fgmmc_free(b->ctx);
     fgmm_stats_free(b->st);
-    free(b->ll);
+    for (int i = 0; i < LL_RING; i++) free(b->ring[i].buf);
     free(b);
 }
 

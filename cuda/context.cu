@@ -25,6 +25,16 @@
 #define MAX_CHUNK_ROWS ((int64_t)262144)
 #define STAGE_BYTES ((size_t)128 << 20)
 
+/* A sub-chunk's per-row log-likelihoods on their way to the caller: the
+ * device-to-host copy into pinned h_ll[slot] is in flight until ll_done[slot];
+ * then they are copied to dst. call: the fgmmc_accumulate_at call (1, 2, ...)
+ * they belong to. */
+typedef struct {
+    float *dst;
+    int64_t n;
+    uint64_t call;
+} pending_ll;
+
 struct fgmmc_context {
     int device, sm_count, cc_major;
     fgmmc_precision prec;
@@ -37,6 +47,11 @@ struct fgmmc_context {
     cudaStream_t copy_stream; /* host-to-device copies of rows */
     cudaEvent_t h2d_done[2], kern_done[2], ll_done[2];
     int slot; /* next staging slot; alternates across calls too */
+    /* Per-row log-likelihoods still to be delivered, one per slot: calls
+     * return without waiting for them, so the next call's packing and
+     * upload overlap this call's kernels. */
+    pending_ll pend[2];
+    uint64_t calls; /* fgmmc_accumulate_at calls so far */
     char desc[320];
     size_t dev_bytes, peak_bytes;
 
@@ -329,6 +344,8 @@ fgmmc_status fgmmc_begin_pass(fgmmc_context *ctx, int k, int d, const double *w,
     /* h_param may still be the source of the previous pass's upload or
      * the target of its download. */
     FGMMC_CHECK(cudaStreamSynchronize(ctx->stream), err);
+    /* Log-likelihoods of an abandoned pass: their destinations may be gone. */
+    ctx->pend[0].n = ctx->pend[1].n = 0;
 
     /* Logits in log2 units (see estep.cu): scale in double, round once. */
     float *hw = (float *)ctx->h_param, *hc = hw + nw, *hs = hc + k;
@@ -432,15 +449,11 @@ fgmmc_status fgmmc_pass_data(fgmmc_context *ctx, uint64_t key, int64_t n_rows, f
     return FGMMC_OK;
 }
 
-/* Copies the pinned per-row log-likelihoods of a finished sub-chunk out to
- * the caller's buffer. */
-typedef struct {
-    float *dst;
-    int64_t n;
-} pending_ll;
 
-static fgmmc_status drain_ll(fgmmc_context *ctx, int b, pending_ll *p, fgmmc_error *err)
+/* Delivers slot b's pending log-likelihoods, waiting for their copy. */
+static fgmmc_status drain_ll(fgmmc_context *ctx, int b, fgmmc_error *err)
 {
+    pending_ll *p = &ctx->pend[b];
     if (p->n == 0) return FGMMC_OK;
     FGMMC_CHECK(cudaEventSynchronize(ctx->ll_done[b]), err);
     memcpy(p->dst, ctx->h_ll[b], (size_t)p->n * sizeof(float));
@@ -448,9 +461,43 @@ static fgmmc_status drain_ll(fgmmc_context *ctx, int b, pending_ll *p, fgmmc_err
     return FGMMC_OK;
 }
 
+/* Both slots, the older first. */
+static fgmmc_status drain_all(fgmmc_context *ctx, fgmmc_error *err)
+{
+    fgmmc_status st = drain_ll(ctx, ctx->slot, err);
+    return st ? st : drain_ll(ctx, ctx->slot ^ 1, err);
+}
+
+fgmmc_status fgmmc_sync(fgmmc_context *ctx, fgmmc_error *err)
+{
+    if (!ctx) return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_sync: ctx is NULL");
+    FGMMC_CHECK(cudaSetDevice(ctx->device), err);
+    return drain_all(ctx, err);
+}
+
+uint64_t fgmmc_ll_completed(fgmmc_context *ctx)
+{
+    if (!ctx) return 0;
+    uint64_t first_pending = ctx->calls + 1;
+    for (int i = 0; i < 2; i++) {
+        int b = ctx->slot ^ i; /* older first */
+        pending_ll *p = &ctx->pend[b];
+        if (p->n == 0) continue;
+        cudaError_t q = cudaEventQuery(ctx->ll_done[b]);
+        if (q == cudaSuccess) {
+            memcpy(p->dst, ctx->h_ll[b], (size_t)p->n * sizeof(float));
+            p->n = 0;
+        } else {
+            if (q != cudaErrorNotReady) (void)cudaGetLastError(); /* reported by the next call */
+            if (p->call < first_pending) first_pending = p->call;
+        }
+    }
+    return first_pending - 1;
+}
+
 static fgmmc_status accumulate_in(fgmmc_context *ctx, int64_t first_row, const char *rows,
                                   size_t row_stride, int64_t n, fgmmc_dtype dtype,
-                                  float *per_row_ll, pending_ll pend[2], fgmmc_error *err)
+                                  float *per_row_ll, fgmmc_error *err)
 {
     const size_t row_bytes = (size_t)ctx->d * fgmmc_dtype_size(dtype);
     int64_t chunk = (int64_t)(STAGE_BYTES / row_bytes);
@@ -474,6 +521,11 @@ static fgmmc_status accumulate_in(fgmmc_context *ctx, int64_t first_row, const c
             (st = DEV_RESERVE(ctx, ctx->d_yg_lo, ctx->cap_yg_lo, yb, "rows bf16 lo", err)))
             return st;
     }
+    /* Growing h_ll would free a buffer whose values are still to be
+     * delivered. */
+    if (per_row_ll && (cr * sizeof(float) > ctx->cap_h_ll[0] || cr * sizeof(float) > ctx->cap_h_ll[1]) &&
+        (st = drain_all(ctx, err)))
+        return st;
     for (int b = 0; b < 2; b++) {
         if (!ctx->pass_cached &&
             ((st = DEV_RESERVE(ctx, ctx->d_in[b], ctx->cap_in[b], cb, "rows", err)) ||
@@ -556,20 +608,20 @@ static fgmmc_status accumulate_in(fgmmc_context *ctx, int64_t first_row, const c
 
         if (per_row_ll) {
             /* h_ll[b] still holds sub-chunk i-2's values until drained. */
-            if ((st = drain_ll(ctx, b, &pend[b], err))) return st;
+            if ((st = drain_ll(ctx, b, err))) return st;
             FGMMC_CHECK(cudaMemcpyAsync(ctx->h_ll[b], ctx->d_ll, (size_t)m * sizeof(float),
                                         cudaMemcpyDeviceToHost, ctx->stream),
                         err);
             FGMMC_CHECK(cudaEventRecord(ctx->ll_done[b], ctx->stream), err);
-            pend[b].dst = per_row_ll + off;
-            pend[b].n = m;
+            ctx->pend[b].dst = per_row_ll + off;
+            ctx->pend[b].n = m;
+            ctx->pend[b].call = ctx->calls;
         }
     }
-    /* The older of the two pending sub-chunks first (either order is
-     * correct: they go to disjoint ranges). */
-    int b = ctx->slot;
-    if ((st = drain_ll(ctx, b, &pend[b], err))) return st;
-    return drain_ll(ctx, b ^ 1, &pend[b ^ 1], err);
+    /* No wait here: the last sub-chunks' log-likelihoods are delivered by
+     * a later call (drain_ll before their slot is reused, fgmmc_sync,
+     * fgmmc_end_pass). */
+    return FGMMC_OK;
 }
 
 fgmmc_status fgmmc_accumulate(fgmmc_context *ctx, const void *rows, size_t row_stride, int64_t n,
@@ -583,6 +635,7 @@ fgmmc_status fgmmc_accumulate_at(fgmmc_context *ctx, int64_t first_row, const vo
                                  float *per_row_ll, fgmmc_error *err)
 {
     if (!ctx) return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_accumulate: ctx is NULL");
+    ctx->calls++; /* every call is numbered, refused or not (fgmmc_ll_completed) */
     if (!ctx->in_pass)
         return fgmmc_fail(err, FGMMC_ERR_ARGUMENT,
                           "fgmmc_accumulate: no pass in progress (call fgmmc_begin_pass first)");
@@ -605,9 +658,8 @@ fgmmc_status fgmmc_accumulate_at(fgmmc_context *ctx, int64_t first_row, const vo
                           "fgmmc_accumulate: row_stride %zu < d*element size %zu", row_stride,
                           (size_t)ctx->d * es);
     FGMMC_CHECK(cudaSetDevice(ctx->device), err);
-    pending_ll pend[2] = {{NULL, 0}, {NULL, 0}};
     fgmmc_status st =
-        accumulate_in(ctx, first_row, (const char *)rows, row_stride, n, dtype, per_row_ll, pend, err);
+        accumulate_in(ctx, first_row, (const char *)rows, row_stride, n, dtype, per_row_ll, err);
     if (st) ctx->in_pass = 0; /* the accumulators are incomplete: refuse to end this pass */
     return st;
 }
@@ -621,6 +673,8 @@ fgmmc_status fgmmc_end_pass(fgmmc_context *ctx, double *nk, double *sums, double
     if (!nk || !sums || !ll_sum)
         return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_end_pass: nk, sums and ll_sum must be non-NULL");
     FGMMC_CHECK(cudaSetDevice(ctx->device), err);
+    fgmmc_status st = drain_all(ctx, err);
+    if (st) return st;
     const int K = ctx->k, D = ctx->d;
     const size_t per = (size_t)K * (2 * (size_t)D + 1);
     double *h = (double *)ctx->h_param; /* sized for this in begin_pass */
@@ -683,7 +737,7 @@ fgmmc_status fgmmc_assign(fgmmc_context *ctx, const void *rows, size_t row_strid
     /* Everything earlier on either stream may still use the staging
      * buffers. Assignment runs once, after fitting: one sub-chunk at a time
      * keeps this simple, and the kernel (O(K*D) per row) dominates. */
-    if ((st = quiesce(ctx, err))) return st;
+    if ((st = drain_all(ctx, err)) || (st = quiesce(ctx, err))) return st;
     for (int64_t off = 0; off < n; off += chunk) {
         const int64_t rn = n - off < chunk ? n - off : chunk;
         const char *src = (const char *)rows + (size_t)off * row_stride;

@@ -84,8 +84,11 @@ fgmmc_status fgmmc_begin_pass(fgmmc_context *ctx, int k, int d, const double *w,
 
 /* Fold n rows into the statistics. rows is host memory (any, pageable or
  * pinned), row i at (const char*)rows + i*row_stride, d values of dtype.
- * per_row_ll (host, n floats) receives each row's log-likelihood; it may
- * be NULL. The rows buffer may be reused when the call returns. */
+ * The rows buffer may be reused when the call returns; the kernels may
+ * still run, so the next call's transfers overlap them. per_row_ll (host,
+ * n floats; may be NULL) receives each row's log-likelihood, but only by
+ * the time fgmmc_ll_completed counts this call, or after fgmmc_sync or
+ * fgmmc_end_pass: it must stay valid until then. */
 fgmmc_status fgmmc_accumulate(fgmmc_context *ctx, const void *rows, size_t row_stride,
                               int64_t n, fgmmc_dtype dtype, float *per_row_ll,
                               fgmmc_error *err);
@@ -125,6 +128,14 @@ fgmmc_status fgmmc_accumulate_at(fgmmc_context *ctx, int64_t first_row, const vo
 fgmmc_status fgmmc_assign(fgmmc_context *ctx, const void *rows, size_t row_stride, int64_t n,
                           fgmmc_dtype dtype, int m, int *idx, float *resp, float *ll,
                           fgmmc_error *err);
+
+/* How many fgmmc_accumulate(_at) calls so far have delivered their
+ * per_row_ll (calls are numbered 1, 2, ... over the context's life; those
+ * with per_row_ll NULL count as delivered once later ones are). Does not
+ * block. */
+uint64_t fgmmc_ll_completed(fgmmc_context *ctx);
+/* Waits until every call's per_row_ll is delivered. */
+fgmmc_status fgmmc_sync(fgmmc_context *ctx, fgmmc_error *err);
 
 /* Finish the pass: nk (K), sums (K*2D), *ll_sum, summed over all rows since
  * fgmmc_begin_pass in a fixed order (same input, same bits). */
