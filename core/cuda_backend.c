@@ -11,9 +11,13 @@
 #include <string.h>
 
 /* Calls whose per-row log-likelihoods may still be on their way: the
- * device delivers them after the call returns (fgmm_cuda.h), so a chunk's
- * rows are offered as re-seeding candidates a few calls later. */
-#define LL_RING 4
+ * device delivers them after the call returns (fgmm_cuda.h; small calls
+ * are batched, so a call's values can take a few dozen calls), and a
+ * chunk's rows are offered as re-seeding candidates then. */
+#define LL_RING 64
+/* Own scratch above this many rows is freed once used (the GPU row cache
+ * makes 1M-row calls), so the ring stays under ~16 MiB. */
+#define LL_KEEP_ROWS 65536
 
 typedef struct {
     float *buf; /* own scratch, when the engine wants no per-row values */
@@ -44,6 +48,11 @@ static void offer_delivered(cuda_backend *b, uint64_t done)
             for (int64_t i = 0; i < e->n; i++)
                 fgmm_stats_offer_row(b->st, e->first_row + i, e->ll[i]);
             e->live = 0;
+            if (e->cap > LL_KEEP_ROWS) {
+                free(e->buf);
+                e->buf = NULL;
+                e->cap = 0;
+            }
         }
         b->offered++;
     }

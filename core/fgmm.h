@@ -294,7 +294,8 @@ size_t fgmm_engine_device_bytes(const fgmm_engine *e);
 /* Host memory for rows the engine will consume: pinned (page-locked) on a
  * CUDA engine, so host-to-device copies run asynchronously at full speed;
  * 4096-byte aligned otherwise. NULL when out of memory. The signature fits
- * fgmm_shard_read_options.host_alloc/host_free with the engine as ctx. */
+ * fgmm_shard_read_options.host_alloc/host_free with the engine as ctx; a
+ * source opened so must be closed before the engine is freed. */
 void *fgmm_engine_host_alloc(void *engine, size_t bytes);
 void fgmm_engine_host_free(void *engine, void *p);
 int fgmm_engine_threads(const fgmm_engine *e);

@@ -3,14 +3,18 @@
  * staging of rows through pinned memory, and the pass protocol of
  * fgmm_cuda.h. No kernels here (they are in estep.cu).
  *
- * Pipeline of fgmmc_accumulate, per sub-chunk i (slot b = alternating 0/1):
- *   host:        wait h2d_done[b] (pinned h_in[b] free), pack rows into h_in[b]
- *   copy_stream: wait kern_done[b] (d_in[b] free), h_in[b] -> d_in[b], record h2d_done[b]
- *   stream:      wait h2d_done[b], kernels A B C on d_in[b], record kern_done[b],
- *                lse -> pinned h_ll[b], record ll_done[b]
- * so packing and copying chunk i+1 overlap the kernels of chunk i. Every
- * kernel runs on `stream`, in call order, which is what makes the pass's
- * sums deterministic.
+ * Pipeline of fgmmc_accumulate: rows are packed into pinned h_in[b] (slot
+ * b alternates 0/1) until a batch is full (or the rows stop following on,
+ * or the pass ends); then per batch:
+ *   copy_stream: wait kern_done[b] (d_in[b] free), h_in[b] -> d_in[b] (or
+ *                the row cache), record h2d_done[b]
+ *   stream:      wait h2d_done[b], kernels A B C, record kern_done[b],
+ *                row log-likelihoods -> pinned h_ll[b], record ll_done[b]
+ * and the host goes on packing the next batch into h_in[b^1] (waiting only
+ * for h2d_done[b^1]) while the kernels of this one run, within a call and
+ * across calls. Log-likelihoods reach the caller when their slot comes
+ * round again, or at fgmmc_sync / fgmmc_end_pass. Every kernel runs on
+ * `stream`, in order, which is what makes the pass's sums deterministic.
  */
 #include <cuda_bf16.h>
 #include <math.h>
@@ -25,14 +29,23 @@
 #define MAX_CHUNK_ROWS ((int64_t)262144)
 #define STAGE_BYTES ((size_t)128 << 20)
 
-/* A sub-chunk's per-row log-likelihoods on their way to the caller: the
- * device-to-host copy into pinned h_ll[slot] is in flight until ll_done[slot];
- * then they are copied to dst. call: the fgmmc_accumulate_at call (1, 2, ...)
- * they belong to. */
+/* Per-row log-likelihoods on their way to callers. A staged batch of rows
+ * may hold several calls' rows; each call's share is a segment: rows
+ * off..off+n-1 of the batch go to dst, for call `call` (1, 2, ...). */
 typedef struct {
     float *dst;
-    int64_t n;
+    int64_t off, n;
     uint64_t call;
+} ll_seg;
+
+/* Segments per batch; a call that would need more first flushes the batch. */
+#define MAX_SEGS 64
+
+/* A batch's segments: staged (being filled), or pending (the copy into
+ * pinned h_ll[slot] is in flight until ll_done[slot]). */
+typedef struct {
+    ll_seg seg[MAX_SEGS];
+    int nseg;
 } pending_ll;
 
 struct fgmmc_context {
@@ -52,6 +65,13 @@ struct fgmmc_context {
      * upload overlap this call's kernels. */
     pending_ll pend[2];
     uint64_t calls; /* fgmmc_accumulate_at calls so far */
+    /* The batch being staged in h_in[slot]: calls' rows are packed one
+     * after another and launched together once batch_cap rows are in (or
+     * at a gap in the rows, end_pass, sync), so small calls (8,192-row
+     * shard chunks) still fill the GPU. */
+    int64_t fill_rows, fill_first, batch_cap;
+    fgmmc_dtype fill_dtype;
+    pending_ll fill;
     char desc[320];
     size_t dev_bytes, peak_bytes;
 
@@ -345,7 +365,10 @@ fgmmc_status fgmmc_begin_pass(fgmmc_context *ctx, int k, int d, const double *w,
      * the target of its download. */
     FGMMC_CHECK(cudaStreamSynchronize(ctx->stream), err);
     /* Log-likelihoods of an abandoned pass: their destinations may be gone. */
-    ctx->pend[0].n = ctx->pend[1].n = 0;
+    ctx->pend[0].nseg = ctx->pend[1].nseg = 0;
+    ctx->fill_rows = 0;
+    ctx->fill.nseg = 0;
+    ctx->batch_cap = 0;
 
     /* Logits in log2 units (see estep.cu): scale in double, round once. */
     float *hw = (float *)ctx->h_param, *hc = hw + nw, *hs = hc + k;
@@ -450,28 +473,80 @@ fgmmc_status fgmmc_pass_data(fgmmc_context *ctx, uint64_t key, int64_t n_rows, f
 }
 
 
+static fgmmc_status launch_rows(fgmmc_context *ctx, int b, const void *x_dev, int64_t m,
+                                fgmmc_dtype dtype, const fgmmc_plan *plan, const pending_ll *segs,
+                                fgmmc_error *err);
+
+static void deliver(fgmmc_context *ctx, int b)
+{
+    pending_ll *p = &ctx->pend[b];
+    for (int i = 0; i < p->nseg; i++)
+        memcpy(p->seg[i].dst, ctx->h_ll[b] + p->seg[i].off, (size_t)p->seg[i].n * sizeof(float));
+    p->nseg = 0;
+}
+
 /* Delivers slot b's pending log-likelihoods, waiting for their copy. */
 static fgmmc_status drain_ll(fgmmc_context *ctx, int b, fgmmc_error *err)
 {
-    pending_ll *p = &ctx->pend[b];
-    if (p->n == 0) return FGMMC_OK;
+    if (ctx->pend[b].nseg == 0) return FGMMC_OK;
     FGMMC_CHECK(cudaEventSynchronize(ctx->ll_done[b]), err);
-    memcpy(p->dst, ctx->h_ll[b], (size_t)p->n * sizeof(float));
-    p->n = 0;
+    deliver(ctx, b);
     return FGMMC_OK;
 }
 
-/* Both slots, the older first. */
+/* Both slots; the one being filled holds the older pending batch. */
 static fgmmc_status drain_all(fgmmc_context *ctx, fgmmc_error *err)
 {
     fgmmc_status st = drain_ll(ctx, ctx->slot, err);
     return st ? st : drain_ll(ctx, ctx->slot ^ 1, err);
 }
 
+/* Launches the staged batch: upload (into the row cache when this pass
+ * fills it), kernels A B C, and the per-row log-likelihoods' copy back. */
+static fgmmc_status flush_batch(fgmmc_context *ctx, fgmmc_error *err)
+{
+    const int64_t m = ctx->fill_rows;
+    if (m == 0) return FGMMC_OK;
+    const int b = ctx->slot;
+    const size_t row_bytes = (size_t)ctx->d * fgmmc_dtype_size(ctx->fill_dtype);
+    const int64_t g0 = ctx->fill_first; /* global index of the batch's first row, or -1 */
+    fgmmc_status st;
+    fgmmc_plan plan;
+    if (ctx->use_tc) fgmmc_estep_tc_plan(ctx->k, ctx->d, m, ctx->sm_count, &plan);
+    else fgmmc_estep_plan(ctx->k, ctx->d, m, ctx->sm_count, &plan);
+    if ((st = DEV_RESERVE(ctx, ctx->d_part, ctx->cap_part, plan.partial_elems * sizeof(double),
+                          "partials", err)))
+        return st;
+    /* The filling pass uploads straight into the cache, in row order;
+     * anything else (a gap, a repeat) abandons the fill. */
+    int fill = ctx->cache_filling && g0 >= 0 && g0 == ctx->cache_next && g0 + m <= ctx->cache_rows;
+    if (ctx->cache_filling && !fill) ctx->cache_filling = 0;
+    void *dst_dev = fill ? (char *)ctx->d_cache + (size_t)g0 * row_bytes : ctx->d_in[b];
+    /* Upload on the copy stream once the kernels that read d_in[b] two
+     * batches ago are done. */
+    FGMMC_CHECK(cudaStreamWaitEvent(ctx->copy_stream, ctx->kern_done[b], 0), err);
+    FGMMC_CHECK(cudaMemcpyAsync(dst_dev, ctx->h_in[b], (size_t)m * row_bytes, cudaMemcpyHostToDevice,
+                                ctx->copy_stream),
+                err);
+    FGMMC_CHECK(cudaEventRecord(ctx->h2d_done[b], ctx->copy_stream), err);
+    FGMMC_CHECK(cudaStreamWaitEvent(ctx->stream, ctx->h2d_done[b], 0), err);
+    if (fill) ctx->cache_next += m;
+    ctx->fill_rows = 0;
+    pending_ll segs = ctx->fill;
+    ctx->fill.nseg = 0;
+    ctx->slot ^= 1;
+    return launch_rows(ctx, b, dst_dev, m, ctx->fill_dtype, &plan, &segs, err);
+}
+
 fgmmc_status fgmmc_sync(fgmmc_context *ctx, fgmmc_error *err)
 {
     if (!ctx) return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_sync: ctx is NULL");
     FGMMC_CHECK(cudaSetDevice(ctx->device), err);
+    fgmmc_status st = ctx->in_pass ? flush_batch(ctx, err) : FGMMC_OK;
+    if (st) {
+        ctx->in_pass = 0;
+        return st;
+    }
     return drain_all(ctx, err);
 }
 
@@ -479,37 +554,74 @@ uint64_t fgmmc_ll_completed(fgmmc_context *ctx)
 {
     if (!ctx) return 0;
     uint64_t first_pending = ctx->calls + 1;
+    for (int i = 0; i < ctx->fill.nseg; i++)
+        if (ctx->fill.seg[i].call < first_pending) first_pending = ctx->fill.seg[i].call;
     for (int i = 0; i < 2; i++) {
-        int b = ctx->slot ^ i; /* older first */
+        int b = ctx->slot ^ i;
         pending_ll *p = &ctx->pend[b];
-        if (p->n == 0) continue;
+        if (p->nseg == 0) continue;
         cudaError_t q = cudaEventQuery(ctx->ll_done[b]);
         if (q == cudaSuccess) {
-            memcpy(p->dst, ctx->h_ll[b], (size_t)p->n * sizeof(float));
-            p->n = 0;
+            deliver(ctx, b);
         } else {
             if (q != cudaErrorNotReady) (void)cudaGetLastError(); /* reported by the next call */
-            if (p->call < first_pending) first_pending = p->call;
+            for (int j = 0; j < p->nseg; j++)
+                if (p->seg[j].call < first_pending) first_pending = p->seg[j].call;
         }
     }
     return first_pending - 1;
 }
 
-static fgmmc_status accumulate_in(fgmmc_context *ctx, int64_t first_row, const char *rows,
-                                  size_t row_stride, int64_t n, fgmmc_dtype dtype,
-                                  float *per_row_ll, fgmmc_error *err)
+/* Enqueues the E-step on m rows at x_dev (slot b's events) and, when segs
+ * name destinations, the copy of their log-likelihoods into h_ll[b]. */
+static fgmmc_status launch_rows(fgmmc_context *ctx, int b, const void *x_dev, int64_t m,
+                                fgmmc_dtype dtype, const fgmmc_plan *plan, const pending_ll *segs,
+                                fgmmc_error *err)
 {
-    const size_t row_bytes = (size_t)ctx->d * fgmmc_dtype_size(dtype);
-    int64_t chunk = (int64_t)(STAGE_BYTES / row_bytes);
-    if (chunk > MAX_CHUNK_ROWS) chunk = MAX_CHUNK_ROWS;
-    if (chunk > n) chunk = n;
-    if (chunk < 1) chunk = 1;
+    fgmmc_batch bt;
+    bt.k = ctx->k;
+    bt.d = ctx->d;
+    bt.n = m;
+    bt.dtype = dtype;
+    bt.x = x_dev;
+    bt.w = ctx->d_w;
+    bt.c = ctx->d_c;
+    bt.shift = ctx->d_shift;
+    bt.lse2 = ctx->d_lse2;
+    bt.ll = ctx->d_ll;
+    bt.block_ll = ctx->d_block_ll;
+    bt.partials = ctx->d_part;
+    bt.acc = ctx->d_acc;
+    bt.wt_hi = ctx->d_wt_hi;
+    bt.wt_lo = ctx->d_wt_lo;
+    bt.kw = ctx->kw;
+    bt.yg_hi = ctx->d_yg_hi;
+    bt.yg_lo = ctx->d_yg_lo;
+    fgmmc_status st = ctx->use_tc ? fgmmc_estep_tc_launch(&bt, plan, ctx->tc_prec, ctx->stream, err)
+                                  : fgmmc_estep_launch(&bt, plan, ctx->stream, err);
+    if (st) return st;
+    FGMMC_CHECK(cudaEventRecord(ctx->kern_done[b], ctx->stream), err);
+    if (segs->nseg) {
+        /* h_ll[b] still holds the batch of two launches ago until drained. */
+        if ((st = drain_ll(ctx, b, err))) return st;
+        FGMMC_CHECK(cudaMemcpyAsync(ctx->h_ll[b], ctx->d_ll, (size_t)m * sizeof(float),
+                                    cudaMemcpyDeviceToHost, ctx->stream),
+                    err);
+        FGMMC_CHECK(cudaEventRecord(ctx->ll_done[b], ctx->stream), err);
+        ctx->pend[b] = *segs;
+    }
+    return FGMMC_OK;
+}
 
+/* Device scratch for batches of up to cap rows. */
+static fgmmc_status reserve_batch(fgmmc_context *ctx, int64_t cap, size_t row_bytes, int staging,
+                                  fgmmc_error *err)
+{
     fgmmc_status st;
     fgmmc_plan plan;
-    if (ctx->use_tc) fgmmc_estep_tc_plan(ctx->k, ctx->d, chunk, ctx->sm_count, &plan);
-    else fgmmc_estep_plan(ctx->k, ctx->d, chunk, ctx->sm_count, &plan);
-    size_t cb = (size_t)chunk * row_bytes, cr = (size_t)chunk;
+    if (ctx->use_tc) fgmmc_estep_tc_plan(ctx->k, ctx->d, cap, ctx->sm_count, &plan);
+    else fgmmc_estep_plan(ctx->k, ctx->d, cap, ctx->sm_count, &plan);
+    size_t cb = (size_t)cap * row_bytes, cr = (size_t)cap;
     if ((st = DEV_RESERVE(ctx, ctx->d_lse2, ctx->cap_lse2, cr * sizeof(float), "lse", err)) ||
         (st = DEV_RESERVE(ctx, ctx->d_ll, ctx->cap_ll, cr * sizeof(float), "row ll", err)) ||
         (st = DEV_RESERVE(ctx, ctx->d_block_ll, ctx->cap_block_ll,
@@ -523,104 +635,111 @@ static fgmmc_status accumulate_in(fgmmc_context *ctx, int64_t first_row, const c
     }
     /* Growing h_ll would free a buffer whose values are still to be
      * delivered. */
-    if (per_row_ll && (cr * sizeof(float) > ctx->cap_h_ll[0] || cr * sizeof(float) > ctx->cap_h_ll[1]) &&
+    if ((cr * sizeof(float) > ctx->cap_h_ll[0] || cr * sizeof(float) > ctx->cap_h_ll[1]) &&
         (st = drain_all(ctx, err)))
         return st;
     for (int b = 0; b < 2; b++) {
-        if (!ctx->pass_cached &&
+        if (staging &&
             ((st = DEV_RESERVE(ctx, ctx->d_in[b], ctx->cap_in[b], cb, "rows", err)) ||
              (st = HOST_RESERVE(ctx, ctx->h_in[b], ctx->cap_h_in[b], cb, "row staging", err))))
             return st;
-        if (per_row_ll &&
-            (st = HOST_RESERVE(ctx, ctx->h_ll[b], ctx->cap_h_ll[b], cr * sizeof(float), "ll staging",
+        if ((st = HOST_RESERVE(ctx, ctx->h_ll[b], ctx->cap_h_ll[b], cr * sizeof(float), "ll staging",
                                err)))
             return st;
     }
+    return FGMMC_OK;
+}
 
-    for (int64_t off = 0; off < n; off += chunk) {
-        const int64_t m = n - off < chunk ? n - off : chunk;
+static fgmmc_status accumulate_in(fgmmc_context *ctx, int64_t first_row, const char *rows,
+                                  size_t row_stride, int64_t n, fgmmc_dtype dtype,
+                                  float *per_row_ll, fgmmc_error *err)
+{
+    const size_t row_bytes = (size_t)ctx->d * fgmmc_dtype_size(dtype);
+    int64_t chunk = (int64_t)(STAGE_BYTES / row_bytes);
+    if (chunk > MAX_CHUNK_ROWS) chunk = MAX_CHUNK_ROWS;
+    if (chunk < 1) chunk = 1;
+    fgmmc_status st;
+
+    if (ctx->pass_cached) {
+        /* Rows already on the device: no staging, no transfer. */
+        if ((st = reserve_batch(ctx, chunk < n ? chunk : n, row_bytes, 0, err))) return st;
+        for (int64_t off = 0; off < n; off += chunk) {
+            const int64_t m = n - off < chunk ? n - off : chunk;
+            const int b = ctx->slot;
+            ctx->slot ^= 1;
+            fgmmc_plan plan;
+            if (ctx->use_tc) fgmmc_estep_tc_plan(ctx->k, ctx->d, m, ctx->sm_count, &plan);
+            else fgmmc_estep_plan(ctx->k, ctx->d, m, ctx->sm_count, &plan);
+            if ((st = DEV_RESERVE(ctx, ctx->d_part, ctx->cap_part,
+                                  plan.partial_elems * sizeof(double), "partials", err)))
+                return st;
+            pending_ll segs;
+            segs.nseg = 0;
+            if (per_row_ll) {
+                segs.seg[0].dst = per_row_ll + off;
+                segs.seg[0].off = 0;
+                segs.seg[0].n = m;
+                segs.seg[0].call = ctx->calls;
+                segs.nseg = 1;
+            }
+            const void *x_dev = (const char *)ctx->d_cache + (size_t)(first_row + off) * row_bytes;
+            if ((st = launch_rows(ctx, b, x_dev, m, dtype, &plan, &segs, err))) return st;
+        }
+        return FGMMC_OK;
+    }
+
+    /* Batch size: up to `chunk` rows, at least 65,536 (small calls are
+     * batched), no more than a large call needs. Fixed while rows are
+     * staged (the buffers cannot move under them). */
+    if (ctx->fill_rows > 0 && ctx->fill_dtype != dtype && (st = flush_batch(ctx, err))) return st;
+    if (ctx->fill_rows == 0) {
+        int64_t want = n > 65536 ? n : 65536;
+        if (want > chunk) want = chunk;
+        if (want > ctx->batch_cap || ctx->fill_dtype != dtype) {
+            if ((st = reserve_batch(ctx, want, row_bytes, 1, err))) return st;
+            ctx->batch_cap = want;
+        }
+        ctx->fill_dtype = dtype;
+    }
+    const int64_t cap = ctx->batch_cap;
+    int64_t off = 0;
+    while (off < n) {
+        const int64_t g = first_row < 0 ? -1 : first_row + off;
+        /* Rows of declared data must follow on (the cache fills in row
+         * order); rows of no declared data (first_row -1) batch freely. */
+        if (ctx->fill_rows > 0 &&
+            ((g >= 0 || ctx->fill_first >= 0) && g != ctx->fill_first + ctx->fill_rows ||
+             (per_row_ll && ctx->fill.nseg == MAX_SEGS))) {
+            if ((st = flush_batch(ctx, err))) return st;
+        }
         const int b = ctx->slot;
-        ctx->slot ^= 1;
-
-        if (ctx->use_tc) fgmmc_estep_tc_plan(ctx->k, ctx->d, m, ctx->sm_count, &plan);
-        else fgmmc_estep_plan(ctx->k, ctx->d, m, ctx->sm_count, &plan);
-        if ((st = DEV_RESERVE(ctx, ctx->d_part, ctx->cap_part, plan.partial_elems * sizeof(double),
-                              "partials", err)))
-            return st;
-
-        const int64_t g0 = first_row + off; /* global index of the sub-chunk's first row */
-        const void *x_dev;
-        if (ctx->pass_cached) {
-            /* Rows already on the device: no staging, no transfer. */
-            x_dev = (const char *)ctx->d_cache + (size_t)g0 * row_bytes;
-        } else {
-            /* The filling pass uploads straight into the cache, in row
-             * order; anything else (a gap, a repeat) abandons the fill. */
-            int fill = ctx->cache_filling && g0 == ctx->cache_next && g0 + m <= ctx->cache_rows;
-            if (ctx->cache_filling && !fill) ctx->cache_filling = 0;
-            void *dst_dev = fill ? (char *)ctx->d_cache + (size_t)g0 * row_bytes : ctx->d_in[b];
-
+        if (ctx->fill_rows == 0) {
             /* Pack into pinned memory once its previous upload has finished. */
             FGMMC_CHECK(cudaEventSynchronize(ctx->h2d_done[b]), err);
-            const char *src = rows + (size_t)off * row_stride;
-            char *dst = (char *)ctx->h_in[b];
-            if (row_stride == row_bytes)
-                memcpy(dst, src, (size_t)m * row_bytes);
-            else
-                for (int64_t i = 0; i < m; i++)
-                    memcpy(dst + (size_t)i * row_bytes, src + (size_t)i * row_stride, row_bytes);
-
-            /* Upload on the copy stream once the kernels that read d_in[b]
-             * two sub-chunks ago are done. */
-            FGMMC_CHECK(cudaStreamWaitEvent(ctx->copy_stream, ctx->kern_done[b], 0), err);
-            FGMMC_CHECK(cudaMemcpyAsync(dst_dev, ctx->h_in[b], (size_t)m * row_bytes,
-                                        cudaMemcpyHostToDevice, ctx->copy_stream),
-                        err);
-            FGMMC_CHECK(cudaEventRecord(ctx->h2d_done[b], ctx->copy_stream), err);
-            FGMMC_CHECK(cudaStreamWaitEvent(ctx->stream, ctx->h2d_done[b], 0), err);
-            if (fill) ctx->cache_next += m;
-            x_dev = dst_dev;
+            ctx->fill_first = g;
         }
-
-        fgmmc_batch bt;
-        bt.k = ctx->k;
-        bt.d = ctx->d;
-        bt.n = m;
-        bt.dtype = dtype;
-        bt.x = x_dev;
-        bt.w = ctx->d_w;
-        bt.c = ctx->d_c;
-        bt.shift = ctx->d_shift;
-        bt.lse2 = ctx->d_lse2;
-        bt.ll = ctx->d_ll;
-        bt.block_ll = ctx->d_block_ll;
-        bt.partials = ctx->d_part;
-        bt.acc = ctx->d_acc;
-        bt.wt_hi = ctx->d_wt_hi;
-        bt.wt_lo = ctx->d_wt_lo;
-        bt.kw = ctx->kw;
-        bt.yg_hi = ctx->d_yg_hi;
-        bt.yg_lo = ctx->d_yg_lo;
-        st = ctx->use_tc ? fgmmc_estep_tc_launch(&bt, &plan, ctx->tc_prec, ctx->stream, err)
-                         : fgmmc_estep_launch(&bt, &plan, ctx->stream, err);
-        if (st) return st;
-        FGMMC_CHECK(cudaEventRecord(ctx->kern_done[b], ctx->stream), err);
-
+        int64_t take = n - off < cap - ctx->fill_rows ? n - off : cap - ctx->fill_rows;
+        const char *src = rows + (size_t)off * row_stride;
+        char *dst = (char *)ctx->h_in[b] + (size_t)ctx->fill_rows * row_bytes;
+        if (row_stride == row_bytes)
+            memcpy(dst, src, (size_t)take * row_bytes);
+        else
+            for (int64_t i = 0; i < take; i++)
+                memcpy(dst + (size_t)i * row_bytes, src + (size_t)i * row_stride, row_bytes);
         if (per_row_ll) {
-            /* h_ll[b] still holds sub-chunk i-2's values until drained. */
-            if ((st = drain_ll(ctx, b, err))) return st;
-            FGMMC_CHECK(cudaMemcpyAsync(ctx->h_ll[b], ctx->d_ll, (size_t)m * sizeof(float),
-                                        cudaMemcpyDeviceToHost, ctx->stream),
-                        err);
-            FGMMC_CHECK(cudaEventRecord(ctx->ll_done[b], ctx->stream), err);
-            ctx->pend[b].dst = per_row_ll + off;
-            ctx->pend[b].n = m;
-            ctx->pend[b].call = ctx->calls;
+            ll_seg *sg = &ctx->fill.seg[ctx->fill.nseg++];
+            sg->dst = per_row_ll + off;
+            sg->off = ctx->fill_rows;
+            sg->n = take;
+            sg->call = ctx->calls;
         }
+        ctx->fill_rows += take;
+        off += take;
+        if (ctx->fill_rows == cap && (st = flush_batch(ctx, err))) return st;
     }
-    /* No wait here: the last sub-chunks' log-likelihoods are delivered by
-     * a later call (drain_ll before their slot is reused, fgmmc_sync,
-     * fgmmc_end_pass). */
+    /* No wait here: a partial batch waits for the next call's rows, and
+     * log-likelihoods are delivered by a later call (drain_ll before their
+     * slot is reused, fgmmc_sync, fgmmc_end_pass). */
     return FGMMC_OK;
 }
 
@@ -660,7 +779,11 @@ fgmmc_status fgmmc_accumulate_at(fgmmc_context *ctx, int64_t first_row, const vo
     FGMMC_CHECK(cudaSetDevice(ctx->device), err);
     fgmmc_status st =
         accumulate_in(ctx, first_row, (const char *)rows, row_stride, n, dtype, per_row_ll, err);
-    if (st) ctx->in_pass = 0; /* the accumulators are incomplete: refuse to end this pass */
+    if (st) { /* the accumulators are incomplete: refuse to end this pass */
+        ctx->in_pass = 0;
+        ctx->fill_rows = 0;
+        ctx->fill.nseg = 0;
+    }
     return st;
 }
 
@@ -673,8 +796,12 @@ fgmmc_status fgmmc_end_pass(fgmmc_context *ctx, double *nk, double *sums, double
     if (!nk || !sums || !ll_sum)
         return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_end_pass: nk, sums and ll_sum must be non-NULL");
     FGMMC_CHECK(cudaSetDevice(ctx->device), err);
-    fgmmc_status st = drain_all(ctx, err);
-    if (st) return st;
+    fgmmc_status st = flush_batch(ctx, err);
+    if (!st) st = drain_all(ctx, err);
+    if (st) {
+        ctx->in_pass = 0;
+        return st;
+    }
     const int K = ctx->k, D = ctx->d;
     const size_t per = (size_t)K * (2 * (size_t)D + 1);
     double *h = (double *)ctx->h_param; /* sized for this in begin_pass */
@@ -737,7 +864,8 @@ fgmmc_status fgmmc_assign(fgmmc_context *ctx, const void *rows, size_t row_strid
     /* Everything earlier on either stream may still use the staging
      * buffers. Assignment runs once, after fitting: one sub-chunk at a time
      * keeps this simple, and the kernel (O(K*D) per row) dominates. */
-    if ((st = drain_all(ctx, err)) || (st = quiesce(ctx, err))) return st;
+    if ((st = flush_batch(ctx, err)) || (st = drain_all(ctx, err)) || (st = quiesce(ctx, err)))
+        return st;
     for (int64_t off = 0; off < n; off += chunk) {
         const int64_t rn = n - off < chunk ? n - off : chunk;
         const char *src = (const char *)rows + (size_t)off * row_stride;

@@ -84,8 +84,11 @@ fgmmc_status fgmmc_begin_pass(fgmmc_context *ctx, int k, int d, const double *w,
 
 /* Fold n rows into the statistics. rows is host memory (any, pageable or
  * pinned), row i at (const char*)rows + i*row_stride, d values of dtype.
- * The rows buffer may be reused when the call returns; the kernels may
- * still run, so the next call's transfers overlap them. per_row_ll (host,
+ * The rows are copied into pinned staging before the call returns, so the
+ * buffer may be reused then; they are launched in batches of at least
+ * 65,536 rows (several calls' rows together, when their first_row follow
+ * on or none was given), and the kernels run while later calls stage
+ * their rows. per_row_ll (host,
  * n floats; may be NULL) receives each row's log-likelihood, but only by
  * the time fgmmc_ll_completed counts this call, or after fgmmc_sync or
  * fgmmc_end_pass: it must stay valid until then. */

@@ -446,6 +446,56 @@ TEST(Cuda, PiecesEqualOneCall)
     }
 }
 
+// Many small calls (a shard reader's 8,192-row chunks, here 37 rows) are
+// staged into batches: without per-row values they form the same single
+// batch as one call over the rows (same bits); with them, a batch closes
+// every 64 calls, and each call's values still arrive, bit for bit the
+// one call's, by end_pass, with fgmmc_ll_completed counting calls in order.
+TEST(Cuda, SmallCallsAreBatched)
+{
+    NEED_GPU();
+    Ctx ctx;
+    fgmmc_error err{};
+    ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMMC_OK) << err.msg;
+    Problem p = make_problem(20011, 45, 19, FGMMC_F32, 9100);
+    const size_t stride = (size_t)p.D * 4;
+    GpuOut one, nol;
+    run_pass(ctx.p, p, p.raw.data(), stride, {p.n}, true, one);
+    std::vector<int64_t> pieces;
+    for (int64_t off = 0; off < p.n; off += 37) pieces.push_back(p.n - off < 37 ? p.n - off : 37);
+    run_pass(ctx.p, p, p.raw.data(), stride, pieces, false, nol);
+    if (::testing::Test::HasFatalFailure()) return;
+    EXPECT_TRUE(same_bits(one.nk, nol.nk));
+    EXPECT_TRUE(same_bits(one.sums, nol.sums));
+    // With per-row values, through fgmmc_accumulate_at (row indices given).
+    std::vector<float> ll(p.n, NAN);
+    ASSERT_EQ(fgmmc_begin_pass(ctx.p, p.K, p.D, p.w.data(), p.c.data(), p.shift.data(), &err),
+              FGMMC_OK);
+    uint64_t base = fgmmc_ll_completed(ctx.p), prev = base;
+    int64_t off = 0;
+    for (int64_t m : pieces) {
+        ASSERT_EQ(fgmmc_accumulate_at(ctx.p, off, p.raw.data() + off * stride, stride, m, p.dt,
+                                      ll.data() + off, &err),
+                  FGMMC_OK) << err.msg;
+        uint64_t done = fgmmc_ll_completed(ctx.p);
+        ASSERT_GE(done, prev);
+        for (int64_t i = 0; i < (int64_t)(done - base) * 37 && i < p.n; i++)
+            ASSERT_FALSE(std::isnan(ll[i])) << "call " << i / 37 + 1 << " counted but row " << i
+                                            << " not delivered";
+        prev = done;
+        off += m;
+    }
+    EXPECT_LT(prev - base, pieces.size()) << "the last batch cannot be delivered before end_pass";
+    std::vector<double> nk(p.K), sums((size_t)p.K * 2 * p.D);
+    double tot;
+    ASSERT_EQ(fgmmc_end_pass(ctx.p, nk.data(), sums.data(), &tot, &err), FGMMC_OK) << err.msg;
+    EXPECT_EQ(fgmmc_ll_completed(ctx.p), base + pieces.size());
+    EXPECT_EQ(std::memcmp(one.row_ll.data(), ll.data(), p.n * sizeof(float)), 0);
+    EXPECT_LE(rel_err(nk, one.nk), 1e-6);
+    EXPECT_LE(rel_err(sums, one.sums), 1e-6);
+    EXPECT_LE(std::fabs(tot - one.ll), 1e-6 * std::fabs(one.ll));
+}
+
 TEST(Cuda, ArgumentErrors)
 {
     NEED_GPU();

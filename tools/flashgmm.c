@@ -354,8 +354,10 @@ static int cmd_fit(int argc, char **argv)
 done:
     fgmm_model_free(m);
     fgmm_model_free(init_model);
-    fgmm_engine_free(e);
+    /* The source first: its buffers came from the engine (pinned memory
+     * on a GPU) and go back through it. */
     fgmm_source_close(src);
+    fgmm_engine_free(e);
     return rc;
 }
 
@@ -435,8 +437,10 @@ static int cmd_score(int argc, char **argv)
            (long long)fgmm_source_rows(src), dt);
 done:
     free(ll);
-    fgmm_engine_free(e);
+    /* The source first: its buffers came from the engine (pinned memory
+     * on a GPU) and go back through it. */
     fgmm_source_close(src);
+    fgmm_engine_free(e);
     fgmm_model_free(m);
     return rc;
 }
