@@ -72,6 +72,14 @@ struct fgmmc_context {
     int64_t fill_rows, fill_first, batch_cap;
     fgmmc_dtype fill_dtype;
     pending_ll fill;
+    /* A batch of rows that were already in pinned memory (the shard
+     * reader's ring and cache, on a GPU engine) is not packed on the host:
+     * each call's rows are copied straight to fill_dev (d_in[slot], or the
+     * row cache when fill_to_cache), and the call waits for that copy
+     * (direct_done) before returning, since the caller reuses its buffer. */
+    int fill_direct, fill_to_cache;
+    char *fill_dev;
+    cudaEvent_t direct_done;
     char desc[320];
     size_t dev_bytes, peak_bytes;
 
@@ -238,6 +246,7 @@ void fgmmc_free(fgmmc_context *ctx)
         if (ctx->kern_done[b]) cudaEventDestroy(ctx->kern_done[b]);
         if (ctx->ll_done[b]) cudaEventDestroy(ctx->ll_done[b]);
     }
+    if (ctx->direct_done) cudaEventDestroy(ctx->direct_done);
     if (ctx->stream) cudaStreamDestroy(ctx->stream);
     if (ctx->copy_stream) cudaStreamDestroy(ctx->copy_stream);
     (void)cudaGetLastError();
@@ -263,6 +272,7 @@ static fgmmc_status create_in(fgmmc_context *ctx, int device, fgmmc_error *err)
      * stream that other code in the process might use. */
     FGMMC_CHECK(cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking), err);
     FGMMC_CHECK(cudaStreamCreateWithFlags(&ctx->copy_stream, cudaStreamNonBlocking), err);
+    FGMMC_CHECK(cudaEventCreateWithFlags(&ctx->direct_done, cudaEventDisableTiming), err);
     for (int b = 0; b < 2; b++) {
         FGMMC_CHECK(cudaEventCreateWithFlags(&ctx->h2d_done[b], cudaEventDisableTiming), err);
         FGMMC_CHECK(cudaEventCreateWithFlags(&ctx->kern_done[b], cudaEventDisableTiming), err);
@@ -517,17 +527,24 @@ static fgmmc_status flush_batch(fgmmc_context *ctx, fgmmc_error *err)
     if ((st = DEV_RESERVE(ctx, ctx->d_part, ctx->cap_part, plan.partial_elems * sizeof(double),
                           "partials", err)))
         return st;
-    /* The filling pass uploads straight into the cache, in row order;
-     * anything else (a gap, a repeat) abandons the fill. */
-    int fill = ctx->cache_filling && g0 >= 0 && g0 == ctx->cache_next && g0 + m <= ctx->cache_rows;
-    if (ctx->cache_filling && !fill) ctx->cache_filling = 0;
-    void *dst_dev = fill ? (char *)ctx->d_cache + (size_t)g0 * row_bytes : ctx->d_in[b];
-    /* Upload on the copy stream once the kernels that read d_in[b] two
-     * batches ago are done. */
-    FGMMC_CHECK(cudaStreamWaitEvent(ctx->copy_stream, ctx->kern_done[b], 0), err);
-    FGMMC_CHECK(cudaMemcpyAsync(dst_dev, ctx->h_in[b], (size_t)m * row_bytes, cudaMemcpyHostToDevice,
-                                ctx->copy_stream),
-                err);
+    int fill;
+    void *dst_dev;
+    if (ctx->fill_direct) { /* the rows are on the device already */
+        fill = ctx->fill_to_cache;
+        dst_dev = ctx->fill_dev;
+    } else {
+        /* The filling pass uploads straight into the cache, in row order;
+         * anything else (a gap, a repeat) abandons the fill. */
+        fill = ctx->cache_filling && g0 >= 0 && g0 == ctx->cache_next && g0 + m <= ctx->cache_rows;
+        if (ctx->cache_filling && !fill) ctx->cache_filling = 0;
+        dst_dev = fill ? (char *)ctx->d_cache + (size_t)g0 * row_bytes : ctx->d_in[b];
+        /* Upload on the copy stream once the kernels that read d_in[b] two
+         * batches ago are done. */
+        FGMMC_CHECK(cudaStreamWaitEvent(ctx->copy_stream, ctx->kern_done[b], 0), err);
+        FGMMC_CHECK(cudaMemcpyAsync(dst_dev, ctx->h_in[b], (size_t)m * row_bytes,
+                                    cudaMemcpyHostToDevice, ctx->copy_stream),
+                    err);
+    }
     FGMMC_CHECK(cudaEventRecord(ctx->h2d_done[b], ctx->copy_stream), err);
     FGMMC_CHECK(cudaStreamWaitEvent(ctx->stream, ctx->h2d_done[b], 0), err);
     if (fill) ctx->cache_next += m;
@@ -611,6 +628,17 @@ static fgmmc_status launch_rows(fgmmc_context *ctx, int b, const void *x_dev, in
         ctx->pend[b] = *segs;
     }
     return FGMMC_OK;
+}
+
+/* Whether p is page-locked host memory the GPU can copy from directly. */
+static int host_pinned(const void *p)
+{
+    cudaPointerAttributes a;
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return a.type == cudaMemoryTypeHost;
 }
 
 /* Device scratch for batches of up to cap rows. */
@@ -702,30 +730,54 @@ static fgmmc_status accumulate_in(fgmmc_context *ctx, int64_t first_row, const c
         ctx->fill_dtype = dtype;
     }
     const int64_t cap = ctx->batch_cap;
+    const int direct = row_stride == row_bytes && host_pinned(rows);
+    int copied_direct = 0;
     int64_t off = 0;
     while (off < n) {
         const int64_t g = first_row < 0 ? -1 : first_row + off;
+        int64_t take = n - off < cap - ctx->fill_rows ? n - off : cap - ctx->fill_rows;
         /* Rows of declared data must follow on (the cache fills in row
-         * order); rows of no declared data (first_row -1) batch freely. */
+         * order); rows of no declared data (first_row -1) batch freely.
+         * A direct batch going to the cache must stay inside it. */
         if (ctx->fill_rows > 0 &&
             ((g >= 0 || ctx->fill_first >= 0) && g != ctx->fill_first + ctx->fill_rows ||
-             (per_row_ll && ctx->fill.nseg == MAX_SEGS))) {
+             (per_row_ll && ctx->fill.nseg == MAX_SEGS) || direct != ctx->fill_direct ||
+             (ctx->fill_direct && ctx->fill_to_cache && g + take > ctx->cache_rows))) {
             if ((st = flush_batch(ctx, err))) return st;
+            take = n - off < cap ? n - off : cap;
         }
         const int b = ctx->slot;
         if (ctx->fill_rows == 0) {
-            /* Pack into pinned memory once its previous upload has finished. */
-            FGMMC_CHECK(cudaEventSynchronize(ctx->h2d_done[b]), err);
             ctx->fill_first = g;
+            ctx->fill_direct = direct;
+            if (direct) {
+                ctx->fill_to_cache = ctx->cache_filling && g >= 0 && g == ctx->cache_next &&
+                                     g + take <= ctx->cache_rows;
+                if (ctx->cache_filling && !ctx->fill_to_cache) ctx->cache_filling = 0;
+                ctx->fill_dev = ctx->fill_to_cache ? (char *)ctx->d_cache + (size_t)g * row_bytes
+                                                   : (char *)ctx->d_in[b];
+                /* d_in[b] is free once the kernels of two batches ago are. */
+                FGMMC_CHECK(cudaStreamWaitEvent(ctx->copy_stream, ctx->kern_done[b], 0), err);
+            } else {
+                /* Pack into pinned memory once its previous upload has finished. */
+                FGMMC_CHECK(cudaEventSynchronize(ctx->h2d_done[b]), err);
+            }
         }
-        int64_t take = n - off < cap - ctx->fill_rows ? n - off : cap - ctx->fill_rows;
         const char *src = rows + (size_t)off * row_stride;
-        char *dst = (char *)ctx->h_in[b] + (size_t)ctx->fill_rows * row_bytes;
-        if (row_stride == row_bytes)
-            memcpy(dst, src, (size_t)take * row_bytes);
-        else
-            for (int64_t i = 0; i < take; i++)
-                memcpy(dst + (size_t)i * row_bytes, src + (size_t)i * row_stride, row_bytes);
+        if (direct) {
+            FGMMC_CHECK(cudaMemcpyAsync(ctx->fill_dev + (size_t)ctx->fill_rows * row_bytes, src,
+                                        (size_t)take * row_bytes, cudaMemcpyHostToDevice,
+                                        ctx->copy_stream),
+                        err);
+            copied_direct = 1;
+        } else {
+            char *dst = (char *)ctx->h_in[b] + (size_t)ctx->fill_rows * row_bytes;
+            if (row_stride == row_bytes)
+                memcpy(dst, src, (size_t)take * row_bytes);
+            else
+                for (int64_t i = 0; i < take; i++)
+                    memcpy(dst + (size_t)i * row_bytes, src + (size_t)i * row_stride, row_bytes);
+        }
         if (per_row_ll) {
             ll_seg *sg = &ctx->fill.seg[ctx->fill.nseg++];
             sg->dst = per_row_ll + off;
@@ -736,6 +788,10 @@ static fgmmc_status accumulate_in(fgmmc_context *ctx, int64_t first_row, const c
         ctx->fill_rows += take;
         off += take;
         if (ctx->fill_rows == cap && (st = flush_batch(ctx, err))) return st;
+    }
+    if (copied_direct) { /* the caller may reuse its rows once we return */
+        FGMMC_CHECK(cudaEventRecord(ctx->direct_done, ctx->copy_stream), err);
+        FGMMC_CHECK(cudaEventSynchronize(ctx->direct_done), err);
     }
     /* No wait here: a partial batch waits for the next call's rows, and
      * log-likelihoods are delivered by a later call (drain_ll before their

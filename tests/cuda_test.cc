@@ -494,6 +494,32 @@ TEST(Cuda, SmallCallsAreBatched)
     EXPECT_LE(rel_err(nk, one.nk), 1e-6);
     EXPECT_LE(rel_err(sums, one.sums), 1e-6);
     EXPECT_LE(std::fabs(tot - one.ll), 1e-6 * std::fabs(one.ll));
+
+    // The same calls from pinned memory (as the shard reader's ring on a
+    // GPU engine) go straight to the device without packing: same batches,
+    // same bits. The buffer is overwritten after each call, as a reader
+    // reusing its slot would.
+    uint8_t *pinned = (uint8_t *)fgmmc_host_alloc(37 * stride);
+    ASSERT_NE(pinned, nullptr);
+    std::vector<float> ll2(p.n, NAN);
+    ASSERT_EQ(fgmmc_begin_pass(ctx.p, p.K, p.D, p.w.data(), p.c.data(), p.shift.data(), &err),
+              FGMMC_OK);
+    off = 0;
+    for (int64_t m : pieces) {
+        std::memcpy(pinned, p.raw.data() + off * stride, (size_t)m * stride);
+        ASSERT_EQ(fgmmc_accumulate_at(ctx.p, off, pinned, stride, m, p.dt, ll2.data() + off, &err),
+                  FGMMC_OK) << err.msg;
+        std::memset(pinned, 0xff, (size_t)m * stride);  // NaN rows if read late
+        off += m;
+    }
+    std::vector<double> nk2(p.K), sums2((size_t)p.K * 2 * p.D);
+    double tot2;
+    ASSERT_EQ(fgmmc_end_pass(ctx.p, nk2.data(), sums2.data(), &tot2, &err), FGMMC_OK) << err.msg;
+    fgmmc_host_free(pinned);
+    EXPECT_TRUE(same_bits(nk, nk2));
+    EXPECT_TRUE(same_bits(sums, sums2));
+    EXPECT_EQ(tot, tot2);
+    EXPECT_EQ(std::memcmp(ll.data(), ll2.data(), p.n * sizeof(float)), 0);
 }
 
 TEST(Cuda, ArgumentErrors)
