@@ -153,7 +153,7 @@ static int parse_bytes(const char *cmd, const char *name, const char *s, int64_t
     "  --read-threads T     shard directories: decompression threads (default: all cores)\n" \
     "  --queue-depth Q      shard directories: reads in flight (default 16)\n" \
     "  --buffered-io        shard directories: do not use O_DIRECT\n" \
-    "  --gpu-cache-budget B cuda: keep the rows on the GPU after the first EM step when they fit\n" \
+    "  --gpu-cache-budget B fit, cuda: keep the rows on the GPU after the first EM step when they fit\n" \
     "                       in B bytes (0: transfer every step; default: half the free GPU memory)\n"
 
 /* Opens --data: a shard directory through the reader (its buffers from
