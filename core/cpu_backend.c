@@ -143,6 +143,26 @@ static void tile_logits(cpu_backend *b, cpu_thread *t, int64_t r0, int n)
                 t->l, K);
 }
 
+/* l[k] += c[k], returning max_k l[k]. Four independent lanes: strict IEEE
+ * order would serialise the reduction (no -ffast-math here, on purpose). */
+static double add_c_max(double *l, const double *c, int K)
+{
+    double m4[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    int k = 0;
+    for (; k + 4 <= K; k += 4)
+        for (int u = 0; u < 4; u++) {
+            l[k + u] += c[k + u];
+            m4[u] = l[k + u] > m4[u] ? l[k + u] : m4[u];
+        }
+    for (; k < K; k++) {
+        l[k] += c[k];
+        m4[0] = l[k] > m4[0] ? l[k] : m4[0];
+    }
+    double mx = m4[0];
+    for (int u = 1; u < 4; u++) mx = m4[u] > mx ? m4[u] : mx;
+    return mx;
+}
+
 /* One tile of n rows starting at chunk row r0. */
 static void cpu_tile(cpu_backend *b, cpu_thread *t, int64_t r0, int n)
 {
@@ -154,21 +174,8 @@ static void cpu_tile(cpu_backend *b, cpu_thread *t, int64_t r0, int n)
     double ll_sum = 0;
     for (int i = 0; i < n; i++) {
         double *l = t->l + (size_t)i * K;
-        /* Max and sum with four independent lanes: strict IEEE order would
-         * serialise these reductions (no -ffast-math here, on purpose). */
-        double m4[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
-        int k = 0;
-        for (; k + 4 <= K; k += 4)
-            for (int u = 0; u < 4; u++) {
-                l[k + u] += p->c[k + u];
-                m4[u] = l[k + u] > m4[u] ? l[k + u] : m4[u];
-            }
-        for (; k < K; k++) {
-            l[k] += p->c[k];
-            m4[0] = l[k] > m4[0] ? l[k] : m4[0];
-        }
-        double mx = m4[0];
-        for (int u = 1; u < 4; u++) mx = m4[u] > mx ? m4[u] : mx;
+        double mx = add_c_max(l, p->c, K);
+        int k;
         for (k = 0; k < K; k++) l[k] = fgmm_exp_nonpos(l[k] - mx);
         double s4[4] = {0, 0, 0, 0};
         for (k = 0; k + 4 <= K; k += 4)
@@ -238,11 +245,7 @@ static void assign_tile(cpu_backend *b, cpu_thread *t, int64_t r0, int n)
     tile_logits(b, t, r0, n);
     for (int i = 0; i < n; i++) {
         double *l = t->l + (size_t)i * K;
-        double mx = -INFINITY;
-        for (int k = 0; k < K; k++) {
-            l[k] += p->c[k];
-            mx = l[k] > mx ? l[k] : mx;
-        }
+        double mx = add_c_max(l, p->c, K);
         double s = 0;
         for (int k = 0; k < K; k++) s += fgmm_exp_nonpos(l[k] - mx);
         double lse = mx + log(s);

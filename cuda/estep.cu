@@ -56,20 +56,18 @@ size_t fgmmc_dtype_size(fgmmc_dtype t)
 
 /* ------------------------------------------------ kernel A: log-sum-exp */
 
-#define A_TM 64 /* rows per block */
-#define A_TN 64 /* components per column tile */
-#define A_DC 32 /* d per shared-memory chunk */
-#define A_L 16  /* 16 x 16 threads, 4 x 4 micro-tile each */
+/* The tile (internal.h: simt_tile_logits, simt_online_lse). */
+#define A_TM SIMT_TM
+#define A_TN SIMT_TN
+#define A_L SIMT_L
 
 __global__ void __launch_bounds__(NT) lse_kernel(fgmmc_batch b)
 {
-    __shared__ float Ys[A_DC][A_TM + 1]; /* transposed; +1: no bank conflicts on store */
-    __shared__ float W1s[A_DC][A_TN];
-    __shared__ float W2s[A_DC][A_TN];
+    __shared__ simt_tile_smem sm;
     __shared__ double red[A_TM];
 
     const int tid = threadIdx.x, lx = tid % A_L, ly = tid / A_L;
-    const int K = b.k, D = b.d;
+    const int K = b.k;
     const int64_t n = b.n, row0 = (int64_t)blockIdx.x * A_TM;
 
     float mrun[4], srun[4];
@@ -78,75 +76,10 @@ __global__ void __launch_bounds__(NT) lse_kernel(fgmmc_batch b)
         mrun[i] = -INFINITY;
         srun[i] = 0.f;
     }
-
     for (int k0 = 0; k0 < K; k0 += A_TN) {
         float acc[4][4];
-#pragma unroll
-        for (int i = 0; i < 4; i++)
-#pragma unroll
-            for (int j = 0; j < 4; j++) acc[i][j] = 0.f;
-        for (int d0 = 0; d0 < D; d0 += A_DC) {
-            __syncthreads(); /* previous chunk fully consumed */
-            for (int e = tid; e < A_TM * A_DC; e += NT) {
-                int m = e / A_DC, dd = e % A_DC, col = d0 + dd; /* threads along d: coalesced */
-                int64_t row = row0 + m;
-                float v = 0.f;
-                if (row < n && col < D) v = load_y(b.x, b.dtype, (size_t)row * D + col, b.shift[col]);
-                Ys[dd][m] = v;
-            }
-            for (int e = tid; e < A_DC * A_TN; e += NT) {
-                int dd = e / A_TN, nn = e % A_TN, col = d0 + dd, k = k0 + nn;
-                float w1 = 0.f, w2 = 0.f;
-                if (col < D && k < K) {
-                    w1 = b.w[(size_t)col * K + k];
-                    w2 = b.w[(size_t)(D + col) * K + k];
-                }
-                W1s[dd][nn] = w1;
-                W2s[dd][nn] = w2;
-            }
-            __syncthreads();
-            float part[4][4];
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-#pragma unroll
-                for (int j = 0; j < 4; j++) part[i][j] = 0.f;
-#pragma unroll 8
-            for (int dd = 0; dd < A_DC; dd++)
-                logit_step<4, 4, A_L, A_L>(part, &Ys[dd][ly], &W1s[dd][lx], &W2s[dd][lx]);
-            add_into<4, 4>(acc, part);
-        }
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            int k = k0 + lx + A_L * j;
-            float cj = k < K ? b.c[k] : 0.f;
-#pragma unroll
-            for (int i = 0; i < 4; i++) acc[i][j] = __fadd_rn(cj, acc[i][j]);
-        }
-        /* Online log-sum-exp over this column tile. A row's 16 owners are
-         * the 16 lanes sharing ly (a half-warp); xor butterflies leave the
-         * same bits in all 16 (a+b == b+a), so the running (m, s) stay
-         * replicated. No lane-dependent branches around the shuffles. */
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            float tmax = -INFINITY;
-#pragma unroll
-            for (int j = 0; j < 4; j++)
-                if (k0 + lx + A_L * j < K) tmax = fmaxf(tmax, acc[i][j]);
-#pragma unroll
-            for (int off = A_L / 2; off > 0; off >>= 1)
-                tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, off));
-            float mnew = fmaxf(mrun[i], tmax);
-            bool live = mnew != -INFINITY; /* all -inf so far: keep s = 0, avoid inf-inf */
-            float ts = 0.f;
-#pragma unroll
-            for (int j = 0; j < 4; j++)
-                if (live && k0 + lx + A_L * j < K) ts += exp2f(acc[i][j] - mnew);
-#pragma unroll
-            for (int off = A_L / 2; off > 0; off >>= 1) ts += __shfl_xor_sync(0xffffffffu, ts, off);
-            float scale = (live && mrun[i] != -INFINITY) ? exp2f(mrun[i] - mnew) : 0.f;
-            srun[i] = __fmaf_rn(srun[i], scale, ts);
-            mrun[i] = live ? mnew : mrun[i];
-        }
+        simt_tile_logits(acc, sm, b, row0, k0);
+        simt_online_lse(mrun, srun, acc, k0, K);
     }
 
     const float LN2 = 0.693147180559945309f;

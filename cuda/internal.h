@@ -130,6 +130,102 @@ __device__ __forceinline__ void add_into(float (&acc)[MI][NJ], const float (&par
 #pragma unroll
         for (int j = 0; j < NJ; j++) acc[i][j] = __fadd_rn(acc[i][j], part[i][j]);
 }
+/* The SIMT log-sum-exp tile, shared by estep.cu's kernel A and assign.cu:
+ * 64 rows x 64 components per step, 256 threads as 16 x 16, each owning a
+ * 4 x 4 micro-tile (rows ly + 16 i, components lx + 16 j). */
+#define SIMT_NT 256
+#define SIMT_TM 64 /* rows per block */
+#define SIMT_TN 64 /* components per tile */
+#define SIMT_DC 32 /* d per shared-memory chunk */
+#define SIMT_L 16
+
+typedef struct {
+    float Ys[SIMT_DC][SIMT_TM + 1]; /* transposed; +1: no bank conflicts on store */
+    float W1s[SIMT_DC][SIMT_TN];
+    float W2s[SIMT_DC][SIMT_TN];
+} simt_tile_smem;
+
+/* acc = the logits of rows row0.. x components k0.. (log2 units, c added
+ * last; per 32-wide block of d a fresh fma chain, see estep.cu). Starts
+ * with a __syncthreads, so the caller may still be reading sm. */
+__device__ __forceinline__ void simt_tile_logits(float (&acc)[4][4], simt_tile_smem &sm,
+                                                 const fgmmc_batch &b, int64_t row0, int k0)
+{
+    const int tid = threadIdx.x, lx = tid % SIMT_L, ly = tid / SIMT_L;
+    const int K = b.k, D = b.d;
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[i][j] = 0.f;
+    for (int d0 = 0; d0 < D; d0 += SIMT_DC) {
+        __syncthreads(); /* previous chunk fully consumed */
+        for (int e = tid; e < SIMT_TM * SIMT_DC; e += SIMT_NT) {
+            int m = e / SIMT_DC, dd = e % SIMT_DC, col = d0 + dd; /* threads along d: coalesced */
+            int64_t row = row0 + m;
+            float v = 0.f;
+            if (row < b.n && col < D) v = load_y(b.x, b.dtype, (size_t)row * D + col, b.shift[col]);
+            sm.Ys[dd][m] = v;
+        }
+        for (int e = tid; e < SIMT_DC * SIMT_TN; e += SIMT_NT) {
+            int dd = e / SIMT_TN, nn = e % SIMT_TN, col = d0 + dd, k = k0 + nn;
+            float w1 = 0.f, w2 = 0.f;
+            if (col < D && k < K) {
+                w1 = b.w[(size_t)col * K + k];
+                w2 = b.w[(size_t)(D + col) * K + k];
+            }
+            sm.W1s[dd][nn] = w1;
+            sm.W2s[dd][nn] = w2;
+        }
+        __syncthreads();
+        float part[4][4];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) part[i][j] = 0.f;
+#pragma unroll 8
+        for (int dd = 0; dd < SIMT_DC; dd++)
+            logit_step<4, 4, SIMT_L, SIMT_L>(part, &sm.Ys[dd][ly], &sm.W1s[dd][lx], &sm.W2s[dd][lx]);
+        add_into<4, 4>(acc, part);
+    }
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        int k = k0 + lx + SIMT_L * j;
+        float cj = k < K ? b.c[k] : 0.f;
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[i][j] = __fadd_rn(cj, acc[i][j]);
+    }
+}
+
+/* Folds a tile's logits into the running (max, sum) of the thread's four
+ * rows. A row's 16 owners are the 16 lanes sharing ly (a half-warp); xor
+ * butterflies leave the same bits in all 16 (a+b == b+a), so the running
+ * (m, s) stay replicated. No lane-dependent branches around the shuffles. */
+__device__ __forceinline__ void simt_online_lse(float (&mrun)[4], float (&srun)[4],
+                                                const float (&acc)[4][4], int k0, int K)
+{
+    const int lx = threadIdx.x % SIMT_L;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float tmax = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            if (k0 + lx + SIMT_L * j < K) tmax = fmaxf(tmax, acc[i][j]);
+#pragma unroll
+        for (int off = SIMT_L / 2; off > 0; off >>= 1)
+            tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, off));
+        float mnew = fmaxf(mrun[i], tmax);
+        bool live = mnew != -INFINITY; /* all -inf so far: keep s = 0, avoid inf-inf */
+        float ts = 0.f;
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            if (live && k0 + lx + SIMT_L * j < K) ts += exp2f(acc[i][j] - mnew);
+#pragma unroll
+        for (int off = SIMT_L / 2; off > 0; off >>= 1) ts += __shfl_xor_sync(0xffffffffu, ts, off);
+        float scale = (live && mrun[i] != -INFINITY) ? exp2f(mrun[i] - mnew) : 0.f;
+        srun[i] = __fmaf_rn(srun[i], scale, ts);
+        mrun[i] = live ? mnew : mrun[i];
+    }
+}
 #endif
 
 /* W^T (k x 2d floats taken from w, 2d x k row-major) as hi + lo bf16

@@ -14,58 +14,6 @@ struct RefStats {
     std::vector<double> row_ll;
 };
 
-// Direct E-step in float64 on float rows x (N x D).
-inline RefStats reference_estep(const fgmm_model *m, const std::vector<float> &x, int64_t n)
-{
-    int K = fgmm_model_k(m), D = fgmm_model_d(m);
-    bool sph = fgmm_model_covariance(m) == FGMM_COV_SPHERICAL;
-    const double *w = fgmm_model_weights_c(m), *mu = fgmm_model_means_c(m),
-                 *var = fgmm_model_variances_c(m);
-    RefStats r;
-    r.nk.assign(K, 0);
-    r.sx.assign((size_t)K * D, 0);
-    r.sxx.assign((size_t)K * D, 0);
-    std::vector<double> L((size_t)n * K);  // the N x K matrix, on purpose
-    std::vector<double> logdet(K, 0.0);      // per component, not per row: N*K*D logs took minutes
-    for (int k = 0; k < K; k++)
-        for (int j = 0; j < D; j++) logdet[k] += std::log(sph ? var[k] : var[(size_t)k * D + j]);
-    for (int64_t i = 0; i < n; i++) {
-        for (int k = 0; k < K; k++) {
-            double q = 0;
-            for (int j = 0; j < D; j++) {
-                double v = sph ? var[k] : var[(size_t)k * D + j];
-                double t = x[(size_t)i * D + j] - mu[(size_t)k * D + j];
-                q += t * t / v;
-            }
-            L[(size_t)i * K + k] = std::log(w[k]) - 0.5 * (D * std::log(2 * M_PI) + logdet[k] + q);
-        }
-    }
-    for (int64_t i = 0; i < n; i++) {
-        double mx = -INFINITY;
-        for (int k = 0; k < K; k++) mx = std::max(mx, L[(size_t)i * K + k]);
-        double s = 0;
-        for (int k = 0; k < K; k++) s += std::exp(L[(size_t)i * K + k] - mx);
-        double lse = mx + std::log(s);
-        r.loglik += lse;
-        r.row_ll.push_back(lse);
-        for (int k = 0; k < K; k++) {
-            double rk = std::exp(L[(size_t)i * K + k] - lse);
-            /* Below 1e-250 a responsibility cannot move a sum of any row
-             * that matters, and its products would be subnormal doubles,
-             * ~100x slower: well-separated mixtures made this reference
-             * take minutes. */
-            if (rk < 1e-250) continue;
-            r.nk[k] += rk;
-            for (int j = 0; j < D; j++) {
-                double xv = x[(size_t)i * D + j];
-                r.sx[(size_t)k * D + j] += rk * xv;
-                r.sxx[(size_t)k * D + j] += rk * xv * xv;
-            }
-        }
-    }
-    return r;
-}
-
 // The log-joint l_k(x) = log w_k + log N(x | mu_k, var_k) of every row and
 // component, in float64 (N x K, row-major).
 inline std::vector<double> reference_logits(const fgmm_model *m, const std::vector<float> &x,
@@ -90,6 +38,41 @@ inline std::vector<double> reference_logits(const fgmm_model *m, const std::vect
             L[(size_t)i * K + k] = std::log(w[k]) - 0.5 * (D * std::log(2 * M_PI) + logdet[k] + q);
         }
     return L;
+}
+
+// Direct E-step in float64 on float rows x (N x D).
+inline RefStats reference_estep(const fgmm_model *m, const std::vector<float> &x, int64_t n)
+{
+    int K = fgmm_model_k(m), D = fgmm_model_d(m);
+    RefStats r;
+    r.nk.assign(K, 0);
+    r.sx.assign((size_t)K * D, 0);
+    r.sxx.assign((size_t)K * D, 0);
+    std::vector<double> L = reference_logits(m, x, n);  // the N x K matrix, on purpose
+    for (int64_t i = 0; i < n; i++) {
+        double mx = -INFINITY;
+        for (int k = 0; k < K; k++) mx = std::max(mx, L[(size_t)i * K + k]);
+        double s = 0;
+        for (int k = 0; k < K; k++) s += std::exp(L[(size_t)i * K + k] - mx);
+        double lse = mx + std::log(s);
+        r.loglik += lse;
+        r.row_ll.push_back(lse);
+        for (int k = 0; k < K; k++) {
+            double rk = std::exp(L[(size_t)i * K + k] - lse);
+            /* Below 1e-250 a responsibility cannot move a sum of any row
+             * that matters, and its products would be subnormal doubles,
+             * ~100x slower: well-separated mixtures made this reference
+             * take minutes. */
+            if (rk < 1e-250) continue;
+            r.nk[k] += rk;
+            for (int j = 0; j < D; j++) {
+                double xv = x[(size_t)i * D + j];
+                r.sx[(size_t)k * D + j] += rk * xv;
+                r.sxx[(size_t)k * D + j] += rk * xv * xv;
+            }
+        }
+    }
+    return r;
 }
 
 inline double rel_err(const std::vector<double> &a, const std::vector<double> &b)
