@@ -209,20 +209,21 @@ static void cpu_tile(cpu_backend *b, cpu_thread *t, int64_t r0, int n)
     for (size_t i = 0; i < ns; i++) sums[i] += t->sf[i];
 }
 
-static void cpu_worker(int tid, void *arg)
+/* Runs fn on thread tid's tiles of the chunk. Tiles are dealt round-robin:
+ * the split depends only on the chunk and the thread count, so results are
+ * reproducible for a given --threads. */
+static void deal_tiles(cpu_backend *b, int tid,
+                       void (*fn)(cpu_backend *, cpu_thread *, int64_t, int))
 {
-    cpu_backend *b = arg;
-    cpu_thread *t = &b->t[tid];
     int64_t n = b->chunk->n_rows;
     int64_t tiles = (n + TILE_ROWS - 1) / TILE_ROWS;
-    /* Tiles dealt round-robin: the split depends only on the chunk and the
-     * thread count, so results are reproducible for a given --threads. */
     for (int64_t ti = tid; ti < tiles; ti += b->threads) {
         int64_t r0 = ti * TILE_ROWS;
-        int rows = (int)(n - r0 < TILE_ROWS ? n - r0 : TILE_ROWS);
-        cpu_tile(b, t, r0, rows);
+        fn(b, &b->t[tid], r0, (int)(n - r0 < TILE_ROWS ? n - r0 : TILE_ROWS));
     }
 }
+
+static void cpu_worker(int tid, void *arg) { deal_tiles(arg, tid, cpu_tile); }
 
 static fgmm_status cpu_accumulate(void *self, const fgmm_chunk *c, float *per_row_ll,
                                   fgmm_error *err)
@@ -278,17 +279,7 @@ static void assign_tile(cpu_backend *b, cpu_thread *t, int64_t r0, int n)
     }
 }
 
-static void assign_worker(int tid, void *arg)
-{
-    cpu_backend *b = arg;
-    cpu_thread *t = &b->t[tid];
-    int64_t n = b->chunk->n_rows;
-    int64_t tiles = (n + TILE_ROWS - 1) / TILE_ROWS;
-    for (int64_t ti = tid; ti < tiles; ti += b->threads) {
-        int64_t r0 = ti * TILE_ROWS;
-        assign_tile(b, t, r0, (int)(n - r0 < TILE_ROWS ? n - r0 : TILE_ROWS));
-    }
-}
+static void assign_worker(int tid, void *arg) { deal_tiles(arg, tid, assign_tile); }
 
 static fgmm_status cpu_assign(void *self, const fgmm_chunk *c, int m, int32_t *idx, float *resp,
                               float *ll, fgmm_error *err)
