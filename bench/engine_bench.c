@@ -6,8 +6,8 @@
  * usage: engine_bench DEVICE N K D [ITERS] [DTYPE] [fit]
  *   DEVICE cpu|cuda, DTYPE f32|u8 (default f32)
  * Prints median seconds per step, rows/s, effective GFLOP/s (8*N*K*D), all
- * rows crossing PCIe every step on a GPU. Then the top-10 assignment pass
- * (fgmm_assign). With "fit": fgmm_fit for ITERS steps, where the GPU row
+ * rows crossing PCIe every step on a GPU. Then one scoring pass (fgmm_score)
+ * and the top-10 assignment pass (fgmm_assign). With "fit": fgmm_fit for ITERS steps, where the GPU row
  * cache (default budget) keeps the rows on the device after step 1; its
  * per-step lines go to stderr.
  */
@@ -100,6 +100,9 @@ int main(int argc, char **argv)
         ll = fgmm_stats_loglik(s) / N;
         fprintf(stderr, "step %d: %.4f s  loglik %.6f\n", it + 1, t[it], ll);
     }
+    double ts0 = now(), mean_ll;
+    CHECK(fgmm_score(e, src, m, &mean_ll, NULL, &err));
+    double tscore = now() - ts0;
     double ta = now();
     long assigned = 0;
     CHECK(fgmm_assign(e, src, m, 10, count_rows, &assigned, &err));
@@ -119,6 +122,8 @@ int main(int argc, char **argv)
     printf("%s N=%ld K=%ld D=%ld %s: %.4f s/step  %.3g rows/s  %.1f GFLOP/s effective\n",
            fgmm_engine_device_name(e), N, K, D, u8 ? "uint8" : "float32", med, N / med,
            8.0 * N * K * D / med / 1e9);
+    printf("%s N=%ld K=%ld D=%ld %s: scoring (log-likelihoods only) %.4f s (%.3g rows/s)\n",
+           fgmm_engine_device_name(e), N, K, D, u8 ? "uint8" : "float32", tscore, N / tscore);
     printf("%s N=%ld K=%ld D=%ld %s: top-10 assignment %.4f s (%.3g rows/s, %ld rows)\n",
            fgmm_engine_device_name(e), N, K, D, u8 ? "uint8" : "float32", tassign,
            N / tassign, assigned);

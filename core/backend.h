@@ -20,6 +20,7 @@ typedef struct {
     const double *w;     /* 2D * K */
     const double *c;     /* K */
     const double *shift; /* D */
+    int loglik_only;     /* scoring: only log-likelihoods, statistics stay zero */
 } fgmm_estep_params;
 
 typedef struct {

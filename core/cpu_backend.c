@@ -183,10 +183,11 @@ static void cpu_tile(cpu_backend *b, cpu_thread *t, int64_t r0, int n)
         for (; k < K; k++) s4[0] += l[k];
         double s = (s4[0] + s4[1]) + (s4[2] + s4[3]);
         double inv = 1.0 / s;
-        for (k = 0; k < K; k++) {
-            l[k] *= inv;
-            nk[k] += l[k];
-        }
+        if (!p->loglik_only)
+            for (k = 0; k < K; k++) {
+                l[k] *= inv;
+                nk[k] += l[k];
+            }
         double ll = mx + log(s);
         ll_sum += ll;
         int64_t row = c->first_row + r0 + i;
@@ -194,6 +195,7 @@ static void cpu_tile(cpu_backend *b, cpu_thread *t, int64_t r0, int n)
         if (b->per_row_ll) b->per_row_ll[r0 + i] = (float)ll;
     }
     fgmm_stats_add_loglik(t->st, ll_sum, n);
+    if (p->loglik_only) return; /* scoring: no statistics product */
     /* sums[K x 2D] += R^T [y, y^2]: in float (sgemm runs at 1.6x dgemm's
      * rate here) over one tile of at most 256 rows, then added in double,
      * so rounding does not grow with N. The responsibilities and [y, y^2]

@@ -102,7 +102,10 @@ static fgmm_status cuda_begin_pass(void *self, const fgmm_estep_params *p, fgmm_
     for (int i = 0; i < LL_RING; i++) b->ring[i].live = 0;
     b->offered = b->calls;
     fgmmc_error ce = {0};
-    return from_cuda(fgmmc_begin_pass(b->ctx, p->k, p->d, p->w, p->c, p->shift, &ce), &ce, err);
+    return from_cuda(p->loglik_only
+                         ? fgmmc_begin_ll_pass(b->ctx, p->k, p->d, p->w, p->c, p->shift, &ce)
+                         : fgmmc_begin_pass(b->ctx, p->k, p->d, p->w, p->c, p->shift, &ce),
+                     &ce, err);
 }
 
 static fgmm_status cuda_accumulate(void *self, const fgmm_chunk *c, float *per_row_ll,

@@ -154,13 +154,13 @@ void fgmm_estep_params_fill(const fgmm_model *m, double *w, double *c, double *s
 }
 
 static fgmm_status estep_keyed(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
-                               fgmm_stats *out, float *per_row_ll, uint64_t key,
+                               fgmm_stats *out, float *per_row_ll, uint64_t key, int loglik_only,
                                fgmm_error *err);
 
 fgmm_status fgmm_engine_estep(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
                               fgmm_stats *out, float *per_row_ll, fgmm_error *err)
 {
-    return estep_keyed(e, src, m, out, per_row_ll, 0, err);
+    return estep_keyed(e, src, m, out, per_row_ll, 0, 0, err);
 }
 
 fgmm_status fgmm_engine_set_gpu_cache_budget(fgmm_engine *e, int64_t bytes, fgmm_error *err)
@@ -175,15 +175,15 @@ fgmm_status fgmm_engine_set_gpu_cache_budget(fgmm_engine *e, int64_t bytes, fgmm
 int fgmm_engine_cached_passes(const fgmm_engine *e) { return e->cached_passes; }
 
 /* Loads the E-step terms of m into the engine's scratch and begins a
- * back-end pass. */
+ * back-end pass (loglik_only: scoring, no statistics). */
 static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
-                                    fgmm_stats *out, fgmm_error *err);
+                                    fgmm_stats *out, int loglik_only, fgmm_error *err);
 
 static fgmm_status estep_keyed(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
-                               fgmm_stats *out, float *per_row_ll, uint64_t key,
+                               fgmm_stats *out, float *per_row_ll, uint64_t key, int loglik_only,
                                fgmm_error *err)
 {
-    fgmm_status st = begin_model_pass(e, src, m, out, err);
+    fgmm_status st = begin_model_pass(e, src, m, out, loglik_only, err);
     if (st) return st;
     int cached = 0;
     if (key && e->ops->pass_data &&
@@ -215,7 +215,7 @@ static fgmm_status estep_keyed(fgmm_engine *e, fgmm_source *src, const fgmm_mode
 }
 
 static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
-                                    fgmm_stats *out, fgmm_error *err)
+                                    fgmm_stats *out, int loglik_only, fgmm_error *err)
 {
     int K = fgmm_model_k(m), D = fgmm_model_d(m);
     if (fgmm_source_dim(src) != D)
@@ -239,7 +239,7 @@ static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm
         e->d = D;
     }
     fgmm_estep_params_fill(m, e->w, e->c, e->shift);
-    e->params = (fgmm_estep_params){K, D, e->w, e->c, e->shift};
+    e->params = (fgmm_estep_params){K, D, e->w, e->c, e->shift, loglik_only};
     fgmm_stats_reset(out, e->shift);
     return e->ops->begin_pass(e->backend, &e->params, err);
 }
@@ -250,7 +250,9 @@ fgmm_status fgmm_score(fgmm_engine *e, fgmm_source *src, const fgmm_model *m, do
     fgmm_stats *s;
     fgmm_status st = fgmm_stats_create(fgmm_model_k(m), fgmm_model_d(m), NULL, &s, err);
     if (st) return st;
-    st = fgmm_engine_estep(e, src, m, s, per_row, err);
+    /* Scoring needs no statistics: the back ends skip them (on the GPU
+     * only the log-sum-exp kernel runs). */
+    st = estep_keyed(e, src, m, s, per_row, 0, 1, err);
     if (!st) *mean_ll = fgmm_stats_loglik(s) / (double)fgmm_stats_rows(s);
     fgmm_stats_free(s);
     return st;
@@ -318,7 +320,7 @@ fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
     e->cached_passes = 0;
     for (int it = 1; it <= p->max_iter; it++) {
         double t0 = now_seconds();
-        if ((st = estep_keyed(e, src, m, s, NULL, key, err))) goto fail;
+        if ((st = estep_keyed(e, src, m, s, NULL, key, 0, err))) goto fail;
         double ll = fgmm_stats_loglik(s) / (double)fgmm_stats_rows(s);
         int reseeded = 0;
         if ((st = fgmm_stats_mstep(s, m, p->reg_covar, p->min_count, src, &reseeded, err)))
@@ -366,7 +368,7 @@ fgmm_status fgmm_assign(fgmm_engine *e, fgmm_source *src, const fgmm_model *m, i
     int32_t *idx = NULL;
     float *resp = NULL, *ll = NULL;
     int64_t cap = 0;
-    if ((st = begin_model_pass(e, src, m, s, err))) goto done;
+    if ((st = begin_model_pass(e, src, m, s, 1, err))) goto done;
     if ((st = fgmm_source_rewind(src, err))) goto done;
     for (;;) {
         fgmm_chunk ch;
@@ -425,7 +427,7 @@ fgmm_status fgmm_engine_nearest(fgmm_engine *e, const float *x, int64_t s, int d
         }
         c[kk] = -0.5 * nn;
     }
-    e->params = (fgmm_estep_params){k, d, w, c, shift};
+    e->params = (fgmm_estep_params){k, d, w, c, shift, 1};
     if ((st = e->ops->begin_pass(e->backend, &e->params, err))) goto done;
     fgmm_chunk ch = {x, sizeof(float) * (size_t)d, 0, s, FGMM_F32};
     st = e->ops->assign(e->backend, &ch, 1, label, resp, ll, err);

@@ -52,6 +52,7 @@ struct fgmmc_context {
     int device, sm_count, cc_major;
     fgmmc_precision prec;
     int use_tc, tc_prec, kw; /* this pass: tensor-core kernels, 3 or 1 products */
+    int ll_only;             /* this pass: log-likelihoods only (fgmmc_begin_ll_pass) */
     void *d_wt_hi, *d_wt_lo; /* W^T split, K rounded up to 64 rows of kw */
     size_t cap_wt_hi, cap_wt_lo;
     void *d_yg_hi, *d_yg_lo; /* converted rows of a sub-chunk, (kw+16) bf16 each */
@@ -422,8 +423,17 @@ fgmmc_status fgmmc_begin_pass(fgmmc_context *ctx, int k, int d, const double *w,
     ctx->k = k;
     ctx->d = d;
     ctx->cache_filling = ctx->pass_cached = 0;
+    ctx->ll_only = 0;
     ctx->in_pass = 1;
     return FGMMC_OK;
+}
+
+fgmmc_status fgmmc_begin_ll_pass(fgmmc_context *ctx, int k, int d, const double *w,
+                                 const double *c, const double *shift, fgmmc_error *err)
+{
+    fgmmc_status st = fgmmc_begin_pass(ctx, k, d, w, c, shift, err);
+    if (!st) ctx->ll_only = 1;
+    return st;
 }
 
 /* ---------------------------------------------------------- row cache */
@@ -614,8 +624,15 @@ static fgmmc_status launch_rows(fgmmc_context *ctx, int b, const void *x_dev, in
     bt.kw = ctx->kw;
     bt.yg_hi = ctx->d_yg_hi;
     bt.yg_lo = ctx->d_yg_lo;
-    fgmmc_status st = ctx->use_tc ? fgmmc_estep_tc_launch(&bt, plan, ctx->tc_prec, ctx->stream, err)
-                                  : fgmmc_estep_launch(&bt, plan, ctx->stream, err);
+    fgmmc_status st;
+    if (ctx->ll_only) { /* scoring: kernel A and the log-likelihood sum */
+        st = ctx->use_tc ? fgmmc_estep_tc_parts(&bt, plan, ctx->tc_prec, 1, ctx->stream, err)
+                         : fgmmc_lse_launch(&bt, plan, ctx->stream, err);
+        if (!st && ctx->use_tc) st = fgmmc_ll_reduce_launch(&bt, plan, ctx->stream, err);
+    } else {
+        st = ctx->use_tc ? fgmmc_estep_tc_launch(&bt, plan, ctx->tc_prec, ctx->stream, err)
+                         : fgmmc_estep_launch(&bt, plan, ctx->stream, err);
+    }
     if (st) return st;
     FGMMC_CHECK(cudaEventRecord(ctx->kern_done[b], ctx->stream), err);
     if (segs->nseg) {

@@ -430,6 +430,26 @@ fgmmc_status fgmmc_estep_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
     return fgmmc_estep_reduce_launch(b, plan, stream, err);
 }
 
+fgmmc_status fgmmc_ll_reduce_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
+                                    cudaStream_t stream, fgmmc_error *err)
+{
+    size_t per_split = (size_t)b->k * (size_t)(2 * b->d + 1);
+    ll_reduce_kernel<<<1, NT, 0, stream>>>(b->block_ll, plan->lse_blocks, b->acc + per_split);
+    FGMMC_CHECK_LAUNCH("ll_reduce_kernel", err);
+    return FGMMC_OK;
+}
+
+fgmmc_status fgmmc_lse_launch(const fgmmc_batch *b, const fgmmc_plan *plan, cudaStream_t stream,
+                              fgmmc_error *err)
+{
+    if (b->n <= 0) return FGMMC_OK;
+    if (b->d < 1 || b->d > FGMMC_MAX_D || b->k < 1)
+        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "estep: k=%d d=%d out of range", b->k, b->d);
+    lse_kernel<<<plan->lse_blocks, NT, 0, stream>>>(*b);
+    FGMMC_CHECK_LAUNCH("lse_kernel", err);
+    return fgmmc_ll_reduce_launch(b, plan, stream, err);
+}
+
 fgmmc_status fgmmc_estep_reduce_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
                                        cudaStream_t stream, fgmmc_error *err)
 {

@@ -96,6 +96,12 @@ fgmmc_status fgmmc_accumulate(fgmmc_context *ctx, const void *rows, size_t row_s
                               int64_t n, fgmmc_dtype dtype, float *per_row_ll,
                               fgmmc_error *err);
 
+/* fgmmc_begin_pass for scoring: the pass computes only the rows'
+ * log-likelihoods (per_row_ll and the sum), with the log-sum-exp kernel
+ * alone; fgmmc_end_pass returns zero statistics. */
+fgmmc_status fgmmc_begin_ll_pass(fgmmc_context *ctx, int k, int d, const double *w,
+                                 const double *c, const double *shift, fgmmc_error *err);
+
 /* Rows kept on the device. With a budget of `bytes` (0: off),
  * the data of a pass declared with fgmmc_pass_data is copied to the device
  * on its first pass when all of it fits, and later passes over the same

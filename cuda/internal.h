@@ -244,6 +244,13 @@ void fgmmc_estep_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *plan);
 fgmmc_status fgmmc_estep_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
                                 cudaStream_t stream, fgmmc_error *err);
 
+/* Log-likelihoods only (scoring): kernel A, then the fixed-order sum of
+ * its per-tile sums into acc's last element; the statistics stay zero. */
+fgmmc_status fgmmc_lse_launch(const fgmmc_batch *b, const fgmmc_plan *plan, cudaStream_t stream,
+                              fgmmc_error *err);
+fgmmc_status fgmmc_ll_reduce_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
+                                    cudaStream_t stream, fgmmc_error *err);
+
 /* ------------------------------------------------- top-m assignment */
 
 /* Largest m of the top-m kernel (assign.cu). */
