@@ -80,6 +80,16 @@ fgmm_status fgmm_engine_nearest(fgmm_engine *e, const float *x, int64_t s, int d
                                 const double *centers, int k, const double *shift, int32_t *label,
                                 fgmm_error *err);
 
+/* Greedy k-means++ seeding (as core/init.c's, same draws from rng) of k
+ * centres (k x d, into centers) from s rows x, L candidates per step, on
+ * the engine's GPU (kmeans.cu); FGMM_ERR_UNSUPPORTED on the CPU engine. */
+fgmm_status fgmm_engine_kmeanspp(fgmm_engine *e, const float *x, int64_t s, int d,
+                                 const double *shift, int k, int l, fgmm_rng *rng,
+                                 double *centers, fgmm_error *err);
+/* The CUDA back end's half of it (core/cuda_backend.c). */
+fgmm_status fgmm_cuda_kmeanspp(void *backend, const float *x, int64_t s, int d, const double *shift,
+                               int k, int l, fgmm_rng *rng, double *centers, fgmm_error *err);
+
 /* Fill w (2D*K), c (K) and shift (D) from a model. */
 void fgmm_estep_params_fill(const fgmm_model *m, double *w, double *c, double *shift);
 

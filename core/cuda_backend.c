@@ -7,6 +7,7 @@
 #include "core/backend.h"
 #include "cuda/fgmm_cuda.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -213,3 +214,44 @@ const fgmm_backend_ops fgmm_cuda_backend_ops = {"cuda",         cuda_begin_pass,
                                                 cuda_end_pass,  cuda_destroy,       cuda_set_precision,
                                                 cuda_path,      cuda_device_bytes,  cuda_assign,
                                                 cuda_pass_data, cuda_set_cache_budget};
+
+fgmm_status fgmm_cuda_kmeanspp(void *self, const float *x, int64_t S, int D, const double *shift,
+                               int K, int L, fgmm_rng *rng, double *centers, fgmm_error *err)
+{
+    cuda_backend *b = self;
+    fgmmc_error ce = {0};
+    if (L < 1 || L > 16)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "k-means++: %d candidates per step (1..16)", L);
+    fgmm_status st = from_cuda(fgmmc_pp_begin(b->ctx, x, S, D, shift, &ce), &ce, err);
+    if (st) return st;
+    float *cand = malloc(sizeof(float) * (size_t)L * D);
+    if (!cand) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+    int64_t pick[16];
+    double thresh[16], pot[16];
+    /* The loop and the draws are init.c's (kmeans_centers): the same rng
+     * calls in the same order, so a seed means the same thing on both. */
+    for (int k = 0; k < K && !st; k++) {
+        double total = 0;
+        if (k > 0 && (st = from_cuda(fgmmc_pp_total(b->ctx, &total, &ce), &ce, err))) break;
+        int nc = k == 0 ? 1 : L, by_d2 = k > 0 && total > 0;
+        for (int l = 0; l < nc; l++) {
+            pick[l] = (int64_t)(fgmm_rng_uniform(rng) * (double)S);
+            if (by_d2) thresh[l] = fgmm_rng_uniform(rng) * total;
+        }
+        if (by_d2 && (st = from_cuda(fgmmc_pp_pick(b->ctx, thresh, nc, pick, &ce), &ce, err))) break;
+        for (int l = 0; l < nc; l++)
+            memcpy(cand + (size_t)l * D, x + (size_t)pick[l] * D, sizeof(float) * (size_t)D);
+        if ((st = from_cuda(fgmmc_pp_potentials(b->ctx, cand, nc, pot, &ce), &ce, err))) break;
+        int best = 0;
+        double best_pot = INFINITY;
+        for (int l = 0; l < nc; l++)
+            if (pot[l] < best_pot) {
+                best_pot = pot[l];
+                best = l;
+            }
+        for (int j = 0; j < D; j++) centers[(size_t)k * D + j] = cand[(size_t)best * D + j];
+        st = from_cuda(fgmmc_pp_commit(b->ctx, nc, best, &ce), &ce, err);
+    }
+    free(cand);
+    return st;
+}

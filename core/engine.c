@@ -449,3 +449,12 @@ done:
     free(ll);
     return st;
 }
+
+fgmm_status fgmm_engine_kmeanspp(fgmm_engine *e, const float *x, int64_t s, int d,
+                                 const double *shift, int k, int l, fgmm_rng *rng,
+                                 double *centers, fgmm_error *err)
+{
+    if (e->device != FGMM_DEVICE_CUDA)
+        return fgmm_fail(err, FGMM_ERR_UNSUPPORTED, "k-means++: the CPU engine has its own");
+    return fgmm_cuda_kmeanspp(e->backend, x, s, d, shift, k, l, rng, centers, err);
+}

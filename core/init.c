@@ -156,13 +156,19 @@ static fgmm_status kmeans_centers(km_ctx *c, double *centers, double *cnorm, fgm
      * Plain k-means++ often seeds two centers in one cluster when clusters
      * hold many rows in many dimensions; EM cannot undo that. */
     int L = 2 + (int)log((double)K);
+    c->centers = centers;
+    if (c->engine) {
+        /* The O(S*K*L*D) seeding on the GPU, same draws. */
+        if ((st = fgmm_engine_kmeanspp(c->engine, c->x, S, D, c->shift, K, L, rng, centers, err)))
+            return st;
+        goto lloyd;
+    }
     for (int64_t i = 0; i < S; i++) {
         c->d2[i] = INFINITY;
         double nn = 0;
         for (int j = 0; j < D; j++) nn += (double)c->x[(size_t)i * D + j] * c->x[(size_t)i * D + j];
         c->xnorm[i] = nn;
     }
-    c->centers = centers;
     int64_t *pick = malloc(sizeof(int64_t) * (size_t)L);
     if (!pick) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
     for (int k = 0; k < K; k++) {
@@ -213,6 +219,7 @@ static fgmm_status kmeans_centers(km_ctx *c, double *centers, double *cnorm, fgm
         }
     }
     free(pick);
+lloyd:
     /* Lloyd iterations; each assignment pass also leaves labels/d2 for
      * the hard M-step that follows. */
     for (int it = 0; it <= lloyd_iter; it++) {

@@ -146,6 +146,30 @@ uint64_t fgmmc_ll_completed(fgmmc_context *ctx);
 /* Waits until every call's per_row_ll is delivered. */
 fgmmc_status fgmmc_sync(fgmmc_context *ctx, fgmmc_error *err);
 
+/* Greedy k-means++ seeding on the device (kmeans.cu). The caller runs the
+ * loop and the random draws; the device holds the rows and each row's
+ * squared distance d2 to its nearest centre so far.
+ *   fgmmc_pp_begin       upload s rows x (d floats; centred on shift, d
+ *                        doubles) and set every d2 to +inf;
+ *   fgmmc_pp_total       sum of d2 (block sums, prefix in block order);
+ *   fgmmc_pp_pick        for each threshold (in [0, total)), the first row
+ *                        whose running sum of d2 exceeds it (s-1 if none);
+ *                        uses the last fgmmc_pp_total;
+ *   fgmmc_pp_potentials  squared distances of every row to l (<= 16)
+ *                        candidates (host, l x d, not centred) and each
+ *                        one's potential sum_i min(d2_i, dist_i);
+ *   fgmmc_pp_commit      d2 = min(d2, distance to candidate `best` of the
+ *                        last fgmmc_pp_potentials).
+ * Synchronous; the same inputs give the same bits. */
+fgmmc_status fgmmc_pp_begin(fgmmc_context *ctx, const float *x, int64_t s, int d,
+                            const double *shift, fgmmc_error *err);
+fgmmc_status fgmmc_pp_total(fgmmc_context *ctx, double *total, fgmmc_error *err);
+fgmmc_status fgmmc_pp_pick(fgmmc_context *ctx, const double *thresh, int l_count, int64_t *rows,
+                           fgmmc_error *err);
+fgmmc_status fgmmc_pp_potentials(fgmmc_context *ctx, const float *cand, int l_count, double *pot,
+                                 fgmmc_error *err);
+fgmmc_status fgmmc_pp_commit(fgmmc_context *ctx, int l_count, int best, fgmmc_error *err);
+
 /* Finish the pass: nk (K), sums (K*2D), *ll_sum, summed over all rows since
  * fgmmc_begin_pass in a fixed order (same input, same bits). */
 fgmmc_status fgmmc_end_pass(fgmmc_context *ctx, double *nk, double *sums, double *ll_sum,

@@ -260,6 +260,23 @@ fgmmc_status fgmmc_ll_reduce_launch(const fgmmc_batch *b, const fgmmc_plan *plan
 fgmmc_status fgmmc_topm_launch(const fgmmc_batch *b, int m, int *out_idx, float *out_resp,
                                cudaStream_t stream, fgmmc_error *err);
 
+/* ------------------------------------------------- k-means++ seeding */
+
+#define FGMMC_PP_BLOCK 1024 /* rows per d2 block sum (kmeans.cu) */
+#define FGMMC_PP_MAX_L 16   /* candidates per step */
+int fgmmc_pp_blocks(int64_t s);
+size_t fgmmc_pp_pot_part_elems(int l_count);
+fgmmc_status fgmmc_pp_block_sums_launch(const double *d2, int64_t s, double *block_sums,
+                                        cudaStream_t st, fgmmc_error *err);
+fgmmc_status fgmmc_pp_pick_launch(const double *d2, int64_t s, const double *prefix,
+                                  const double *thresh, int l_count, int64_t *pick,
+                                  cudaStream_t st, fgmmc_error *err);
+fgmmc_status fgmmc_pp_dist_launch(const float *x, int64_t s, int d, const float *cand, int l_count,
+                                  const double *d2, float *dist, double *pot_part, double *pot,
+                                  cudaStream_t st, fgmmc_error *err);
+fgmmc_status fgmmc_pp_commit_launch(double *d2, const float *dist, int64_t s, int l_count, int best,
+                                    cudaStream_t st, fgmmc_error *err);
+
 /* ------------------------------------------------- tensor-core path */
 
 /* The column width (2D rounded up) the tensor-core kernels use for d, or 0

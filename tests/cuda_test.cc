@@ -522,6 +522,41 @@ TEST(Cuda, SmallCallsAreBatched)
     EXPECT_EQ(std::memcmp(ll.data(), ll2.data(), p.n * sizeof(float)), 0);
 }
 
+// The k-means++ primitives on a case small enough to work by hand: rows
+// 0..4 on a line, first centre at 0, so d2 = 0 1 4 9 16 and the running
+// sums 0 1 5 14 30; a draw picks the first row whose running sum exceeds
+// its threshold.
+TEST(Cuda, KmeansppPrimitives)
+{
+    NEED_GPU();
+    Ctx ctx;
+    fgmmc_error err{};
+    ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMMC_OK) << err.msg;
+    const float x[5] = {0, 1, 2, 3, 4};
+    const double shift[1] = {1.5};
+    ASSERT_EQ(fgmmc_pp_begin(ctx.p, x, 5, 1, shift, &err), FGMMC_OK) << err.msg;
+    const float cand[2] = {0, 4};
+    double pot[2];
+    ASSERT_EQ(fgmmc_pp_potentials(ctx.p, cand, 2, pot, &err), FGMMC_OK) << err.msg;
+    EXPECT_EQ(pot[0], 30.0);  // d2 = +inf: the potentials are the distances' sums
+    EXPECT_EQ(pot[1], 30.0);
+    ASSERT_EQ(fgmmc_pp_commit(ctx.p, 2, 0, &err), FGMMC_OK);
+    double total;
+    ASSERT_EQ(fgmmc_pp_total(ctx.p, &total, &err), FGMMC_OK) << err.msg;
+    EXPECT_EQ(total, 30.0);
+    const double th[6] = {0, 0.5, 1, 4.9, 5, 29.9};
+    int64_t rows[6];
+    ASSERT_EQ(fgmmc_pp_pick(ctx.p, th, 6, rows, &err), FGMMC_OK) << err.msg;
+    const int64_t want[6] = {1, 1, 2, 2, 3, 4};
+    for (int i = 0; i < 6; i++) EXPECT_EQ(rows[i], want[i]) << "threshold " << th[i];
+    // Against a candidate at 4: min(d2, dist) = 0 1 4 1 0.
+    const float c4[1] = {4};
+    ASSERT_EQ(fgmmc_pp_potentials(ctx.p, c4, 1, pot, &err), FGMMC_OK);
+    EXPECT_EQ(pot[0], 6.0);
+    EXPECT_EQ(fgmmc_pp_potentials(ctx.p, cand, 17, pot, &err), FGMMC_ERR_ARGUMENT);
+    EXPECT_EQ(fgmmc_pp_commit(ctx.p, 1, 1, &err), FGMMC_ERR_ARGUMENT);
+}
+
 TEST(Cuda, ArgumentErrors)
 {
     NEED_GPU();
