@@ -282,6 +282,22 @@ TEST_F(Cli, PrecisionFlag)
     EXPECT_NE(r.out.find("[cpu]"), std::string::npos) << r.out;
 }
 
+TEST_F(Cli, GpuCacheBudgetFlag)
+{
+    expect_fail("fit --data " + path("good.fbin") + " --k 2 --gpu-cache-budget some --out " +
+                    path("g1"),
+                2, "--gpu-cache-budget expects a byte count");
+    expect_fail("fit --data " + path("good.fbin") + " --k 2 --gpu-cache-budget -1 --out " +
+                    path("g1"),
+                2, "--gpu-cache-budget expects a byte count");
+    EXPECT_FALSE(exists(path("g1")));
+    // Accepted, and without effect, on the CPU engine.
+    Result r = run("fit --quiet --data " + path("good.fbin") + " --k 2 --max-iter 2 --device cpu "
+                   "--gpu-cache-budget 2G --out " + path("g2"));
+    EXPECT_EQ(r.code, 0) << r.out;
+    EXPECT_TRUE(exists(path("g2") + "/model.json"));
+}
+
 TEST_F(Cli, CorruptShardFailsTheFitAndWritesNothing)
 {
     ASSERT_EQ(run("shard --input " + path("good.fbin") + " --out " + path("shc") +
