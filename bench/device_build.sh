@@ -18,6 +18,8 @@ gcc $CFLAGS -c tools/flashgmm.c -o "$OUT/flashgmm.o"
 g++ -o "$OUT/flashgmm" "$OUT/flashgmm.o" $OBJ $LINK
 gcc $CFLAGS -c bench/engine_bench.c -o "$OUT/engine_bench.o"
 g++ -o "$OUT/engine_bench" "$OUT/engine_bench.o" $OBJ $LINK
+gcc $CFLAGS -c bench/assign_bench.c -o "$OUT/assign_bench.o"
+g++ -o "$OUT/assign_bench" "$OUT/assign_bench.o" $OBJ $LINK
 gcc $CFLAGS -c bench/gen_shards.c -o "$OUT/gen_shards.o"
 g++ -o "$OUT/gen_shards" "$OUT/gen_shards.o" $OBJ $LINK
 $NVCC -c bench/estep_bench.cu -o "$OUT/estep_bench.o"
@@ -31,7 +33,7 @@ cp bench/torch_reference.py "$OUT/"
 # Static binaries are ~28 MB each (OpenBLAS, cudart); the tree carried to the
 # GPU machine is limited to 64 MiB, so they travel stripped and xz-packed.
 # There: tar xJf .devbin/bins.tar.xz -C /tmp/b
-( cd "$OUT" && strip flashgmm engine_bench estep_bench gen_shards cuda_test engine_gpu_test assign_test &&
-  tar cJf bins.tar.xz flashgmm engine_bench estep_bench gen_shards cuda_test engine_gpu_test assign_test torch_reference.py &&
-  rm -f flashgmm engine_bench estep_bench gen_shards cuda_test engine_gpu_test assign_test torch_reference.py )
+( cd "$OUT" && strip flashgmm engine_bench estep_bench gen_shards assign_bench cuda_test engine_gpu_test assign_test &&
+  tar cJf bins.tar.xz flashgmm engine_bench estep_bench gen_shards assign_bench cuda_test engine_gpu_test assign_test torch_reference.py &&
+  rm -f flashgmm engine_bench estep_bench gen_shards assign_bench cuda_test engine_gpu_test assign_test torch_reference.py )
 ls -la "$OUT"

@@ -129,6 +129,84 @@ TEST(AssignCpu, TopMMatchesFloat64Reference)
     assign_case(FGMM_DEVICE_CPU, 400, 9, 5, 0, seed + 4, 1e-9, 1e-6, 1e-7);     // scoring only
 }
 
+// A source that hands out rows in small chunks (as the shard reader's
+// 8,192-row chunks, here 37), to exercise fgmm_assign's batching.
+struct SmallChunks {
+    const float *x;
+    int64_t n, pos;
+    int d;
+};
+
+fgmm_status sc_rewind(void *impl, fgmm_error *)
+{
+    static_cast<SmallChunks *>(impl)->pos = 0;
+    return FGMM_OK;
+}
+
+fgmm_status sc_next(void *impl, fgmm_chunk *c, fgmm_error *)
+{
+    SmallChunks *s = static_cast<SmallChunks *>(impl);
+    int64_t take = s->n - s->pos < 37 ? s->n - s->pos : 37;
+    c->rows = s->x + (size_t)s->pos * s->d;
+    c->row_stride = sizeof(float) * s->d;
+    c->first_row = s->pos;
+    c->n_rows = take;
+    c->dtype = FGMM_F32;
+    s->pos += take;
+    return FGMM_OK;
+}
+
+fgmm_status sc_read_rows(void *impl, const int64_t *idx, int64_t n, float *out, fgmm_error *)
+{
+    SmallChunks *s = static_cast<SmallChunks *>(impl);
+    for (int64_t i = 0; i < n; i++)
+        std::memcpy(out + (size_t)i * s->d, s->x + (size_t)idx[i] * s->d, sizeof(float) * s->d);
+    return FGMM_OK;
+}
+
+void sc_close(void *impl) { delete static_cast<SmallChunks *>(impl); }
+
+const fgmm_source_ops small_chunk_ops = {sc_rewind, sc_next, sc_read_rows, sc_close};
+
+void small_chunks_case(fgmm_device dev)
+{
+    fgmm_rng rng;
+    fgmm_rng_seed(&rng, 77);
+    std::vector<float> x;
+    const int64_t n = 150001;
+    const int K = 12, D = 9, m = 3;
+    fgmm_model *mod = random_mixture(&rng, K, D, FGMM_COV_DIAG, 0.5, n, x);
+    fgmm_error err{};
+    fgmm_source *whole, *small;
+    ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, n, D, "mem", &whole, &err), FGMM_OK);
+    ASSERT_EQ(fgmm_source_create(&small_chunk_ops, new SmallChunks{x.data(), n, 0, D}, n, D,
+                                 FGMM_F32, "small", &small, &err),
+              FGMM_OK);
+    fgmm_engine *e;
+    ASSERT_EQ(fgmm_engine_create(dev, 2, &e, &err), FGMM_OK) << err.msg;
+    Collected a, b;
+    a.m = b.m = m;
+    ASSERT_EQ(fgmm_assign(e, whole, mod, m, collect, &a, &err), FGMM_OK) << err.msg;
+    ASSERT_EQ(fgmm_assign(e, small, mod, m, collect, &b, &err), FGMM_OK) << err.msg;
+    EXPECT_EQ(b.next_row, n);
+    EXPECT_LT(b.calls, 10) << "37-row chunks should reach the sink in batches";
+    EXPECT_EQ(a.idx, b.idx);
+    EXPECT_EQ(a.resp, b.resp);
+    EXPECT_EQ(std::memcmp(a.ll.data(), b.ll.data(), sizeof(float) * n), 0);
+    fgmm_engine_free(e);
+    fgmm_source_close(small);
+    fgmm_source_close(whole);
+    fgmm_model_free(mod);
+}
+
+TEST(AssignCpu, SmallChunksAreBatchedWithTheSameResults) { small_chunks_case(FGMM_DEVICE_CPU); }
+
+TEST(AssignCuda, SmallChunksAreBatchedWithTheSameResults)
+{
+    NEED_GPU();
+    small_chunks_case(FGMM_DEVICE_CUDA);
+}
+
 TEST(AssignCpu, ScoresEqualScore)
 {
     fgmm_rng rng;
