@@ -355,42 +355,6 @@ fail:
     return st;
 }
 
-/* Rows per back-end call of fgmm_assign: a shard reader's 8,192-row chunks
- * are gathered into batches this large (at most ASSIGN_BATCH_BYTES), so a
- * GPU gets launches big enough to fill it. */
-#define ASSIGN_BATCH_ROWS ((int64_t)65536)
-#define ASSIGN_BATCH_BYTES ((size_t)64 << 20)
-
-typedef struct {
-    int32_t *idx;
-    float *resp, *ll;
-    int64_t cap;
-} assign_out;
-
-/* Assigns one run of rows and hands it to the sink. */
-static fgmm_status assign_run(fgmm_engine *e, const fgmm_chunk *ch, int top_m, assign_out *o,
-                              fgmm_assign_sink sink, void *user, fgmm_error *err)
-{
-    if (ch->n_rows > o->cap) {
-        free(o->idx);
-        free(o->resp);
-        free(o->ll);
-        size_t mm = (size_t)(top_m > 0 ? top_m : 1);
-        o->idx = malloc(sizeof(int32_t) * (size_t)ch->n_rows * mm);
-        o->resp = malloc(sizeof(float) * (size_t)ch->n_rows * mm);
-        o->ll = malloc(sizeof(float) * (size_t)ch->n_rows);
-        o->cap = ch->n_rows;
-        if (!o->idx || !o->resp || !o->ll) {
-            o->cap = 0;
-            return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for the assignment of %lld rows",
-                             (long long)ch->n_rows);
-        }
-    }
-    fgmm_status st = e->ops->assign(e->backend, ch, top_m, o->idx, o->resp, o->ll, err);
-    if (st) return st;
-    return sink(user, ch->first_row, ch->n_rows, top_m, o->idx, o->resp, o->ll, err);
-}
-
 fgmm_status fgmm_assign(fgmm_engine *e, fgmm_source *src, const fgmm_model *m, int top_m,
                         fgmm_assign_sink sink, void *user, fgmm_error *err)
 {
@@ -401,53 +365,39 @@ fgmm_status fgmm_assign(fgmm_engine *e, fgmm_source *src, const fgmm_model *m, i
     fgmm_stats *s;
     fgmm_status st = fgmm_stats_create(fgmm_model_k(m), fgmm_model_d(m), NULL, &s, err);
     if (st) return st;
-    assign_out o = {NULL, NULL, NULL, 0};
-    const size_t row_bytes =
-        (size_t)fgmm_source_dim(src) * fgmm_dtype_size(fgmm_source_dtype(src));
-    int64_t batch_rows = (int64_t)(ASSIGN_BATCH_BYTES / row_bytes);
-    if (batch_rows > ASSIGN_BATCH_ROWS) batch_rows = ASSIGN_BATCH_ROWS;
-    if (batch_rows < 1) batch_rows = 1;
-    char *batch = fgmm_engine_host_alloc(e, (size_t)batch_rows * row_bytes);
-    fgmm_chunk bt = {batch, row_bytes, 0, 0, fgmm_source_dtype(src)};
-    if (!batch) {
-        st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for an assignment batch of %lld rows",
-                       (long long)batch_rows);
-        goto done;
-    }
+    int32_t *idx = NULL;
+    float *resp = NULL, *ll = NULL;
+    int64_t cap = 0;
     if ((st = begin_model_pass(e, src, m, s, 1, err))) goto done;
     if ((st = fgmm_source_rewind(src, err))) goto done;
     for (;;) {
         fgmm_chunk ch;
         if ((st = fgmm_source_next(src, &ch, err))) goto done;
-        /* The batch goes when the next chunk would not fit or does not
-         * follow on, and at the end. */
-        if (bt.n_rows > 0 && (ch.n_rows == 0 || bt.n_rows + ch.n_rows > batch_rows ||
-                              ch.first_row != bt.first_row + bt.n_rows)) {
-            if ((st = assign_run(e, &bt, top_m, &o, sink, user, err))) goto done;
-            bt.n_rows = 0;
-        }
         if (ch.n_rows == 0) break;
-        if (ch.n_rows >= batch_rows) { /* large enough on its own: no copy */
-            if ((st = assign_run(e, &ch, top_m, &o, sink, user, err))) goto done;
-            continue;
+        if (ch.n_rows > cap) {
+            free(idx);
+            free(resp);
+            free(ll);
+            size_t mm = (size_t)(top_m > 0 ? top_m : 1);
+            idx = malloc(sizeof(int32_t) * (size_t)ch.n_rows * mm);
+            resp = malloc(sizeof(float) * (size_t)ch.n_rows * mm);
+            ll = malloc(sizeof(float) * (size_t)ch.n_rows);
+            cap = ch.n_rows;
+            if (!idx || !resp || !ll) {
+                st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for the assignment of "
+                               "%lld rows", (long long)ch.n_rows);
+                goto done;
+            }
         }
-        if (bt.n_rows == 0) bt.first_row = ch.first_row;
-        char *dst = batch + (size_t)bt.n_rows * row_bytes;
-        if (ch.row_stride == row_bytes)
-            memcpy(dst, ch.rows, (size_t)ch.n_rows * row_bytes);
-        else
-            for (int64_t i = 0; i < ch.n_rows; i++)
-                memcpy(dst + (size_t)i * row_bytes, (const char *)ch.rows + (size_t)i * ch.row_stride,
-                       row_bytes);
-        bt.n_rows += ch.n_rows;
+        if ((st = e->ops->assign(e->backend, &ch, top_m, idx, resp, ll, err))) goto done;
+        if ((st = sink(user, ch.first_row, ch.n_rows, top_m, idx, resp, ll, err))) goto done;
     }
     /* Closes the back end's pass; the statistics are all zero. */
     st = e->ops->end_pass(e->backend, s, err);
 done:
-    if (batch) fgmm_engine_host_free(e, batch);
-    free(o.idx);
-    free(o.resp);
-    free(o.ll);
+    free(idx);
+    free(resp);
+    free(ll);
     fgmm_stats_free(s);
     return st;
 }

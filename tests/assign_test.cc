@@ -130,7 +130,7 @@ TEST(AssignCpu, TopMMatchesFloat64Reference)
 }
 
 // A source that hands out rows in small chunks (as the shard reader's
-// 8,192-row chunks, here 37), to exercise fgmm_assign's batching.
+// 8,192-row chunks, here 37): the assignment does not depend on chunking.
 struct SmallChunks {
     const float *x;
     int64_t n, pos;
@@ -189,7 +189,6 @@ void small_chunks_case(fgmm_device dev)
     ASSERT_EQ(fgmm_assign(e, whole, mod, m, collect, &a, &err), FGMM_OK) << err.msg;
     ASSERT_EQ(fgmm_assign(e, small, mod, m, collect, &b, &err), FGMM_OK) << err.msg;
     EXPECT_EQ(b.next_row, n);
-    EXPECT_LT(b.calls, 10) << "37-row chunks should reach the sink in batches";
     EXPECT_EQ(a.idx, b.idx);
     EXPECT_EQ(a.resp, b.resp);
     EXPECT_EQ(std::memcmp(a.ll.data(), b.ll.data(), sizeof(float) * n), 0);
@@ -199,9 +198,9 @@ void small_chunks_case(fgmm_device dev)
     fgmm_model_free(mod);
 }
 
-TEST(AssignCpu, SmallChunksAreBatchedWithTheSameResults) { small_chunks_case(FGMM_DEVICE_CPU); }
+TEST(AssignCpu, SmallChunksGiveTheSameResults) { small_chunks_case(FGMM_DEVICE_CPU); }
 
-TEST(AssignCuda, SmallChunksAreBatchedWithTheSameResults)
+TEST(AssignCuda, SmallChunksGiveTheSameResults)
 {
     NEED_GPU();
     small_chunks_case(FGMM_DEVICE_CUDA);
