@@ -299,6 +299,9 @@ fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
     fgmm_stats *s = NULL;
     fgmm_status st = fgmm_initialize(e, src, p, &m, err);
     if (st) return st;
+    if (p->verbose)
+        fprintf(stderr, "init      %s on %s: %.3fs\n", init_name(p->init),
+                fgmm_engine_device_name(e), now_seconds() - t_start);
     int K = fgmm_model_k(m), D = fgmm_model_d(m);
     int64_t N = fgmm_source_rows(src);
     fgmm_model_meta *meta = fgmm_model_meta_get(m);
