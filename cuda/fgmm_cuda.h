@@ -84,14 +84,15 @@ fgmmc_status fgmmc_begin_pass(fgmmc_context *ctx, int k, int d, const double *w,
 
 /* Fold n rows into the statistics. rows is host memory (any, pageable or
  * pinned), row i at (const char*)rows + i*row_stride, d values of dtype.
- * The rows are copied into pinned staging before the call returns, so the
- * buffer may be reused then; they are launched in batches of at least
+ * Before the call returns the rows are copied (into pinned staging, or,
+ * when they are in pinned memory already, straight to the device), so the
+ * buffer may be reused then. They are launched in batches of at least
  * 65,536 rows (several calls' rows together, when their first_row follow
  * on or none was given), and the kernels run while later calls stage
- * their rows. per_row_ll (host,
- * n floats; may be NULL) receives each row's log-likelihood, but only by
- * the time fgmmc_ll_completed counts this call, or after fgmmc_sync or
- * fgmmc_end_pass: it must stay valid until then. */
+ * their rows. per_row_ll (host, n floats; may be NULL) receives each row's
+ * log-likelihood, but only by the time fgmmc_ll_completed counts this
+ * call, or after fgmmc_sync or fgmmc_end_pass: it must stay valid until
+ * then. */
 fgmmc_status fgmmc_accumulate(fgmmc_context *ctx, const void *rows, size_t row_stride,
                               int64_t n, fgmmc_dtype dtype, float *per_row_ll,
                               fgmmc_error *err);
@@ -159,8 +160,8 @@ fgmmc_status fgmmc_sync(fgmmc_context *ctx, fgmmc_error *err);
  *                        candidates (host, l x d, not centred) and each
  *                        one's potential sum_i min(d2_i, dist_i);
  *   fgmmc_pp_commit      d2 = min(d2, distance to candidate `best` of the
- *                        last fgmmc_pp_potentials).
- * Synchronous; the same inputs give the same bits. */
+ *                        last fgmmc_pp_potentials); queued, not waited for.
+ * The others return their results; the same inputs give the same bits. */
 fgmmc_status fgmmc_pp_begin(fgmmc_context *ctx, const float *x, int64_t s, int d,
                             const double *shift, fgmmc_error *err);
 fgmmc_status fgmmc_pp_total(fgmmc_context *ctx, double *total, fgmmc_error *err);
