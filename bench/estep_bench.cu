@@ -58,6 +58,18 @@ static void setup(Dev &d, int64_t n, int K, int D, const void *x, const float *w
     b.wt_hi = wt_hi;
     b.wt_lo = wt_lo;
     b.kw = kw;
+    /* Kernel A: the Hopper (wgmma) one where this binary and GPU have it,
+     * as the context chooses; FGMM_BENCH_KERNEL_A=mma times the mma.sync
+     * one instead (A/B in one call). */
+    if (prec) {
+        fgmmc_error err = {};
+        if (fgmmc_wgmma_usable(&b.wgmma, &err)) {
+            fprintf(stderr, "%s\n", err.msg);
+            exit(1);
+        }
+        const char *ka = getenv("FGMM_BENCH_KERNEL_A");
+        if (ka && !strcmp(ka, "mma")) b.wgmma = 0;
+    }
     CK(cudaMalloc(&b.yg_hi, (size_t)n * (kw + 16) * 2));
     CK(cudaMalloc(&b.yg_lo, (size_t)n * (kw + 16) * 2));
     CK(cudaMalloc(&b.lse2, n * sizeof(float)));
@@ -246,12 +258,18 @@ int main(int argc, char **argv)
         }
     }
     double ell = fabs(g[per - 1] - ll) / fabs(ll);
+    /* Responsibilities sum to 1 per row only if kernel B's logits have the
+     * bits kernel A's log-sum-exp saw. */
+    double snk = 0;
+    for (int k = 0; k < K; k++) snk += g[(size_t)k * (2 * D + 1) + 2 * D];
     const char *path = prec == 3 ? "tensor cores, split bf16" : prec == 1 ? "tensor cores, bf16" : "fp32 SIMT";
     printf("estep_bench N=%lld K=%d D=%d [%s] on %s: median %.3f ms/step (min %.3f), %.1f TFLOP/s "
            "effective (lse %.3f ms, stats %.3f ms); check %lld rows: rel err nk %.1e  sum ry %.1e  "
-           "sum ry2 %.1e  ll %.1e\n",
+           "sum ry2 %.1e  ll %.1e; |sum nk - rows|/rows %.1e; kernel A %s\n",
            (long long)N, K, D, path, prop.name, med, ms[0], flops / (med * 1e-3) / 1e12,
            part_ms[0], part_ms[1],
-           (long long)check, sqrt(en / dn), sqrt(e1s / d1), sqrt(e2s / d2), ell);
+           (long long)check, sqrt(en / dn), sqrt(e1s / d1), sqrt(e2s / d2), ell,
+           fabs(snk - (double)check) / (double)check,
+           !prec ? "SIMT" : full.b.wgmma ? "wgmma" : "mma.sync");
     return 0;
 }

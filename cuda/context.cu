@@ -50,6 +50,7 @@ typedef struct {
 
 struct fgmmc_context {
     int device, sm_count, cc_major;
+    int wgmma; /* the Hopper kernel A is usable (estep_wgmma.cu) */
     fgmmc_precision prec;
     int use_tc, tc_prec, kw; /* this pass: tensor-core kernels, 3 or 1 products */
     int ll_only;             /* this pass: log-likelihoods only (fgmmc_begin_ll_pass) */
@@ -278,6 +279,10 @@ static fgmmc_status create_in(fgmmc_context *ctx, int device, fgmmc_error *err)
     FGMMC_CHECK(cudaGetDeviceProperties(&prop, device), err);
     ctx->sm_count = prop.multiProcessorCount;
     ctx->cc_major = prop.major;
+    {
+        fgmmc_status st = fgmmc_wgmma_usable(&ctx->wgmma, err);
+        if (st) return st;
+    }
     snprintf(ctx->desc, sizeof ctx->desc, "%.200s (device %d, sm_%d%d, %d SMs, %.1f GiB)", prop.name,
              device, prop.major, prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
@@ -639,6 +644,7 @@ static fgmmc_status launch_rows(fgmmc_context *ctx, int b, const void *x_dev, in
     bt.wt_hi = ctx->d_wt_hi;
     bt.wt_lo = ctx->d_wt_lo;
     bt.kw = ctx->kw;
+    bt.wgmma = ctx->wgmma;
     bt.yg_hi = ctx->d_yg_hi;
     bt.yg_lo = ctx->d_yg_lo;
     fgmmc_status st;

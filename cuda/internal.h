@@ -67,6 +67,7 @@ typedef struct {
     const void *wt_hi;    /* tensor-core path: W^T (K rounded up to 64) x kw bf16, */
     const void *wt_lo;    /* scaled by log2(e), split hi + lo (estep_tc.cu) */
     int kw;               /* tensor-core path: 2D rounded up to a kernel width */
+    int wgmma;            /* tensor-core path: kernel A from estep_wgmma.cu (sm_90a) */
     void *yg_hi, *yg_lo;  /* tensor-core path: n x (kw+16) bf16 [y, y^2, 0.., 1, 0..] split,
                            * written by kernel A, read by B (converted once, not per slice) */
     float *lse2;          /* n: row log-sum-exp in log2 units (kernel B input) */
@@ -293,6 +294,16 @@ fgmmc_status fgmmc_estep_tc_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
 /* The same, for timing: parts is a mask of 1 (kernel A), 2 (B), 4 (C). */
 fgmmc_status fgmmc_estep_tc_parts(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
                                   int parts, cudaStream_t stream, fgmmc_error *err);
+/* Sets *usable to 1 when this binary's code for the current device has the
+ * Hopper kernels of estep_wgmma.cu (sm_90a), else 0. Runs a one-thread
+ * kernel: call once per device, not per batch. */
+fgmmc_status fgmmc_wgmma_usable(int *usable, fgmmc_error *err);
+/* Rows per block of the Hopper log-sum-exp kernel (fgmmc_tc_lse_rows for
+ * the mma.sync one): the plan's lse_blocks must cover n with either. */
+int fgmmc_wgmma_lse_rows(void);
+/* Enqueues the Hopper kernel A alone (prec 3 or 1) over `blocks` tiles. */
+fgmmc_status fgmmc_wgmma_lse_launch(const fgmmc_batch *b, int blocks, int prec, cudaStream_t stream,
+                                    fgmmc_error *err);
 /* The reductions (kernel C) alone, for the tensor-core path. */
 fgmmc_status fgmmc_estep_reduce_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
                                        cudaStream_t stream, fgmmc_error *err);
