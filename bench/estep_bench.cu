@@ -70,8 +70,8 @@ static void setup(Dev &d, int64_t n, int K, int D, const void *x, const float *w
         const char *ka = getenv("FGMM_BENCH_KERNEL_A");
         if (ka && !strcmp(ka, "mma")) b.wgmma = 0;
     }
-    CK(cudaMalloc(&b.yg_hi, (size_t)n * (kw + 16) * 2));
-    CK(cudaMalloc(&b.yg_lo, (size_t)n * (kw + 16) * 2));
+    CK(cudaMalloc(&b.yg_hi, (size_t)(n + 8) * (kw + 16) * 2));
+    CK(cudaMalloc(&b.yg_lo, (size_t)(n + 8) * (kw + 16) * 2));
     CK(cudaMalloc(&b.lse2, n * sizeof(float)));
     CK(cudaMalloc(&b.ll, n * sizeof(float)));
     CK(cudaMalloc(&b.block_ll, d.plan.lse_blocks * sizeof(double)));

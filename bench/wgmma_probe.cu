@@ -5,10 +5,14 @@
  *      the k direction of a no-swizzle K-major operand): the right one
  *      reproduces a float64 product, the wrong one does not;
  *   2. a split-bf16 logit formed by wgmma m64n32k16 has the same bits as
- *      the same products formed by mma.sync m16n8k16 (warp_logits), which
- *      the statistics kernel uses: responsibilities are exp2(l - lse) with
- *      l from one and lse from the other.
- * usage: wgmma_probe   (exit 0 when convention 0 is right and bits agree)
+ *      the same products formed by mma.sync m16n8k16 (warp_logits), and
+ *      as the transposed product W Y^T with both operands in shared
+ *      memory (the Hopper statistics kernel): responsibilities are
+ *      exp2(l - lse) with l from one kernel and lse from another;
+ *   3. the MN-major convention of the statistics product S = R^T Y (the
+ *      row tile as B operand, N = columns, stored in 8 x 8 blocks): LBO
+ *      along K. The other assignment was seen to fault, so it is not run.
+ * usage: wgmma_probe   (exit 0 when the conventions hold and bits agree)
  */
 #include <cuda_bf16.h>
 #include <math.h>
@@ -79,7 +83,26 @@ __global__ void wgmma_kernel(const bf16 *yh, const bf16 *yl, const bf16 *wh, con
         }
     wg_fence();
     uint32_t lbo = 128, sbo = KW * 16;
-    if (swap) lbo = KW * 16, sbo = 128;
+    if (swap == 1) lbo = KW * 16, sbo = 128;
+    if (swap == 2) { /* one m64n64 product instead of two m64n32 */
+        float a64[32];
+        for (int i = 0; i < 32; i++) {
+            a64[i] = 0.f;
+            wg_pin(a64[i]);
+        }
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < KW / 16; kk++) {
+            uint64_t dh = wg_desc(smem_addr(Wh) + 256 * kk, lbo, sbo), dl = wg_desc(smem_addr(Wl) + 256 * kk, lbo, sbo);
+            wg_mma_n64(a64, ah[kk], dh);
+            wg_mma_n64(a64, ah[kk], dl);
+            wg_mma_n64(a64, al[kk], dh);
+        }
+        wg_commit();
+        wg_wait<0>();
+        for (int i = 0; i < 32; i++) wg_pin(a64[i]);
+        for (int i = 0; i < 32; i++) acc[i >> 4][i & 15] = a64[i];
+    } else {
 #pragma unroll
     for (int kk = 0; kk < KW / 16; kk++) {
 #pragma unroll
@@ -95,6 +118,7 @@ __global__ void wgmma_kernel(const bf16 *yh, const bf16 *yl, const bf16 *wh, con
     wg_wait<0>();
     for (int h = 0; h < 2; h++)
         for (int i = 0; i < 16; i++) wg_pin(acc[h][i]);
+    }
     for (int h = 0; h < 2; h++)
         for (int j = 0; j < 4; j++)
             for (int q = 0; q < 4; q++)
@@ -102,6 +126,85 @@ __global__ void wgmma_kernel(const bf16 *yh, const bf16 *yl, const bf16 *wh, con
 #else
     (void)yh, (void)yl, (void)wh, (void)wl, (void)swap;
     out[threadIdx.x] = NAN;
+#endif
+}
+
+/* Logits^T of rows 0..31 with W (core-matrix order) and Y (8-row groups)
+ * both in shared memory, then S = bf16(1e-3 L^T) Y[0..31] with the
+ * MN-major descriptor in convention `swap`. */
+__global__ void wgmma_t_kernel(const bf16 *yh, const bf16 *yl, const bf16 *wh, const bf16 *wl,
+                               int swap, float *lt, float *sout)
+{
+#if FGMMC_WGMMA
+    extern __shared__ __align__(128) uint4 sm[];
+    bf16 *Wh = (bf16 *)sm, *Wl = Wh + C * KW, *Yh = Wl + C * KW, *Yl = Yh + 32 * KW;
+    for (int e = threadIdx.x; e < C * KW / 8; e += blockDim.x) {
+        int r = e & 7, c = (e >> 3) % (KW / 8), grp = (e >> 3) / (KW / 8);
+        for (int i = 0; i < 8; i++) {
+            Wh[8 * e + i] = wh[(8 * grp + r) * KW + 8 * c + i];
+            Wl[8 * e + i] = wl[(8 * grp + r) * KW + 8 * c + i];
+        }
+    }
+    for (int e = threadIdx.x; e < 32 * KW / 8; e += blockDim.x) {
+        int r = e & 7, v = (e >> 3) % (KW / 8), grp = (e >> 3) / (KW / 8);
+        for (int i = 0; i < 8; i++) {
+            Yh[8 * e + i] = yh[(8 * grp + r) * KW + 8 * v + i];
+            Yl[8 * e + i] = yl[(8 * grp + r) * KW + 8 * v + i];
+        }
+    }
+    fence_proxy_async();
+    __syncthreads();
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    float L[16];
+    for (int i = 0; i < 16; i++) {
+        L[i] = 0.f;
+        wg_pin(L[i]);
+    }
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < KW / 16; kk++) {
+        uint64_t dwh = wg_desc(smem_addr(Wh) + 256 * kk, 128, KW * 16);
+        uint64_t dwl = wg_desc(smem_addr(Wl) + 256 * kk, 128, KW * 16);
+        uint64_t dyh = wg_desc(smem_addr(Yh) + 256 * kk, 128, KW * 16);
+        uint64_t dyl = wg_desc(smem_addr(Yl) + 256 * kk, 128, KW * 16);
+        wg_mma_ss_n32(L, dwh, dyh);
+        wg_mma_ss_n32(L, dwl, dyh);
+        wg_mma_ss_n32(L, dwh, dyl);
+    }
+    wg_commit();
+    wg_wait<0>();
+    for (int i = 0; i < 16; i++) wg_pin(L[i]);
+    uint32_t a[2][4];
+    for (int j = 0; j < 4; j++) {
+        for (int q = 0; q < 4; q++)
+            lt[(16 * warp + g + 8 * (q >> 1)) * 32 + 8 * j + 2 * t + (q & 1)] = L[4 * j + q];
+        __nv_bfloat162 p0 = __floats2bfloat162_rn(1e-3f * L[4 * j], 1e-3f * L[4 * j + 1]);
+        __nv_bfloat162 p1 = __floats2bfloat162_rn(1e-3f * L[4 * j + 2], 1e-3f * L[4 * j + 3]);
+        a[j >> 1][2 * (j & 1)] = *(uint32_t *)&p0;
+        a[j >> 1][2 * (j & 1) + 1] = *(uint32_t *)&p1;
+    }
+    float S[KW / 2];
+    for (int i = 0; i < KW / 2; i++) {
+        S[i] = 0.f;
+        wg_pin(S[i]);
+    }
+    wg_fence();
+    for (int c = 0; c < 2; c++) {
+        /* The kernel's convention (LBO along K) unless swap. */
+        uint32_t lbo = swap ? 128 : KW * 16, sbo = swap ? KW * 16 : 128;
+        wg_mma_rs_t<KW>(S, a[c], wg_desc(smem_addr(Yh) + c * 2 * KW * 16, lbo, sbo));
+    }
+    wg_commit();
+    wg_wait<0>();
+    for (int i = 0; i < KW / 2; i++) wg_pin(S[i]);
+    for (int c = 0; c < 2; c++)
+        for (int i = 0; i < 4; i++) wg_pin(a[c][i]);
+    for (int j = 0; j < KW / 8; j++)
+        for (int q = 0; q < 4; q++)
+            sout[(16 * warp + g + 8 * (q >> 1)) * KW + 8 * j + 2 * t + (q & 1)] = S[4 * j + q];
+#else
+    (void)yh, (void)yl, (void)wh, (void)wl, (void)swap, (void)sout;
+    lt[threadIdx.x] = NAN;
 #endif
 }
 
@@ -135,34 +238,73 @@ int main()
         CK(cudaMemcpy(d[i], src[i]->data(), R * KW * sizeof(bf16), cudaMemcpyHostToDevice));
     }
     float *out;
-    CK(cudaMalloc(&out, 3 * R * C * sizeof(float)));
+    CK(cudaMalloc(&out, 4 * R * C * sizeof(float)));
     size_t smem = (size_t)4 * R * PS * sizeof(bf16);
     CK(cudaFuncSetAttribute(mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     CK(cudaFuncSetAttribute(wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     mma_kernel<<<1, 128, smem>>>(d[0], d[1], d[2], d[3], out);
     wgmma_kernel<<<1, 128, smem>>>(d[0], d[1], d[2], d[3], 0, out + R * C);
     wgmma_kernel<<<1, 128, smem>>>(d[0], d[1], d[2], d[3], 1, out + 2 * R * C);
+    wgmma_kernel<<<1, 128, smem>>>(d[0], d[1], d[2], d[3], 2, out + 3 * R * C);
     CK(cudaGetLastError());
-    std::vector<float> h(3 * R * C);
+    std::vector<float> h(4 * R * C);
     CK(cudaMemcpy(h.data(), out, h.size() * sizeof(float), cudaMemcpyDeviceToHost));
-    const char *name[3] = {"mma.sync", "wgmma convention 0", "wgmma convention 1"};
-    double err[3] = {0, 0, 0};
-    int same[3] = {0, 0, 0};
+    const char *name[4] = {"mma.sync", "wgmma n32 K-major", "wgmma n32 LBO/SBO swapped", "wgmma n64 K-major"};
+    double err[4] = {0, 0, 0, 0};
+    int same[4] = {0, 0, 0, 0};
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) {
             double ref = 0;
             for (int k = 0; k < KW; k++)
                 ref += ((double)__bfloat162float(yh[r * KW + k]) + __bfloat162float(yl[r * KW + k])) *
                        ((double)__bfloat162float(wh[c * KW + k]) + __bfloat162float(wl[c * KW + k]));
-            for (int v = 0; v < 3; v++) {
+            for (int v = 0; v < 4; v++) {
                 float got = h[v * R * C + r * C + c];
                 double e = fabs(got - ref);
                 if (!(e <= err[v])) err[v] = e; /* NaN sticks */
                 same[v] += memcmp(&got, &h[r * C + c], 4) == 0;
             }
         }
-    for (int v = 0; v < 3; v++)
+    for (int v = 0; v < 4; v++)
         printf("%-20s max |err| vs float64 %.3g, bit-identical to mma.sync %d/%d\n", name[v], err[v],
                same[v], R * C);
-    return err[1] < 1e-2 && same[1] == R * C ? 0 : 1;
+    int ok = err[1] < 1e-2 && same[1] == R * C && same[3] == R * C;
+
+    /* Transposed logits and the MN-major statistics product. */
+    float *lt, *so;
+    CK(cudaMalloc(&lt, 2 * C * 32 * sizeof(float)));
+    CK(cudaMalloc(&so, 2 * C * KW * sizeof(float)));
+    size_t smem_t = (size_t)(2 * C * KW + 2 * 32 * KW) * sizeof(bf16);
+    CK(cudaFuncSetAttribute(wgmma_t_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_t));
+    /* Only the kernel's convention: the other one faults (an illegal
+     * address ends the context), which is what it did on the H100. */
+    const int NSW = 1;
+    for (int sw = 0; sw < NSW; sw++)
+        wgmma_t_kernel<<<1, 128, smem_t>>>(d[0], d[1], d[2], d[3], sw, lt + sw * C * 32, so + sw * C * KW);
+    CK(cudaGetLastError());
+    std::vector<float> hl(2 * C * 32), hs(2 * C * KW);
+    CK(cudaMemcpy(hl.data(), lt, hl.size() * 4, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(hs.data(), so, hs.size() * 4, cudaMemcpyDeviceToHost));
+    int tsame = 0;
+    for (int c = 0; c < C; c++)
+        for (int r = 0; r < 32; r++) tsame += memcmp(&hl[c * 32 + r], &h[r * C + c], 4) == 0;
+    printf("W Y^T (shared x shared) bit-identical to mma.sync Y W^T: %d/%d\n", tsame, C * 32);
+    ok = ok && tsame == C * 32;
+    for (int sw = 0; sw < NSW; sw++) {
+        double e = 0, nrm = 0;
+        for (int c = 0; c < C; c++)
+            for (int col = 0; col < KW; col++) {
+                double ref = 0;
+                for (int r = 0; r < 32; r++)
+                    ref += (double)__bfloat162float(__float2bfloat16_rn(1e-3f * hl[c * 32 + r])) *
+                           __bfloat162float(yh[r * KW + col]);
+                double dv = hs[sw * C * KW + c * KW + col] - ref;
+                e += dv * dv;
+                nrm += ref * ref;
+            }
+        double rel = sqrt(e / nrm);
+        printf("statistics product R^T Y, MN-major (LBO along K): rel err %.3g\n", rel);
+        if (sw == 0) ok = ok && rel < 1e-5;
+    }
+    return ok ? 0 : 1;
 }

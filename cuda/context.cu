@@ -696,7 +696,8 @@ static fgmmc_status reserve_batch(fgmmc_context *ctx, int64_t cap, size_t row_by
                           (size_t)plan.lse_blocks * sizeof(double), "tile ll", err)))
         return st;
     if (ctx->use_tc) {
-        size_t yb = cr * (size_t)(ctx->kw + 16) * sizeof(__nv_bfloat16);
+        /* + 8 rows: the Hopper kernels store rows in 8-row groups. */
+        size_t yb = (cr + 8) * (size_t)(ctx->kw + 16) * sizeof(__nv_bfloat16);
         if ((st = DEV_RESERVE(ctx, ctx->d_yg_hi, ctx->cap_yg_hi, yb, "rows bf16 hi", err)) ||
             (st = DEV_RESERVE(ctx, ctx->d_yg_lo, ctx->cap_yg_lo, yb, "rows bf16 lo", err)))
             return st;

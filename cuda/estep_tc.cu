@@ -353,6 +353,7 @@ static fgmmc_status launch_prec(const fgmmc_batch *b, const fgmmc_plan *plan, in
         if (st) return st;
     }
     if (!(parts & 2)) return FGMMC_OK;
+    if (b->wgmma) return fgmmc_wgmma_stats_launch(b, plan, PREC, s, err);
     switch (b->kw) {
     case 32: return launch_b<32, PREC>(b, plan, s, err);
     case 64: return launch_b<64, PREC>(b, plan, s, err);

@@ -26,33 +26,77 @@
 #include "cuda/tc_frag.h"
 #include "cuda/wgmma.h"
 
-#define WG_BN 64  /* components per W tile: two n32 products per warpgroup */
+#define WG_BN 64  /* components per W tile: one m64n64 product per warpgroup and k step */
 #define WG_BM 128 /* rows per block: two warpgroups of 64 */
 #define WG_ST 3   /* W pipeline stages */
+#define TC_FLUSH_ROWS 4096 /* rows per fp32 accumulation in B before the double fold */
 
 /* Copies W^T tile k0..k0+63 (hi, then lo) into shared memory in core-matrix
  * order: 16-byte chunk e of the tile is (component 8*(e/kw) + e%8, k values
  * 8*((e/8) % (kw/8)) ..), and lands at 16*e bytes, so consecutive threads
  * write consecutive bytes and read 64-byte runs of a component's row. */
-template <int KW, int PREC>
-__device__ __forceinline__ void wg_load_w(const fgmmc_batch &b, int k0, bf16 *dst)
+template <int KW, int PREC, int NT>
+__device__ __forceinline__ void wg_load_w(const fgmmc_batch &b, int k0, bf16 *dst, bool on = true)
 {
+    /* !on: zeros (a padding tile past K), read from nowhere. */
+    if (!on) k0 = 0;
+    const int bytes = on ? 16 : 0;
+    /* A fixed trip count (chunks is a multiple of 128 for every KW): no
+     * thread-dependent branch, which would make ptxas serialise the
+     * wgmma products in flight around this code. */
     const int chunks = WG_BN * KW / 8;
-    for (int e = threadIdx.x; e < chunks; e += blockDim.x) {
+    static_assert(chunks % 128 == 0, "W tile chunks");
+#pragma unroll 4
+    for (int i = 0; i < chunks / NT; i++) {
+        int e = threadIdx.x + NT * i;
         int r = e & 7, c = (e >> 3) % (KW / 8), grp = (e >> 3) / (KW / 8);
         size_t src = (size_t)(k0 + 8 * grp + r) * KW + 8 * c;
-        cp_async16(dst + 8 * e, (const bf16 *)b.wt_hi + src, 16);
-        if (PREC == 3) cp_async16(dst + WG_BN * KW + 8 * e, (const bf16 *)b.wt_lo + src, 16);
+        cp_async16(dst + 8 * e, (const bf16 *)b.wt_hi + src, bytes);
+        if (PREC == 3) cp_async16(dst + WG_BN * KW + 8 * e, (const bf16 *)b.wt_lo + src, bytes);
     }
 }
 
-/* Descriptor of the n32 half h of a staged W tile at k step kk. */
+/* c of tile components k0.. into cs (-inf past K), written by every thread
+ * (threads t and t+64.. write the same value): branch-free, as above. */
+__device__ __forceinline__ void wg_load_c(const fgmmc_batch &b, int k0, float *cs)
+{
+    int e = threadIdx.x & (WG_BN - 1), k = k0 + e;
+    float v = __ldg(b.c + (k < b.k ? k : 0));
+    cs[e] = k < b.k ? v : -INFINITY;
+}
+
+/* Hands the block's converted rows to wg_stats_kernel in the layout its
+ * descriptors read, so that kernel copies tiles with no rearranging: rows
+ * in groups of 8; group G at G*8*KW elements; in a group, the 16-byte
+ * chunk v (columns 8v..8v+7) of row r at 64*v + 8*r. Each 8 x 8 block is
+ * one core matrix, K-major for the logits (rows x columns) and MN-major
+ * for the statistics (columns x rows) alike. The column of ones of the
+ * mma.sync layout is not needed (nk is summed on the CUDA cores). Rows
+ * past n are not written: the reader zero-fills them. */
 template <int KW>
-__device__ __forceinline__ uint64_t wg_w_desc(const bf16 *tile, int h, int kk)
+__device__ __forceinline__ void wg_write_rows(const fgmmc_batch &b, int64_t row0, const bf16 *Yh,
+                                              const bf16 *Yl, int ys)
+{
+    /* Chunk e of the block's rows goes to 8*e elements past group row0/8:
+     * consecutive threads write consecutive 16-byte pieces. */
+    const int chunks = WG_BM * KW / 8;
+    bf16 *gh = (bf16 *)b.yg_hi + (size_t)row0 * KW, *gl = (bf16 *)b.yg_lo + (size_t)row0 * KW;
+    for (int e = threadIdx.x; e < chunks; e += blockDim.x) {
+        int r = e & 7, v = (e >> 3) % (KW / 8), grp = (e >> 3) / (KW / 8);
+        int m = 8 * grp + r;
+        if (row0 + m >= b.n) continue;
+        *(uint4 *)(gh + 8 * (size_t)e) = *(const uint4 *)(Yh + (size_t)m * ys + 8 * v);
+        *(uint4 *)(gl + 8 * (size_t)e) = *(const uint4 *)(Yl + (size_t)m * ys + 8 * v);
+    }
+}
+
+/* Descriptor of a staged W tile at k step kk. */
+template <int KW>
+__device__ __forceinline__ uint64_t wg_w_desc(const bf16 *tile, int kk)
 {
     /* 8-component groups are KW*16 bytes apart; the two 8-wide k chunks
      * of a k16 step 128 bytes apart; step kk starts 256*kk bytes in. */
-    return wg_desc(smem_addr(tile) + (uint32_t)(h * 4 * KW * 16 + 256 * kk), 128, KW * 16);
+    return wg_desc(smem_addr(tile) + (uint32_t)(256 * kk), 128, KW * 16);
 }
 
 template <int KW, int PREC>
@@ -71,9 +115,9 @@ __global__ void __launch_bounds__(256, 1) wg_lse_kernel(fgmmc_batch b)
     const int K = b.k, D = b.d, ntiles = (K + WG_BN - 1) / WG_BN;
     const int64_t row0 = (int64_t)blockIdx.x * WG_BM;
 
-    wg_load_w<KW, PREC>(b, 0, stages);
+    wg_load_w<KW, PREC, 256>(b, 0, stages);
     cp_async_commit();
-    for (int e = tid; e < WG_BN; e += blockDim.x) Cs[0][e] = e < K ? __ldg(b.c + e) : -INFINITY;
+    wg_load_c(b, 0, Cs[0]);
 
     for (int e = tid; e < WG_BM * (KW - 2 * D); e += blockDim.x) { /* zero padding columns */
         int m = e / (KW - 2 * D), j = 2 * D + e % (KW - 2 * D);
@@ -81,7 +125,7 @@ __global__ void __launch_bounds__(256, 1) wg_lse_kernel(fgmmc_batch b)
     }
     stage_rows(b, row0, b.n, WG_BM, Yh, Yl, YS);
     __syncthreads();
-    write_converted_rows(b, row0, WG_BM, Yh, Yl, YS);
+    wg_write_rows<KW>(b, row0, Yh, Yl, YS);
 
     /* The warp's 16 rows as A fragments, all k steps. */
     uint32_t yh[NK][4], yl[PREC == 3 ? NK : 1][4];
@@ -96,89 +140,101 @@ __global__ void __launch_bounds__(256, 1) wg_lse_kernel(fgmmc_batch b)
     __syncthreads(); /* the row staging area becomes stages 1.. */
 #pragma unroll
     for (int s = 1; s < WG_ST; s++) {
-        if (s < ntiles) {
-            wg_load_w<KW, PREC>(b, s * WG_BN, stages + s * STAGE);
-            for (int e = tid; e < WG_BN; e += blockDim.x)
-                Cs[s][e] = s * WG_BN + e < K ? __ldg(b.c + s * WG_BN + e) : -INFINITY;
-        }
-        cp_async_commit(); /* possibly empty: keeps the group count uniform */
+        wg_load_w<KW, PREC, 256>(b, s * WG_BN, stages + s * STAGE, s < ntiles);
+        wg_load_c(b, s * WG_BN, Cs[s]);
+        cp_async_commit();
     }
 
     float mrun[2] = {-INFINITY, -INFINITY}, srun[2] = {0.f, 0.f};
-#pragma unroll 1
-    for (int tt = 0; tt < ntiles; tt++) {
-        const int st = tt % WG_ST;
-        cp_async_wait<WG_ST - 1>(); /* tile tt has landed (this thread's part) */
-        fence_proxy_async();
-        __syncthreads();
-        const bf16 *Wh = stages + st * STAGE, *Wl = Wh + WG_BN * KW;
 
-        float acc[2][16];
+    /* Enqueues tile tt's products into acc (one commit group). */
+    auto issue = [&](float (&acc)[32], int tt) {
+        const bf16 *Wh = stages + (tt % WG_ST) * STAGE, *Wl = Wh + WG_BN * KW;
 #pragma unroll
-        for (int h = 0; h < 2; h++)
-#pragma unroll
-            for (int i = 0; i < 16; i++) {
-                acc[h][i] = 0.f;
-                wg_pin(acc[h][i]);
-            }
+        for (int i = 0; i < 32; i++) {
+            acc[i] = 0.f;
+            wg_pin(acc[i]);
+        }
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < NK; kk++) {
-            wg_mma_n32(acc[0], yh[kk], wg_w_desc<KW>(Wh, 0, kk));
-            wg_mma_n32(acc[1], yh[kk], wg_w_desc<KW>(Wh, 1, kk));
+            wg_mma_n64(acc, yh[kk], wg_w_desc<KW>(Wh, kk));
             if (PREC == 3) {
-                wg_mma_n32(acc[0], yh[kk], wg_w_desc<KW>(Wl, 0, kk));
-                wg_mma_n32(acc[1], yh[kk], wg_w_desc<KW>(Wl, 1, kk));
-                wg_mma_n32(acc[0], yl[kk], wg_w_desc<KW>(Wh, 0, kk));
-                wg_mma_n32(acc[1], yl[kk], wg_w_desc<KW>(Wh, 1, kk));
+                wg_mma_n64(acc, yh[kk], wg_w_desc<KW>(Wl, kk));
+                wg_mma_n64(acc, yl[kk], wg_w_desc<KW>(Wh, kk));
             }
         }
         wg_commit();
-        wg_wait<0>();
-#pragma unroll
-        for (int h = 0; h < 2; h++)
-#pragma unroll
-            for (int i = 0; i < 16; i++) wg_pin(acc[h][i]);
+    };
 
-        /* Online log-sum-exp over the tile's 64 logits of rows g, g+8:
-         * acc[h][4j + q] is component 32h + 8j + 2t + q of row g, and
-         * acc[h][4j + 2 + q] the same of row g + 8. */
+    /* Online log-sum-exp over a tile's 64 logits of rows g, g+8: acc[4j + q]
+     * is component 8j + 2t + q of row g, and acc[4j + 2 + q] the same of
+     * row g + 8. */
+    auto fold = [&](const float (&acc)[32], int st) {
 #pragma unroll
         for (int hr = 0; hr < 2; hr++) {
             float l[16], tmax = -INFINITY;
 #pragma unroll
-            for (int h = 0; h < 2; h++)
+            for (int j = 0; j < 8; j++)
 #pragma unroll
-                for (int j = 0; j < 4; j++)
-#pragma unroll
-                    for (int q = 0; q < 2; q++) {
-                        /* -inf + finite stays -inf: padded components drop out. */
-                        float v = __fadd_rn(acc[h][4 * j + 2 * hr + q], Cs[st][32 * h + 8 * j + 2 * t + q]);
-                        l[8 * h + 2 * j + q] = v;
-                        tmax = fmaxf(tmax, v);
-                    }
+                for (int q = 0; q < 2; q++) {
+                    /* -inf + finite stays -inf: padded components drop out. */
+                    float v = __fadd_rn(acc[4 * j + 2 * hr + q], Cs[st][8 * j + 2 * t + q]);
+                    l[2 * j + q] = v;
+                    tmax = fmaxf(tmax, v);
+                }
             tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
             tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 2));
+            /* Selects, not branches (see wg_load_w). While every logit so
+             * far is -inf (padding), shift by 0: the exponentials are 0. */
             float mnew = fmaxf(mrun[hr], tmax), ts = 0.f;
-            if (mnew != -INFINITY) {
+            float shift = mnew == -INFINITY ? 0.f : mnew;
 #pragma unroll
-                for (int i = 0; i < 16; i++) ts += exp2f(l[i] - mnew);
-            }
+            for (int i = 0; i < 16; i++) ts += exp2f(l[i] - shift);
             ts += __shfl_xor_sync(0xffffffffu, ts, 1);
             ts += __shfl_xor_sync(0xffffffffu, ts, 2);
-            float scale = (mnew != -INFINITY && mrun[hr] != -INFINITY) ? exp2f(mrun[hr] - mnew) : 0.f;
+            float scale = mrun[hr] == -INFINITY ? 0.f : exp2f(mrun[hr] - mnew);
             srun[hr] = __fmaf_rn(srun[hr], scale, ts);
-            if (mnew != -INFINITY) mrun[hr] = mnew;
+            mrun[hr] = mnew;
         }
+    };
 
-        __syncthreads(); /* both warpgroups are done with stage st */
-        const int nt = tt + WG_ST;
-        if (nt < ntiles) {
-            wg_load_w<KW, PREC>(b, nt * WG_BN, stages + st * STAGE);
-            for (int e = tid; e < WG_BN; e += blockDim.x)
-                Cs[st][e] = nt * WG_BN + e < K ? __ldg(b.c + nt * WG_BN + e) : -INFINITY;
-        }
+    /* Tiles go in pairs: the second tile's products run on the tensor
+     * cores while the warpgroup folds the first. Nothing is in flight
+     * across the loop's back edge: around one ptxas serialises every
+     * wgmma (C7514). cp.async groups: one per tile, committed in tile
+     * order, so "tile tt landed" is "at most (tt+2) - tt groups pending".
+     * Tiles past ntiles load as zeros with c = -inf and change nothing. */
+    auto refill = [&](int tt) { /* after both warpgroups are done with tile tt */
+        const int nt = tt + WG_ST, st = tt % WG_ST;
+        wg_load_w<KW, PREC, 256>(b, nt * WG_BN, stages + st * STAGE, nt < ntiles);
+        wg_load_c(b, nt * WG_BN, Cs[st]);
         cp_async_commit();
+    };
+    const int n2 = (ntiles + 1) & ~1;
+#pragma unroll 1
+    for (int tt = 0; tt < n2; tt += 2) {
+        float acc0[32], acc1[32];
+        cp_async_wait<WG_ST - 1>();
+        fence_proxy_async();
+        __syncthreads(); /* tile tt visible to every thread and to wgmma */
+        issue(acc0, tt);
+        cp_async_wait<WG_ST - 2>();
+        fence_proxy_async();
+        __syncthreads(); /* tile tt + 1 likewise */
+        issue(acc1, tt + 1);
+        wg_wait<1>(); /* tile tt's products done */
+#pragma unroll
+        for (int i = 0; i < 32; i++) wg_pin(acc0[i]);
+        fold(acc0, tt % WG_ST);
+        __syncthreads(); /* both warpgroups are done with tile tt's stage */
+        refill(tt);
+        wg_wait<0>();
+#pragma unroll
+        for (int i = 0; i < 32; i++) wg_pin(acc1[i]);
+        fold(acc1, (tt + 1) % WG_ST);
+        __syncthreads();
+        refill(tt + 1);
     }
 
     const float LN2 = 0.693147180559945309f;
@@ -202,6 +258,203 @@ __global__ void __launch_bounds__(256, 1) wg_lse_kernel(fgmmc_batch b)
         __syncthreads();
     }
     if (tid == 0) b.block_ll[blockIdx.x] = red[0];
+#endif
+}
+
+/* ------------------------------------------------- kernel B: statistics */
+
+#define WS_BM 32 /* rows per tile */
+
+/* Descriptors of the statistics kernel's operands. W (64 components x KW,
+ * core-matrix order as wg_load_w stages it) and the row tile (8-row groups,
+ * wg_write_rows' order) as K-major operands of the logit product
+ * L^T = W Y^T, and the row tile as the MN-major B operand of S += R^T Y.
+ * The MN-major strides: 8-column blocks are 128 bytes apart, 8-row blocks
+ * KW*16. */
+template <int KW>
+__device__ __forceinline__ uint64_t wg_kmajor_desc(const bf16 *base, int kk)
+{
+    return wg_desc(smem_addr(base) + (uint32_t)(256 * kk), 128, KW * 16);
+}
+
+template <int KW>
+__device__ __forceinline__ uint64_t wg_mnmajor_desc(const bf16 *base, int c)
+{
+    /* MN-major, no swizzle: LBO is the stride between core matrices along
+     * K (here 8-row blocks, KW*16 bytes), SBO along N (8-column blocks,
+     * 128 bytes), the reverse of the K-major case; the other assignment
+     * faults on the H100 (bench/wgmma_probe). */
+    return wg_desc(smem_addr(base) + (uint32_t)(c * 2 * KW * 16), KW * 16, 128);
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo_col, float hi_col)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo_col, hi_col); /* .x = first (low half) */
+    return *(uint32_t *)&v;
+}
+
+/* One warpgroup per block, two blocks per SM; grid (64-component slices) x
+ * (row ranges), as tc_stats_kernel. Per tile of 32 rows:
+ *   L^T (64 x 32) = W Y^T on wgmma, the same split products in the same
+ *   order per accumulator as kernel A (bench/wgmma_probe checks that the
+ *   bits agree), r = exp2(l + c - lse2) straight from the accumulators;
+ *   the accumulators of L^T are already R^T's A-fragment layout, so R never
+ *   goes through shared memory: S (64 x KW) += R^T Y on wgmma.
+ * nk = sum r is added on the CUDA cores in fp32 (per tile and thread at
+ * most 8 rows) and folded into double with the rest every FLUSH rows. */
+template <int KW, int PREC>
+__global__ void __launch_bounds__(128, 2) wg_stats_kernel(fgmmc_batch b, int rows_per_split)
+{
+#if FGMMC_WGMMA
+    enum { NK = KW / 16, NW = PREC == 3 ? 2 : 1, WT = WG_BN * KW, YT = WS_BM * KW };
+    extern __shared__ __align__(128) uint4 wg_dyn_smem[];
+    bf16 *Wh = (bf16 *)wg_dyn_smem, *Wl = Wh + WT;
+    bf16 *Yh = Wh + NW * WT, *Yl = Yh + YT;
+    __shared__ float Ls[WS_BM];
+    __shared__ float Cs[WG_BN];
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int K = b.k, D = b.d;
+    const int k0 = blockIdx.x * WG_BN;
+    const int64_t r0 = (int64_t)blockIdx.y * rows_per_split;
+    const int64_t r1 = b.n < r0 + rows_per_split ? b.n : r0 + rows_per_split;
+    double *part = b.partials + (size_t)blockIdx.y * K * (2 * D + 1);
+    const bf16 *ygh = (const bf16 *)b.yg_hi, *ygl = (const bf16 *)b.yg_lo;
+
+    /* Tile t0.. (t0 a multiple of 8): a linear copy; rows past r1 zeros. */
+    auto load_tile = [&](int64_t t0) {
+        for (int e = tid; e < YT / 8; e += blockDim.x) {
+            int64_t row = t0 + 8 * (e / KW) + (e & 7);
+            bool ok = row < r1;
+            size_t at = ok ? (size_t)t0 * KW + 8 * (size_t)e : 0;
+            cp_async16(Yh + 8 * e, ygh + at, ok ? 16 : 0);
+            if (PREC == 3) cp_async16(Yl + 8 * e, ygl + at, ok ? 16 : 0);
+        }
+        for (int e = tid; e < WS_BM; e += blockDim.x) {
+            bool ok = t0 + e < r1;
+            cp_async4(Ls + e, b.lse2 + (ok ? t0 + e : 0), ok ? 4 : 0);
+        }
+    };
+
+    wg_load_w<KW, PREC, 128>(b, k0, Wh);
+    for (int e = tid; e < WG_BN; e += blockDim.x) Cs[e] = k0 + e < K ? b.c[k0 + e] : 0.f;
+    load_tile(r0);
+    cp_async_commit();
+
+    float S[KW / 2];
+#pragma unroll
+    for (int i = 0; i < KW / 2; i++) S[i] = 0.f;
+    float nks[2] = {0.f, 0.f}; /* components g and g + 8 of the warp's 16 */
+    int pending = 0;
+    bool written = false;
+    const int kc0 = 16 * warp + g; /* this thread's components in the slice: kc0, kc0 + 8 */
+
+    for (int64_t t0 = r0; t0 < r1; t0 += WS_BM) {
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads(); /* tile (and, first, W) visible to every thread and to wgmma */
+
+        float L[16];
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            L[i] = 0.f;
+            wg_pin(L[i]);
+        }
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < NK; kk++) {
+            uint64_t wh = wg_kmajor_desc<KW>(Wh, kk), yh = wg_kmajor_desc<KW>(Yh, kk);
+            wg_mma_ss_n32(L, wh, yh);
+            if (PREC == 3) {
+                wg_mma_ss_n32(L, wg_kmajor_desc<KW>(Wl, kk), yh);
+                wg_mma_ss_n32(L, wh, wg_kmajor_desc<KW>(Yl, kk));
+            }
+        }
+        wg_commit();
+        wg_wait<0>();
+#pragma unroll
+        for (int i = 0; i < 16; i++) wg_pin(L[i]);
+
+        /* L[4j + q]: component kc0 (+8 for q >= 2), row 8j + 2t + (q & 1). */
+        uint32_t ah[2][4], al[2][4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            float r[4];
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                int kc = kc0 + 8 * (q >> 1), m = 8 * j + 2 * t + (q & 1);
+                r[q] = (t0 + m < r1 && k0 + kc < K) ? exp2f(__fadd_rn(L[4 * j + q], Cs[kc]) - Ls[m]) : 0.f;
+                nks[q >> 1] += r[q];
+            }
+            /* A fragment of k chunk j/2: regs 0,1 rows +0..7, regs 2,3 rows +8..15. */
+            const int c = j >> 1, o = 2 * (j & 1);
+            ah[c][o] = pack_bf16(r[0], r[1]);
+            ah[c][o + 1] = pack_bf16(r[2], r[3]);
+            if (PREC == 3) {
+                float h0 = __bfloat162float(__float2bfloat16_rn(r[0]));
+                float h1 = __bfloat162float(__float2bfloat16_rn(r[1]));
+                float h2 = __bfloat162float(__float2bfloat16_rn(r[2]));
+                float h3 = __bfloat162float(__float2bfloat16_rn(r[3]));
+                al[c][o] = pack_bf16(__fsub_rn(r[0], h0), __fsub_rn(r[1], h1));
+                al[c][o + 1] = pack_bf16(__fsub_rn(r[2], h2), __fsub_rn(r[3], h3));
+            }
+        }
+        wg_fence();
+#pragma unroll
+        for (int c = 0; c < 2; c++) {
+            uint64_t yh = wg_mnmajor_desc<KW>(Yh, c);
+            wg_mma_rs_t<KW>(S, ah[c], yh);
+            if (PREC == 3) {
+                wg_mma_rs_t<KW>(S, ah[c], wg_mnmajor_desc<KW>(Yl, c));
+                wg_mma_rs_t<KW>(S, al[c], yh);
+            }
+        }
+        wg_commit();
+        wg_wait<0>();
+#pragma unroll
+        for (int i = 0; i < KW / 2; i++) wg_pin(S[i]);
+#pragma unroll
+        for (int c = 0; c < 2; c++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                wg_pin(ah[c][i]);
+                wg_pin(al[c][i]);
+            }
+        pending += WS_BM;
+        __syncthreads(); /* the tile consumed by every warp's products */
+        if (t0 + WS_BM < r1) load_tile(t0 + WS_BM);
+        cp_async_commit();
+
+        if (pending >= TC_FLUSH_ROWS || t0 + WS_BM >= r1) {
+            double *pbase = part;
+            int dd = D;
+            asm volatile("" : "+l"(pbase), "+r"(dd)); /* see tc_stats_kernel */
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                float nk = nks[h];
+                nk += __shfl_xor_sync(0xffffffffu, nk, 1);
+                nk += __shfl_xor_sync(0xffffffffu, nk, 2);
+                nks[h] = 0.f;
+                int k = k0 + kc0 + 8 * h;
+                double *pk = pbase + (size_t)k * (2 * dd + 1);
+                if (k < K) {
+#pragma unroll
+                    for (int j = 0; j < KW / 8; j++)
+#pragma unroll
+                        for (int q = 0; q < 2; q++) {
+                            int col = 8 * j + 2 * t + q;
+                            float v = S[4 * j + 2 * h + q];
+                            if (col < 2 * dd) pk[col] = written ? pk[col] + (double)v : (double)v;
+                        }
+                    if (t == 0) pk[2 * dd] = written ? pk[2 * dd] + (double)nk : (double)nk;
+                }
+#pragma unroll
+                for (int j = 0; j < KW / 8; j++) S[4 * j + 2 * h] = S[4 * j + 2 * h + 1] = 0.f;
+            }
+            written = true;
+            pending = 0;
+        }
+    }
 #endif
 }
 
@@ -273,4 +526,49 @@ fgmmc_status fgmmc_wgmma_lse_launch(const fgmmc_batch *b, int blocks, int prec, 
         }
     }
     return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "wgmma lse: no kernel for width %d", b->kw);
+}
+
+static size_t wg_smem_b(int kw, int prec)
+{
+    return (size_t)(prec == 3 ? 2 : 1) * (WG_BN + WS_BM) * kw * sizeof(bf16);
+}
+
+template <int KW, int PREC>
+static fgmmc_status launch_wgb(const fgmmc_batch *b, const fgmmc_plan *plan, cudaStream_t s,
+                               fgmmc_error *err)
+{
+    size_t smem = wg_smem_b(KW, PREC);
+    FGMMC_CHECK(cudaFuncSetAttribute(wg_stats_kernel<KW, PREC>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                err);
+    dim3 grid((unsigned)plan->slices, (unsigned)plan->splits);
+    wg_stats_kernel<KW, PREC><<<grid, 128, smem, s>>>(*b, plan->rows_per_split);
+    FGMMC_CHECK_LAUNCH("wg_stats_kernel", err);
+    return FGMMC_OK;
+}
+
+fgmmc_status fgmmc_wgmma_stats_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
+                                      cudaStream_t s, fgmmc_error *err)
+{
+    if (plan->rows_per_split % WS_BM)
+        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "wgmma stats: %d rows per split, not a multiple of %d",
+                          plan->rows_per_split, WS_BM);
+    if (prec == 3) {
+        switch (b->kw) {
+        case 32: return launch_wgb<32, 3>(b, plan, s, err);
+        case 64: return launch_wgb<64, 3>(b, plan, s, err);
+        case 128: return launch_wgb<128, 3>(b, plan, s, err);
+        case 192: return launch_wgb<192, 3>(b, plan, s, err);
+        case 256: return launch_wgb<256, 3>(b, plan, s, err);
+        }
+    } else {
+        switch (b->kw) {
+        case 32: return launch_wgb<32, 1>(b, plan, s, err);
+        case 64: return launch_wgb<64, 1>(b, plan, s, err);
+        case 128: return launch_wgb<128, 1>(b, plan, s, err);
+        case 192: return launch_wgb<192, 1>(b, plan, s, err);
+        case 256: return launch_wgb<256, 1>(b, plan, s, err);
+        }
+    }
+    return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "wgmma stats: no kernel for width %d", b->kw);
 }

@@ -304,6 +304,10 @@ int fgmmc_wgmma_lse_rows(void);
 /* Enqueues the Hopper kernel A alone (prec 3 or 1) over `blocks` tiles. */
 fgmmc_status fgmmc_wgmma_lse_launch(const fgmmc_batch *b, int blocks, int prec, cudaStream_t stream,
                                     fgmmc_error *err);
+/* Enqueues the Hopper kernel B (statistics) for a plan of 32-row tiles; its
+ * rows come from the Hopper kernel A (their layout differs). */
+fgmmc_status fgmmc_wgmma_stats_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
+                                      cudaStream_t stream, fgmmc_error *err);
 /* The reductions (kernel C) alone, for the tensor-core path. */
 fgmmc_status fgmmc_estep_reduce_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
                                        cudaStream_t stream, fgmmc_error *err);
