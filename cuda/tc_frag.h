@@ -107,37 +107,19 @@ __device__ __forceinline__ void split_store(bf16 *hi, bf16 *lo, size_t at, float
 }
 
 /* Stages rows row0..row0+bm-1 as [y, y^2] (columns 0..2D) into Yh/Yl. Rows
- * past rend are zeros. Padding columns are set once by the caller.
- * The rows are packed, so the tile is one run of bm*D elements: each thread
- * issues 8 independent loads before it converts any of them (one load,
- * convert and store after another leaves each warp waiting out a global
- * load's latency per element: a fixed cost per row tile, BENCHMARKS.md). */
+ * past n are zeros. Padding columns are set once by the caller. A warp per
+ * row. (Tried and reverted: a flat run of 8 independent loads per thread
+ * before any conversion, 0.5 ms slower per step on the H100, BENCHMARKS.md.) */
 __device__ __forceinline__ void stage_rows(const fgmmc_batch &b, int64_t row0, int64_t rend,
                                            int bm, bf16 *Yh, bf16 *Yl, int ys)
 {
-    enum { U = 8 };
-    const int D = b.d, total = bm * D, nt = blockDim.x;
-    const int64_t avail64 = rend > row0 ? (rend - row0) * (int64_t)D : 0;
-    const int avail = avail64 < total ? (int)avail64 : total; /* elements of rows < rend */
-    const size_t base = (size_t)row0 * D;
-    for (int e0 = threadIdx.x; e0 < total; e0 += U * nt) {
-        float v[U];
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            int e = e0 + u * nt;
-            /* x - 0 is x exactly: the shift is subtracted below, with the
-             * same rounding as load_y's. */
-            v[u] = e < avail ? load_y(b.x, b.dtype, base + e, 0.f) : 0.f;
-        }
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            int e = e0 + u * nt;
-            if (e < total) {
-                int m = e / D, j = e - m * D;
-                float y = e < avail ? __fsub_rn(v[u], __ldg(b.shift + j)) : 0.f;
-                split_store(Yh, Yl, (size_t)m * ys + j, y);
-                split_store(Yh, Yl, (size_t)m * ys + D + j, __fmul_rn(y, y));
-            }
+    const int D = b.d, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    for (int m = threadIdx.x >> 5; m < bm; m += nw) { /* a warp per row: coalesced */
+        int64_t row = row0 + m;
+        for (int j = lane; j < D; j += 32) {
+            float y = row < rend ? load_y(b.x, b.dtype, (size_t)row * D + j, b.shift[j]) : 0.f;
+            split_store(Yh, Yl, (size_t)m * ys + j, y);
+            split_store(Yh, Yl, (size_t)m * ys + D + j, __fmul_rn(y, y));
         }
     }
 }
