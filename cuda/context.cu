@@ -50,7 +50,8 @@ typedef struct {
 
 struct fgmmc_context {
     int device, sm_count, cc_major;
-    int wgmma; /* the Hopper kernel A is usable (estep_wgmma.cu) */
+    int wgmma;    /* the Hopper kernels are usable (estep_wgmma.cu) */
+    int portable; /* fgmmc_set_portable_kernels: use the mma.sync ones anyway */
     fgmmc_precision prec;
     int use_tc, tc_prec, kw; /* this pass: tensor-core kernels, 3 or 1 products */
     int ll_only;             /* this pass: log-likelihoods only (fgmmc_begin_ll_pass) */
@@ -354,6 +355,15 @@ fgmmc_status fgmmc_set_precision(fgmmc_context *ctx, fgmmc_precision p, fgmmc_er
     return FGMMC_OK;
 }
 
+fgmmc_status fgmmc_set_portable_kernels(fgmmc_context *ctx, int portable, fgmmc_error *err)
+{
+    if (!ctx) return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_set_portable_kernels: ctx is NULL");
+    ctx->portable = portable != 0;
+    return FGMMC_OK;
+}
+
+int fgmmc_uses_wgmma(const fgmmc_context *ctx) { return ctx && ctx->wgmma && !ctx->portable; }
+
 const char *fgmmc_path_name(const fgmmc_context *ctx)
 {
     if (!ctx || !ctx->use_tc) return "fp32 SIMT";
@@ -644,7 +654,7 @@ static fgmmc_status launch_rows(fgmmc_context *ctx, int b, const void *x_dev, in
     bt.wt_hi = ctx->d_wt_hi;
     bt.wt_lo = ctx->d_wt_lo;
     bt.kw = ctx->kw;
-    bt.wgmma = ctx->wgmma;
+    bt.wgmma = ctx->wgmma && !ctx->portable;
     bt.yg_hi = ctx->d_yg_hi;
     bt.yg_lo = ctx->d_yg_lo;
     fgmmc_status st;

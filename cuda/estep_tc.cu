@@ -58,7 +58,7 @@ __global__ void __launch_bounds__(256, 1) tc_lse_kernel(fgmmc_batch b)
     __shared__ double red[128];
     __shared__ float Cs[TC_BN]; /* the K tile's c, -inf past K */
 
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, t = lane & 3;
     const int64_t row0 = (int64_t)blockIdx.x * BM;
 
     for (int e = tid; e < BM * (kw - 2 * D); e += blockDim.x) { /* zero padding columns */
@@ -80,52 +80,17 @@ __global__ void __launch_bounds__(256, 1) tc_lse_kernel(fgmmc_batch b)
         warp_logits<NT8, PREC>(acc, Yh, Yl, ys, 16 * warp, Wh, Wl, ws, 0, kw);
 #pragma unroll
         for (int h = 0; h < 2; h++) { /* h = 0: row g, h = 1: row g + 8 */
-            float l[NT8][2], tmax = -INFINITY;
+            static_assert(NT8 == 8, "lse_fold16 takes 16 logits per row and thread");
+            float l[16];
 #pragma unroll
             for (int n = 0; n < NT8; n++)
 #pragma unroll
-                for (int q = 0; q < 2; q++) {
-                    /* -inf + finite stays -inf: padded components drop out. */
-                    l[n][q] = __fadd_rn(acc[n][2 * h + q], Cs[8 * n + 2 * t + q]);
-                    tmax = fmaxf(tmax, l[n][q]);
-                }
-            tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
-            tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 2));
-            float mnew = fmaxf(mrun[h], tmax), ts = 0.f;
-            if (mnew != -INFINITY) {
-#pragma unroll
-                for (int n = 0; n < NT8; n++)
-#pragma unroll
-                    for (int q = 0; q < 2; q++) ts += exp2f(l[n][q] - mnew);
-            }
-            ts += __shfl_xor_sync(0xffffffffu, ts, 1);
-            ts += __shfl_xor_sync(0xffffffffu, ts, 2);
-            float scale = (mnew != -INFINITY && mrun[h] != -INFINITY) ? exp2f(mrun[h] - mnew) : 0.f;
-            srun[h] = __fmaf_rn(srun[h], scale, ts);
-            if (mnew != -INFINITY) mrun[h] = mnew;
+                for (int q = 0; q < 2; q++) /* -inf + finite stays -inf: padding drops out */
+                    l[2 * n + q] = __fadd_rn(acc[n][2 * h + q], Cs[8 * n + 2 * t + q]);
+            lse_fold16(l, mrun[h], srun[h]);
         }
     }
-    const float LN2 = 0.693147180559945309f;
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-        int m = 16 * warp + g + 8 * h;
-        int64_t row = row0 + m;
-        float lse2 = mrun[h] + log2f(srun[h]);
-        float ll = __fmul_rn(lse2, LN2);
-        if (t == 0) {
-            if (row < b.n) {
-                b.lse2[row] = lse2;
-                b.ll[row] = ll;
-            }
-            red[m] = row < b.n ? (double)ll : 0.0;
-        }
-    }
-    __syncthreads();
-    for (int s = BM / 2; s > 0; s >>= 1) { /* fixed-order tree */
-        if (tid < s) red[tid] += red[tid + s];
-        __syncthreads();
-    }
-    if (tid == 0) b.block_ll[blockIdx.x] = red[0];
+    lse_finish(b, row0, BM, mrun, srun, red);
 }
 
 /* ------------------------------------------------- kernel B: statistics */

@@ -111,7 +111,7 @@ __global__ void __launch_bounds__(256, 1) wg_lse_kernel(fgmmc_batch b)
     __shared__ float Cs[WG_ST][WG_BN];
     __shared__ double red[WG_BM];
 
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, t = lane & 3;
     const int K = b.k, D = b.d, ntiles = (K + WG_BN - 1) / WG_BN;
     const int64_t row0 = (int64_t)blockIdx.x * WG_BM;
 
@@ -173,29 +173,13 @@ __global__ void __launch_bounds__(256, 1) wg_lse_kernel(fgmmc_batch b)
     auto fold = [&](const float (&acc)[32], int st) {
 #pragma unroll
         for (int hr = 0; hr < 2; hr++) {
-            float l[16], tmax = -INFINITY;
+            float l[16];
 #pragma unroll
             for (int j = 0; j < 8; j++)
 #pragma unroll
-                for (int q = 0; q < 2; q++) {
-                    /* -inf + finite stays -inf: padded components drop out. */
-                    float v = __fadd_rn(acc[4 * j + 2 * hr + q], Cs[st][8 * j + 2 * t + q]);
-                    l[2 * j + q] = v;
-                    tmax = fmaxf(tmax, v);
-                }
-            tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
-            tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 2));
-            /* Selects, not branches (see wg_load_w). While every logit so
-             * far is -inf (padding), shift by 0: the exponentials are 0. */
-            float mnew = fmaxf(mrun[hr], tmax), ts = 0.f;
-            float shift = mnew == -INFINITY ? 0.f : mnew;
-#pragma unroll
-            for (int i = 0; i < 16; i++) ts += exp2f(l[i] - shift);
-            ts += __shfl_xor_sync(0xffffffffu, ts, 1);
-            ts += __shfl_xor_sync(0xffffffffu, ts, 2);
-            float scale = mrun[hr] == -INFINITY ? 0.f : exp2f(mrun[hr] - mnew);
-            srun[hr] = __fmaf_rn(srun[hr], scale, ts);
-            mrun[hr] = mnew;
+                for (int q = 0; q < 2; q++) /* -inf + finite stays -inf: padding drops out */
+                    l[2 * j + q] = __fadd_rn(acc[4 * j + 2 * hr + q], Cs[st][8 * j + 2 * t + q]);
+            lse_fold16(l, mrun[hr], srun[hr]);
         }
     };
 
@@ -237,27 +221,7 @@ __global__ void __launch_bounds__(256, 1) wg_lse_kernel(fgmmc_batch b)
         refill(tt + 1);
     }
 
-    const float LN2 = 0.693147180559945309f;
-#pragma unroll
-    for (int hr = 0; hr < 2; hr++) {
-        int m = 16 * warp + g + 8 * hr;
-        int64_t row = row0 + m;
-        float lse2 = mrun[hr] + log2f(srun[hr]);
-        float ll = __fmul_rn(lse2, LN2);
-        if (t == 0) {
-            if (row < b.n) {
-                b.lse2[row] = lse2;
-                b.ll[row] = ll;
-            }
-            red[m] = row < b.n ? (double)ll : 0.0;
-        }
-    }
-    __syncthreads();
-    for (int s = WG_BM / 2; s > 0; s >>= 1) { /* fixed-order tree */
-        if (tid < s) red[tid] += red[tid + s];
-        __syncthreads();
-    }
-    if (tid == 0) b.block_ll[blockIdx.x] = red[0];
+    lse_finish(b, row0, WG_BM, mrun, srun, red);
 #endif
 }
 

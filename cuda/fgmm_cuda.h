@@ -77,6 +77,16 @@ fgmmc_status fgmmc_set_precision(fgmmc_context *ctx, fgmmc_precision p, fgmmc_er
  * "tensor cores, bf16" or "fp32 SIMT". */
 const char *fgmmc_path_name(const fgmmc_context *ctx);
 
+/* Which tensor-core kernel family later passes use: portable = 0 (the
+ * default) takes Hopper's wgmma kernels when this binary has sm_90a code
+ * and the GPU runs it, else the mma.sync kernels every sm_80+ GPU runs;
+ * portable = 1 takes the mma.sync kernels always (to compare the two, and
+ * so tests reach both on one GPU). Both compute the same function within
+ * the precision mode's bound. Call between passes. */
+fgmmc_status fgmmc_set_portable_kernels(fgmmc_context *ctx, int portable, fgmmc_error *err);
+/* 1 when passes (of D <= 128, not fp32) run the wgmma kernels, else 0. */
+int fgmmc_uses_wgmma(const fgmmc_context *ctx);
+
 /* Start a pass: upload the E-step terms (w: 2D*K, c: K, shift: D) and zero
  * the statistics accumulators. */
 fgmmc_status fgmmc_begin_pass(fgmmc_context *ctx, int k, int d, const double *w,

@@ -162,6 +162,62 @@ __device__ __forceinline__ void write_converted_rows(const fgmmc_batch &b, int64
     }
 }
 
+/* ------------------------------------------- per-row log-sum-exp (kernel A) */
+
+/* Folds one tile's 16 logits of a row held by this thread (its quad of 4
+ * threads holds the tile's 64) into the row's running max mrun and sum
+ * srun of exp2(l - mrun). Selects, not branches: around a branch ptxas
+ * serialises the wgmma products in flight (estep_wgmma.cu). While every
+ * logit so far is -inf (padding) the shift is 0 and the exponentials 0. */
+__device__ __forceinline__ void lse_fold16(const float (&l)[16], float &mrun, float &srun)
+{
+    float tmax = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < 16; i++) tmax = fmaxf(tmax, l[i]);
+    tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
+    tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 2));
+    float mnew = fmaxf(mrun, tmax), ts = 0.f;
+    float shift = mnew == -INFINITY ? 0.f : mnew;
+#pragma unroll
+    for (int i = 0; i < 16; i++) ts += exp2f(l[i] - shift);
+    ts += __shfl_xor_sync(0xffffffffu, ts, 1);
+    ts += __shfl_xor_sync(0xffffffffu, ts, 2);
+    float scale = mrun == -INFINITY ? 0.f : exp2f(mrun - mnew);
+    srun = __fmaf_rn(srun, scale, ts);
+    mrun = mnew;
+}
+
+/* Writes rows g and g+8 of warp `warp` (rows 16*warp + g + 8h of the block's
+ * tile at row0): lse2 and ll per row, then the block's ll sum in a fixed
+ * order into block_ll. red: shared, bm doubles; bm a power of two. */
+__device__ __forceinline__ void lse_finish(const fgmmc_batch &b, int64_t row0, int bm,
+                                           const float (&mrun)[2], const float (&srun)[2],
+                                           double *red)
+{
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const float LN2 = 0.693147180559945309f;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        int m = 16 * warp + g + 8 * h;
+        int64_t row = row0 + m;
+        float lse2 = mrun[h] + log2f(srun[h]);
+        float ll = __fmul_rn(lse2, LN2);
+        if (t == 0) {
+            if (row < b.n) {
+                b.lse2[row] = lse2;
+                b.ll[row] = ll;
+            }
+            red[m] = row < b.n ? (double)ll : 0.0;
+        }
+    }
+    __syncthreads();
+    for (int s = bm / 2; s > 0; s >>= 1) { /* fixed-order tree */
+        if (tid < s) red[tid] += red[tid + s];
+        __syncthreads();
+    }
+    if (tid == 0) b.block_ll[blockIdx.x] = red[0];
+}
+
 /* ------------------------------------------------------------ cp.async */
 
 /* 16-byte asynchronous global -> shared copy (L2 only: the data is

@@ -294,12 +294,17 @@ const Size kSizes[] = {
 // prec: which kernels (DEFAULT: tensor cores with split bf16 operands for
 // D <= 128, SIMT fp32 above; FP32: SIMT fp32 everywhere; FAST: plain bf16
 // tensor cores, checked against its documented, looser bound).
-void statistics_case(fgmmc_dtype dt, uint64_t seed, fgmmc_precision prec = FGMMC_PREC_DEFAULT)
+// portable: the mma.sync kernels even where the wgmma ones would serve.
+void statistics_case(fgmmc_dtype dt, uint64_t seed, fgmmc_precision prec = FGMMC_PREC_DEFAULT,
+                     int portable = 0)
 {
     Ctx ctx;
     fgmmc_error err{};
     ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMMC_OK) << err.msg;
     ASSERT_EQ(fgmmc_set_precision(ctx.p, prec, &err), FGMMC_OK) << err.msg;
+    ASSERT_EQ(fgmmc_set_portable_kernels(ctx.p, portable, &err), FGMMC_OK) << err.msg;
+    if (portable) EXPECT_EQ(fgmmc_uses_wgmma(ctx.p), 0);
+    printf("  kernels: %s\n", fgmmc_uses_wgmma(ctx.p) ? "wgmma (sm_90a)" : "mma.sync");
     for (const Size &s : kSizes) {
         if (prec == FGMMC_PREC_FAST && s.d > 128) continue; /* no tensor-core kernel there */
         SCOPED_TRACE(std::string(dtype_name(dt)) + " N=" + std::to_string(s.n) +
@@ -326,6 +331,38 @@ TEST(Cuda, StatisticsMatchFloat64F32) { NEED_GPU(); statistics_case(FGMMC_F32, 1
 TEST(Cuda, StatisticsMatchFloat64F16) { NEED_GPU(); statistics_case(FGMMC_F16, 2000); }
 TEST(Cuda, StatisticsMatchFloat64U8) { NEED_GPU(); statistics_case(FGMMC_U8, 3000); }
 TEST(Cuda, StatisticsMatchFloat64I8) { NEED_GPU(); statistics_case(FGMMC_I8, 4000); }
+// The mma.sync kernels on a GPU where the wgmma ones would serve: both
+// families are tested on the one Hopper GPU the project has.
+TEST(Cuda, PortableKernelsMatchFloat64F32) { NEED_GPU(); statistics_case(FGMMC_F32, 1200, FGMMC_PREC_DEFAULT, 1); }
+TEST(Cuda, PortableKernelsMatchFloat64U8) { NEED_GPU(); statistics_case(FGMMC_U8, 3200, FGMMC_PREC_DEFAULT, 1); }
+TEST(Cuda, PortableFastBf16WithinItsBound) { NEED_GPU(); statistics_case(FGMMC_F32, 1300, FGMMC_PREC_FAST, 1); }
+
+// On Hopper the build's sm_90a code must be what runs (a build without it
+// would silently fall back to the slower kernels), and the two families
+// must agree with each other as closely as each does with float64.
+TEST(Cuda, HopperRunsWgmmaAndAgreesWithPortable)
+{
+    NEED_GPU();
+    Ctx ctx;
+    fgmmc_error err{};
+    ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMMC_OK) << err.msg;
+    if (!strstr(fgmmc_describe(ctx.p), "sm_90")) GTEST_SKIP() << "not a Hopper GPU: " << fgmmc_describe(ctx.p);
+    EXPECT_EQ(fgmmc_uses_wgmma(ctx.p), 1) << fgmmc_describe(ctx.p);
+    Problem p = make_problem(20011, 200, 128, FGMMC_F32, 77);
+    GpuOut a, b;
+    run_pass(ctx.p, p, p.raw.data(), (size_t)p.D * 4, {p.n}, true, a);
+    ASSERT_EQ(fgmmc_set_portable_kernels(ctx.p, 1, &err), FGMMC_OK);
+    EXPECT_EQ(fgmmc_uses_wgmma(ctx.p), 0);
+    run_pass(ctx.p, p, p.raw.data(), (size_t)p.D * 4, {p.n}, true, b);
+    ASSERT_EQ(fgmmc_set_portable_kernels(ctx.p, 0, &err), FGMMC_OK);
+    EXPECT_EQ(fgmmc_uses_wgmma(ctx.p), 1);
+    double e1 = rel_err(a.nk, b.nk), e2 = rel_err(a.sums, b.sums);
+    printf("  wgmma vs mma.sync N=20011 K=200 D=128: rel diff nk %.2e sums %.2e\n", e1, e2);
+    EXPECT_LE(e1, 2e-5);
+    EXPECT_LE(e2, 2e-5);
+    for (int64_t i = 0; i < p.n; i++) ASSERT_NEAR(a.row_ll[i], b.row_ll[i], 1e-4 * std::max(1.0, (double)std::fabs(b.row_ll[i])));
+}
+
 TEST(Cuda, SimtFp32MatchesFloat64F32) { NEED_GPU(); statistics_case(FGMMC_F32, 1100, FGMMC_PREC_FP32); }
 TEST(Cuda, SimtFp32MatchesFloat64U8) { NEED_GPU(); statistics_case(FGMMC_U8, 3100, FGMMC_PREC_FP32); }
 TEST(Cuda, FastBf16WithinItsBoundF32) { NEED_GPU(); statistics_case(FGMMC_F32, 1200, FGMMC_PREC_FAST); }
@@ -573,6 +610,10 @@ TEST(Cuda, ArgumentErrors)
         EXPECT_GT(std::strlen(err.msg), (size_t)0);
         printf("  k=%d: %s\n", k, err.msg);
     }
+    err = fgmmc_error{};
+    EXPECT_EQ(fgmmc_set_portable_kernels(nullptr, 1, &err), FGMMC_ERR_ARGUMENT);
+    EXPECT_GT(std::strlen(err.msg), (size_t)0);
+    EXPECT_EQ(fgmmc_uses_wgmma(nullptr), 0);
     err = fgmmc_error{};
     EXPECT_EQ(fgmmc_begin_pass(ctx.p, 3, 0, w.data(), c.data(), shift.data(), &err),
               FGMMC_ERR_ARGUMENT);
