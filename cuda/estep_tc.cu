@@ -1,12 +1,13 @@
 /*
- * estep_tc.cu - the fused E-step on tensor cores (bf16 mma.sync, sm_80+).
+ * estep_tc.cu - the fused E-step on tensor cores (bf16 mma.sync, sm_80+;
+ * on sm_90a the wgmma kernels of estep_wgmma.cu serve instead).
  *
  * Same contract and same three-kernel shape as estep.cu (read it first):
  *   A  tc_lse_kernel:   per tile of BM rows, logits against all K
  *                       components on tensor cores, K-tile by K-tile, with
  *                       an online max/sum -> log-sum-exp per row;
  *   B  tc_stats_kernel: grid (64-component slices) x (row ranges); per tile
- *                       of 64 rows, the slice's logits again (the same
+ *                       of 32 rows, the slice's logits again (the same
  *                       instructions in the same order as A, so the same
  *                       bits), r = exp2(l - lse2) into shared memory, then
  *                       S += R^T [y, y^2, 1] on tensor cores: the last

@@ -1,22 +1,28 @@
 /*
- * estep_wgmma.cu - kernel A of the tensor-core E-step (each row's
- * log-sum-exp over all K components) on Hopper's warpgroup MMA.
+ * estep_wgmma.cu - the tensor-core E-step on Hopper's warpgroup MMA
+ * (wgmma, sm_90a): kernel A (each row's log-sum-exp over all K) and
+ * kernel B (the statistics). Same contract and same split-bf16 products as
+ * estep_tc.cu, whose mma.sync kernels serve every other GPU; kernel C (the
+ * fixed-order reductions, estep.cu) is shared. The two families' rows
+ * buffers differ in layout, so a batch uses one family for A and B.
  *
- * Same contract as tc_lse_kernel in estep_tc.cu, which serves every other
- * GPU; kernels B and C are shared. Why a second kernel A: on the H100 the
- * mma.sync version ran at 0.76 IPC with 43% of its stalls on shared-memory
- * loads, because each of its 8 warps re-read the whole W tile with
- * ldmatrix for its own 16 rows, and each W tile was loaded from L2 while
- * the tensor cores waited. Here:
+ * Why: on the H100 the mma.sync kernel A ran at 0.76 IPC with 43% of its
+ * stalls on shared-memory loads (each of 8 warps re-read the whole W tile
+ * with ldmatrix for its own 16 rows, and each W tile was loaded from L2
+ * while the tensor cores waited). Here, in kernel A:
  *   - a block's 128 rows are converted once and then held in registers as
  *     A fragments (two warpgroups of 64 rows) for the whole kernel;
- *   - wgmma reads each W tile from shared memory once per warpgroup, not
- *     once per warp;
- *   - W tiles stream through a 3-stage cp.async pipeline, so the next two
- *     tiles load while the current one is multiplied.
- * The products are the same split-bf16 sums in the same order per
- * accumulator (k ascending; hi*hi, hi*lo, lo*hi), so the default mode's
- * precision is unchanged (docs/precision.md).
+ *   - wgmma reads each W tile from shared memory once per warpgroup;
+ *   - W tiles stream through a 3-stage cp.async pipeline, and tiles go in
+ *     pairs so one tile's products run while the other is folded.
+ * In kernel B the logits are formed as W Y^T with both operands in shared
+ * memory, and their accumulators, already in the layout of an A operand,
+ * become R^T for S += R^T Y without a trip through shared memory.
+ * Per accumulator the products come in the same order as in estep_tc.cu
+ * (k ascending; hi*hi, hi*lo, lo*hi), and bench/wgmma_probe checks that
+ * wgmma and mma.sync give the same bits, so kernel B's logits are those
+ * kernel A's log-sum-exp saw, and the precision is that of
+ * docs/precision.md.
  */
 #include <cuda_bf16.h>
 #include <math.h>

@@ -128,7 +128,8 @@ void fgmm_shard_writer_free(fgmm_shard_writer *w);
 typedef struct {
     int queue_depth;   /* io_uring reads in flight; 0: 16 */
     int threads;       /* decompression threads; 0: all cores */
-    int ring_slots;    /* decoded-chunk buffers (>= 2); 0: threads + 2 */
+    int ring_slots;    /* decoded-chunk buffers (>= 2); 0: ~256 MiB of chunks, 16 to 64
+                        * slots, and at least threads + 2 */
     int buffered;      /* 1: never O_DIRECT; 0: O_DIRECT where the file system allows */
     /* Niceness of the decompression threads (Linux, per thread); 0 keeps
      * the caller's. A CPU engine that uses every core runs best with its

@@ -744,9 +744,18 @@ fgmm_status fgmm_shards_open(const char *dir, const fgmm_shard_read_options *opt
         s->o.threads = n > 0 ? (int)n : 1;
     }
     /* The ring bounds the reads in flight too (a read needs a free slot),
-     * so it must be deep enough to keep the disk busy: 16 slots of ~4 MiB
-     * keep ~64 MiB in flight. */
-    if (s->o.ring_slots <= 0) s->o.ring_slots = s->o.threads + 2 > 16 ? s->o.threads + 2 : 16;
+     * and it is the slack between the disk and a consumer whose pace
+     * varies (engine threads preempted by decoders on a small machine):
+     * with 16 slots of 4 MiB, EM steps streamed from disk took 1.06-1.23x
+     * a read-alone pass; with 64, 0.97-1.05x (BENCHMARKS.md). So ~256 MiB
+     * of decoded chunks, at least 16 slots (and no more than 64), and at
+     * least one per decoder plus two. */
+    if (s->o.ring_slots <= 0) {
+        size_t chunk_bytes = (size_t)m.rows_per_chunk * s->row_bytes;
+        size_t want = chunk_bytes ? ((size_t)256 << 20) / chunk_bytes : 64;
+        int slots = want < 16 ? 16 : want > 64 ? 64 : (int)want;
+        s->o.ring_slots = s->o.threads + 2 > slots ? s->o.threads + 2 : slots;
+    }
     if (s->o.ring_slots < 2) s->o.ring_slots = 2;
     s->n_dec = s->o.threads;
     s->n_slots = s->o.ring_slots;

@@ -282,6 +282,28 @@ TEST_F(Cli, PrecisionFlag)
     EXPECT_NE(r.out.find("[cpu]"), std::string::npos) << r.out;
 }
 
+TEST_F(Cli, RingSlotsFlag)
+{
+    Result r = run("shard --input " + path("good.fbin") + " --out " + path("rs") +
+                   " --rows-per-chunk 256");
+    ASSERT_EQ(r.code, 0) << r.out;
+    for (const char *bad : {"1", "0", "many", "5000"})
+        expect_fail("fit --data " + path("rs") + " --k 2 --ring-slots " + bad + " --out " + path("r1"), 2,
+                    "--ring-slots expects an integer in [2, 4096]");
+    EXPECT_FALSE(exists(path("r1")));
+    // The smallest ring streams the same fit as the default one.
+    Result a = run("fit --quiet --data " + path("rs") + " --k 3 --max-iter 3 --cache-budget 0 "
+                   "--ring-slots 2 --out " + path("r2"));
+    Result b = run("fit --quiet --data " + path("rs") + " --k 3 --max-iter 3 --cache-budget 0 "
+                   "--out " + path("r3"));
+    ASSERT_EQ(a.code, 0) << a.out;
+    ASSERT_EQ(b.code, 0) << b.out;
+    size_t at = a.out.find("mean log-likelihood "), bt = b.out.find("mean log-likelihood ");
+    ASSERT_NE(at, std::string::npos) << a.out;
+    ASSERT_NE(bt, std::string::npos) << b.out;
+    EXPECT_EQ(a.out.substr(at, 32), b.out.substr(bt, 32));
+}
+
 TEST_F(Cli, GpuCacheBudgetFlag)
 {
     expect_fail("fit --data " + path("good.fbin") + " --k 2 --gpu-cache-budget some --out " +

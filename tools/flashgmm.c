@@ -143,7 +143,7 @@ static int parse_bytes(const char *cmd, const char *name, const char *s, int64_t
 
 /* The reader's flags, shared by fit and score. */
 #define READER_FLAGS FLAG("precision"), FLAG("cache-budget"), FLAG("read-threads"), FLAG("queue-depth"), \
-    SWITCH("buffered-io"), FLAG("gpu-cache-budget")
+    FLAG("ring-slots"), SWITCH("buffered-io"), FLAG("gpu-cache-budget")
 #define READER_HELP \
     "  --precision P        cuda: default (tensor cores, split bf16: statistics within 1e-4\n" \
     "                       of float64), fast (plain bf16, ~1e-2) or fp32 (SIMT kernels)\n" \
@@ -152,6 +152,8 @@ static int parse_bytes(const char *cmd, const char *name, const char *s, int64_t
     "                       default: half the memory available)\n" \
     "  --read-threads T     shard directories: decompression threads (default: all cores)\n" \
     "  --queue-depth Q      shard directories: reads in flight (default 16)\n" \
+    "  --ring-slots S       shard directories: decoded chunks buffered ahead of the engine\n" \
+    "                       (default: ~256 MiB of chunks, 16 to 64, at least read threads + 2)\n" \
     "  --buffered-io        shard directories: do not use O_DIRECT\n" \
     "  --gpu-cache-budget B fit, cuda: keep the rows on the GPU after the first EM step when they fit\n" \
     "                       in B bytes (0: transfer every step; default: half the free GPU memory)\n"
@@ -174,6 +176,10 @@ static int open_data(const char *cmd, flag *f, int nf, const char *path, fgmm_en
     if ((s = get(f, nf, "queue-depth"))) {
         if (parse_long(cmd, "queue-depth", s, 1, 4096, &lv)) return EXIT_USAGE;
         o.queue_depth = (int)lv;
+    }
+    if ((s = get(f, nf, "ring-slots"))) {
+        if (parse_long(cmd, "ring-slots", s, 2, 4096, &lv)) return EXIT_USAGE;
+        o.ring_slots = (int)lv;
     }
     o.buffered = get(f, nf, "buffered-io") != NULL;
     /* The CPU engine keeps every core busy; its decoders then take the idle
