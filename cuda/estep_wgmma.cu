@@ -47,11 +47,11 @@ __device__ __forceinline__ void wg_load_w(const fgmmc_batch &b, int k0, bf16 *ds
     /* !on: zeros (a padding tile past K), read from nowhere. */
     if (!on) k0 = 0;
     const int bytes = on ? 16 : 0;
-    /* A fixed trip count (chunks is a multiple of 128 for every KW): no
-     * thread-dependent branch, which would make ptxas serialise the
-     * wgmma products in flight around this code. */
+    /* A fixed trip count (chunks = 8*KW is a multiple of the thread count
+     * for every KW): no thread-dependent branch, which would make ptxas
+     * serialise the wgmma products in flight around this code. */
     const int chunks = WG_BN * KW / 8;
-    static_assert(chunks % 128 == 0, "W tile chunks");
+    static_assert(chunks % NT == 0, "W tile chunks must divide among the threads");
 #pragma unroll 4
     for (int i = 0; i < chunks / NT; i++) {
         int e = threadIdx.x + NT * i;
