@@ -492,6 +492,36 @@ TEST(Shards, BothReaderPathsGiveTheSameRows)
     }
 }
 
+// The default ring holds ~256 MiB of decoded chunks, 16 to 64 slots, and
+// at least one per decoder plus two (BENCHMARKS.md: a 16-slot ring of
+// 4 MiB chunks let EM steps fall behind the disk).
+TEST(Shards, DefaultRingIsSizedByChunkBytes)
+{
+    struct Case {
+        int64_t n, rows_per_chunk;
+        int d, threads, want;
+    } cases[] = {
+        {600, 30, 5, 2, 64},      // 600-byte chunks: the 64-slot cap
+        {600, 30, 5, 80, 82},     // more decoders than that: threads + 2
+        {8192, 8192, 256, 2, 32}, // one 8 MiB chunk: 256 MiB / 8 MiB
+        {1024, 1024, 8192, 2, 16} // 32 MiB chunks: the 16-slot floor
+    };
+    for (const Case &c : cases) {
+        SCOPED_TRACE(std::to_string(c.rows_per_chunk) + " x " + std::to_string(c.d) + " floats, " +
+                     std::to_string(c.threads) + " threads");
+        std::vector<unsigned char> rows;
+        std::string out = make_shards(c.n, c.d, c.rows_per_chunk, 4, &rows);
+        fgmm_error err = {};
+        fgmm_source *s;
+        auto o = ropts(0, 0, 0, c.threads);
+        ASSERT_EQ(fgmm_shards_open(out.c_str(), &o, &s, &err), FGMM_OK) << err.msg;
+        fgmm_shard_read_stats st;
+        ASSERT_EQ(fgmm_shards_stats(s, &st, &err), FGMM_OK);
+        EXPECT_EQ(st.ring_slots, c.want);
+        fgmm_source_close(s);
+    }
+}
+
 TEST(Shards, RingNeverExceedsItsSizeAndReadsAhead)
 {
     std::vector<unsigned char> rows;
