@@ -38,16 +38,27 @@ typedef struct {
     float *sf;      /* K x 2D: this tile's statistics in float */
     float *x;       /* D: one row converted to float */
     double *topv;   /* top_m: a row's best logits (assign) */
-    fgmm_stats *st; /* this thread's partial statistics */
-    fgmm_status status;
-    fgmm_error err;
 } cpu_thread;
 
+/* Work is split into lanes: lane l takes tiles l, l + lanes, ... of every
+ * chunk, in order, and sums them into its own partial statistics. The
+ * lanes are items of the thread pool, so any free thread takes the next
+ * lane, yet what each partial sums, and in which order, depends only on
+ * the lane count: for a given --threads (and K, D) the result has the same
+ * bits whichever thread ran what. More lanes than threads keep a thread
+ * that the OS preempted (the reader's decoders share the cores) from
+ * holding up the chunk: the others take its share. */
+#define LANES_PER_THREAD 4
+/* ... as long as the lanes' partial statistics fit this budget. */
+#define LANE_STATS_BUDGET ((size_t)256 << 20)
+
 typedef struct {
-    int threads;
+    int threads, lanes;
     int k, d;
+    fgmm_pool *pool;
     const fgmm_estep_params *p;
-    cpu_thread *t;
+    cpu_thread *t;      /* scratch, one per pool thread */
+    fgmm_stats **lane;  /* partial statistics, one per lane */
     /* the chunk being processed (shared, read-only) */
     const fgmm_chunk *chunk;
     float *per_row_ll;
@@ -59,6 +70,10 @@ typedef struct {
 
 static void free_threads(cpu_backend *b)
 {
+    if (b->lane)
+        for (int i = 0; i < b->lanes; i++) fgmm_stats_free(b->lane[i]);
+    free(b->lane);
+    b->lane = NULL;
     if (!b->t) return;
     for (int i = 0; i < b->threads; i++) {
         free(b->t[i].a);
@@ -68,7 +83,6 @@ static void free_threads(cpu_backend *b)
         free(b->t[i].af);
         free(b->t[i].sf);
         free(b->t[i].topv);
-        fgmm_stats_free(b->t[i].st);
     }
     free(b->t);
     b->t = NULL;
@@ -81,7 +95,12 @@ fgmm_status fgmm_cpu_backend_create(int threads, void **out, fgmm_error *err)
     if (threads <= 0) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "threads must be > 0");
     cpu_backend *b = calloc(1, sizeof *b);
     if (!b) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
-    b->threads = threads;
+    fgmm_status st = fgmm_pool_create(threads, &b->pool, err);
+    if (st) {
+        free(b);
+        return st;
+    }
+    b->threads = fgmm_pool_threads(b->pool);
     openblas_set_num_threads(1);
     *out = b;
     return FGMM_OK;
@@ -96,6 +115,24 @@ static fgmm_status cpu_begin_pass(void *self, const fgmm_estep_params *p, fgmm_e
         b->d = p->d;
         b->t = calloc((size_t)b->threads, sizeof(cpu_thread));
         if (!b->t) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+        size_t stats_bytes = sizeof(double) * ((size_t)2 * p->d + 1) * (size_t)p->k;
+        size_t fit = LANE_STATS_BUDGET / stats_bytes;
+        int lanes = b->threads * LANES_PER_THREAD;
+        if (b->threads == 1) lanes = 1;
+        else if ((size_t)lanes > fit) lanes = fit > (size_t)b->threads ? (int)fit : b->threads;
+        b->lane = calloc((size_t)lanes, sizeof(fgmm_stats *));
+        if (!b->lane) {
+            free_threads(b);
+            return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+        }
+        b->lanes = lanes;
+        for (int i = 0; i < lanes; i++) {
+            fgmm_status st = fgmm_stats_create(p->k, p->d, p->shift, &b->lane[i], err);
+            if (st) {
+                free_threads(b);
+                return st;
+            }
+        }
         for (int i = 0; i < b->threads; i++) {
             cpu_thread *t = &b->t[i];
             t->a = malloc(sizeof(double) * TILE_ROWS * 2 * (size_t)p->d);
@@ -104,11 +141,6 @@ static fgmm_status cpu_begin_pass(void *self, const fgmm_estep_params *p, fgmm_e
             t->lf = malloc(sizeof(float) * TILE_ROWS * (size_t)p->k);
             t->af = malloc(sizeof(float) * TILE_ROWS * 2 * (size_t)p->d);
             t->sf = malloc(sizeof(float) * 2 * (size_t)p->d * p->k);
-            fgmm_status st = fgmm_stats_create(p->k, p->d, p->shift, &t->st, err);
-            if (st) {
-                free_threads(b);
-                return st;
-            }
             if (!t->a || !t->l || !t->x || !t->lf || !t->af || !t->sf) {
                 free_threads(b);
                 return fgmm_fail(err, FGMM_ERR_NO_MEMORY,
@@ -118,7 +150,7 @@ static fgmm_status cpu_begin_pass(void *self, const fgmm_estep_params *p, fgmm_e
         }
     }
     b->p = p;
-    for (int i = 0; i < b->threads; i++) fgmm_stats_reset(b->t[i].st, p->shift);
+    for (int i = 0; i < b->lanes; i++) fgmm_stats_reset(b->lane[i], p->shift);
     return FGMM_OK;
 }
 
@@ -163,14 +195,14 @@ static double add_c_max(double *l, const double *c, int K)
     return mx;
 }
 
-/* One tile of n rows starting at chunk row r0. */
-static void cpu_tile(cpu_backend *b, cpu_thread *t, int64_t r0, int n)
+/* One tile of n rows starting at chunk row r0, summed into st. */
+static void cpu_tile(cpu_backend *b, cpu_thread *t, fgmm_stats *st, int64_t r0, int n)
 {
     const fgmm_estep_params *p = b->p;
     const fgmm_chunk *c = b->chunk;
     const int K = p->k, D2 = 2 * p->d;
     tile_logits(b, t, r0, n);
-    double *nk = fgmm_stats_nk(t->st);
+    double *nk = fgmm_stats_nk(st);
     double ll_sum = 0;
     for (int i = 0; i < n; i++) {
         double *l = t->l + (size_t)i * K;
@@ -191,10 +223,10 @@ static void cpu_tile(cpu_backend *b, cpu_thread *t, int64_t r0, int n)
         double ll = mx + log(s);
         ll_sum += ll;
         int64_t row = c->first_row + r0 + i;
-        fgmm_stats_offer_row(t->st, row, ll);
+        fgmm_stats_offer_row(st, row, ll);
         if (b->per_row_ll) b->per_row_ll[r0 + i] = (float)ll;
     }
-    fgmm_stats_add_loglik(t->st, ll_sum, n);
+    fgmm_stats_add_loglik(st, ll_sum, n);
     if (p->loglik_only) return; /* scoring: no statistics product */
     /* sums[K x 2D] += R^T [y, y^2]: in float (sgemm runs at 1.6x dgemm's
      * rate here) over one tile of at most 256 rows, then added in double,
@@ -206,43 +238,50 @@ static void cpu_tile(cpu_backend *b, cpu_thread *t, int64_t r0, int n)
     for (size_t i = 0; i < na; i++) t->af[i] = (float)t->a[i];
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, D2, n, 1.0f, t->lf, K, t->af, D2,
                 0.0f, t->sf, D2);
-    double *sums = fgmm_stats_sums(t->st);
+    double *sums = fgmm_stats_sums(st);
     size_t ns = (size_t)K * D2;
     for (size_t i = 0; i < ns; i++) sums[i] += t->sf[i];
 }
 
-/* Runs fn on thread tid's tiles of the chunk. Tiles are dealt round-robin:
- * the split depends only on the chunk and the thread count, so results are
- * reproducible for a given --threads. */
-static void deal_tiles(cpu_backend *b, int tid,
-                       void (*fn)(cpu_backend *, cpu_thread *, int64_t, int))
+/* The chunk's tiles of one lane (see LANES_PER_THREAD), on worker's
+ * scratch, in order. */
+static void deal_tiles(cpu_backend *b, int lane, int worker,
+                       void (*fn)(cpu_backend *, cpu_thread *, fgmm_stats *, int64_t, int))
 {
     int64_t n = b->chunk->n_rows;
     int64_t tiles = (n + TILE_ROWS - 1) / TILE_ROWS;
-    for (int64_t ti = tid; ti < tiles; ti += b->threads) {
+    for (int64_t ti = lane; ti < tiles; ti += b->lanes) {
         int64_t r0 = ti * TILE_ROWS;
-        fn(b, &b->t[tid], r0, (int)(n - r0 < TILE_ROWS ? n - r0 : TILE_ROWS));
+        fn(b, &b->t[worker], b->lane[lane], r0, (int)(n - r0 < TILE_ROWS ? n - r0 : TILE_ROWS));
     }
 }
 
-static void cpu_worker(int tid, void *arg) { deal_tiles(arg, tid, cpu_tile); }
+static void cpu_lane(int lane, int worker, void *arg) { deal_tiles(arg, lane, worker, cpu_tile); }
+
+/* Lanes with at least one tile of a chunk of n rows. */
+static int chunk_lanes(const cpu_backend *b, int64_t n)
+{
+    int64_t tiles = (n + TILE_ROWS - 1) / TILE_ROWS;
+    return tiles < b->lanes ? (int)tiles : b->lanes;
+}
 
 static fgmm_status cpu_accumulate(void *self, const fgmm_chunk *c, float *per_row_ll,
                                   fgmm_error *err)
 {
     cpu_backend *b = self;
+    if (!b->p) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "accumulate: no pass in progress");
     b->chunk = c;
     b->per_row_ll = per_row_ll;
-    int64_t tiles = (c->n_rows + TILE_ROWS - 1) / TILE_ROWS;
-    int nt = tiles < b->threads ? (int)tiles : b->threads;
-    return fgmm_parallel_run(nt, cpu_worker, b, err);
+    fgmm_pool_run(b->pool, chunk_lanes(b, c->n_rows), cpu_lane, b);
+    return FGMM_OK;
 }
 
 /* Top-m of one tile: logits in double, then per row a log-sum-exp and an
  * insertion into a sorted list (strictly larger replaces, candidates in
  * index order: ties keep the smaller index). */
-static void assign_tile(cpu_backend *b, cpu_thread *t, int64_t r0, int n)
+static void assign_tile(cpu_backend *b, cpu_thread *t, fgmm_stats *st, int64_t r0, int n)
 {
+    (void)st; /* assignment sums nothing */
     const fgmm_estep_params *p = b->p;
     const int K = p->k, m = b->top_m;
     tile_logits(b, t, r0, n);
@@ -281,7 +320,10 @@ static void assign_tile(cpu_backend *b, cpu_thread *t, int64_t r0, int n)
     }
 }
 
-static void assign_worker(int tid, void *arg) { deal_tiles(arg, tid, assign_tile); }
+static void assign_lane(int lane, int worker, void *arg)
+{
+    deal_tiles(arg, lane, worker, assign_tile);
+}
 
 static fgmm_status cpu_assign(void *self, const fgmm_chunk *c, int m, int32_t *idx, float *resp,
                               float *ll, fgmm_error *err)
@@ -304,20 +346,15 @@ static fgmm_status cpu_assign(void *self, const fgmm_chunk *c, int m, int32_t *i
     b->out_idx = idx;
     b->out_resp = resp;
     b->out_ll = ll;
-    int64_t tiles = (c->n_rows + TILE_ROWS - 1) / TILE_ROWS;
-    int nt = tiles < b->threads ? (int)tiles : b->threads;
-    return fgmm_parallel_run(nt, assign_worker, b, err);
+    fgmm_pool_run(b->pool, chunk_lanes(b, c->n_rows), assign_lane, b);
+    return FGMM_OK;
 }
 
 static fgmm_status cpu_end_pass(void *self, fgmm_stats *out, fgmm_error *err)
 {
     cpu_backend *b = self;
-    fgmm_stats **parts = malloc(sizeof(fgmm_stats *) * (size_t)b->threads);
-    if (!parts) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
-    for (int i = 0; i < b->threads; i++) parts[i] = b->t[i].st;
-    fgmm_status st = fgmm_stats_reduce(out, parts, b->threads, err);
-    free(parts);
-    return st;
+    if (!b->p) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "end_pass: no pass in progress");
+    return fgmm_stats_reduce(out, b->lane, b->lanes, err);
 }
 
 static void cpu_destroy(void *self)
@@ -325,6 +362,7 @@ static void cpu_destroy(void *self)
     cpu_backend *b = self;
     if (!b) return;
     free_threads(b);
+    fgmm_pool_free(b->pool);
     free(b);
 }
 

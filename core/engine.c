@@ -23,6 +23,7 @@ struct fgmm_engine {
     fgmm_estep_params params;
     uint64_t data_serial; /* names each fit's data for the back end's row cache */
     int cached_passes;
+    double pass_wait_s, pass_compute_s; /* the last pass's split, see fgmm.h */
 };
 
 /* Rows per back-end call when the rows come from the back end's cache:
@@ -174,6 +175,12 @@ fgmm_status fgmm_engine_set_gpu_cache_budget(fgmm_engine *e, int64_t bytes, fgmm
 
 int fgmm_engine_cached_passes(const fgmm_engine *e) { return e->cached_passes; }
 
+void fgmm_engine_last_pass_times(const fgmm_engine *e, double *wait_s, double *compute_s)
+{
+    *wait_s = e->pass_wait_s;
+    *compute_s = e->pass_compute_s;
+}
+
 /* Loads the E-step terms of m into the engine's scratch and begins a
  * back-end pass (loglik_only: scoring, no statistics). */
 static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
@@ -191,6 +198,7 @@ static fgmm_status estep_keyed(fgmm_engine *e, fgmm_source *src, const fgmm_mode
                                 &cached, err)))
         return st;
     if (cached) {
+        e->pass_wait_s = e->pass_compute_s = 0;
         /* The back end holds every row: the source is not read at all. */
         int64_t n = fgmm_source_rows(src);
         for (int64_t r = 0; r < n; r += CACHED_CALL_ROWS) {
@@ -203,13 +211,19 @@ static fgmm_status estep_keyed(fgmm_engine *e, fgmm_source *src, const fgmm_mode
         return e->ops->end_pass(e->backend, out, err);
     }
     if ((st = fgmm_source_rewind(src, err))) return st;
+    e->pass_wait_s = e->pass_compute_s = 0;
+    double t = now_seconds();
     for (;;) {
         fgmm_chunk ch;
         if ((st = fgmm_source_next(src, &ch, err))) return st;
+        double t1 = now_seconds();
+        e->pass_wait_s += t1 - t;
         if (ch.n_rows == 0) break;
         st = e->ops->accumulate(e->backend, &ch, per_row_ll ? per_row_ll + ch.first_row : NULL,
                                 err);
         if (st) return st;
+        t = now_seconds();
+        e->pass_compute_s += t - t1;
     }
     return e->ops->end_pass(e->backend, out, err);
 }
@@ -337,6 +351,11 @@ fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
             if (it > 1) snprintf(ch, sizeof ch, "%.3e", change);
             fprintf(stderr, "iter %4d  loglik %.6f  change %-10s  %.3fs  %.3g rows/s", it, ll, ch,
                     dt, (double)N / dt);
+            /* Which side bound the step: time spent waiting for the
+             * source's chunks against time in the back end. */
+            if (e->pass_wait_s + e->pass_compute_s > 0)
+                fprintf(stderr, "  (waited %.3fs for data, computed %.3fs)", e->pass_wait_s,
+                        e->pass_compute_s);
             if (reseeded)
                 fprintf(stderr, "  re-seeded %d collapsed component%s", reseeded,
                         reseeded > 1 ? "s" : "");

@@ -307,6 +307,10 @@ int fgmm_engine_threads(const fgmm_engine *e);
 fgmm_status fgmm_engine_set_gpu_cache_budget(fgmm_engine *e, int64_t bytes, fgmm_error *err);
 /* Passes of the last fgmm_fit whose rows came from the GPU cache. */
 int fgmm_engine_cached_passes(const fgmm_engine *e);
+/* Where the engine's last pass spent its time: *wait_s waiting for the
+ * source's next chunk (the reader is behind), *compute_s in the back end.
+ * A pass whose wait is most of its time is bound by the data source. */
+void fgmm_engine_last_pass_times(const fgmm_engine *e, double *wait_s, double *compute_s);
 
 /* One pass over src under model m: statistics (shifted by
  * fgmm_model_shift(m)) are zeroed and filled. If per_row_ll is not NULL it

@@ -117,6 +117,50 @@ TEST(Estep, ThreadCountOnlyReordersSums)
     fgmm_model_free(m);
 }
 
+// The CPU engine's threads take lanes of tiles from a shared counter, so
+// which thread runs what changes from pass to pass; the sums must not. Three
+// chunks of the memory source, 12 lanes over 3 threads, 12 passes.
+TEST(Estep, SameThreadsSameBitsWhateverTheSchedule)
+{
+    const int64_t n = 140000;
+    const int K = 7, D = 5;
+    fgmm_rng rng;
+    fgmm_rng_seed(&rng, fresh_seed());
+    std::vector<float> x;
+    fgmm_model *m = random_mixture(&rng, K, D, FGMM_COV_DIAG, 1.0, n, x);
+    fgmm_error err{};
+    fgmm_source *src;
+    ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, n, D, "mem", &src, &err), FGMM_OK);
+    fgmm_engine *e;
+    ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CPU, 3, &e, &err), FGMM_OK) << err.msg;
+    std::vector<double> first_nk, first_sums;
+    double first_ll = 0;
+    for (int pass = 0; pass < 12; pass++) {
+        fgmm_stats *s;
+        ASSERT_EQ(fgmm_stats_create(K, D, nullptr, &s, &err), FGMM_OK);
+        ASSERT_EQ(fgmm_engine_estep(e, src, m, s, nullptr, &err), FGMM_OK) << err.msg;
+        std::vector<double> nk(fgmm_stats_nk(s), fgmm_stats_nk(s) + K);
+        std::vector<double> sums(fgmm_stats_sums(s), fgmm_stats_sums(s) + (size_t)K * 2 * D);
+        if (pass == 0) {
+            first_nk = nk;
+            first_sums = sums;
+            first_ll = fgmm_stats_loglik(s);
+        } else {
+            EXPECT_EQ(0, memcmp(nk.data(), first_nk.data(), sizeof(double) * K)) << "pass " << pass;
+            EXPECT_EQ(0, memcmp(sums.data(), first_sums.data(), sizeof(double) * sums.size()))
+                << "pass " << pass;
+            EXPECT_EQ(first_ll, fgmm_stats_loglik(s)) << "pass " << pass;
+        }
+        fgmm_stats_free(s);
+    }
+    double tot = 0;
+    for (double v : first_nk) tot += v;
+    EXPECT_NEAR(tot, (double)n, 1e-6 * n);
+    fgmm_engine_free(e);
+    fgmm_source_close(src);
+    fgmm_model_free(m);
+}
+
 TEST(Estep, IntegerAndHalfInputsConvertOnTheFly)
 {
     const int n = 600, D = 6, K = 4;

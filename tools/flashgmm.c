@@ -350,6 +350,14 @@ static int cmd_fit(int argc, char **argv)
            fgmm_source_dim(src), fgmm_engine_path(e), meta->iterations, meta->iterations == 1 ? "" : "s",
            meta->converged ? "converged" : "not converged",
            nll ? fgmm_model_loglik(m)[nll - 1] : NAN, meta->seconds, out);
+    fgmm_shard_read_stats rs;
+    fgmm_error ignore;
+    if (p.verbose && fgmm_shards_stats(src, &rs, &ignore) == FGMM_OK)
+        fprintf(stderr, "reader: %.2f GB read, %s, %lld chunks decoded (%lld by the engine's "
+                "thread while it waited), %lld from the cache; ring of %d, at most %d in use\n",
+                rs.bytes_read / 1e9, rs.direct_io ? "O_DIRECT" : "buffered",
+                (long long)rs.chunks_read, (long long)rs.chunks_self_decoded,
+                (long long)rs.chunks_cached, rs.ring_slots, rs.ring_max_in_use);
     if (fgmm_engine_device_bytes(e)) {
         int cp = fgmm_engine_cached_passes(e);
         printf("GPU memory: %.1f MiB peak (rows in flight%s and K x D statistics; not N x K); "

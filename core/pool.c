@@ -1,0 +1,131 @@
+/*
+ * pool.c - a fixed set of worker threads that take numbered items from a
+ * shared counter.
+ *
+ * Why not start threads per call (fgmm_parallel_run): the engine calls its
+ * back end once per chunk, every few milliseconds while streaming. Starting
+ * and joining threads each time costs tens of microseconds, and a static
+ * split of the chunk makes every call wait for its slowest thread: on a
+ * small machine the reader's own threads preempt one engine thread now and
+ * then, and the other then idles until it is done. Items taken from a
+ * counter let whichever worker is running take the rest.
+ *
+ * Items are taken under one mutex: an item is a few hundred microseconds of
+ * work, so the lock is never the bottleneck and the code stays plain.
+ */
+#include "core/backend.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+
+struct fgmm_pool {
+    int threads, started;
+    pthread_t *th;
+    pthread_mutex_t mu;
+    pthread_cond_t work, done;
+    /* The current call: items [0, items), next to hand out, how many have
+     * finished. Between calls next == items, so workers sleep. */
+    void (*fn)(int item, int worker, void *arg);
+    void *arg;
+    int items, next, finished, quit;
+};
+
+typedef struct {
+    fgmm_pool *p;
+    int worker;
+} pool_worker_arg;
+
+/* Takes and runs items until none are left. Called with p->mu held;
+ * returns with it held. */
+static void take_items(fgmm_pool *p, int worker)
+{
+    while (p->next < p->items) {
+        int item = p->next++;
+        void (*fn)(int, int, void *) = p->fn;
+        void *arg = p->arg;
+        pthread_mutex_unlock(&p->mu);
+        fn(item, worker, arg);
+        pthread_mutex_lock(&p->mu);
+        if (++p->finished == p->items) pthread_cond_signal(&p->done);
+    }
+}
+
+static void *pool_main(void *a)
+{
+    pool_worker_arg *wa = a;
+    fgmm_pool *p = wa->p;
+    int worker = wa->worker;
+    free(wa);
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->quit && p->next >= p->items) pthread_cond_wait(&p->work, &p->mu);
+        if (p->quit) break;
+        take_items(p, worker);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+fgmm_status fgmm_pool_create(int threads, fgmm_pool **out, fgmm_error *err)
+{
+    *out = NULL;
+    if (threads <= 0) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "threads must be > 0");
+    fgmm_pool *p = calloc(1, sizeof *p);
+    if (!p) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+    p->threads = threads;
+    p->th = calloc((size_t)threads, sizeof(pthread_t));
+    if (!p->th) {
+        free(p);
+        return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+    }
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->work, NULL);
+    pthread_cond_init(&p->done, NULL);
+    /* The caller of fgmm_pool_run is worker 0: threads - 1 helpers. */
+    for (int w = 1; w < threads; w++) {
+        pool_worker_arg *wa = malloc(sizeof *wa);
+        if (!wa) break;
+        *wa = (pool_worker_arg){p, w};
+        if (pthread_create(&p->th[w], NULL, pool_main, wa)) {
+            free(wa);
+            break;
+        }
+        p->started = w;
+    }
+    /* A pool with fewer helpers than asked still computes everything (the
+     * caller takes what they do not), just slower; the count is reported. */
+    *out = p;
+    return FGMM_OK;
+}
+
+int fgmm_pool_threads(const fgmm_pool *p) { return p->started + 1; }
+
+void fgmm_pool_run(fgmm_pool *p, int items, void (*fn)(int item, int worker, void *arg), void *arg)
+{
+    if (items <= 0) return;
+    pthread_mutex_lock(&p->mu);
+    p->fn = fn;
+    p->arg = arg;
+    p->items = items;
+    p->next = 0;
+    p->finished = 0;
+    if (p->started > 0 && items > 1) pthread_cond_broadcast(&p->work);
+    take_items(p, 0);
+    while (p->finished < p->items) pthread_cond_wait(&p->done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}
+
+void fgmm_pool_free(fgmm_pool *p)
+{
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    p->quit = 1;
+    pthread_cond_broadcast(&p->work);
+    pthread_mutex_unlock(&p->mu);
+    for (int w = 1; w <= p->started; w++) pthread_join(p->th[w], NULL);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->work);
+    pthread_cond_destroy(&p->done);
+    free(p->th);
+    free(p);
+}
