@@ -170,6 +170,12 @@ typedef struct {
     int cache_enabled;         /* the dataset fits the cache budget */
     int cache_complete;        /* every chunk is in the cache */
     uint64_t cache_bytes;      /* bytes allocated for the cache */
+    /* Where the time went, all passes, in seconds: the consumer waiting for
+     * a chunk not yet read from disk, and for one read but still being
+     * decoded; the disk held below the queue depth because the ring was
+     * full of chunks the consumer had not taken (the consumer is the
+     * bottleneck then, not the reader). */
+    double wait_read_s, wait_decode_s, ring_full_s;
 } fgmm_shard_read_stats;
 
 /* FGMM_ERR_ARGUMENT if src is not a shard source. */

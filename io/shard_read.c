@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -91,6 +92,8 @@ typedef struct {
     } *fifo;
     int fifo_cap, fifo_head, fifo_count;
     uint32_t *ready_gen; /* per chunk: the pass that decoded it */
+    uint32_t *read_gen;  /* per chunk: the pass whose read of it completed */
+    double ring_full_since; /* > 0 while reads wait for a ring slot */
     uint32_t gen;
     ZSTD_DCtx **dctx;
     int n_dec;
@@ -134,6 +137,13 @@ static void default_free(void *ctx, void *p)
 {
     (void)ctx;
     free(p);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* First error of a pass wins; everyone is told to stop. Call locked. */
@@ -226,7 +236,14 @@ static void *io_main(void *arg)
                 s->next_submit++;
                 continue;
             }
-            if (g >= s->released + s->n_slots) break; /* ring full: backpressure */
+            if (g >= s->released + s->n_slots) { /* ring full: backpressure */
+                if (s->ring_full_since == 0) s->ring_full_since = now_s();
+                break;
+            }
+            if (s->ring_full_since > 0) {
+                s->stats.ring_full_s += now_s() - s->ring_full_since;
+                s->ring_full_since = 0;
+            }
             int cb = -1;
             for (int i = 0; i < s->n_cbuf; i++)
                 if (s->cb_state[i] == CB_FREE) {
@@ -302,6 +319,7 @@ static void *io_main(void *arg)
                     continue;
                 }
                 s->stats.bytes_read += (uint64_t)cqe->res;
+                s->read_gen[g] = s->gen;
                 int in_slot = s->cb_target[cb] != s->cbuf[cb];
                 s->fifo[(s->fifo_head + s->fifo_count) % s->fifo_cap] =
                     (struct pending){g, in_slot ? -1 : cb, s->cb_target[cb]};
@@ -388,6 +406,10 @@ static void end_pass(shard_source *s)
     pthread_cond_broadcast(&s->cv_dec);
     pthread_mutex_unlock(&s->mu);
     pthread_join(s->io_thread, NULL);
+    if (s->ring_full_since > 0) {
+        s->stats.ring_full_s += now_s() - s->ring_full_since;
+        s->ring_full_since = 0;
+    }
     for (int i = 0; i < s->n_dec; i++) pthread_join(s->dec_threads[i], NULL);
     free(s->dec_threads);
     free(s->pass_args);
@@ -485,8 +507,15 @@ static fgmm_status ss_next(void *impl, fgmm_chunk *c, fgmm_error *err)
      * while there is decoding to do. Counted in stats.chunks_self. */
     while (!from_cache && !s->perr && s->ready_gen[g] != s->gen) {
         int r = s->fifo_count > 0 ? decode_one(s, s->cons_dctx) : 0;
-        if (r > 0) s->stats.chunks_self_decoded++;
-        else if (r == 0) pthread_cond_wait(&s->cv_cons, &s->mu);
+        if (r > 0) {
+            s->stats.chunks_self_decoded++;
+        } else if (r == 0) {
+            int was_read = s->read_gen[g] == s->gen;
+            double t0 = now_s();
+            pthread_cond_wait(&s->cv_cons, &s->mu);
+            if (was_read) s->stats.wait_decode_s += now_s() - t0;
+            else s->stats.wait_read_s += now_s() - t0;
+        }
     }
     if (s->perr) {
         st = fgmm_fail(err, s->perr, "%s", s->pmsg);
@@ -633,6 +662,7 @@ static void ss_close(void *impl)
     free(s->cb_target);
     free(s->fifo);
     free(s->ready_gen);
+    free(s->read_gen);
     free(s->cache_valid);
     free(s->chunks);
     free(s->files);
@@ -796,11 +826,12 @@ fgmm_status fgmm_shards_open(const char *dir, const fgmm_shard_read_options *opt
     s->fifo_cap = s->n_cbuf + s->n_slots;
     s->fifo = calloc((size_t)s->fifo_cap, sizeof *s->fifo);
     s->ready_gen = calloc((size_t)s->n_chunks, sizeof *s->ready_gen);
+    s->read_gen = calloc((size_t)s->n_chunks, sizeof *s->read_gen);
     s->cache_valid = calloc((size_t)s->n_chunks, 1);
     s->dctx = calloc((size_t)s->n_dec, sizeof *s->dctx);
     s->ra_comp = aligned_alloc(SHARD_ALIGN, shard_align_up(s->max_stored));
     s->ra_raw = malloc(s->max_chunk_bytes);
-    if (!s->cbuf || !s->cb_state || !s->cb_chunk || !s->cb_target || !s->fifo || !s->ready_gen ||
+    if (!s->cbuf || !s->cb_state || !s->cb_chunk || !s->cb_target || !s->fifo || !s->ready_gen || !s->read_gen ||
         !s->cache_valid || !s->dctx || !s->ra_comp || !s->ra_raw)
         goto oom;
     for (int i = 0; i < s->n_cbuf; i++)

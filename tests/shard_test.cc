@@ -539,6 +539,12 @@ TEST(Shards, RingNeverExceedsItsSizeAndReadsAhead)
         EXPECT_EQ(st.ring_slots, ring);
         EXPECT_LE(st.ring_max_in_use, ring);
         EXPECT_EQ(st.ring_max_in_use, ring) << "the reader never ran ahead of the consumer";
+        // ... and says so: reads waited for ring slots, at most for the
+        // 60 ms the consumer slept.
+        EXPECT_GT(st.ring_full_s, 0.0);
+        EXPECT_LT(st.ring_full_s, 30.0);
+        EXPECT_GE(st.wait_read_s, 0.0);
+        EXPECT_GE(st.wait_decode_s, 0.0);
         fgmm_source_close(s);
     }
 }

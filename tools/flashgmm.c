@@ -354,10 +354,13 @@ static int cmd_fit(int argc, char **argv)
     fgmm_error ignore;
     if (p.verbose && fgmm_shards_stats(src, &rs, &ignore) == FGMM_OK)
         fprintf(stderr, "reader: %.2f GB read, %s, %lld chunks decoded (%lld by the engine's "
-                "thread while it waited), %lld from the cache; ring of %d, at most %d in use\n",
+                "thread while it waited), %lld from the cache; ring of %d, at most %d in use; "
+                "engine waited %.2fs for reads and %.2fs for decoding; reads held %.2fs by a "
+                "full ring\n",
                 rs.bytes_read / 1e9, rs.direct_io ? "O_DIRECT" : "buffered",
                 (long long)rs.chunks_read, (long long)rs.chunks_self_decoded,
-                (long long)rs.chunks_cached, rs.ring_slots, rs.ring_max_in_use);
+                (long long)rs.chunks_cached, rs.ring_slots, rs.ring_max_in_use, rs.wait_read_s,
+                rs.wait_decode_s, rs.ring_full_s);
     if (fgmm_engine_device_bytes(e)) {
         int cp = fgmm_engine_cached_passes(e);
         printf("GPU memory: %.1f MiB peak (rows in flight%s and K x D statistics; not N x K); "
