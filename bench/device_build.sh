@@ -30,7 +30,9 @@ for t in cuda_test engine_gpu_test assign_test core_test; do
   g++ -std=c++17 -O2 -I. -c tests/$t.cc -o "$OUT/$t.o"
   g++ -o "$OUT/$t" "$OUT/$t.o" $OBJ $LIB/libgtest_main.a $LIB/libgtest.a $LINK
 done
-rm -rf "$OUT/obj" "$OUT"/*.o "$OUT/core_test"
+# KEEP_OBJ=1 keeps the objects (.devbin/obj) for relinking variants.
+[ -n "${KEEP_OBJ:-}" ] || rm -rf "$OUT/obj"
+rm -rf "$OUT"/*.o "$OUT/core_test"
 cp bench/torch_reference.py "$OUT/"
 # Static binaries are ~28 MB each (OpenBLAS, cudart); the tree carried to the
 # GPU machine is limited to 64 MiB, so they travel stripped and xz-packed.

@@ -66,7 +66,12 @@ __global__ void __launch_bounds__(256, 1) tc_lse_kernel(fgmmc_batch b)
         int m = e / (kw - 2 * D), j = 2 * D + e % (kw - 2 * D);
         Yh[(size_t)m * ys + j] = Yl[(size_t)m * ys + j] = __float2bfloat16_rn(0.f);
     }
-    stage_rows(b, row0, b.n, BM, Yh, Yl, ys);
+#ifndef FGMM_STAGE_SCALAR /* bench A/B only, as in estep_wgmma.cu */
+    if (BM == 128 && stage_rows_x4_ok(b))
+        stage_rows_x4<8, 16>(b, row0, b.n, Yh, Yl, ys);
+    else
+#endif
+        stage_rows(b, row0, b.n, BM, Yh, Yl, ys);
     __syncthreads();
     write_converted_rows(b, row0, BM, Yh, Yl, ys);
 

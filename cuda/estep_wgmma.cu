@@ -129,7 +129,12 @@ __global__ void __launch_bounds__(256, 1) wg_lse_kernel(fgmmc_batch b)
         int m = e / (KW - 2 * D), j = 2 * D + e % (KW - 2 * D);
         Yh[(size_t)m * YS + j] = Yl[(size_t)m * YS + j] = __float2bfloat16_rn(0.f);
     }
-    stage_rows(b, row0, b.n, WG_BM, Yh, Yl, YS);
+#ifndef FGMM_STAGE_SCALAR /* bench A/B only: the one-load-at-a-time staging */
+    if (stage_rows_x4_ok(b))
+        stage_rows_x4<8, WG_BM / 8>(b, row0, b.n, Yh, Yl, YS);
+    else
+#endif
+        stage_rows(b, row0, b.n, WG_BM, Yh, Yl, YS);
     __syncthreads();
     wg_write_rows<KW>(b, row0, Yh, Yl, YS);
 

@@ -108,8 +108,11 @@ __device__ __forceinline__ void split_store(bf16 *hi, bf16 *lo, size_t at, float
 
 /* Stages rows row0..row0+bm-1 as [y, y^2] (columns 0..2D) into Yh/Yl. Rows
  * past n are zeros. Padding columns are set once by the caller. A warp per
- * row. (Tried and reverted: a flat run of 8 independent loads per thread
- * before any conversion, 0.5 ms slower per step on the H100, BENCHMARKS.md.) */
+ * row. The general case; kernels A use stage_rows_x4 where the rows allow
+ * 4-wide loads. (An earlier try, a flat run of 8 scalar loads per thread
+ * over the block's elements before converting, was 0.5 ms slower per step
+ * than this; stage_rows_x4's 16-byte loads, 16 rows deep, 1.5 ms faster,
+ * BENCHMARKS.md.) */
 __device__ __forceinline__ void stage_rows(const fgmmc_batch &b, int64_t row0, int64_t rend,
                                            int bm, bf16 *Yh, bf16 *Yl, int ys)
 {
@@ -120,6 +123,92 @@ __device__ __forceinline__ void stage_rows(const fgmmc_batch &b, int64_t row0, i
             float y = row < rend ? load_y(b.x, b.dtype, (size_t)row * D + j, b.shift[j]) : 0.f;
             split_store(Yh, Yl, (size_t)m * ys + j, y);
             split_store(Yh, Yl, (size_t)m * ys + D + j, __fmul_rn(y, y));
+        }
+    }
+}
+
+/* x[idx..idx+3] as floats: one 16-, 8- or 4-byte load (idx a multiple of
+ * 4 and the rows aligned for it: stage_rows_x4_ok). The same exact
+ * conversions as load_y, so the staged values have the same bits. */
+static __device__ __forceinline__ float4 load_x4(const void *x, int dtype, size_t idx)
+{
+    switch (dtype) {
+    case FGMMC_F32: return __ldg((const float4 *)((const float *)x + idx));
+    case FGMMC_F16: {
+        uint2 u = __ldg((const uint2 *)((const unsigned short *)x + idx));
+        float2 a = __half22float2(*(const __half2 *)&u.x), c = __half22float2(*(const __half2 *)&u.y);
+        return make_float4(a.x, a.y, c.x, c.y);
+    }
+    case FGMMC_U8: {
+        uint32_t u = __ldg((const unsigned int *)((const unsigned char *)x + idx));
+        return make_float4((float)(u & 255u), (float)((u >> 8) & 255u), (float)((u >> 16) & 255u),
+                           (float)(u >> 24));
+    }
+    default: {
+        uint32_t u = __ldg((const unsigned int *)((const unsigned char *)x + idx));
+        return make_float4((float)(signed char)(u & 255u), (float)(signed char)((u >> 8) & 255u),
+                           (float)(signed char)((u >> 16) & 255u), (float)(signed char)(u >> 24));
+    }
+    }
+}
+
+/* Whether stage_rows_x4 may read b.x: D a multiple of 4 and the rows
+ * aligned for 4-wide loads (every row then is: its bytes are 4*elem*D/4). */
+static __device__ __forceinline__ bool stage_rows_x4_ok(const fgmmc_batch &b)
+{
+    int es = b.dtype == FGMMC_F32 ? 4 : b.dtype == FGMMC_F16 ? 2 : 1;
+    return b.d % 4 == 0 && ((uintptr_t)b.x % (size_t)(4 * es)) == 0;
+}
+
+__device__ __forceinline__ uint2 pack4_bf16(float a, float b, float c, float d)
+{
+    __nv_bfloat162 lo = __floats2bfloat162_rn(a, b), hi = __floats2bfloat162_rn(c, d);
+    return make_uint2(*(uint32_t *)&lo, *(uint32_t *)&hi);
+}
+
+/* Stages 4 values as split bf16 (8-byte stores, at..at+3). */
+__device__ __forceinline__ void split_store4(bf16 *hi, bf16 *lo, size_t at, const float (&v)[4])
+{
+    float h[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) h[i] = __bfloat162float(__float2bfloat16_rn(v[i]));
+    *(uint2 *)(hi + at) = pack4_bf16(v[0], v[1], v[2], v[3]);
+    *(uint2 *)(lo + at) = pack4_bf16(__fsub_rn(v[0], h[0]), __fsub_rn(v[1], h[1]),
+                                     __fsub_rn(v[2], h[2]), __fsub_rn(v[3], h[3]));
+}
+
+/* stage_rows for a block of NW warps and NW*RPW rows, with every load of
+ * a column group issued before any conversion. Why: in stage_rows each
+ * load waits for the previous row's shared-memory stores (the compiler
+ * cannot tell the pointers apart), so a warp's 16 rows cost 16 round
+ * trips to memory per column group, and with one block per SM nothing
+ * else runs meanwhile. Here a lane loads 4 columns of each of its RPW rows
+ * (16-byte loads for float32), then converts; row m of the block is the
+ * same as in stage_rows (warp + NW*i), and so are the values' bits. */
+template <int NW, int RPW>
+__device__ __forceinline__ void stage_rows_x4(const fgmmc_batch &b, int64_t row0, int64_t rend,
+                                              bf16 *Yh, bf16 *Yl, int ys)
+{
+    const int D = b.d, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int c = 4 * lane; c < D; c += 128) {
+        float4 v[RPW];
+#pragma unroll
+        for (int i = 0; i < RPW; i++) {
+            int64_t row = row0 + warp + NW * i;
+            v[i] = row < rend ? load_x4(b.x, b.dtype, (size_t)row * D + c)
+                              : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+        const float s0 = b.shift[c], s1 = b.shift[c + 1], s2 = b.shift[c + 2], s3 = b.shift[c + 3];
+#pragma unroll
+        for (int i = 0; i < RPW; i++) {
+            const int m = warp + NW * i;
+            const bool ok = row0 + m < rend;
+            float y[4] = {ok ? __fsub_rn(v[i].x, s0) : 0.f, ok ? __fsub_rn(v[i].y, s1) : 0.f,
+                          ok ? __fsub_rn(v[i].z, s2) : 0.f, ok ? __fsub_rn(v[i].w, s3) : 0.f};
+            float y2[4] = {__fmul_rn(y[0], y[0]), __fmul_rn(y[1], y[1]), __fmul_rn(y[2], y[2]),
+                           __fmul_rn(y[3], y[3])};
+            split_store4(Yh, Yl, (size_t)m * ys + c, y);
+            split_store4(Yh, Yl, (size_t)m * ys + D + c, y2);
         }
     }
 }
