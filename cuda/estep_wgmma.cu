@@ -268,8 +268,12 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo_col, float hi_col)
     return *(uint32_t *)&v;
 }
 
-/* One warpgroup per block, two blocks per SM; grid (64-component slices) x
- * (row ranges), as tc_stats_kernel. Per tile of 32 rows:
+/* Two warpgroups per block, one block per SM; grid (64-component slices) x
+ * (pairs of row ranges): warpgroup w takes row range 2*blockIdx.y + w, so
+ * the partials are those of tc_stats_kernel's grid. The two share the
+ * slice's W tile, and the shared memory that saves (one W copy where two
+ * one-warpgroup blocks held two) double-buffers each warpgroup's row
+ * tiles: tile i+1 loads while tile i's products run. Per tile of 32 rows:
  *   L^T (64 x 32) = W Y^T on wgmma, the same split products in the same
  *   order per accumulator as kernel A (bench/wgmma_probe checks that the
  *   bits agree), r = exp2(l + c - lse2) straight from the accumulators;
@@ -278,43 +282,60 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo_col, float hi_col)
  * nk = sum r is added on the CUDA cores in fp32 (per tile and thread at
  * most 8 rows) and folded into double with the rest every FLUSH rows. */
 template <int KW, int PREC>
-__global__ void __launch_bounds__(128, 2) wg_stats_kernel(fgmmc_batch b, int rows_per_split)
+__global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int rows_per_split)
 {
 #if FGMMC_WGMMA
     enum { NK = KW / 16, NW = PREC == 3 ? 2 : 1, WT = WG_BN * KW, YT = WS_BM * KW };
     extern __shared__ __align__(128) uint4 wg_dyn_smem[];
-    bf16 *Wh = (bf16 *)wg_dyn_smem, *Wl = Wh + WT;
-    bf16 *Yh = Wh + NW * WT, *Yl = Yh + YT;
-    __shared__ float Ls[WS_BM];
+    __shared__ float Lsb[2][2][WS_BM]; /* [warpgroup][buffer] */
     __shared__ float Cs[WG_BN];
 
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int wgi = threadIdx.x >> 7; /* this thread's warpgroup */
+    const int tid = threadIdx.x & 127, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int K = b.k, D = b.d;
     const int k0 = blockIdx.x * WG_BN;
-    const int64_t r0 = (int64_t)blockIdx.y * rows_per_split;
+    const int split = 2 * blockIdx.y + wgi;
+    /* A warpgroup past the last range (odd range count) has no tiles. */
+    const int64_t r0 = (int64_t)split * rows_per_split;
     const int64_t r1 = b.n < r0 + rows_per_split ? b.n : r0 + rows_per_split;
-    double *part = b.partials + (size_t)blockIdx.y * K * (2 * D + 1);
+    double *part = b.partials + (size_t)split * K * (2 * D + 1);
     const bf16 *ygh = (const bf16 *)b.yg_hi, *ygl = (const bf16 *)b.yg_lo;
+    bf16 *Wh = (bf16 *)wg_dyn_smem, *Wl = Wh + WT;
+    /* This warpgroup's two row-tile buffers: hi then lo, YT each. */
+    bf16 *Ybuf = Wh + NW * WT + (size_t)wgi * 2 * NW * YT;
 
-    /* Tile t0.. (t0 a multiple of 8): a linear copy; rows past r1 zeros. */
-    auto load_tile = [&](int64_t t0) {
-        for (int e = tid; e < YT / 8; e += blockDim.x) {
+    /* Tile t0.. (t0 a multiple of 8) into buffer bi: a linear copy; rows
+     * past r1 zeros. Called by the warpgroup's 128 threads. */
+    auto load_tile = [&](int64_t t0, int bi) {
+        bf16 *yh = Ybuf + (size_t)bi * NW * YT, *yl = yh + YT;
+        for (int e = tid; e < YT / 8; e += 128) {
             int64_t row = t0 + 8 * (e / KW) + (e & 7);
             bool ok = row < r1;
             size_t at = ok ? (size_t)t0 * KW + 8 * (size_t)e : 0;
-            cp_async16(Yh + 8 * e, ygh + at, ok ? 16 : 0);
-            if (PREC == 3) cp_async16(Yl + 8 * e, ygl + at, ok ? 16 : 0);
+            cp_async16(yh + 8 * e, ygh + at, ok ? 16 : 0);
+            if (PREC == 3) cp_async16(yl + 8 * e, ygl + at, ok ? 16 : 0);
         }
-        for (int e = tid; e < WS_BM; e += blockDim.x) {
+        for (int e = tid; e < WS_BM; e += 128) {
             bool ok = t0 + e < r1;
-            cp_async4(Ls + e, b.lse2 + (ok ? t0 + e : 0), ok ? 4 : 0);
+            cp_async4(&Lsb[wgi][bi][e], b.lse2 + (ok ? t0 + e : 0), ok ? 4 : 0);
         }
     };
+    /* The warpgroup's own barrier (ids 1, 2; 0 is __syncthreads'). */
+    auto wg_bar = [&]() { asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wgi) : "memory"); };
 
-    wg_load_w<KW, PREC, 128>(b, k0, Wh);
-    for (int e = tid; e < WG_BN; e += blockDim.x) Cs[e] = k0 + e < K ? b.c[k0 + e] : 0.f;
-    load_tile(r0);
+    /* cp.async groups, per thread in order: W, tile 0, tile 1, then one per
+     * tile consumed (possibly empty), so "tile i landed" is "at most one
+     * group pending" at the top of iteration i. */
+    wg_load_w<KW, PREC, 256>(b, k0, Wh);
+    for (int e = threadIdx.x; e < WG_BN; e += blockDim.x) Cs[e] = k0 + e < K ? b.c[k0 + e] : 0.f;
     cp_async_commit();
+    if (r0 < r1) load_tile(r0, 0);
+    cp_async_commit();
+    if (r0 + WS_BM < r1) load_tile(r0 + WS_BM, 1);
+    cp_async_commit();
+    cp_async_wait<2>();
+    fence_proxy_async();
+    __syncthreads(); /* W and c visible to both warpgroups and to wgmma */
 
     float S[KW / 2];
 #pragma unroll
@@ -324,10 +345,13 @@ __global__ void __launch_bounds__(128, 2) wg_stats_kernel(fgmmc_batch b, int row
     bool written = false;
     const int kc0 = 16 * warp + g; /* this thread's components in the slice: kc0, kc0 + 8 */
 
-    for (int64_t t0 = r0; t0 < r1; t0 += WS_BM) {
-        cp_async_wait<0>();
+    int bi = 0;
+    for (int64_t t0 = r0; t0 < r1; t0 += WS_BM, bi ^= 1) {
+        cp_async_wait<1>();
         fence_proxy_async();
-        __syncthreads(); /* tile (and, first, W) visible to every thread and to wgmma */
+        wg_bar(); /* tile visible to the warpgroup's threads and to wgmma */
+        const bf16 *Yh = Ybuf + (size_t)bi * NW * YT, *Yl = Yh + YT;
+        const float *Ls = Lsb[wgi][bi];
 
         float L[16];
 #pragma unroll
@@ -396,8 +420,8 @@ __global__ void __launch_bounds__(128, 2) wg_stats_kernel(fgmmc_batch b, int row
                 wg_pin(al[c][i]);
             }
         pending += WS_BM;
-        __syncthreads(); /* the tile consumed by every warp's products */
-        if (t0 + WS_BM < r1) load_tile(t0 + WS_BM);
+        wg_bar(); /* the tile consumed by every warp's products */
+        if (t0 + 2 * WS_BM < r1) load_tile(t0 + 2 * WS_BM, bi);
         cp_async_commit();
 
         if (pending >= TC_FLUSH_ROWS || t0 + WS_BM >= r1) {
@@ -505,7 +529,8 @@ fgmmc_status fgmmc_wgmma_lse_launch(const fgmmc_batch *b, int blocks, int prec, 
 
 static size_t wg_smem_b(int kw, int prec)
 {
-    return (size_t)(prec == 3 ? 2 : 1) * (WG_BN + WS_BM) * kw * sizeof(bf16);
+    /* One W tile; two warpgroups x two row tiles. */
+    return (size_t)(prec == 3 ? 2 : 1) * (WG_BN + 4 * WS_BM) * kw * sizeof(bf16);
 }
 
 template <int KW, int PREC>
@@ -516,8 +541,8 @@ static fgmmc_status launch_wgb(const fgmmc_batch *b, const fgmmc_plan *plan, cud
     FGMMC_CHECK(cudaFuncSetAttribute(wg_stats_kernel<KW, PREC>,
                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                 err);
-    dim3 grid((unsigned)plan->slices, (unsigned)plan->splits);
-    wg_stats_kernel<KW, PREC><<<grid, 128, smem, s>>>(*b, plan->rows_per_split);
+    dim3 grid((unsigned)plan->slices, (unsigned)((plan->splits + 1) / 2));
+    wg_stats_kernel<KW, PREC><<<grid, 256, smem, s>>>(*b, plan->rows_per_split);
     FGMMC_CHECK_LAUNCH("wg_stats_kernel", err);
     return FGMMC_OK;
 }
