@@ -39,8 +39,8 @@ struct Dev {
 };
 
 static void setup(Dev &d, int64_t n, int K, int D, const void *x, const float *w, const float *c,
-                  const float *shift, const void *wt_hi, const void *wt_lo, int kw, int prec,
-                  int sms)
+                  const float *shift, const void *wt_hi, const void *wt_lo, const void *wt_tiles,
+                  int kw, int prec, int sms)
 {
     memset(&d, 0, sizeof d);
     d.prec = prec;
@@ -57,6 +57,7 @@ static void setup(Dev &d, int64_t n, int K, int D, const void *x, const float *w
     b.shift = shift;
     b.wt_hi = wt_hi;
     b.wt_lo = wt_lo;
+    b.wt_tiles = wt_tiles;
     b.kw = kw;
     /* Kernel A: the Hopper (wgmma) one where this binary and GPU have it,
      * as the context chooses; FGMM_BENCH_KERNEL_A=mma times the mma.sync
@@ -166,26 +167,30 @@ int main(int argc, char **argv)
     size_t kpad = ((size_t)K + 63) / 64 * 64;
     std::vector<__nv_bfloat16> hi(kpad * kw), lo(kpad * kw);
     fgmmc_split_wt(wf.data(), K, D, kw, hi.data(), lo.data());
+    std::vector<__nv_bfloat16> tiles(fgmmc_tile_wt_elems(K, kw));
+    fgmmc_tile_wt(hi.data(), lo.data(), K, kw, tiles.data());
     float *dx, *dw, *dc, *ds;
-    void *dhi, *dlo;
+    void *dhi, *dlo, *dtl;
     CK(cudaMalloc(&dx, x.size() * 4));
     CK(cudaMalloc(&dw, wf.size() * 4));
     CK(cudaMalloc(&dc, K * 4));
     CK(cudaMalloc(&ds, D * 4));
     CK(cudaMalloc(&dhi, hi.size() * 2));
     CK(cudaMalloc(&dlo, lo.size() * 2));
+    CK(cudaMalloc(&dtl, tiles.size() * 2));
     CK(cudaMemcpy(dx, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(dw, wf.data(), wf.size() * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(dc, cf.data(), K * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(ds, sf.data(), D * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(dhi, hi.data(), hi.size() * 2, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(dlo, lo.data(), lo.size() * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dtl, tiles.data(), tiles.size() * 2, cudaMemcpyHostToDevice));
     cudaStream_t s;
     CK(cudaStreamCreate(&s));
 
     Dev full, sub;
-    setup(full, N, K, D, dx, dw, dc, ds, dhi, dlo, kw, prec, prop.multiProcessorCount);
-    setup(sub, check, K, D, dx, dw, dc, ds, dhi, dlo, kw, prec, prop.multiProcessorCount);
+    setup(full, N, K, D, dx, dw, dc, ds, dhi, dlo, dtl, kw, prec, prop.multiProcessorCount);
+    setup(sub, check, K, D, dx, dw, dc, ds, dhi, dlo, dtl, kw, prec, prop.multiProcessorCount);
 
     /* Timing. */
     step(full, s);

@@ -57,6 +57,8 @@ struct fgmmc_context {
     int ll_only;             /* this pass: log-likelihoods only (fgmmc_begin_ll_pass) */
     void *d_wt_hi, *d_wt_lo; /* W^T split, K rounded up to 64 rows of kw */
     size_t cap_wt_hi, cap_wt_lo;
+    void *d_wt_tiles; /* the same in whole tiles (fgmmc_tile_wt) */
+    size_t cap_wt_tiles;
     void *d_yg_hi, *d_yg_lo; /* converted rows of a sub-chunk, (kw+16) bf16 each */
     size_t cap_yg_hi, cap_yg_lo;
     cudaStream_t stream;      /* kernels, device-to-host copies */
@@ -248,7 +250,7 @@ void fgmmc_free(fgmmc_context *ctx)
     }
     void *dev[] = {ctx->d_w,  ctx->d_c,    ctx->d_shift,     ctx->d_acc, ctx->d_in[0],
                    ctx->d_in[1], ctx->d_lse2, ctx->d_ll, ctx->d_block_ll, ctx->d_part,
-                   ctx->d_wt_hi, ctx->d_wt_lo, ctx->d_yg_hi, ctx->d_yg_lo, ctx->d_cache,
+                   ctx->d_wt_hi, ctx->d_wt_lo, ctx->d_wt_tiles, ctx->d_yg_hi, ctx->d_yg_lo, ctx->d_cache,
                    ctx->d_topi,  ctx->d_topr, ctx->d_pp_x, ctx->d_pp_dist, ctx->d_pp_cand,
                    ctx->d_pp_d2, ctx->d_pp_bsum, ctx->d_pp_prefix, ctx->d_pp_thresh,
                    ctx->d_pp_potpart, ctx->d_pp_pot, ctx->d_pp_pick};
@@ -339,6 +341,29 @@ void fgmmc_split_wt(const float *w, int k, int d, int kw, void *hi_, void *lo_)
             __nv_bfloat16 h = __float2bfloat16_rn(v);
             hi[kk * kw + j] = h;
             lo[kk * kw + j] = __float2bfloat16_rn(v - __bfloat162float(h));
+        }
+}
+
+size_t fgmmc_tile_wt_elems(int k, int kw)
+{
+    size_t tiles = ((size_t)k + 63) / 64 + 2;
+    return tiles * 2 * 64 * (size_t)kw;
+}
+
+void fgmmc_tile_wt(const void *hi_, const void *lo_, int k, int kw, void *tiles_)
+{
+    const __nv_bfloat16 *hi = (const __nv_bfloat16 *)hi_, *lo = (const __nv_bfloat16 *)lo_;
+    __nv_bfloat16 *out = (__nv_bfloat16 *)tiles_;
+    size_t ntiles = ((size_t)k + 63) / 64, tile = (size_t)64 * kw;
+    memset(out, 0, fgmmc_tile_wt_elems(k, kw) * sizeof(__nv_bfloat16));
+    for (size_t t = 0; t < ntiles; t++)
+        /* 8-value chunk e of a tile: component 8*grp + r, columns 8c..8c+7
+         * (r = e % 8, c = (e / 8) % (kw / 8), grp = (e / 8) / (kw / 8)). */
+        for (size_t e = 0; e < tile / 8; e++) {
+            size_t r = e & 7, c = (e >> 3) % (size_t)(kw / 8), grp = (e >> 3) / (size_t)(kw / 8);
+            size_t src = (t * 64 + 8 * grp + r) * (size_t)kw + 8 * c;
+            memcpy(out + t * 2 * tile + 8 * e, hi + src, 8 * sizeof(__nv_bfloat16));
+            memcpy(out + t * 2 * tile + tile + 8 * e, lo + src, 8 * sizeof(__nv_bfloat16));
         }
 }
 
@@ -441,16 +466,23 @@ fgmmc_status fgmmc_begin_pass(fgmmc_context *ctx, int k, int d, const double *w,
             (st = DEV_RESERVE(ctx, ctx->d_wt_lo, ctx->cap_wt_lo, nwt * sizeof(__nv_bfloat16), "w lo",
                               err)))
             return st;
-        __nv_bfloat16 *hi = (__nv_bfloat16 *)malloc(2 * nwt * sizeof(__nv_bfloat16));
+        size_t ntl = fgmmc_tile_wt_elems(k, kw);
+        if ((st = DEV_RESERVE(ctx, ctx->d_wt_tiles, ctx->cap_wt_tiles,
+                              ntl * sizeof(__nv_bfloat16), "w tiles", err)))
+            return st;
+        __nv_bfloat16 *hi = (__nv_bfloat16 *)malloc((2 * nwt + ntl) * sizeof(__nv_bfloat16));
         if (!hi) return fgmmc_fail(err, FGMMC_ERR_NO_MEMORY, "fgmmc_begin_pass: out of host memory");
-        __nv_bfloat16 *lo = hi + nwt;
+        __nv_bfloat16 *lo = hi + nwt, *tl = lo + nwt;
         fgmmc_split_wt(hw, k, d, kw, hi, lo);
+        fgmmc_tile_wt(hi, lo, k, kw, tl);
         /* Synchronous: the host arrays are freed right after. */
         cudaError_t e1 = cudaMemcpy(ctx->d_wt_hi, hi, nwt * sizeof(__nv_bfloat16), cudaMemcpyHostToDevice);
         cudaError_t e2 = cudaMemcpy(ctx->d_wt_lo, lo, nwt * sizeof(__nv_bfloat16), cudaMemcpyHostToDevice);
+        cudaError_t e3 = cudaMemcpy(ctx->d_wt_tiles, tl, ntl * sizeof(__nv_bfloat16), cudaMemcpyHostToDevice);
         free(hi);
         FGMMC_CHECK(e1, err);
         FGMMC_CHECK(e2, err);
+        FGMMC_CHECK(e3, err);
     }
     ctx->k = k;
     ctx->d = d;
@@ -653,6 +685,7 @@ static fgmmc_status launch_rows(fgmmc_context *ctx, int b, const void *x_dev, in
     bt.acc = ctx->d_acc;
     bt.wt_hi = ctx->d_wt_hi;
     bt.wt_lo = ctx->d_wt_lo;
+    bt.wt_tiles = ctx->d_wt_tiles;
     bt.kw = ctx->kw;
     bt.wgmma = ctx->wgmma && !ctx->portable;
     bt.yg_hi = ctx->d_yg_hi;

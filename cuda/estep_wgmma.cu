@@ -105,8 +105,23 @@ __device__ __forceinline__ uint64_t wg_w_desc(const bf16 *tile, int kk)
     return wg_desc(smem_addr(tile) + (uint32_t)(256 * kk), 128, KW * 16);
 }
 
+/* Kernel A runs in clusters of two CTAs (128 rows each) that share the W
+ * pipeline: thread 0 of each copies its half of every tile into both CTAs
+ * (bulk_copy_multicast), so each tile crosses from L2 once per cluster. With
+ * every CTA fetching its own tiles (cp.async), the kernel moved 1 MB of W
+ * per 128 rows at K=1024 and L2 throughput was its limit (70% busy, the
+ * tensor pipe 30%, ncu). The launcher rounds the grid up to even; a CTA
+ * past the last row runs the pipeline for its partner and writes nothing. */
+/* Clusters exist from sm_90 on; the portable (compute_80) pass compiles
+ * this kernel to nothing anyway. */
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+#define WG_CLUSTER2 __cluster_dims__(2, 1, 1)
+#else
+#define WG_CLUSTER2
+#endif
+
 template <int KW, int PREC>
-__global__ void __launch_bounds__(256, 1) wg_lse_kernel(fgmmc_batch b)
+__global__ void WG_CLUSTER2 __launch_bounds__(256, 1) wg_lse_kernel(fgmmc_batch b)
 {
 #if FGMMC_WGMMA
     enum { NK = KW / 16, STAGE = (PREC == 3 ? 2 : 1) * WG_BN * KW, YS = KW + 8 };
@@ -116,13 +131,48 @@ __global__ void __launch_bounds__(256, 1) wg_lse_kernel(fgmmc_batch b)
     bf16 *Yh = stages + STAGE, *Yl = Yh + WG_BM * YS;
     __shared__ float Cs[WG_ST][WG_BN];
     __shared__ double red[WG_BM];
+    __shared__ __align__(8) uint64_t full[WG_ST], empty[WG_ST];
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, t = lane & 3;
     const int K = b.k, D = b.d, ntiles = (K + WG_BN - 1) / WG_BN;
+    const int n2 = (ntiles + 1) & ~1; /* tiles go in pairs; the odd one out is zeros */
     const int64_t row0 = (int64_t)blockIdx.x * WG_BM;
+    const uint32_t rank = cluster_ctarank();
 
-    wg_load_w<KW, PREC, 256>(b, 0, stages);
-    cp_async_commit();
+    /* full[s]: one arrival (this CTA's thread 0, announcing the tile's
+     * bytes) plus the bytes of both halves. empty[s]: one arrival from each
+     * CTA when it is done with the stage; a stage's first phase is the end
+     * of the row staging that borrows stages 1.. (stage 0 starts free). */
+    if (tid == 0) {
+        for (int s = 0; s < WG_ST; s++) {
+            mbar_init(&full[s], 1);
+            mbar_init(&empty[s], 2);
+        }
+        fence_mbar_init();
+    }
+    cluster_sync();
+    /* Thread 0: tile tt into stage tt % WG_ST of both CTAs, this CTA's half. */
+    auto produce = [&](int tt) {
+        const int st = tt % WG_ST;
+        const uint32_t half = STAGE * (uint32_t)sizeof(bf16) / 2;
+        mbar_arrive_expect_tx(&full[st], 2 * half);
+        const char *src = (const char *)b.wt_tiles + (size_t)tt * 2 * WG_BN * KW * sizeof(bf16);
+        bulk_copy_multicast((char *)(stages + st * STAGE) + rank * half, src + rank * half, half,
+                            &full[st], 0x3);
+    };
+    /* Thread 0: tile tt (>= 1) may be copied once both CTAs released its
+     * stage: for stage 0 that is phase tt/WG_ST - 1 of empty, for the
+     * others (whose phase 0 is the row staging) phase tt/WG_ST. */
+    auto wait_stage_free = [&](int tt) {
+        const int st = tt % WG_ST, ph = tt / WG_ST - (st == 0 ? 1 : 0);
+        mbar_wait(&empty[st], (uint32_t)ph & 1);
+    };
+    auto release = [&](int st) { /* thread 0, after the block's last read of the stage */
+        mbar_arrive_cluster(&empty[st], 0);
+        mbar_arrive_cluster(&empty[st], 1);
+    };
+
+    if (tid == 0) produce(0);
     wg_load_c(b, 0, Cs[0]);
 
     for (int e = tid; e < WG_BM * (KW - 2 * D); e += blockDim.x) { /* zero padding columns */
@@ -149,12 +199,15 @@ __global__ void __launch_bounds__(256, 1) wg_lse_kernel(fgmmc_batch b)
         }
     }
     __syncthreads(); /* the row staging area becomes stages 1.. */
-#pragma unroll
-    for (int s = 1; s < WG_ST; s++) {
-        wg_load_w<KW, PREC, 256>(b, s * WG_BN, stages + s * STAGE, s < ntiles);
-        wg_load_c(b, s * WG_BN, Cs[s]);
-        cp_async_commit();
+    if (tid == 0) {
+        for (int s = 1; s < WG_ST; s++) release(s);
+        for (int s = 1; s < WG_ST && s < n2; s++) {
+            wait_stage_free(s);
+            produce(s);
+        }
     }
+#pragma unroll
+    for (int s = 1; s < WG_ST; s++) wg_load_c(b, s * WG_BN, Cs[s]);
 
     float mrun[2] = {-INFINITY, -INFINITY}, srun[2] = {0.f, 0.f};
 
@@ -197,26 +250,29 @@ __global__ void __launch_bounds__(256, 1) wg_lse_kernel(fgmmc_batch b)
     /* Tiles go in pairs: the second tile's products run on the tensor
      * cores while the warpgroup folds the first. Nothing is in flight
      * across the loop's back edge: around one ptxas serialises every
-     * wgmma (C7514). cp.async groups: one per tile, committed in tile
-     * order, so "tile tt landed" is "at most (tt+2) - tt groups pending".
-     * Tiles past ntiles load as zeros with c = -inf and change nothing. */
+     * wgmma (C7514). Tile tt is phase tt / WG_ST of full[tt % WG_ST].
+     * Tiles past ntiles are zeros (fgmmc_tile_wt pads) with c = -inf and
+     * change nothing; none past n2 is fetched, so every copy issued is
+     * waited for before the CTA exits. */
     auto refill = [&](int tt) { /* after both warpgroups are done with tile tt */
         const int nt = tt + WG_ST, st = tt % WG_ST;
-        wg_load_w<KW, PREC, 256>(b, nt * WG_BN, stages + st * STAGE, nt < ntiles);
+        if (tid == 0) {
+            release(st);
+            if (nt < n2) {
+                wait_stage_free(nt);
+                produce(nt);
+            }
+        }
         wg_load_c(b, nt * WG_BN, Cs[st]);
-        cp_async_commit();
     };
-    const int n2 = (ntiles + 1) & ~1;
 #pragma unroll 1
     for (int tt = 0; tt < n2; tt += 2) {
         float acc0[32], acc1[32];
-        cp_async_wait<WG_ST - 1>();
-        fence_proxy_async();
-        __syncthreads(); /* tile tt visible to every thread and to wgmma */
+        mbar_wait(&full[tt % WG_ST], (uint32_t)(tt / WG_ST) & 1);
+        __syncthreads(); /* c of tile tt (plain stores) visible too */
         issue(acc0, tt);
-        cp_async_wait<WG_ST - 2>();
-        fence_proxy_async();
-        __syncthreads(); /* tile tt + 1 likewise */
+        mbar_wait(&full[(tt + 1) % WG_ST], (uint32_t)((tt + 1) / WG_ST) & 1);
+        __syncthreads();
         issue(acc1, tt + 1);
         wg_wait<1>(); /* tile tt's products done */
 #pragma unroll
@@ -232,7 +288,9 @@ __global__ void __launch_bounds__(256, 1) wg_lse_kernel(fgmmc_batch b)
         refill(tt + 1);
     }
 
-    lse_finish(b, row0, WG_BM, mrun, srun, red);
+    if (row0 < b.n) lse_finish(b, row0, WG_BM, mrun, srun, red);
+    /* Neither CTA leaves while the other may still arrive on its barriers. */
+    cluster_sync();
 #endif
 }
 
@@ -497,7 +555,8 @@ static fgmmc_status launch_wg(const fgmmc_batch *b, int blocks, cudaStream_t s, 
     FGMMC_CHECK(cudaFuncSetAttribute(wg_lse_kernel<KW, PREC>,
                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                 err);
-    wg_lse_kernel<KW, PREC><<<blocks, 256, smem, s>>>(*b);
+    /* Clusters of two CTAs: an even grid. */
+    wg_lse_kernel<KW, PREC><<<(blocks + 1) & ~1, 256, smem, s>>>(*b);
     FGMMC_CHECK_LAUNCH("wg_lse_kernel", err);
     return FGMMC_OK;
 }

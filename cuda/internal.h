@@ -66,6 +66,8 @@ typedef struct {
     const float *shift;   /* D */
     const void *wt_hi;    /* tensor-core path: W^T (K rounded up to 64) x kw bf16, */
     const void *wt_lo;    /* scaled by log2(e), split hi + lo (estep_tc.cu) */
+    const void *wt_tiles; /* wgmma kernel A: W^T in 64-component tiles, each hi then
+                           * lo in wg_load_w's shared-memory order (fgmmc_tile_wt) */
     int kw;               /* tensor-core path: 2D rounded up to a kernel width */
     int wgmma;            /* tensor-core path: kernel A from estep_wgmma.cu (sm_90a) */
     void *yg_hi, *yg_lo;  /* tensor-core path: n x (kw+16) bf16 [y, y^2, 0.., 1, 0..] split,
@@ -233,6 +235,12 @@ __device__ __forceinline__ void simt_online_lse(float (&mrun)[4], float (&srun)[
  * halves of kpad x kw each (kpad = k rounded up to 64), zero-padded: the
  * tensor-core kernels' B operand. hi and lo are host arrays. */
 void fgmmc_split_wt(const float *w, int k, int d, int kw, void *hi, void *lo);
+/* hi and lo (fgmmc_split_wt) rearranged for whole-tile copies: per tile of
+ * 64 components, 64 x kw of hi then of lo, each in the core-matrix order
+ * wgmma reads (estep_wgmma.cu), and two zero tiles past the last, which
+ * the pipeline may fetch. fgmmc_tile_wt_elems(k, kw) bf16 values. */
+size_t fgmmc_tile_wt_elems(int k, int kw);
+void fgmmc_tile_wt(const void *hi, const void *lo, int k, int kw, void *tiles);
 
 /* Element size of a dtype in bytes; 0 for an unknown dtype. */
 size_t fgmmc_dtype_size(fgmmc_dtype t);

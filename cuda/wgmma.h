@@ -149,6 +149,82 @@ __device__ __forceinline__ void wg_mma_ss_n32(float (&d)[16], uint64_t adesc, ui
                  : "l"(adesc), "l"(bdesc), "r"(1));
 }
 
+/* ------------------------------------------- clusters, mbarriers, bulk copies
+ * Kernel A's W pipeline: the two CTAs of a cluster read the same W tiles,
+ * so each copies half of every tile from global memory into both CTAs'
+ * shared memory (multicast), halving the L2 traffic that bounds it.
+ * "full" mbarriers count a tile's bytes in; "empty" ones collect both
+ * CTAs' word that a stage may be overwritten. */
+__device__ __forceinline__ uint32_t cluster_ctarank()
+{
+    uint32_t r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return r;
+}
+
+/* Every thread of every CTA of the cluster; orders shared-memory writes
+ * (mbarrier initialisation included) before the other CTAs' later use. */
+__device__ __forceinline__ void cluster_sync()
+{
+    asm volatile("barrier.cluster.arrive.release.aligned;\n"
+                 "barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void mbar_init(uint64_t *m, uint32_t count)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"((uint32_t)__cvta_generic_to_shared(m)),
+                 "r"(count)
+                 : "memory");
+}
+
+/* Makes mbar_init visible to the cluster (before cluster_sync). */
+__device__ __forceinline__ void fence_mbar_init()
+{
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+
+/* One arrival that also expects `bytes` more of asynchronous copies. */
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t *m, uint32_t bytes)
+{
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(
+                     (uint32_t)__cvta_generic_to_shared(m)),
+                 "r"(bytes)
+                 : "memory");
+}
+
+/* One arrival on the mbarrier at m's offset in CTA `cta` of the cluster
+ * (this CTA included). */
+__device__ __forceinline__ void mbar_arrive_cluster(uint64_t *m, uint32_t cta)
+{
+    asm volatile("{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %0, %1;\n"
+                 "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [ra];\n}\n" ::"r"(
+                     (uint32_t)__cvta_generic_to_shared(m)),
+                 "r"(cta)
+                 : "memory");
+}
+
+/* Waits until the phase of parity `parity` of m has completed. */
+__device__ __forceinline__ void mbar_wait(uint64_t *m, uint32_t parity)
+{
+    asm volatile("{\n.reg .pred done;\nWAIT_AGAIN:\n"
+                 "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
+                 "@!done bra WAIT_AGAIN;\n}\n" ::"r"((uint32_t)__cvta_generic_to_shared(m)),
+                 "r"(parity)
+                 : "memory");
+}
+
+/* Copies `bytes` (a multiple of 16; both addresses 16-byte aligned) from
+ * global src to offset dst of the shared memory of every CTA in `mask`,
+ * each CTA's mbarrier at offset mbar counting the bytes that land there. */
+__device__ __forceinline__ void bulk_copy_multicast(void *dst, const void *src, uint32_t bytes,
+                                                    uint64_t *mbar, uint16_t mask)
+{
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+                 " [%0], [%1], %2, [%3], %4;\n" ::"r"((uint32_t)__cvta_generic_to_shared(dst)),
+                 "l"(src), "r"(bytes), "r"((uint32_t)__cvta_generic_to_shared(mbar)), "h"(mask)
+                 : "memory");
+}
+
 /* Shared-memory writes of the generic proxy (st.shared, cp.async) become
  * visible to wgmma's operand reads (the async proxy) after this fence and
  * a barrier. */
