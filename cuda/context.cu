@@ -18,9 +18,11 @@
  */
 #include <cuda_bf16.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cuda/internal.h"
 
@@ -28,6 +30,56 @@
  * bytes (pinned staging: two buffers of STAGE_BYTES). */
 #define MAX_CHUNK_ROWS ((int64_t)262144)
 #define STAGE_BYTES ((size_t)128 << 20)
+
+/* Rows in pageable memory are copied into the pinned staging buffers on
+ * the host. One thread copies ~5.5 GB/s on the H100's host, so a float32
+ * EM step of 1M x 128 rows from host memory spent ~60 of its 94 ms in
+ * memcpy while the GPU waited; copies of PAR_COPY_MIN bytes or more are
+ * split over up to PAR_COPY_THREADS threads (started per copy: each part
+ * is megabytes, the start tens of microseconds). */
+#define PAR_COPY_MIN ((size_t)4 << 20)
+#define PAR_COPY_THREADS 8
+
+typedef struct {
+    char *dst;
+    const char *src;
+    size_t n;
+} copy_part;
+
+static void *copy_part_main(void *a)
+{
+    copy_part *p = (copy_part *)a;
+    memcpy(p->dst, p->src, p->n);
+    return NULL;
+}
+
+static void parallel_copy(void *dst, const void *src, size_t n)
+{
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    int t = cpus < PAR_COPY_THREADS ? (int)cpus : PAR_COPY_THREADS;
+    if (n < PAR_COPY_MIN || t <= 1) {
+        memcpy(dst, src, n);
+        return;
+    }
+    pthread_t th[PAR_COPY_THREADS];
+    copy_part part[PAR_COPY_THREADS];
+    int started[PAR_COPY_THREADS] = {0};
+    size_t per = (n / (size_t)t + 4095) & ~(size_t)4095;
+    for (int i = 0; i < t; i++) {
+        size_t at = (size_t)i * per;
+        part[i].dst = (char *)dst + at;
+        part[i].src = (const char *)src + at;
+        part[i].n = at >= n ? 0 : (n - at < per ? n - at : per);
+    }
+    for (int i = 1; i < t; i++)
+        started[i] = part[i].n && pthread_create(&th[i], NULL, copy_part_main, &part[i]) == 0;
+    copy_part_main(&part[0]);
+    /* A part whose thread did not start is copied here. */
+    for (int i = 1; i < t; i++) {
+        if (started[i]) pthread_join(th[i], NULL);
+        else if (part[i].n) copy_part_main(&part[i]);
+    }
+}
 
 /* Per-row log-likelihoods on their way to callers. A staged batch of rows
  * may hold several calls' rows; each call's share is a segment: rows
@@ -857,7 +909,7 @@ static fgmmc_status accumulate_in(fgmmc_context *ctx, int64_t first_row, const c
         } else {
             char *dst = (char *)ctx->h_in[b] + (size_t)ctx->fill_rows * row_bytes;
             if (row_stride == row_bytes)
-                memcpy(dst, src, (size_t)take * row_bytes);
+                parallel_copy(dst, src, (size_t)take * row_bytes);
             else
                 for (int64_t i = 0; i < take; i++)
                     memcpy(dst + (size_t)i * row_bytes, src + (size_t)i * row_stride, row_bytes);
@@ -1011,7 +1063,7 @@ fgmmc_status fgmmc_assign(fgmmc_context *ctx, const void *rows, size_t row_strid
         const char *src = (const char *)rows + (size_t)off * row_stride;
         char *dst = (char *)ctx->h_in[0];
         if (row_stride == row_bytes)
-            memcpy(dst, src, (size_t)rn * row_bytes);
+            parallel_copy(dst, src, (size_t)rn * row_bytes);
         else
             for (int64_t i = 0; i < rn; i++)
                 memcpy(dst + (size_t)i * row_bytes, src + (size_t)i * row_stride, row_bytes);
