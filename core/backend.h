@@ -57,18 +57,22 @@ typedef struct {
                              int *cached, fgmm_error *err);
     /* Optional: bytes of rows the back end may keep (see pass_data). */
     fgmm_status (*set_cache_budget)(void *self, int64_t bytes, fgmm_error *err);
+    /* Optional: how many of its threads the next accumulate calls may use
+     * (1..threads); the result must not depend on it. */
+    void (*set_workers)(void *self, int workers);
 } fgmm_backend_ops;
 
 /* CPU back end: threads > 0. */
 /* A fixed set of worker threads (core/pool.c). fgmm_pool_run calls
  * fn(item, worker, arg) once for each item in [0, items), the items taken
- * in order by whichever worker is free; the caller is worker 0 and the call
- * returns when every item is done. worker < fgmm_pool_threads(p). One call
- * at a time per pool. */
+ * in order by whichever of workers 0..workers-1 is free; the caller is
+ * worker 0 and the call returns when every item is done. worker <
+ * fgmm_pool_threads(p). One call at a time per pool. */
 typedef struct fgmm_pool fgmm_pool;
 fgmm_status fgmm_pool_create(int threads, fgmm_pool **out, fgmm_error *err);
 int fgmm_pool_threads(const fgmm_pool *p);
-void fgmm_pool_run(fgmm_pool *p, int items, void (*fn)(int item, int worker, void *arg), void *arg);
+void fgmm_pool_run(fgmm_pool *p, int items, int workers,
+                   void (*fn)(int item, int worker, void *arg), void *arg);
 void fgmm_pool_free(fgmm_pool *p);
 
 fgmm_status fgmm_cpu_backend_create(int threads, void **out, fgmm_error *err);

@@ -54,6 +54,7 @@ typedef struct {
 
 typedef struct {
     int threads, lanes;
+    int workers; /* threads the next chunks may use (set_workers) */
     int k, d;
     fgmm_pool *pool;
     const fgmm_estep_params *p;
@@ -101,6 +102,7 @@ fgmm_status fgmm_cpu_backend_create(int threads, void **out, fgmm_error *err)
         return st;
     }
     b->threads = fgmm_pool_threads(b->pool);
+    b->workers = b->threads;
     openblas_set_num_threads(1);
     *out = b;
     return FGMM_OK;
@@ -272,7 +274,7 @@ static fgmm_status cpu_accumulate(void *self, const fgmm_chunk *c, float *per_ro
     if (!b->p) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "accumulate: no pass in progress");
     b->chunk = c;
     b->per_row_ll = per_row_ll;
-    fgmm_pool_run(b->pool, chunk_lanes(b, c->n_rows), cpu_lane, b);
+    fgmm_pool_run(b->pool, chunk_lanes(b, c->n_rows), b->workers, cpu_lane, b);
     return FGMM_OK;
 }
 
@@ -346,7 +348,7 @@ static fgmm_status cpu_assign(void *self, const fgmm_chunk *c, int m, int32_t *i
     b->out_idx = idx;
     b->out_resp = resp;
     b->out_ll = ll;
-    fgmm_pool_run(b->pool, chunk_lanes(b, c->n_rows), assign_lane, b);
+    fgmm_pool_run(b->pool, chunk_lanes(b, c->n_rows), b->workers, assign_lane, b);
     return FGMM_OK;
 }
 
@@ -376,6 +378,12 @@ static fgmm_status cpu_set_precision(void *self, fgmm_precision p, fgmm_error *e
     return FGMM_OK;
 }
 
+static void cpu_set_workers(void *self, int workers)
+{
+    cpu_backend *b = self;
+    b->workers = workers < 1 ? 1 : workers > b->threads ? b->threads : workers;
+}
+
 static const char *cpu_path(void *self)
 {
     (void)self;
@@ -391,7 +399,7 @@ static size_t cpu_device_bytes(void *self)
 const fgmm_backend_ops fgmm_cpu_backend_ops = {"cpu",          cpu_begin_pass,    cpu_accumulate,
                                                cpu_end_pass,   cpu_destroy,       cpu_set_precision,
                                                cpu_path,       cpu_device_bytes,  cpu_assign,
-                                               NULL,           NULL};
+                                               NULL,           NULL,              cpu_set_workers};
 
 /* ------------------------------------------------------------ parallel */
 

@@ -24,7 +24,21 @@ struct fgmm_engine {
     uint64_t data_serial; /* names each fit's data for the back end's row cache */
     int cached_passes;
     double pass_wait_s, pass_compute_s; /* the last pass's split, see fgmm.h */
+    double pass_threads;                /* mean threads per chunk, last pass */
 };
+
+/* Thread use while streaming. When the engine spends much of a pass
+ * waiting for its source, more compute threads than it needs only compete
+ * with the reader for the cores: on the 2-core VM at K=8 an EM step from
+ * disk took 6.1-6.3 s with one engine thread against 7.5 s with two
+ * (BENCHMARKS.md). So after WORKERS_HOLD chunks in a state, the engine
+ * halves the back end's threads while it waits more than WAIT_HIGH of the
+ * time, and doubles them (up to --threads) when it waits less than
+ * WAIT_LOW; in between it keeps them. The CPU back end's sums do not
+ * depend on how many threads ran (lanes, cpu_backend.c). */
+#define WAIT_HIGH 0.30
+#define WAIT_LOW 0.05
+#define WORKERS_HOLD 16
 
 /* Rows per back-end call when the rows come from the back end's cache:
  * bounds the per-row log-likelihood scratch. */
@@ -181,6 +195,8 @@ void fgmm_engine_last_pass_times(const fgmm_engine *e, double *wait_s, double *c
     *compute_s = e->pass_compute_s;
 }
 
+double fgmm_engine_last_pass_threads(const fgmm_engine *e) { return e->pass_threads; }
+
 /* Loads the E-step terms of m into the engine's scratch and begins a
  * back-end pass (loglik_only: scoring, no statistics). */
 static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
@@ -198,7 +214,7 @@ static fgmm_status estep_keyed(fgmm_engine *e, fgmm_source *src, const fgmm_mode
                                 &cached, err)))
         return st;
     if (cached) {
-        e->pass_wait_s = e->pass_compute_s = 0;
+        e->pass_wait_s = e->pass_compute_s = e->pass_threads = 0;
         /* The back end holds every row: the source is not read at all. */
         int64_t n = fgmm_source_rows(src);
         for (int64_t r = 0; r < n; r += CACHED_CALL_ROWS) {
@@ -212,19 +228,47 @@ static fgmm_status estep_keyed(fgmm_engine *e, fgmm_source *src, const fgmm_mode
     }
     if ((st = fgmm_source_rewind(src, err))) return st;
     e->pass_wait_s = e->pass_compute_s = 0;
+    /* Each pass starts with every thread (begin_model_pass; WAIT_HIGH). */
+    int workers = e->threads, held = 0;
+    double ema_wait = 0, ema_comp = 0, thread_chunks = 0;
+    int64_t chunks = 0;
     double t = now_seconds();
     for (;;) {
         fgmm_chunk ch;
         if ((st = fgmm_source_next(src, &ch, err))) return st;
-        double t1 = now_seconds();
-        e->pass_wait_s += t1 - t;
+        double t1 = now_seconds(), wait = t1 - t;
+        e->pass_wait_s += wait;
         if (ch.n_rows == 0) break;
         st = e->ops->accumulate(e->backend, &ch, per_row_ll ? per_row_ll + ch.first_row : NULL,
                                 err);
         if (st) return st;
         t = now_seconds();
-        e->pass_compute_s += t - t1;
+        double comp = t - t1;
+        e->pass_compute_s += comp;
+        thread_chunks += workers;
+        chunks++;
+        if (!e->ops->set_workers || chunks < 2) continue; /* the first wait is the reader's start */
+        /* Averages over ~8 chunks of each chunk's wait and compute. */
+        if (chunks == 2) {
+            ema_wait = wait;
+            ema_comp = comp;
+        } else {
+            ema_wait += (wait - ema_wait) / 8;
+            ema_comp += (comp - ema_comp) / 8;
+        }
+        if (++held < WORKERS_HOLD) continue;
+        double frac = ema_wait / (ema_wait + ema_comp + 1e-12);
+        int next = workers;
+        if (frac > WAIT_HIGH && workers > 1) next = (workers + 1) / 2;
+        else if (frac < WAIT_LOW && workers < e->threads)
+            next = 2 * workers < e->threads ? 2 * workers : e->threads;
+        if (next != workers) {
+            workers = next;
+            held = 0;
+            e->ops->set_workers(e->backend, workers);
+        }
     }
+    e->pass_threads = chunks ? thread_chunks / chunks : 0;
     return e->ops->end_pass(e->backend, out, err);
 }
 
@@ -254,6 +298,7 @@ static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm
     }
     fgmm_estep_params_fill(m, e->w, e->c, e->shift);
     e->params = (fgmm_estep_params){K, D, e->w, e->c, e->shift, loglik_only};
+    if (e->ops->set_workers) e->ops->set_workers(e->backend, e->threads);
     fgmm_stats_reset(out, e->shift);
     return e->ops->begin_pass(e->backend, &e->params, err);
 }
@@ -354,8 +399,8 @@ fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
             /* Which side bound the step: time spent waiting for the
              * source's chunks against time in the back end. */
             if (e->pass_wait_s + e->pass_compute_s > 0)
-                fprintf(stderr, "  (waited %.3fs for data, computed %.3fs)", e->pass_wait_s,
-                        e->pass_compute_s);
+                fprintf(stderr, "  (waited %.3fs for data, computed %.3fs on %.1f threads)",
+                        e->pass_wait_s, e->pass_compute_s, e->pass_threads);
             if (reseeded)
                 fprintf(stderr, "  re-seeded %d collapsed component%s", reseeded,
                         reseeded > 1 ? "s" : "");

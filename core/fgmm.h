@@ -311,6 +311,11 @@ int fgmm_engine_cached_passes(const fgmm_engine *e);
  * source's next chunk (the reader is behind), *compute_s in the back end.
  * A pass whose wait is most of its time is bound by the data source. */
 void fgmm_engine_last_pass_times(const fgmm_engine *e, double *wait_s, double *compute_s);
+/* Threads the CPU engine's last pass used per chunk, on average. --threads
+ * is the most it uses: while a pass waits on its source most of the time
+ * it uses fewer, which leaves the cores to the reader; the sums do not
+ * change. 0 when the last pass read no source. */
+double fgmm_engine_last_pass_threads(const fgmm_engine *e);
 
 /* One pass over src under model m: statistics (shifted by
  * fgmm_model_shift(m)) are zeroed and filled. If per_row_ll is not NULL it

@@ -28,6 +28,7 @@ struct fgmm_pool {
     void (*fn)(int item, int worker, void *arg);
     void *arg;
     int items, next, finished, quit;
+    int limit; /* workers 0..limit-1 take part in the current call */
 };
 
 typedef struct {
@@ -58,7 +59,8 @@ static void *pool_main(void *a)
     free(wa);
     pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (!p->quit && p->next >= p->items) pthread_cond_wait(&p->work, &p->mu);
+        while (!p->quit && (p->next >= p->items || worker >= p->limit))
+            pthread_cond_wait(&p->work, &p->mu);
         if (p->quit) break;
         take_items(p, worker);
     }
@@ -100,7 +102,8 @@ fgmm_status fgmm_pool_create(int threads, fgmm_pool **out, fgmm_error *err)
 
 int fgmm_pool_threads(const fgmm_pool *p) { return p->started + 1; }
 
-void fgmm_pool_run(fgmm_pool *p, int items, void (*fn)(int item, int worker, void *arg), void *arg)
+void fgmm_pool_run(fgmm_pool *p, int items, int workers,
+                   void (*fn)(int item, int worker, void *arg), void *arg)
 {
     if (items <= 0) return;
     pthread_mutex_lock(&p->mu);
@@ -109,7 +112,8 @@ void fgmm_pool_run(fgmm_pool *p, int items, void (*fn)(int item, int worker, voi
     p->items = items;
     p->next = 0;
     p->finished = 0;
-    if (p->started > 0 && items > 1) pthread_cond_broadcast(&p->work);
+    p->limit = workers < 1 ? 1 : workers;
+    if (p->started > 0 && items > 1 && p->limit > 1) pthread_cond_broadcast(&p->work);
     take_items(p, 0);
     while (p->finished < p->items) pthread_cond_wait(&p->done, &p->mu);
     pthread_mutex_unlock(&p->mu);

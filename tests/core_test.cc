@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "core/fgmm.h"
 #include "tests/reference.h"
 
@@ -158,6 +160,72 @@ TEST(Estep, SameThreadsSameBitsWhateverTheSchedule)
     EXPECT_NEAR(tot, (double)n, 1e-6 * n);
     fgmm_engine_free(e);
     fgmm_source_close(src);
+    fgmm_model_free(m);
+}
+
+// A source that makes the engine wait: each chunk of a memory source
+// handed out after a sleep. The engine must then use fewer of its threads
+// (it waits most of the time) and still produce the same bits as a pass
+// over the same rows that did not wait.
+struct SlowSource {
+    fgmm_source *inner;
+    int sleep_us;
+};
+static fgmm_status slow_rewind(void *impl, fgmm_error *err)
+{
+    return fgmm_source_rewind(((SlowSource *)impl)->inner, err);
+}
+static fgmm_status slow_next(void *impl, fgmm_chunk *c, fgmm_error *err)
+{
+    SlowSource *s = (SlowSource *)impl;
+    usleep(s->sleep_us);
+    return fgmm_source_next(s->inner, c, err);
+}
+static fgmm_status slow_read_rows(void *impl, const int64_t *idx, int64_t n, float *out,
+                                  fgmm_error *err)
+{
+    return fgmm_source_read_rows(((SlowSource *)impl)->inner, idx, n, out, err);
+}
+static void slow_close(void *) {}
+
+TEST(Estep, WaitingEngineUsesFewerThreadsSameBits)
+{
+    const int64_t n = 65536 * 40; // 40 chunks of the memory source
+    const int K = 3, D = 4;
+    fgmm_rng rng;
+    fgmm_rng_seed(&rng, fresh_seed());
+    std::vector<float> x;
+    fgmm_model *m = random_mixture(&rng, K, D, FGMM_COV_DIAG, 1.0, n, x);
+    fgmm_error err{};
+    fgmm_source *mem;
+    ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, n, D, "mem", &mem, &err), FGMM_OK);
+    SlowSource impl{mem, 20000};
+    static const fgmm_source_ops slow_ops = {slow_rewind, slow_next, slow_read_rows, slow_close};
+    fgmm_source *slow;
+    ASSERT_EQ(fgmm_source_create(&slow_ops, &impl, n, D, FGMM_F32, "slow", &slow, &err), FGMM_OK);
+    fgmm_engine *e;
+    ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CPU, 4, &e, &err), FGMM_OK) << err.msg;
+    fgmm_stats *a, *b;
+    ASSERT_EQ(fgmm_stats_create(K, D, nullptr, &a, &err), FGMM_OK);
+    ASSERT_EQ(fgmm_stats_create(K, D, nullptr, &b, &err), FGMM_OK);
+    // Twice: the first pass over a memory source also checks each chunk
+    // for NaN/Inf, which the engine counts as waiting.
+    ASSERT_EQ(fgmm_engine_estep(e, mem, m, a, nullptr, &err), FGMM_OK) << err.msg;
+    ASSERT_EQ(fgmm_engine_estep(e, mem, m, a, nullptr, &err), FGMM_OK) << err.msg;
+    EXPECT_EQ(fgmm_engine_last_pass_threads(e), 4.0) << "no waiting: every thread";
+    ASSERT_EQ(fgmm_engine_estep(e, slow, m, b, nullptr, &err), FGMM_OK) << err.msg;
+    double used = fgmm_engine_last_pass_threads(e);
+    printf("  threads per chunk: %.2f of 4 while waiting 20 ms per chunk\n", used);
+    EXPECT_LT(used, 4.0);
+    EXPECT_GE(used, 1.0);
+    EXPECT_EQ(0, memcmp(fgmm_stats_nk(a), fgmm_stats_nk(b), sizeof(double) * K));
+    EXPECT_EQ(0, memcmp(fgmm_stats_sums(a), fgmm_stats_sums(b), sizeof(double) * K * 2 * D));
+    EXPECT_EQ(fgmm_stats_loglik(a), fgmm_stats_loglik(b));
+    fgmm_stats_free(a);
+    fgmm_stats_free(b);
+    fgmm_engine_free(e);
+    fgmm_source_close(slow);
+    fgmm_source_close(mem);
     fgmm_model_free(m);
 }
 

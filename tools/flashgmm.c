@@ -215,7 +215,10 @@ static const char *FIT_HELP =
     "  --tol T              stop when the mean log-likelihood per row changes by < T (1e-3)\n"
     "  --reg-covar R        added to every variance (default 1e-6)\n"
     "  --seed S             seed for the initialisation (default 0)\n"
-    "  --threads T          CPU threads (default: all cores)\n"
+    "  --threads T          CPU engine threads, at most (default: all cores); the result\n"
+    "                       depends on T only. While a step waits on the data source\n"
+    "                       most of the time, it uses fewer and leaves the cores to the\n"
+    "                       reader\n"
     "  --device D           auto (default: cuda if present), cpu or cuda\n"
     "  --quiet              no per-iteration progress\n"
     READER_HELP
