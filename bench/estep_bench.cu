@@ -70,6 +70,19 @@ static void setup(Dev &d, int64_t n, int K, int D, const void *x, const float *w
         }
         const char *ka = getenv("FGMM_BENCH_KERNEL_A");
         if (ka && !strcmp(ka, "mma")) b.wgmma = 0;
+        /* The fused kernel where the context would use it;
+         * FGMM_BENCH_FUSED=S uses it up to S slices of 64 components
+         * (0: kernels A and B always; 16: wherever it runs). */
+        const char *fu = getenv("FGMM_BENCH_FUSED");
+        int max_slices = fu ? atoi(fu) : FGMMC_FUSED_MAX_SLICES;
+        if (b.wgmma && fgmmc_wgmma_fused_plan(K, D, kw, prec, n, max_slices, &d.plan, &err)) {
+            fprintf(stderr, "%s\n", err.msg);
+            exit(1);
+        }
+        if (d.plan.fused)
+            printf("fused plan for %lld rows: clusters of %d CTAs, %d clusters, %d splits of %d rows\n",
+                   (long long)n, d.plan.slices, (d.plan.splits + 1) / 2, d.plan.splits,
+                   d.plan.rows_per_split);
     }
     CK(cudaMalloc(&b.yg_hi, (size_t)(n + 8) * (kw + 16) * 2));
     CK(cudaMalloc(&b.yg_lo, (size_t)(n + 8) * (kw + 16) * 2));

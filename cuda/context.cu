@@ -637,6 +637,22 @@ static fgmmc_status drain_all(fgmmc_context *ctx, fgmmc_error *err)
     return st ? st : drain_ll(ctx, ctx->slot ^ 1, err);
 }
 
+/* How a batch of m rows is cut up: the tensor-core or SIMT plan, turned
+ * into the fused kernel's where the GPU runs it (not for scoring, which
+ * needs kernel A alone). */
+static fgmmc_status batch_plan(fgmmc_context *ctx, int64_t m, fgmmc_plan *plan, fgmmc_error *err)
+{
+    if (!ctx->use_tc) {
+        fgmmc_estep_plan(ctx->k, ctx->d, m, ctx->sm_count, plan);
+        return FGMMC_OK;
+    }
+    fgmmc_estep_tc_plan(ctx->k, ctx->d, m, ctx->sm_count, plan);
+    if (ctx->wgmma && !ctx->portable && !ctx->ll_only)
+        return fgmmc_wgmma_fused_plan(ctx->k, ctx->d, ctx->kw, ctx->tc_prec, m,
+                                      FGMMC_FUSED_MAX_SLICES, plan, err);
+    return FGMMC_OK;
+}
+
 /* Launches the staged batch: upload (into the row cache when this pass
  * fills it), kernels A B C, and the per-row log-likelihoods' copy back. */
 static fgmmc_status flush_batch(fgmmc_context *ctx, fgmmc_error *err)
@@ -648,8 +664,7 @@ static fgmmc_status flush_batch(fgmmc_context *ctx, fgmmc_error *err)
     const int64_t g0 = ctx->fill_first; /* global index of the batch's first row, or -1 */
     fgmmc_status st;
     fgmmc_plan plan;
-    if (ctx->use_tc) fgmmc_estep_tc_plan(ctx->k, ctx->d, m, ctx->sm_count, &plan);
-    else fgmmc_estep_plan(ctx->k, ctx->d, m, ctx->sm_count, &plan);
+    if ((st = batch_plan(ctx, m, &plan, err))) return st;
     if ((st = DEV_RESERVE(ctx, ctx->d_part, ctx->cap_part, plan.partial_elems * sizeof(double),
                           "partials", err)))
         return st;
@@ -782,8 +797,7 @@ static fgmmc_status reserve_batch(fgmmc_context *ctx, int64_t cap, size_t row_by
 {
     fgmmc_status st;
     fgmmc_plan plan;
-    if (ctx->use_tc) fgmmc_estep_tc_plan(ctx->k, ctx->d, cap, ctx->sm_count, &plan);
-    else fgmmc_estep_plan(ctx->k, ctx->d, cap, ctx->sm_count, &plan);
+    if ((st = batch_plan(ctx, cap, &plan, err))) return st;
     size_t cb = (size_t)cap * row_bytes, cr = (size_t)cap;
     if ((st = DEV_RESERVE(ctx, ctx->d_lse2, ctx->cap_lse2, cr * sizeof(float), "lse", err)) ||
         (st = DEV_RESERVE(ctx, ctx->d_ll, ctx->cap_ll, cr * sizeof(float), "row ll", err)) ||
@@ -832,8 +846,7 @@ static fgmmc_status accumulate_in(fgmmc_context *ctx, int64_t first_row, const c
             const int b = ctx->slot;
             ctx->slot ^= 1;
             fgmmc_plan plan;
-            if (ctx->use_tc) fgmmc_estep_tc_plan(ctx->k, ctx->d, m, ctx->sm_count, &plan);
-            else fgmmc_estep_plan(ctx->k, ctx->d, m, ctx->sm_count, &plan);
+            if ((st = batch_plan(ctx, m, &plan, err))) return st;
             if ((st = DEV_RESERVE(ctx, ctx->d_part, ctx->cap_part,
                                   plan.partial_elems * sizeof(double), "partials", err)))
                 return st;

@@ -373,6 +373,7 @@ void fgmmc_estep_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *plan)
     int kb, tm;
     cfg_shape(d, &kb, &tm);
     plan->kb = kb;
+    plan->fused = 0;
     plan->slices = (k + kb - 1) / kb;
     plan->lse_blocks = (int)((n + A_TM - 1) / A_TM);
     /* ~4 blocks per SM. */
@@ -383,6 +384,7 @@ void fgmmc_estep_tc_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *plan
 {
     const int tm = 32, kb = 64; /* estep_tc.cu: TC_BMB, TC_BN */
     plan->kb = kb;
+    plan->fused = 0;
     plan->slices = (k + kb - 1) / kb;
     int bm = fgmmc_tc_lse_rows(fgmmc_tc_kw(d));
     plan->lse_blocks = (int)((n + bm - 1) / bm);

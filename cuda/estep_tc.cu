@@ -310,6 +310,7 @@ static fgmmc_status launch_prec(const fgmmc_batch *b, const fgmmc_plan *plan, in
                                 cudaStream_t s, fgmmc_error *err)
 {
     int bm = fgmmc_tc_lse_rows(b->kw);
+    if (b->wgmma && plan->fused && (parts & 3) == 3) return fgmmc_wgmma_fused_launch(b, plan, PREC, s, err);
     if (parts & 1) {
         fgmmc_status st;
         if (b->wgmma) {

@@ -1,7 +1,8 @@
 /*
  * estep_wgmma.cu - the tensor-core E-step on Hopper's warpgroup MMA
  * (wgmma, sm_90a): kernel A (each row's log-sum-exp over all K) and
- * kernel B (the statistics). Same contract and same split-bf16 products as
+ * kernel B (the statistics), or for K <= 128 the two fused (see FUSED
+ * below) after a kernel that only converts the rows. Same contract and same split-bf16 products as
  * estep_tc.cu, whose mma.sync kernels serve every other GPU; kernel C (the
  * fixed-order reductions, estep.cu) is shared. The two families' rows
  * buffers differ in layout, so a batch uses one family for A and B.
@@ -339,7 +340,36 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo_col, float hi_col)
  *   goes through shared memory: S (64 x KW) += R^T Y on wgmma.
  * nk = sum r is added on the CUDA cores in fp32 (per tile and thread at
  * most 8 rows) and folded into double with the rest every FLUSH rows. */
-template <int KW, int PREC>
+/*
+ * FUSED: kernel A's work folded in (fgmmc_wgmma_fused_plan). The grid's
+ * slices form one cluster (up to 16 CTAs, one per 64 components), whose
+ * CTAs take the same row ranges, so together they hold every logit of a
+ * tile. Each warpgroup reduces its tile's logits to a (max, sum) per row,
+ * sends them to the same warpgroup of every CTA of the cluster (shared-
+ * memory stores across the cluster, then one mbarrier arrival per CTA),
+ * and merges the cluster's values, in rank order, into each row's log-sum-
+ * exp. Why: kernel A formed every logit once more, with the three split
+ * products, only to find that log-sum-exp; the exchange is 256 bytes per
+ * CTA and tile. Rows per split are a multiple of 128, so rank 0 also sums
+ * each 128-row group's log-likelihood for the ll reduction, as kernel A
+ * did. The two warpgroups run their exchanges independently: one waits
+ * while the other computes, and each runs one tile ahead (tile j+1's
+ * logits are formed and sent before tile j's values are waited for).
+ *
+ * Measured (BENCHMARKS.md, fifth session): a win only for clusters of one
+ * or two CTAs. From four CTAs on, the exchange's round trips and merges
+ * (about 3 us per tile and warpgroup at K = 1024) cost more than kernel A,
+ * and the H100 seats only 7 clusters of 16 (112 SMs), so the context uses
+ * it up to FGMMC_FUSED_MAX_SLICES slices.
+ */
+#define WF_PEERS 16 /* most CTAs in a cluster (non-portable size) */
+/* Exchange slots per warpgroup. With one tile of lag a CTA sends tile j+2
+ * while a slower one may still read tile j; with four, a slot is reused
+ * (tile j+4) only after every CTA sent tile j+2, which each does after it
+ * has read tile j. */
+#define WF_XSLOTS 4
+
+template <int KW, int PREC, bool FUSED>
 __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int rows_per_split)
 {
 #if FGMMC_WGMMA
@@ -347,6 +377,10 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
     extern __shared__ __align__(128) uint4 wg_dyn_smem[];
     __shared__ float Lsb[2][2][WS_BM]; /* [warpgroup][buffer] */
     __shared__ float Cs[WG_BN];
+    /* FUSED: per-warp (max, sum) of a tile's rows (then the warpgroup's,
+     * in [0]), and the exchange mbarriers [warpgroup][slot]. */
+    __shared__ __align__(16) float2 wms[FUSED ? 2 : 1][4][WS_BM];
+    __shared__ __align__(8) uint64_t xbar[2][WF_XSLOTS];
 
     const int wgi = threadIdx.x >> 7; /* this thread's warpgroup */
     const int tid = threadIdx.x & 127, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
@@ -373,10 +407,11 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
             cp_async16(yh + 8 * e, ygh + at, ok ? 16 : 0);
             if (PREC == 3) cp_async16(yl + 8 * e, ygl + at, ok ? 16 : 0);
         }
-        for (int e = tid; e < WS_BM; e += 128) {
-            bool ok = t0 + e < r1;
-            cp_async4(&Lsb[wgi][bi][e], b.lse2 + (ok ? t0 + e : 0), ok ? 4 : 0);
-        }
+        if (!FUSED)
+            for (int e = tid; e < WS_BM; e += 128) {
+                bool ok = t0 + e < r1;
+                cp_async4(&Lsb[wgi][bi][e], b.lse2 + (ok ? t0 + e : 0), ok ? 4 : 0);
+            }
     };
     /* The warpgroup's own barrier (ids 1, 2; 0 is __syncthreads'). */
     auto wg_bar = [&]() { asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wgi) : "memory"); };
@@ -395,6 +430,18 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
     fence_proxy_async();
     __syncthreads(); /* W and c visible to both warpgroups and to wgmma */
 
+    /* FUSED: peer[(wg * XSLOTS + slot) * WF_PEERS + rank][row], after the rows. */
+    float2 *peer = (float2 *)(Wh + NW * WT + (size_t)4 * NW * YT);
+    const uint32_t rank = FUSED ? cluster_ctarank() : 0, csize = FUSED ? cluster_nctarank() : 1;
+    if (FUSED) {
+        if (threadIdx.x == 0) {
+            for (int i = 0; i < 2 * WF_XSLOTS; i++) mbar_init(&xbar[i / WF_XSLOTS][i % WF_XSLOTS], csize);
+            fence_mbar_init();
+        }
+        cluster_sync(); /* every CTA's barriers initialised before any arrival */
+    }
+    double ll_group = 0.0; /* FUSED, rank 0, warp 0 lane 0: the current 128-row group */
+
     float S[KW / 2];
 #pragma unroll
     for (int i = 0; i < KW / 2; i++) S[i] = 0.f;
@@ -403,15 +450,10 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
     bool written = false;
     const int kc0 = 16 * warp + g; /* this thread's components in the slice: kc0, kc0 + 8 */
 
-    int bi = 0;
-    for (int64_t t0 = r0; t0 < r1; t0 += WS_BM, bi ^= 1) {
-        cp_async_wait<1>();
-        fence_proxy_async();
-        wg_bar(); /* tile visible to the warpgroup's threads and to wgmma */
+    /* L^T (64 components x 32 rows) of the tile in buffer bi; returns with
+     * the products complete. */
+    auto logits = [&](float (&L)[16], int bi) {
         const bf16 *Yh = Ybuf + (size_t)bi * NW * YT, *Yl = Yh + YT;
-        const float *Ls = Lsb[wgi][bi];
-
-        float L[16];
 #pragma unroll
         for (int i = 0; i < 16; i++) {
             L[i] = 0.f;
@@ -431,7 +473,12 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
         wg_wait<0>();
 #pragma unroll
         for (int i = 0; i < 16; i++) wg_pin(L[i]);
+    };
 
+    /* S += R^T Y for the tile at t0 in buffer bi, r = exp2(l + c - lse2)
+     * from its logits L and the rows' lse2 in Ls. */
+    auto stats = [&](const float (&L)[16], const float *Ls, int64_t t0, int bi) {
+        const bf16 *Yh = Ybuf + (size_t)bi * NW * YT, *Yl = Yh + YT;
         /* L[4j + q]: component kc0 (+8 for q >= 2), row 8j + 2t + (q & 1). */
         uint32_t ah[2][4], al[2][4];
 #pragma unroll
@@ -478,10 +525,11 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
                 wg_pin(al[c][i]);
             }
         pending += WS_BM;
-        wg_bar(); /* the tile consumed by every warp's products */
-        if (t0 + 2 * WS_BM < r1) load_tile(t0 + 2 * WS_BM, bi);
-        cp_async_commit();
+    };
 
+    /* Folds the fp32 sums into the double partials every FLUSH rows and
+     * after the range's last tile (t0). */
+    auto flush = [&](int64_t t0) {
         if (pending >= TC_FLUSH_ROWS || t0 + WS_BM >= r1) {
             double *pbase = part;
             int dd = D;
@@ -511,7 +559,175 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
             written = true;
             pending = 0;
         }
+    };
+
+    /* FUSED: the tile's (max, sum of exp2) per row over this CTA's 64
+     * components, sent to slot j % XSLOTS of every CTA in the cluster. */
+    auto publish = [&](const float (&L)[16], int j) {
+        /* The warp's values over its 16 components: rows 8i + 2t + rr are
+         * shared by the lanes of equal t. */
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int rr = 0; rr < 2; rr++) {
+                float a = k0 + kc0 < K ? __fadd_rn(L[4 * i + rr], Cs[kc0]) : -INFINITY;
+                float c = k0 + kc0 + 8 < K ? __fadd_rn(L[4 * i + 2 + rr], Cs[kc0 + 8]) : -INFINITY;
+                float m = fmaxf(a, c);
+                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 4));
+                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 8));
+                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 16));
+                const float sh = m == -INFINITY ? 0.f : m;
+                float sum = exp2f(a - sh) + exp2f(c - sh);
+                sum += __shfl_xor_sync(0xffffffffu, sum, 4);
+                sum += __shfl_xor_sync(0xffffffffu, sum, 8);
+                sum += __shfl_xor_sync(0xffffffffu, sum, 16);
+                if (g == 0) wms[wgi][warp][8 * i + 2 * t + rr] = make_float2(m, sum);
+            }
+        wg_bar();
+        /* Warp 3 sends: its arrivals (releases at cluster scope, which
+         * wait for the stores) then overlap warp 0's receive. */
+        if (warp == 3) {
+            /* Lane `row` merges the four warps' values (into wms[wgi][0]),
+             * then lane p sends the 32 rows to CTA p and arrives there. */
+            const int row = lane;
+            float mx = -INFINITY, sx = 0.f;
+#pragma unroll
+            for (int w = 0; w < 4; w++) mx = fmaxf(mx, wms[wgi][w][row].x);
+#pragma unroll
+            for (int w = 0; w < 4; w++) {
+                float2 v = wms[wgi][w][row];
+                sx += v.x == -INFINITY ? 0.f : v.y * exp2f(v.x - mx);
+            }
+            wms[wgi][0][row] = make_float2(mx, sx);
+            __syncwarp();
+            if ((uint32_t)lane < csize) {
+                const int slot = j % WF_XSLOTS;
+                const uint32_t dst =
+                    smem_addr(peer + ((size_t)(wgi * WF_XSLOTS + slot) * WF_PEERS + rank) * WS_BM);
+                const uint4 *src = (const uint4 *)wms[wgi][0];
+#pragma unroll
+                for (int i = 0; i < WS_BM / 2; i++) st_cluster_v4(dst + 16 * i, lane, src[i]);
+                mbar_arrive_cluster(&xbar[wgi][slot], lane);
+            }
+        }
+    };
+
+    /* FUSED: waits for tile j's values from every CTA and merges them, in
+     * rank order, into the rows' lse2 (Ls); rank 0 also writes the rows'
+     * log-likelihoods and each 128-row group's sum. Warp 0 only. */
+    auto receive = [&](int j, int64_t t0, float *Ls) {
+        if (warp != 0) return;
+        const int slot = j % WF_XSLOTS, row = lane;
+        const float2 *ps = peer + (size_t)(wgi * WF_XSLOTS + slot) * WF_PEERS * WS_BM;
+        mbar_wait_poll(&xbar[wgi][slot], (uint32_t)(j / WF_XSLOTS) & 1);
+        /* Unrolled over the most CTAs, so the loads and exponentials
+         * overlap instead of forming one chain; the order of the sum is
+         * still rank order. */
+        float2 v[WF_PEERS];
+        float mx = -INFINITY, sx = 0.f;
+#pragma unroll
+        for (uint32_t p = 0; p < WF_PEERS; p++) {
+            v[p] = p < csize ? ps[p * WS_BM + row] : make_float2(-INFINITY, 0.f);
+            mx = fmaxf(mx, v[p].x);
+        }
+#pragma unroll
+        for (uint32_t p = 0; p < WF_PEERS; p++) {
+            float e = v[p].x == -INFINITY ? 0.f : exp2f(v[p].x - mx);
+            sx = __fmaf_rn(v[p].y, e, sx);
+        }
+        const float lse2 = mx + log2f(sx);
+        Ls[row] = lse2;
+        if (rank == 0) {
+            const int64_t grow = t0 + row;
+            const float ll = __fmul_rn(lse2, 0.693147180559945309f);
+            if (grow < r1) b.ll[grow] = ll;
+            double v = grow < r1 ? (double)ll : 0.0;
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+            ll_group += v;
+            if ((t0 + WS_BM) % WG_BM == 0 || t0 + WS_BM >= r1) {
+                if (lane == 0) b.block_ll[t0 / WG_BM] = ll_group;
+                ll_group = 0.0;
+            }
+        }
+    };
+
+    int bi = 0;
+    if (!FUSED) {
+        for (int64_t t0 = r0; t0 < r1; t0 += WS_BM, bi ^= 1) {
+            cp_async_wait<1>();
+            fence_proxy_async();
+            wg_bar(); /* tile visible to the warpgroup's threads and to wgmma */
+            float L[16];
+            logits(L, bi);
+            stats(L, Lsb[wgi][bi], t0, bi);
+            wg_bar(); /* the tile consumed by every warp's products */
+            if (t0 + 2 * WS_BM < r1) load_tile(t0 + 2 * WS_BM, bi);
+            cp_async_commit();
+            flush(t0);
+        }
+    } else {
+        /* One tile of lag: tile j+1's logits are formed and sent before
+         * tile j's exchange is waited for, so the cluster's values have
+         * that long to arrive. cp.async groups: tile j+1 is the only one
+         * pending when it is needed. */
+        float Lp[16];
+        if (r0 < r1) {
+            cp_async_wait<1>();
+            fence_proxy_async();
+            wg_bar();
+            logits(Lp, 0);
+            publish(Lp, 0);
+        }
+        int j = 0;
+        for (int64_t t0 = r0; t0 < r1; t0 += WS_BM, bi ^= 1, j++) {
+            const bool next = t0 + WS_BM < r1;
+            float Ln[16];
+            if (next) {
+                cp_async_wait<0>();
+                fence_proxy_async();
+                wg_bar();
+                logits(Ln, bi ^ 1);
+                publish(Ln, j + 1);
+            }
+            receive(j, t0, Lsb[wgi][bi]);
+            wg_bar(); /* lse2 of tile j visible */
+            stats(Lp, Lsb[wgi][bi], t0, bi);
+            wg_bar(); /* the tile consumed by every warp's products */
+            if (t0 + 2 * WS_BM < r1) load_tile(t0 + 2 * WS_BM, bi);
+            cp_async_commit();
+            flush(t0);
+            if (next)
+#pragma unroll
+                for (int i = 0; i < 16; i++) Lp[i] = Ln[i];
+        }
     }
+    /* No CTA leaves while another may still write to its shared memory. */
+    if (FUSED) cluster_sync();
+#endif
+}
+
+/* The fused path's row conversion (kernel A's first step on its own):
+ * rows as split-bf16 [y, y^2] in the layout wg_stats_kernel copies. */
+template <int KW>
+__global__ void __launch_bounds__(256) wg_rows_kernel(fgmmc_batch b)
+{
+#if FGMMC_WGMMA
+    enum { YS = KW + 8 };
+    extern __shared__ __align__(128) uint4 wg_dyn_smem[];
+    bf16 *Yh = (bf16 *)wg_dyn_smem, *Yl = Yh + WG_BM * YS;
+    const int D = b.d;
+    const int64_t row0 = (int64_t)blockIdx.x * WG_BM;
+    for (int e = threadIdx.x; e < WG_BM * (KW - 2 * D); e += blockDim.x) {
+        int m = e / (KW - 2 * D), j = 2 * D + e % (KW - 2 * D);
+        Yh[(size_t)m * YS + j] = Yl[(size_t)m * YS + j] = __float2bfloat16_rn(0.f);
+    }
+    if (stage_rows_x4_ok(b))
+        stage_rows_x4<8, WG_BM / 8>(b, row0, b.n, Yh, Yl, YS);
+    else
+        stage_rows(b, row0, b.n, WG_BM, Yh, Yl, YS);
+    __syncthreads();
+    wg_write_rows<KW>(b, row0, Yh, Yl, YS);
 #endif
 }
 
@@ -597,11 +813,11 @@ static fgmmc_status launch_wgb(const fgmmc_batch *b, const fgmmc_plan *plan, cud
                                fgmmc_error *err)
 {
     size_t smem = wg_smem_b(KW, PREC);
-    FGMMC_CHECK(cudaFuncSetAttribute(wg_stats_kernel<KW, PREC>,
+    FGMMC_CHECK(cudaFuncSetAttribute(wg_stats_kernel<KW, PREC, false>,
                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                 err);
     dim3 grid((unsigned)plan->slices, (unsigned)((plan->splits + 1) / 2));
-    wg_stats_kernel<KW, PREC><<<grid, 256, smem, s>>>(*b, plan->rows_per_split);
+    wg_stats_kernel<KW, PREC, false><<<grid, 256, smem, s>>>(*b, plan->rows_per_split);
     FGMMC_CHECK_LAUNCH("wg_stats_kernel", err);
     return FGMMC_OK;
 }
@@ -630,4 +846,136 @@ fgmmc_status fgmmc_wgmma_stats_launch(const fgmmc_batch *b, const fgmmc_plan *pl
         }
     }
     return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "wgmma stats: no kernel for width %d", b->kw);
+}
+
+/* ------------------------------------------------------ the fused path */
+
+static size_t wg_smem_fused(int kw, int prec)
+{
+    return wg_smem_b(kw, prec) + (size_t)2 * WF_XSLOTS * WF_PEERS * WS_BM * sizeof(float2);
+}
+
+/* The fused kernel's launch configuration for a grid of (slices, ys). */
+template <int KW, int PREC>
+static fgmmc_status fused_config(int slices, int ys, cudaLaunchConfig_t *cfg,
+                                 cudaLaunchAttribute *attr, fgmmc_error *err)
+{
+    const size_t smem = wg_smem_fused(KW, PREC);
+    FGMMC_CHECK(cudaFuncSetAttribute(wg_stats_kernel<KW, PREC, true>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                err);
+    /* Clusters of more than 8 CTAs are Hopper's non-portable sizes. */
+    FGMMC_CHECK(cudaFuncSetAttribute(wg_stats_kernel<KW, PREC, true>,
+                                     cudaFuncAttributeNonPortableClusterSizeAllowed, 1),
+                err);
+    *cfg = cudaLaunchConfig_t{};
+    cfg->gridDim = dim3((unsigned)slices, (unsigned)ys, 1);
+    cfg->blockDim = dim3(256, 1, 1);
+    cfg->dynamicSmemBytes = smem;
+    attr->id = cudaLaunchAttributeClusterDimension;
+    attr->val.clusterDim.x = (unsigned)slices;
+    attr->val.clusterDim.y = 1;
+    attr->val.clusterDim.z = 1;
+    cfg->attrs = attr;
+    cfg->numAttrs = 1;
+    return FGMMC_OK;
+}
+
+template <int KW, int PREC>
+static fgmmc_status fused_clusters(int slices, int *clusters, fgmmc_error *err)
+{
+    cudaLaunchConfig_t cfg;
+    cudaLaunchAttribute attr;
+    fgmmc_status st = fused_config<KW, PREC>(slices, 1, &cfg, &attr, err);
+    if (st) return st;
+    cudaError_t e = cudaOccupancyMaxActiveClusters(clusters, wg_stats_kernel<KW, PREC, true>, &cfg);
+    if (e != cudaSuccess) { /* a size this GPU cannot run: the two-kernel path */
+        (void)cudaGetLastError();
+        *clusters = 0;
+    }
+    return FGMMC_OK;
+}
+
+template <int KW, int PREC>
+static fgmmc_status launch_fused(const fgmmc_batch *b, const fgmmc_plan *plan, cudaStream_t s,
+                                 fgmmc_error *err)
+{
+    const size_t rsmem = (size_t)2 * WG_BM * (KW + 8) * sizeof(bf16);
+    FGMMC_CHECK(cudaFuncSetAttribute(wg_rows_kernel<KW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     (int)rsmem),
+                err);
+    wg_rows_kernel<KW><<<plan->lse_blocks, 256, rsmem, s>>>(*b);
+    FGMMC_CHECK_LAUNCH("wg_rows_kernel", err);
+    cudaLaunchConfig_t cfg;
+    cudaLaunchAttribute attr;
+    fgmmc_status st = fused_config<KW, PREC>(plan->slices, (plan->splits + 1) / 2, &cfg, &attr, err);
+    if (st) return st;
+    cfg.stream = s;
+    FGMMC_CHECK(cudaLaunchKernelEx(&cfg, wg_stats_kernel<KW, PREC, true>, *b, plan->rows_per_split),
+                err);
+    FGMMC_CHECK_LAUNCH("wg_stats_kernel (fused)", err);
+    return FGMMC_OK;
+}
+
+#define WG_DISPATCH(FN, ...)                                                                       \
+    do {                                                                                           \
+        if (prec == 3) {                                                                           \
+            switch (kw) {                                                                          \
+            case 32: return FN<32, 3>(__VA_ARGS__);                                                \
+            case 64: return FN<64, 3>(__VA_ARGS__);                                                \
+            case 128: return FN<128, 3>(__VA_ARGS__);                                              \
+            case 192: return FN<192, 3>(__VA_ARGS__);                                              \
+            case 256: return FN<256, 3>(__VA_ARGS__);                                              \
+            }                                                                                      \
+        } else {                                                                                   \
+            switch (kw) {                                                                          \
+            case 32: return FN<32, 1>(__VA_ARGS__);                                                \
+            case 64: return FN<64, 1>(__VA_ARGS__);                                                \
+            case 128: return FN<128, 1>(__VA_ARGS__);                                              \
+            case 192: return FN<192, 1>(__VA_ARGS__);                                              \
+            case 256: return FN<256, 1>(__VA_ARGS__);                                              \
+            }                                                                                      \
+        }                                                                                          \
+    } while (0)
+
+static fgmmc_status fused_clusters_for(int kw, int prec, int slices, int *clusters,
+                                       fgmmc_error *err)
+{
+    WG_DISPATCH(fused_clusters, slices, clusters, err);
+    *clusters = 0;
+    return FGMMC_OK;
+}
+
+fgmmc_status fgmmc_wgmma_fused_plan(int k, int d, int kw, int prec, int64_t n, int max_slices,
+                                    fgmmc_plan *plan, fgmmc_error *err)
+{
+    const int slices = (k + WG_BN - 1) / WG_BN;
+    if (slices > WF_PEERS || slices > max_slices || n <= 0) return FGMMC_OK;
+    int clusters = 0;
+    fgmmc_status st = fused_clusters_for(kw, prec, slices, &clusters, err);
+    if (st || clusters < 1) return st;
+    /* One wave of clusters, two row ranges (warpgroups) each, in whole
+     * 128-row groups (the ll reduction's). */
+    const int64_t groups = (n + WG_BM - 1) / WG_BM;
+    int64_t want = 2 * (int64_t)clusters;
+    if (want > groups) want = groups;
+    const int64_t per = (groups + want - 1) / want;
+    plan->fused = 1;
+    plan->kb = WG_BN;
+    plan->slices = slices;
+    plan->lse_blocks = (int)groups;
+    plan->rows_per_split = (int)(per * WG_BM);
+    plan->splits = (int)((n + plan->rows_per_split - 1) / plan->rows_per_split);
+    plan->partial_elems = (size_t)plan->splits * (size_t)k * (size_t)(2 * d + 1);
+    return FGMMC_OK;
+}
+
+fgmmc_status fgmmc_wgmma_fused_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
+                                      cudaStream_t s, fgmmc_error *err)
+{
+    if (!plan->fused || plan->rows_per_split % WG_BM)
+        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "wgmma fused: not a fused plan");
+    const int kw = b->kw;
+    WG_DISPATCH(launch_fused, b, plan, s, err);
+    return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "wgmma fused: no kernel for width %d", kw);
 }

@@ -53,6 +53,10 @@ typedef struct {
     int splits;          /* kernel B: row ranges */
     int rows_per_split;  /* multiple of the kernel's row tile */
     size_t partial_elems; /* splits * k * (2d+1) doubles */
+    /* Hopper, K <= 16 * 64: kernels A and B fused into one kernel whose
+     * CTAs, one per slice, form a cluster and exchange each row's
+     * log-sum-exp (estep_wgmma.cu). Set by fgmmc_wgmma_fused_plan. */
+    int fused;
 } fgmmc_plan;
 
 /* One batch's device pointers; all on the device. */
@@ -314,6 +318,20 @@ fgmmc_status fgmmc_wgmma_lse_launch(const fgmmc_batch *b, int blocks, int prec, 
                                     fgmmc_error *err);
 /* Enqueues the Hopper kernel B (statistics) for a plan of 32-row tiles; its
  * rows come from the Hopper kernel A (their layout differs). */
+/* Turns a tensor-core plan into the fused kernel's for n rows (rows per
+ * split a multiple of 128, one wave of clusters) when k needs at most
+ * max_slices 64-component slices (at most 16) and this GPU can run it for
+ * (k, kw, prec); otherwise leaves the plan as it is. */
+fgmmc_status fgmmc_wgmma_fused_plan(int k, int d, int kw, int prec, int64_t n, int max_slices,
+                                    fgmmc_plan *plan, fgmmc_error *err);
+/* The most slices for which the context uses the fused kernel. Measured on
+ * the H100 (BENCHMARKS.md, fifth session), N = 1M, D = 128: K = 64 fused
+ * 1.32 ms against 1.71 for kernels A + B, K = 128 2.08 against 2.07; from
+ * K = 256 (clusters of 4) on the exchange costs more than kernel A saves
+ * (K = 256: 3.92 against 3.29; K = 1024: 15.0 against 11.1). */
+#define FGMMC_FUSED_MAX_SLICES 2
+fgmmc_status fgmmc_wgmma_fused_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
+                                      cudaStream_t stream, fgmmc_error *err);
 fgmmc_status fgmmc_wgmma_stats_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
                                       cudaStream_t stream, fgmmc_error *err);
 /* The reductions (kernel C) alone, for the tensor-core path. */

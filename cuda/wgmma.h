@@ -162,6 +162,24 @@ __device__ __forceinline__ uint32_t cluster_ctarank()
     return r;
 }
 
+/* CTAs in this thread's cluster. */
+__device__ __forceinline__ uint32_t cluster_nctarank()
+{
+    uint32_t r;
+    asm volatile("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(r));
+    return r;
+}
+
+/* 16 bytes to the shared memory of CTA `cta` of the cluster, at the offset
+ * that local_addr (a shared::cta address) has in this CTA. */
+__device__ __forceinline__ void st_cluster_v4(uint32_t local_addr, uint32_t cta, uint4 v)
+{
+    asm volatile("{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %0, %1;\n"
+                 "st.shared::cluster.v4.u32 [ra], {%2, %3, %4, %5};\n}\n" ::"r"(local_addr),
+                 "r"(cta), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+                 : "memory");
+}
+
 /* Every thread of every CTA of the cluster; orders shared-memory writes
  * (mbarrier initialisation included) before the other CTAs' later use. */
 __device__ __forceinline__ void cluster_sync()
@@ -209,6 +227,17 @@ __device__ __forceinline__ void mbar_wait(uint64_t *m, uint32_t parity)
     asm volatile("{\n.reg .pred done;\nWAIT_AGAIN:\n"
                  "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
                  "@!done bra WAIT_AGAIN;\n}\n" ::"r"((uint32_t)__cvta_generic_to_shared(m)),
+                 "r"(parity)
+                 : "memory");
+}
+
+/* mbar_wait by polling (test_wait never suspends the thread). For the
+ * fused kernel's exchange, whose arrivals come from other CTAs. */
+__device__ __forceinline__ void mbar_wait_poll(uint64_t *m, uint32_t parity)
+{
+    asm volatile("{\n.reg .pred done;\nPOLL_AGAIN:\n"
+                 "mbarrier.test_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
+                 "@!done bra POLL_AGAIN;\n}\n" ::"r"((uint32_t)__cvta_generic_to_shared(m)),
                  "r"(parity)
                  : "memory");
 }

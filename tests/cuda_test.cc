@@ -289,6 +289,8 @@ struct Size {
 const Size kSizes[] = {
     {1000, 7, 13},  {4099, 1, 1},   {777, 33, 1},   {5000, 64, 128}, {300, 300, 96},
     {2001, 70, 20}, {1500, 40, 40}, {1200, 24, 200}, {900, 17, 300},  {500, 9, 1024},
+    // K > 16 * 64: on Hopper, kernels A and B rather than the fused kernel.
+    {3000, 1100, 16},
 };
 
 // prec: which kernels (DEFAULT: tensor cores with split bf16 operands for
