@@ -13,6 +13,9 @@
 #                 (/usr/bin/time -v).
 # Data is generated straight into shards (bench/gen_shards, never committed)
 # under ${BENCH_DIR:-bench/out/ooc}. Needs root for drop_caches.
+# The fits run with FIT_FLAGS (default --pin-threads: each engine thread on
+# its own core, the setting for streaming on a small machine; FIT_FLAGS=
+# for the scheduler's placement).
 # usage: bash bench/out_of_core.sh [K] [SIZES_GIB...]   (default 16, sizes 8 32)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +23,7 @@ K=${1:-16}; shift || true
 SIZES=${*:-8 32}
 D=128 SUB=4194304
 DIR=${BENCH_DIR:-bench/out/ooc}
+FIT_FLAGS=${FIT_FLAGS---pin-threads}
 mkdir -p "$DIR"
 bazel build -c opt --dynamic_mode=off //tools:flashgmm //bench:all >&2
 B=bazel-bin
@@ -28,7 +32,7 @@ cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 cold
 comp1=$($B/bench/engine_bench cpu $SUB $K $D 3 | sed -n 's/.*: \([0-9.]*\) s\/step.*/\1/p')
 {
-echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, K=$K D=$D float32, CPU engine, cache budget 0"
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, K=$K D=$D float32, CPU engine, cache budget 0, fit flags: ${FIT_FLAGS:-none}"
 echo "compute: $comp1 s per EM step for $SUB in-memory rows (engine_bench)"
 for G in $SIZES; do
   N=$(( G * 1073741824 / (D * 4) ))
@@ -39,7 +43,7 @@ for G in $SIZES; do
   comp=$(echo "$comp1 * $N / $SUB" | bc -l)
   rm -rf "$DIR/model$G"
   cold
-  /usr/bin/time -v $B/tools/flashgmm fit --data "$S" --k $K --max-iter 3 --tol 0 --cache-budget 0 \
+  /usr/bin/time -v $B/tools/flashgmm fit --data "$S" --k $K --max-iter 3 --tol 0 --cache-budget 0 $FIT_FLAGS \
       --out "$DIR/model$G" > "$DIR/fit$G.out" 2> "$DIR/fit$G.log"
   $B/bench/reader_bench "$S" 0 16 direct 2 >> "$DIR/read$G.txt"
   read_s=$(sed -n 's/^pass [0-9]: \([0-9.]*\) s.*/\1/p' "$DIR/read$G.txt" | sort -n | sed -n 2,3p |
@@ -60,7 +64,7 @@ for G in $SIZES; do
     r=$($B/bench/reader_bench "$S" 0 16 direct 1 | sed -n 's/^pass 1: \([0-9.]*\) s.*/\1/p')
     rm -rf "$DIR/step$G"
     cold
-    $B/tools/flashgmm fit --data "$S" --init "$DIR/model$G" --max-iter 1 --tol 0 --cache-budget 0 \
+    $B/tools/flashgmm fit --data "$S" --init "$DIR/model$G" --max-iter 1 --tol 0 --cache-budget 0 $FIT_FLAGS \
         --out "$DIR/step$G" > /dev/null 2> "$DIR/step$G.log"
     st=$(sed -n 's/^iter .*  \([0-9.]*\)s  .*/\1/p' "$DIR/step$G.log")
     m2=$(echo "if ($r > $comp) $r else $comp" | bc -l)

@@ -60,6 +60,9 @@ typedef struct {
     /* Optional: how many of its threads the next accumulate calls may use
      * (1..threads); the result must not depend on it. */
     void (*set_workers)(void *self, int workers);
+    /* Optional: pin the back end's threads, one core each (see
+     * fgmm_engine_pin_threads); the result must not depend on it. */
+    void (*set_pinned)(void *self, int on);
 } fgmm_backend_ops;
 
 /* CPU back end: threads > 0. */
@@ -71,6 +74,12 @@ typedef struct {
 typedef struct fgmm_pool fgmm_pool;
 fgmm_status fgmm_pool_create(int threads, fgmm_pool **out, fgmm_error *err);
 int fgmm_pool_threads(const fgmm_pool *p);
+/* on: worker w runs on the w-th core (modulo their number) of those this
+ * process may use, as listed when the pool was created; the caller only
+ * for the duration of fgmm_pool_run, its own affinity restored on return
+ * (threads it creates later must not inherit one core). A core that
+ * cannot be set is skipped silently: pinning is a placement hint. */
+void fgmm_pool_set_pinned(fgmm_pool *p, int on);
 void fgmm_pool_run(fgmm_pool *p, int items, int workers,
                    void (*fn)(int item, int worker, void *arg), void *arg);
 void fgmm_pool_free(fgmm_pool *p);

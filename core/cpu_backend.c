@@ -384,6 +384,12 @@ static void cpu_set_workers(void *self, int workers)
     b->workers = workers < 1 ? 1 : workers > b->threads ? b->threads : workers;
 }
 
+static void cpu_set_pinned(void *self, int on)
+{
+    cpu_backend *b = self;
+    fgmm_pool_set_pinned(b->pool, on);
+}
+
 static const char *cpu_path(void *self)
 {
     (void)self;
@@ -399,7 +405,8 @@ static size_t cpu_device_bytes(void *self)
 const fgmm_backend_ops fgmm_cpu_backend_ops = {"cpu",          cpu_begin_pass,    cpu_accumulate,
                                                cpu_end_pass,   cpu_destroy,       cpu_set_precision,
                                                cpu_path,       cpu_device_bytes,  cpu_assign,
-                                               NULL,           NULL,              cpu_set_workers};
+                                               NULL,           NULL,              cpu_set_workers,
+                                               cpu_set_pinned};
 
 /* ------------------------------------------------------------ parallel */
 

@@ -213,7 +213,8 @@ static fgmm_status cuda_set_cache_budget(void *self, int64_t bytes, fgmm_error *
 const fgmm_backend_ops fgmm_cuda_backend_ops = {"cuda",         cuda_begin_pass,    cuda_accumulate,
                                                 cuda_end_pass,  cuda_destroy,       cuda_set_precision,
                                                 cuda_path,      cuda_device_bytes,  cuda_assign,
-                                                cuda_pass_data, cuda_set_cache_budget, NULL};
+                                                cuda_pass_data, cuda_set_cache_budget, NULL,
+                                                NULL};
 
 fgmm_status fgmm_cuda_kmeanspp(void *self, const float *x, int64_t S, int D, const double *shift,
                                int K, int L, fgmm_rng *rng, double *centers, fgmm_error *err)

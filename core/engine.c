@@ -147,6 +147,11 @@ void fgmm_engine_host_free(void *engine, void *p)
 }
 int fgmm_engine_threads(const fgmm_engine *e) { return e->threads; }
 
+void fgmm_engine_pin_threads(fgmm_engine *e, int on)
+{
+    if (e->ops->set_pinned) e->ops->set_pinned(e->backend, on);
+}
+
 void fgmm_estep_params_fill(const fgmm_model *m, double *w, double *c, double *shift)
 {
     int K = fgmm_model_k(m), D = fgmm_model_d(m);

@@ -299,6 +299,14 @@ size_t fgmm_engine_device_bytes(const fgmm_engine *e);
 void *fgmm_engine_host_alloc(void *engine, size_t bytes);
 void fgmm_engine_host_free(void *engine, void *p);
 int fgmm_engine_threads(const fgmm_engine *e);
+/* on != 0: the CPU engine runs each of its threads on one core of those
+ * the process may use (thread i on the i-th), the calling thread only
+ * while a chunk is computed. Why: streamed from disk on a small machine,
+ * the scheduler otherwise moves the compute threads around the reader's,
+ * and the step got up to 20% slower (BENCHMARKS.md, out of core, fifth
+ * session). Off by default: two engines pinned in one machine share the
+ * same cores. The sums do not change. No effect on the CUDA engine. */
+void fgmm_engine_pin_threads(fgmm_engine *e, int on);
 /* GPU row cache (CUDA engine): during fgmm_fit, when the data (N rows at
  * their stored dtype) fits in `bytes` of device memory, the first EM pass
  * copies it to the GPU and later passes read neither the source nor PCIe.

@@ -16,6 +16,7 @@
 #include "core/backend.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 
 struct fgmm_pool {
@@ -29,7 +30,39 @@ struct fgmm_pool {
     void *arg;
     int items, next, finished, quit;
     int limit; /* workers 0..limit-1 take part in the current call */
+    /* Pinning (fgmm_pool_set_pinned): the process's cores when the pool
+     * was made, whether workers should be pinned, and per helper whether
+     * it is (a helper applies the setting when it next takes items). */
+    cpu_set_t cores;
+    int ncores, pin;
+    int *pinned;
 };
+
+/* The w-th core (modulo their number) of those the pool may use, or -1. */
+static int core_of(const fgmm_pool *p, int w)
+{
+    if (p->ncores <= 0) return -1;
+    int want = w % p->ncores;
+    for (int c = 0, seen = 0; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, &p->cores) && seen++ == want) return c;
+    return -1;
+}
+
+/* Puts the calling thread on worker w's core (on) or back on every core
+ * the pool may use. Failures are ignored (see fgmm_pool_set_pinned). */
+static void place_thread(const fgmm_pool *p, int w, int on)
+{
+    cpu_set_t set;
+    if (on) {
+        int c = core_of(p, w);
+        if (c < 0) return;
+        CPU_ZERO(&set);
+        CPU_SET(c, &set);
+    } else {
+        set = p->cores;
+    }
+    (void)pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+}
 
 typedef struct {
     fgmm_pool *p;
@@ -62,6 +95,10 @@ static void *pool_main(void *a)
         while (!p->quit && (p->next >= p->items || worker >= p->limit))
             pthread_cond_wait(&p->work, &p->mu);
         if (p->quit) break;
+        if (p->pinned[worker] != p->pin) {
+            p->pinned[worker] = p->pin;
+            place_thread(p, worker, p->pin);
+        }
         take_items(p, worker);
     }
     pthread_mutex_unlock(&p->mu);
@@ -76,10 +113,15 @@ fgmm_status fgmm_pool_create(int threads, fgmm_pool **out, fgmm_error *err)
     if (!p) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
     p->threads = threads;
     p->th = calloc((size_t)threads, sizeof(pthread_t));
-    if (!p->th) {
+    p->pinned = calloc((size_t)threads, sizeof(int));
+    if (!p->th || !p->pinned) {
+        free(p->th);
+        free(p->pinned);
         free(p);
         return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
     }
+    CPU_ZERO(&p->cores);
+    if (sched_getaffinity(0, sizeof p->cores, &p->cores) == 0) p->ncores = CPU_COUNT(&p->cores);
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->work, NULL);
     pthread_cond_init(&p->done, NULL);
@@ -102,10 +144,21 @@ fgmm_status fgmm_pool_create(int threads, fgmm_pool **out, fgmm_error *err)
 
 int fgmm_pool_threads(const fgmm_pool *p) { return p->started + 1; }
 
+void fgmm_pool_set_pinned(fgmm_pool *p, int on)
+{
+    pthread_mutex_lock(&p->mu);
+    p->pin = on != 0;
+    pthread_mutex_unlock(&p->mu);
+}
+
 void fgmm_pool_run(fgmm_pool *p, int items, int workers,
                    void (*fn)(int item, int worker, void *arg), void *arg)
 {
     if (items <= 0) return;
+    /* The caller is worker 0: on its core for this call only. */
+    cpu_set_t saved;
+    const int pin = p->pin && pthread_getaffinity_np(pthread_self(), sizeof saved, &saved) == 0;
+    if (pin) place_thread(p, 0, 1);
     pthread_mutex_lock(&p->mu);
     p->fn = fn;
     p->arg = arg;
@@ -117,6 +170,7 @@ void fgmm_pool_run(fgmm_pool *p, int items, int workers,
     take_items(p, 0);
     while (p->finished < p->items) pthread_cond_wait(&p->done, &p->mu);
     pthread_mutex_unlock(&p->mu);
+    if (pin) (void)pthread_setaffinity_np(pthread_self(), sizeof saved, &saved);
 }
 
 void fgmm_pool_free(fgmm_pool *p)
@@ -131,5 +185,6 @@ void fgmm_pool_free(fgmm_pool *p)
     pthread_cond_destroy(&p->work);
     pthread_cond_destroy(&p->done);
     free(p->th);
+    free(p->pinned);
     free(p);
 }

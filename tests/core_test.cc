@@ -2,13 +2,19 @@
 // materialises N x K, EM's invariants, recovery, and core's error paths.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include <pthread.h>
+#include <sched.h>
 #include <unistd.h>
 
+extern "C" {
+#include "core/backend.h" /* internal, C: the pool */
+}
 #include "core/fgmm.h"
 #include "tests/reference.h"
 
@@ -161,6 +167,92 @@ TEST(Estep, SameThreadsSameBitsWhateverTheSchedule)
     fgmm_engine_free(e);
     fgmm_source_close(src);
     fgmm_model_free(m);
+}
+
+static int cores_of_this_thread()
+{
+    cpu_set_t set;
+    if (pthread_getaffinity_np(pthread_self(), sizeof set, &set)) return -1;
+    return CPU_COUNT(&set);
+}
+
+// Lets this thread run on every online core (the kernel keeps it within
+// the process's cpuset), whatever an earlier test left; returns how many.
+static int widen_affinity()
+{
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    for (long c = 0; c < n && c < CPU_SETSIZE; c++) CPU_SET((int)c, &set);
+    (void)pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+    return cores_of_this_thread();
+}
+
+// Pinned threads (fgmm_engine_pin_threads) change where the work runs,
+// never the sums: the same bits as the unpinned engine.
+TEST(Estep, PinnedThreadsSameBits)
+{
+    const int64_t n = 60000;
+    const int K = 9, D = 6;
+    fgmm_rng rng;
+    fgmm_rng_seed(&rng, fresh_seed());
+    std::vector<float> x;
+    fgmm_model *m = random_mixture(&rng, K, D, FGMM_COV_DIAG, 1.0, n, x);
+    fgmm_error err{};
+    fgmm_source *src;
+    ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, n, D, "mem", &src, &err), FGMM_OK);
+    fgmm_engine *e;
+    ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CPU, 2, &e, &err), FGMM_OK) << err.msg;
+    std::vector<double> got[2];
+    for (int pin = 0; pin < 2; pin++) {
+        fgmm_engine_pin_threads(e, pin);
+        fgmm_stats *s;
+        ASSERT_EQ(fgmm_stats_create(K, D, nullptr, &s, &err), FGMM_OK);
+        const int before = cores_of_this_thread();
+        ASSERT_EQ(fgmm_engine_estep(e, src, m, s, nullptr, &err), FGMM_OK) << err.msg;
+        EXPECT_EQ(cores_of_this_thread(), before) << "the caller's affinity was not restored";
+        got[pin].assign(fgmm_stats_sums(s), fgmm_stats_sums(s) + (size_t)K * 2 * D);
+        got[pin].insert(got[pin].end(), fgmm_stats_nk(s), fgmm_stats_nk(s) + K);
+        fgmm_stats_free(s);
+    }
+    EXPECT_EQ(0, memcmp(got[0].data(), got[1].data(), sizeof(double) * got[0].size()));
+    fgmm_engine_free(e);
+    fgmm_source_close(src);
+    fgmm_model_free(m);
+}
+
+// The pool's placement: pinned, every worker (the caller included) runs on
+// one core while it works, and the caller gets its own affinity back when
+// the call returns, so threads it creates later are not confined to one
+// core; unpinned again, workers may use every core once more.
+struct PlacementLog {
+    std::atomic<int> cores[64];
+};
+
+static void log_placement(int item, int worker, void *arg)
+{
+    (void)worker;
+    auto *log = (PlacementLog *)arg;
+    usleep(2000); /* long enough that both workers take items */
+    log->cores[item] = cores_of_this_thread();
+}
+
+TEST(Pool, PinnedWorkersRunOnOneCoreAndTheCallerIsRestored)
+{
+    const int before = widen_affinity();
+    if (before < 2) GTEST_SKIP() << "this process may use " << before << " core: nothing to pin apart";
+    fgmm_pool *p;
+    fgmm_error err{};
+    ASSERT_EQ(fgmm_pool_create(2, &p, &err), FGMM_OK) << err.msg;
+    PlacementLog log;
+    fgmm_pool_set_pinned(p, 1);
+    fgmm_pool_run(p, 16, 2, log_placement, &log);
+    for (int i = 0; i < 16; i++) EXPECT_EQ(log.cores[i].load(), 1) << "item " << i;
+    EXPECT_EQ(cores_of_this_thread(), before) << "the caller's affinity was not restored";
+    fgmm_pool_set_pinned(p, 0);
+    fgmm_pool_run(p, 16, 2, log_placement, &log);
+    for (int i = 0; i < 16; i++) EXPECT_EQ(log.cores[i].load(), before) << "item " << i;
+    fgmm_pool_free(p);
 }
 
 // A source that makes the engine wait: each chunk of a memory source

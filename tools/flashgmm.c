@@ -219,6 +219,9 @@ static const char *FIT_HELP =
     "                       depends on T only. While a step waits on the data source\n"
     "                       most of the time, it uses fewer and leaves the cores to the\n"
     "                       reader\n"
+    "  --pin-threads        CPU engine: each thread on its own core (faster when\n"
+    "                       streaming shards on a small machine; not for several\n"
+    "                       engines sharing one machine)\n"
     "  --device D           auto (default: cuda if present), cpu or cuda\n"
     "  --quiet              no per-iteration progress\n"
     READER_HELP
@@ -228,7 +231,7 @@ static const char *FIT_HELP =
     "Exit status: 0 ok, 1 failed (data, files, device), 2 bad command line.\n";
 
 static int open_engine(const char *cmd, const char *device, const char *threads,
-                       const char *precision, fgmm_engine **e)
+                       const char *precision, int pin, fgmm_engine **e)
 {
     fgmm_error err = {0};
     fgmm_device dev = FGMM_DEVICE_AUTO;
@@ -238,6 +241,7 @@ static int open_engine(const char *cmd, const char *device, const char *threads,
     if (precision && fgmm_precision_parse(precision, &prec, &err)) return fail(cmd, &err);
     if (threads && parse_long(cmd, "threads", threads, 1, 4096, &nt)) return EXIT_USAGE;
     if (fgmm_engine_create(dev, (int)nt, e, &err)) return fail(cmd, &err);
+    fgmm_engine_pin_threads(*e, pin);
     if (fgmm_engine_set_precision(*e, prec, &err)) {
         fgmm_engine_free(*e);
         *e = NULL;
@@ -250,7 +254,7 @@ static int cmd_fit(int argc, char **argv)
 {
     flag f[] = {FLAG("data"),       FLAG("k"),         FLAG("out"),      FLAG("covariance"), FLAG("init"),
                 FLAG("max-iter"),   FLAG("tol"),       FLAG("reg-covar"), FLAG("seed"),      FLAG("threads"),
-                FLAG("device"),     SWITCH("quiet"),   READER_FLAGS};
+                FLAG("device"),     SWITCH("quiet"),   SWITCH("pin-threads"), READER_FLAGS};
     int nf = (int)(sizeof f / sizeof f[0]);
     int r = parse_flags("fit", argc, argv, 2, f, nf);
     if (r == 1) {
@@ -328,7 +332,8 @@ static int cmd_fit(int argc, char **argv)
     fgmm_engine *e = NULL;
     fgmm_model *m = NULL;
     if ((rc = open_engine("fit", get(f, nf, "device"), get(f, nf, "threads"),
-                          get(f, nf, "precision"), &e))) goto done;
+                          get(f, nf, "precision"), get(f, nf, "pin-threads") != NULL, &e)))
+        goto done;
     if ((rc = open_data("fit", f, nf, data, e, &src))) goto done;
     if (p.verbose)
         fprintf(stderr, "fit: %s: %lld rows x %d dims (%s), K=%d %s, device %s, %d threads\n",
@@ -390,13 +395,14 @@ static const char *SCORE_HELP =
     "\n"
     "  --per-row OUT.npy    also write each row's log-likelihood (float32, N); must not exist\n"
     "  --threads T          CPU threads (default: all cores)\n"
+    "  --pin-threads        CPU engine: each thread on its own core (see fit --help)\n"
     "  --device D           auto (default), cpu or cuda\n"
     READER_HELP;
 
 static int cmd_score(int argc, char **argv)
 {
     flag f[] = {FLAG("model"),  FLAG("data"),   FLAG("per-row"),
-                FLAG("threads"), FLAG("device"), READER_FLAGS};
+                FLAG("threads"), FLAG("device"), SWITCH("pin-threads"), READER_FLAGS};
     int nf = (int)(sizeof f / sizeof f[0]);
     int r = parse_flags("score", argc, argv, 2, f, nf);
     if (r == 1) {
@@ -426,7 +432,8 @@ static int cmd_score(int argc, char **argv)
         goto done;
     }
     if ((rc = open_engine("score", get(f, nf, "device"), get(f, nf, "threads"),
-                          get(f, nf, "precision"), &e))) goto done;
+                          get(f, nf, "precision"), get(f, nf, "pin-threads") != NULL, &e)))
+        goto done;
     if ((rc = open_data("score", f, nf, data, e, &src))) goto done;
     if (fgmm_source_dim(src) != fgmm_model_d(m)) {
         fprintf(stderr, "flashgmm score: error: %s has dimension %d but model %s has D=%d\n",
@@ -705,7 +712,7 @@ static int cmd_demo(int argc, char **argv)
         goto done;
     }
     if ((rc = open_engine("demo", get(f, nf, "device"), get(f, nf, "threads"),
-                          get(f, nf, "precision"), &e))) goto done;
+                          get(f, nf, "precision"), 0, &e))) goto done;
     printf("flashgmm demo: %ld rows x %ld dims drawn from a %ld-component diagonal Gaussian "
            "mixture (seed %ld)\n", N, D, K, seed);
     printf("fitting K=%ld from k-means (k-means++ then Lloyd) on %s (%d threads); progress on stderr\n", K,
