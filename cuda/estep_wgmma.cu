@@ -619,7 +619,7 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
         if (warp != 0) return;
         const int slot = j % WF_XSLOTS, row = lane;
         const float2 *ps = peer + (size_t)(wgi * WF_XSLOTS + slot) * WF_PEERS * WS_BM;
-        mbar_wait_poll(&xbar[wgi][slot], (uint32_t)(j / WF_XSLOTS) & 1);
+        mbar_wait(&xbar[wgi][slot], (uint32_t)(j / WF_XSLOTS) & 1);
         /* Unrolled over the most CTAs, so the loads and exponentials
          * overlap instead of forming one chain; the order of the sum is
          * still rank order. */

@@ -231,20 +231,6 @@ __device__ __forceinline__ void mbar_wait(uint64_t *m, uint32_t parity)
                  : "memory");
 }
 
-/* mbar_wait by polling (test_wait never suspends the thread), for the
- * fused kernel's exchange, whose arrivals come from other CTAs: tried in
- * case a suspended waiter woke late on remote arrivals; it measured the
- * same as try_wait (17.05 vs 17.1 ms, BENCHMARKS.md) and stays so that the
- * exchange's wait does not depend on a suspend-time hint. */
-__device__ __forceinline__ void mbar_wait_poll(uint64_t *m, uint32_t parity)
-{
-    asm volatile("{\n.reg .pred done;\nPOLL_AGAIN:\n"
-                 "mbarrier.test_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
-                 "@!done bra POLL_AGAIN;\n}\n" ::"r"((uint32_t)__cvta_generic_to_shared(m)),
-                 "r"(parity)
-                 : "memory");
-}
-
 /* Copies `bytes` (a multiple of 16; both addresses 16-byte aligned) from
  * global src to offset dst of the shared memory of every CTA in `mask`,
  * each CTA's mbarrier at offset mbar counting the bytes that land there. */
