@@ -435,7 +435,13 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
     const uint32_t rank = FUSED ? cluster_ctarank() : 0, csize = FUSED ? cluster_nctarank() : 1;
     if (FUSED) {
         if (threadIdx.x == 0) {
-            for (int i = 0; i < 2 * WF_XSLOTS; i++) mbar_init(&xbar[i / WF_XSLOTS][i % WF_XSLOTS], csize);
+            /* One local arrival per phase (the arming, which also expects
+             * the cluster's bytes); the senders' asynchronous stores
+             * complete those bytes. Phase 0 is armed here. */
+            for (int i = 0; i < 2 * WF_XSLOTS; i++) {
+                mbar_init(&xbar[i / WF_XSLOTS][i % WF_XSLOTS], 1);
+                mbar_arrive_expect_tx(&xbar[i / WF_XSLOTS][i % WF_XSLOTS], csize * WS_BM * 8);
+            }
             fence_mbar_init();
         }
         cluster_sync(); /* every CTA's barriers initialised before any arrival */
@@ -605,9 +611,9 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
                 const uint32_t dst =
                     smem_addr(peer + ((size_t)(wgi * WF_XSLOTS + slot) * WF_PEERS + rank) * WS_BM);
                 const uint4 *src = (const uint4 *)wms[wgi][0];
+                const uint32_t bar = smem_addr(&xbar[wgi][slot]);
 #pragma unroll
-                for (int i = 0; i < WS_BM / 2; i++) st_cluster_v4(dst + 16 * i, lane, src[i]);
-                mbar_arrive_cluster(&xbar[wgi][slot], lane);
+                for (int i = 0; i < WS_BM / 2; i++) st_async_v4(dst + 16 * i, bar, lane, src[i]);
             }
         }
     };
@@ -637,6 +643,10 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
         }
         const float lse2 = mx + log2f(sx);
         Ls[row] = lse2;
+        /* The slot read: arm its next phase (tile j + XSLOTS), whose bytes
+         * no CTA sends before this one has sent tile j + 2. */
+        __syncwarp();
+        if (lane == 0) mbar_arrive_expect_tx(&xbar[wgi][slot], csize * WS_BM * 8);
         if (rank == 0) {
             const int64_t grow = t0 + row;
             const float ll = __fmul_rn(lse2, 0.693147180559945309f);

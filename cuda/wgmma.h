@@ -180,6 +180,20 @@ __device__ __forceinline__ void st_cluster_v4(uint32_t local_addr, uint32_t cta,
                  : "memory");
 }
 
+/* 16 bytes to CTA `cta`'s shared memory at local_addr's offset, as an
+ * asynchronous store that, once it lands, completes 16 bytes of
+ * transactions on that CTA's mbarrier at local_bar's offset. The sender
+ * does not wait: no release fence, unlike st_cluster_v4 + an arrival. */
+__device__ __forceinline__ void st_async_v4(uint32_t local_addr, uint32_t local_bar, uint32_t cta,
+                                            uint4 v)
+{
+    asm volatile("{\n.reg .b32 ra, rb;\nmapa.shared::cluster.u32 ra, %0, %2;\n"
+                 "mapa.shared::cluster.u32 rb, %1, %2;\n"
+                 "st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [ra], {%3, %4, %5, %6}, [rb];\n}\n"
+                 ::"r"(local_addr), "r"(local_bar), "r"(cta), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+                 : "memory");
+}
+
 /* Every thread of every CTA of the cluster; orders shared-memory writes
  * (mbarrier initialisation included) before the other CTAs' later use. */
 __device__ __forceinline__ void cluster_sync()
