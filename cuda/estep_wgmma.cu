@@ -356,9 +356,12 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo_col, float hi_col)
  * while the other computes, and each runs one tile ahead (tile j+1's
  * logits are formed and sent before tile j's values are waited for).
  *
+ * Sends are st.async stores that complete bytes on the receiver's
+ * mbarrier, so the sender never waits on a release fence.
+ *
  * Measured (BENCHMARKS.md, fifth session): a win only for clusters of one
- * or two CTAs. From four CTAs on, the exchange's round trips and merges
- * (about 3 us per tile and warpgroup at K = 1024) cost more than kernel A,
+ * or two CTAs. From four CTAs on, the per-row reductions and merges
+ * (about 2 us per tile and warpgroup at K = 1024) cost more than kernel A,
  * and the H100 seats only 7 clusters of 16 (112 SMs), so the context uses
  * it up to FGMMC_FUSED_MAX_SLICES slices.
  */

@@ -326,9 +326,9 @@ fgmmc_status fgmmc_wgmma_fused_plan(int k, int d, int kw, int prec, int64_t n, i
                                     fgmmc_plan *plan, fgmmc_error *err);
 /* The most slices for which the context uses the fused kernel. Measured on
  * the H100 (BENCHMARKS.md, fifth session), N = 1M, D = 128: K = 64 fused
- * 1.32 ms against 1.71 for kernels A + B, K = 128 2.08 against 2.07; from
+ * 1.30 ms against 1.70 for kernels A + B, K = 128 2.03 against 2.09; from
  * K = 256 (clusters of 4) on the exchange costs more than kernel A saves
- * (K = 256: 3.92 against 3.29; K = 1024: 15.0 against 11.1). */
+ * (K = 256: 3.80 against 3.27; K = 1024: 13.8 against 11.1). */
 #define FGMMC_FUSED_MAX_SLICES 2
 fgmmc_status fgmmc_wgmma_fused_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
                                       cudaStream_t stream, fgmmc_error *err);
