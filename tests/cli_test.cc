@@ -304,6 +304,31 @@ TEST_F(Cli, RingSlotsFlag)
     EXPECT_EQ(a.out.substr(at, 32), b.out.substr(bt, 32));
 }
 
+// --pin-threads places the CPU engine's threads, nothing else: the same
+// fit from shards as without it, and score accepts it too; it takes no
+// value.
+TEST_F(Cli, PinThreadsFlag)
+{
+    Result r = run("shard --input " + path("good.fbin") + " --out " + path("pt") +
+                   " --rows-per-chunk 256");
+    ASSERT_EQ(r.code, 0) << r.out;
+    Result a = run("fit --quiet --device cpu --threads 2 --pin-threads --data " + path("pt") +
+                   " --k 3 --max-iter 3 --cache-budget 0 --out " + path("p1"));
+    Result b = run("fit --quiet --device cpu --threads 2 --data " + path("pt") +
+                   " --k 3 --max-iter 3 --cache-budget 0 --out " + path("p2"));
+    ASSERT_EQ(a.code, 0) << a.out;
+    ASSERT_EQ(b.code, 0) << b.out;
+    size_t at = a.out.find("mean log-likelihood "), bt = b.out.find("mean log-likelihood ");
+    ASSERT_NE(at, std::string::npos) << a.out;
+    ASSERT_NE(bt, std::string::npos) << b.out;
+    EXPECT_EQ(a.out.substr(at, 32), b.out.substr(bt, 32));
+    Result sc = run("score --device cpu --pin-threads --model " + path("p1") + " --data " + path("pt"));
+    EXPECT_EQ(sc.code, 0) << sc.out;
+    expect_fail("fit --data " + path("pt") + " --k 2 --pin-threads=no --out " + path("pn"), 2,
+                "flag '--pin-threads' takes no value");
+    EXPECT_FALSE(exists(path("pn")));
+}
+
 TEST_F(Cli, GpuCacheBudgetFlag)
 {
     expect_fail("fit --data " + path("good.fbin") + " --k 2 --gpu-cache-budget some --out " +

@@ -59,6 +59,11 @@ static int parse_flags(const char *cmd, int argc, char **argv, int first, flag *
         }
         f->seen = 1;
         if (f->is_switch) {
+            /* "--quiet=no" must not mean quiet: a switch takes no value. */
+            if (eq) {
+                fprintf(stderr, "flashgmm %s: flag '--%s' takes no value (got '%s')\n", cmd, f->name, a);
+                return -1;
+            }
             f->value = "1";
             continue;
         }
