@@ -344,20 +344,21 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo_col, float hi_col)
  * FUSED: kernel A's work folded in (fgmmc_wgmma_fused_plan). The grid's
  * slices form one cluster (up to 16 CTAs, one per 64 components), whose
  * CTAs take the same row ranges, so together they hold every logit of a
- * tile. Each warpgroup reduces its tile's logits to a (max, sum) per row,
- * sends them to the same warpgroup of every CTA of the cluster (shared-
- * memory stores across the cluster, then one mbarrier arrival per CTA),
- * and merges the cluster's values, in rank order, into each row's log-sum-
- * exp. Why: kernel A formed every logit once more, with the three split
- * products, only to find that log-sum-exp; the exchange is 256 bytes per
- * CTA and tile. Rows per split are a multiple of 128, so rank 0 also sums
- * each 128-row group's log-likelihood for the ll reduction, as kernel A
- * did. The two warpgroups run their exchanges independently: one waits
- * while the other computes, and each runs one tile ahead (tile j+1's
- * logits are formed and sent before tile j's values are waited for).
+ * tile. Each warpgroup stages its tile's logits in shared memory, where
+ * four threads per row reduce them to the row's (max, sum of exp2) over
+ * the CTA's 64 components; sends those to the same warpgroup of every CTA
+ * of the cluster; and merges the cluster's values, in rank order, into
+ * each row's log-sum-exp. Why: kernel A formed every logit once more, with
+ * the three split products, only to find that log-sum-exp; the exchange is
+ * 256 bytes per CTA and tile. Rows per split are a multiple of 128, so
+ * rank 0 also sums each 128-row group's log-likelihood for the ll
+ * reduction, as kernel A did. The two warpgroups exchange independently:
+ * one waits while the other computes.
  *
  * Sends are st.async stores that complete bytes on the receiver's
- * mbarrier, so the sender never waits on a release fence.
+ * mbarrier, so the sender never waits on a release fence. (Tried and
+ * dropped: stores plus a release arrival, 1.1 ms slower at K = 1024; one
+ * tile of lag, within 3% either way and 25 more registers.)
  *
  * Measured (BENCHMARKS.md, fifth session): a win only for clusters of one
  * or two CTAs. From four CTAs on, the per-row reductions and merges
@@ -366,11 +367,10 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo_col, float hi_col)
  * it up to FGMMC_FUSED_MAX_SLICES slices.
  */
 #define WF_PEERS 16 /* most CTAs in a cluster (non-portable size) */
-/* Exchange slots per warpgroup. With one tile of lag a CTA sends tile j+2
- * while a slower one may still read tile j; with four, a slot is reused
- * (tile j+4) only after every CTA sent tile j+2, which each does after it
- * has read tile j. */
-#define WF_XSLOTS 4
+/* Exchange slots per warpgroup: a CTA sends tile j+2 into slot j % 2 only
+ * after every CTA sent it tile j+1, which each does after it has read its
+ * slot j % 2 (tile j). */
+#define WF_XSLOTS 2
 
 template <int KW, int PREC, bool FUSED>
 __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int rows_per_split)
@@ -382,7 +382,10 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
     __shared__ float Cs[WG_BN];
     /* FUSED: per-warp (max, sum) of a tile's rows (then the warpgroup's,
      * in [0]), and the exchange mbarriers [warpgroup][slot]. */
-    __shared__ __align__(16) float2 wms[FUSED ? 2 : 1][4][WS_BM];
+    __shared__ __align__(16) float2 wms[FUSED ? 2 : 1][WS_BM];
+    /* FUSED: a tile's logits (+ c), [warpgroup][row][component], so that
+     * four threads per row reduce 16 components each in registers. */
+    __shared__ float Lt[FUSED ? 2 : 1][WS_BM][WG_BN + 1];
     __shared__ __align__(8) uint64_t xbar[2][WF_XSLOTS];
 
     const int wgi = threadIdx.x >> 7; /* this thread's warpgroup */
@@ -573,51 +576,43 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
     /* FUSED: the tile's (max, sum of exp2) per row over this CTA's 64
      * components, sent to slot j % XSLOTS of every CTA in the cluster. */
     auto publish = [&](const float (&L)[16], int j) {
-        /* The warp's values over its 16 components: rows 8i + 2t + rr are
-         * shared by the lanes of equal t. */
 #pragma unroll
-        for (int i = 0; i < 4; i++)
-#pragma unroll
-            for (int rr = 0; rr < 2; rr++) {
-                float a = k0 + kc0 < K ? __fadd_rn(L[4 * i + rr], Cs[kc0]) : -INFINITY;
-                float c = k0 + kc0 + 8 < K ? __fadd_rn(L[4 * i + 2 + rr], Cs[kc0 + 8]) : -INFINITY;
-                float m = fmaxf(a, c);
-                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 4));
-                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 8));
-                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 16));
-                const float sh = m == -INFINITY ? 0.f : m;
-                float sum = exp2f(a - sh) + exp2f(c - sh);
-                sum += __shfl_xor_sync(0xffffffffu, sum, 4);
-                sum += __shfl_xor_sync(0xffffffffu, sum, 8);
-                sum += __shfl_xor_sync(0xffffffffu, sum, 16);
-                if (g == 0) wms[wgi][warp][8 * i + 2 * t + rr] = make_float2(m, sum);
-            }
+        for (int q = 0; q < 16; q++) {
+            const int kc = kc0 + 8 * ((q & 3) >> 1), m = 8 * (q >> 2) + 2 * t + (q & 1);
+            Lt[wgi][m][kc] = k0 + kc < K ? __fadd_rn(L[q], Cs[kc]) : -INFINITY;
+        }
         wg_bar();
-        /* Warp 3 sends: its arrivals (releases at cluster scope, which
-         * wait for the stores) then overlap warp 0's receive. */
-        if (warp == 3) {
-            /* Lane `row` merges the four warps' values (into wms[wgi][0]),
-             * then lane p sends the 32 rows to CTA p and arrives there. */
-            const int row = lane;
-            float mx = -INFINITY, sx = 0.f;
+        {
+            /* Thread: row tid / 4, components 16 (tid % 4) ..; the row's
+             * four threads are adjacent lanes of one warp. */
+            const int row = tid >> 2, c0 = 16 * (tid & 3);
+            float v[16], mx = -INFINITY;
 #pragma unroll
-            for (int w = 0; w < 4; w++) mx = fmaxf(mx, wms[wgi][w][row].x);
-#pragma unroll
-            for (int w = 0; w < 4; w++) {
-                float2 v = wms[wgi][w][row];
-                sx += v.x == -INFINITY ? 0.f : v.y * exp2f(v.x - mx);
+            for (int i = 0; i < 16; i++) {
+                v[i] = Lt[wgi][row][c0 + i];
+                mx = fmaxf(mx, v[i]);
             }
-            wms[wgi][0][row] = make_float2(mx, sx);
-            __syncwarp();
-            if ((uint32_t)lane < csize) {
-                const int slot = j % WF_XSLOTS;
-                const uint32_t dst =
-                    smem_addr(peer + ((size_t)(wgi * WF_XSLOTS + slot) * WF_PEERS + rank) * WS_BM);
-                const uint4 *src = (const uint4 *)wms[wgi][0];
-                const uint32_t bar = smem_addr(&xbar[wgi][slot]);
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float sh = mx == -INFINITY ? 0.f : mx;
+            float sx = 0.f;
 #pragma unroll
-                for (int i = 0; i < WS_BM / 2; i++) st_async_v4(dst + 16 * i, bar, lane, src[i]);
-            }
+            for (int i = 0; i < 16; i++) sx += exp2f(v[i] - sh);
+            sx += __shfl_xor_sync(0xffffffffu, sx, 1);
+            sx += __shfl_xor_sync(0xffffffffu, sx, 2);
+            if ((tid & 3) == 0) wms[wgi][row] = make_float2(mx, sx);
+        }
+        wg_bar();
+        /* Warp 3 sends (its stores are asynchronous) while warp 0 waits in
+         * receive: lane p the 32 rows to CTA p. */
+        if (warp == 3 && (uint32_t)lane < csize) {
+            const int slot = j % WF_XSLOTS;
+            const uint32_t dst =
+                smem_addr(peer + ((size_t)(wgi * WF_XSLOTS + slot) * WF_PEERS + rank) * WS_BM);
+            const uint4 *src = (const uint4 *)wms[wgi];
+            const uint32_t bar = smem_addr(&xbar[wgi][slot]);
+#pragma unroll
+            for (int i = 0; i < WS_BM / 2; i++) st_async_v4(dst + 16 * i, bar, lane, src[i]);
         }
     };
 
@@ -680,39 +675,21 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
             flush(t0);
         }
     } else {
-        /* One tile of lag: tile j+1's logits are formed and sent before
-         * tile j's exchange is waited for, so the cluster's values have
-         * that long to arrive. cp.async groups: tile j+1 is the only one
-         * pending when it is needed. */
-        float Lp[16];
-        if (r0 < r1) {
-            cp_async_wait<1>();
-            fence_proxy_async();
-            wg_bar();
-            logits(Lp, 0);
-            publish(Lp, 0);
-        }
         int j = 0;
         for (int64_t t0 = r0; t0 < r1; t0 += WS_BM, bi ^= 1, j++) {
-            const bool next = t0 + WS_BM < r1;
-            float Ln[16];
-            if (next) {
-                cp_async_wait<0>();
-                fence_proxy_async();
-                wg_bar();
-                logits(Ln, bi ^ 1);
-                publish(Ln, j + 1);
-            }
+            cp_async_wait<1>();
+            fence_proxy_async();
+            wg_bar(); /* tile visible to the warpgroup's threads and to wgmma */
+            float L[16];
+            logits(L, bi);
+            publish(L, j);
             receive(j, t0, Lsb[wgi][bi]);
             wg_bar(); /* lse2 of tile j visible */
-            stats(Lp, Lsb[wgi][bi], t0, bi);
+            stats(L, Lsb[wgi][bi], t0, bi);
             wg_bar(); /* the tile consumed by every warp's products */
             if (t0 + 2 * WS_BM < r1) load_tile(t0 + 2 * WS_BM, bi);
             cp_async_commit();
             flush(t0);
-            if (next)
-#pragma unroll
-                for (int i = 0; i < 16; i++) Lp[i] = Ln[i];
         }
     }
     /* No CTA leaves while another may still write to its shared memory. */

@@ -326,9 +326,9 @@ fgmmc_status fgmmc_wgmma_fused_plan(int k, int d, int kw, int prec, int64_t n, i
                                     fgmmc_plan *plan, fgmmc_error *err);
 /* The most slices for which the context uses the fused kernel. Measured on
  * the H100 (BENCHMARKS.md, fifth session), N = 1M, D = 128: K = 64 fused
- * 1.30 ms against 1.70 for kernels A + B, K = 128 2.03 against 2.09; from
- * K = 256 (clusters of 4) on the exchange costs more than kernel A saves
- * (K = 256: 3.80 against 3.27; K = 1024: 13.8 against 11.1). */
+ * 1.27 ms against 1.72 for kernels A + B, K = 128 2.00 against 2.08; from
+ * K = 192 (clusters of 3) on the exchange costs more than kernel A saves
+ * (K = 192: 3.04 against 2.86; K = 1024: 14.2 against 11.1). */
 #define FGMMC_FUSED_MAX_SLICES 2
 fgmmc_status fgmmc_wgmma_fused_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
                                       cudaStream_t stream, fgmmc_error *err);
