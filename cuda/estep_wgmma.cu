@@ -361,7 +361,7 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo_col, float hi_col)
  * tile of lag, within 3% either way and 25 more registers.)
  *
  * Measured (BENCHMARKS.md, fifth session): a win only for clusters of one
- * or two CTAs. From four CTAs on, the per-row reductions and merges
+ * or two CTAs. From three CTAs on, the per-row reductions and merges
  * (about 2 us per tile and warpgroup at K = 1024) cost more than kernel A,
  * and the H100 seats only 7 clusters of 16 (112 SMs), so the context uses
  * it up to FGMMC_FUSED_MAX_SLICES slices.
