@@ -9,7 +9,13 @@
  * usage: estep_bench N K D [ITERS] [default|fast|fp32] [CHECK_ROWS]
  * Prints: median ms per step, effective TFLOP/s (8*N*K*D flops per step),
  * and the relative errors (normwise) of nk, sum r y, sum r y^2 and of the
- * log-likelihood on the checked rows.
+ * log-likelihood on the checked rows. The "lse" and "stats" figures time
+ * kernels A and B alone, also when the step itself runs the fused kernel.
+ * Environment, for A/B in one call on Hopper:
+ *   FGMM_BENCH_FUSED=S    fused kernel up to S slices of 64 components
+ *                         (default: as the context; 0: never; 16: wherever
+ *                         it runs)
+ *   FGMM_BENCH_KERNEL_A=mma  the mma.sync kernels A and B
  */
 #include <cuda_bf16.h>
 #include <math.h>
