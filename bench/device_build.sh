@@ -25,6 +25,7 @@ g++ -o "$OUT/gen_shards" "$OUT/gen_shards.o" $OBJ $LINK
 $NVCC -c bench/estep_bench.cu -o "$OUT/estep_bench.o"
 g++ -o "$OUT/estep_bench" "$OUT/estep_bench.o" $OBJ $LINK
 $NVCC -c bench/wgmma_probe.cu -o "$OUT/wgmma_probe.o"
+$NVCC -o "$OUT/mma_peak" bench/mma_peak.cu
 g++ -o "$OUT/wgmma_probe" "$OUT/wgmma_probe.o" $OBJ $LINK
 for t in cuda_test engine_gpu_test assign_test core_test; do
   g++ -std=c++17 -O2 -I. -c tests/$t.cc -o "$OUT/$t.o"
@@ -37,7 +38,7 @@ cp bench/torch_reference.py "$OUT/"
 # Static binaries are ~28 MB each (OpenBLAS, cudart); the tree carried to the
 # GPU machine is limited to 64 MiB, so they travel stripped and xz-packed.
 # There: tar xJf .devbin/bins.tar.xz -C /tmp/b
-( cd "$OUT" && strip flashgmm engine_bench estep_bench wgmma_probe gen_shards assign_bench cuda_test engine_gpu_test assign_test &&
-  tar cJf bins.tar.xz flashgmm engine_bench estep_bench wgmma_probe gen_shards assign_bench cuda_test engine_gpu_test assign_test torch_reference.py &&
-  rm -f flashgmm engine_bench estep_bench wgmma_probe gen_shards assign_bench cuda_test engine_gpu_test assign_test torch_reference.py )
+( cd "$OUT" && strip flashgmm engine_bench estep_bench wgmma_probe mma_peak gen_shards assign_bench cuda_test engine_gpu_test assign_test &&
+  tar cJf bins.tar.xz flashgmm engine_bench estep_bench wgmma_probe mma_peak gen_shards assign_bench cuda_test engine_gpu_test assign_test torch_reference.py &&
+  rm -f flashgmm engine_bench estep_bench wgmma_probe mma_peak gen_shards assign_bench cuda_test engine_gpu_test assign_test torch_reference.py )
 ls -la "$OUT"

@@ -16,6 +16,7 @@
  *                         (default: as the context; 0: never; 16: wherever
  *                         it runs)
  *   FGMM_BENCH_KERNEL_A=mma  the mma.sync kernels A and B
+ *   FGMM_BENCH_BM=64      the Hopper kernel B on 64-row tiles
  */
 #include <cuda_bf16.h>
 #include <math.h>
@@ -42,6 +43,7 @@ struct Dev {
     fgmmc_batch b;
     fgmmc_plan plan;
     int prec; /* 3, 1, or 0 = SIMT */
+    int wide; /* D > 128 on tensor cores: estep_wide.cu */
 };
 
 static void setup(Dev &d, int64_t n, int K, int D, const void *x, const float *w, const float *c,
@@ -50,7 +52,9 @@ static void setup(Dev &d, int64_t n, int K, int D, const void *x, const float *w
 {
     memset(&d, 0, sizeof d);
     d.prec = prec;
-    if (prec) fgmmc_estep_tc_plan(K, D, n, sms, &d.plan);
+    d.wide = prec && fgmmc_tc_kw(D) == 0;
+    if (d.wide) fgmmc_estep_wide_plan(K, D, n, sms, &d.plan);
+    else if (prec) fgmmc_estep_tc_plan(K, D, n, sms, &d.plan);
     else fgmmc_estep_plan(K, D, n, sms, &d.plan);
     fgmmc_batch &b = d.b;
     b.k = K;
@@ -68,12 +72,24 @@ static void setup(Dev &d, int64_t n, int K, int D, const void *x, const float *w
     /* Kernel A: the Hopper (wgmma) one where this binary and GPU have it,
      * as the context chooses; FGMM_BENCH_KERNEL_A=mma times the mma.sync
      * one instead (A/B in one call). */
-    if (prec) {
+    if (d.wide) {
+        int64_t sub = std::min<int64_t>(n, fgmmc_wide_sub_rows(K, D));
+        size_t ls = (size_t)fgmmc_wide_ls(K);
+        CK(cudaMalloc(&b.yg_hi, (size_t)sub * kw * 2));
+        CK(cudaMalloc(&b.yg_lo, (size_t)sub * kw * 2));
+        CK(cudaMalloc(&b.wide_l, (size_t)sub * ls * 4));
+        CK(cudaMalloc(&b.wide_rh, (size_t)sub * ls * 2));
+        CK(cudaMalloc(&b.wide_rl, (size_t)sub * ls * 2));
+        printf("wide plan for %lld rows: sub-chunks of %lld rows, %d splits\n", (long long)n,
+               (long long)sub, d.plan.splits);
+    } else if (prec) {
         fgmmc_error err = {};
         if (fgmmc_wgmma_usable(&b.wgmma, &err)) {
             fprintf(stderr, "%s\n", err.msg);
             exit(1);
         }
+        const char *bm = getenv("FGMM_BENCH_BM");
+        if (bm) fgmmc_wgmma_stats_rows = atoi(bm);
         const char *ka = getenv("FGMM_BENCH_KERNEL_A");
         if (ka && !strcmp(ka, "mma")) b.wgmma = 0;
         /* The fused kernel where the context would use it;
@@ -90,8 +106,10 @@ static void setup(Dev &d, int64_t n, int K, int D, const void *x, const float *w
                    (long long)n, d.plan.slices, (d.plan.splits + 1) / 2, d.plan.splits,
                    d.plan.rows_per_split);
     }
-    CK(cudaMalloc(&b.yg_hi, (size_t)(n + 8) * (kw + 16) * 2));
-    CK(cudaMalloc(&b.yg_lo, (size_t)(n + 8) * (kw + 16) * 2));
+    if (!d.wide) {
+        CK(cudaMalloc(&b.yg_hi, (size_t)(n + 8) * (kw + 16) * 2));
+        CK(cudaMalloc(&b.yg_lo, (size_t)(n + 8) * (kw + 16) * 2));
+    }
     CK(cudaMalloc(&b.lse2, n * sizeof(float)));
     CK(cudaMalloc(&b.ll, n * sizeof(float)));
     CK(cudaMalloc(&b.block_ll, d.plan.lse_blocks * sizeof(double)));
@@ -104,7 +122,8 @@ static void step(Dev &d, cudaStream_t s, int parts = 7)
     size_t per = (size_t)d.b.k * (2 * d.b.d + 1) + 1;
     CK(cudaMemsetAsync(d.b.acc, 0, per * sizeof(double), s));
     fgmmc_error err = {};
-    fgmmc_status st = d.prec ? fgmmc_estep_tc_parts(&d.b, &d.plan, d.prec, parts, s, &err)
+    fgmmc_status st = d.wide ? fgmmc_estep_wide_launch(&d.b, &d.plan, d.prec, 0, s, &err)
+                      : d.prec ? fgmmc_estep_tc_parts(&d.b, &d.plan, d.prec, parts, s, &err)
                              : fgmmc_estep_launch(&d.b, &d.plan, s, &err);
     if (st) {
         fprintf(stderr, "launch: %s\n", err.msg);
@@ -125,8 +144,9 @@ int main(int argc, char **argv)
     int64_t check = argc > 6 ? atoll(argv[6]) : 16384;
     if (check > N) check = N;
     int kw = fgmmc_tc_kw(D);
-    int prec = !strcmp(mode, "fp32") || kw == 0 ? 0 : !strcmp(mode, "fast") ? 1 : 3;
-    if (!kw) kw = 16; /* unused */
+    int prec = !strcmp(mode, "fp32") ? 0 : !strcmp(mode, "fast") ? 1 : 3;
+    const int wide = kw == 0;
+    if (wide) kw = prec ? fgmmc_wide_yw(D) : 16; /* 16: unused */
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
 
@@ -186,8 +206,8 @@ int main(int argc, char **argv)
     size_t kpad = ((size_t)K + 63) / 64 * 64;
     std::vector<__nv_bfloat16> hi(kpad * kw), lo(kpad * kw);
     fgmmc_split_wt(wf.data(), K, D, kw, hi.data(), lo.data());
-    std::vector<__nv_bfloat16> tiles(fgmmc_tile_wt_elems(K, kw));
-    fgmmc_tile_wt(hi.data(), lo.data(), K, kw, tiles.data());
+    std::vector<__nv_bfloat16> tiles(wide ? 8 : fgmmc_tile_wt_elems(K, kw));
+    if (!wide) fgmmc_tile_wt(hi.data(), lo.data(), K, kw, tiles.data());
     float *dx, *dw, *dc, *ds;
     void *dhi, *dlo, *dtl;
     CK(cudaMalloc(&dx, x.size() * 4));
@@ -229,7 +249,7 @@ int main(int argc, char **argv)
     double med = ms[iters / 2];
     /* Per-kernel split (tensor-core path): A alone, B alone. */
     float part_ms[2] = {0, 0};
-    for (int q = 0; q < 2 && full.prec; q++) {
+    for (int q = 0; q < 2 && full.prec && !full.wide; q++) {
         CK(cudaEventRecord(e0, s));
         step(full, s, q == 0 ? 1 : 2);
         CK(cudaEventRecord(e1, s));
@@ -294,6 +314,6 @@ int main(int argc, char **argv)
            part_ms[0], part_ms[1],
            (long long)check, sqrt(en / dn), sqrt(e1s / d1), sqrt(e2s / d2), ell,
            fabs(snk - (double)check) / (double)check,
-           !prec ? "SIMT" : full.b.wgmma ? "wgmma" : "mma.sync");
+           !prec ? "SIMT" : full.wide ? "wide mma.sync" : full.b.wgmma ? "wgmma" : "mma.sync");
     return 0;
 }

@@ -106,6 +106,10 @@ struct fgmmc_context {
     int portable; /* fgmmc_set_portable_kernels: use the mma.sync ones anyway */
     fgmmc_precision prec;
     int use_tc, tc_prec, kw; /* this pass: tensor-core kernels, 3 or 1 products */
+    int wide;                /* this pass: D > 128, the kernels of estep_wide.cu */
+    float *d_wl;             /* wide: a sub-chunk's logits */
+    void *d_wrh, *d_wrl;     /* wide: its responsibilities, split */
+    size_t cap_wl, cap_wrh, cap_wrl;
     int ll_only;             /* this pass: log-likelihoods only (fgmmc_begin_ll_pass) */
     void *d_wt_hi, *d_wt_lo; /* W^T split, K rounded up to 64 rows of kw */
     size_t cap_wt_hi, cap_wt_lo;
@@ -303,6 +307,7 @@ void fgmmc_free(fgmmc_context *ctx)
     void *dev[] = {ctx->d_w,  ctx->d_c,    ctx->d_shift,     ctx->d_acc, ctx->d_in[0],
                    ctx->d_in[1], ctx->d_lse2, ctx->d_ll, ctx->d_block_ll, ctx->d_part,
                    ctx->d_wt_hi, ctx->d_wt_lo, ctx->d_wt_tiles, ctx->d_yg_hi, ctx->d_yg_lo, ctx->d_cache,
+                   ctx->d_wl, ctx->d_wrh, ctx->d_wrl,
                    ctx->d_topi,  ctx->d_topr, ctx->d_pp_x, ctx->d_pp_dist, ctx->d_pp_cand,
                    ctx->d_pp_d2, ctx->d_pp_bsum, ctx->d_pp_prefix, ctx->d_pp_thresh,
                    ctx->d_pp_potpart, ctx->d_pp_pot, ctx->d_pp_pick};
@@ -506,9 +511,14 @@ fgmmc_status fgmmc_begin_pass(fgmmc_context *ctx, int k, int d, const double *w,
     FGMMC_CHECK(cudaMemsetAsync(ctx->d_acc, 0, (per + 1) * sizeof(double), ctx->stream), err);
 
     /* Tensor-core operands: W^T as hi + lo bf16 (zero rows up to a multiple
-     * of 64 components, zero columns up to kw). */
+     * of 64 components, zero columns up to kw). Rows too wide for the
+     * kernels of estep_tc.cu / estep_wgmma.cu go to estep_wide.cu, whose
+     * kw is its own row width. */
     int kw = fgmmc_tc_kw(d);
-    ctx->use_tc = ctx->cc_major >= 8 && kw > 0 && ctx->prec != FGMMC_PREC_FP32;
+    ctx->wide = kw == 0;
+    if (ctx->wide) kw = fgmmc_wide_yw(d);
+    ctx->use_tc = ctx->cc_major >= 8 && ctx->prec != FGMMC_PREC_FP32;
+    if (!ctx->use_tc) ctx->wide = 0;
     ctx->tc_prec = ctx->prec == FGMMC_PREC_FAST ? 1 : 3;
     ctx->kw = kw;
     if (ctx->use_tc) {
@@ -518,19 +528,22 @@ fgmmc_status fgmmc_begin_pass(fgmmc_context *ctx, int k, int d, const double *w,
             (st = DEV_RESERVE(ctx, ctx->d_wt_lo, ctx->cap_wt_lo, nwt * sizeof(__nv_bfloat16), "w lo",
                               err)))
             return st;
-        size_t ntl = fgmmc_tile_wt_elems(k, kw);
-        if ((st = DEV_RESERVE(ctx, ctx->d_wt_tiles, ctx->cap_wt_tiles,
+        /* The Hopper kernel A's tiled copy; the wide path has none. */
+        size_t ntl = ctx->wide ? 0 : fgmmc_tile_wt_elems(k, kw);
+        if (ntl && (st = DEV_RESERVE(ctx, ctx->d_wt_tiles, ctx->cap_wt_tiles,
                               ntl * sizeof(__nv_bfloat16), "w tiles", err)))
             return st;
         __nv_bfloat16 *hi = (__nv_bfloat16 *)malloc((2 * nwt + ntl) * sizeof(__nv_bfloat16));
         if (!hi) return fgmmc_fail(err, FGMMC_ERR_NO_MEMORY, "fgmmc_begin_pass: out of host memory");
         __nv_bfloat16 *lo = hi + nwt, *tl = lo + nwt;
         fgmmc_split_wt(hw, k, d, kw, hi, lo);
-        fgmmc_tile_wt(hi, lo, k, kw, tl);
+        if (ntl) fgmmc_tile_wt(hi, lo, k, kw, tl);
         /* Synchronous: the host arrays are freed right after. */
         cudaError_t e1 = cudaMemcpy(ctx->d_wt_hi, hi, nwt * sizeof(__nv_bfloat16), cudaMemcpyHostToDevice);
         cudaError_t e2 = cudaMemcpy(ctx->d_wt_lo, lo, nwt * sizeof(__nv_bfloat16), cudaMemcpyHostToDevice);
-        cudaError_t e3 = cudaMemcpy(ctx->d_wt_tiles, tl, ntl * sizeof(__nv_bfloat16), cudaMemcpyHostToDevice);
+        cudaError_t e3 = ntl ? cudaMemcpy(ctx->d_wt_tiles, tl, ntl * sizeof(__nv_bfloat16),
+                                          cudaMemcpyHostToDevice)
+                             : cudaSuccess;
         free(hi);
         FGMMC_CHECK(e1, err);
         FGMMC_CHECK(e2, err);
@@ -646,6 +659,10 @@ static fgmmc_status batch_plan(fgmmc_context *ctx, int64_t m, fgmmc_plan *plan, 
         fgmmc_estep_plan(ctx->k, ctx->d, m, ctx->sm_count, plan);
         return FGMMC_OK;
     }
+    if (ctx->wide) {
+        fgmmc_estep_wide_plan(ctx->k, ctx->d, m, ctx->sm_count, plan);
+        return FGMMC_OK;
+    }
     fgmmc_estep_tc_plan(ctx->k, ctx->d, m, ctx->sm_count, plan);
     if (ctx->wgmma && !ctx->portable && !ctx->ll_only)
         return fgmmc_wgmma_fused_plan(ctx->k, ctx->d, ctx->kw, ctx->tc_prec, m,
@@ -757,8 +774,13 @@ static fgmmc_status launch_rows(fgmmc_context *ctx, int b, const void *x_dev, in
     bt.wgmma = ctx->wgmma && !ctx->portable;
     bt.yg_hi = ctx->d_yg_hi;
     bt.yg_lo = ctx->d_yg_lo;
+    bt.wide_l = ctx->d_wl;
+    bt.wide_rh = ctx->d_wrh;
+    bt.wide_rl = ctx->d_wrl;
     fgmmc_status st;
-    if (ctx->ll_only) { /* scoring: kernel A and the log-likelihood sum */
+    if (ctx->wide) {
+        st = fgmmc_estep_wide_launch(&bt, plan, ctx->tc_prec, ctx->ll_only, ctx->stream, err);
+    } else if (ctx->ll_only) { /* scoring: kernel A and the log-likelihood sum */
         st = ctx->use_tc ? fgmmc_estep_tc_parts(&bt, plan, ctx->tc_prec, 1, ctx->stream, err)
                          : fgmmc_lse_launch(&bt, plan, ctx->stream, err);
         if (!st && ctx->use_tc) st = fgmmc_ll_reduce_launch(&bt, plan, ctx->stream, err);
@@ -804,7 +826,20 @@ static fgmmc_status reserve_batch(fgmmc_context *ctx, int64_t cap, size_t row_by
         (st = DEV_RESERVE(ctx, ctx->d_block_ll, ctx->cap_block_ll,
                           (size_t)plan.lse_blocks * sizeof(double), "tile ll", err)))
         return st;
-    if (ctx->use_tc) {
+    if (ctx->wide) {
+        /* One sub-chunk's converted rows, logits and responsibilities. */
+        int64_t sub = fgmmc_wide_sub_rows(ctx->k, ctx->d);
+        size_t rows = cr < (size_t)sub ? cr : (size_t)sub, ls = (size_t)fgmmc_wide_ls(ctx->k);
+        size_t yb = rows * (size_t)ctx->kw * sizeof(__nv_bfloat16);
+        if ((st = DEV_RESERVE(ctx, ctx->d_yg_hi, ctx->cap_yg_hi, yb, "rows bf16 hi", err)) ||
+            (st = DEV_RESERVE(ctx, ctx->d_yg_lo, ctx->cap_yg_lo, yb, "rows bf16 lo", err)) ||
+            (st = DEV_RESERVE(ctx, ctx->d_wl, ctx->cap_wl, rows * ls * sizeof(float), "logits", err)) ||
+            (st = DEV_RESERVE(ctx, ctx->d_wrh, ctx->cap_wrh, rows * ls * sizeof(__nv_bfloat16),
+                              "responsibilities hi", err)) ||
+            (st = DEV_RESERVE(ctx, ctx->d_wrl, ctx->cap_wrl, rows * ls * sizeof(__nv_bfloat16),
+                              "responsibilities lo", err)))
+            return st;
+    } else if (ctx->use_tc) {
         /* + 8 rows: the Hopper kernels store rows in 8-row groups. */
         size_t yb = (cr + 8) * (size_t)(ctx->kw + 16) * sizeof(__nv_bfloat16);
         if ((st = DEV_RESERVE(ctx, ctx->d_yg_hi, ctx->cap_yg_hi, yb, "rows bf16 hi", err)) ||

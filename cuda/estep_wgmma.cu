@@ -372,20 +372,29 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo_col, float hi_col)
  * slot j % 2 (tile j). */
 #define WF_XSLOTS 2
 
-template <int KW, int PREC, bool FUSED>
+/* Row-tile buffers per warpgroup in kernel B: two (tile i+1 loads while
+ * tile i's products run) where they fit beside the W tile in the 227 KB of
+ * shared memory, else one. */
+__host__ __device__ constexpr int wg_stats_buffers(int kw, int prec, int bm)
+{
+    return (prec == 3 ? 2 : 1) * (WG_BN + 4 * bm) * kw * 2 <= 227 * 1024 ? 2 : 1;
+}
+
+template <int KW, int PREC, bool FUSED, int BM>
 __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int rows_per_split)
 {
 #if FGMMC_WGMMA
-    enum { NK = KW / 16, NW = PREC == 3 ? 2 : 1, WT = WG_BN * KW, YT = WS_BM * KW };
+    enum { NK = KW / 16, NW = PREC == 3 ? 2 : 1, WT = WG_BN * KW, YT = BM * KW, NB = wg_stats_buffers(KW, PREC, BM) };
+    static_assert(!FUSED || BM == 32, "the fused exchange is written for 32-row tiles");
     extern __shared__ __align__(128) uint4 wg_dyn_smem[];
-    __shared__ float Lsb[2][2][WS_BM]; /* [warpgroup][buffer] */
+    __shared__ float Lsb[2][2][BM]; /* [warpgroup][buffer] */
     __shared__ float Cs[WG_BN];
     /* FUSED: per-warp (max, sum) of a tile's rows (then the warpgroup's,
      * in [0]), and the exchange mbarriers [warpgroup][slot]. */
-    __shared__ __align__(16) float2 wms[FUSED ? 2 : 1][WS_BM];
+    __shared__ __align__(16) float2 wms[FUSED ? 2 : 1][BM];
     /* FUSED: a tile's logits (+ c), [warpgroup][row][component], so that
      * four threads per row reduce 16 components each in registers. */
-    __shared__ float Lt[FUSED ? 2 : 1][WS_BM][WG_BN + 1];
+    __shared__ float Lt[FUSED ? 2 : 1][BM][WG_BN + 1];
     __shared__ __align__(8) uint64_t xbar[2][WF_XSLOTS];
 
     const int wgi = threadIdx.x >> 7; /* this thread's warpgroup */
@@ -400,7 +409,7 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
     const bf16 *ygh = (const bf16 *)b.yg_hi, *ygl = (const bf16 *)b.yg_lo;
     bf16 *Wh = (bf16 *)wg_dyn_smem, *Wl = Wh + WT;
     /* This warpgroup's two row-tile buffers: hi then lo, YT each. */
-    bf16 *Ybuf = Wh + NW * WT + (size_t)wgi * 2 * NW * YT;
+    bf16 *Ybuf = Wh + NW * WT + (size_t)wgi * NB * NW * YT;
 
     /* Tile t0.. (t0 a multiple of 8) into buffer bi: a linear copy; rows
      * past r1 zeros. Called by the warpgroup's 128 threads. */
@@ -414,7 +423,7 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
             if (PREC == 3) cp_async16(yl + 8 * e, ygl + at, ok ? 16 : 0);
         }
         if (!FUSED)
-            for (int e = tid; e < WS_BM; e += 128) {
+            for (int e = tid; e < BM; e += 128) {
                 bool ok = t0 + e < r1;
                 cp_async4(&Lsb[wgi][bi][e], b.lse2 + (ok ? t0 + e : 0), ok ? 4 : 0);
             }
@@ -430,14 +439,16 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
     cp_async_commit();
     if (r0 < r1) load_tile(r0, 0);
     cp_async_commit();
-    if (r0 + WS_BM < r1) load_tile(r0 + WS_BM, 1);
-    cp_async_commit();
-    cp_async_wait<2>();
+    if (NB == 2) {
+        if (r0 + BM < r1) load_tile(r0 + BM, 1);
+        cp_async_commit();
+    }
+    cp_async_wait<NB>();
     fence_proxy_async();
     __syncthreads(); /* W and c visible to both warpgroups and to wgmma */
 
     /* FUSED: peer[(wg * XSLOTS + slot) * WF_PEERS + rank][row], after the rows. */
-    float2 *peer = (float2 *)(Wh + NW * WT + (size_t)4 * NW * YT);
+    float2 *peer = (float2 *)(Wh + NW * WT + (size_t)2 * NB * NW * YT);
     const uint32_t rank = FUSED ? cluster_ctarank() : 0, csize = FUSED ? cluster_nctarank() : 1;
     if (FUSED) {
         if (threadIdx.x == 0) {
@@ -446,7 +457,7 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
              * complete those bytes. Phase 0 is armed here. */
             for (int i = 0; i < 2 * WF_XSLOTS; i++) {
                 mbar_init(&xbar[i / WF_XSLOTS][i % WF_XSLOTS], 1);
-                mbar_arrive_expect_tx(&xbar[i / WF_XSLOTS][i % WF_XSLOTS], csize * WS_BM * 8);
+                mbar_arrive_expect_tx(&xbar[i / WF_XSLOTS][i % WF_XSLOTS], csize * BM * 8);
             }
             fence_mbar_init();
         }
@@ -464,10 +475,10 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
 
     /* L^T (64 components x 32 rows) of the tile in buffer bi; returns with
      * the products complete. */
-    auto logits = [&](float (&L)[16], int bi) {
+    auto logits = [&](float (&L)[BM / 2], int bi) {
         const bf16 *Yh = Ybuf + (size_t)bi * NW * YT, *Yl = Yh + YT;
 #pragma unroll
-        for (int i = 0; i < 16; i++) {
+        for (int i = 0; i < BM / 2; i++) {
             L[i] = 0.f;
             wg_pin(L[i]);
         }
@@ -475,26 +486,26 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
 #pragma unroll
         for (int kk = 0; kk < NK; kk++) {
             uint64_t wh = wg_kmajor_desc<KW>(Wh, kk), yh = wg_kmajor_desc<KW>(Yh, kk);
-            wg_mma_ss_n32(L, wh, yh);
+            wg_mma_ss<BM>(L, wh, yh);
             if (PREC == 3) {
-                wg_mma_ss_n32(L, wg_kmajor_desc<KW>(Wl, kk), yh);
-                wg_mma_ss_n32(L, wh, wg_kmajor_desc<KW>(Yl, kk));
+                wg_mma_ss<BM>(L, wg_kmajor_desc<KW>(Wl, kk), yh);
+                wg_mma_ss<BM>(L, wh, wg_kmajor_desc<KW>(Yl, kk));
             }
         }
         wg_commit();
         wg_wait<0>();
 #pragma unroll
-        for (int i = 0; i < 16; i++) wg_pin(L[i]);
+        for (int i = 0; i < BM / 2; i++) wg_pin(L[i]);
     };
 
     /* S += R^T Y for the tile at t0 in buffer bi, r = exp2(l + c - lse2)
      * from its logits L and the rows' lse2 in Ls. */
-    auto stats = [&](const float (&L)[16], const float *Ls, int64_t t0, int bi) {
+    auto stats = [&](const float (&L)[BM / 2], const float *Ls, int64_t t0, int bi) {
         const bf16 *Yh = Ybuf + (size_t)bi * NW * YT, *Yl = Yh + YT;
         /* L[4j + q]: component kc0 (+8 for q >= 2), row 8j + 2t + (q & 1). */
-        uint32_t ah[2][4], al[2][4];
+        uint32_t ah[BM / 16][4], al[BM / 16][4];
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
+        for (int j = 0; j < BM / 8; j++) {
             float r[4];
 #pragma unroll
             for (int q = 0; q < 4; q++) {
@@ -517,7 +528,7 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
         }
         wg_fence();
 #pragma unroll
-        for (int c = 0; c < 2; c++) {
+        for (int c = 0; c < BM / 16; c++) {
             uint64_t yh = wg_mnmajor_desc<KW>(Yh, c);
             wg_mma_rs_t<KW>(S, ah[c], yh);
             if (PREC == 3) {
@@ -530,19 +541,19 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
 #pragma unroll
         for (int i = 0; i < KW / 2; i++) wg_pin(S[i]);
 #pragma unroll
-        for (int c = 0; c < 2; c++)
+        for (int c = 0; c < BM / 16; c++)
 #pragma unroll
             for (int i = 0; i < 4; i++) {
                 wg_pin(ah[c][i]);
                 wg_pin(al[c][i]);
             }
-        pending += WS_BM;
+        pending += BM;
     };
 
     /* Folds the fp32 sums into the double partials every FLUSH rows and
      * after the range's last tile (t0). */
     auto flush = [&](int64_t t0) {
-        if (pending >= TC_FLUSH_ROWS || t0 + WS_BM >= r1) {
+        if (pending >= TC_FLUSH_ROWS || t0 + BM >= r1) {
             double *pbase = part;
             int dd = D;
             asm volatile("" : "+l"(pbase), "+r"(dd)); /* see tc_stats_kernel */
@@ -575,7 +586,7 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
 
     /* FUSED: the tile's (max, sum of exp2) per row over this CTA's 64
      * components, sent to slot j % XSLOTS of every CTA in the cluster. */
-    auto publish = [&](const float (&L)[16], int j) {
+    auto publish = [&](const float (&L)[BM / 2], int j) {
 #pragma unroll
         for (int q = 0; q < 16; q++) {
             const int kc = kc0 + 8 * ((q & 3) >> 1), m = 8 * (q >> 2) + 2 * t + (q & 1);
@@ -608,11 +619,11 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
         if (warp == 3 && (uint32_t)lane < csize) {
             const int slot = j % WF_XSLOTS;
             const uint32_t dst =
-                smem_addr(peer + ((size_t)(wgi * WF_XSLOTS + slot) * WF_PEERS + rank) * WS_BM);
+                smem_addr(peer + ((size_t)(wgi * WF_XSLOTS + slot) * WF_PEERS + rank) * BM);
             const uint4 *src = (const uint4 *)wms[wgi];
             const uint32_t bar = smem_addr(&xbar[wgi][slot]);
 #pragma unroll
-            for (int i = 0; i < WS_BM / 2; i++) st_async_v4(dst + 16 * i, bar, lane, src[i]);
+            for (int i = 0; i < BM / 2; i++) st_async_v4(dst + 16 * i, bar, lane, src[i]);
         }
     };
 
@@ -622,7 +633,7 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
     auto receive = [&](int j, int64_t t0, float *Ls) {
         if (warp != 0) return;
         const int slot = j % WF_XSLOTS, row = lane;
-        const float2 *ps = peer + (size_t)(wgi * WF_XSLOTS + slot) * WF_PEERS * WS_BM;
+        const float2 *ps = peer + (size_t)(wgi * WF_XSLOTS + slot) * WF_PEERS * BM;
         mbar_wait(&xbar[wgi][slot], (uint32_t)(j / WF_XSLOTS) & 1);
         /* Unrolled over the most CTAs, so the loads and exponentials
          * overlap instead of forming one chain; the order of the sum is
@@ -631,7 +642,7 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
         float mx = -INFINITY, sx = 0.f;
 #pragma unroll
         for (uint32_t p = 0; p < WF_PEERS; p++) {
-            v[p] = p < csize ? ps[p * WS_BM + row] : make_float2(-INFINITY, 0.f);
+            v[p] = p < csize ? ps[p * BM + row] : make_float2(-INFINITY, 0.f);
             mx = fmaxf(mx, v[p].x);
         }
 #pragma unroll
@@ -644,7 +655,7 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
         /* The slot read: arm its next phase (tile j + XSLOTS), whose bytes
          * no CTA sends before this one has sent tile j + 2. */
         __syncwarp();
-        if (lane == 0) mbar_arrive_expect_tx(&xbar[wgi][slot], csize * WS_BM * 8);
+        if (lane == 0) mbar_arrive_expect_tx(&xbar[wgi][slot], csize * BM * 8);
         if (rank == 0) {
             const int64_t grow = t0 + row;
             const float ll = __fmul_rn(lse2, 0.693147180559945309f);
@@ -653,7 +664,7 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
 #pragma unroll
             for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
             ll_group += v;
-            if ((t0 + WS_BM) % WG_BM == 0 || t0 + WS_BM >= r1) {
+            if ((t0 + BM) % WG_BM == 0 || t0 + BM >= r1) {
                 if (lane == 0) b.block_ll[t0 / WG_BM] = ll_group;
                 ll_group = 0.0;
             }
@@ -661,33 +672,33 @@ __global__ void __launch_bounds__(256, 1) wg_stats_kernel(fgmmc_batch b, int row
     };
 
     int bi = 0;
-    if (!FUSED) {
-        for (int64_t t0 = r0; t0 < r1; t0 += WS_BM, bi ^= 1) {
-            cp_async_wait<1>();
+    if constexpr (!FUSED) {
+        for (int64_t t0 = r0; t0 < r1; t0 += BM, bi = (bi + 1) % NB) {
+            cp_async_wait<NB - 1>();
             fence_proxy_async();
             wg_bar(); /* tile visible to the warpgroup's threads and to wgmma */
-            float L[16];
+            float L[BM / 2];
             logits(L, bi);
             stats(L, Lsb[wgi][bi], t0, bi);
             wg_bar(); /* the tile consumed by every warp's products */
-            if (t0 + 2 * WS_BM < r1) load_tile(t0 + 2 * WS_BM, bi);
+            if (t0 + NB * BM < r1) load_tile(t0 + NB * BM, bi);
             cp_async_commit();
             flush(t0);
         }
     } else {
         int j = 0;
-        for (int64_t t0 = r0; t0 < r1; t0 += WS_BM, bi ^= 1, j++) {
+        for (int64_t t0 = r0; t0 < r1; t0 += BM, bi ^= 1, j++) {
             cp_async_wait<1>();
             fence_proxy_async();
             wg_bar(); /* tile visible to the warpgroup's threads and to wgmma */
-            float L[16];
+            float L[BM / 2];
             logits(L, bi);
             publish(L, j);
             receive(j, t0, Lsb[wgi][bi]);
             wg_bar(); /* lse2 of tile j visible */
             stats(L, Lsb[wgi][bi], t0, bi);
             wg_bar(); /* the tile consumed by every warp's products */
-            if (t0 + 2 * WS_BM < r1) load_tile(t0 + 2 * WS_BM, bi);
+            if (t0 + 2 * BM < r1) load_tile(t0 + 2 * BM, bi);
             cp_async_commit();
             flush(t0);
         }
@@ -792,22 +803,33 @@ fgmmc_status fgmmc_wgmma_lse_launch(const fgmmc_batch *b, int blocks, int prec, 
     return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "wgmma lse: no kernel for width %d", b->kw);
 }
 
-static size_t wg_smem_b(int kw, int prec)
+int fgmmc_wgmma_stats_rows = 32;
+
+static size_t wg_smem_b(int kw, int prec, int bm)
 {
-    /* One W tile; two warpgroups x two row tiles. */
-    return (size_t)(prec == 3 ? 2 : 1) * (WG_BN + 4 * WS_BM) * kw * sizeof(bf16);
+    /* One W tile; two warpgroups x their row-tile buffers. */
+    return (size_t)(prec == 3 ? 2 : 1) * (WG_BN + 2 * wg_stats_buffers(kw, prec, bm) * bm) * kw *
+           sizeof(bf16);
 }
 
 template <int KW, int PREC>
 static fgmmc_status launch_wgb(const fgmmc_batch *b, const fgmmc_plan *plan, cudaStream_t s,
                                fgmmc_error *err)
 {
-    size_t smem = wg_smem_b(KW, PREC);
-    FGMMC_CHECK(cudaFuncSetAttribute(wg_stats_kernel<KW, PREC, false>,
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
-                err);
     dim3 grid((unsigned)plan->slices, (unsigned)((plan->splits + 1) / 2));
-    wg_stats_kernel<KW, PREC, false><<<grid, 256, smem, s>>>(*b, plan->rows_per_split);
+    if (fgmmc_wgmma_stats_rows == 64) {
+        size_t smem = wg_smem_b(KW, PREC, 64);
+        FGMMC_CHECK(cudaFuncSetAttribute(wg_stats_kernel<KW, PREC, false, 64>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                    err);
+        wg_stats_kernel<KW, PREC, false, 64><<<grid, 256, smem, s>>>(*b, plan->rows_per_split);
+    } else {
+        size_t smem = wg_smem_b(KW, PREC, WS_BM);
+        FGMMC_CHECK(cudaFuncSetAttribute(wg_stats_kernel<KW, PREC, false, WS_BM>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                    err);
+        wg_stats_kernel<KW, PREC, false, WS_BM><<<grid, 256, smem, s>>>(*b, plan->rows_per_split);
+    }
     FGMMC_CHECK_LAUNCH("wg_stats_kernel", err);
     return FGMMC_OK;
 }
@@ -842,7 +864,7 @@ fgmmc_status fgmmc_wgmma_stats_launch(const fgmmc_batch *b, const fgmmc_plan *pl
 
 static size_t wg_smem_fused(int kw, int prec)
 {
-    return wg_smem_b(kw, prec) + (size_t)2 * WF_XSLOTS * WF_PEERS * WS_BM * sizeof(float2);
+    return wg_smem_b(kw, prec, WS_BM) + (size_t)2 * WF_XSLOTS * WF_PEERS * WS_BM * sizeof(float2);
 }
 
 /* The fused kernel's launch configuration for a grid of (slices, ys). */
@@ -851,11 +873,11 @@ static fgmmc_status fused_config(int slices, int ys, cudaLaunchConfig_t *cfg,
                                  cudaLaunchAttribute *attr, fgmmc_error *err)
 {
     const size_t smem = wg_smem_fused(KW, PREC);
-    FGMMC_CHECK(cudaFuncSetAttribute(wg_stats_kernel<KW, PREC, true>,
+    FGMMC_CHECK(cudaFuncSetAttribute(wg_stats_kernel<KW, PREC, true, WS_BM>,
                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                 err);
     /* Clusters of more than 8 CTAs are Hopper's non-portable sizes. */
-    FGMMC_CHECK(cudaFuncSetAttribute(wg_stats_kernel<KW, PREC, true>,
+    FGMMC_CHECK(cudaFuncSetAttribute(wg_stats_kernel<KW, PREC, true, WS_BM>,
                                      cudaFuncAttributeNonPortableClusterSizeAllowed, 1),
                 err);
     *cfg = cudaLaunchConfig_t{};
@@ -878,7 +900,7 @@ static fgmmc_status fused_clusters(int slices, int *clusters, fgmmc_error *err)
     cudaLaunchAttribute attr;
     fgmmc_status st = fused_config<KW, PREC>(slices, 1, &cfg, &attr, err);
     if (st) return st;
-    cudaError_t e = cudaOccupancyMaxActiveClusters(clusters, wg_stats_kernel<KW, PREC, true>, &cfg);
+    cudaError_t e = cudaOccupancyMaxActiveClusters(clusters, wg_stats_kernel<KW, PREC, true, WS_BM>, &cfg);
     if (e != cudaSuccess) { /* a size this GPU cannot run: the two-kernel path */
         (void)cudaGetLastError();
         *clusters = 0;
@@ -901,7 +923,7 @@ static fgmmc_status launch_fused(const fgmmc_batch *b, const fgmmc_plan *plan, c
     fgmmc_status st = fused_config<KW, PREC>(plan->slices, (plan->splits + 1) / 2, &cfg, &attr, err);
     if (st) return st;
     cfg.stream = s;
-    FGMMC_CHECK(cudaLaunchKernelEx(&cfg, wg_stats_kernel<KW, PREC, true>, *b, plan->rows_per_split),
+    FGMMC_CHECK(cudaLaunchKernelEx(&cfg, wg_stats_kernel<KW, PREC, true, WS_BM>, *b, plan->rows_per_split),
                 err);
     FGMMC_CHECK_LAUNCH("wg_stats_kernel (fused)", err);
     return FGMMC_OK;

@@ -81,6 +81,10 @@ typedef struct {
     double *block_ll;     /* lse_blocks: per-tile sums of ll */
     double *partials;     /* plan.partial_elems */
     double *acc;          /* k*(2d+1) statistics, then 1 log-likelihood sum */
+    /* Wide path (estep_wide.cu, D > 128): a sub-chunk's logits (fp32) and
+     * responsibilities (split bf16), fgmmc_wide_sub_rows x fgmmc_wide_ls. */
+    float *wide_l;
+    void *wide_rh, *wide_rl;
 } fgmmc_batch;
 
 #ifdef __CUDACC__
@@ -332,8 +336,27 @@ fgmmc_status fgmmc_wgmma_fused_plan(int k, int d, int kw, int prec, int64_t n, i
 #define FGMMC_FUSED_MAX_SLICES 2
 fgmmc_status fgmmc_wgmma_fused_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
                                       cudaStream_t stream, fgmmc_error *err);
+/* Rows per tile of the Hopper kernel B (32 or 64); a bench knob. */
+extern int fgmmc_wgmma_stats_rows;
 fgmmc_status fgmmc_wgmma_stats_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
                                       cudaStream_t stream, fgmmc_error *err);
+/* ---------------------------------------------- wide tensor-core path */
+
+/* D > 128 (fgmmc_tc_kw(d) == 0) on tensor cores, estep_wide.cu. Row width
+ * of the converted rows [y, y^2, 1, 0..] (the batch's kw on this path). */
+int fgmmc_wide_yw(int d);
+/* Row stride of the sub-chunk's logits and responsibilities. */
+int fgmmc_wide_ls(int k);
+/* Rows per sub-chunk: the scratch (yg, wide_l, wide_rh/rl) holds this many
+ * rows (or the batch's, if fewer). */
+int64_t fgmmc_wide_sub_rows(int k, int d);
+void fgmmc_estep_wide_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *plan);
+/* Enqueues the wide E-step (prec 3 split bf16, 1 plain bf16) and kernel C;
+ * with ll_only, the log-likelihoods and their sum only. wt_hi/wt_lo: W^T
+ * as fgmmc_split_wt makes it for kw = fgmmc_wide_yw(d). */
+fgmmc_status fgmmc_estep_wide_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
+                                     int ll_only, cudaStream_t stream, fgmmc_error *err);
+
 /* The reductions (kernel C) alone, for the tensor-core path. */
 fgmmc_status fgmmc_estep_reduce_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
                                        cudaStream_t stream, fgmmc_error *err);

@@ -149,6 +149,24 @@ __device__ __forceinline__ void wg_mma_ss_n32(float (&d)[16], uint64_t adesc, ui
                  : "l"(adesc), "l"(bdesc), "r"(1));
 }
 
+__device__ __forceinline__ void wg_mma_ss_n64(float (&d)[32], uint64_t adesc, uint64_t bdesc)
+{
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+                 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
+                 "%32, %33, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(adesc), "l"(bdesc), "r"(1));
+}
+
+/* Both operands from shared memory, N = 32 or 64. */
+template <int N>
+__device__ __forceinline__ void wg_mma_ss(float (&d)[N / 2], uint64_t adesc, uint64_t bdesc)
+{
+    if constexpr (N == 32) wg_mma_ss_n32(d, adesc, bdesc);
+    else wg_mma_ss_n64(d, adesc, bdesc);
+}
+
 /* ------------------------------------------- clusters, mbarriers, bulk copies
  * Kernel A's W pipeline: the two CTAs of a cluster read the same W tiles,
  * so each copies half of every tile from global memory into both CTAs'

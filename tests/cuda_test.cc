@@ -289,12 +289,15 @@ struct Size {
 const Size kSizes[] = {
     {1000, 7, 13},  {4099, 1, 1},   {777, 33, 1},   {5000, 64, 128}, {300, 300, 96},
     {2001, 70, 20}, {1500, 40, 40}, {1200, 24, 200}, {900, 17, 300},  {500, 9, 1024},
+    // D > 128: the wide kernels (estep_wide.cu); K = 129 crosses their
+    // 128-component tiles, D = 129 is the narrowest, 784 is MNIST's.
+    {1500, 129, 129}, {1000, 10, 784},
     // K > 16 * 64: on Hopper, kernels A and B rather than the fused kernel.
     {3000, 1100, 16},
 };
 
-// prec: which kernels (DEFAULT: tensor cores with split bf16 operands for
-// D <= 128, SIMT fp32 above; FP32: SIMT fp32 everywhere; FAST: plain bf16
+// prec: which kernels (DEFAULT: tensor cores with split bf16 operands, the
+// wide kernels above D = 128; FP32: SIMT fp32 everywhere; FAST: plain bf16
 // tensor cores, checked against its documented, looser bound).
 // portable: the mma.sync kernels even where the wgmma ones would serve.
 void statistics_case(fgmmc_dtype dt, uint64_t seed, fgmmc_precision prec = FGMMC_PREC_DEFAULT,
@@ -308,7 +311,6 @@ void statistics_case(fgmmc_dtype dt, uint64_t seed, fgmmc_precision prec = FGMMC
     if (portable) EXPECT_EQ(fgmmc_uses_wgmma(ctx.p), 0);
     printf("  kernels: %s\n", fgmmc_uses_wgmma(ctx.p) ? "wgmma (sm_90a)" : "mma.sync");
     for (const Size &s : kSizes) {
-        if (prec == FGMMC_PREC_FAST && s.d > 128) continue; /* no tensor-core kernel there */
         SCOPED_TRACE(std::string(dtype_name(dt)) + " N=" + std::to_string(s.n) +
                      " K=" + std::to_string(s.k) + " D=" + std::to_string(s.d));
         Problem p = make_problem(s.n, s.k, s.d, dt, seed++);
@@ -316,7 +318,7 @@ void statistics_case(fgmmc_dtype dt, uint64_t seed, fgmmc_precision prec = FGMMC
         GpuOut g;
         run_pass(ctx.p, p, p.raw.data(), (size_t)p.D * elem_size(dt), {p.n}, true, g);
         if (::testing::Test::HasFatalFailure()) return;
-        const char *want = prec == FGMMC_PREC_FP32 || s.d > 128 ? "fp32 SIMT"
+        const char *want = prec == FGMMC_PREC_FP32 ? "fp32 SIMT"
                            : prec == FGMMC_PREC_FAST          ? "tensor cores, bf16"
                                                               : "tensor cores, split bf16";
         EXPECT_STREQ(fgmmc_path_name(ctx.p), want);
@@ -324,7 +326,7 @@ void statistics_case(fgmmc_dtype dt, uint64_t seed, fgmmc_precision prec = FGMMC
          * logit's terms cancel, and each is good to ~2^-16 of its size);
          * fast bf16: 1e-1 both (docs/precision.md). */
         if (prec == FGMMC_PREC_FAST) expect_matches_reference(p, ref, g, 1e-1, 1e-1);
-        else if (prec == FGMMC_PREC_DEFAULT && s.d <= 128) expect_matches_reference(p, ref, g, 1e-4, 1e-3);
+        else if (prec == FGMMC_PREC_DEFAULT) expect_matches_reference(p, ref, g, 1e-4, 1e-3);
         else expect_matches_reference(p, ref, g);
     }
 }
@@ -394,6 +396,31 @@ TEST(Cuda, CrossesStagingChunks)
     EXPECT_GT(std::strlen(fgmmc_describe(ctx.p)), (size_t)0);
 }
 
+// D > 128 with more rows than one of the wide path's sub-chunks (at most
+// 65,536 rows: fgmmc_wide_sub_rows), in one batch and over several calls:
+// later sub-chunks add to the split partials the first one wrote.
+TEST(Cuda, WideRowsCrossSubChunks)
+{
+    NEED_GPU();
+    Ctx ctx;
+    fgmmc_error err{};
+    ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMMC_OK) << err.msg;
+    const fgmmc_dtype dts[] = {FGMMC_F32, FGMMC_U8};
+    for (int t = 0; t < 2; t++) {
+        Problem p = make_problem(140001, 5, 130, dts[t], 5100 + t);
+        Stats ref = reference(p);
+        GpuOut g;
+        run_pass(ctx.p, p, p.raw.data(), (size_t)p.D * elem_size(p.dt), {p.n}, true, g);
+        if (::testing::Test::HasFatalFailure()) return;
+        EXPECT_STREQ(fgmmc_path_name(ctx.p), "tensor cores, split bf16");
+        expect_matches_reference(p, ref, g, 1e-4, 1e-3);
+        GpuOut h;
+        run_pass(ctx.p, p, p.raw.data(), (size_t)p.D * elem_size(p.dt), {70000, 3, p.n - 70003}, true, h);
+        if (::testing::Test::HasFatalFailure()) return;
+        expect_matches_reference(p, ref, h, 1e-4, 1e-3);
+    }
+}
+
 bool same_bits(const std::vector<double> &a, const std::vector<double> &b)
 {
     return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0;
@@ -406,7 +433,7 @@ TEST(Cuda, RepeatedPassesAreBitIdentical)
     Ctx ctx;
     fgmmc_error err{};
     ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMMC_OK) << err.msg;
-    const Size sizes[] = {{5000, 64, 128}, {4099, 1, 1}, {3000, 300, 96}};
+    const Size sizes[] = {{5000, 64, 128}, {4099, 1, 1}, {3000, 300, 96}, {2001, 150, 300}};
     uint64_t seed = 6000;
     for (const Size &s : sizes) {
         Problem p = make_problem(s.n, s.k, s.d, FGMMC_F32, seed++);

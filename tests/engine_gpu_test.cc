@@ -65,15 +65,17 @@ TEST(EngineCuda, StatisticsMatchFloat64Reference)
     estep_case(FGMM_COV_DIAG, 70001, 64, 128, seed + 1);  // crosses a chunk
     estep_case(FGMM_COV_DIAG, 999, 1, 1, seed + 2);
     estep_case(FGMM_COV_SPHERICAL, 3001, 19, 7, seed + 3);
+    // D > 128: the wide tensor-core kernels (cuda/estep_wide.cu).
+    estep_case(FGMM_COV_DIAG, 4001, 40, 200, seed + 4);
+    estep_case(FGMM_COV_SPHERICAL, 2003, 12, 300, seed + 5);
 }
 
-TEST(EngineCuda, TrajectoryMatchesCpu)
+void trajectory_case(int n, int K, int D)
 {
-    NEED_GPU();
+    SCOPED_TRACE("N=" + std::to_string(n) + " K=" + std::to_string(K) + " D=" + std::to_string(D));
     fgmm_rng rng;
     fgmm_rng_seed(&rng, (uint64_t)time(nullptr));
     std::vector<float> x;
-    const int n = 50000, K = 24, D = 40;
     fgmm_model *truth = random_mixture(&rng, K, D, FGMM_COV_DIAG, 1.5, n, x);
     fgmm_error err{};
     fgmm_source *src;
@@ -118,6 +120,19 @@ TEST(EngineCuda, TrajectoryMatchesCpu)
     fgmm_model_free(init);
     fgmm_model_free(truth);
     fgmm_source_close(src);
+}
+
+TEST(EngineCuda, TrajectoryMatchesCpu)
+{
+    NEED_GPU();
+    trajectory_case(50000, 24, 40);
+}
+
+// D > 128 runs the wide kernels: the same EM through the same engine.
+TEST(EngineCuda, TrajectoryMatchesCpuWide)
+{
+    NEED_GPU();
+    trajectory_case(20000, 16, 200);
 }
 
 TEST(EngineCuda, IntegerInputs)

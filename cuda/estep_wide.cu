@@ -1,0 +1,472 @@
+/*
+ * estep_wide.cu - the E-step on tensor cores for wide rows (2D > 256, i.e.
+ * D > 128: text and image embeddings, MNIST's 784), bf16 mma.sync (sm_80+;
+ * Hopper runs these too).
+ *
+ * Why a separate family. The kernels of estep_tc.cu / estep_wgmma.cu keep a
+ * whole row [y, y^2] and a 64-component W tile in shared memory, so they
+ * stop at 2D = 256. Above that the step is two ordinary matrix products
+ * whose inner dimension (2D for the logits, rows for the statistics) is
+ * long, and the cheap thing to do is to let each be a tiled GEMM and hand
+ * the per-row normalisation over in global memory, a sub-chunk of rows at a
+ * time:
+ *
+ *   1 wide_rows_kernel:    rows -> Y = [y, y^2, 1, 0..] split bf16 hi + lo,
+ *                          YW = fgmmc_wide_yw(d) columns (the column of ones
+ *                          makes nk fall out of the statistics product);
+ *   2 wide_logits_kernel:  L = Y W^T (fp32, sub x LS), hi*hi + hi*lo + lo*hi;
+ *   3 wide_softmax_kernel: per row (a warp) lse2 over l + c, the row's ll,
+ *                          per-block ll sums; R = exp2(l + c - lse2) split
+ *                          bf16 hi + lo (sub x LS);
+ *   4 wide_stats_kernel:   S += R^T Y per (128 components x 128 columns) tile
+ *                          and row range, fp32 per WD_FLUSH rows, folded
+ *                          into the double partials in a fixed order;
+ *   then the reductions of estep.cu (kernel C).
+ *
+ * The sub-chunk's L and R are O(sub * K): at D >= 128 the products cost
+ * 4 * 2D flops per (row, component) against ~16 bytes of L and R traffic,
+ * so they stay compute-bound (the fused kernels exist for small D, where
+ * they would not). Memory stays O(sub * (K + D)) whatever N is: sub is
+ * chosen so that the scratch is about WD_SCRATCH bytes.
+ *
+ * Precision: the same split as estep_tc.cu (read its header): every
+ * operand v = hi + lo, three products per product, fp32 per tile, double
+ * across tiles and splits; c is added in fp32 to the fp32 logit, not put
+ * through bf16. PREC 1 (fast) uses hi only.
+ *
+ * Determinism: the plan depends on (k, d, n) only; splits accumulate into
+ * their partials in sub-chunk order; no atomics.
+ */
+#include <cuda_bf16.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "cuda/internal.h"
+#include "cuda/tc_frag.h"
+
+#define WD_BM 128     /* tile rows: rows of L, components of S */
+#define WD_BN 128     /* tile columns: components of L, columns of S */
+#define WD_BK 32      /* inner-dimension step */
+#define WD_STAGES 3   /* cp.async pipeline depth */
+#define WD_FLUSH 4096 /* rows per fp32 accumulation before the double fold */
+#define WD_SM_ROWS 8  /* rows per softmax block, a warp each */
+#define WD_SCRATCH ((size_t)512 << 20)
+
+int fgmmc_wide_yw(int d) { return (2 * d + 1 + 63) / 64 * 64; }
+
+int fgmmc_wide_ls(int k) { return (k + 7) / 8 * 8; }
+
+int64_t fgmmc_wide_sub_rows(int k, int d)
+{
+    size_t per_row = (size_t)fgmmc_wide_ls(k) * (4 + 2 + 2) + (size_t)fgmmc_wide_yw(d) * 4;
+    int64_t sub = (int64_t)(WD_SCRATCH / per_row) / WD_BM * WD_BM;
+    if (sub < WD_BM) sub = WD_BM;
+    if (sub > 65536) sub = 65536;
+    return sub;
+}
+
+/* ------------------------------------------------------ 1: rows to Y */
+
+__global__ void __launch_bounds__(256) wide_rows_kernel(fgmmc_batch b, int64_t m)
+{
+    const int D = b.d, YW = b.kw;
+    bf16 *Yh = (bf16 *)b.yg_hi, *Yl = (bf16 *)b.yg_lo;
+    const size_t total = (size_t)m * YW;
+    for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (size_t)gridDim.x * blockDim.x) {
+        const size_t r = e / YW;
+        const int j = (int)(e - r * YW);
+        float v;
+        if (j < 2 * D) {
+            const int col = j < D ? j : j - D;
+            /* The same conversion as every other kernel (load_y), so y and
+             * y^2 have the same bits as in estep_tc.cu's staging. */
+            const float y = load_y(b.x, b.dtype, r * D + col, b.shift[col]);
+            v = j < D ? y : __fmul_rn(y, y);
+        } else {
+            v = j == 2 * D ? 1.f : 0.f;
+        }
+        split_store(Yh, Yl, e, v);
+    }
+}
+
+/* ------------------------------------------- shared tile machinery */
+
+/* Shared memory per pipeline stage: A hi, A lo, B hi, B lo. */
+template <int AR, int AC, int BR, int BC>
+struct wide_stage {
+    enum { AS = AC + 8, BS = BC + 8, A = AR * AS, B = BR * BS, ELEMS = 2 * A + 2 * B };
+};
+
+/* The warp's 64 x 32 block of a 128 x 128 tile: acc[i][n] is the m16n8 tile
+ * (16 i, 8 n); acc[i][n][0..1] row g, columns 2t, 2t+1; [2..3] row g + 8.
+ * The three products per fragment pair in the order hi*hi, hi*lo, lo*hi. */
+template <int PREC>
+__device__ __forceinline__ void wide_mma_block(float (&acc)[4][4][4], const uint32_t (&ah)[4][4],
+                                               const uint32_t (&al)[4][4], const uint32_t (&bh)[2][4],
+                                               const uint32_t (&bl)[2][4])
+{
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int n = 0; n < 4; n++) {
+            mma(acc[i][n], ah[i], bh[n >> 1][2 * (n & 1)], bh[n >> 1][2 * (n & 1) + 1]);
+            if (PREC == 3) {
+                mma(acc[i][n], ah[i], bl[n >> 1][2 * (n & 1)], bl[n >> 1][2 * (n & 1) + 1]);
+                mma(acc[i][n], al[i], bh[n >> 1][2 * (n & 1)], bh[n >> 1][2 * (n & 1) + 1]);
+            }
+        }
+}
+
+/* --------------------------------------------- 2: logits L = Y W^T */
+
+/* grid (component tiles, row tiles); 8 warps as 2 (rows) x 4 (components).
+ * Both operands are k-major ([row][col] with the inner dimension along the
+ * row), so fragments come from plain ldmatrix, as in warp_logits. */
+template <int PREC>
+__global__ void __launch_bounds__(256, 1) wide_logits_kernel(fgmmc_batch b, int64_t m, float *L,
+                                                             int ls, int wrows)
+{
+    typedef wide_stage<WD_BM, WD_BK, WD_BN, WD_BK> St;
+    extern __shared__ __align__(16) uint4 wd_smem_l[];
+    bf16 *smem = (bf16 *)wd_smem_l;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int wm = warp & 1, wn = warp >> 1;
+    const int YW = b.kw;
+    const int64_t r0 = (int64_t)blockIdx.y * WD_BM;
+    const int k0 = blockIdx.x * WD_BN;
+    const bf16 *Yh = (const bf16 *)b.yg_hi, *Yl = (const bf16 *)b.yg_lo;
+    const bf16 *Wh = (const bf16 *)b.wt_hi, *Wl = (const bf16 *)b.wt_lo;
+
+    /* Inner columns j0..j0+31 of the tile's rows and components into stage s;
+     * rows past m and components past W's rows arrive as zeros. */
+    auto load = [&](int s, int j0) {
+        bf16 *Ah = smem + (size_t)s * St::ELEMS, *Al = Ah + St::A, *Bh = Al + St::A, *Bl = Bh + St::B;
+#pragma unroll
+        for (int it = 0; it < 2; it++) {
+            const int e = tid + 256 * it, r = e >> 2, v = e & 3;
+            const int64_t row = r0 + r;
+            const bool ok = row < m;
+            const size_t at = ok ? (size_t)row * YW + j0 + 8 * v : 0;
+            cp_async16(Ah + r * St::AS + 8 * v, Yh + at, ok ? 16 : 0);
+            if (PREC == 3) cp_async16(Al + r * St::AS + 8 * v, Yl + at, ok ? 16 : 0);
+            const int comp = k0 + r;
+            const bool okw = comp < wrows;
+            const size_t aw = okw ? (size_t)comp * YW + j0 + 8 * v : 0;
+            cp_async16(Bh + r * St::BS + 8 * v, Wh + aw, okw ? 16 : 0);
+            if (PREC == 3) cp_async16(Bl + r * St::BS + 8 * v, Wl + aw, okw ? 16 : 0);
+        }
+    };
+
+    float acc[4][4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int n = 0; n < 4; n++) acc[i][n][0] = acc[i][n][1] = acc[i][n][2] = acc[i][n][3] = 0.f;
+
+    const int steps = YW / WD_BK;
+#pragma unroll
+    for (int s = 0; s < WD_STAGES - 1; s++) {
+        if (s < steps) load(s, s * WD_BK);
+        cp_async_commit();
+    }
+    const int arow = (lane & 7) + 8 * ((lane >> 3) & 1), acol = 8 * (lane >> 4);
+    const int brow = (lane & 7) + 8 * (lane >> 4), bcol = 8 * ((lane >> 3) & 1);
+#pragma unroll 1
+    for (int kt = 0; kt < steps; kt++) {
+        cp_async_wait<WD_STAGES - 2>();
+        __syncthreads(); /* stage kt landed for all; stage kt-1 consumed by all */
+        const int nx = kt + WD_STAGES - 1;
+        if (nx < steps) load(nx % WD_STAGES, nx * WD_BK);
+        cp_async_commit();
+        const bf16 *Ah = smem + (size_t)(kt % WD_STAGES) * St::ELEMS, *Al = Ah + St::A,
+                   *Bh = Al + St::A, *Bl = Bh + St::B;
+#pragma unroll
+        for (int ks = 0; ks < WD_BK; ks += 16) {
+            uint32_t ah[4][4], al[4][4], bh[2][4], bl[2][4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                ldm_x4(ah[i], Ah + (64 * wm + 16 * i + arow) * St::AS + ks + acol);
+                if (PREC == 3) ldm_x4(al[i], Al + (64 * wm + 16 * i + arow) * St::AS + ks + acol);
+            }
+#pragma unroll
+            for (int np = 0; np < 2; np++) {
+                ldm_x4(bh[np], Bh + (32 * wn + 16 * np + brow) * St::BS + ks + bcol);
+                if (PREC == 3) ldm_x4(bl[np], Bl + (32 * wn + 16 * np + brow) * St::BS + ks + bcol);
+            }
+            wide_mma_block<PREC>(acc, ah, al, bh, bl);
+        }
+    }
+    cp_async_wait<0>();
+
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int64_t row = r0 + 64 * wm + 16 * i + g + 8 * h;
+            if (row >= m) continue;
+#pragma unroll
+            for (int n = 0; n < 4; n++) {
+                const int col = k0 + 32 * wn + 8 * n + 2 * t; /* even; ls is a multiple of 8 */
+                if (col < ls)
+                    *(float2 *)(L + (size_t)row * ls + col) =
+                        make_float2(acc[i][n][2 * h], acc[i][n][2 * h + 1]);
+            }
+        }
+}
+
+/* ------------------------------------------ 3: per-row normalisation */
+
+/* A warp per row: lse2 = log2 sum_k exp2(l_k + c_k) by max, then sum, both
+ * in a fixed order (lane-strided, then a butterfly); ll = lse2 ln 2. With
+ * write_r, R = exp2(l + c - lse2) as split bf16, zeros in columns K..ls. */
+template <int WRITE_R>
+__global__ void __launch_bounds__(256) wide_softmax_kernel(fgmmc_batch b, int64_t m, const float *L,
+                                                           int ls, bf16 *Rh, bf16 *Rl)
+{
+    __shared__ double red[WD_SM_ROWS];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, K = b.k;
+    const int64_t row = (int64_t)blockIdx.x * WD_SM_ROWS + warp;
+    double llrow = 0.0;
+    if (row < m) {
+        const float *l = L + (size_t)row * ls;
+        float mx = -INFINITY;
+        for (int k = lane; k < K; k += 32) mx = fmaxf(mx, __fadd_rn(l[k], __ldg(b.c + k)));
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        float s = 0.f;
+        for (int k = lane; k < K; k += 32) s += exp2f(__fadd_rn(l[k], __ldg(b.c + k)) - mx);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        const float lse2 = mx + log2f(s);
+        const float ll = __fmul_rn(lse2, 0.693147180559945309f);
+        llrow = ll;
+        if (lane == 0) b.ll[row] = ll;
+        if (WRITE_R) {
+            for (int k = lane; k < ls; k += 32) {
+                const float r = k < K ? exp2f(__fadd_rn(l[k], __ldg(b.c + k)) - lse2) : 0.f;
+                split_store(Rh, Rl, (size_t)row * ls + k, r);
+            }
+        }
+    }
+    if (lane == 0) red[warp] = llrow;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double v = 0.0;
+        for (int w = 0; w < WD_SM_ROWS; w++) v += red[w];
+        b.block_ll[blockIdx.x] = v;
+    }
+}
+
+/* ------------------------------------------- 4: statistics S += R^T Y */
+
+/* grid (column tiles, component tiles, splits); 8 warps as 2 (components)
+ * x 4 (columns). Both operands are stored row-major over the rows, the
+ * product's inner dimension, so fragments come from ldmatrix.trans, as in
+ * tc_stats_kernel. part: this sub-chunk's split partials; accumulate: add
+ * to them (a later sub-chunk) rather than overwrite. */
+template <int PREC>
+__global__ void __launch_bounds__(256, 1) wide_stats_kernel(fgmmc_batch b, int64_t m, const bf16 *Rh,
+                                                            const bf16 *Rl, int ls,
+                                                            int64_t rows_per_split, int accumulate)
+{
+    typedef wide_stage<WD_BK, WD_BM, WD_BK, WD_BN> St;
+    extern __shared__ __align__(16) uint4 wd_smem_s[];
+    bf16 *smem = (bf16 *)wd_smem_s;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int wm = warp & 1, wn = warp >> 1;
+    const int YW = b.kw, K = b.k, D = b.d;
+    const int c0 = blockIdx.x * WD_BN, k0 = blockIdx.y * WD_BM;
+    const int64_t r0 = (int64_t)blockIdx.z * rows_per_split;
+    const int64_t r1 = m < r0 + rows_per_split ? m : r0 + rows_per_split;
+    const bf16 *Yh = (const bf16 *)b.yg_hi, *Yl = (const bf16 *)b.yg_lo;
+    double *part = b.partials + (size_t)blockIdx.z * K * (2 * D + 1);
+
+    /* Rows t0..t0+31: R's components k0.. and Y's columns c0.., 16 vectors
+     * of 8 each per row; rows past r1 and vectors past the arrays' widths
+     * arrive as zeros. */
+    auto load = [&](int s, int64_t t0) {
+        bf16 *Ah = smem + (size_t)s * St::ELEMS, *Al = Ah + St::A, *Bh = Al + St::A, *Bl = Bh + St::B;
+#pragma unroll
+        for (int it = 0; it < 2; it++) {
+            const int e = tid + 256 * it, r = e >> 4, v = e & 15;
+            const int64_t row = t0 + r;
+            const bool okr = row < r1 && k0 + 8 * v < ls;
+            const size_t ar = okr ? (size_t)row * ls + k0 + 8 * v : 0;
+            cp_async16(Ah + r * St::AS + 8 * v, Rh + ar, okr ? 16 : 0);
+            if (PREC == 3) cp_async16(Al + r * St::AS + 8 * v, Rl + ar, okr ? 16 : 0);
+            const bool oky = row < r1 && c0 + 8 * v < YW;
+            const size_t ay = oky ? (size_t)row * YW + c0 + 8 * v : 0;
+            cp_async16(Bh + r * St::BS + 8 * v, Yh + ay, oky ? 16 : 0);
+            if (PREC == 3) cp_async16(Bl + r * St::BS + 8 * v, Yl + ay, oky ? 16 : 0);
+        }
+    };
+
+    float acc[4][4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int n = 0; n < 4; n++) acc[i][n][0] = acc[i][n][1] = acc[i][n][2] = acc[i][n][3] = 0.f;
+    bool written = accumulate != 0;
+    int pending = 0;
+
+    /* Folds acc into the double partials and clears it. */
+    auto flush = [&]() {
+        double *pbase = part;
+        int dd = D;
+        asm volatile("" : "+l"(pbase), "+r"(dd)); /* see tc_stats_kernel */
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int k = k0 + 64 * wm + 16 * i + g + 8 * h;
+                double *pk = pbase + (size_t)k * (2 * dd + 1);
+#pragma unroll
+                for (int n = 0; n < 4; n++)
+#pragma unroll
+                    for (int q = 0; q < 2; q++) {
+                        const int col = c0 + 32 * wn + 8 * n + 2 * t + q;
+                        const float v = acc[i][n][2 * h + q];
+                        acc[i][n][2 * h + q] = 0.f;
+                        if (k < K && col <= 2 * dd) pk[col] = written ? pk[col] + (double)v : (double)v;
+                    }
+            }
+        written = true;
+        pending = 0;
+    };
+
+    const int64_t steps = r1 > r0 ? (r1 - r0 + WD_BK - 1) / WD_BK : 0;
+#pragma unroll
+    for (int s = 0; s < WD_STAGES - 1; s++) {
+        if (s < steps) load(s, r0 + (int64_t)s * WD_BK);
+        cp_async_commit();
+    }
+    const int arow = (lane & 7) + 8 * (lane >> 4), acol = 8 * ((lane >> 3) & 1);
+    const int brow = (lane & 7) + 8 * ((lane >> 3) & 1), bcol = 8 * (lane >> 4);
+#pragma unroll 1
+    for (int64_t kt = 0; kt < steps; kt++) {
+        cp_async_wait<WD_STAGES - 2>();
+        __syncthreads();
+        const int64_t nx = kt + WD_STAGES - 1;
+        if (nx < steps) load((int)(nx % WD_STAGES), r0 + nx * WD_BK);
+        cp_async_commit();
+        const bf16 *Ah = smem + (size_t)(kt % WD_STAGES) * St::ELEMS, *Al = Ah + St::A,
+                   *Bh = Al + St::A, *Bl = Bh + St::B;
+#pragma unroll
+        for (int ks = 0; ks < WD_BK; ks += 16) {
+            uint32_t ah[4][4], al[4][4], bh[2][4], bl[2][4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                ldm_x4_t(ah[i], Ah + (ks + arow) * St::AS + 64 * wm + 16 * i + acol);
+                if (PREC == 3) ldm_x4_t(al[i], Al + (ks + arow) * St::AS + 64 * wm + 16 * i + acol);
+            }
+#pragma unroll
+            for (int np = 0; np < 2; np++) {
+                ldm_x4_t(bh[np], Bh + (ks + brow) * St::BS + 32 * wn + 16 * np + bcol);
+                if (PREC == 3) ldm_x4_t(bl[np], Bl + (ks + brow) * St::BS + 32 * wn + 16 * np + bcol);
+            }
+            wide_mma_block<PREC>(acc, ah, al, bh, bl);
+        }
+        pending += WD_BK;
+        if (pending >= WD_FLUSH) flush();
+    }
+    cp_async_wait<0>();
+    /* The last rows, and in a first sub-chunk a split without rows: its
+     * partials must still be written (zeros). */
+    if (pending > 0 || !written) flush();
+}
+
+/* ------------------------------------------------------------ launchers */
+
+void fgmmc_estep_wide_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *plan)
+{
+    const int64_t sub = fgmmc_wide_sub_rows(k, d), first = n < sub ? n : sub;
+    const int ctiles = (fgmmc_wide_yw(d) + WD_BN - 1) / WD_BN, ktiles = (k + WD_BM - 1) / WD_BM;
+    /* About two waves of statistics blocks (one per SM), at least 512 rows
+     * per split of the largest sub-chunk. */
+    const int64_t target = 2 * (int64_t)(sm_count > 0 ? sm_count : 132);
+    int64_t splits = (target + (int64_t)ctiles * ktiles - 1) / ((int64_t)ctiles * ktiles);
+    int64_t most = (first + 511) / 512;
+    if (splits > most) splits = most;
+    if (splits > 64) splits = 64;
+    if (splits < 1) splits = 1;
+    plan->fused = 0;
+    plan->kb = WD_BM;
+    plan->slices = ktiles;
+    plan->splits = (int)splits;
+    plan->rows_per_split = 0; /* per sub-chunk, in the launcher */
+    plan->lse_blocks = (int)((n + WD_SM_ROWS - 1) / WD_SM_ROWS);
+    plan->partial_elems = (size_t)splits * (size_t)k * (size_t)(2 * d + 1);
+}
+
+static size_t wide_smem_l() { return (size_t)WD_STAGES * wide_stage<WD_BM, WD_BK, WD_BN, WD_BK>::ELEMS * sizeof(bf16); }
+static size_t wide_smem_s() { return (size_t)WD_STAGES * wide_stage<WD_BK, WD_BM, WD_BK, WD_BN>::ELEMS * sizeof(bf16); }
+
+template <int PREC>
+static fgmmc_status wide_sub(const fgmmc_batch *bt, const fgmmc_plan *plan, int64_t row0, int64_t m,
+                             int ll_only, cudaStream_t s, fgmmc_error *err)
+{
+    fgmmc_batch b = *bt;
+    const size_t es = fgmmc_dtype_size(b.dtype);
+    b.x = (const char *)bt->x + (size_t)row0 * b.d * es;
+    b.ll = bt->ll + row0;
+    b.block_ll = bt->block_ll + row0 / WD_SM_ROWS;
+    const int ls = fgmmc_wide_ls(b.k), wrows = (b.k + 63) / 64 * 64;
+    bf16 *Rh = (bf16 *)b.wide_rh, *Rl = (bf16 *)b.wide_rl;
+
+    const size_t total = (size_t)m * b.kw;
+    unsigned rb = (unsigned)((total + 255) / 256);
+    if (rb > 65535u * 4u) rb = 65535u * 4u;
+    wide_rows_kernel<<<rb, 256, 0, s>>>(b, m);
+    FGMMC_CHECK_LAUNCH("wide_rows_kernel", err);
+
+    const size_t sl = wide_smem_l();
+    FGMMC_CHECK(cudaFuncSetAttribute(wide_logits_kernel<PREC>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sl),
+                err);
+    dim3 gl((unsigned)((ls + WD_BN - 1) / WD_BN), (unsigned)((m + WD_BM - 1) / WD_BM));
+    wide_logits_kernel<PREC><<<gl, 256, sl, s>>>(b, m, b.wide_l, ls, wrows);
+    FGMMC_CHECK_LAUNCH("wide_logits_kernel", err);
+
+    const unsigned sb = (unsigned)((m + WD_SM_ROWS - 1) / WD_SM_ROWS);
+    if (ll_only) {
+        wide_softmax_kernel<0><<<sb, 32 * WD_SM_ROWS, 0, s>>>(b, m, b.wide_l, ls, Rh, Rl);
+        FGMMC_CHECK_LAUNCH("wide_softmax_kernel", err);
+        return FGMMC_OK;
+    }
+    wide_softmax_kernel<1><<<sb, 32 * WD_SM_ROWS, 0, s>>>(b, m, b.wide_l, ls, Rh, Rl);
+    FGMMC_CHECK_LAUNCH("wide_softmax_kernel", err);
+
+    const int64_t rps = ((m + plan->splits - 1) / plan->splits + WD_BK - 1) / WD_BK * WD_BK;
+    const size_t ss = wide_smem_s();
+    FGMMC_CHECK(cudaFuncSetAttribute(wide_stats_kernel<PREC>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ss),
+                err);
+    dim3 gs((unsigned)((b.kw + WD_BN - 1) / WD_BN), (unsigned)((b.k + WD_BM - 1) / WD_BM),
+            (unsigned)plan->splits);
+    wide_stats_kernel<PREC><<<gs, 256, ss, s>>>(b, m, Rh, Rl, ls, rps, row0 > 0);
+    FGMMC_CHECK_LAUNCH("wide_stats_kernel", err);
+    return FGMMC_OK;
+}
+
+fgmmc_status fgmmc_estep_wide_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
+                                     int ll_only, cudaStream_t s, fgmmc_error *err)
+{
+    if (b->n <= 0) return FGMMC_OK;
+    if (b->kw != fgmmc_wide_yw(b->d) || !b->wt_hi || !b->wt_lo || !b->wide_l || !b->wide_rh ||
+        !b->wide_rl || !b->yg_hi || !b->yg_lo)
+        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "wide estep: d=%d kw=%d or scratch missing", b->d,
+                          b->kw);
+    if (plan->lse_blocks < (b->n + WD_SM_ROWS - 1) / WD_SM_ROWS)
+        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "wide estep: plan for fewer than %lld rows",
+                          (long long)b->n);
+    const int64_t sub = fgmmc_wide_sub_rows(b->k, b->d);
+    for (int64_t r0 = 0; r0 < b->n; r0 += sub) {
+        const int64_t m = b->n - r0 < sub ? b->n - r0 : sub;
+        fgmmc_status st = prec == 1 ? wide_sub<1>(b, plan, r0, m, ll_only, s, err)
+                                    : wide_sub<3>(b, plan, r0, m, ll_only, s, err);
+        if (st) return st;
+    }
+    if (ll_only) return fgmmc_ll_reduce_launch(b, plan, s, err);
+    return fgmmc_estep_reduce_launch(b, plan, s, err);
+}
