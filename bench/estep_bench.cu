@@ -16,7 +16,7 @@
  *                         (default: as the context; 0: never; 16: wherever
  *                         it runs)
  *   FGMM_BENCH_KERNEL_A=mma  the mma.sync kernels A and B
- *   FGMM_BENCH_BM=64      the Hopper kernel B on 64-row tiles
+ *   FGMM_BENCH_BM=32      the Hopper kernel B on 32-row tiles (default 64)
  */
 #include <cuda_bf16.h>
 #include <math.h>
@@ -89,7 +89,7 @@ static void setup(Dev &d, int64_t n, int K, int D, const void *x, const float *w
             exit(1);
         }
         const char *bm = getenv("FGMM_BENCH_BM");
-        if (bm) fgmmc_wgmma_stats_rows = atoi(bm);
+        if (bm) b.stats_rows = atoi(bm);
         const char *ka = getenv("FGMM_BENCH_KERNEL_A");
         if (ka && !strcmp(ka, "mma")) b.wgmma = 0;
         /* The fused kernel where the context would use it;
@@ -117,12 +117,13 @@ static void setup(Dev &d, int64_t n, int K, int D, const void *x, const float *w
     CK(cudaMalloc(&b.acc, ((size_t)K * (2 * D + 1) + 1) * sizeof(double)));
 }
 
-static void step(Dev &d, cudaStream_t s, int parts = 7)
+static void step(Dev &d, cudaStream_t s, int parts = -1)
 {
+    if (parts < 0) parts = d.wide ? 31 : 7;
     size_t per = (size_t)d.b.k * (2 * d.b.d + 1) + 1;
     CK(cudaMemsetAsync(d.b.acc, 0, per * sizeof(double), s));
     fgmmc_error err = {};
-    fgmmc_status st = d.wide ? fgmmc_estep_wide_launch(&d.b, &d.plan, d.prec, 0, s, &err)
+    fgmmc_status st = d.wide ? fgmmc_estep_wide_parts(&d.b, &d.plan, d.prec, parts, s, &err)
                       : d.prec ? fgmmc_estep_tc_parts(&d.b, &d.plan, d.prec, parts, s, &err)
                              : fgmmc_estep_launch(&d.b, &d.plan, s, &err);
     if (st) {
@@ -249,6 +250,18 @@ int main(int argc, char **argv)
     double med = ms[iters / 2];
     /* Per-kernel split (tensor-core path): A alone, B alone. */
     float part_ms[2] = {0, 0};
+    /* Wide path: rows, logits, normalisation, statistics alone. */
+    float wide_ms[4] = {0, 0, 0, 0};
+    for (int q = 0; q < 4 && full.wide; q++) {
+        CK(cudaEventRecord(e0, s));
+        step(full, s, 1 << q);
+        CK(cudaEventRecord(e1, s));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaEventElapsedTime(&wide_ms[q], e0, e1));
+    }
+    if (full.wide)
+        printf("wide parts: rows %.3f ms, logits %.3f ms, normalisation %.3f ms, statistics %.3f ms\n",
+               wide_ms[0], wide_ms[1], wide_ms[2], wide_ms[3]);
     for (int q = 0; q < 2 && full.prec && !full.wide; q++) {
         CK(cudaEventRecord(e0, s));
         step(full, s, q == 0 ? 1 : 2);

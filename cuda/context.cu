@@ -772,6 +772,7 @@ static fgmmc_status launch_rows(fgmmc_context *ctx, int b, const void *x_dev, in
     bt.wt_tiles = ctx->d_wt_tiles;
     bt.kw = ctx->kw;
     bt.wgmma = ctx->wgmma && !ctx->portable;
+    bt.stats_rows = 0;
     bt.yg_hi = ctx->d_yg_hi;
     bt.yg_lo = ctx->d_yg_lo;
     bt.wide_l = ctx->d_wl;

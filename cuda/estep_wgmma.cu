@@ -803,8 +803,6 @@ fgmmc_status fgmmc_wgmma_lse_launch(const fgmmc_batch *b, int blocks, int prec, 
     return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "wgmma lse: no kernel for width %d", b->kw);
 }
 
-int fgmmc_wgmma_stats_rows = 32;
-
 static size_t wg_smem_b(int kw, int prec, int bm)
 {
     /* One W tile; two warpgroups x their row-tile buffers. */
@@ -817,7 +815,10 @@ static fgmmc_status launch_wgb(const fgmmc_batch *b, const fgmmc_plan *plan, cud
                                fgmmc_error *err)
 {
     dim3 grid((unsigned)plan->slices, (unsigned)((plan->splits + 1) / 2));
-    if (fgmmc_wgmma_stats_rows == 64) {
+    /* 64-row tiles unless a bench asks for 32: on the H200 at 1M x 1024 x
+     * 128 kernel B took 6.43 ms against 7.36 with 32 (BENCHMARKS.md, sixth
+     * session): twice the rows per W-tile pass, half the wgmma issues. */
+    if (b->stats_rows != 32) {
         size_t smem = wg_smem_b(KW, PREC, 64);
         FGMMC_CHECK(cudaFuncSetAttribute(wg_stats_kernel<KW, PREC, false, 64>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),

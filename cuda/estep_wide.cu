@@ -47,7 +47,15 @@
 #define WD_BM 128     /* tile rows: rows of L, components of S */
 #define WD_BN 128     /* tile columns: components of L, columns of S */
 #define WD_BK 32      /* inner-dimension step */
-#define WD_STAGES 3   /* cp.async pipeline depth */
+#ifndef WD_STAGES /* bench builds may override these two for A/B */
+/* Two blocks per SM with two stages each beat one block with three or four
+ * (H200, 1M x 1024 x 768: 73.9 against 85.8 and 86.6 ms per step; the
+ * second block's products hide the first one's waits at the barrier). */
+#define WD_STAGES 2   /* cp.async pipeline depth */
+#endif
+#ifndef WD_MINB
+#define WD_MINB 2     /* blocks per SM the GEMM kernels are compiled for */
+#endif
 #define WD_FLUSH 4096 /* rows per fp32 accumulation before the double fold */
 #define WD_SM_ROWS 8  /* rows per softmax block, a warp each */
 #define WD_SCRATCH ((size_t)512 << 20)
@@ -65,28 +73,51 @@ int64_t fgmmc_wide_sub_rows(int k, int d)
     return sub;
 }
 
+/* The sub-chunk size for a batch of n rows: as few sub-chunks as the
+ * scratch allows, of equal size (whole tiles), so that the last one is not
+ * a sliver that leaves most SMs idle. */
+static int64_t wide_sub_for(int k, int d, int64_t n)
+{
+    const int64_t most = fgmmc_wide_sub_rows(k, d), nsub = (n + most - 1) / most;
+    int64_t sub = ((n + nsub - 1) / nsub + WD_BM - 1) / WD_BM * WD_BM;
+    return sub < most ? sub : most;
+}
+
 /* ------------------------------------------------------ 1: rows to Y */
 
+/* A thread per 8 columns of a row: 16-byte stores of hi and lo (one
+ * element per thread with 2-byte stores took 6.6 ms per 1M x 768 rows on
+ * the H200, three times the bytes' time). */
 __global__ void __launch_bounds__(256) wide_rows_kernel(fgmmc_batch b, int64_t m)
 {
-    const int D = b.d, YW = b.kw;
+    const int D = b.d, YV = b.kw / 8;
     bf16 *Yh = (bf16 *)b.yg_hi, *Yl = (bf16 *)b.yg_lo;
-    const size_t total = (size_t)m * YW;
+    const size_t total = (size_t)m * YV;
     for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
          e += (size_t)gridDim.x * blockDim.x) {
-        const size_t r = e / YW;
-        const int j = (int)(e - r * YW);
-        float v;
-        if (j < 2 * D) {
-            const int col = j < D ? j : j - D;
-            /* The same conversion as every other kernel (load_y), so y and
-             * y^2 have the same bits as in estep_tc.cu's staging. */
-            const float y = load_y(b.x, b.dtype, r * D + col, b.shift[col]);
-            v = j < D ? y : __fmul_rn(y, y);
-        } else {
-            v = j == 2 * D ? 1.f : 0.f;
+        const size_t r = e / YV;
+        const int j0 = 8 * (int)(e - r * YV);
+        float v[8];
+#pragma unroll
+        for (int q = 0; q < 8; q++) {
+            const int j = j0 + q;
+            if (j < 2 * D) {
+                const int col = j < D ? j : j - D;
+                /* The same conversion as every other kernel (load_y), so y
+                 * and y^2 have the same bits as in estep_tc.cu's staging. */
+                const float y = load_y(b.x, b.dtype, r * D + col, b.shift[col]);
+                v[q] = j < D ? y : __fmul_rn(y, y);
+            } else {
+                v[q] = j == 2 * D ? 1.f : 0.f;
+            }
         }
-        split_store(Yh, Yl, e, v);
+        float lo[8];
+#pragma unroll
+        for (int q = 0; q < 8; q++) lo[q] = __fsub_rn(v[q], __bfloat162float(__float2bfloat16_rn(v[q])));
+        const uint2 h0 = pack4_bf16(v[0], v[1], v[2], v[3]), h1 = pack4_bf16(v[4], v[5], v[6], v[7]);
+        const uint2 l0 = pack4_bf16(lo[0], lo[1], lo[2], lo[3]), l1 = pack4_bf16(lo[4], lo[5], lo[6], lo[7]);
+        *(uint4 *)(Yh + 8 * e) = make_uint4(h0.x, h0.y, h1.x, h1.y);
+        *(uint4 *)(Yl + 8 * e) = make_uint4(l0.x, l0.y, l1.x, l1.y);
     }
 }
 
@@ -124,7 +155,7 @@ __device__ __forceinline__ void wide_mma_block(float (&acc)[4][4][4], const uint
  * Both operands are k-major ([row][col] with the inner dimension along the
  * row), so fragments come from plain ldmatrix, as in warp_logits. */
 template <int PREC>
-__global__ void __launch_bounds__(256, 1) wide_logits_kernel(fgmmc_batch b, int64_t m, float *L,
+__global__ void __launch_bounds__(256, WD_MINB) wide_logits_kernel(fgmmc_batch b, int64_t m, float *L,
                                                              int ls, int wrows)
 {
     typedef wide_stage<WD_BM, WD_BK, WD_BN, WD_BK> St;
@@ -266,7 +297,7 @@ __global__ void __launch_bounds__(256) wide_softmax_kernel(fgmmc_batch b, int64_
  * tc_stats_kernel. part: this sub-chunk's split partials; accumulate: add
  * to them (a later sub-chunk) rather than overwrite. */
 template <int PREC>
-__global__ void __launch_bounds__(256, 1) wide_stats_kernel(fgmmc_batch b, int64_t m, const bf16 *Rh,
+__global__ void __launch_bounds__(256, WD_MINB) wide_stats_kernel(fgmmc_batch b, int64_t m, const bf16 *Rh,
                                                             const bf16 *Rl, int ls,
                                                             int64_t rows_per_split, int accumulate)
 {
@@ -380,7 +411,7 @@ __global__ void __launch_bounds__(256, 1) wide_stats_kernel(fgmmc_batch b, int64
 
 void fgmmc_estep_wide_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *plan)
 {
-    const int64_t sub = fgmmc_wide_sub_rows(k, d), first = n < sub ? n : sub;
+    const int64_t first = wide_sub_for(k, d, n);
     const int ctiles = (fgmmc_wide_yw(d) + WD_BN - 1) / WD_BN, ktiles = (k + WD_BM - 1) / WD_BM;
     /* About two waves of statistics blocks (one per SM), at least 512 rows
      * per split of the largest sub-chunk. */
@@ -404,8 +435,9 @@ static size_t wide_smem_s() { return (size_t)WD_STAGES * wide_stage<WD_BK, WD_BM
 
 template <int PREC>
 static fgmmc_status wide_sub(const fgmmc_batch *bt, const fgmmc_plan *plan, int64_t row0, int64_t m,
-                             int ll_only, cudaStream_t s, fgmmc_error *err)
+                             int parts, cudaStream_t s, fgmmc_error *err)
 {
+    const int ll_only = parts & FGMMC_WIDE_LL_ONLY;
     fgmmc_batch b = *bt;
     const size_t es = fgmmc_dtype_size(b.dtype);
     b.x = (const char *)bt->x + (size_t)row0 * b.d * es;
@@ -414,28 +446,33 @@ static fgmmc_status wide_sub(const fgmmc_batch *bt, const fgmmc_plan *plan, int6
     const int ls = fgmmc_wide_ls(b.k), wrows = (b.k + 63) / 64 * 64;
     bf16 *Rh = (bf16 *)b.wide_rh, *Rl = (bf16 *)b.wide_rl;
 
-    const size_t total = (size_t)m * b.kw;
+    const size_t total = (size_t)m * (b.kw / 8);
     unsigned rb = (unsigned)((total + 255) / 256);
     if (rb > 65535u * 4u) rb = 65535u * 4u;
-    wide_rows_kernel<<<rb, 256, 0, s>>>(b, m);
-    FGMMC_CHECK_LAUNCH("wide_rows_kernel", err);
+    if (parts & 1) {
+        wide_rows_kernel<<<rb, 256, 0, s>>>(b, m);
+        FGMMC_CHECK_LAUNCH("wide_rows_kernel", err);
+    }
 
     const size_t sl = wide_smem_l();
     FGMMC_CHECK(cudaFuncSetAttribute(wide_logits_kernel<PREC>,
                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sl),
                 err);
     dim3 gl((unsigned)((ls + WD_BN - 1) / WD_BN), (unsigned)((m + WD_BM - 1) / WD_BM));
-    wide_logits_kernel<PREC><<<gl, 256, sl, s>>>(b, m, b.wide_l, ls, wrows);
-    FGMMC_CHECK_LAUNCH("wide_logits_kernel", err);
+    if (parts & 2) {
+        wide_logits_kernel<PREC><<<gl, 256, sl, s>>>(b, m, b.wide_l, ls, wrows);
+        FGMMC_CHECK_LAUNCH("wide_logits_kernel", err);
+    }
 
     const unsigned sb = (unsigned)((m + WD_SM_ROWS - 1) / WD_SM_ROWS);
-    if (ll_only) {
-        wide_softmax_kernel<0><<<sb, 32 * WD_SM_ROWS, 0, s>>>(b, m, b.wide_l, ls, Rh, Rl);
+    if (parts & 4) {
+        if (ll_only)
+            wide_softmax_kernel<0><<<sb, 32 * WD_SM_ROWS, 0, s>>>(b, m, b.wide_l, ls, Rh, Rl);
+        else
+            wide_softmax_kernel<1><<<sb, 32 * WD_SM_ROWS, 0, s>>>(b, m, b.wide_l, ls, Rh, Rl);
         FGMMC_CHECK_LAUNCH("wide_softmax_kernel", err);
-        return FGMMC_OK;
     }
-    wide_softmax_kernel<1><<<sb, 32 * WD_SM_ROWS, 0, s>>>(b, m, b.wide_l, ls, Rh, Rl);
-    FGMMC_CHECK_LAUNCH("wide_softmax_kernel", err);
+    if (ll_only || !(parts & 8)) return FGMMC_OK;
 
     const int64_t rps = ((m + plan->splits - 1) / plan->splits + WD_BK - 1) / WD_BK * WD_BK;
     const size_t ss = wide_smem_s();
@@ -449,8 +486,8 @@ static fgmmc_status wide_sub(const fgmmc_batch *bt, const fgmmc_plan *plan, int6
     return FGMMC_OK;
 }
 
-fgmmc_status fgmmc_estep_wide_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
-                                     int ll_only, cudaStream_t s, fgmmc_error *err)
+fgmmc_status fgmmc_estep_wide_parts(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
+                                    int parts, cudaStream_t s, fgmmc_error *err)
 {
     if (b->n <= 0) return FGMMC_OK;
     if (b->kw != fgmmc_wide_yw(b->d) || !b->wt_hi || !b->wt_lo || !b->wide_l || !b->wide_rh ||
@@ -460,13 +497,21 @@ fgmmc_status fgmmc_estep_wide_launch(const fgmmc_batch *b, const fgmmc_plan *pla
     if (plan->lse_blocks < (b->n + WD_SM_ROWS - 1) / WD_SM_ROWS)
         return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "wide estep: plan for fewer than %lld rows",
                           (long long)b->n);
-    const int64_t sub = fgmmc_wide_sub_rows(b->k, b->d);
+    const int64_t sub = wide_sub_for(b->k, b->d, b->n);
     for (int64_t r0 = 0; r0 < b->n; r0 += sub) {
         const int64_t m = b->n - r0 < sub ? b->n - r0 : sub;
-        fgmmc_status st = prec == 1 ? wide_sub<1>(b, plan, r0, m, ll_only, s, err)
-                                    : wide_sub<3>(b, plan, r0, m, ll_only, s, err);
+        fgmmc_status st = prec == 1 ? wide_sub<1>(b, plan, r0, m, parts, s, err)
+                                    : wide_sub<3>(b, plan, r0, m, parts, s, err);
         if (st) return st;
     }
-    if (ll_only) return fgmmc_ll_reduce_launch(b, plan, s, err);
+    if (!(parts & 16)) return FGMMC_OK;
+    if (parts & FGMMC_WIDE_LL_ONLY) return fgmmc_ll_reduce_launch(b, plan, s, err);
     return fgmmc_estep_reduce_launch(b, plan, s, err);
+}
+
+fgmmc_status fgmmc_estep_wide_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
+                                     int ll_only, cudaStream_t s, fgmmc_error *err)
+{
+    return fgmmc_estep_wide_parts(b, plan, prec, ll_only ? (1 | 2 | 4 | 16 | FGMMC_WIDE_LL_ONLY) : 31,
+                                  s, err);
 }

@@ -74,6 +74,7 @@ typedef struct {
                            * lo in wg_load_w's shared-memory order (fgmmc_tile_wt) */
     int kw;               /* tensor-core path: 2D rounded up to a kernel width */
     int wgmma;            /* tensor-core path: kernel A from estep_wgmma.cu (sm_90a) */
+    int stats_rows;       /* Hopper kernel B's row tile: 64 (0: the default) or 32 (bench A/B) */
     void *yg_hi, *yg_lo;  /* tensor-core path: n x (kw+16) bf16 [y, y^2, 0.., 1, 0..] split,
                            * written by kernel A, read by B (converted once, not per slice) */
     float *lse2;          /* n: row log-sum-exp in log2 units (kernel B input) */
@@ -336,8 +337,6 @@ fgmmc_status fgmmc_wgmma_fused_plan(int k, int d, int kw, int prec, int64_t n, i
 #define FGMMC_FUSED_MAX_SLICES 2
 fgmmc_status fgmmc_wgmma_fused_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
                                       cudaStream_t stream, fgmmc_error *err);
-/* Rows per tile of the Hopper kernel B (32 or 64); a bench knob. */
-extern int fgmmc_wgmma_stats_rows;
 fgmmc_status fgmmc_wgmma_stats_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
                                       cudaStream_t stream, fgmmc_error *err);
 /* ---------------------------------------------- wide tensor-core path */
@@ -356,6 +355,11 @@ void fgmmc_estep_wide_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *pl
  * as fgmmc_split_wt makes it for kw = fgmmc_wide_yw(d). */
 fgmmc_status fgmmc_estep_wide_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
                                      int ll_only, cudaStream_t stream, fgmmc_error *err);
+/* The same by parts, for timing: a mask of 1 (rows), 2 (logits), 4
+ * (normalisation), 8 (statistics), 16 (kernel C), and FGMMC_WIDE_LL_ONLY. */
+#define FGMMC_WIDE_LL_ONLY 32
+fgmmc_status fgmmc_estep_wide_parts(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
+                                    int parts, cudaStream_t stream, fgmmc_error *err);
 
 /* The reductions (kernel C) alone, for the tensor-core path. */
 fgmmc_status fgmmc_estep_reduce_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
