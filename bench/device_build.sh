@@ -24,13 +24,13 @@ gcc $CFLAGS -c bench/gen_shards.c -o "$OUT/gen_shards.o"
 g++ -o "$OUT/gen_shards" "$OUT/gen_shards.o" $OBJ $LINK
 $NVCC -c bench/estep_bench.cu -o "$OUT/estep_bench.o"
 g++ -o "$OUT/estep_bench" "$OUT/estep_bench.o" $OBJ $LINK
-# Variants of the wide kernels' pipeline for A/B in one device call
-# (estep_bench_s2m2: 2 stages, 2 blocks per SM; estep_bench_s4: 4 stages).
+# Variants of the wide kernels' tiles for A/B in one device call
+# (estep_bench_vN: cuda/estep_wide.cu built with -DWD_VARIANT=N).
 OTHER=$(ls $OBJ | grep -v cu_estep_wide.o)
-$NVCC -DWD_STAGES=2 -DWD_MINB=2 -c cuda/estep_wide.cu -o "$OUT/wide_s2m2.o"
-g++ -o "$OUT/estep_bench_s2m2" "$OUT/estep_bench.o" "$OUT/wide_s2m2.o" $OTHER $LINK
-$NVCC -DWD_STAGES=4 -c cuda/estep_wide.cu -o "$OUT/wide_s4.o"
-g++ -o "$OUT/estep_bench_s4" "$OUT/estep_bench.o" "$OUT/wide_s4.o" $OTHER $LINK
+for v in 1 2 3; do
+  $NVCC -DWD_VARIANT=$v -c cuda/estep_wide.cu -o "$OUT/wide_v$v.o"
+  g++ -o "$OUT/estep_bench_v$v" "$OUT/estep_bench.o" "$OUT/wide_v$v.o" $OTHER $LINK
+done
 $NVCC -c bench/wgmma_probe.cu -o "$OUT/wgmma_probe.o"
 $NVCC -o "$OUT/mma_peak" bench/mma_peak.cu
 g++ -o "$OUT/wgmma_probe" "$OUT/wgmma_probe.o" $OBJ $LINK
@@ -45,7 +45,7 @@ cp bench/torch_reference.py "$OUT/"
 # Static binaries are ~28 MB each (OpenBLAS, cudart); the tree carried to the
 # GPU machine is limited to 64 MiB, so they travel stripped and xz-packed.
 # There: tar xJf .devbin/bins.tar.xz -C /tmp/b
-( cd "$OUT" && strip flashgmm engine_bench estep_bench estep_bench_s2m2 estep_bench_s4 wgmma_probe mma_peak gen_shards assign_bench cuda_test engine_gpu_test assign_test &&
-  tar cJf bins.tar.xz flashgmm engine_bench estep_bench estep_bench_s2m2 estep_bench_s4 wgmma_probe mma_peak gen_shards assign_bench cuda_test engine_gpu_test assign_test torch_reference.py &&
-  rm -f flashgmm engine_bench estep_bench estep_bench_s2m2 estep_bench_s4 wgmma_probe mma_peak gen_shards assign_bench cuda_test engine_gpu_test assign_test torch_reference.py )
+( cd "$OUT" && strip flashgmm engine_bench estep_bench estep_bench_v1 estep_bench_v2 estep_bench_v3 wgmma_probe mma_peak gen_shards assign_bench cuda_test engine_gpu_test assign_test &&
+  tar cJf bins.tar.xz flashgmm engine_bench estep_bench estep_bench_v1 estep_bench_v2 estep_bench_v3 wgmma_probe mma_peak gen_shards assign_bench cuda_test engine_gpu_test assign_test torch_reference.py &&
+  rm -f flashgmm engine_bench estep_bench estep_bench_v1 estep_bench_v2 estep_bench_v3 wgmma_probe mma_peak gen_shards assign_bench cuda_test engine_gpu_test assign_test torch_reference.py )
 ls -la "$OUT"

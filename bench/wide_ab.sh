@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON the GPU machine after bench/device_build.sh: GPU tests, then A/B
-# of the wide kernels' pipeline variants (per-kernel times) and of the
-# Hopper kernel B's row tile (64, the default, against 32) at several widths.
+# of the wide kernels' tile variants (per-kernel times, estep_bench_vN) and
+# the engine's fit step at D = 768.
 #   bash bench/wide_ab.sh OUTDIR
 set -uo pipefail
 OUTD=${1:-.}
@@ -15,13 +15,9 @@ for t in cuda_test engine_gpu_test assign_test; do
 done
 grep -E "FAILED|Failure" "$OUTD"/*_test.log | head -20 | tee -a "$L"
 run() { echo "+ $*" >> "$L"; timeout 120 "$@" 2>&1 | grep -v "^wide plan" | tee -a "$L"; }
-for v in estep_bench estep_bench_s2m2 estep_bench_s4; do
+for v in estep_bench estep_bench_v1 estep_bench_v2 estep_bench_v3; do
   run $B/$v 1000000 1024 768 5 default 256
   run $B/$v 1000000 1024 768 5 fast 256
+  run $B/$v 1000000 256 768 5 default 256
 done
-for shape in "1000000 1024 96" "1000000 1024 64" "1000000 256 128" "1000000 4096 128"; do
-  run $B/estep_bench $shape 5 default 1024
-  run env FGMM_BENCH_BM=32 $B/estep_bench $shape 5 default 1024
-done
-run $B/estep_bench 1000000 1024 128 5 fast 1024
-run env FGMM_BENCH_BM=32 $B/estep_bench 1000000 1024 128 5 fast 1024
+run $B/engine_bench cuda 500000 1024 768 3 f32 fit

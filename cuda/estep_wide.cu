@@ -44,9 +44,8 @@
 #include "cuda/internal.h"
 #include "cuda/tc_frag.h"
 
-#define WD_BM 128     /* tile rows: rows of L, components of S */
-#define WD_BN 128     /* tile columns: components of L, columns of S */
 #define WD_BK 32      /* inner-dimension step */
+#define WD_ROWS 256   /* sub-chunks are whole multiples of this (any tile's rows) */
 #ifndef WD_STAGES /* bench builds may override these two for A/B */
 /* Two blocks per SM with two stages each beat one block with three or four
  * (H200, 1M x 1024 x 768: 73.9 against 85.8 and 86.6 ms per step; the
@@ -67,8 +66,8 @@ int fgmmc_wide_ls(int k) { return (k + 7) / 8 * 8; }
 int64_t fgmmc_wide_sub_rows(int k, int d)
 {
     size_t per_row = (size_t)fgmmc_wide_ls(k) * (4 + 2 + 2) + (size_t)fgmmc_wide_yw(d) * 4;
-    int64_t sub = (int64_t)(WD_SCRATCH / per_row) / WD_BM * WD_BM;
-    if (sub < WD_BM) sub = WD_BM;
+    int64_t sub = (int64_t)(WD_SCRATCH / per_row) / WD_ROWS * WD_ROWS;
+    if (sub < WD_ROWS) sub = WD_ROWS;
     if (sub > 65536) sub = 65536;
     return sub;
 }
@@ -79,7 +78,7 @@ int64_t fgmmc_wide_sub_rows(int k, int d)
 static int64_t wide_sub_for(int k, int d, int64_t n)
 {
     const int64_t most = fgmmc_wide_sub_rows(k, d), nsub = (n + most - 1) / most;
-    int64_t sub = ((n + nsub - 1) / nsub + WD_BM - 1) / WD_BM * WD_BM;
+    int64_t sub = ((n + nsub - 1) / nsub + WD_ROWS - 1) / WD_ROWS * WD_ROWS;
     return sub < most ? sub : most;
 }
 
@@ -123,81 +122,115 @@ __global__ void __launch_bounds__(256) wide_rows_kernel(fgmmc_batch b, int64_t m
 
 /* ------------------------------------------- shared tile machinery */
 
-/* Shared memory per pipeline stage: A hi, A lo, B hi, B lo. */
+/* A GEMM kernel's shape: 8 warps as WM (along the tile's M) x 8/WM, each
+ * owning MI m16 x NJ n8 accumulator tiles; a block tile of BM x BN. M is
+ * rows for the logits and components for the statistics. */
+template <int WM_, int MI_, int NJ_, int STAGES_, int MINB_>
+struct wide_cfg {
+    enum { WM = WM_, WN = 8 / WM_, MI = MI_, NJ = NJ_, BM = WM_ * 16 * MI_, BN = (8 / WM_) * 8 * NJ_,
+           STAGES = STAGES_, MINB = MINB_ };
+};
+
+/* The configurations in use: 128 x 128 tiles, warps 64 x 32, two blocks
+ * of two stages per SM. A bench build picks others with -DWD_VARIANT=n
+ * (bench/device_build.sh) for A/B in one device call. */
+#if WD_VARIANT == 1 /* 256 x 128, warps 64 x 64, one block of three stages */
+typedef wide_cfg<4, 4, 8, 3, 1> wide_cfg_l;
+typedef wide_cfg<4, 4, 8, 3, 1> wide_cfg_s;
+#elif WD_VARIANT == 2 /* 128 x 256, warps 64 x 64 */
+typedef wide_cfg<2, 4, 8, 3, 1> wide_cfg_l;
+typedef wide_cfg<2, 4, 8, 3, 1> wide_cfg_s;
+#elif WD_VARIANT == 3 /* 128 x 128, one block of three stages */
+typedef wide_cfg<2, 4, 4, 3, 1> wide_cfg_l;
+typedef wide_cfg<2, 4, 4, 3, 1> wide_cfg_s;
+#else
+typedef wide_cfg<2, 4, 4, WD_STAGES, WD_MINB> wide_cfg_l;
+typedef wide_cfg<2, 4, 4, WD_STAGES, WD_MINB> wide_cfg_s;
+#endif
+
+/* Shared memory per pipeline stage: A hi, A lo, B hi, B lo, rows padded by
+ * 16 bytes (ldmatrix's eight rows in distinct banks). */
 template <int AR, int AC, int BR, int BC>
 struct wide_stage {
     enum { AS = AC + 8, BS = BC + 8, A = AR * AS, B = BR * BS, ELEMS = 2 * A + 2 * B };
 };
 
-/* The warp's 64 x 32 block of a 128 x 128 tile: acc[i][n] is the m16n8 tile
- * (16 i, 8 n); acc[i][n][0..1] row g, columns 2t, 2t+1; [2..3] row g + 8.
- * The three products per fragment pair in the order hi*hi, hi*lo, lo*hi. */
-template <int PREC>
-__device__ __forceinline__ void wide_mma_block(float (&acc)[4][4][4], const uint32_t (&ah)[4][4],
-                                               const uint32_t (&al)[4][4], const uint32_t (&bh)[2][4],
-                                               const uint32_t (&bl)[2][4])
+/* One m16 row of the warp's accumulators against its NJ n8 columns; the
+ * three products per fragment pair in the order hi*hi, hi*lo, lo*hi. */
+template <int PREC, int NJ>
+__device__ __forceinline__ void wide_mma_row(float (&acc)[NJ][4], const uint32_t (&ah)[4],
+                                             const uint32_t (&al)[4], const uint32_t (&bh)[NJ / 2][4],
+                                             const uint32_t (&bl)[NJ / 2][4])
 {
 #pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int n = 0; n < 4; n++) {
-            mma(acc[i][n], ah[i], bh[n >> 1][2 * (n & 1)], bh[n >> 1][2 * (n & 1) + 1]);
-            if (PREC == 3) {
-                mma(acc[i][n], ah[i], bl[n >> 1][2 * (n & 1)], bl[n >> 1][2 * (n & 1) + 1]);
-                mma(acc[i][n], al[i], bh[n >> 1][2 * (n & 1)], bh[n >> 1][2 * (n & 1) + 1]);
-            }
+    for (int n = 0; n < NJ; n++) {
+        mma(acc[n], ah, bh[n >> 1][2 * (n & 1)], bh[n >> 1][2 * (n & 1) + 1]);
+        if (PREC == 3) {
+            mma(acc[n], ah, bl[n >> 1][2 * (n & 1)], bl[n >> 1][2 * (n & 1) + 1]);
+            mma(acc[n], al, bh[n >> 1][2 * (n & 1)], bh[n >> 1][2 * (n & 1) + 1]);
         }
+    }
+}
+
+template <int MI, int NJ>
+__device__ __forceinline__ void wide_zero(float (&acc)[MI][NJ][4])
+{
+#pragma unroll
+    for (int i = 0; i < MI; i++)
+#pragma unroll
+        for (int n = 0; n < NJ; n++) acc[i][n][0] = acc[i][n][1] = acc[i][n][2] = acc[i][n][3] = 0.f;
 }
 
 /* --------------------------------------------- 2: logits L = Y W^T */
 
-/* grid (component tiles, row tiles); 8 warps as 2 (rows) x 4 (components).
- * Both operands are k-major ([row][col] with the inner dimension along the
- * row), so fragments come from plain ldmatrix, as in warp_logits. */
-template <int PREC>
-__global__ void __launch_bounds__(256, WD_MINB) wide_logits_kernel(fgmmc_batch b, int64_t m, float *L,
-                                                             int ls, int wrows)
+/* grid (component tiles, row tiles). Both operands are k-major ([row][col]
+ * with the inner dimension along the row), so fragments come from plain
+ * ldmatrix, as in warp_logits. */
+template <int PREC, class C>
+__global__ void __launch_bounds__(256, C::MINB) wide_logits_kernel(fgmmc_batch b, int64_t m, float *L,
+                                                                   int ls, int wrows)
 {
-    typedef wide_stage<WD_BM, WD_BK, WD_BN, WD_BK> St;
+    typedef wide_stage<C::BM, WD_BK, C::BN, WD_BK> St;
     extern __shared__ __align__(16) uint4 wd_smem_l[];
     bf16 *smem = (bf16 *)wd_smem_l;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-    const int wm = warp & 1, wn = warp >> 1;
+    const int wm = warp % C::WM, wn = warp / C::WM;
     const int YW = b.kw;
-    const int64_t r0 = (int64_t)blockIdx.y * WD_BM;
-    const int k0 = blockIdx.x * WD_BN;
+    const int64_t r0 = (int64_t)blockIdx.y * C::BM;
+    const int k0 = blockIdx.x * C::BN;
     const bf16 *Yh = (const bf16 *)b.yg_hi, *Yl = (const bf16 *)b.yg_lo;
     const bf16 *Wh = (const bf16 *)b.wt_hi, *Wl = (const bf16 *)b.wt_lo;
 
-    /* Inner columns j0..j0+31 of the tile's rows and components into stage s;
-     * rows past m and components past W's rows arrive as zeros. */
+    /* Inner columns j0..j0+31 of the tile's rows and components into stage s
+     * (4 vectors of 8 per row); rows past m and components past W's rows
+     * arrive as zeros. */
     auto load = [&](int s, int j0) {
         bf16 *Ah = smem + (size_t)s * St::ELEMS, *Al = Ah + St::A, *Bh = Al + St::A, *Bl = Bh + St::B;
 #pragma unroll
-        for (int it = 0; it < 2; it++) {
-            const int e = tid + 256 * it, r = e >> 2, v = e & 3;
+        for (int e = tid; e < 4 * C::BM; e += 256) {
+            const int r = e >> 2, v = e & 3;
             const int64_t row = r0 + r;
             const bool ok = row < m;
             const size_t at = ok ? (size_t)row * YW + j0 + 8 * v : 0;
             cp_async16(Ah + r * St::AS + 8 * v, Yh + at, ok ? 16 : 0);
             if (PREC == 3) cp_async16(Al + r * St::AS + 8 * v, Yl + at, ok ? 16 : 0);
+        }
+#pragma unroll
+        for (int e = tid; e < 4 * C::BN; e += 256) {
+            const int r = e >> 2, v = e & 3;
             const int comp = k0 + r;
-            const bool okw = comp < wrows;
-            const size_t aw = okw ? (size_t)comp * YW + j0 + 8 * v : 0;
-            cp_async16(Bh + r * St::BS + 8 * v, Wh + aw, okw ? 16 : 0);
-            if (PREC == 3) cp_async16(Bl + r * St::BS + 8 * v, Wl + aw, okw ? 16 : 0);
+            const bool ok = comp < wrows;
+            const size_t at = ok ? (size_t)comp * YW + j0 + 8 * v : 0;
+            cp_async16(Bh + r * St::BS + 8 * v, Wh + at, ok ? 16 : 0);
+            if (PREC == 3) cp_async16(Bl + r * St::BS + 8 * v, Wl + at, ok ? 16 : 0);
         }
     };
 
-    float acc[4][4][4];
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int n = 0; n < 4; n++) acc[i][n][0] = acc[i][n][1] = acc[i][n][2] = acc[i][n][3] = 0.f;
-
+    float acc[C::MI][C::NJ][4];
+    wide_zero<C::MI, C::NJ>(acc);
     const int steps = YW / WD_BK;
 #pragma unroll
-    for (int s = 0; s < WD_STAGES - 1; s++) {
+    for (int s = 0; s < C::STAGES - 1; s++) {
         if (s < steps) load(s, s * WD_BK);
         cp_async_commit();
     }
@@ -205,40 +238,43 @@ __global__ void __launch_bounds__(256, WD_MINB) wide_logits_kernel(fgmmc_batch b
     const int brow = (lane & 7) + 8 * (lane >> 4), bcol = 8 * ((lane >> 3) & 1);
 #pragma unroll 1
     for (int kt = 0; kt < steps; kt++) {
-        cp_async_wait<WD_STAGES - 2>();
+        cp_async_wait<C::STAGES - 2>();
         __syncthreads(); /* stage kt landed for all; stage kt-1 consumed by all */
-        const int nx = kt + WD_STAGES - 1;
-        if (nx < steps) load(nx % WD_STAGES, nx * WD_BK);
+        const int nx = kt + C::STAGES - 1;
+        if (nx < steps) load(nx % C::STAGES, nx * WD_BK);
         cp_async_commit();
-        const bf16 *Ah = smem + (size_t)(kt % WD_STAGES) * St::ELEMS, *Al = Ah + St::A,
+        const bf16 *Ah = smem + (size_t)(kt % C::STAGES) * St::ELEMS, *Al = Ah + St::A,
                    *Bh = Al + St::A, *Bl = Bh + St::B;
 #pragma unroll
         for (int ks = 0; ks < WD_BK; ks += 16) {
-            uint32_t ah[4][4], al[4][4], bh[2][4], bl[2][4];
+            uint32_t bh[C::NJ / 2][4], bl[C::NJ / 2][4];
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                ldm_x4(ah[i], Ah + (64 * wm + 16 * i + arow) * St::AS + ks + acol);
-                if (PREC == 3) ldm_x4(al[i], Al + (64 * wm + 16 * i + arow) * St::AS + ks + acol);
+            for (int np = 0; np < C::NJ / 2; np++) {
+                const int at = (C::NJ * 8 * wn + 16 * np + brow) * St::BS + ks + bcol;
+                ldm_x4(bh[np], Bh + at);
+                if (PREC == 3) ldm_x4(bl[np], Bl + at);
             }
 #pragma unroll
-            for (int np = 0; np < 2; np++) {
-                ldm_x4(bh[np], Bh + (32 * wn + 16 * np + brow) * St::BS + ks + bcol);
-                if (PREC == 3) ldm_x4(bl[np], Bl + (32 * wn + 16 * np + brow) * St::BS + ks + bcol);
+            for (int i = 0; i < C::MI; i++) {
+                uint32_t ah[4], al[4];
+                const int at = (C::MI * 16 * wm + 16 * i + arow) * St::AS + ks + acol;
+                ldm_x4(ah, Ah + at);
+                if (PREC == 3) ldm_x4(al, Al + at);
+                wide_mma_row<PREC, C::NJ>(acc[i], ah, al, bh, bl);
             }
-            wide_mma_block<PREC>(acc, ah, al, bh, bl);
         }
     }
     cp_async_wait<0>();
 
 #pragma unroll
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < C::MI; i++)
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            const int64_t row = r0 + 64 * wm + 16 * i + g + 8 * h;
+            const int64_t row = r0 + C::MI * 16 * wm + 16 * i + g + 8 * h;
             if (row >= m) continue;
 #pragma unroll
-            for (int n = 0; n < 4; n++) {
-                const int col = k0 + 32 * wn + 8 * n + 2 * t; /* even; ls is a multiple of 8 */
+            for (int n = 0; n < C::NJ; n++) {
+                const int col = k0 + C::NJ * 8 * wn + 8 * n + 2 * t; /* even; ls a multiple of 8 */
                 if (col < ls)
                     *(float2 *)(L + (size_t)row * ls + col) =
                         make_float2(acc[i][n][2 * h], acc[i][n][2 * h + 1]);
@@ -291,53 +327,53 @@ __global__ void __launch_bounds__(256) wide_softmax_kernel(fgmmc_batch b, int64_
 
 /* ------------------------------------------- 4: statistics S += R^T Y */
 
-/* grid (column tiles, component tiles, splits); 8 warps as 2 (components)
- * x 4 (columns). Both operands are stored row-major over the rows, the
- * product's inner dimension, so fragments come from ldmatrix.trans, as in
- * tc_stats_kernel. part: this sub-chunk's split partials; accumulate: add
- * to them (a later sub-chunk) rather than overwrite. */
-template <int PREC>
-__global__ void __launch_bounds__(256, WD_MINB) wide_stats_kernel(fgmmc_batch b, int64_t m, const bf16 *Rh,
-                                                            const bf16 *Rl, int ls,
-                                                            int64_t rows_per_split, int accumulate)
+/* grid (column tiles, component tiles, splits). Both operands are stored
+ * row-major over the rows, the product's inner dimension, so fragments
+ * come from ldmatrix.trans, as in tc_stats_kernel. accumulate: add to the
+ * split partials (a later sub-chunk) rather than overwrite. */
+template <int PREC, class C>
+__global__ void __launch_bounds__(256, C::MINB) wide_stats_kernel(fgmmc_batch b, int64_t m, const bf16 *Rh,
+                                                                  const bf16 *Rl, int ls,
+                                                                  int64_t rows_per_split, int accumulate)
 {
-    typedef wide_stage<WD_BK, WD_BM, WD_BK, WD_BN> St;
+    typedef wide_stage<WD_BK, C::BM, WD_BK, C::BN> St;
     extern __shared__ __align__(16) uint4 wd_smem_s[];
     bf16 *smem = (bf16 *)wd_smem_s;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-    const int wm = warp & 1, wn = warp >> 1;
+    const int wm = warp % C::WM, wn = warp / C::WM;
     const int YW = b.kw, K = b.k, D = b.d;
-    const int c0 = blockIdx.x * WD_BN, k0 = blockIdx.y * WD_BM;
+    const int c0 = blockIdx.x * C::BN, k0 = blockIdx.y * C::BM;
     const int64_t r0 = (int64_t)blockIdx.z * rows_per_split;
     const int64_t r1 = m < r0 + rows_per_split ? m : r0 + rows_per_split;
     const bf16 *Yh = (const bf16 *)b.yg_hi, *Yl = (const bf16 *)b.yg_lo;
     double *part = b.partials + (size_t)blockIdx.z * K * (2 * D + 1);
 
-    /* Rows t0..t0+31: R's components k0.. and Y's columns c0.., 16 vectors
-     * of 8 each per row; rows past r1 and vectors past the arrays' widths
-     * arrive as zeros. */
+    /* Rows t0..t0+31: R's components k0.. and Y's columns c0.., vectors of
+     * 8; rows past r1 and vectors past the arrays' widths arrive as zeros. */
     auto load = [&](int s, int64_t t0) {
         bf16 *Ah = smem + (size_t)s * St::ELEMS, *Al = Ah + St::A, *Bh = Al + St::A, *Bl = Bh + St::B;
 #pragma unroll
-        for (int it = 0; it < 2; it++) {
-            const int e = tid + 256 * it, r = e >> 4, v = e & 15;
+        for (int e = tid; e < WD_BK * C::BM / 8; e += 256) {
+            const int r = e / (C::BM / 8), v = e % (C::BM / 8);
             const int64_t row = t0 + r;
-            const bool okr = row < r1 && k0 + 8 * v < ls;
-            const size_t ar = okr ? (size_t)row * ls + k0 + 8 * v : 0;
-            cp_async16(Ah + r * St::AS + 8 * v, Rh + ar, okr ? 16 : 0);
-            if (PREC == 3) cp_async16(Al + r * St::AS + 8 * v, Rl + ar, okr ? 16 : 0);
-            const bool oky = row < r1 && c0 + 8 * v < YW;
-            const size_t ay = oky ? (size_t)row * YW + c0 + 8 * v : 0;
-            cp_async16(Bh + r * St::BS + 8 * v, Yh + ay, oky ? 16 : 0);
-            if (PREC == 3) cp_async16(Bl + r * St::BS + 8 * v, Yl + ay, oky ? 16 : 0);
+            const bool ok = row < r1 && k0 + 8 * v < ls;
+            const size_t at = ok ? (size_t)row * ls + k0 + 8 * v : 0;
+            cp_async16(Ah + r * St::AS + 8 * v, Rh + at, ok ? 16 : 0);
+            if (PREC == 3) cp_async16(Al + r * St::AS + 8 * v, Rl + at, ok ? 16 : 0);
+        }
+#pragma unroll
+        for (int e = tid; e < WD_BK * C::BN / 8; e += 256) {
+            const int r = e / (C::BN / 8), v = e % (C::BN / 8);
+            const int64_t row = t0 + r;
+            const bool ok = row < r1 && c0 + 8 * v < YW;
+            const size_t at = ok ? (size_t)row * YW + c0 + 8 * v : 0;
+            cp_async16(Bh + r * St::BS + 8 * v, Yh + at, ok ? 16 : 0);
+            if (PREC == 3) cp_async16(Bl + r * St::BS + 8 * v, Yl + at, ok ? 16 : 0);
         }
     };
 
-    float acc[4][4][4];
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int n = 0; n < 4; n++) acc[i][n][0] = acc[i][n][1] = acc[i][n][2] = acc[i][n][3] = 0.f;
+    float acc[C::MI][C::NJ][4];
+    wide_zero<C::MI, C::NJ>(acc);
     bool written = accumulate != 0;
     int pending = 0;
 
@@ -347,16 +383,16 @@ __global__ void __launch_bounds__(256, WD_MINB) wide_stats_kernel(fgmmc_batch b,
         int dd = D;
         asm volatile("" : "+l"(pbase), "+r"(dd)); /* see tc_stats_kernel */
 #pragma unroll
-        for (int i = 0; i < 4; i++)
+        for (int i = 0; i < C::MI; i++)
 #pragma unroll
             for (int h = 0; h < 2; h++) {
-                const int k = k0 + 64 * wm + 16 * i + g + 8 * h;
+                const int k = k0 + C::MI * 16 * wm + 16 * i + g + 8 * h;
                 double *pk = pbase + (size_t)k * (2 * dd + 1);
 #pragma unroll
-                for (int n = 0; n < 4; n++)
+                for (int n = 0; n < C::NJ; n++)
 #pragma unroll
                     for (int q = 0; q < 2; q++) {
-                        const int col = c0 + 32 * wn + 8 * n + 2 * t + q;
+                        const int col = c0 + C::NJ * 8 * wn + 8 * n + 2 * t + q;
                         const float v = acc[i][n][2 * h + q];
                         acc[i][n][2 * h + q] = 0.f;
                         if (k < K && col <= 2 * dd) pk[col] = written ? pk[col] + (double)v : (double)v;
@@ -368,7 +404,7 @@ __global__ void __launch_bounds__(256, WD_MINB) wide_stats_kernel(fgmmc_batch b,
 
     const int64_t steps = r1 > r0 ? (r1 - r0 + WD_BK - 1) / WD_BK : 0;
 #pragma unroll
-    for (int s = 0; s < WD_STAGES - 1; s++) {
+    for (int s = 0; s < C::STAGES - 1; s++) {
         if (s < steps) load(s, r0 + (int64_t)s * WD_BK);
         cp_async_commit();
     }
@@ -376,27 +412,30 @@ __global__ void __launch_bounds__(256, WD_MINB) wide_stats_kernel(fgmmc_batch b,
     const int brow = (lane & 7) + 8 * ((lane >> 3) & 1), bcol = 8 * (lane >> 4);
 #pragma unroll 1
     for (int64_t kt = 0; kt < steps; kt++) {
-        cp_async_wait<WD_STAGES - 2>();
+        cp_async_wait<C::STAGES - 2>();
         __syncthreads();
-        const int64_t nx = kt + WD_STAGES - 1;
-        if (nx < steps) load((int)(nx % WD_STAGES), r0 + nx * WD_BK);
+        const int64_t nx = kt + C::STAGES - 1;
+        if (nx < steps) load((int)(nx % C::STAGES), r0 + nx * WD_BK);
         cp_async_commit();
-        const bf16 *Ah = smem + (size_t)(kt % WD_STAGES) * St::ELEMS, *Al = Ah + St::A,
+        const bf16 *Ah = smem + (size_t)(kt % C::STAGES) * St::ELEMS, *Al = Ah + St::A,
                    *Bh = Al + St::A, *Bl = Bh + St::B;
 #pragma unroll
         for (int ks = 0; ks < WD_BK; ks += 16) {
-            uint32_t ah[4][4], al[4][4], bh[2][4], bl[2][4];
+            uint32_t bh[C::NJ / 2][4], bl[C::NJ / 2][4];
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                ldm_x4_t(ah[i], Ah + (ks + arow) * St::AS + 64 * wm + 16 * i + acol);
-                if (PREC == 3) ldm_x4_t(al[i], Al + (ks + arow) * St::AS + 64 * wm + 16 * i + acol);
+            for (int np = 0; np < C::NJ / 2; np++) {
+                const int at = (ks + brow) * St::BS + C::NJ * 8 * wn + 16 * np + bcol;
+                ldm_x4_t(bh[np], Bh + at);
+                if (PREC == 3) ldm_x4_t(bl[np], Bl + at);
             }
 #pragma unroll
-            for (int np = 0; np < 2; np++) {
-                ldm_x4_t(bh[np], Bh + (ks + brow) * St::BS + 32 * wn + 16 * np + bcol);
-                if (PREC == 3) ldm_x4_t(bl[np], Bl + (ks + brow) * St::BS + 32 * wn + 16 * np + bcol);
+            for (int i = 0; i < C::MI; i++) {
+                uint32_t ah[4], al[4];
+                const int at = (ks + arow) * St::AS + C::MI * 16 * wm + 16 * i + acol;
+                ldm_x4_t(ah, Ah + at);
+                if (PREC == 3) ldm_x4_t(al, Al + at);
+                wide_mma_row<PREC, C::NJ>(acc[i], ah, al, bh, bl);
             }
-            wide_mma_block<PREC>(acc, ah, al, bh, bl);
         }
         pending += WD_BK;
         if (pending >= WD_FLUSH) flush();
@@ -412,17 +451,18 @@ __global__ void __launch_bounds__(256, WD_MINB) wide_stats_kernel(fgmmc_batch b,
 void fgmmc_estep_wide_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *plan)
 {
     const int64_t first = wide_sub_for(k, d, n);
-    const int ctiles = (fgmmc_wide_yw(d) + WD_BN - 1) / WD_BN, ktiles = (k + WD_BM - 1) / WD_BM;
-    /* About two waves of statistics blocks (one per SM), at least 512 rows
+    typedef wide_cfg_s C;
+    const int ctiles = (fgmmc_wide_yw(d) + C::BN - 1) / C::BN, ktiles = (k + C::BM - 1) / C::BM;
+    /* About two waves of statistics blocks (MINB per SM), at least 512 rows
      * per split of the largest sub-chunk. */
-    const int64_t target = 2 * (int64_t)(sm_count > 0 ? sm_count : 132);
+    const int64_t target = 2 * C::MINB * (int64_t)(sm_count > 0 ? sm_count : 132);
     int64_t splits = (target + (int64_t)ctiles * ktiles - 1) / ((int64_t)ctiles * ktiles);
     int64_t most = (first + 511) / 512;
     if (splits > most) splits = most;
     if (splits > 64) splits = 64;
     if (splits < 1) splits = 1;
     plan->fused = 0;
-    plan->kb = WD_BM;
+    plan->kb = C::BM;
     plan->slices = ktiles;
     plan->splits = (int)splits;
     plan->rows_per_split = 0; /* per sub-chunk, in the launcher */
@@ -430,8 +470,10 @@ void fgmmc_estep_wide_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *pl
     plan->partial_elems = (size_t)splits * (size_t)k * (size_t)(2 * d + 1);
 }
 
-static size_t wide_smem_l() { return (size_t)WD_STAGES * wide_stage<WD_BM, WD_BK, WD_BN, WD_BK>::ELEMS * sizeof(bf16); }
-static size_t wide_smem_s() { return (size_t)WD_STAGES * wide_stage<WD_BK, WD_BM, WD_BK, WD_BN>::ELEMS * sizeof(bf16); }
+template <class C>
+static size_t wide_smem_l() { return (size_t)C::STAGES * wide_stage<C::BM, WD_BK, C::BN, WD_BK>::ELEMS * sizeof(bf16); }
+template <class C>
+static size_t wide_smem_s() { return (size_t)C::STAGES * wide_stage<WD_BK, C::BM, WD_BK, C::BN>::ELEMS * sizeof(bf16); }
 
 template <int PREC>
 static fgmmc_status wide_sub(const fgmmc_batch *bt, const fgmmc_plan *plan, int64_t row0, int64_t m,
@@ -454,13 +496,15 @@ static fgmmc_status wide_sub(const fgmmc_batch *bt, const fgmmc_plan *plan, int6
         FGMMC_CHECK_LAUNCH("wide_rows_kernel", err);
     }
 
-    const size_t sl = wide_smem_l();
-    FGMMC_CHECK(cudaFuncSetAttribute(wide_logits_kernel<PREC>,
+    typedef wide_cfg_l CL;
+    typedef wide_cfg_s CS;
+    const size_t sl = wide_smem_l<CL>();
+    FGMMC_CHECK(cudaFuncSetAttribute(wide_logits_kernel<PREC, CL>,
                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sl),
                 err);
-    dim3 gl((unsigned)((ls + WD_BN - 1) / WD_BN), (unsigned)((m + WD_BM - 1) / WD_BM));
+    dim3 gl((unsigned)((ls + CL::BN - 1) / CL::BN), (unsigned)((m + CL::BM - 1) / CL::BM));
     if (parts & 2) {
-        wide_logits_kernel<PREC><<<gl, 256, sl, s>>>(b, m, b.wide_l, ls, wrows);
+        wide_logits_kernel<PREC, CL><<<gl, 256, sl, s>>>(b, m, b.wide_l, ls, wrows);
         FGMMC_CHECK_LAUNCH("wide_logits_kernel", err);
     }
 
@@ -475,13 +519,13 @@ static fgmmc_status wide_sub(const fgmmc_batch *bt, const fgmmc_plan *plan, int6
     if (ll_only || !(parts & 8)) return FGMMC_OK;
 
     const int64_t rps = ((m + plan->splits - 1) / plan->splits + WD_BK - 1) / WD_BK * WD_BK;
-    const size_t ss = wide_smem_s();
-    FGMMC_CHECK(cudaFuncSetAttribute(wide_stats_kernel<PREC>,
+    const size_t ss = wide_smem_s<CS>();
+    FGMMC_CHECK(cudaFuncSetAttribute(wide_stats_kernel<PREC, CS>,
                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)ss),
                 err);
-    dim3 gs((unsigned)((b.kw + WD_BN - 1) / WD_BN), (unsigned)((b.k + WD_BM - 1) / WD_BM),
+    dim3 gs((unsigned)((b.kw + CS::BN - 1) / CS::BN), (unsigned)((b.k + CS::BM - 1) / CS::BM),
             (unsigned)plan->splits);
-    wide_stats_kernel<PREC><<<gs, 256, ss, s>>>(b, m, Rh, Rl, ls, rps, row0 > 0);
+    wide_stats_kernel<PREC, CS><<<gs, 256, ss, s>>>(b, m, Rh, Rl, ls, rps, row0 > 0);
     FGMMC_CHECK_LAUNCH("wide_stats_kernel", err);
     return FGMMC_OK;
 }
