@@ -57,7 +57,7 @@
 #endif
 #define WD_FLUSH 4096 /* rows per fp32 accumulation before the double fold */
 #define WD_SM_ROWS 8  /* rows per softmax block, a warp each */
-#define WD_SCRATCH ((size_t)512 << 20)
+#define WD_SCRATCH ((size_t)768 << 20) /* one sub-chunk per 128 MiB batch at D = 768 */
 
 int fgmmc_wide_yw(int d) { return (2 * d + 1 + 63) / 64 * 64; }
 
@@ -453,14 +453,28 @@ void fgmmc_estep_wide_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *pl
     const int64_t first = wide_sub_for(k, d, n);
     typedef wide_cfg_s C;
     const int ctiles = (fgmmc_wide_yw(d) + C::BN - 1) / C::BN, ktiles = (k + C::BM - 1) / C::BM;
-    /* About two waves of statistics blocks (MINB per SM), at least 512 rows
-     * per split of the largest sub-chunk. */
-    const int64_t target = 2 * C::MINB * (int64_t)(sm_count > 0 ? sm_count : 132);
-    int64_t splits = (target + (int64_t)ctiles * ktiles - 1) / ((int64_t)ctiles * ktiles);
-    int64_t most = (first + 511) / 512;
-    if (splits > most) splits = most;
-    if (splits > 64) splits = 64;
-    if (splits < 1) splits = 1;
+    /* Splits so that the statistics blocks fill whole waves: with 104
+     * tiles (K = 1024, D = 768) on 264 block slots, 3 splits leave the
+     * second wave 18% full. The fewest splits whose waves are at least 95%
+     * full (at least 512 rows per split of the largest sub-chunk), else the
+     * best fill up to 32 splits. */
+    const int64_t tiles = (int64_t)ctiles * ktiles;
+    const int64_t slots = (int64_t)C::MINB * (sm_count > 0 ? sm_count : 132);
+    int64_t most = (first + 511) / 512, splits = 1;
+    if (most > 32) most = 32;
+    /* The partials are splits x K x (2D + 1) doubles: at most ~512 MiB. */
+    const int64_t per_split = (int64_t)k * (2 * d + 1) * 8, cap = ((int64_t)512 << 20) / per_split;
+    if (most > cap) most = cap > 1 ? cap : 1;
+    double best = 0.0;
+    for (int64_t sp = 1; sp <= most; sp++) {
+        const int64_t blocks = tiles * sp, waves = (blocks + slots - 1) / slots;
+        const double fill = (double)blocks / (double)(waves * slots);
+        if (fill > best + 0.02) {
+            best = fill;
+            splits = sp;
+        }
+        if (fill >= 0.95) break;
+    }
     plan->fused = 0;
     plan->kb = C::BM;
     plan->slices = ktiles;
