@@ -35,5 +35,6 @@ if command -v cuobjdump > /dev/null; then
   echo "SASS of estep_bench (tensor-core instructions):" | tee -a "$T"
   cuobjdump -sass $B/estep_bench | grep -oE "(HGMMA|HMMA)\.[0-9A-Za-z.]+" | sort | uniq -c | tee -a "$T"
   echo "SASS of the wide kernels:" | tee -a "$T"
-  cuobjdump -sass -fun wide_stats_kernel $B/estep_bench 2>/dev/null | grep -oE "HMMA\.[0-9A-Za-z.]+" | sort | uniq -c | tee -a "$T"
+  cuobjdump -sass $B/estep_bench | awk '/Function : /{f=($0 ~ /wide_(logits|stats)/)} f' |
+    grep -oE "HMMA\.[0-9A-Za-z.]+" | sort | uniq -c | tee -a "$T"
 fi
