@@ -270,8 +270,9 @@ const char *fgmm_engine_device_name(const fgmm_engine *e);
 /* Precision of the E-step's arithmetic.
  *   DEFAULT  CPU: logits in float64, statistics per tile in float32 added
  *            in float64. CUDA: tensor cores with split bf16 operands
- *            (statistics within 1e-4 of float64), or fp32 SIMT kernels
- *            where the tensor-core kernels do not apply (D > 128).
+ *            (statistics within 1e-4 of float64; any D, rows wider than
+ *            128 through their own GEMM kernels), or fp32 SIMT kernels on
+ *            GPUs older than sm_80.
  *   FAST     CUDA only: plain bf16 tensor cores; statistics off by up to
  *            ~1e-2 (docs/precision.md).
  *   FP32     CUDA: the fp32 SIMT kernels; CPU: same as DEFAULT. */

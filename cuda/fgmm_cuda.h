@@ -65,8 +65,9 @@ size_t fgmmc_device_bytes(const fgmmc_context *ctx);
 /* How the E-step is computed.
  *   DEFAULT  tensor cores (bf16 mma, sm_80+) with every operand split into
  *            hi + lo bf16 parts and three products summed in fp32:
- *            statistics within 1e-4 of float64; for d > 128 or older GPUs,
- *            the fp32 SIMT kernels;
+ *            statistics within 1e-4 of float64 (d > 128: split-bf16 GEMMs
+ *            over sub-chunks of rows, estep_wide.cu); on GPUs before
+ *            sm_80, the fp32 SIMT kernels;
  *   FAST     tensor cores with plain bf16 operands: several times faster,
  *            statistics off by up to ~1e-2 relative (docs/precision.md);
  *   FP32     the fp32 SIMT kernels (no tensor cores).
