@@ -117,6 +117,14 @@ fgmm_status fgmm_cuda_kmeanspp(void *backend, const float *x, int64_t s, int d, 
 /* Fill w (2D*K), c (K) and shift (D) from a model. */
 void fgmm_estep_params_fill(const fgmm_model *m, double *w, double *c, double *shift);
 
+/* The size of the terms a row near its component's mean adds up in that
+ * component's logit, the largest over components: max_k sum_j (|m w1| +
+ * m^2 |w2|) + D, with m = -w1 / (2 w2) the component's mean in shifted
+ * coordinates (the logit's terms are of that size and cancel down to its
+ * O(D) value). A logit computed with relative precision eps is off by
+ * about eps times this (fgmm.h, fgmm_engine_last_pass_fallback). */
+double fgmm_estep_params_magnitude(const fgmm_estep_params *p);
+
 
 /* exp(x) for x <= 0, vectorisable, relative error < 1e-14; exp(x) for
  * x < -708 is flushed to exp(-708) (about 3e-308), which is zero next to

@@ -21,6 +21,14 @@ struct fgmm_engine {
     int k, d;
     /* The current pass's terms: back ends keep a pointer to them. */
     fgmm_estep_params params;
+    /* The back end of the current pass: ops/backend, or the CPU fallback
+     * when the model's logits are too ill-conditioned for the GPU. */
+    const fgmm_backend_ops *pass_ops;
+    void *pass_backend;
+    void *fallback; /* CPU back end, created on first use */
+    fgmm_precision precision;
+    int pass_fell_back;
+    double pass_magnitude;
     uint64_t data_serial; /* names each fit's data for the back end's row cache */
     int cached_passes;
     double pass_wait_s, pass_compute_s; /* the last pass's split, see fgmm.h */
@@ -102,6 +110,7 @@ void fgmm_engine_free(fgmm_engine *e)
 {
     if (!e) return;
     e->ops->destroy(e->backend);
+    if (e->fallback) fgmm_cpu_backend_ops.destroy(e->fallback);
     free(e->w);
     free(e->c);
     free(e->shift);
@@ -123,10 +132,42 @@ fgmm_status fgmm_precision_parse(const char *s, fgmm_precision *out, fgmm_error 
 
 fgmm_status fgmm_engine_set_precision(fgmm_engine *e, fgmm_precision p, fgmm_error *err)
 {
-    return e->ops->set_precision(e->backend, p, err);
+    fgmm_status st = e->ops->set_precision(e->backend, p, err);
+    if (!st) e->precision = p;
+    return st;
 }
 
-const char *fgmm_engine_path(const fgmm_engine *e) { return e->ops->path(e->backend); }
+int fgmm_engine_last_pass_fallback(const fgmm_engine *e, double *magnitude)
+{
+    if (magnitude) *magnitude = e->pass_magnitude;
+    return e->pass_fell_back;
+}
+
+double fgmm_gpu_magnitude_limit(fgmm_precision p)
+{
+    return p == FGMM_PRECISION_FAST ? FGMM_GPU_MAGNITUDE_FAST : FGMM_GPU_MAGNITUDE;
+}
+
+double fgmm_estep_params_magnitude(const fgmm_estep_params *p)
+{
+    const int K = p->k, D = p->d;
+    double most = 0;
+    for (int k = 0; k < K; k++) {
+        double s = D;
+        for (int j = 0; j < D; j++) {
+            const double w1 = p->w[(size_t)j * K + k], w2 = p->w[(size_t)(D + j) * K + k];
+            const double m = w2 < 0 ? -w1 / (2 * w2) : 0;
+            s += fabs(m * w1) + m * m * fabs(w2);
+        }
+        if (s > most || s != s) most = s; /* NaN: as large as can be */
+    }
+    return most;
+}
+
+const char *fgmm_engine_path(const fgmm_engine *e)
+{
+    return e->pass_fell_back ? "cpu (fallback)" : e->ops->path(e->backend);
+}
 
 size_t fgmm_engine_device_bytes(const fgmm_engine *e) { return e->ops->device_bytes(e->backend); }
 
@@ -214,9 +255,10 @@ static fgmm_status estep_keyed(fgmm_engine *e, fgmm_source *src, const fgmm_mode
     fgmm_status st = begin_model_pass(e, src, m, out, loglik_only, err);
     if (st) return st;
     int cached = 0;
-    if (key && e->ops->pass_data &&
-        (st = e->ops->pass_data(e->backend, key, fgmm_source_rows(src), fgmm_source_dtype(src),
-                                &cached, err)))
+    const fgmm_backend_ops *ops = e->pass_ops;
+    void *be = e->pass_backend;
+    if (key && ops->pass_data &&
+        (st = ops->pass_data(be, key, fgmm_source_rows(src), fgmm_source_dtype(src), &cached, err)))
         return st;
     if (cached) {
         e->pass_wait_s = e->pass_compute_s = e->pass_threads = 0;
@@ -225,11 +267,11 @@ static fgmm_status estep_keyed(fgmm_engine *e, fgmm_source *src, const fgmm_mode
         for (int64_t r = 0; r < n; r += CACHED_CALL_ROWS) {
             fgmm_chunk ch = {NULL, 0, r, n - r < CACHED_CALL_ROWS ? n - r : CACHED_CALL_ROWS,
                              fgmm_source_dtype(src)};
-            st = e->ops->accumulate(e->backend, &ch, per_row_ll ? per_row_ll + r : NULL, err);
+            st = ops->accumulate(be, &ch, per_row_ll ? per_row_ll + r : NULL, err);
             if (st) return st;
         }
         e->cached_passes++;
-        return e->ops->end_pass(e->backend, out, err);
+        return ops->end_pass(be, out, err);
     }
     if ((st = fgmm_source_rewind(src, err))) return st;
     e->pass_wait_s = e->pass_compute_s = 0;
@@ -244,15 +286,14 @@ static fgmm_status estep_keyed(fgmm_engine *e, fgmm_source *src, const fgmm_mode
         double t1 = now_seconds(), wait = t1 - t;
         e->pass_wait_s += wait;
         if (ch.n_rows == 0) break;
-        st = e->ops->accumulate(e->backend, &ch, per_row_ll ? per_row_ll + ch.first_row : NULL,
-                                err);
+        st = ops->accumulate(be, &ch, per_row_ll ? per_row_ll + ch.first_row : NULL, err);
         if (st) return st;
         t = now_seconds();
         double comp = t - t1;
         e->pass_compute_s += comp;
         thread_chunks += workers;
         chunks++;
-        if (!e->ops->set_workers || chunks < 2) continue; /* the first wait is the reader's start */
+        if (!ops->set_workers || chunks < 2) continue; /* the first wait is the reader's start */
         /* Averages over ~8 chunks of each chunk's wait and compute. */
         if (chunks == 2) {
             ema_wait = wait;
@@ -270,11 +311,11 @@ static fgmm_status estep_keyed(fgmm_engine *e, fgmm_source *src, const fgmm_mode
         if (next != workers) {
             workers = next;
             held = 0;
-            e->ops->set_workers(e->backend, workers);
+            ops->set_workers(be, workers);
         }
     }
     e->pass_threads = chunks ? thread_chunks / chunks : 0;
-    return e->ops->end_pass(e->backend, out, err);
+    return ops->end_pass(be, out, err);
 }
 
 static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
@@ -303,9 +344,28 @@ static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm
     }
     fgmm_estep_params_fill(m, e->w, e->c, e->shift);
     e->params = (fgmm_estep_params){K, D, e->w, e->c, e->shift, loglik_only};
-    if (e->ops->set_workers) e->ops->set_workers(e->backend, e->threads);
+    /* The GPU's logits carry ~1.5e-7 of the size of their terms (split
+     * bf16 and fp32 alike; plain bf16 ~5e-5), so a model whose terms are
+     * far larger than its logits, tiny variances on dimensions of large
+     * values (MNIST's always-blank pixels with the default --reg-covar),
+     * would get responsibilities off by whole nats from the GPU: such a
+     * pass runs on the CPU back end, in float64, and says so. */
+    e->pass_ops = e->ops;
+    e->pass_backend = e->backend;
+    e->pass_magnitude = fgmm_estep_params_magnitude(&e->params);
+    e->pass_fell_back = 0;
+    if (e->device == FGMM_DEVICE_CUDA &&
+        !(e->pass_magnitude <= fgmm_gpu_magnitude_limit(e->precision))) {
+        fgmm_status st;
+        if (!e->fallback && (st = fgmm_cpu_backend_create(e->threads, &e->fallback, err)))
+            return st;
+        e->pass_ops = &fgmm_cpu_backend_ops;
+        e->pass_backend = e->fallback;
+        e->pass_fell_back = 1;
+    }
+    if (e->pass_ops->set_workers) e->pass_ops->set_workers(e->pass_backend, e->threads);
     fgmm_stats_reset(out, e->shift);
-    return e->ops->begin_pass(e->backend, &e->params, err);
+    return e->pass_ops->begin_pass(e->pass_backend, &e->params, err);
 }
 
 fgmm_status fgmm_score(fgmm_engine *e, fgmm_source *src, const fgmm_model *m, double *mean_ll,
@@ -409,6 +469,11 @@ fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
             if (reseeded)
                 fprintf(stderr, "  re-seeded %d collapsed component%s", reseeded,
                         reseeded > 1 ? "s" : "");
+            double mag;
+            if (fgmm_engine_last_pass_fallback(e, &mag))
+                fprintf(stderr, "  on the CPU: logit terms of %.2g exceed the GPU's %.0g "
+                        "(a larger --reg-covar keeps it on the GPU)",
+                        mag, fgmm_gpu_magnitude_limit(e->precision));
             fputc('\n', stderr);
         }
         prev = ll;
@@ -461,11 +526,11 @@ fgmm_status fgmm_assign(fgmm_engine *e, fgmm_source *src, const fgmm_model *m, i
                 goto done;
             }
         }
-        if ((st = e->ops->assign(e->backend, &ch, top_m, idx, resp, ll, err))) goto done;
+        if ((st = e->pass_ops->assign(e->pass_backend, &ch, top_m, idx, resp, ll, err))) goto done;
         if ((st = sink(user, ch.first_row, ch.n_rows, top_m, idx, resp, ll, err))) goto done;
     }
     /* Closes the back end's pass; the statistics are all zero. */
-    st = e->ops->end_pass(e->backend, s, err);
+    st = e->pass_ops->end_pass(e->pass_backend, s, err);
 done:
     free(idx);
     free(resp);

@@ -286,7 +286,9 @@ fgmm_status fgmm_precision_parse(const char *s, fgmm_precision *out, fgmm_error 
 /* FGMM_ERR_UNSUPPORTED for FAST on the CPU engine. */
 fgmm_status fgmm_engine_set_precision(fgmm_engine *e, fgmm_precision p, fgmm_error *err);
 /* What computes the E-step: "cpu", "tensor cores, split bf16", "tensor
- * cores, bf16" or "fp32 SIMT" (the last pass's, or the next one's). */
+ * cores, bf16" or "fp32 SIMT" (the last pass's, or the next one's), or
+ * "cpu (fallback)" when the CUDA engine's last pass ran on the CPU
+ * (fgmm_engine_last_pass_fallback). */
 const char *fgmm_engine_path(const fgmm_engine *e);
 /* Peak GPU memory the engine has allocated (0 for the CPU engine): O(chunk +
  * K*D*blocks), whatever N is. */
@@ -325,6 +327,24 @@ void fgmm_engine_last_pass_times(const fgmm_engine *e, double *wait_s, double *c
  * it uses fewer, which leaves the cores to the reader; the sums do not
  * change. 0 when the last pass read no source. */
 double fgmm_engine_last_pass_threads(const fgmm_engine *e);
+/* 1 when the CUDA engine ran its last pass (E-step, scoring or assignment)
+ * on the CPU back end instead, because the model's logits were too
+ * ill-conditioned for the GPU's arithmetic; else 0. *magnitude (may be
+ * NULL) receives the size of the terms that cancel in the model's logits
+ * (core/backend.h, fgmm_estep_params_magnitude). Why: the GPU kernels form
+ * a logit l = c + sum_j y_j w1_j + y_j^2 w2_j from terms each ~|y_j w1_j|
+ * large; with tiny variances on dimensions of large values (MNIST's blank
+ * pixels under the default reg_covar: 1e11) they cancel by far more than
+ * bf16 hi + lo or fp32 keep (relative ~1.5e-7 per logit, measured), and
+ * the GPU's responsibilities would be off by whole nats. Above
+ * fgmm_gpu_magnitude_limit the pass runs in float64 on the CPU; a larger
+ * --reg-covar brings such a model back to the GPU. */
+int fgmm_engine_last_pass_fallback(const fgmm_engine *e, double *magnitude);
+/* The largest magnitude the GPU keeps for a precision mode: 1e4 (logits
+ * within ~2e-3 nats), 2e3 for FAST. */
+#define FGMM_GPU_MAGNITUDE 1e4
+#define FGMM_GPU_MAGNITUDE_FAST 2e3
+double fgmm_gpu_magnitude_limit(fgmm_precision p);
 
 /* One pass over src under model m: statistics (shifted by
  * fgmm_model_shift(m)) are zeroed and filled. If per_row_ll is not NULL it

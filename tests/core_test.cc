@@ -89,6 +89,70 @@ TEST(Estep, DiagMatchesFloat64Reference)
     check_estep(FGMM_COV_DIAG, 500, 300, 3, 2, 1.0);
 }
 
+// The size of the terms that cancel in a logit (what decides whether the
+// GPU's arithmetic can be trusted with a model): by hand for K=2, D=2.
+TEST(Estep, LogitMagnitudeByHand)
+{
+    fgmm_error err{};
+    fgmm_model *m;
+    ASSERT_EQ(fgmm_model_create(2, 2, FGMM_COV_DIAG, &m, &err), FGMM_OK);
+    const double mu[4] = {1, -2, 3, 4}, var[4] = {0.5, 2, 1e-6, 1};
+    for (int i = 0; i < 4; i++) {
+        fgmm_model_means(m)[i] = mu[i];
+        fgmm_model_variances(m)[i] = var[i];
+    }
+    fgmm_model_weights(m)[0] = 0.25;
+    fgmm_model_weights(m)[1] = 0.75;
+    std::vector<double> w(8), c(2), shift(2);
+    fgmm_estep_params_fill(m, w.data(), c.data(), shift.data());
+    fgmm_estep_params p = {2, 2, w.data(), c.data(), shift.data(), 0};
+    // Per component: D + sum_j 1.5 (mu - shift)^2 / var.
+    double best = 0;
+    for (int k = 0; k < 2; k++) {
+        double s = 2;
+        for (int j = 0; j < 2; j++) {
+            double d = mu[k * 2 + j] - shift[j];
+            s += 1.5 * d * d / var[k * 2 + j];
+        }
+        best = std::max(best, s);
+    }
+    EXPECT_NEAR(fgmm_estep_params_magnitude(&p), best, 1e-9 * best);
+    EXPECT_GT(best, 3e5);  // component 1: 1.5 * 0.5^2 / 1e-6 on dimension 0
+    fgmm_model_free(m);
+}
+
+// The CPU engine keeps float64 logits: it computes even a model the GPU
+// could not (blank pixels with tiny variances) to float64's accuracy, and
+// never reports a fallback.
+TEST(Estep, CpuHandlesIllConditionedModel)
+{
+    std::vector<float> x;
+    const int64_t n = 2000;
+    fgmm_model *m = blank_pixel_mixture(n, 4, 8, 40, x);
+    ASSERT_NE(m, nullptr);
+    fgmm_error err{};
+    fgmm_source *src;
+    fgmm_engine *e;
+    ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, n, 40, "blank", &src, &err), FGMM_OK);
+    ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CPU, 2, &e, &err), FGMM_OK);
+    fgmm_stats *s;
+    ASSERT_EQ(fgmm_stats_create(4, 40, nullptr, &s, &err), FGMM_OK);
+    ASSERT_EQ(fgmm_engine_estep(e, src, m, s, nullptr, &err), FGMM_OK) << err.msg;
+    double mag = 0;
+    EXPECT_EQ(fgmm_engine_last_pass_fallback(e, &mag), 0);
+    EXPECT_GT(mag, 1e9);
+    RefStats ref = reference_estep(m, x, n);
+    std::vector<double> nk, sx, sxx;
+    unshift(s, nk, sx, sxx);
+    EXPECT_LE(rel_err(nk, ref.nk), 1e-9);
+    EXPECT_LE(rel_err(sx, ref.sx), 1e-9);
+    EXPECT_LE(rel_err(sxx, ref.sxx), 1e-9);
+    fgmm_stats_free(s);
+    fgmm_engine_free(e);
+    fgmm_source_close(src);
+    fgmm_model_free(m);
+}
+
 TEST(Estep, SphericalMatchesFloat64Reference)
 {
     check_estep(FGMM_COV_SPHERICAL, 2999, 13, 31, 2, 1.0);

@@ -35,6 +35,7 @@ void estep_case(fgmm_covariance cov, int64_t n, int K, int D, uint64_t seed)
     ASSERT_EQ(fgmm_stats_create(K, D, nullptr, &s, &err), FGMM_OK);
     std::vector<float> ll(n, NAN);
     ASSERT_EQ(fgmm_engine_estep(e, src, m, s, ll.data(), &err), FGMM_OK) << err.msg;
+    EXPECT_EQ(fgmm_engine_last_pass_fallback(e, nullptr), 0) << "a benign model left the GPU";
     RefStats ref = reference_estep(m, x, n);
     std::vector<double> nk, sx, sxx;
     unshift(s, nk, sx, sxx);
@@ -133,6 +134,53 @@ TEST(EngineCuda, TrajectoryMatchesCpuWide)
 {
     NEED_GPU();
     trajectory_case(20000, 16, 200);
+}
+
+// A model the GPU's arithmetic cannot evaluate (MNIST-like blank pixels
+// with 1e-6 variances: the GPU's own fp32 and split-bf16 logits were off by
+// thousands of nats on MNIST, BENCHMARKS.md): the CUDA engine must run the
+// pass on the CPU, say so, and give float64's statistics; a larger
+// variance floor brings the pass back to the GPU.
+TEST(EngineCuda, IllConditionedModelRunsOnTheCpu)
+{
+    NEED_GPU();
+    std::vector<float> x;
+    const int64_t n = 3000;
+    const int K = 4, D = 40;
+    fgmm_model *m = blank_pixel_mixture(n, K, 8, D, x);
+    ASSERT_NE(m, nullptr);
+    fgmm_error err{};
+    fgmm_source *src;
+    fgmm_engine *e;
+    ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, n, D, "blank", &src, &err), FGMM_OK);
+    ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CUDA, 2, &e, &err), FGMM_OK) << err.msg;
+    fgmm_stats *s;
+    ASSERT_EQ(fgmm_stats_create(K, D, nullptr, &s, &err), FGMM_OK);
+    std::vector<float> ll(n, NAN);
+    ASSERT_EQ(fgmm_engine_estep(e, src, m, s, ll.data(), &err), FGMM_OK) << err.msg;
+    double mag = 0;
+    EXPECT_EQ(fgmm_engine_last_pass_fallback(e, &mag), 1);
+    EXPECT_GT(mag, fgmm_gpu_magnitude_limit(FGMM_PRECISION_DEFAULT));
+    EXPECT_STREQ(fgmm_engine_path(e), "cpu (fallback)");
+    RefStats ref = reference_estep(m, x, n);
+    std::vector<double> nk, sx, sxx;
+    unshift(s, nk, sx, sxx);
+    printf("  blank pixels, magnitude %.2g: rel err nk %.2e sx %.2e sxx %.2e\n", mag,
+           rel_err(nk, ref.nk), rel_err(sx, ref.sx), rel_err(sxx, ref.sxx));
+    EXPECT_LE(rel_err(nk, ref.nk), 1e-9);
+    EXPECT_LE(rel_err(sx, ref.sx), 1e-9);
+    EXPECT_LE(rel_err(sxx, ref.sxx), 1e-9);
+    for (int64_t i = 0; i < n; i++)
+        ASSERT_NEAR(ll[i], ref.row_ll[i], 1e-5 * std::fabs(ref.row_ll[i]) + 1e-3) << "row " << i;
+    // Variances floored at 225 on the blank dimensions: back on the GPU.
+    for (int i = 0; i < K * D; i++) fgmm_model_variances(m)[i] = 225.0;
+    ASSERT_EQ(fgmm_engine_estep(e, src, m, s, nullptr, &err), FGMM_OK) << err.msg;
+    EXPECT_EQ(fgmm_engine_last_pass_fallback(e, &mag), 0) << "magnitude " << mag;
+    EXPECT_STRNE(fgmm_engine_path(e), "cpu (fallback)");
+    fgmm_stats_free(s);
+    fgmm_engine_free(e);
+    fgmm_source_close(src);
+    fgmm_model_free(m);
 }
 
 TEST(EngineCuda, IntegerInputs)

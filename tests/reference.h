@@ -132,4 +132,41 @@ inline fgmm_model *random_mixture(fgmm_rng *rng, int K, int D, fgmm_covariance c
     return m;
 }
 
+// A model whose logits cancel catastrophically in their expanded form, as
+// MNIST's do: pixel-like rows (values 0..255, integers) where each
+// component's block of `blank` dimensions is exactly 0 and the rest around
+// 100 + 20 k; the model is the truth with variance 1e-6 (the default
+// reg_covar) on the blank dimensions. Terms |y w1| there are ~2500 / 1e-6.
+inline fgmm_model *blank_pixel_mixture(int64_t n, int K, int blank, int D, std::vector<float> &x)
+{
+    fgmm_error err{};
+    fgmm_model *m = nullptr;
+    if (fgmm_model_create(K, D, FGMM_COV_DIAG, &m, &err) != FGMM_OK) return nullptr;
+    double *w = fgmm_model_weights(m), *mu = fgmm_model_means(m), *var = fgmm_model_variances(m);
+    for (int k = 0; k < K; k++) {
+        w[k] = 1.0 / K;
+        for (int j = 0; j < D; j++) {
+            bool is_blank = j >= k * blank && j < (k + 1) * blank;
+            mu[(size_t)k * D + j] = is_blank ? 0.0 : 100.0 + 20.0 * k;
+            var[(size_t)k * D + j] = is_blank ? 1e-6 : 225.0;
+        }
+    }
+    fgmm_rng rng;
+    fgmm_rng_seed(&rng, 99);
+    x.assign((size_t)n * D, 0.f);
+    for (int64_t i = 0; i < n; i++) {
+        int k = (int)(i % K);
+        for (int j = 0; j < D; j++) {
+            double v = mu[(size_t)k * D + j];
+            if (v != 0.0) {
+                double u1 = fgmm_rng_uniform(&rng) + 1e-12, u2 = fgmm_rng_uniform(&rng);
+                v += 15.0 * std::sqrt(-2 * std::log(u1)) * std::cos(2 * M_PI * u2);
+                v = std::round(std::fmin(255.0, std::fmax(1.0, v)));
+            }
+            x[(size_t)i * D + j] = (float)v;
+        }
+    }
+    return m;
+}
+
 #endif
