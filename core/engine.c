@@ -344,8 +344,8 @@ static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm
     }
     fgmm_estep_params_fill(m, e->w, e->c, e->shift);
     e->params = (fgmm_estep_params){K, D, e->w, e->c, e->shift, loglik_only};
-    /* The GPU's logits carry ~1.5e-7 of the size of their terms (split
-     * bf16 and fp32 alike; plain bf16 ~5e-5), so a model whose terms are
+    /* The GPU's logits carry ~2e-7 of the size of their terms (split
+     * bf16 and fp32 alike; plain bf16 ~4e-5), so a model whose terms are
      * far larger than its logits, tiny variances on dimensions of large
      * values (MNIST's always-blank pixels with the default --reg-covar),
      * would get responsibilities off by whole nats from the GPU: such a
