@@ -52,6 +52,9 @@ struct fgmm_engine {
  * bounds the per-row log-likelihood scratch. */
 #define CACHED_CALL_ROWS ((int64_t)1 << 20)
 
+/* Components per block in the O(K*D) per-pass loops over the model. */
+#define PARAMS_BLOCK 64
+
 static double now_seconds(void)
 {
     struct timespec ts;
@@ -152,14 +155,22 @@ double fgmm_estep_params_magnitude(const fgmm_estep_params *p)
 {
     const int K = p->k, D = p->d;
     double most = 0;
-    for (int k = 0; k < K; k++) {
-        double s = D;
+    /* Blocks of components, so that w (dimension-major) is read along its
+     * rows: one component at a time strides by K and took 7 ms per pass at
+     * K = 1024, D = 768, a tenth of the GPU's E-step there. */
+    for (int k0 = 0; k0 < K; k0 += PARAMS_BLOCK) {
+        const int nb = K - k0 < PARAMS_BLOCK ? K - k0 : PARAMS_BLOCK;
+        double s[PARAMS_BLOCK];
+        for (int b = 0; b < nb; b++) s[b] = D;
         for (int j = 0; j < D; j++) {
-            const double w1 = p->w[(size_t)j * K + k], w2 = p->w[(size_t)(D + j) * K + k];
-            const double m = w2 < 0 ? -w1 / (2 * w2) : 0;
-            s += fabs(m * w1) + m * m * fabs(w2);
+            const double *w1 = p->w + (size_t)j * K + k0, *w2 = p->w + (size_t)(D + j) * K + k0;
+            for (int b = 0; b < nb; b++) {
+                const double m = w2[b] < 0 ? -w1[b] / (2 * w2[b]) : 0;
+                s[b] += fabs(m * w1[b]) + m * m * fabs(w2[b]);
+            }
         }
-        if (s > most || s != s) most = s; /* NaN: as large as can be */
+        for (int b = 0; b < nb; b++)
+            if (s[b] > most || s[b] != s[b]) most = s[b]; /* NaN: as large as can be */
     }
     return most;
 }
@@ -201,16 +212,26 @@ void fgmm_estep_params_fill(const fgmm_model *m, double *w, double *c, double *s
     int sph = fgmm_model_covariance(m) == FGMM_COV_SPHERICAL;
     fgmm_model_shift(m, shift);
     const double log2pi = 1.8378770664093453;
-    for (int k = 0; k < K; k++) {
-        double acc = D * log2pi;
+    /* Blocks of components: w is written along its rows (dimension-major),
+     * the block's means and variances stay in cache across j. Each c[k]
+     * still sums over j in order, so the values are those of a loop per
+     * component. */
+    for (int k0 = 0; k0 < K; k0 += PARAMS_BLOCK) {
+        const int nb = K - k0 < PARAMS_BLOCK ? K - k0 : PARAMS_BLOCK;
+        double acc[PARAMS_BLOCK];
+        for (int b = 0; b < nb; b++) acc[b] = D * log2pi;
         for (int j = 0; j < D; j++) {
-            double v = sph ? var[k] : var[(size_t)k * D + j];
-            double mm = mu[(size_t)k * D + j] - shift[j];
-            w[(size_t)j * K + k] = mm / v;
-            w[(size_t)(D + j) * K + k] = -0.5 / v;
-            acc += log(v) + mm * mm / v;
+            double *w1 = w + (size_t)j * K + k0, *w2 = w + (size_t)(D + j) * K + k0;
+            for (int b = 0; b < nb; b++) {
+                const int k = k0 + b;
+                double v = sph ? var[k] : var[(size_t)k * D + j];
+                double mm = mu[(size_t)k * D + j] - shift[j];
+                w1[b] = mm / v;
+                w2[b] = -0.5 / v;
+                acc[b] += log(v) + mm * mm / v;
+            }
         }
-        c[k] = log(wt[k]) - 0.5 * acc;
+        for (int b = 0; b < nb; b++) c[k0 + b] = log(wt[k0 + b]) - 0.5 * acc[b];
     }
 }
 
