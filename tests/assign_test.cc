@@ -288,13 +288,12 @@ TEST(AssignCuda, TopMMatchesFloat64Reference)
 // Scoring on the GPU runs the log-sum-exp kernel alone; its per-row and
 // mean log-likelihoods match the CPU engine's (float64) and, per row, the
 // top-m assignment's.
-TEST(ScoreCuda, MatchesCpu)
+void score_case(int n, int K, int D, uint64_t seed)
 {
-    NEED_GPU();
+    SCOPED_TRACE("N=" + std::to_string(n) + " K=" + std::to_string(K) + " D=" + std::to_string(D));
     fgmm_rng rng;
-    fgmm_rng_seed(&rng, 31);
+    fgmm_rng_seed(&rng, seed);
     std::vector<float> x;
-    const int n = 30011, K = 70, D = 48;
     fgmm_model *mod = random_mixture(&rng, K, D, FGMM_COV_DIAG, 0.6, n, x);
     fgmm_error err{};
     fgmm_source *src;
@@ -306,14 +305,22 @@ TEST(ScoreCuda, MatchesCpu)
         fgmm_engine *e;
         ASSERT_EQ(fgmm_engine_create(devs[i], 0, &e, &err), FGMM_OK) << err.msg;
         ASSERT_EQ(fgmm_score(e, src, mod, &mean[i], per[i].data(), &err), FGMM_OK) << err.msg;
+        if (devs[i] == FGMM_DEVICE_CUDA) EXPECT_EQ(fgmm_engine_last_pass_fallback(e, nullptr), 0);
         fgmm_engine_free(e);
     }
-    printf("  mean log-likelihood cpu %.8f cuda %.8f\n", mean[0], mean[1]);
+    printf("  N=%d K=%d D=%d: mean log-likelihood cpu %.8f cuda %.8f\n", n, K, D, mean[0], mean[1]);
     EXPECT_NEAR(mean[1], mean[0], 1e-5 * std::fabs(mean[0]));
     for (int i = 0; i < n; i++)
         ASSERT_NEAR(per[1][i], per[0][i], 1e-3 * std::fabs(per[0][i]) + 1e-3) << "row " << i;
     fgmm_source_close(src);
     fgmm_model_free(mod);
+}
+
+TEST(ScoreCuda, MatchesCpu)
+{
+    NEED_GPU();
+    score_case(30011, 70, 48, 31);
+    score_case(9001, 40, 200, 32);  // D > 128: the wide kernels' log-likelihood-only pass
 }
 
 // The same fit with the GPU row cache on (default) and off: later steps
