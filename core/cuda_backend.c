@@ -46,8 +46,7 @@ static void offer_delivered(cuda_backend *b, uint64_t done)
     while (b->offered < done && b->offered < b->calls) {
         ll_entry *e = &b->ring[b->offered % LL_RING];
         if (e->live && e->call == b->offered + 1) {
-            for (int64_t i = 0; i < e->n; i++)
-                fgmm_stats_offer_row(b->st, e->first_row + i, e->ll[i]);
+            fgmm_stats_offer_rows(b->st, e->first_row, e->ll, e->n);
             e->live = 0;
             if (e->cap > LL_KEEP_ROWS) {
                 free(e->buf);

@@ -237,6 +237,11 @@ int64_t fgmm_stats_rows(const fgmm_stats *s);
 void fgmm_stats_add_loglik(fgmm_stats *s, double ll_sum, int64_t rows);
 /* Offer a row as a re-seeding candidate (kept if among the K lowest). */
 void fgmm_stats_offer_row(fgmm_stats *s, int64_t row, double ll);
+/* The same for rows first_row.. first_row+n-1 with log-likelihoods ll[0..n):
+ * keeps what n fgmm_stats_offer_row calls in row order keep, but only rows
+ * below the current K-th lowest take the heap's path (a GPU pass offers
+ * every row, a million per step at N = 1M). */
+void fgmm_stats_offer_rows(fgmm_stats *s, int64_t first_row, const float *ll, int64_t n);
 /* Candidates, lowest log-likelihood first; returns their count. */
 int fgmm_stats_worst_rows(const fgmm_stats *s, int64_t *rows, double *ll, int cap);
 
@@ -322,6 +327,13 @@ int fgmm_engine_cached_passes(const fgmm_engine *e);
  * source's next chunk (the reader is behind), *compute_s in the back end.
  * A pass whose wait is most of its time is bound by the data source. */
 void fgmm_engine_last_pass_times(const fgmm_engine *e, double *wait_s, double *compute_s);
+/* The last pass's wall-clock phases: *setup_s the model's terms and the
+ * back end's begin (on the GPU: parameter upload and operand split);
+ * *rows_s handing the rows to the back end (on the GPU the kernels are
+ * only queued then); *finish_s its end (on the GPU: waiting for the
+ * kernels, the fixed-order reduction and the copy back). */
+void fgmm_engine_last_pass_phases(const fgmm_engine *e, double *setup_s, double *rows_s,
+                                  double *finish_s);
 /* Threads the CPU engine's last pass used per chunk, on average. --threads
  * is the most it uses: while a pass waits on its source most of the time
  * it uses fewer, which leaves the cores to the reader; the sums do not
@@ -380,7 +392,8 @@ typedef struct {
     uint64_t seed;                /* default 0 */
     int64_t init_sample;          /* rows sampled for initialisation; 0 = auto */
     int kmeans_iter;              /* Lloyd iterations for FGMM_INIT_KMEANS, default 20 */
-    int verbose;                  /* 1: per-iteration progress on stderr */
+    int verbose;                  /* 1: per-iteration progress on stderr; 2: also each
+                                   * step's phases (fgmm_engine_last_pass_phases) */
 } fgmm_fit_params;
 
 void fgmm_fit_params_default(fgmm_fit_params *p);

@@ -133,6 +133,24 @@ void fgmm_stats_offer_row(fgmm_stats *s, int64_t row, double ll)
     }
 }
 
+void fgmm_stats_offer_rows(fgmm_stats *s, int64_t first_row, const float *ll, int64_t n)
+{
+    int64_t i = 0;
+    for (; i < n && s->n_worst < s->k; i++) fgmm_stats_offer_row(s, first_row + i, ll[i]);
+    while (i < n) {
+        /* With the heap full, a row can enter only if its ll is at most the
+         * top's (equal: the row order decides, fgmm_stats_offer_row); NaN
+         * never enters, and a NaN top admits nothing. So the scan skips
+         * every row with !(ll <= top) without touching the heap. */
+        const double top = s->worst[0].ll;
+        while (i < n && !((double)ll[i] <= top)) i++;
+        if (i < n) {
+            fgmm_stats_offer_row(s, first_row + i, ll[i]);
+            i++;
+        }
+    }
+}
+
 static int cmp_worst(const void *a, const void *b)
 {
     const worst_row *x = a, *y = b;

@@ -533,21 +533,12 @@ fgmmc_status fgmmc_begin_pass(fgmmc_context *ctx, int k, int d, const double *w,
         if (ntl && (st = DEV_RESERVE(ctx, ctx->d_wt_tiles, ctx->cap_wt_tiles,
                               ntl * sizeof(__nv_bfloat16), "w tiles", err)))
             return st;
-        __nv_bfloat16 *hi = (__nv_bfloat16 *)malloc((2 * nwt + ntl) * sizeof(__nv_bfloat16));
-        if (!hi) return fgmmc_fail(err, FGMMC_ERR_NO_MEMORY, "fgmmc_begin_pass: out of host memory");
-        __nv_bfloat16 *lo = hi + nwt, *tl = lo + nwt;
-        fgmmc_split_wt(hw, k, d, kw, hi, lo);
-        if (ntl) fgmmc_tile_wt(hi, lo, k, kw, tl);
-        /* Synchronous: the host arrays are freed right after. */
-        cudaError_t e1 = cudaMemcpy(ctx->d_wt_hi, hi, nwt * sizeof(__nv_bfloat16), cudaMemcpyHostToDevice);
-        cudaError_t e2 = cudaMemcpy(ctx->d_wt_lo, lo, nwt * sizeof(__nv_bfloat16), cudaMemcpyHostToDevice);
-        cudaError_t e3 = ntl ? cudaMemcpy(ctx->d_wt_tiles, tl, ntl * sizeof(__nv_bfloat16),
-                                          cudaMemcpyHostToDevice)
-                             : cudaSuccess;
-        free(hi);
-        FGMMC_CHECK(e1, err);
-        FGMMC_CHECK(e2, err);
-        FGMMC_CHECK(e3, err);
+        /* From the fp32 terms just queued for upload, on the same stream:
+         * the split and the tiles are made on the device (operands.cu). */
+        if ((st = fgmmc_split_wt_launch((const float *)ctx->d_w, k, d, kw, ctx->d_wt_hi,
+                                        ctx->d_wt_lo, ntl ? ctx->d_wt_tiles : NULL, ctx->stream,
+                                        err)))
+            return st;
     }
     ctx->k = k;
     ctx->d = d;

@@ -242,7 +242,9 @@ __device__ __forceinline__ void simt_online_lse(float (&mrun)[4], float (&srun)[
 
 /* W^T (k x 2d floats taken from w, 2d x k row-major) as hi + lo bf16
  * halves of kpad x kw each (kpad = k rounded up to 64), zero-padded: the
- * tensor-core kernels' B operand. hi and lo are host arrays. */
+ * tensor-core kernels' B operand. hi and lo are host arrays; passes make
+ * theirs on the device (fgmmc_split_wt_launch), and this is the reference
+ * the tests and estep_bench use. */
 void fgmmc_split_wt(const float *w, int k, int d, int kw, void *hi, void *lo);
 /* hi and lo (fgmmc_split_wt) rearranged for whole-tile copies: per tile of
  * 64 components, 64 x kw of hi then of lo, each in the core-matrix order
@@ -250,6 +252,12 @@ void fgmmc_split_wt(const float *w, int k, int d, int kw, void *hi, void *lo);
  * the pipeline may fetch. fgmmc_tile_wt_elems(k, kw) bf16 values. */
 size_t fgmmc_tile_wt_elems(int k, int kw);
 void fgmmc_tile_wt(const void *hi, const void *lo, int k, int kw, void *tiles);
+/* Both on the device (operands.cu), with the host versions' bits: d_w is
+ * the fp32 w (2d x k) in device memory; d_hi and d_lo receive
+ * fgmmc_split_wt's arrays and, when d_tiles is not NULL, d_tiles
+ * fgmmc_tile_wt's. kw a multiple of 8. Queued on stream. */
+fgmmc_status fgmmc_split_wt_launch(const float *d_w, int k, int d, int kw, void *d_hi, void *d_lo,
+                                   void *d_tiles, cudaStream_t stream, fgmmc_error *err);
 
 /* Element size of a dtype in bytes; 0 for an unknown dtype. */
 size_t fgmmc_dtype_size(fgmmc_dtype t);

@@ -592,6 +592,42 @@ TEST(Stats, AddRefusesMismatchedShapesAndShifts)
     fgmm_stats_free(c);
 }
 
+// The batch offer (GPU passes) keeps the same candidates as one offer per
+// row, including ties at the K-th lowest (broken by row), NaNs and rows
+// offered in several calls.
+TEST(Stats, OfferRowsKeepsWhatOfferRowKeeps)
+{
+    fgmm_error err{};
+    const int K = 37;
+    const int64_t n = 20000;
+    std::vector<float> ll(n);
+    uint64_t x = 12345;
+    for (int64_t i = 0; i < n; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        ll[i] = (float)((x >> 40) % 500) - 250.0f; /* many ties */
+        if (i % 997 == 500) ll[i] = NAN; /* after the heap fills: a NaN never enters */
+    }
+    fgmm_stats *one, *batch;
+    ASSERT_EQ(fgmm_stats_create(K, 2, nullptr, &one, &err), FGMM_OK);
+    ASSERT_EQ(fgmm_stats_create(K, 2, nullptr, &batch, &err), FGMM_OK);
+    for (int64_t i = 0; i < n; i++) fgmm_stats_offer_row(one, 1000 + i, ll[i]);
+    /* Uneven calls, the first shorter than K. */
+    const int64_t cuts[] = {0, 10, 11, 5000, 5001, 13333, n};
+    for (int c = 0; c + 1 < 7; c++)
+        fgmm_stats_offer_rows(batch, 1000 + cuts[c], ll.data() + cuts[c], cuts[c + 1] - cuts[c]);
+    std::vector<int64_t> r1(K), r2(K);
+    std::vector<double> l1(K), l2(K);
+    ASSERT_EQ(fgmm_stats_worst_rows(one, r1.data(), l1.data(), K), K);
+    ASSERT_EQ(fgmm_stats_worst_rows(batch, r2.data(), l2.data(), K), K);
+    for (int i = 0; i < K; i++) {
+        EXPECT_EQ(r1[i], r2[i]) << i;
+        EXPECT_EQ(l1[i], l2[i]) << i;
+    }
+    EXPECT_EQ(l1[0], -250.0);
+    fgmm_stats_free(one);
+    fgmm_stats_free(batch);
+}
+
 TEST(BadInput, KOutOfRange)
 {
     std::vector<float> x(10 * 2, 1.0f);
