@@ -169,6 +169,7 @@ static fgmm_status cuda_set_precision(void *self, fgmm_precision p, fgmm_error *
     fgmmc_error ce = {0};
     fgmmc_precision q = p == FGMM_PRECISION_FAST   ? FGMMC_PREC_FAST
                         : p == FGMM_PRECISION_FP32 ? FGMMC_PREC_FP32
+                        : p == FGMM_PRECISION_FP64 ? FGMMC_PREC_FP64
                                                    : FGMMC_PREC_DEFAULT;
     return from_cuda(fgmmc_set_precision(b->ctx, q, &ce), &ce, err);
 }

@@ -27,7 +27,8 @@ struct fgmm_engine {
     void *pass_backend;
     void *fallback; /* CPU back end, created on first use */
     fgmm_precision precision;
-    int pass_fell_back;
+    fgmm_precision backend_precision; /* what the back end was last set to */
+    int pass_fell_back;               /* FGMM_PASS_* of the last pass */
     double pass_magnitude;
     uint64_t data_serial; /* names each fit's data for the back end's row cache */
     int cached_passes;
@@ -128,16 +129,17 @@ fgmm_status fgmm_precision_parse(const char *s, fgmm_precision *out, fgmm_error 
     if (!strcmp(s, "default")) *out = FGMM_PRECISION_DEFAULT;
     else if (!strcmp(s, "fast")) *out = FGMM_PRECISION_FAST;
     else if (!strcmp(s, "fp32")) *out = FGMM_PRECISION_FP32;
+    else if (!strcmp(s, "fp64")) *out = FGMM_PRECISION_FP64;
     else
         return fgmm_fail(err, FGMM_ERR_ARGUMENT,
-                         "unknown precision '%s'; expected default, fast or fp32", s);
+                         "unknown precision '%s'; expected default, fast, fp32 or fp64", s);
     return FGMM_OK;
 }
 
 fgmm_status fgmm_engine_set_precision(fgmm_engine *e, fgmm_precision p, fgmm_error *err)
 {
     fgmm_status st = e->ops->set_precision(e->backend, p, err);
-    if (!st) e->precision = p;
+    if (!st) e->precision = e->backend_precision = p;
     return st;
 }
 
@@ -178,7 +180,7 @@ double fgmm_estep_params_magnitude(const fgmm_estep_params *p)
 
 const char *fgmm_engine_path(const fgmm_engine *e)
 {
-    return e->pass_fell_back ? "cpu (fallback)" : e->ops->path(e->backend);
+    return e->pass_fell_back == FGMM_PASS_CPU ? "cpu (fallback)" : e->ops->path(e->backend);
 }
 
 size_t fgmm_engine_device_bytes(const fgmm_engine *e) { return e->ops->device_bytes(e->backend); }
@@ -298,7 +300,8 @@ void fgmm_engine_last_pass_phases(const fgmm_engine *e, double *setup_s, double 
 /* Loads the E-step terms of m into the engine's scratch and begins a
  * back-end pass (loglik_only: scoring, no statistics). */
 static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
-                                    fgmm_stats *out, int loglik_only, fgmm_error *err);
+                                    fgmm_stats *out, int loglik_only, int for_assign,
+                                    fgmm_error *err);
 
 /* Ends a pass begun at t_rows (after its setup) and records the phases.
  * On the GPU the rows phase only queues the work: the kernels' time lands
@@ -319,7 +322,7 @@ static fgmm_status estep_keyed(fgmm_engine *e, fgmm_source *src, const fgmm_mode
 {
     double t_setup = now_seconds();
     e->pass_setup_s = e->pass_rows_s = e->pass_finish_s = 0;
-    fgmm_status st = begin_model_pass(e, src, m, out, loglik_only, err);
+    fgmm_status st = begin_model_pass(e, src, m, out, loglik_only, 0, err);
     if (st) return st;
     int cached = 0;
     const fgmm_backend_ops *ops = e->pass_ops;
@@ -388,7 +391,8 @@ static fgmm_status estep_keyed(fgmm_engine *e, fgmm_source *src, const fgmm_mode
 }
 
 static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
-                                    fgmm_stats *out, int loglik_only, fgmm_error *err)
+                                    fgmm_stats *out, int loglik_only, int for_assign,
+                                    fgmm_error *err)
 {
     int K = fgmm_model_k(m), D = fgmm_model_d(m);
     if (fgmm_source_dim(src) != D)
@@ -413,24 +417,37 @@ static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm
     }
     fgmm_estep_params_fill(m, e->w, e->c, e->shift);
     e->params = (fgmm_estep_params){K, D, e->w, e->c, e->shift, loglik_only};
-    /* The GPU's logits carry ~2e-7 of the size of their terms (split
+    /* The GPU's fast logits carry ~2e-7 of the size of their terms (split
      * bf16 and fp32 alike; plain bf16 ~4e-5), so a model whose terms are
      * far larger than its logits, tiny variances on dimensions of large
-     * values (MNIST's always-blank pixels with the default --reg-covar),
-     * would get responsibilities off by whole nats from the GPU: such a
-     * pass runs on the CPU back end, in float64, and says so. */
+     * values (MNIST's always-blank pixels with the default --reg-covar, a
+     * component fitted to one row), would get responsibilities off by
+     * whole nats: such a pass runs in float64, on the GPU's double units
+     * (the CPU back end's arithmetic), and says so. The top-m assignment
+     * has fp32 kernels only: its pass runs on the CPU back end. */
     e->pass_ops = e->ops;
     e->pass_backend = e->backend;
     e->pass_magnitude = fgmm_estep_params_magnitude(&e->params);
-    e->pass_fell_back = 0;
-    if (e->device == FGMM_DEVICE_CUDA &&
+    e->pass_fell_back = FGMM_PASS_AS_ASKED;
+    fgmm_precision want = e->precision;
+    if (e->device == FGMM_DEVICE_CUDA && e->precision != FGMM_PRECISION_FP64 &&
         !(e->pass_magnitude <= fgmm_gpu_magnitude_limit(e->precision))) {
-        fgmm_status st;
-        if (!e->fallback && (st = fgmm_cpu_backend_create(e->threads, &e->fallback, err)))
-            return st;
-        e->pass_ops = &fgmm_cpu_backend_ops;
-        e->pass_backend = e->fallback;
-        e->pass_fell_back = 1;
+        if (for_assign) {
+            fgmm_status st;
+            if (!e->fallback && (st = fgmm_cpu_backend_create(e->threads, &e->fallback, err)))
+                return st;
+            e->pass_ops = &fgmm_cpu_backend_ops;
+            e->pass_backend = e->fallback;
+            e->pass_fell_back = FGMM_PASS_CPU;
+        } else {
+            want = FGMM_PRECISION_FP64;
+            e->pass_fell_back = FGMM_PASS_FP64;
+        }
+    }
+    if (e->pass_ops == e->ops && want != e->backend_precision) {
+        fgmm_status st = e->ops->set_precision(e->backend, want, err);
+        if (st) return st;
+        e->backend_precision = want;
     }
     if (e->pass_ops->set_workers) e->pass_ops->set_workers(e->pass_backend, e->threads);
     fgmm_stats_reset(out, e->shift);
@@ -546,7 +563,12 @@ fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
                 fprintf(stderr, "  re-seeded %d collapsed component%s", reseeded,
                         reseeded > 1 ? "s" : "");
             double mag;
-            if (fgmm_engine_last_pass_fallback(e, &mag))
+            int where = fgmm_engine_last_pass_fallback(e, &mag);
+            if (where == FGMM_PASS_FP64)
+                fprintf(stderr, "  in float64 on the GPU: logit terms of %.2g exceed the tensor "
+                        "cores' %.0g (a larger --reg-covar keeps them on the tensor cores)",
+                        mag, fgmm_gpu_magnitude_limit(e->precision));
+            else if (where == FGMM_PASS_CPU)
                 fprintf(stderr, "  on the CPU: logit terms of %.2g exceed the GPU's %.0g "
                         "(a larger --reg-covar keeps it on the GPU)",
                         mag, fgmm_gpu_magnitude_limit(e->precision));
@@ -581,7 +603,7 @@ fgmm_status fgmm_assign(fgmm_engine *e, fgmm_source *src, const fgmm_model *m, i
     int32_t *idx = NULL;
     float *resp = NULL, *ll = NULL;
     int64_t cap = 0;
-    if ((st = begin_model_pass(e, src, m, s, 1, err))) goto done;
+    if ((st = begin_model_pass(e, src, m, s, 1, 1, err))) goto done;
     if ((st = fgmm_source_rewind(src, err))) goto done;
     for (;;) {
         fgmm_chunk ch;

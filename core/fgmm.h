@@ -280,18 +280,23 @@ const char *fgmm_engine_device_name(const fgmm_engine *e);
  *            GPUs older than sm_80.
  *   FAST     CUDA only: plain bf16 tensor cores; statistics off by up to
  *            ~1e-2 (docs/precision.md).
- *   FP32     CUDA: the fp32 SIMT kernels; CPU: same as DEFAULT. */
+ *   FP32     CUDA: the fp32 SIMT kernels; CPU: same as DEFAULT.
+ *   FP64     CUDA: float64 SIMT kernels, the CPU's arithmetic at ~10x its
+ *            speed (what an ill-conditioned pass runs on, see
+ *            fgmm_engine_last_pass_fallback); CPU: same as DEFAULT. */
 typedef enum {
     FGMM_PRECISION_DEFAULT = 0,
     FGMM_PRECISION_FAST = 1,
-    FGMM_PRECISION_FP32 = 2
+    FGMM_PRECISION_FP32 = 2,
+    FGMM_PRECISION_FP64 = 3
 } fgmm_precision;
-/* Parses "default", "fast", "fp32". */
+/* Parses "default", "fast", "fp32", "fp64". */
 fgmm_status fgmm_precision_parse(const char *s, fgmm_precision *out, fgmm_error *err);
 /* FGMM_ERR_UNSUPPORTED for FAST on the CPU engine. */
 fgmm_status fgmm_engine_set_precision(fgmm_engine *e, fgmm_precision p, fgmm_error *err);
 /* What computes the E-step: "cpu", "tensor cores, split bf16", "tensor
- * cores, bf16" or "fp32 SIMT" (the last pass's, or the next one's), or
+ * cores, bf16", "fp32 SIMT" or "float64 SIMT" (the last pass's, or the
+ * next one's), or
  * "cpu (fallback)" when the CUDA engine's last pass ran on the CPU
  * (fgmm_engine_last_pass_fallback). */
 const char *fgmm_engine_path(const fgmm_engine *e);
@@ -339,26 +344,30 @@ void fgmm_engine_last_pass_phases(const fgmm_engine *e, double *setup_s, double 
  * it uses fewer, which leaves the cores to the reader; the sums do not
  * change. 0 when the last pass read no source. */
 double fgmm_engine_last_pass_threads(const fgmm_engine *e);
-/* 1 when the CUDA engine ran its last pass (E-step, scoring or assignment)
- * on the CPU back end instead, because the model's logits were too
- * ill-conditioned for the GPU's arithmetic; else 0. *magnitude (may be
- * NULL) receives the size of the terms that cancel in the model's logits
- * (core/backend.h, fgmm_estep_params_magnitude). Why: the GPU kernels form
- * a logit l = c + sum_j y_j w1_j + y_j^2 w2_j from terms each ~|y_j w1_j|
- * large; with tiny variances on dimensions of large values (MNIST's blank
- * pixels under the default reg_covar: 1e11) they cancel by far more than
- * bf16 hi + lo or fp32 keep (relative ~1.5e-7 per logit, measured), and
- * the GPU's responsibilities would be off by whole nats. Above
- * fgmm_gpu_magnitude_limit the pass runs in float64 on the CPU; a larger
- * --reg-covar brings such a model back to the GPU. */
+/* Where the CUDA engine ran its last pass (E-step, scoring or assignment):
+ * FGMM_PASS_AS_ASKED (0) on the kernels of its precision mode,
+ * FGMM_PASS_FP64 (2) in float64 on the GPU, FGMM_PASS_CPU (1) on the CPU
+ * back end (assignment passes only); always 0 for the CPU engine.
+ * *magnitude (when not NULL) receives the size of the terms that cancel in
+ * the model's logits (core/backend.h, fgmm_estep_params_magnitude). Why:
+ * the tensor-core and fp32 kernels form a logit l = c + sum_j y_j w1_j +
+ * y_j^2 w2_j from terms each ~|y_j w1_j| large; with tiny variances on
+ * dimensions of large values (MNIST's blank pixels under the default
+ * reg_covar: 1e11; a component fitted to a single row) they cancel by far
+ * more than bf16 hi + lo or fp32 keep (relative ~1.5e-7 per logit,
+ * measured), and the responsibilities would be off by whole nats. Above
+ * fgmm_gpu_magnitude_limit the pass runs in float64 instead (the top-m
+ * assignment, which has no float64 kernel, on the CPU); a larger
+ * --reg-covar brings such a model back to the tensor cores. */
+enum { FGMM_PASS_AS_ASKED = 0, FGMM_PASS_CPU = 1, FGMM_PASS_FP64 = 2 };
 int fgmm_engine_last_pass_fallback(const fgmm_engine *e, double *magnitude);
 /* The largest magnitude the GPU keeps for a precision mode. Split bf16's
  * logit error, emulated in bench/logit_error_emulation.py, is ~2e-7 of the
  * magnitude (median over rows; 2e-6 at worst), so 1e5 keeps it near 0.02
  * nats (0.2 at worst); plain bf16 (FAST) errs ~4e-5 of it, so 5e3 keeps
- * 0.2. Well-separated mixtures pass 1e4 (bench/engine_bench's at D=768
- * did: it ran on the CPU under a 1e4 limit) and lose nothing on the GPU;
- * MNIST's blank pixels reach 1e11. */
+ * 0.2. Well-separated mixtures pass 1e4 and lose nothing on the tensor
+ * cores; MNIST's blank pixels and single-row components reach 1e11. Above
+ * the limit a pass runs in float64 (FGMM_PASS_FP64). */
 #define FGMM_GPU_MAGNITUDE 1e5
 #define FGMM_GPU_MAGNITUDE_FAST 5e3
 double fgmm_gpu_magnitude_limit(fgmm_precision p);

@@ -107,6 +107,10 @@ struct fgmmc_context {
     fgmmc_precision prec;
     int use_tc, tc_prec, kw; /* this pass: tensor-core kernels, 3 or 1 products */
     int wide;                /* this pass: D > 128, the kernels of estep_wide.cu */
+    int f64;                 /* this pass: the float64 kernels of estep_f64.cu */
+    double *d_w64, *d_c64, *d_shift64, *d_w64t; /* their terms (begin_pass) */
+    double *d_y64, *d_l64;   /* a sub-chunk's rows and logits */
+    size_t cap_w64, cap_c64, cap_shift64, cap_w64t, cap_y64, cap_l64;
     float *d_wl;             /* wide: a sub-chunk's logits */
     void *d_wrh, *d_wrl;     /* wide: its responsibilities, split */
     size_t cap_wl, cap_wrh, cap_wrl;
@@ -307,7 +311,8 @@ void fgmmc_free(fgmmc_context *ctx)
     void *dev[] = {ctx->d_w,  ctx->d_c,    ctx->d_shift,     ctx->d_acc, ctx->d_in[0],
                    ctx->d_in[1], ctx->d_lse2, ctx->d_ll, ctx->d_block_ll, ctx->d_part,
                    ctx->d_wt_hi, ctx->d_wt_lo, ctx->d_wt_tiles, ctx->d_yg_hi, ctx->d_yg_lo, ctx->d_cache,
-                   ctx->d_wl, ctx->d_wrh, ctx->d_wrl,
+                   ctx->d_wl, ctx->d_wrh, ctx->d_wrl, ctx->d_w64, ctx->d_c64, ctx->d_shift64,
+                   ctx->d_w64t, ctx->d_y64, ctx->d_l64,
                    ctx->d_topi,  ctx->d_topr, ctx->d_pp_x, ctx->d_pp_dist, ctx->d_pp_cand,
                    ctx->d_pp_d2, ctx->d_pp_bsum, ctx->d_pp_prefix, ctx->d_pp_thresh,
                    ctx->d_pp_potpart, ctx->d_pp_pot, ctx->d_pp_pick};
@@ -427,7 +432,8 @@ void fgmmc_tile_wt(const void *hi_, const void *lo_, int k, int kw, void *tiles_
 fgmmc_status fgmmc_set_precision(fgmmc_context *ctx, fgmmc_precision p, fgmmc_error *err)
 {
     if (!ctx) return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_set_precision: ctx is NULL");
-    if (p != FGMMC_PREC_DEFAULT && p != FGMMC_PREC_FAST && p != FGMMC_PREC_FP32)
+    if (p != FGMMC_PREC_DEFAULT && p != FGMMC_PREC_FAST && p != FGMMC_PREC_FP32 &&
+        p != FGMMC_PREC_FP64)
         return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_set_precision: unknown mode %d", (int)p);
     if (p == FGMMC_PREC_FAST && ctx->cc_major < 8)
         return fgmmc_fail(err, FGMMC_ERR_ARGUMENT,
@@ -448,6 +454,7 @@ int fgmmc_uses_wgmma(const fgmmc_context *ctx) { return ctx && ctx->wgmma && !ct
 
 const char *fgmmc_path_name(const fgmmc_context *ctx)
 {
+    if (ctx && ctx->f64) return "float64 SIMT";
     if (!ctx || !ctx->use_tc) return "fp32 SIMT";
     return ctx->tc_prec == 3 ? "tensor cores, split bf16" : "tensor cores, bf16";
 }
@@ -517,8 +524,31 @@ fgmmc_status fgmmc_begin_pass(fgmmc_context *ctx, int k, int d, const double *w,
     int kw = fgmmc_tc_kw(d);
     ctx->wide = kw == 0;
     if (ctx->wide) kw = fgmmc_wide_yw(d);
-    ctx->use_tc = ctx->cc_major >= 8 && ctx->prec != FGMMC_PREC_FP32;
+    ctx->f64 = ctx->prec == FGMMC_PREC_FP64;
+    ctx->use_tc = ctx->cc_major >= 8 && ctx->prec != FGMMC_PREC_FP32 && !ctx->f64;
     if (!ctx->use_tc) ctx->wide = 0;
+    if (ctx->f64) {
+        /* The terms in double as the engine made them (natural log units),
+         * and W = [w1 | w2 | c] made from them on the device. Synchronous
+         * copies from the caller's arrays: this path is not the fast one. */
+        size_t yw = (size_t)fgmmc_f64_yw(d);
+        if ((st = DEV_RESERVE(ctx, ctx->d_w64, ctx->cap_w64, nw * sizeof(double), "w (f64)", err)) ||
+            (st = DEV_RESERVE(ctx, ctx->d_c64, ctx->cap_c64, (size_t)k * sizeof(double), "c (f64)",
+                              err)) ||
+            (st = DEV_RESERVE(ctx, ctx->d_shift64, ctx->cap_shift64, (size_t)d * sizeof(double),
+                              "shift (f64)", err)) ||
+            (st = DEV_RESERVE(ctx, ctx->d_w64t, ctx->cap_w64t, (size_t)k * yw * sizeof(double),
+                              "W (f64)", err)))
+            return st;
+        FGMMC_CHECK(cudaMemcpy(ctx->d_w64, w, nw * sizeof(double), cudaMemcpyHostToDevice), err);
+        FGMMC_CHECK(cudaMemcpy(ctx->d_c64, c, (size_t)k * sizeof(double), cudaMemcpyHostToDevice),
+                    err);
+        FGMMC_CHECK(cudaMemcpy(ctx->d_shift64, shift, (size_t)d * sizeof(double),
+                               cudaMemcpyHostToDevice),
+                    err);
+        if ((st = fgmmc_f64_w_launch(ctx->d_w64, ctx->d_c64, k, d, ctx->d_w64t, ctx->stream, err)))
+            return st;
+    }
     ctx->tc_prec = ctx->prec == FGMMC_PREC_FAST ? 1 : 3;
     ctx->kw = kw;
     if (ctx->use_tc) {
@@ -646,6 +676,10 @@ static fgmmc_status drain_all(fgmmc_context *ctx, fgmmc_error *err)
  * needs kernel A alone). */
 static fgmmc_status batch_plan(fgmmc_context *ctx, int64_t m, fgmmc_plan *plan, fgmmc_error *err)
 {
+    if (ctx->f64) {
+        fgmmc_estep_f64_plan(ctx->k, ctx->d, m, ctx->sm_count, plan);
+        return FGMMC_OK;
+    }
     if (!ctx->use_tc) {
         fgmmc_estep_plan(ctx->k, ctx->d, m, ctx->sm_count, plan);
         return FGMMC_OK;
@@ -769,8 +803,14 @@ static fgmmc_status launch_rows(fgmmc_context *ctx, int b, const void *x_dev, in
     bt.wide_l = ctx->d_wl;
     bt.wide_rh = ctx->d_wrh;
     bt.wide_rl = ctx->d_wrl;
+    bt.f64_w = ctx->d_w64t;
+    bt.f64_shift = ctx->d_shift64;
+    bt.f64_y = ctx->d_y64;
+    bt.f64_l = ctx->d_l64;
     fgmmc_status st;
-    if (ctx->wide) {
+    if (ctx->f64) {
+        st = fgmmc_estep_f64_launch(&bt, plan, ctx->ll_only, ctx->stream, err);
+    } else if (ctx->wide) {
         st = fgmmc_estep_wide_launch(&bt, plan, ctx->tc_prec, ctx->ll_only, ctx->stream, err);
     } else if (ctx->ll_only) { /* scoring: kernel A and the log-likelihood sum */
         st = ctx->use_tc ? fgmmc_estep_tc_parts(&bt, plan, ctx->tc_prec, 1, ctx->stream, err)
@@ -818,7 +858,17 @@ static fgmmc_status reserve_batch(fgmmc_context *ctx, int64_t cap, size_t row_by
         (st = DEV_RESERVE(ctx, ctx->d_block_ll, ctx->cap_block_ll,
                           (size_t)plan.lse_blocks * sizeof(double), "tile ll", err)))
         return st;
-    if (ctx->wide) {
+    if (ctx->f64) {
+        /* One sub-chunk's rows and logits in double. */
+        int64_t sub = fgmmc_f64_sub_rows(ctx->k, ctx->d);
+        size_t rows = cr < (size_t)sub ? cr : (size_t)sub;
+        if ((st = DEV_RESERVE(ctx, ctx->d_y64, ctx->cap_y64,
+                              rows * (size_t)fgmmc_f64_yw(ctx->d) * sizeof(double), "rows (f64)",
+                              err)) ||
+            (st = DEV_RESERVE(ctx, ctx->d_l64, ctx->cap_l64, rows * (size_t)ctx->k * sizeof(double),
+                              "logits (f64)", err)))
+            return st;
+    } else if (ctx->wide) {
         /* One sub-chunk's converted rows, logits and responsibilities. */
         int64_t sub = fgmmc_wide_sub_rows(ctx->k, ctx->d);
         size_t rows = cr < (size_t)sub ? cr : (size_t)sub, ls = (size_t)fgmmc_wide_ls(ctx->k);

@@ -70,12 +70,21 @@ size_t fgmmc_device_bytes(const fgmmc_context *ctx);
  *            sm_80, the fp32 SIMT kernels;
  *   FAST     tensor cores with plain bf16 operands: several times faster,
  *            statistics off by up to ~1e-2 relative (docs/precision.md);
- *   FP32     the fp32 SIMT kernels (no tensor cores).
+ *   FP32     the fp32 SIMT kernels (no tensor cores);
+ *   FP64     float64 SIMT kernels (estep_f64.cu): the CPU back end's
+ *            arithmetic, for models whose logit terms are too large for
+ *            the others (tiny variances far from the shift); the top-m
+ *            assignment (fgmmc_assign) stays on the fp32 kernels.
  * Takes effect at the next fgmmc_begin_pass. */
-typedef enum { FGMMC_PREC_DEFAULT = 0, FGMMC_PREC_FAST = 1, FGMMC_PREC_FP32 = 2 } fgmmc_precision;
+typedef enum {
+    FGMMC_PREC_DEFAULT = 0,
+    FGMMC_PREC_FAST = 1,
+    FGMMC_PREC_FP32 = 2,
+    FGMMC_PREC_FP64 = 3
+} fgmmc_precision;
 fgmmc_status fgmmc_set_precision(fgmmc_context *ctx, fgmmc_precision p, fgmmc_error *err);
 /* The kernels the current (or last) pass runs: "tensor cores, split bf16",
- * "tensor cores, bf16" or "fp32 SIMT". */
+ * "tensor cores, bf16", "fp32 SIMT" or "float64 SIMT". */
 const char *fgmmc_path_name(const fgmmc_context *ctx);
 
 /* Which tensor-core kernel family later passes use: portable = 0 (the

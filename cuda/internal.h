@@ -86,6 +86,12 @@ typedef struct {
      * responsibilities (split bf16), fgmmc_wide_sub_rows x fgmmc_wide_ls. */
     float *wide_l;
     void *wide_rh, *wide_rl;
+    /* Float64 path (estep_f64.cu): W = [w1, w2, c] as K x (2D+1) doubles
+     * (natural log units), the shift in double, and a sub-chunk's rows
+     * [y, y^2, 1] and logits (then responsibilities), fgmmc_f64_sub_rows
+     * rows of 2D+1 and of K doubles. */
+    const double *f64_w, *f64_shift;
+    double *f64_y, *f64_l;
 } fgmmc_batch;
 
 #ifdef __CUDACC__
@@ -363,6 +369,22 @@ void fgmmc_estep_wide_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *pl
  * as fgmmc_split_wt makes it for kw = fgmmc_wide_yw(d). */
 fgmmc_status fgmmc_estep_wide_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
                                      int ll_only, cudaStream_t stream, fgmmc_error *err);
+/* ------------------------------------------------- float64 SIMT path */
+
+/* Row width of its converted rows and of W: 2d + 1. */
+int fgmmc_f64_yw(int d);
+/* Rows per sub-chunk (the scratch f64_y, f64_l holds this many, or the
+ * batch's if fewer); a multiple of 64. */
+int64_t fgmmc_f64_sub_rows(int k, int d);
+/* W = [w1 | w2 | c] (k x (2d+1)) from w (2d x k) and c, on the device. */
+fgmmc_status fgmmc_f64_w_launch(const double *d_w, const double *d_c, int k, int d, double *d_wt,
+                                cudaStream_t s, fgmmc_error *err);
+void fgmmc_estep_f64_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *plan);
+/* Enqueues the float64 E-step and kernel C; with ll_only, the
+ * log-likelihoods and their sum only. */
+fgmmc_status fgmmc_estep_f64_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int ll_only,
+                                    cudaStream_t s, fgmmc_error *err);
+
 /* The same by parts, for timing: a mask of 1 (rows), 2 (logits), 4
  * (normalisation), 8 (statistics), 16 (kernel C), and FGMMC_WIDE_LL_ONLY. */
 #define FGMMC_WIDE_LL_ONLY 32

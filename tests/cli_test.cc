@@ -274,10 +274,15 @@ TEST_F(Cli, PrecisionFlag)
                     path("p1"),
                 1, "--precision fast applies to --device cuda");
     expect_fail("fit --data " + path("good.fbin") + " --k 2 --precision half --out " + path("p2"),
-                2, "unknown precision 'half'; expected default, fast or fp32");
+                2, "unknown precision 'half'; expected default, fast, fp32 or fp64");
     EXPECT_FALSE(exists(path("p1")));
     Result r = run("fit --quiet --data " + path("good.fbin") + " --k 2 --max-iter 2 --device cpu "
                    "--precision fp32 --out " + path("p3"));
+    EXPECT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("[cpu]"), std::string::npos) << r.out;
+    // fp64 is the CPU's own arithmetic: accepted there too.
+    r = run("fit --quiet --data " + path("good.fbin") + " --k 2 --max-iter 2 --device cpu "
+            "--precision fp64 --out " + path("p4"));
     EXPECT_EQ(r.code, 0) << r.out;
     EXPECT_NE(r.out.find("[cpu]"), std::string::npos) << r.out;
 }

@@ -318,15 +318,19 @@ void statistics_case(fgmmc_dtype dt, uint64_t seed, fgmmc_precision prec = FGMMC
         GpuOut g;
         run_pass(ctx.p, p, p.raw.data(), (size_t)p.D * elem_size(dt), {p.n}, true, g);
         if (::testing::Test::HasFatalFailure()) return;
-        const char *want = prec == FGMMC_PREC_FP32 ? "fp32 SIMT"
-                           : prec == FGMMC_PREC_FAST          ? "tensor cores, bf16"
-                                                              : "tensor cores, split bf16";
+        const char *want = prec == FGMMC_PREC_FP32   ? "fp32 SIMT"
+                           : prec == FGMMC_PREC_FP64 ? "float64 SIMT"
+                           : prec == FGMMC_PREC_FAST ? "tensor cores, bf16"
+                                                     : "tensor cores, split bf16";
         EXPECT_STREQ(fgmmc_path_name(ctx.p), want);
         /* Split bf16: statistics 1e-4, per-row log-likelihood 1e-3 (a
          * logit's terms cancel, and each is good to ~2^-16 of its size);
          * fast bf16: 1e-1 both (docs/precision.md). */
         if (prec == FGMMC_PREC_FAST) expect_matches_reference(p, ref, g, 1e-1, 1e-1);
         else if (prec == FGMMC_PREC_DEFAULT) expect_matches_reference(p, ref, g, 1e-4, 1e-3);
+        /* float64: the reference's own arithmetic, in another order (the
+         * per-row values are floats). */
+        else if (prec == FGMMC_PREC_FP64) expect_matches_reference(p, ref, g, 1e-10, 1e-6);
         else expect_matches_reference(p, ref, g);
     }
 }
@@ -369,6 +373,8 @@ TEST(Cuda, HopperRunsWgmmaAndAgreesWithPortable)
 
 TEST(Cuda, SimtFp32MatchesFloat64F32) { NEED_GPU(); statistics_case(FGMMC_F32, 1100, FGMMC_PREC_FP32); }
 TEST(Cuda, SimtFp32MatchesFloat64U8) { NEED_GPU(); statistics_case(FGMMC_U8, 3100, FGMMC_PREC_FP32); }
+TEST(Cuda, Float64MatchesFloat64F32) { NEED_GPU(); statistics_case(FGMMC_F32, 1400, FGMMC_PREC_FP64); }
+TEST(Cuda, Float64MatchesFloat64U8) { NEED_GPU(); statistics_case(FGMMC_U8, 3400, FGMMC_PREC_FP64); }
 TEST(Cuda, FastBf16WithinItsBoundF32) { NEED_GPU(); statistics_case(FGMMC_F32, 1200, FGMMC_PREC_FAST); }
 TEST(Cuda, FastBf16WithinItsBoundU8) { NEED_GPU(); statistics_case(FGMMC_U8, 3200, FGMMC_PREC_FAST); }
 

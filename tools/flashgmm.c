@@ -151,7 +151,9 @@ static int parse_bytes(const char *cmd, const char *name, const char *s, int64_t
     FLAG("ring-slots"), SWITCH("buffered-io"), FLAG("gpu-cache-budget")
 #define READER_HELP \
     "  --precision P        cuda: default (tensor cores, split bf16: statistics within 1e-4\n" \
-    "                       of float64), fast (plain bf16, ~1e-2) or fp32 (SIMT kernels)\n" \
+    "                       of float64), fast (plain bf16, ~1e-2), fp32 (SIMT kernels) or\n" \
+    "                       fp64 (float64 SIMT kernels, as exact as the CPU). Passes whose\n" \
+    "                       logits the first three cannot form run in fp64 and say so\n" \
     "  --cache-budget B     shard directories: keep decoded rows in memory across EM steps when\n" \
     "                       the dataset fits in B bytes (e.g. 20G; 0: stream every step;\n" \
     "                       default: half the memory available)\n" \
@@ -645,7 +647,7 @@ static int cmd_info(int argc, char **argv)
 
 static const char *DEMO_HELP =
     "usage: flashgmm demo [--n N] [--k K] [--d D] [--seed S] [--threads T] [--device D]\n"
-    "                     [--precision default|fast|fp32]\n"
+    "                     [--precision default|fast|fp32|fp64]\n"
     "\n"
     "Generates a synthetic Gaussian mixture in memory (default N=1000000, K=16, D=32),\n"
     "fits it from k-means and reports the fit against the generating model.\n";
