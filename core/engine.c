@@ -430,8 +430,12 @@ static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm
     e->pass_magnitude = fgmm_estep_params_magnitude(&e->params);
     e->pass_fell_back = FGMM_PASS_AS_ASKED;
     fgmm_precision want = e->precision;
-    if (e->device == FGMM_DEVICE_CUDA && e->precision != FGMM_PRECISION_FP64 &&
-        !(e->pass_magnitude <= fgmm_gpu_magnitude_limit(e->precision))) {
+    /* Under FP64 every E-step is float64 already; the assignment kernels
+     * are the fp32 ones whatever the mode. */
+    const fgmm_precision judged = e->precision == FGMM_PRECISION_FP64 ? FGMM_PRECISION_DEFAULT
+                                                                      : e->precision;
+    if (e->device == FGMM_DEVICE_CUDA && (for_assign || e->precision != FGMM_PRECISION_FP64) &&
+        !(e->pass_magnitude <= fgmm_gpu_magnitude_limit(judged))) {
         if (for_assign) {
             fgmm_status st;
             if (!e->fallback && (st = fgmm_cpu_backend_create(e->threads, &e->fallback, err)))
