@@ -4,8 +4,8 @@
 # (bench/device_build.sh) and bench/out/mnist.shards, bench/out/mnist_init
 # (see bench/mnist_device.sh). The GPU tests; 10 EM steps on MNIST from the
 # kmeans++ model (every pass ill-conditioned: blank pixels at reg_covar
-# 1e-6); engine_bench at K = 1024 on its default data, whose single-row
-# components send its passes to float64.
+# 1e-6) and a scoring pass; engine_bench at K = 1024 on its default data,
+# whose single-row components send its passes (assignment too) to float64.
 #   bash bench/fp64_device.sh OUTDIR
 set -uo pipefail
 OUTD=${1:-.}
@@ -21,6 +21,8 @@ grep -E "FAILED|Failure|blank pixels|float64|Float64" "$OUTD"/*_test.log | head 
 rm -rf /tmp/m_gpu
 timeout 120 $B/flashgmm fit --data bench/out/mnist.shards --init bench/out/mnist_init --max-iter 10 \
   --tol 0 --device cuda --out /tmp/m_gpu 2>&1 | grep -v "^reader" | tee -a "$T"
+timeout 60 $B/flashgmm score --data bench/out/mnist.shards --model /tmp/m_gpu --device cuda 2>&1 |
+  grep -v "^reader" | tee -a "$T"
 for args in "1000000 1024 128 3" "500000 1024 768 2"; do
   echo "== engine_bench cuda $args f32 fit" | tee -a "$T"
   timeout 200 $B/engine_bench cuda $args f32 fit 2>&1 | grep -E "^(iter|fit:|step|cuda|init)" | cut -c1-260 | tee -a "$T"

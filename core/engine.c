@@ -21,11 +21,10 @@ struct fgmm_engine {
     int k, d;
     /* The current pass's terms: back ends keep a pointer to them. */
     fgmm_estep_params params;
-    /* The back end of the current pass: ops/backend, or the CPU fallback
+    /* The back end of the current pass (ops/backend).
      * when the model's logits are too ill-conditioned for the GPU. */
     const fgmm_backend_ops *pass_ops;
     void *pass_backend;
-    void *fallback; /* CPU back end, created on first use */
     fgmm_precision precision;
     fgmm_precision backend_precision; /* what the back end was last set to */
     int pass_fell_back;               /* FGMM_PASS_* of the last pass */
@@ -115,7 +114,6 @@ void fgmm_engine_free(fgmm_engine *e)
 {
     if (!e) return;
     e->ops->destroy(e->backend);
-    if (e->fallback) fgmm_cpu_backend_ops.destroy(e->fallback);
     free(e->w);
     free(e->c);
     free(e->shift);
@@ -180,7 +178,7 @@ double fgmm_estep_params_magnitude(const fgmm_estep_params *p)
 
 const char *fgmm_engine_path(const fgmm_engine *e)
 {
-    return e->pass_fell_back == FGMM_PASS_CPU ? "cpu (fallback)" : e->ops->path(e->backend);
+    return e->ops->path(e->backend);
 }
 
 size_t fgmm_engine_device_bytes(const fgmm_engine *e) { return e->ops->device_bytes(e->backend); }
@@ -300,8 +298,7 @@ void fgmm_engine_last_pass_phases(const fgmm_engine *e, double *setup_s, double 
 /* Loads the E-step terms of m into the engine's scratch and begins a
  * back-end pass (loglik_only: scoring, no statistics). */
 static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
-                                    fgmm_stats *out, int loglik_only, int for_assign,
-                                    fgmm_error *err);
+                                    fgmm_stats *out, int loglik_only, fgmm_error *err);
 
 /* Ends a pass begun at t_rows (after its setup) and records the phases.
  * On the GPU the rows phase only queues the work: the kernels' time lands
@@ -322,7 +319,7 @@ static fgmm_status estep_keyed(fgmm_engine *e, fgmm_source *src, const fgmm_mode
 {
     double t_setup = now_seconds();
     e->pass_setup_s = e->pass_rows_s = e->pass_finish_s = 0;
-    fgmm_status st = begin_model_pass(e, src, m, out, loglik_only, 0, err);
+    fgmm_status st = begin_model_pass(e, src, m, out, loglik_only, err);
     if (st) return st;
     int cached = 0;
     const fgmm_backend_ops *ops = e->pass_ops;
@@ -391,8 +388,7 @@ static fgmm_status estep_keyed(fgmm_engine *e, fgmm_source *src, const fgmm_mode
 }
 
 static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
-                                    fgmm_stats *out, int loglik_only, int for_assign,
-                                    fgmm_error *err)
+                                    fgmm_stats *out, int loglik_only, fgmm_error *err)
 {
     int K = fgmm_model_k(m), D = fgmm_model_d(m);
     if (fgmm_source_dim(src) != D)
@@ -422,33 +418,19 @@ static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm
      * far larger than its logits, tiny variances on dimensions of large
      * values (MNIST's always-blank pixels with the default --reg-covar, a
      * component fitted to one row), would get responsibilities off by
-     * whole nats: such a pass runs in float64, on the GPU's double units
-     * (the CPU back end's arithmetic), and says so. The top-m assignment
-     * has fp32 kernels only: its pass runs on the CPU back end. */
+     * whole nats: such a pass (E-step, scoring or assignment) runs on the
+     * GPU's float64 kernels, the CPU back end's arithmetic, and says so. */
     e->pass_ops = e->ops;
     e->pass_backend = e->backend;
     e->pass_magnitude = fgmm_estep_params_magnitude(&e->params);
     e->pass_fell_back = FGMM_PASS_AS_ASKED;
     fgmm_precision want = e->precision;
-    /* Under FP64 every E-step is float64 already; the assignment kernels
-     * are the fp32 ones whatever the mode. */
-    const fgmm_precision judged = e->precision == FGMM_PRECISION_FP64 ? FGMM_PRECISION_DEFAULT
-                                                                      : e->precision;
-    if (e->device == FGMM_DEVICE_CUDA && (for_assign || e->precision != FGMM_PRECISION_FP64) &&
-        !(e->pass_magnitude <= fgmm_gpu_magnitude_limit(judged))) {
-        if (for_assign) {
-            fgmm_status st;
-            if (!e->fallback && (st = fgmm_cpu_backend_create(e->threads, &e->fallback, err)))
-                return st;
-            e->pass_ops = &fgmm_cpu_backend_ops;
-            e->pass_backend = e->fallback;
-            e->pass_fell_back = FGMM_PASS_CPU;
-        } else {
-            want = FGMM_PRECISION_FP64;
-            e->pass_fell_back = FGMM_PASS_FP64;
-        }
+    if (e->device == FGMM_DEVICE_CUDA && e->precision != FGMM_PRECISION_FP64 &&
+        !(e->pass_magnitude <= fgmm_gpu_magnitude_limit(e->precision))) {
+        want = FGMM_PRECISION_FP64;
+        e->pass_fell_back = FGMM_PASS_FP64;
     }
-    if (e->pass_ops == e->ops && want != e->backend_precision) {
+    if (want != e->backend_precision) {
         fgmm_status st = e->ops->set_precision(e->backend, want, err);
         if (st) return st;
         e->backend_precision = want;
@@ -572,10 +554,6 @@ fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
                 fprintf(stderr, "  in float64 on the GPU: logit terms of %.2g exceed the tensor "
                         "cores' %.0g (a larger --reg-covar keeps them on the tensor cores)",
                         mag, fgmm_gpu_magnitude_limit(e->precision));
-            else if (where == FGMM_PASS_CPU)
-                fprintf(stderr, "  on the CPU: logit terms of %.2g exceed the GPU's %.0g "
-                        "(a larger --reg-covar keeps it on the GPU)",
-                        mag, fgmm_gpu_magnitude_limit(e->precision));
             fputc('\n', stderr);
         }
         prev = ll;
@@ -607,7 +585,7 @@ fgmm_status fgmm_assign(fgmm_engine *e, fgmm_source *src, const fgmm_model *m, i
     int32_t *idx = NULL;
     float *resp = NULL, *ll = NULL;
     int64_t cap = 0;
-    if ((st = begin_model_pass(e, src, m, s, 1, 1, err))) goto done;
+    if ((st = begin_model_pass(e, src, m, s, 1, err))) goto done;
     if ((st = fgmm_source_rewind(src, err))) goto done;
     for (;;) {
         fgmm_chunk ch;

@@ -296,9 +296,8 @@ fgmm_status fgmm_precision_parse(const char *s, fgmm_precision *out, fgmm_error 
 fgmm_status fgmm_engine_set_precision(fgmm_engine *e, fgmm_precision p, fgmm_error *err);
 /* What computes the E-step: "cpu", "tensor cores, split bf16", "tensor
  * cores, bf16", "fp32 SIMT" or "float64 SIMT" (the last pass's, or the
- * next one's), or
- * "cpu (fallback)" when the CUDA engine's last pass ran on the CPU
- * (fgmm_engine_last_pass_fallback). */
+ * next one's; "float64 SIMT" also when the pass was too ill-conditioned for
+ * the mode asked for, fgmm_engine_last_pass_fallback). */
 const char *fgmm_engine_path(const fgmm_engine *e);
 /* Peak GPU memory the engine has allocated (0 for the CPU engine): O(chunk +
  * K*D*blocks), whatever N is. */
@@ -344,22 +343,21 @@ void fgmm_engine_last_pass_phases(const fgmm_engine *e, double *setup_s, double 
  * it uses fewer, which leaves the cores to the reader; the sums do not
  * change. 0 when the last pass read no source. */
 double fgmm_engine_last_pass_threads(const fgmm_engine *e);
-/* Where the CUDA engine ran its last pass (E-step, scoring or assignment):
- * FGMM_PASS_AS_ASKED (0) on the kernels of its precision mode,
- * FGMM_PASS_FP64 (2) in float64 on the GPU, FGMM_PASS_CPU (1) on the CPU
- * back end (assignment passes only); always 0 for the CPU engine.
- * *magnitude (when not NULL) receives the size of the terms that cancel in
- * the model's logits (core/backend.h, fgmm_estep_params_magnitude). Why:
- * the tensor-core and fp32 kernels form a logit l = c + sum_j y_j w1_j +
- * y_j^2 w2_j from terms each ~|y_j w1_j| large; with tiny variances on
- * dimensions of large values (MNIST's blank pixels under the default
- * reg_covar: 1e11; a component fitted to a single row) they cancel by far
- * more than bf16 hi + lo or fp32 keep (relative ~1.5e-7 per logit,
- * measured), and the responsibilities would be off by whole nats. Above
- * fgmm_gpu_magnitude_limit the pass runs in float64 instead (the top-m
- * assignment, which has no float64 kernel, on the CPU); a larger
- * --reg-covar brings such a model back to the tensor cores. */
-enum { FGMM_PASS_AS_ASKED = 0, FGMM_PASS_CPU = 1, FGMM_PASS_FP64 = 2 };
+/* How the CUDA engine ran its last pass (E-step, scoring or assignment):
+ * FGMM_PASS_AS_ASKED (0) on the kernels of its precision mode, or
+ * FGMM_PASS_FP64 (2) on its float64 kernels instead; always 0 for the CPU
+ * engine. *magnitude (when not NULL) receives the size of the terms that
+ * cancel in the model's logits (core/backend.h,
+ * fgmm_estep_params_magnitude). Why: the tensor-core and fp32 kernels form
+ * a logit l = c + sum_j y_j w1_j + y_j^2 w2_j from terms each ~|y_j w1_j|
+ * large; with tiny variances on dimensions of large values (MNIST's blank
+ * pixels under the default reg_covar: 1e11; a component fitted to a
+ * single row) they cancel by far more than bf16 hi + lo or fp32 keep
+ * (relative ~1.5e-7 per logit, measured), and the responsibilities would
+ * be off by whole nats. Above fgmm_gpu_magnitude_limit the pass runs in
+ * float64 instead (the CPU back end's arithmetic, ~1e-16 of the terms); a
+ * larger --reg-covar brings such a model back to the tensor cores. */
+enum { FGMM_PASS_AS_ASKED = 0, FGMM_PASS_FP64 = 2 };
 int fgmm_engine_last_pass_fallback(const fgmm_engine *e, double *magnitude);
 /* The largest magnitude the GPU keeps for a precision mode. Split bf16's
  * logit error, emulated in bench/logit_error_emulation.py, is ~2e-7 of the

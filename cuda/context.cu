@@ -845,6 +845,21 @@ static int host_pinned(const void *p)
     return a.type == cudaMemoryTypeHost;
 }
 
+/* The float64 path's scratch: one sub-chunk's rows and logits in double,
+ * for calls of up to cap rows. */
+static fgmmc_status reserve_f64(fgmmc_context *ctx, size_t cap, fgmmc_error *err)
+{
+    const int64_t sub = fgmmc_f64_sub_rows(ctx->k, ctx->d);
+    const size_t rows = cap < (size_t)sub ? cap : (size_t)sub;
+    fgmmc_status st;
+    if ((st = DEV_RESERVE(ctx, ctx->d_y64, ctx->cap_y64,
+                          rows * (size_t)fgmmc_f64_yw(ctx->d) * sizeof(double), "rows (f64)", err)) ||
+        (st = DEV_RESERVE(ctx, ctx->d_l64, ctx->cap_l64, rows * (size_t)ctx->k * sizeof(double),
+                          "logits (f64)", err)))
+        return st;
+    return FGMMC_OK;
+}
+
 /* Device scratch for batches of up to cap rows. */
 static fgmmc_status reserve_batch(fgmmc_context *ctx, int64_t cap, size_t row_bytes, int staging,
                                   fgmmc_error *err)
@@ -859,15 +874,7 @@ static fgmmc_status reserve_batch(fgmmc_context *ctx, int64_t cap, size_t row_by
                           (size_t)plan.lse_blocks * sizeof(double), "tile ll", err)))
         return st;
     if (ctx->f64) {
-        /* One sub-chunk's rows and logits in double. */
-        int64_t sub = fgmmc_f64_sub_rows(ctx->k, ctx->d);
-        size_t rows = cr < (size_t)sub ? cr : (size_t)sub;
-        if ((st = DEV_RESERVE(ctx, ctx->d_y64, ctx->cap_y64,
-                              rows * (size_t)fgmmc_f64_yw(ctx->d) * sizeof(double), "rows (f64)",
-                              err)) ||
-            (st = DEV_RESERVE(ctx, ctx->d_l64, ctx->cap_l64, rows * (size_t)ctx->k * sizeof(double),
-                              "logits (f64)", err)))
-            return st;
+        if ((st = reserve_f64(ctx, cr, err))) return st;
     } else if (ctx->wide) {
         /* One sub-chunk's converted rows, logits and responsibilities. */
         int64_t sub = fgmmc_wide_sub_rows(ctx->k, ctx->d);
@@ -1143,6 +1150,7 @@ fgmmc_status fgmmc_assign(fgmmc_context *ctx, const void *rows, size_t row_strid
         (st = HOST_RESERVE(ctx, ctx->h_topi, ctx->cap_h_topi, cr * mm * sizeof(int), "top-m staging", err)) ||
         (st = HOST_RESERVE(ctx, ctx->h_topr, ctx->cap_h_topr, cr * mm * sizeof(float), "top-m staging", err)))
         return st;
+    if (ctx->f64 && (st = reserve_f64(ctx, cr, err))) return st;
     /* Everything earlier on either stream may still use the staging
      * buffers. Assignment runs once, after fitting: one sub-chunk at a time
      * keeps this simple, and the kernel (O(K*D) per row) dominates. */
@@ -1171,7 +1179,13 @@ fgmmc_status fgmmc_assign(fgmmc_context *ctx, const void *rows, size_t row_strid
         bt.c = ctx->d_c;
         bt.shift = ctx->d_shift;
         bt.ll = ctx->d_ll;
-        if ((st = fgmmc_topm_launch(&bt, m, ctx->d_topi, ctx->d_topr, ctx->stream, err))) return st;
+        bt.f64_w = ctx->d_w64t;
+        bt.f64_shift = ctx->d_shift64;
+        bt.f64_y = ctx->d_y64;
+        bt.f64_l = ctx->d_l64;
+        st = ctx->f64 ? fgmmc_topm_f64_launch(&bt, m, ctx->d_topi, ctx->d_topr, ctx->stream, err)
+                      : fgmmc_topm_launch(&bt, m, ctx->d_topi, ctx->d_topr, ctx->stream, err);
+        if (st) return st;
         FGMMC_CHECK(cudaMemcpyAsync(ctx->h_ll[0], ctx->d_ll, (size_t)rn * sizeof(float),
                                     cudaMemcpyDeviceToHost, ctx->stream),
                     err);

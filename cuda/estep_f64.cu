@@ -95,6 +95,26 @@ __global__ void f64_rows_kernel(fgmmc_batch b, int64_t m)
     }
 }
 
+/* One reduction step of both GEMMs: a thread's 4 x 4 outputs (rows ty +
+ * 16i, columns tx + 16j) take the step's F64_BK products, in order. */
+__device__ __forceinline__ void f64_tile_fma(double (&acc)[4][4],
+                                             const double (&As)[F64_BK][F64_T + 1],
+                                             const double (&Bs)[F64_BK][F64_T + 1], int tx, int ty)
+{
+#pragma unroll
+    for (int kk = 0; kk < F64_BK; kk++) {
+        double a[4], bb[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) a[i] = As[kk][ty + 16 * i];
+#pragma unroll
+        for (int j = 0; j < 4; j++) bb[j] = Bs[kk][tx + 16 * j];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) acc[i][j] = fma(a[i], bb[j], acc[i][j]);
+    }
+}
+
 /* C (rows x cols, ldc) = A (rows x red, lda) * B (cols x red, ldb)^T. */
 __global__ void __launch_bounds__(F64_NT) f64_logits_kernel(const double *__restrict__ A, int lda,
                                                             const double *__restrict__ B, int ldb,
@@ -120,18 +140,7 @@ __global__ void __launch_bounds__(F64_NT) f64_logits_kernel(const double *__rest
             Bs[kk][r] = (bc < cols && kr < red) ? B[(size_t)bc * ldb + kr] : 0.0;
         }
         __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < F64_BK; kk++) {
-            double a[4], bb[4];
-#pragma unroll
-            for (int i = 0; i < 4; i++) a[i] = As[kk][ty + 16 * i];
-#pragma unroll
-            for (int j = 0; j < 4; j++) bb[j] = Bs[kk][tx + 16 * j];
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-#pragma unroll
-                for (int j = 0; j < 4; j++) acc[i][j] = fma(a[i], bb[j], acc[i][j]);
-        }
+        f64_tile_fma(acc, As, Bs, tx, ty);
         __syncthreads();
     }
 #pragma unroll
@@ -146,9 +155,21 @@ __global__ void __launch_bounds__(F64_NT) f64_logits_kernel(const double *__rest
     }
 }
 
+/* The log-sum-exp of a row of k logits, by the warp (every lane gets it):
+ * lane partials combined by a fixed butterfly, so the order is fixed. */
+__device__ __forceinline__ double f64_row_lse(const double *l, int k, int lane)
+{
+    double mx = -INFINITY;
+    for (int i = lane; i < k; i += 32) mx = fmax(mx, l[i]);
+    for (int o = 16; o > 0; o >>= 1) mx = fmax(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    double s = 0.0;
+    for (int i = lane; i < k; i += 32) s += exp(l[i] - mx);
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    return mx + log(s);
+}
+
 /* A warp per row of the sub-chunk's logits L (m x k): lse, then R in place
- * unless only the log-likelihoods are wanted. The lanes' partials combine
- * by a fixed butterfly, so the order of the sums is fixed. */
+ * unless only the log-likelihoods are wanted. */
 template <int STATS>
 __global__ void __launch_bounds__(32 * F64_SM_ROWS) f64_softmax_kernel(fgmmc_batch b, int64_t m)
 {
@@ -158,13 +179,7 @@ __global__ void __launch_bounds__(32 * F64_SM_ROWS) f64_softmax_kernel(fgmmc_bat
     double lse = 0.0;
     if (row < m) {
         double *l = b.f64_l + (size_t)row * K;
-        double mx = -INFINITY;
-        for (int k = lane; k < K; k += 32) mx = fmax(mx, l[k]);
-        for (int o = 16; o > 0; o >>= 1) mx = fmax(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-        double s = 0.0;
-        for (int k = lane; k < K; k += 32) s += exp(l[k] - mx);
-        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        lse = mx + log(s);
+        lse = f64_row_lse(l, K, lane);
         if (STATS)
             for (int k = lane; k < K; k += 32) l[k] = exp(l[k] - lse);
         if (lane == 0) b.ll[row] = (float)lse;
@@ -204,18 +219,7 @@ __global__ void __launch_bounds__(F64_NT) f64_stats_kernel(fgmmc_batch b, int64_
             Bs[nn][cc] = (n < n1 && jj < yw) ? b.f64_y[(size_t)n * yw + jj] : 0.0;
         }
         __syncthreads();
-#pragma unroll
-        for (int nn = 0; nn < F64_BK; nn++) {
-            double a[4], bb[4];
-#pragma unroll
-            for (int i = 0; i < 4; i++) a[i] = As[nn][ty + 16 * i];
-#pragma unroll
-            for (int j = 0; j < 4; j++) bb[j] = Bs[nn][tx + 16 * j];
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-#pragma unroll
-                for (int j = 0; j < 4; j++) acc[i][j] = fma(a[i], bb[j], acc[i][j]);
-        }
+        f64_tile_fma(acc, As, Bs, tx, ty);
         __syncthreads();
     }
     double *part = b.partials + (size_t)blockIdx.z * K * yw;
@@ -229,6 +233,56 @@ __global__ void __launch_bounds__(F64_NT) f64_stats_kernel(fgmmc_batch b, int64_
             if (jj >= yw) continue;
             double *p = part + (size_t)k * yw + jj;
             *p = accumulate ? *p + acc[i][j] : acc[i][j];
+        }
+    }
+}
+
+/* Top-m of a row of the sub-chunk's logits, a warp per row: m rounds of a
+ * warp arg-max over the components ranked below the previous round's
+ * pick in (logit descending, index ascending) order, so ties go to the
+ * smaller index as in assign.cu and the CPU; -1 and 0 past K. Then
+ * r = exp(l - lse) and the row's log-likelihood. */
+__global__ void __launch_bounds__(32 * F64_SM_ROWS) f64_topm_kernel(fgmmc_batch b, int64_t m,
+                                                                    int top, int *out_idx,
+                                                                    float *out_resp)
+{
+    const int lane = threadIdx.x & 31, K = b.k;
+    const int64_t row = (int64_t)blockIdx.x * F64_SM_ROWS + (threadIdx.x >> 5);
+    if (row >= m) return;
+    const double *l = b.f64_l + (size_t)row * K;
+    const double lse = f64_row_lse(l, K, lane);
+    if (lane == 0) b.ll[row] = (float)lse;
+    double pv = INFINITY;
+    int pi = -1;
+    for (int t = 0; t < top; t++) {
+        double bv = -INFINITY;
+        int bi = -1;
+        for (int k = lane; k < K; k += 32) {
+            const double v = l[k];
+            const bool below = v < pv || (v == pv && k > pi);
+            if (below && (bi < 0 || v > bv)) { /* k ascending: ties keep the smaller */
+                bv = v;
+                bi = k;
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            const double ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (oi >= 0 && (bi < 0 || ov > bv || (ov == bv && oi < bi))) {
+                bv = ov;
+                bi = oi;
+            }
+        }
+        if (lane == 0) {
+            out_idx[(size_t)row * top + t] = bi;
+            out_resp[(size_t)row * top + t] = bi >= 0 ? (float)exp(bv - lse) : 0.f;
+        }
+        if (bi >= 0) {
+            pv = bv;
+            pi = bi;
+        } else {
+            pv = -INFINITY; /* nothing left: the rest are -1 as well */
+            pi = K;
         }
     }
 }
@@ -272,6 +326,23 @@ void fgmmc_estep_f64_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *pla
     plan->partial_elems = (size_t)splits * (size_t)k * (size_t)fgmmc_f64_yw(d);
 }
 
+/* Sub-chunk m rows from row r0 of the batch: *b views them, and their rows
+ * and logits are queued (b->f64_y, b->f64_l). */
+static fgmmc_status f64_sub_logits(const fgmmc_batch *bt, int64_t r0, int64_t m, fgmmc_batch *b,
+                                   cudaStream_t s, fgmmc_error *err)
+{
+    const int K = bt->k, yw = fgmmc_f64_yw(bt->d);
+    *b = *bt;
+    b->x = (const char *)bt->x + (size_t)r0 * bt->d * fgmmc_dtype_size(bt->dtype);
+    b->ll = bt->ll + r0;
+    f64_rows_kernel<<<grid_for(m * yw), 256, 0, s>>>(*b, m);
+    FGMMC_CHECK_LAUNCH("f64_rows_kernel", err);
+    dim3 gl((unsigned)((K + F64_T - 1) / F64_T), (unsigned)((m + F64_T - 1) / F64_T));
+    f64_logits_kernel<<<gl, F64_NT, 0, s>>>(b->f64_y, yw, b->f64_w, yw, b->f64_l, K, m, K, yw);
+    FGMMC_CHECK_LAUNCH("f64_logits_kernel", err);
+    return FGMMC_OK;
+}
+
 fgmmc_status fgmmc_estep_f64_launch(const fgmmc_batch *bt, const fgmmc_plan *plan, int ll_only,
                                     cudaStream_t s, fgmmc_error *err)
 {
@@ -283,18 +354,12 @@ fgmmc_status fgmmc_estep_f64_launch(const fgmmc_batch *bt, const fgmmc_plan *pla
                           (long long)bt->n);
     const int K = bt->k, yw = fgmmc_f64_yw(bt->d);
     const int64_t sub = fgmmc_f64_sub_rows(K, bt->d);
-    const size_t es = fgmmc_dtype_size(bt->dtype);
     for (int64_t r0 = 0; r0 < bt->n; r0 += sub) {
         const int64_t m = bt->n - r0 < sub ? bt->n - r0 : sub;
-        fgmmc_batch b = *bt;
-        b.x = (const char *)bt->x + (size_t)r0 * b.d * es;
-        b.ll = bt->ll + r0;
+        fgmmc_batch b;
+        fgmmc_status st = f64_sub_logits(bt, r0, m, &b, s, err);
+        if (st) return st;
         b.block_ll = bt->block_ll + r0 / F64_SM_ROWS; /* sub is a multiple of 8 */
-        f64_rows_kernel<<<grid_for(m * yw), 256, 0, s>>>(b, m);
-        FGMMC_CHECK_LAUNCH("f64_rows_kernel", err);
-        dim3 gl((unsigned)((K + F64_T - 1) / F64_T), (unsigned)((m + F64_T - 1) / F64_T));
-        f64_logits_kernel<<<gl, F64_NT, 0, s>>>(b.f64_y, yw, b.f64_w, yw, b.f64_l, K, m, K, yw);
-        FGMMC_CHECK_LAUNCH("f64_logits_kernel", err);
         const unsigned sb = (unsigned)((m + F64_SM_ROWS - 1) / F64_SM_ROWS);
         if (ll_only)
             f64_softmax_kernel<0><<<sb, 32 * F64_SM_ROWS, 0, s>>>(b, m);
@@ -310,4 +375,27 @@ fgmmc_status fgmmc_estep_f64_launch(const fgmmc_batch *bt, const fgmmc_plan *pla
     }
     if (ll_only) return fgmmc_ll_reduce_launch(bt, plan, s, err);
     return fgmmc_estep_reduce_launch(bt, plan, s, err);
+}
+
+fgmmc_status fgmmc_topm_f64_launch(const fgmmc_batch *bt, int top, int *out_idx, float *out_resp,
+                                   cudaStream_t s, fgmmc_error *err)
+{
+    if (top < 0 || top > FGMMC_MAX_TOPM)
+        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "top-m: m=%d, must be in 0..%d", top,
+                          FGMMC_MAX_TOPM);
+    if (bt->n <= 0) return FGMMC_OK;
+    if (!bt->f64_w || !bt->f64_shift || !bt->f64_y || !bt->f64_l)
+        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "float64 top-m: scratch missing");
+    const int64_t sub = fgmmc_f64_sub_rows(bt->k, bt->d);
+    for (int64_t r0 = 0; r0 < bt->n; r0 += sub) {
+        const int64_t m = bt->n - r0 < sub ? bt->n - r0 : sub;
+        fgmmc_batch b;
+        fgmmc_status st = f64_sub_logits(bt, r0, m, &b, s, err);
+        if (st) return st;
+        const unsigned sb = (unsigned)((m + F64_SM_ROWS - 1) / F64_SM_ROWS);
+        f64_topm_kernel<<<sb, 32 * F64_SM_ROWS, 0, s>>>(b, m, top, out_idx + (size_t)r0 * top,
+                                                        out_resp + (size_t)r0 * top);
+        FGMMC_CHECK_LAUNCH("f64_topm_kernel", err);
+    }
+    return FGMMC_OK;
 }

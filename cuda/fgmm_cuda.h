@@ -73,8 +73,8 @@ size_t fgmmc_device_bytes(const fgmmc_context *ctx);
  *   FP32     the fp32 SIMT kernels (no tensor cores);
  *   FP64     float64 SIMT kernels (estep_f64.cu): the CPU back end's
  *            arithmetic, for models whose logit terms are too large for
- *            the others (tiny variances far from the shift); the top-m
- *            assignment (fgmmc_assign) stays on the fp32 kernels.
+ *            the others (tiny variances far from the shift), the top-m
+ *            assignment (fgmmc_assign) included.
  * Takes effect at the next fgmmc_begin_pass. */
 typedef enum {
     FGMMC_PREC_DEFAULT = 0,

@@ -384,6 +384,9 @@ void fgmmc_estep_f64_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *pla
  * log-likelihoods and their sum only. */
 fgmmc_status fgmmc_estep_f64_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int ll_only,
                                     cudaStream_t s, fgmmc_error *err);
+/* The top-m assignment (as fgmmc_topm_launch) from float64 logits. */
+fgmmc_status fgmmc_topm_f64_launch(const fgmmc_batch *b, int m, int *out_idx, float *out_resp,
+                                   cudaStream_t s, fgmmc_error *err);
 
 /* The same by parts, for timing: a mask of 1 (rows), 2 (logits), 4
  * (normalisation), 8 (statistics), 16 (kernel C), and FGMMC_WIDE_LL_ONLY. */

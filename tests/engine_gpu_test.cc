@@ -152,9 +152,9 @@ fgmm_status store_best(void *user, int64_t first_row, int64_t n, int m, const in
 }
 
 // A model whose logits the tensor cores cannot form (terms ~1e11 that
-// cancel) runs its E-step and scoring passes in float64 on the GPU, and its
-// top-m assignment on the CPU; both match float64; a variance floor brings
-// it back to the tensor cores.
+// cancel) runs its E-step, scoring and top-m assignment passes in float64
+// on the GPU, matching float64; a variance floor brings it back to the
+// tensor cores.
 TEST(EngineCuda, IllConditionedModelRunsInFloat64)
 {
     NEED_GPU();
@@ -192,11 +192,11 @@ TEST(EngineCuda, IllConditionedModelRunsInFloat64)
     ASSERT_EQ(fgmm_score(e, src, m, &mean_ll, nullptr, &err), FGMM_OK) << err.msg;
     EXPECT_EQ(fgmm_engine_last_pass_fallback(e, nullptr), FGMM_PASS_FP64);
     EXPECT_NEAR(mean_ll, ref_mean, 1e-6 * std::fabs(ref_mean));
-    // Assignment: on the CPU, the best component of each row as float64 has it.
+    // Assignment: the best component of each row as float64 has it.
     std::vector<int32_t> best(n, -1);
     ASSERT_EQ(fgmm_assign(e, src, m, 1, store_best, best.data(), &err), FGMM_OK) << err.msg;
-    EXPECT_EQ(fgmm_engine_last_pass_fallback(e, nullptr), FGMM_PASS_CPU);
-    EXPECT_STREQ(fgmm_engine_path(e), "cpu (fallback)");
+    EXPECT_EQ(fgmm_engine_last_pass_fallback(e, nullptr), FGMM_PASS_FP64);
+    EXPECT_STREQ(fgmm_engine_path(e), "float64 SIMT");
     std::vector<double> L = reference_logits(m, x, n);
     for (int64_t i = 0; i < n; i++) {
         int b = 0;
