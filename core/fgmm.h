@@ -21,49 +21,10 @@
 extern "C" {
 #endif
 
-/* ------------------------------------------------------------------ status */
-
-typedef enum {
-    FGMM_OK = 0,
-    FGMM_ERR_ARGUMENT,    /* a parameter is out of range (K <= 0, K > N, ...) */
-    FGMM_ERR_IO,          /* open/read/write/rename failed (errno in message) */
-    FGMM_ERR_FORMAT,      /* a file's bytes do not match its format */
-    FGMM_ERR_DATA,        /* values are unusable: NaN/Inf, dimension mismatch */
-    FGMM_ERR_NO_MEMORY,   /* an allocation failed */
-    FGMM_ERR_EXISTS,      /* an output path already exists */
-    FGMM_ERR_DEVICE,      /* CUDA device missing or a CUDA call failed */
-    FGMM_ERR_UNSUPPORTED, /* a valid request this build cannot serve */
-    FGMM_ERR_INTERNAL,    /* a broken invariant: a bug, please report */
-    FGMM_STATUS_COUNT
-} fgmm_status;
-
-/* Non-zero when s is an error. */
-int fgmm_is_error(fgmm_status s);
-/* Static, human-readable name of a status ("data error", ...). */
-const char *fgmm_status_name(fgmm_status s);
-
-/* Error report filled by failing calls. msg is one line, no trailing newline. */
-typedef struct {
-    fgmm_status code;
-    char msg[1024];
-} fgmm_error;
-
-/* Record code and a printf-style message in err (err may be NULL); returns
- * code so callers can write `return fgmm_fail(err, FGMM_ERR_IO, ...)`. */
-fgmm_status fgmm_fail(fgmm_error *err, fgmm_status code, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 3, 4)))
-#endif
-    ;
+#include "core/status.h"
 
 /* ------------------------------------------------------------------ dtypes */
 
-typedef enum {
-    FGMM_F32 = 0,
-    FGMM_F16 = 1,
-    FGMM_U8 = 2,
-    FGMM_I8 = 3
-} fgmm_dtype;
 
 size_t fgmm_dtype_size(fgmm_dtype t);
 const char *fgmm_dtype_name(fgmm_dtype t); /* "float32", "float16", "uint8", "int8" */
