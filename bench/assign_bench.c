@@ -5,6 +5,7 @@
  * usage: assign_bench DATA K TOP_M [cpu|cuda] [REPEATS]
  * Prints seconds per pass and rows/s (median of REPEATS, default 3).
  */
+#include "backends/fgmm_backends.h"
 #include "core/fgmm.h"
 #include "io/fgmm_io.h"
 

@@ -11,6 +11,8 @@
  * cache (default budget) keeps the rows on the device after step 1; its
  * per-step lines go to stderr.
  */
+#include "backends/fgmm_backends.h"
+#include "core/diagnostics.h"
 #include "core/fgmm.h"
 
 #include <math.h>
@@ -100,7 +102,8 @@ int main(int argc, char **argv)
         CHECK(fgmm_engine_estep(e, src, m, s, NULL, &err));
         double am = now();
         int re;
-        CHECK(fgmm_stats_mstep(s, m, p.reg_covar, 1.0, src, &re, &err));
+        if (fgmm_stats_collapsed(s, 1.0)) CHECK(fgmm_engine_fill_candidates(e, src, s, &err));
+        CHECK(fgmm_stats_mstep(s, m, p.reg_covar, 1.0, &re, &err));
         t[it] = now() - a;
         ll = fgmm_stats_loglik(s) / N;
         double ps, pr, pf;

@@ -1,11 +1,12 @@
 /*
- * backend.h - internal: the interface both back ends (CPU threads, CUDA)
- * implement, so the engine drives one EM loop whatever computes the step.
- * Not installed; core/ only.
+ * backend.h - the interface every back end (cpu/, cuda/) implements, so
+ * the engine drives one EM loop whatever computes the step. For back-end
+ * implementers and tests; users have core/fgmm.h.
  */
 #ifndef FGMM_BACKEND_H
 #define FGMM_BACKEND_H
 
+#include "core/diagnostics.h"
 #include "core/fgmm.h"
 
 /* The E-step's per-component terms, computed once per step by the engine
@@ -23,13 +24,18 @@ typedef struct {
     int loglik_only;     /* scoring: only log-likelihoods, statistics stay zero */
 } fgmm_estep_params;
 
+/* A back end: what computes passes over rows. Every device-specific
+ * operation the engine and the initialisation need is one of these, so
+ * core/ never asks which device it runs on. Calls on one back end come from
+ * one thread at a time. */
 typedef struct {
-    const char *name;
+    const char *name; /* "cpu", "cuda": for messages and model metadata */
     /* Start a pass: zero partial statistics, upload parameters. */
     fgmm_status (*begin_pass)(void *self, const fgmm_estep_params *p, fgmm_error *err);
     /* Fold a chunk's rows into the partial statistics. per_row_ll, when not
      * NULL, receives the chunk's rows' log-likelihoods. Also offers rows as
-     * re-seeding candidates. */
+     * re-seeding candidates (fgmm_stats_offer_row: with their values where
+     * the back end still has them). */
     fgmm_status (*accumulate)(void *self, const fgmm_chunk *c, float *per_row_ll,
                               fgmm_error *err);
     /* Sum the partials, in a fixed order, into out (already reset). */
@@ -38,17 +44,54 @@ typedef struct {
     /* Select the kernels' precision (see fgmm_precision); takes effect at
      * the next begin_pass. */
     fgmm_status (*set_precision)(void *self, fgmm_precision p, fgmm_error *err);
+    /* The precision policy: the mode a pass asked to run in `asked` runs in
+     * when the model's logits carry terms of `magnitude`
+     * (fgmm_estep_params_magnitude). *limit receives the largest magnitude
+     * `asked` keeps (INFINITY when it keeps any). */
+    fgmm_precision (*pass_precision)(void *self, fgmm_precision asked, double magnitude,
+                                     double *limit);
     /* What computes the step, for progress lines ("cpu", "tensor cores,
      * split bf16", ...). */
     const char *(*path)(void *self);
     /* Peak device memory allocated so far (0 on the CPU). */
     size_t (*device_bytes)(void *self);
+    /* Host memory for rows this back end will consume (pinned on a GPU);
+     * NULL when out of memory. */
+    void *(*host_alloc)(void *self, size_t bytes);
+    void (*host_free)(void *self, void *p);
     /* Top-m assignment of a chunk with the terms of the current pass (after
      * begin_pass; statistics untouched): per row the m components of
      * largest log-joint, best first (ties: smaller index), -1 past K; their
      * responsibilities; the row's log-likelihood. idx/resp: n*m. */
     fgmm_status (*assign)(void *self, const fgmm_chunk *c, int m, int32_t *idx, float *resp,
                           float *ll, fgmm_error *err);
+    /* k-means on a sample of s rows x (s x d floats, valid until the next
+     * kmeans_begin or the back end's end), centred by shift (d) where the
+     * back end's arithmetic needs it. The seeding loop and its random draws
+     * live in core/init.c; these are its O(s*d) steps:
+     *   kmeans_begin      take the sample; every row's distance to the
+     *                     nearest centre d2 = +inf
+     *   kmeans_total      sum of d2 over the sample
+     *   kmeans_pick       for each of n thresholds t (ascending not
+     *                     required), the first row whose running sum of
+     *                     d2 exceeds t (s - 1 when none does)
+     *   kmeans_potentials for n candidate centres (n x d floats, n <= 16):
+     *                     pot[l] = sum_i min(d2_i, |x_i - cand_l|^2)
+     *   kmeans_commit     d2_i = min(d2_i, |x_i - cand_best|^2) for the
+     *                     candidates of the last kmeans_potentials
+     *   kmeans_nearest    for k centres (k x d doubles): each row's nearest
+     *                     centre (ties: smaller index) and its squared
+     *                     distance; d2 is left as it was. */
+    fgmm_status (*kmeans_begin)(void *self, const float *x, int64_t s, int d,
+                                const double *shift, fgmm_error *err);
+    fgmm_status (*kmeans_total)(void *self, double *total, fgmm_error *err);
+    fgmm_status (*kmeans_pick)(void *self, const double *thresh, int n, int64_t *rows,
+                               fgmm_error *err);
+    fgmm_status (*kmeans_potentials)(void *self, const float *cand, int n, double *pot,
+                                     fgmm_error *err);
+    fgmm_status (*kmeans_commit)(void *self, int best, fgmm_error *err);
+    fgmm_status (*kmeans_nearest)(void *self, const double *centers, int k, int32_t *label,
+                                  double *d2, fgmm_error *err);
     /* Optional (NULL: the back end keeps no rows). After begin_pass: the
      * pass covers rows 0..rows-1 of the data named key (unique per fit,
      * never 0). *cached = 1 when the back end holds them all already: the
@@ -65,12 +108,18 @@ typedef struct {
     void (*set_pinned)(void *self, int on);
 } fgmm_backend_ops;
 
-/* CPU back end: threads > 0. */
-/* A fixed set of worker threads (core/pool.c). fgmm_pool_run calls
- * fn(item, worker, arg) once for each item in [0, items), the items taken
- * in order by whichever of workers 0..workers-1 is free; the caller is
- * worker 0 and the call returns when every item is done. worker <
- * fgmm_pool_threads(p). One call at a time per pool. */
+/* An engine over a back end: takes ownership of self (ops->destroy(self) is
+ * called by fgmm_engine_free, or here on failure). threads: how many the
+ * back end computes on (initialisation uses as many). */
+fgmm_status fgmm_engine_create_on(const fgmm_backend_ops *ops, void *self, int threads,
+                                  fgmm_engine **out, fgmm_error *err);
+
+/* A fixed set of worker threads (core/pool.c), the one thread mechanism of
+ * the product. fgmm_pool_run calls fn(item, worker, arg) once for each item
+ * in [0, items), the items taken in order by whichever of workers
+ * 0..workers-1 is free; the caller is worker 0 and the call returns when
+ * every item is done. worker < fgmm_pool_threads(p). One call at a time per
+ * pool. */
 typedef struct fgmm_pool fgmm_pool;
 fgmm_status fgmm_pool_create(int threads, fgmm_pool **out, fgmm_error *err);
 int fgmm_pool_threads(const fgmm_pool *p);
@@ -84,36 +133,6 @@ void fgmm_pool_run(fgmm_pool *p, int items, int workers,
                    void (*fn)(int item, int worker, void *arg), void *arg);
 void fgmm_pool_free(fgmm_pool *p);
 
-fgmm_status fgmm_cpu_backend_create(int threads, void **out, fgmm_error *err);
-extern const fgmm_backend_ops fgmm_cpu_backend_ops;
-
-/* CUDA back end (core/cuda_backend.c over cuda/). */
-fgmm_status fgmm_cuda_backend_create(int device, void **out, fgmm_error *err);
-extern const fgmm_backend_ops fgmm_cuda_backend_ops;
-/* Pinned host memory through cuda/ (core/cuda_backend.c). */
-void *fgmm_cuda_host_alloc(size_t bytes);
-void fgmm_cuda_host_free(void *p);
-
-/* Nearest of k centres (k x d, row-major) for each of s rows x (s x d
- * floats), through the engine's back end when it is a GPU: the top-1
- * assignment with k-means terms (w = centre - shift, c = -|centre -
- * shift|^2 / 2, no quadratic term), shift (d) centring the data so fp32
- * logits keep their precision. Returns FGMM_ERR_UNSUPPORTED on the CPU
- * engine, whose callers keep their own (double) path. */
-fgmm_status fgmm_engine_nearest(fgmm_engine *e, const float *x, int64_t s, int d,
-                                const double *centers, int k, const double *shift, int32_t *label,
-                                fgmm_error *err);
-
-/* Greedy k-means++ seeding (as core/init.c's, same draws from rng) of k
- * centres (k x d, into centers) from s rows x, L candidates per step, on
- * the engine's GPU (kmeans.cu); FGMM_ERR_UNSUPPORTED on the CPU engine. */
-fgmm_status fgmm_engine_kmeanspp(fgmm_engine *e, const float *x, int64_t s, int d,
-                                 const double *shift, int k, int l, fgmm_rng *rng,
-                                 double *centers, fgmm_error *err);
-/* The CUDA back end's half of it (core/cuda_backend.c). */
-fgmm_status fgmm_cuda_kmeanspp(void *backend, const float *x, int64_t s, int d, const double *shift,
-                               int k, int l, fgmm_rng *rng, double *centers, fgmm_error *err);
-
 /* Fill w (2D*K), c (K) and shift (D) from a model. */
 void fgmm_estep_params_fill(const fgmm_model *m, double *w, double *c, double *shift);
 
@@ -122,7 +141,7 @@ void fgmm_estep_params_fill(const fgmm_model *m, double *w, double *c, double *s
  * m^2 |w2|) + D, with m = -w1 / (2 w2) the component's mean in shifted
  * coordinates (the logit's terms are of that size and cancel down to its
  * O(D) value). A logit computed with relative precision eps is off by
- * about eps times this (fgmm.h, fgmm_engine_last_pass_fallback). */
+ * about eps times this (core/diagnostics.h, fgmm_engine_last_pass_fallback). */
 double fgmm_estep_params_magnitude(const fgmm_estep_params *p);
 
 

@@ -1,8 +1,10 @@
 /*
  * engine.c - drives EM: one pass over the data per step through a back
- * end (CPU or CUDA), then the M-step on the summed statistics.
+ * end, then the M-step on the summed statistics. It knows the back end
+ * only through core/backend.h's operations.
  */
 #include "core/backend.h"
+#include "core/init.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -12,7 +14,6 @@
 #include <unistd.h>
 
 struct fgmm_engine {
-    fgmm_device device;
     int threads;
     const fgmm_backend_ops *ops;
     void *backend;
@@ -21,14 +22,10 @@ struct fgmm_engine {
     int k, d;
     /* The current pass's terms: back ends keep a pointer to them. */
     fgmm_estep_params params;
-    /* The back end of the current pass (ops/backend).
-     * when the model's logits are too ill-conditioned for the GPU. */
-    const fgmm_backend_ops *pass_ops;
-    void *pass_backend;
     fgmm_precision precision;
     fgmm_precision backend_precision; /* what the back end was last set to */
     int pass_fell_back;               /* FGMM_PASS_* of the last pass */
-    double pass_magnitude;
+    double pass_magnitude, pass_limit;
     uint64_t data_serial; /* names each fit's data for the back end's row cache */
     int cached_passes;
     double pass_wait_s, pass_compute_s; /* the last pass's split, see fgmm.h */
@@ -74,38 +71,18 @@ fgmm_status fgmm_device_parse(const char *s, fgmm_device *out, fgmm_error *err)
     return FGMM_OK;
 }
 
-fgmm_status fgmm_engine_create(fgmm_device device, int threads, fgmm_engine **out,
-                               fgmm_error *err)
+fgmm_status fgmm_engine_create_on(const fgmm_backend_ops *ops, void *self, int threads,
+                                  fgmm_engine **out, fgmm_error *err)
 {
     *out = NULL;
-    if (threads <= 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        threads = n > 0 ? (int)n : 1;
-    }
-    if (device == FGMM_DEVICE_AUTO)
-        device = fgmm_cuda_device_count() > 0 ? FGMM_DEVICE_CUDA : FGMM_DEVICE_CPU;
     fgmm_engine *e = calloc(1, sizeof *e);
-    if (!e) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
-    e->device = device;
-    e->threads = threads;
-    fgmm_status st;
-    if (device == FGMM_DEVICE_CUDA) {
-        if (fgmm_cuda_device_count() <= 0) {
-            free(e);
-            return fgmm_fail(err, FGMM_ERR_DEVICE,
-                             "--device cuda: no CUDA device is available on this machine; "
-                             "use --device cpu or auto");
-        }
-        e->ops = &fgmm_cuda_backend_ops;
-        st = fgmm_cuda_backend_create(0, &e->backend, err);
-    } else {
-        e->ops = &fgmm_cpu_backend_ops;
-        st = fgmm_cpu_backend_create(threads, &e->backend, err);
+    if (!e) {
+        ops->destroy(self);
+        return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
     }
-    if (st) {
-        free(e);
-        return st;
-    }
+    e->ops = ops;
+    e->backend = self;
+    e->threads = threads > 0 ? threads : 1;
     *out = e;
     return FGMM_OK;
 }
@@ -141,15 +118,11 @@ fgmm_status fgmm_engine_set_precision(fgmm_engine *e, fgmm_precision p, fgmm_err
     return st;
 }
 
-int fgmm_engine_last_pass_fallback(const fgmm_engine *e, double *magnitude)
+int fgmm_engine_last_pass_fallback(const fgmm_engine *e, double *magnitude, double *limit)
 {
     if (magnitude) *magnitude = e->pass_magnitude;
+    if (limit) *limit = e->pass_limit;
     return e->pass_fell_back;
-}
-
-double fgmm_gpu_magnitude_limit(fgmm_precision p)
-{
-    return p == FGMM_PRECISION_FAST ? FGMM_GPU_MAGNITUDE_FAST : FGMM_GPU_MAGNITUDE;
 }
 
 double fgmm_estep_params_magnitude(const fgmm_estep_params *p)
@@ -186,7 +159,7 @@ size_t fgmm_engine_device_bytes(const fgmm_engine *e) { return e->ops->device_by
 void *fgmm_engine_host_alloc(void *engine, size_t bytes)
 {
     fgmm_engine *e = engine;
-    if (e && e->device == FGMM_DEVICE_CUDA) return fgmm_cuda_host_alloc(bytes);
+    if (e) return e->ops->host_alloc(e->backend, bytes);
     /* aligned_alloc wants a multiple of the alignment; 4096 also suits
      * O_DIRECT reads straight into the buffer. */
     return aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
@@ -195,7 +168,7 @@ void *fgmm_engine_host_alloc(void *engine, size_t bytes)
 void fgmm_engine_host_free(void *engine, void *p)
 {
     fgmm_engine *e = engine;
-    if (e && e->device == FGMM_DEVICE_CUDA) fgmm_cuda_host_free(p);
+    if (e) e->ops->host_free(e->backend, p);
     else free(p);
 }
 int fgmm_engine_threads(const fgmm_engine *e) { return e->threads; }
@@ -271,7 +244,7 @@ fgmm_status fgmm_engine_estep(fgmm_engine *e, fgmm_source *src, const fgmm_model
 fgmm_status fgmm_engine_set_gpu_cache_budget(fgmm_engine *e, int64_t bytes, fgmm_error *err)
 {
     if (bytes < 0)
-        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "--gpu-cache-budget must be >= 0 (got %lld)",
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "the GPU cache budget must be >= 0 bytes (got %lld)",
                          (long long)bytes);
     if (!e->ops->set_cache_budget) return FGMM_OK;
     return e->ops->set_cache_budget(e->backend, bytes, err);
@@ -322,8 +295,8 @@ static fgmm_status estep_keyed(fgmm_engine *e, fgmm_source *src, const fgmm_mode
     fgmm_status st = begin_model_pass(e, src, m, out, loglik_only, err);
     if (st) return st;
     int cached = 0;
-    const fgmm_backend_ops *ops = e->pass_ops;
-    void *be = e->pass_backend;
+    const fgmm_backend_ops *ops = e->ops;
+    void *be = e->backend;
     if (key && ops->pass_data &&
         (st = ops->pass_data(be, key, fgmm_source_rows(src), fgmm_source_dtype(src), &cached, err)))
         return st;
@@ -413,31 +386,22 @@ static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm
     }
     fgmm_estep_params_fill(m, e->w, e->c, e->shift);
     e->params = (fgmm_estep_params){K, D, e->w, e->c, e->shift, loglik_only};
-    /* The GPU's fast logits carry ~2e-7 of the size of their terms (split
-     * bf16 and fp32 alike; plain bf16 ~4e-5), so a model whose terms are
-     * far larger than its logits, tiny variances on dimensions of large
-     * values (MNIST's always-blank pixels with the default --reg-covar, a
-     * component fitted to one row), would get responsibilities off by
-     * whole nats: such a pass (E-step, scoring or assignment) runs on the
-     * GPU's float64 kernels, the CPU back end's arithmetic, and says so. */
-    e->pass_ops = e->ops;
-    e->pass_backend = e->backend;
+    /* The back end's precision policy decides whether this model's
+     * logits are too ill-conditioned for the mode asked for (fgmm_engine_
+     * last_pass_fallback): such a pass (E-step, scoring or assignment) then
+     * runs in float64 and says so. */
     e->pass_magnitude = fgmm_estep_params_magnitude(&e->params);
-    e->pass_fell_back = FGMM_PASS_AS_ASKED;
-    fgmm_precision want = e->precision;
-    if (e->device == FGMM_DEVICE_CUDA && e->precision != FGMM_PRECISION_FP64 &&
-        !(e->pass_magnitude <= fgmm_gpu_magnitude_limit(e->precision))) {
-        want = FGMM_PRECISION_FP64;
-        e->pass_fell_back = FGMM_PASS_FP64;
-    }
+    fgmm_precision want =
+        e->ops->pass_precision(e->backend, e->precision, e->pass_magnitude, &e->pass_limit);
+    e->pass_fell_back = want != e->precision ? FGMM_PASS_FP64 : FGMM_PASS_AS_ASKED;
     if (want != e->backend_precision) {
         fgmm_status st = e->ops->set_precision(e->backend, want, err);
         if (st) return st;
         e->backend_precision = want;
     }
-    if (e->pass_ops->set_workers) e->pass_ops->set_workers(e->pass_backend, e->threads);
+    if (e->ops->set_workers) e->ops->set_workers(e->backend, e->threads);
     fgmm_stats_reset(out, e->shift);
-    return e->pass_ops->begin_pass(e->pass_backend, &e->params, err);
+    return e->ops->begin_pass(e->backend, &e->params, err);
 }
 
 fgmm_status fgmm_score(fgmm_engine *e, fgmm_source *src, const fgmm_model *m, double *mean_ll,
@@ -479,17 +443,44 @@ static const char *init_name(fgmm_init_kind k)
     return "?";
 }
 
+/* Supplies the values of re-seeding candidates the back end offered
+ * without them (a GPU learns a row's log-likelihood after the row's values
+ * have left the host), by random access into the source: at most K rows,
+ * and only in a step that re-seeds. */
+fgmm_status fgmm_engine_fill_candidates(fgmm_engine *e, fgmm_source *src, fgmm_stats *s,
+                                        fgmm_error *err)
+{
+    (void)e;
+    int n = fgmm_stats_missing_candidates(s, NULL, 0);
+    if (n == 0) return FGMM_OK;
+    int64_t *rows = malloc(sizeof(int64_t) * (size_t)n);
+    float *x = malloc(sizeof(float) * (size_t)n * fgmm_stats_d(s));
+    fgmm_status st = FGMM_OK;
+    if (!rows || !x) {
+        st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for %d re-seeding candidates", n);
+        goto done;
+    }
+    fgmm_stats_missing_candidates(s, rows, n);
+    if ((st = fgmm_source_read_rows(src, rows, n, x, err))) goto done;
+    for (int i = 0; i < n && !st; i++)
+        st = fgmm_stats_set_candidate(s, rows[i], x + (size_t)i * fgmm_stats_d(s), err);
+done:
+    free(rows);
+    free(x);
+    return st;
+}
+
 fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
                      fgmm_model **out, fgmm_error *err)
 {
     *out = NULL;
     double t_start = now_seconds();
     if (p->max_iter < 0)
-        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "--max-iter must be >= 0 (got %d)", p->max_iter);
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "max_iter must be >= 0 (got %d)", p->max_iter);
     if (!(p->tol >= 0))
-        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "--tol must be >= 0 (got %g)", p->tol);
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "tol must be >= 0 (got %g)", p->tol);
     if (!(p->reg_covar >= 0))
-        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "--reg-covar must be >= 0 (got %g)",
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "reg_covar must be >= 0 (got %g)",
                          p->reg_covar);
     fgmm_model *m = NULL;
     fgmm_stats *s = NULL;
@@ -523,7 +514,10 @@ fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
         double ll = fgmm_stats_loglik(s) / (double)fgmm_stats_rows(s);
         double t_m = now_seconds();
         int reseeded = 0;
-        if ((st = fgmm_stats_mstep(s, m, p->reg_covar, p->min_count, src, &reseeded, err)))
+        if (fgmm_stats_collapsed(s, p->min_count) &&
+            (st = fgmm_engine_fill_candidates(e, src, s, err)))
+            goto fail;
+        if ((st = fgmm_stats_mstep(s, m, p->reg_covar, p->min_count, &reseeded, err)))
             goto fail;
         if ((st = fgmm_model_push_loglik(m, ll, err))) goto fail;
         meta->iterations = it;
@@ -548,12 +542,11 @@ fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
             if (reseeded)
                 fprintf(stderr, "  re-seeded %d collapsed component%s", reseeded,
                         reseeded > 1 ? "s" : "");
-            double mag;
-            int where = fgmm_engine_last_pass_fallback(e, &mag);
-            if (where == FGMM_PASS_FP64)
-                fprintf(stderr, "  in float64 on the GPU: logit terms of %.2g exceed the tensor "
-                        "cores' %.0g (a larger --reg-covar keeps them on the tensor cores)",
-                        mag, fgmm_gpu_magnitude_limit(e->precision));
+            double mag, limit;
+            if (fgmm_engine_last_pass_fallback(e, &mag, &limit) == FGMM_PASS_FP64)
+                fprintf(stderr, "  in float64 on the %s: logit terms of %.2g exceed the %.0g "
+                        "its precision mode keeps (a larger reg_covar keeps them there)",
+                        e->ops->name, mag, limit);
             fputc('\n', stderr);
         }
         prev = ll;
@@ -606,11 +599,11 @@ fgmm_status fgmm_assign(fgmm_engine *e, fgmm_source *src, const fgmm_model *m, i
                 goto done;
             }
         }
-        if ((st = e->pass_ops->assign(e->pass_backend, &ch, top_m, idx, resp, ll, err))) goto done;
+        if ((st = e->ops->assign(e->backend, &ch, top_m, idx, resp, ll, err))) goto done;
         if ((st = sink(user, ch.first_row, ch.n_rows, top_m, idx, resp, ll, err))) goto done;
     }
     /* Closes the back end's pass; the statistics are all zero. */
-    st = e->pass_ops->end_pass(e->pass_backend, s, err);
+    st = e->ops->end_pass(e->backend, s, err);
 done:
     free(idx);
     free(resp);
@@ -619,59 +612,8 @@ done:
     return st;
 }
 
-fgmm_status fgmm_engine_nearest(fgmm_engine *e, const float *x, int64_t s, int d,
-                                const double *centers, int k, const double *shift, int32_t *label,
-                                fgmm_error *err)
+fgmm_status fgmm_initialize(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
+                            fgmm_model **out, fgmm_error *err)
 {
-    if (e->device != FGMM_DEVICE_CUDA)
-        return fgmm_fail(err, FGMM_ERR_UNSUPPORTED, "nearest centres: the CPU engine has its own");
-    double *w = calloc((size_t)2 * d * k, sizeof(double));
-    double *c = malloc(sizeof(double) * (size_t)k);
-    float *resp = malloc(sizeof(float) * (size_t)s);
-    float *ll = malloc(sizeof(float) * (size_t)s);
-    fgmm_status st;
-    if (!w || !c || !resp || !ll) {
-        st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for k-means on the GPU");
-        goto done;
-    }
-    /* argmax_k y.m_k - |m_k|^2/2 = argmin_k |y - m_k|^2 (m_k = centre - shift). */
-    for (int kk = 0; kk < k; kk++) {
-        double nn = 0;
-        for (int j = 0; j < d; j++) {
-            double mj = centers[(size_t)kk * d + j] - shift[j];
-            w[(size_t)j * k + kk] = mj;
-            nn += mj * mj;
-        }
-        c[kk] = -0.5 * nn;
-    }
-    e->params = (fgmm_estep_params){k, d, w, c, shift, 1};
-    if ((st = e->ops->begin_pass(e->backend, &e->params, err))) goto done;
-    fgmm_chunk ch = {x, sizeof(float) * (size_t)d, 0, s, FGMM_F32};
-    st = e->ops->assign(e->backend, &ch, 1, label, resp, ll, err);
-    /* Close the pass (its statistics are empty) whatever happened. */
-    fgmm_stats *tmp = NULL;
-    fgmm_error e2;
-    if (fgmm_stats_create(k, d, shift, &tmp, &e2) == FGMM_OK) {
-        fgmm_status st2 = e->ops->end_pass(e->backend, tmp, &e2);
-        if (!st && st2) {
-            st = st2;
-            *err = e2;
-        }
-        fgmm_stats_free(tmp);
-    }
-done:
-    free(w);
-    free(c);
-    free(resp);
-    free(ll);
-    return st;
-}
-
-fgmm_status fgmm_engine_kmeanspp(fgmm_engine *e, const float *x, int64_t s, int d,
-                                 const double *shift, int k, int l, fgmm_rng *rng,
-                                 double *centers, fgmm_error *err)
-{
-    if (e->device != FGMM_DEVICE_CUDA)
-        return fgmm_fail(err, FGMM_ERR_UNSUPPORTED, "k-means++: the CPU engine has its own");
-    return fgmm_cuda_kmeanspp(e->backend, x, s, d, shift, k, l, rng, centers, err);
+    return fgmm_init_model(e->ops, e->backend, src, p, out, err);
 }

@@ -196,42 +196,52 @@ double fgmm_stats_loglik(const fgmm_stats *s);
 int64_t fgmm_stats_rows(const fgmm_stats *s);
 /* Add a scalar log-likelihood sum and a row count (back ends call this). */
 void fgmm_stats_add_loglik(fgmm_stats *s, double ll_sum, int64_t rows);
-/* Offer a row as a re-seeding candidate (kept if among the K lowest). */
-void fgmm_stats_offer_row(fgmm_stats *s, int64_t row, double ll);
-/* The same for rows first_row.. first_row+n-1 with log-likelihoods ll[0..n):
- * keeps what n fgmm_stats_offer_row calls in row order keep, but only rows
- * below the current K-th lowest take the heap's path (a GPU pass offers
- * every row, a million per step at N = 1M). */
+/* Offer a row as a re-seeding candidate (kept if among the K lowest
+ * log-likelihoods; (ll, row) is a total order, so the kept set does not
+ * depend on the order of the offers). x is the row's D values of type t,
+ * kept with it; NULL when the caller does not have them at hand (the GPU
+ * learns a row's log-likelihood after its values are gone): the engine
+ * then supplies them with fgmm_stats_set_candidate before the M-step. */
+void fgmm_stats_offer_row(fgmm_stats *s, int64_t row, double ll, const void *x, fgmm_dtype t);
+/* The same for rows first_row.. first_row+n-1 with log-likelihoods ll[0..n)
+ * and no values: keeps what n fgmm_stats_offer_row calls in row order keep,
+ * but only rows below the current K-th lowest take the heap's path (a GPU
+ * pass offers every row, a million per step at N = 1M). */
 void fgmm_stats_offer_rows(fgmm_stats *s, int64_t first_row, const float *ll, int64_t n);
-/* Candidates, lowest log-likelihood first; returns their count. */
-int fgmm_stats_worst_rows(const fgmm_stats *s, int64_t *rows, double *ll, int cap);
+/* Candidates, lowest log-likelihood first: up to cap of them into rows,
+ * ll and x (cap x D floats; any may be NULL). Returns their count. */
+int fgmm_stats_worst_rows(const fgmm_stats *s, int64_t *rows, double *ll, float *x, int cap);
+/* Candidates whose values are missing: their count; up to cap row
+ * indices into rows. */
+int fgmm_stats_missing_candidates(const fgmm_stats *s, int64_t *rows, int cap);
+/* Supply the values (D floats) of candidate `row`. */
+fgmm_status fgmm_stats_set_candidate(fgmm_stats *s, int64_t row, const float *x, fgmm_error *err);
+/* Components the M-step would re-seed: Nk < min_count (or not positive). */
+int fgmm_stats_collapsed(const fgmm_stats *s, double min_count);
 
 /* M-step with scikit-learn's semantics: weights Nk/N, means sx/Nk + shift,
  * variances E[(x-shift)^2] - (mean-shift)^2 + reg_covar (averaged over
  * dimensions for spherical). Components with Nk < min_count are re-seeded
- * from the lowest-likelihood rows (read through src): mean = that row,
- * variance = the average variance of the surviving components, weight
- * min_count/N, then weights renormalised. *reseeded gets the count. */
+ * at the candidates carried by the statistics, lowest log-likelihood first:
+ * mean = that row, variance = the average variance of the surviving
+ * components, weight min_count/N, then weights renormalised. *reseeded
+ * gets the count. Reads no data: the statistics hold all it needs. */
 fgmm_status fgmm_stats_mstep(const fgmm_stats *s, fgmm_model *m, double reg_covar,
-                             double min_count, fgmm_source *src, int *reseeded,
-                             fgmm_error *err);
+                             double min_count, int *reseeded, fgmm_error *err);
 
 /* ------------------------------------------------------------------ engine */
 
 typedef enum { FGMM_DEVICE_AUTO = 0, FGMM_DEVICE_CPU = 1, FGMM_DEVICE_CUDA = 2 } fgmm_device;
+/* Parses "auto", "cpu", "cuda". */
 fgmm_status fgmm_device_parse(const char *s, fgmm_device *out, fgmm_error *err);
-/* Number of CUDA devices usable by this process (0 without a GPU). */
-int fgmm_cuda_device_count(void);
 
+/* An engine drives EM over one back end (CPU threads, a CUDA device) and
+ * owns its scratch memory. Engines are made by a back end
+ * (backends/fgmm_backends.h picks one for a device; a back end's own
+ * header makes one directly). */
 typedef struct fgmm_engine fgmm_engine;
-
-/* An engine owns a back end (CPU threads or a CUDA device) and its scratch
- * memory. threads <= 0 means all online cores. AUTO picks CUDA when a
- * device is present. */
-fgmm_status fgmm_engine_create(fgmm_device device, int threads, fgmm_engine **out,
-                               fgmm_error *err);
 void fgmm_engine_free(fgmm_engine *e);
-/* "cpu" or "cuda". */
+/* The back end's name: "cpu" or "cuda". For messages. */
 const char *fgmm_engine_device_name(const fgmm_engine *e);
 /* Precision of the E-step's arithmetic.
  *   DEFAULT  CPU: logits in float64, statistics per tile in float32 added
@@ -243,8 +253,10 @@ const char *fgmm_engine_device_name(const fgmm_engine *e);
  *            ~1e-2 (docs/precision.md).
  *   FP32     CUDA: the fp32 SIMT kernels; CPU: same as DEFAULT.
  *   FP64     CUDA: float64 SIMT kernels, the CPU's arithmetic at ~10x its
- *            speed (what an ill-conditioned pass runs on, see
- *            fgmm_engine_last_pass_fallback); CPU: same as DEFAULT. */
+ *            speed; CPU: same as DEFAULT.
+ * A back end may run a pass in a more exact mode than the one asked for
+ * when the model's logits are too ill-conditioned for it (core/diagnostics.h,
+ * fgmm_engine_last_pass_fallback). */
 typedef enum {
     FGMM_PRECISION_DEFAULT = 0,
     FGMM_PRECISION_FAST = 1,
@@ -257,12 +269,8 @@ fgmm_status fgmm_precision_parse(const char *s, fgmm_precision *out, fgmm_error 
 fgmm_status fgmm_engine_set_precision(fgmm_engine *e, fgmm_precision p, fgmm_error *err);
 /* What computes the E-step: "cpu", "tensor cores, split bf16", "tensor
  * cores, bf16", "fp32 SIMT" or "float64 SIMT" (the last pass's, or the
- * next one's; "float64 SIMT" also when the pass was too ill-conditioned for
- * the mode asked for, fgmm_engine_last_pass_fallback). */
+ * next one's). */
 const char *fgmm_engine_path(const fgmm_engine *e);
-/* Peak GPU memory the engine has allocated (0 for the CPU engine): O(chunk +
- * K*D*blocks), whatever N is. */
-size_t fgmm_engine_device_bytes(const fgmm_engine *e);
 
 /* Host memory for rows the engine will consume: pinned (page-locked) on a
  * CUDA engine, so host-to-device copies run asynchronously at full speed;
@@ -271,65 +279,14 @@ size_t fgmm_engine_device_bytes(const fgmm_engine *e);
  * source opened so must be closed before the engine is freed. */
 void *fgmm_engine_host_alloc(void *engine, size_t bytes);
 void fgmm_engine_host_free(void *engine, void *p);
+/* Threads the engine computes on (the CPU back end's; 1 on a GPU). */
 int fgmm_engine_threads(const fgmm_engine *e);
-/* on != 0: the CPU engine runs each of its threads on one core of those
- * the process may use (thread i on the i-th), the calling thread only
- * while a chunk is computed. Why: streamed from disk on a small machine,
- * the scheduler otherwise moves the compute threads around the reader's,
- * and the step got up to 20% slower (BENCHMARKS.md, out of core, fifth
- * session). Off by default: two engines pinned in one machine share the
- * same cores. The sums do not change. No effect on the CUDA engine. */
-void fgmm_engine_pin_threads(fgmm_engine *e, int on);
-/* GPU row cache (CUDA engine): during fgmm_fit, when the data (N rows at
+/* Device row cache (CUDA engine): during fgmm_fit, when the data (N rows at
  * their stored dtype) fits in `bytes` of device memory, the first EM pass
  * copies it to the GPU and later passes read neither the source nor PCIe.
  * Default: half of the device memory free when the engine was created.
  * 0 turns it off. No effect on the CPU engine. */
 fgmm_status fgmm_engine_set_gpu_cache_budget(fgmm_engine *e, int64_t bytes, fgmm_error *err);
-/* Passes of the last fgmm_fit whose rows came from the GPU cache. */
-int fgmm_engine_cached_passes(const fgmm_engine *e);
-/* Where the engine's last pass spent its time: *wait_s waiting for the
- * source's next chunk (the reader is behind), *compute_s in the back end.
- * A pass whose wait is most of its time is bound by the data source. */
-void fgmm_engine_last_pass_times(const fgmm_engine *e, double *wait_s, double *compute_s);
-/* The last pass's wall-clock phases: *setup_s the model's terms and the
- * back end's begin (on the GPU: parameter upload and operand split);
- * *rows_s handing the rows to the back end (on the GPU the kernels are
- * only queued then); *finish_s its end (on the GPU: waiting for the
- * kernels, the fixed-order reduction and the copy back). */
-void fgmm_engine_last_pass_phases(const fgmm_engine *e, double *setup_s, double *rows_s,
-                                  double *finish_s);
-/* Threads the CPU engine's last pass used per chunk, on average. --threads
- * is the most it uses: while a pass waits on its source most of the time
- * it uses fewer, which leaves the cores to the reader; the sums do not
- * change. 0 when the last pass read no source. */
-double fgmm_engine_last_pass_threads(const fgmm_engine *e);
-/* How the CUDA engine ran its last pass (E-step, scoring or assignment):
- * FGMM_PASS_AS_ASKED (0) on the kernels of its precision mode, or
- * FGMM_PASS_FP64 (2) on its float64 kernels instead; always 0 for the CPU
- * engine. *magnitude (when not NULL) receives the size of the terms that
- * cancel in the model's logits (core/backend.h,
- * fgmm_estep_params_magnitude). Why: the tensor-core and fp32 kernels form
- * a logit l = c + sum_j y_j w1_j + y_j^2 w2_j from terms each ~|y_j w1_j|
- * large; with tiny variances on dimensions of large values (MNIST's blank
- * pixels under the default reg_covar: 1e11; a component fitted to a
- * single row) they cancel by far more than bf16 hi + lo or fp32 keep
- * (relative ~1.5e-7 per logit, measured), and the responsibilities would
- * be off by whole nats. Above fgmm_gpu_magnitude_limit the pass runs in
- * float64 instead (the CPU back end's arithmetic, ~1e-16 of the terms); a
- * larger --reg-covar brings such a model back to the tensor cores. */
-enum { FGMM_PASS_AS_ASKED = 0, FGMM_PASS_FP64 = 2 };
-int fgmm_engine_last_pass_fallback(const fgmm_engine *e, double *magnitude);
-/* The largest magnitude the GPU keeps for a precision mode. Split bf16's
- * logit error, emulated in bench/logit_error_emulation.py, is ~2e-7 of the
- * magnitude (median over rows; 2e-6 at worst), so 1e5 keeps it near 0.02
- * nats (0.2 at worst); plain bf16 (FAST) errs ~4e-5 of it, so 5e3 keeps
- * 0.2. Well-separated mixtures pass 1e4 and lose nothing on the tensor
- * cores; MNIST's blank pixels and single-row components reach 1e11. Above
- * the limit a pass runs in float64 (FGMM_PASS_FP64). */
-#define FGMM_GPU_MAGNITUDE 1e5
-#define FGMM_GPU_MAGNITUDE_FAST 5e3
-double fgmm_gpu_magnitude_limit(fgmm_precision p);
 
 /* One pass over src under model m: statistics (shifted by
  * fgmm_model_shift(m)) are zeroed and filled. If per_row_ll is not NULL it
@@ -337,6 +294,15 @@ double fgmm_gpu_magnitude_limit(fgmm_precision p);
  * threads*K*D), never O(N*K). */
 fgmm_status fgmm_engine_estep(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
                               fgmm_stats *out, float *per_row_ll, fgmm_error *err);
+
+/* The re-seeding candidates of out (fgmm_engine_estep's statistics) that a
+ * back end offered without their values (a GPU learns a row's
+ * log-likelihood after the row has left the host) get them from src, by
+ * random access: at most K rows. fgmm_fit calls it only in a step whose
+ * M-step re-seeds (fgmm_stats_collapsed); callers running their own EM
+ * loop do the same before fgmm_stats_mstep. */
+fgmm_status fgmm_engine_fill_candidates(fgmm_engine *e, fgmm_source *src, fgmm_stats *out,
+                                        fgmm_error *err);
 
 /* The shift the engine uses for m: sum_k w_k mu_k (D doubles into out). */
 void fgmm_model_shift(const fgmm_model *m, double *out);

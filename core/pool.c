@@ -2,8 +2,10 @@
  * pool.c - a fixed set of worker threads that take numbered items from a
  * shared counter.
  *
- * Why not start threads per call (fgmm_parallel_run): the engine calls its
- * back end once per chunk, every few milliseconds while streaming. Starting
+ * fgmm_parallel_run (one item per thread on a pool of its own) is for
+ * one-off work; the CPU back end keeps a pool. Why not start threads per
+ * call: the engine calls its back end once per chunk, every few
+ * milliseconds while streaming. Starting
  * and joining threads each time costs tens of microseconds, and a static
  * split of the chunk makes every call wait for its slowest thread: on a
  * small machine the reader's own threads preempt one engine thread now and
@@ -187,4 +189,32 @@ void fgmm_pool_free(fgmm_pool *p)
     free(p->th);
     free(p->pinned);
     free(p);
+}
+
+typedef struct {
+    void (*fn)(int, void *);
+    void *arg;
+} run_adapter;
+
+static void run_item(int item, int worker, void *arg)
+{
+    (void)worker;
+    run_adapter *a = arg;
+    a->fn(item, a->arg);
+}
+
+fgmm_status fgmm_parallel_run(int n, void (*fn)(int, void *), void *arg, fgmm_error *err)
+{
+    if (n <= 1) {
+        if (n == 1) fn(0, arg);
+        return FGMM_OK;
+    }
+    fgmm_pool *p;
+    fgmm_status st = fgmm_pool_create(n, &p, err);
+    if (st) return st;
+    run_adapter a = {fn, arg};
+    /* One item per thread: callers split their work n ways. */
+    fgmm_pool_run(p, n, n, run_item, &a);
+    fgmm_pool_free(p);
+    return FGMM_OK;
 }

@@ -12,6 +12,8 @@
 typedef struct {
     double ll;
     int64_t row;
+    int slot;  /* its values: cand_x + slot * D */
+    int has_x; /* 0 until the values are known (fgmm_stats_set_candidate) */
 } worst_row;
 
 struct fgmm_stats {
@@ -27,6 +29,10 @@ struct fgmm_stats {
      * the order rows were offered in, and reductions stay deterministic. */
     worst_row *worst;
     int n_worst;
+    /* The candidates' values, K x D floats, one slot per heap entry: the
+     * M-step re-seeds from them and never reads the data back, so the
+     * statistics are all a reduction across ranks has to carry. */
+    float *cand_x;
 };
 
 fgmm_status fgmm_stats_create(int k, int d, const double *shift, fgmm_stats **out,
@@ -43,7 +49,8 @@ fgmm_status fgmm_stats_create(int k, int d, const double *shift, fgmm_stats **ou
     s->nk = calloc((size_t)k, sizeof(double));
     s->sums = calloc((size_t)k * 2 * d, sizeof(double));
     s->worst = calloc((size_t)k, sizeof(worst_row));
-    if (!s->shift || !s->nk || !s->sums || !s->worst) {
+    s->cand_x = calloc((size_t)k * d, sizeof(float));
+    if (!s->shift || !s->nk || !s->sums || !s->worst || !s->cand_x) {
         fgmm_stats_free(s);
         return fgmm_fail(err, FGMM_ERR_NO_MEMORY,
                          "out of memory for statistics of K=%d, D=%d", k, d);
@@ -60,6 +67,7 @@ void fgmm_stats_free(fgmm_stats *s)
     free(s->nk);
     free(s->sums);
     free(s->worst);
+    free(s->cand_x);
     free(s);
 }
 
@@ -113,21 +121,33 @@ static void heap_sift_down(worst_row *h, int n, int i)
     }
 }
 
-void fgmm_stats_offer_row(fgmm_stats *s, int64_t row, double ll)
+/* Stores a candidate's values in its slot: converted from the row's
+ * dtype when given, marked missing otherwise. */
+static void put_values(fgmm_stats *s, worst_row *w, const void *x, fgmm_dtype t)
 {
-    worst_row w = {ll, row};
+    w->has_x = x != NULL;
+    if (x) fgmm_convert_row(t, x, (size_t)s->d, s->cand_x + (size_t)w->slot * s->d);
+}
+
+void fgmm_stats_offer_row(fgmm_stats *s, int64_t row, double ll, const void *x, fgmm_dtype t)
+{
+    worst_row w = {ll, row, 0, 0};
     if (s->n_worst < s->k) {
         int i = s->n_worst++;
+        w.slot = i; /* slots 0..n_worst-1 are in use while the heap fills */
+        put_values(s, &w, x, t);
         s->worst[i] = w;
         while (i > 0) {
             int p = (i - 1) / 2;
             if (!worse_than(&s->worst[i], &s->worst[p])) break;
-            worst_row t = s->worst[i];
+            worst_row tmp = s->worst[i];
             s->worst[i] = s->worst[p];
-            s->worst[p] = t;
+            s->worst[p] = tmp;
             i = p;
         }
     } else if (worse_than(&s->worst[0], &w)) {
+        w.slot = s->worst[0].slot; /* the evicted row's slot */
+        put_values(s, &w, x, t);
         s->worst[0] = w;
         heap_sift_down(s->worst, s->n_worst, 0);
     }
@@ -136,7 +156,8 @@ void fgmm_stats_offer_row(fgmm_stats *s, int64_t row, double ll)
 void fgmm_stats_offer_rows(fgmm_stats *s, int64_t first_row, const float *ll, int64_t n)
 {
     int64_t i = 0;
-    for (; i < n && s->n_worst < s->k; i++) fgmm_stats_offer_row(s, first_row + i, ll[i]);
+    for (; i < n && s->n_worst < s->k; i++)
+        fgmm_stats_offer_row(s, first_row + i, ll[i], NULL, FGMM_F32);
     while (i < n) {
         /* With the heap full, a row can enter only if its ll is at most the
          * top's (equal: the row order decides, fgmm_stats_offer_row); NaN
@@ -145,7 +166,7 @@ void fgmm_stats_offer_rows(fgmm_stats *s, int64_t first_row, const float *ll, in
         const double top = s->worst[0].ll;
         while (i < n && !((double)ll[i] <= top)) i++;
         if (i < n) {
-            fgmm_stats_offer_row(s, first_row + i, ll[i]);
+            fgmm_stats_offer_row(s, first_row + i, ll[i], NULL, FGMM_F32);
             i++;
         }
     }
@@ -159,7 +180,7 @@ static int cmp_worst(const void *a, const void *b)
     return 0;
 }
 
-int fgmm_stats_worst_rows(const fgmm_stats *s, int64_t *rows, double *ll, int cap)
+int fgmm_stats_worst_rows(const fgmm_stats *s, int64_t *rows, double *ll, float *x, int cap)
 {
     worst_row *tmp = malloc(sizeof(worst_row) * (size_t)(s->n_worst ? s->n_worst : 1));
     if (!tmp) return 0;
@@ -169,8 +190,41 @@ int fgmm_stats_worst_rows(const fgmm_stats *s, int64_t *rows, double *ll, int ca
     for (int i = 0; i < n; i++) {
         if (rows) rows[i] = tmp[i].row;
         if (ll) ll[i] = tmp[i].ll;
+        if (x)
+            memcpy(x + (size_t)i * s->d, s->cand_x + (size_t)tmp[i].slot * s->d,
+                   sizeof(float) * (size_t)s->d);
     }
     free(tmp);
+    return n;
+}
+
+int fgmm_stats_missing_candidates(const fgmm_stats *s, int64_t *rows, int cap)
+{
+    int n = 0;
+    for (int i = 0; i < s->n_worst; i++)
+        if (!s->worst[i].has_x) {
+            if (n < cap) rows[n] = s->worst[i].row;
+            n++;
+        }
+    return n;
+}
+
+fgmm_status fgmm_stats_set_candidate(fgmm_stats *s, int64_t row, const float *x, fgmm_error *err)
+{
+    for (int i = 0; i < s->n_worst; i++)
+        if (s->worst[i].row == row) {
+            memcpy(s->cand_x + (size_t)s->worst[i].slot * s->d, x, sizeof(float) * (size_t)s->d);
+            s->worst[i].has_x = 1;
+            return FGMM_OK;
+        }
+    return fgmm_fail(err, FGMM_ERR_ARGUMENT, "row %lld is not a re-seeding candidate",
+                     (long long)row);
+}
+
+int fgmm_stats_collapsed(const fgmm_stats *s, double min_count)
+{
+    int n = 0;
+    for (int k = 0; k < s->k; k++) n += !(s->nk[k] >= min_count) || s->nk[k] <= 0;
     return n;
 }
 
@@ -188,8 +242,11 @@ fgmm_status fgmm_stats_add(fgmm_stats *dst, const fgmm_stats *src, fgmm_error *e
     for (size_t i = 0; i < n; i++) dst->sums[i] += src->sums[i];
     dst->loglik += src->loglik;
     dst->rows += src->rows;
-    for (int i = 0; i < src->n_worst; i++)
-        fgmm_stats_offer_row(dst, src->worst[i].row, src->worst[i].ll);
+    for (int i = 0; i < src->n_worst; i++) {
+        const worst_row *w = &src->worst[i];
+        fgmm_stats_offer_row(dst, w->row, w->ll,
+                             w->has_x ? src->cand_x + (size_t)w->slot * src->d : NULL, FGMM_F32);
+    }
     return FGMM_OK;
 }
 
@@ -204,8 +261,7 @@ fgmm_status fgmm_stats_reduce(fgmm_stats *dst, fgmm_stats *const *parts, int n, 
 }
 
 fgmm_status fgmm_stats_mstep(const fgmm_stats *s, fgmm_model *m, double reg_covar,
-                             double min_count, fgmm_source *src, int *reseeded,
-                             fgmm_error *err)
+                             double min_count, int *reseeded, fgmm_error *err)
 {
     int K = s->k, D = s->d;
     fgmm_covariance cov = fgmm_model_covariance(m);
@@ -259,29 +315,37 @@ fgmm_status fgmm_stats_mstep(const fgmm_stats *s, fgmm_model *m, double reg_cova
                            K, min_count);
             goto done;
         }
-        if (!src) {
-            st = fgmm_fail(err, FGMM_ERR_INTERNAL, "M-step: components collapsed, no source");
-            goto done;
-        }
         int64_t *rows = malloc(sizeof(int64_t) * (size_t)n_coll);
-        float *x = malloc(sizeof(float) * (size_t)D);
-        if (!rows || !x) {
+        float *xs = malloc(sizeof(float) * (size_t)n_coll * D);
+        if (!rows || !xs) {
             free(rows);
-            free(x);
+            free(xs);
             st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory in M-step");
             goto done;
         }
-        int got = fgmm_stats_worst_rows(s, rows, NULL, n_coll);
-        /* Fewer candidates than collapsed components (tiny data): fall back to
-         * rows spread evenly over the data, still deterministic. */
-        for (int i = got; i < n_coll; i++)
-            rows[i] = (int64_t)(((uint64_t)i * 2654435761ull + 7) % (uint64_t)s->rows);
+        int got = fgmm_stats_worst_rows(s, rows, NULL, xs, n_coll);
+        if (got == 0) {
+            free(rows);
+            free(xs);
+            st = fgmm_fail(err, FGMM_ERR_INTERNAL,
+                           "M-step: %d components collapsed and no row was offered to re-seed "
+                           "them", n_coll);
+            goto done;
+        }
+        if (fgmm_stats_missing_candidates(s, rows, 0) > 0) {
+            free(rows);
+            free(xs);
+            st = fgmm_fail(err, FGMM_ERR_INTERNAL,
+                           "M-step: re-seeding candidates without their values");
+            goto done;
+        }
         double wsum = 0;
         for (int k = 0; k < K; k++) wsum += (s->nk[k] >= min_count && s->nk[k] > 0) ? w[k] : 0;
         for (int i = 0; i < n_coll && !st; i++) {
             int k = collapsed[i];
-            st = fgmm_source_read_rows(src, &rows[i], 1, x, err);
-            if (st) break;
+            /* Fewer candidates than collapsed components (tiny data): they
+             * are reused in order, still deterministic. */
+            const float *x = xs + (size_t)(i % got) * D;
             double sph = 0;
             for (int j = 0; j < D; j++) {
                 mu[(size_t)k * D + j] = x[j];
@@ -294,7 +358,7 @@ fgmm_status fgmm_stats_mstep(const fgmm_stats *s, fgmm_model *m, double reg_cova
             wsum += w[k];
         }
         free(rows);
-        free(x);
+        free(xs);
         if (!st)
             for (int k = 0; k < K; k++) w[k] /= wsum;
         if (reseeded) *reseeded = n_coll;

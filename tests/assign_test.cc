@@ -9,16 +9,13 @@
 #include <cstring>
 #include <vector>
 
+#include "core/diagnostics.h"
 #include "core/fgmm.h"
+#include "tests/gpu.h"
 #include "tests/reference.h"
 
 namespace {
 
-#define NEED_GPU()                                                                  \
-    do {                                                                            \
-        if (fgmm_cuda_device_count() == 0)                                          \
-            GTEST_SKIP() << "no CUDA device: skipping GPU test";                    \
-    } while (0)
 
 struct Collected {
     int64_t n = 0;
@@ -305,7 +302,9 @@ void score_case(int n, int K, int D, uint64_t seed)
         fgmm_engine *e;
         ASSERT_EQ(fgmm_engine_create(devs[i], 0, &e, &err), FGMM_OK) << err.msg;
         ASSERT_EQ(fgmm_score(e, src, mod, &mean[i], per[i].data(), &err), FGMM_OK) << err.msg;
-        if (devs[i] == FGMM_DEVICE_CUDA) EXPECT_EQ(fgmm_engine_last_pass_fallback(e, nullptr), 0);
+        if (devs[i] == FGMM_DEVICE_CUDA) {
+            EXPECT_EQ(fgmm_engine_last_pass_fallback(e, nullptr, nullptr), 0);
+        }
         fgmm_engine_free(e);
     }
     printf("  N=%d K=%d D=%d: mean log-likelihood cpu %.8f cuda %.8f\n", n, K, D, mean[0], mean[1]);

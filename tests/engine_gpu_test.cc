@@ -7,16 +7,13 @@
 #include <cmath>
 #include <vector>
 
+#include "core/diagnostics.h"
 #include "core/fgmm.h"
+#include "tests/gpu.h"
 #include "tests/reference.h"
 
 namespace {
 
-#define NEED_GPU()                                                                  \
-    do {                                                                            \
-        if (fgmm_cuda_device_count() == 0)                                          \
-            GTEST_SKIP() << "no CUDA device: skipping GPU test";                    \
-    } while (0)
 
 void estep_case(fgmm_covariance cov, int64_t n, int K, int D, uint64_t seed)
 {
@@ -35,7 +32,7 @@ void estep_case(fgmm_covariance cov, int64_t n, int K, int D, uint64_t seed)
     ASSERT_EQ(fgmm_stats_create(K, D, nullptr, &s, &err), FGMM_OK);
     std::vector<float> ll(n, NAN);
     ASSERT_EQ(fgmm_engine_estep(e, src, m, s, ll.data(), &err), FGMM_OK) << err.msg;
-    EXPECT_EQ(fgmm_engine_last_pass_fallback(e, nullptr), 0) << "a benign model left the GPU";
+    EXPECT_EQ(fgmm_engine_last_pass_fallback(e, nullptr, nullptr), 0) << "a benign model left the GPU";
     RefStats ref = reference_estep(m, x, n);
     std::vector<double> nk, sx, sxx;
     unshift(s, nk, sx, sxx);
@@ -172,9 +169,10 @@ TEST(EngineCuda, IllConditionedModelRunsInFloat64)
     ASSERT_EQ(fgmm_stats_create(K, D, nullptr, &s, &err), FGMM_OK);
     std::vector<float> ll(n, NAN);
     ASSERT_EQ(fgmm_engine_estep(e, src, m, s, ll.data(), &err), FGMM_OK) << err.msg;
-    double mag = 0;
-    EXPECT_EQ(fgmm_engine_last_pass_fallback(e, &mag), FGMM_PASS_FP64);
-    EXPECT_GT(mag, fgmm_gpu_magnitude_limit(FGMM_PRECISION_DEFAULT));
+    double mag = 0, limit = 0;
+    EXPECT_EQ(fgmm_engine_last_pass_fallback(e, &mag, &limit), FGMM_PASS_FP64);
+    EXPECT_GT(mag, limit);
+    EXPECT_EQ(limit, 1e5) << "the split-bf16 limit";
     EXPECT_STREQ(fgmm_engine_path(e), "float64 SIMT");
     RefStats ref = reference_estep(m, x, n);
     std::vector<double> nk, sx, sxx;
@@ -190,12 +188,12 @@ TEST(EngineCuda, IllConditionedModelRunsInFloat64)
     double mean_ll = 0, ref_mean = 0;
     for (int64_t i = 0; i < n; i++) ref_mean += ref.row_ll[i] / n;
     ASSERT_EQ(fgmm_score(e, src, m, &mean_ll, nullptr, &err), FGMM_OK) << err.msg;
-    EXPECT_EQ(fgmm_engine_last_pass_fallback(e, nullptr), FGMM_PASS_FP64);
+    EXPECT_EQ(fgmm_engine_last_pass_fallback(e, nullptr, nullptr), FGMM_PASS_FP64);
     EXPECT_NEAR(mean_ll, ref_mean, 1e-6 * std::fabs(ref_mean));
     // Assignment: the best component of each row as float64 has it.
     std::vector<int32_t> best(n, -1);
     ASSERT_EQ(fgmm_assign(e, src, m, 1, store_best, best.data(), &err), FGMM_OK) << err.msg;
-    EXPECT_EQ(fgmm_engine_last_pass_fallback(e, nullptr), FGMM_PASS_FP64);
+    EXPECT_EQ(fgmm_engine_last_pass_fallback(e, nullptr, nullptr), FGMM_PASS_FP64);
     EXPECT_STREQ(fgmm_engine_path(e), "float64 SIMT");
     std::vector<double> L = reference_logits(m, x, n);
     for (int64_t i = 0; i < n; i++) {
@@ -207,7 +205,7 @@ TEST(EngineCuda, IllConditionedModelRunsInFloat64)
     // Variances floored at 225 on the blank dimensions: back on the tensor cores.
     for (int i = 0; i < K * D; i++) fgmm_model_variances(m)[i] = 225.0;
     ASSERT_EQ(fgmm_engine_estep(e, src, m, s, nullptr, &err), FGMM_OK) << err.msg;
-    EXPECT_EQ(fgmm_engine_last_pass_fallback(e, &mag), FGMM_PASS_AS_ASKED) << "magnitude " << mag;
+    EXPECT_EQ(fgmm_engine_last_pass_fallback(e, &mag, &limit), FGMM_PASS_AS_ASKED) << "magnitude " << mag;
     EXPECT_STREQ(fgmm_engine_path(e), "tensor cores, split bf16");
     fgmm_stats_free(s);
     fgmm_engine_free(e);

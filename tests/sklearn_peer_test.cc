@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "backends/fgmm_backends.h"
 #include "core/fgmm.h"
 #include "tests/reference.h"
 

@@ -1,5 +1,5 @@
 /*
- * cpu_backend.c - the CPU E-step: row tiles, two matrix products per tile
+ * backend.c - the CPU back end's E-step: row tiles, two matrix products per tile
  * (OpenBLAS) with a log-sum-exp over K in between. Working memory is
  * O(threads * (tile*K + K*D)); the N x K responsibility matrix never exists.
  *
@@ -13,12 +13,13 @@
  * likelihood within 1e-14; the whole step 0.58 s instead of 0.70 s at
  * N=200k, K=256, D=128.
  */
-#include "core/backend.h"
+#include "cpu/cpu.h"
+#include "cpu/kmeans.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cblas.h>
 
@@ -67,6 +68,7 @@ typedef struct {
     int top_m, topv_cap;
     int32_t *out_idx;
     float *out_resp, *out_ll;
+    cpu_kmeans *km; /* k-means state, made on first use */
 } cpu_backend;
 
 static void free_threads(cpu_backend *b)
@@ -90,7 +92,7 @@ static void free_threads(cpu_backend *b)
     b->topv_cap = 0;
 }
 
-fgmm_status fgmm_cpu_backend_create(int threads, void **out, fgmm_error *err)
+static fgmm_status cpu_backend_create(int threads, cpu_backend **out, fgmm_error *err)
 {
     *out = NULL;
     if (threads <= 0) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "threads must be > 0");
@@ -225,7 +227,8 @@ static void cpu_tile(cpu_backend *b, cpu_thread *t, fgmm_stats *st, int64_t r0, 
         double ll = mx + log(s);
         ll_sum += ll;
         int64_t row = c->first_row + r0 + i;
-        fgmm_stats_offer_row(st, row, ll);
+        fgmm_stats_offer_row(st, row, ll, (const char *)c->rows + (size_t)(r0 + i) * c->row_stride,
+                             c->dtype);
         if (b->per_row_ll) b->per_row_ll[r0 + i] = (float)ll;
     }
     fgmm_stats_add_loglik(st, ll_sum, n);
@@ -364,6 +367,7 @@ static void cpu_destroy(void *self)
     cpu_backend *b = self;
     if (!b) return;
     free_threads(b);
+    cpu_kmeans_free(b->km);
     fgmm_pool_free(b->pool);
     free(b);
 }
@@ -373,7 +377,7 @@ static fgmm_status cpu_set_precision(void *self, fgmm_precision p, fgmm_error *e
     (void)self;
     if (p == FGMM_PRECISION_FAST)
         return fgmm_fail(err, FGMM_ERR_UNSUPPORTED,
-                         "--precision fast applies to --device cuda; the CPU engine has one "
+                         "the fast precision mode is the GPU's; the CPU engine has one "
                          "precision (float64 logits)");
     return FGMM_OK;
 }
@@ -402,56 +406,108 @@ static size_t cpu_device_bytes(void *self)
     return 0;
 }
 
-const fgmm_backend_ops fgmm_cpu_backend_ops = {"cpu",          cpu_begin_pass,    cpu_accumulate,
-                                               cpu_end_pass,   cpu_destroy,       cpu_set_precision,
-                                               cpu_path,       cpu_device_bytes,  cpu_assign,
-                                               NULL,           NULL,              cpu_set_workers,
-                                               cpu_set_pinned};
-
-/* ------------------------------------------------------------ parallel */
-
-typedef struct {
-    void (*fn)(int, void *);
-    void *arg;
-    int i;
-} run_slot;
-
-static void *run_thread(void *p)
+/* Float64 logits keep any model's: the mode asked for always holds. */
+static fgmm_precision cpu_pass_precision(void *self, fgmm_precision asked, double magnitude,
+                                         double *limit)
 {
-    run_slot *s = p;
-    s->fn(s->i, s->arg);
-    return NULL;
+    (void)self;
+    (void)magnitude;
+    *limit = INFINITY;
+    return asked;
 }
 
-fgmm_status fgmm_parallel_run(int n, void (*fn)(int, void *), void *arg, fgmm_error *err)
+static void *cpu_host_alloc(void *self, size_t bytes)
 {
-    if (n <= 1) {
-        if (n == 1) fn(0, arg);
-        return FGMM_OK;
+    (void)self;
+    /* aligned_alloc wants a multiple of the alignment; 4096 also suits
+     * O_DIRECT reads straight into the buffer. */
+    return aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
+}
+
+static void cpu_host_free(void *self, void *p)
+{
+    (void)self;
+    free(p);
+}
+
+static fgmm_status cpu_kmeans_begin_op(void *self, const float *x, int64_t s, int d,
+                                       const double *shift, fgmm_error *err)
+{
+    cpu_backend *b = self;
+    (void)shift; /* distances in double need no centring */
+    return cpu_kmeans_begin(&b->km, b->pool, x, s, d, err);
+}
+
+static fgmm_status no_sample(fgmm_error *err)
+{
+    return fgmm_fail(err, FGMM_ERR_INTERNAL, "k-means: no sample (kmeans_begin not called)");
+}
+
+static fgmm_status cpu_kmeans_total_op(void *self, double *total, fgmm_error *err)
+{
+    cpu_backend *b = self;
+    return b->km ? cpu_kmeans_total(b->km, total, err) : no_sample(err);
+}
+
+static fgmm_status cpu_kmeans_pick_op(void *self, const double *thresh, int n, int64_t *rows,
+                                      fgmm_error *err)
+{
+    cpu_backend *b = self;
+    return b->km ? cpu_kmeans_pick(b->km, thresh, n, rows, err) : no_sample(err);
+}
+
+static fgmm_status cpu_kmeans_potentials_op(void *self, const float *cand, int n, double *pot,
+                                            fgmm_error *err)
+{
+    cpu_backend *b = self;
+    return b->km ? cpu_kmeans_potentials(b->km, cand, n, pot, err) : no_sample(err);
+}
+
+static fgmm_status cpu_kmeans_commit_op(void *self, int best, fgmm_error *err)
+{
+    cpu_backend *b = self;
+    return b->km ? cpu_kmeans_commit(b->km, best, err) : no_sample(err);
+}
+
+static fgmm_status cpu_kmeans_nearest_op(void *self, const double *centers, int k, int32_t *label,
+                                         double *d2, fgmm_error *err)
+{
+    cpu_backend *b = self;
+    return b->km ? cpu_kmeans_nearest(b->km, centers, k, label, d2, err) : no_sample(err);
+}
+
+static const fgmm_backend_ops cpu_ops = {
+    .name = "cpu",
+    .begin_pass = cpu_begin_pass,
+    .accumulate = cpu_accumulate,
+    .end_pass = cpu_end_pass,
+    .destroy = cpu_destroy,
+    .set_precision = cpu_set_precision,
+    .pass_precision = cpu_pass_precision,
+    .path = cpu_path,
+    .device_bytes = cpu_device_bytes,
+    .host_alloc = cpu_host_alloc,
+    .host_free = cpu_host_free,
+    .assign = cpu_assign,
+    .kmeans_begin = cpu_kmeans_begin_op,
+    .kmeans_total = cpu_kmeans_total_op,
+    .kmeans_pick = cpu_kmeans_pick_op,
+    .kmeans_potentials = cpu_kmeans_potentials_op,
+    .kmeans_commit = cpu_kmeans_commit_op,
+    .kmeans_nearest = cpu_kmeans_nearest_op,
+    .set_workers = cpu_set_workers,
+    .set_pinned = cpu_set_pinned,
+};
+
+fgmm_status fgmm_cpu_engine_create(int threads, fgmm_engine **out, fgmm_error *err)
+{
+    *out = NULL;
+    if (threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n > 0 ? (int)n : 1;
     }
-    pthread_t *th = malloc(sizeof(pthread_t) * (size_t)n);
-    run_slot *slots = malloc(sizeof(run_slot) * (size_t)n);
-    if (!th || !slots) {
-        free(th);
-        free(slots);
-        return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory starting threads");
-    }
-    int started = 0;
-    fgmm_status st = FGMM_OK;
-    for (int i = 1; i < n; i++) {
-        slots[i] = (run_slot){fn, arg, i};
-        if (pthread_create(&th[i], NULL, run_thread, &slots[i]) != 0) {
-            st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "cannot start thread %d of %d", i, n);
-            break;
-        }
-        started = i;
-    }
-    /* The calling thread is worker 0; if a start failed, the work of the
-     * missing workers is done here so the result is still complete. */
-    fn(0, arg);
-    for (int i = started + 1; i < n && st; i++) fn(i, arg);
-    for (int i = 1; i <= started; i++) pthread_join(th[i], NULL);
-    free(th);
-    free(slots);
-    return FGMM_OK;
+    cpu_backend *b;
+    fgmm_status st = cpu_backend_create(threads, &b, err);
+    if (st) return st;
+    return fgmm_engine_create_on(&cpu_ops, b, b->threads, out, err);
 }
