@@ -571,6 +571,16 @@ TEST(Mstep, CollapsedComponentIsReseededAndReported)
     ASSERT_EQ(fgmm_stats_mstep(s, m, 1e-6, 1.0, &reseeded, &err), FGMM_OK) << err.msg;
     EXPECT_EQ(reseeded, 1);
     EXPECT_FLOAT_EQ(mu[4], 40.0f);  // row 0, the worst explained
+    EXPECT_FLOAT_EQ(mu[5], x[1]);
+    // Its variance: the surviving components' average, per dimension; its
+    // weight: one row's (min_count 1) before the weights are renormalised.
+    const double *var = fgmm_model_variances_c(m), *w = fgmm_model_weights_c(m);
+    for (int j = 0; j < D; j++) EXPECT_DOUBLE_EQ(var[2 * D + j], 0.5 * (var[j] + var[D + j])) << j;
+    const double *nk = fgmm_stats_nk(s);
+    const double raw0 = nk[0] / n, raw1 = nk[1] / n, raw2 = 1.0 / n, tot = raw0 + raw1 + raw2;
+    EXPECT_NEAR(w[0], raw0 / tot, 1e-15);
+    EXPECT_NEAR(w[1], raw1 / tot, 1e-15);
+    EXPECT_NEAR(w[2], raw2 / tot, 1e-15);
     EXPECT_EQ(fgmm_model_validate(m, "after", &err), FGMM_OK) << err.msg;
     fgmm_stats_free(s);
     fgmm_source_close(src);
@@ -729,6 +739,113 @@ TEST(BadInput, CudaDeviceRequestedWithoutGpu)
     ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_AUTO, 1, &e, &err), FGMM_OK);
     EXPECT_STREQ(fgmm_engine_device_name(e), "cpu");
     fgmm_engine_free(e);
+}
+
+// The M-step's variance floor is the reg_covar it is given: an M-step that
+// dropped or fixed it would fail here.
+TEST(Mstep, AddsTheGivenRegCovar)
+{
+    const int K = 2, D = 3;
+    fgmm_error err{};
+    fgmm_stats *s;
+    ASSERT_EQ(fgmm_stats_create(K, D, nullptr, &s, &err), FGMM_OK);
+    double *nk = fgmm_stats_nk(s), *sums = fgmm_stats_sums(s);
+    // Component k: Nk = 4, E[x] = k + 1, E[x^2] = (k+1)^2 + (j+1) -> variance j + 1.
+    for (int k = 0; k < K; k++) {
+        nk[k] = 4;
+        for (int j = 0; j < D; j++) {
+            sums[(size_t)k * 2 * D + j] = 4.0 * (k + 1);
+            sums[(size_t)k * 2 * D + D + j] = 4.0 * ((k + 1) * (k + 1) + (j + 1));
+        }
+    }
+    fgmm_stats_add_loglik(s, 0, 8);
+    for (double reg : {0.0, 1e-6, 0.25, 3.0}) {
+        fgmm_model *m;
+        ASSERT_EQ(fgmm_model_create(K, D, FGMM_COV_DIAG, &m, &err), FGMM_OK);
+        int re = -1;
+        ASSERT_EQ(fgmm_stats_mstep(s, m, reg, 1.0, &re, &err), FGMM_OK) << err.msg;
+        EXPECT_EQ(re, 0);
+        for (int k = 0; k < K; k++)
+            for (int j = 0; j < D; j++)
+                EXPECT_NEAR(fgmm_model_variances_c(m)[k * D + j], (j + 1) + reg, 1e-12)
+                    << "reg_covar " << reg << " k " << k << " j " << j;
+        fgmm_model_free(m);
+        ASSERT_EQ(fgmm_model_create(K, D, FGMM_COV_SPHERICAL, &m, &err), FGMM_OK);
+        ASSERT_EQ(fgmm_stats_mstep(s, m, reg, 1.0, &re, &err), FGMM_OK) << err.msg;
+        for (int k = 0; k < K; k++)
+            EXPECT_NEAR(fgmm_model_variances_c(m)[k], 2.0 + reg, 1e-12) << "spherical " << reg;
+        fgmm_model_free(m);
+    }
+    fgmm_stats_free(s);
+}
+
+// Re-seeding candidates keep their rows' values through offers and sums,
+// so the M-step needs no data: each candidate's values must be its own.
+TEST(Stats, CandidatesCarryTheirRows)
+{
+    const int K = 4, D = 3;
+    fgmm_error err{};
+    fgmm_stats *a, *b, *sum;
+    ASSERT_EQ(fgmm_stats_create(K, D, nullptr, &a, &err), FGMM_OK);
+    ASSERT_EQ(fgmm_stats_create(K, D, nullptr, &b, &err), FGMM_OK);
+    ASSERT_EQ(fgmm_stats_create(K, D, nullptr, &sum, &err), FGMM_OK);
+    // Row r has values (r, 2r, 3r) and log-likelihood -(r * 37 % 101).
+    auto offer = [&](fgmm_stats *s, int64_t r) {
+        float v[3] = {(float)r, 2.0f * r, 3.0f * r};
+        fgmm_stats_offer_row(s, r, -(double)(r * 37 % 101), v, FGMM_F32);
+    };
+    for (int64_t r = 0; r < 50; r++) offer(a, r);
+    for (int64_t r = 50; r < 100; r++) offer(b, r);
+    fgmm_stats *parts[2] = {a, b};
+    ASSERT_EQ(fgmm_stats_reduce(sum, parts, 2, &err), FGMM_OK) << err.msg;
+    int64_t rows[K];
+    double ll[K];
+    float xs[K * D];
+    ASSERT_EQ(fgmm_stats_worst_rows(sum, rows, ll, xs, K), K);
+    for (int i = 0; i < K; i++) {
+        EXPECT_EQ(ll[i], -(double)(rows[i] * 37 % 101));
+        for (int j = 0; j < D; j++) EXPECT_EQ(xs[i * D + j], (float)((j + 1) * rows[i])) << i;
+        if (i) EXPECT_LE(ll[i - 1], ll[i]);
+    }
+    EXPECT_EQ(fgmm_stats_missing_candidates(sum, nullptr, 0), 0);
+    // Offered without values (as a GPU does), then supplied.
+    fgmm_stats_zero(a);
+    fgmm_stats_offer_row(a, 7, -1.0, nullptr, FGMM_F32);
+    int64_t miss[1];
+    ASSERT_EQ(fgmm_stats_missing_candidates(a, miss, 1), 1);
+    EXPECT_EQ(miss[0], 7);
+    float v7[3] = {7, 14, 21};
+    ASSERT_EQ(fgmm_stats_set_candidate(a, 7, v7, &err), FGMM_OK);
+    EXPECT_EQ(fgmm_stats_missing_candidates(a, nullptr, 0), 0);
+    EXPECT_EQ(fgmm_stats_set_candidate(a, 8, v7, &err), FGMM_ERR_ARGUMENT);
+    fgmm_stats_free(a);
+    fgmm_stats_free(b);
+    fgmm_stats_free(sum);
+}
+
+// float -> binary16 against values worked out by hand from the IEEE
+// layout, not by the code under test: ties go to the even significand.
+TEST(Half, RoundsToNearestEvenAgainstHandValues)
+{
+    struct Case {
+        float f;
+        uint16_t h;
+    } cases[] = {
+        {1.0f + 1.0f / 2048, 0x3c00},            // halfway 1 and 1+2^-10: to even (1.0)
+        {1.0f + 3.0f / 2048, 0x3c02},            // halfway 1+2^-10 and 1+2^-9: to even
+        {1.0f + 1.0f / 2048 + 1.0f / 65536, 0x3c01},  // just above halfway: up
+        {65504.0f, 0x7bff},                      // largest finite
+        {65520.0f, 0x7c00},                      // halfway to 2^16: to even, infinity
+        {65519.0f, 0x7bff},                      // below halfway: largest finite
+        {5.9604645e-08f, 0x0001},                // smallest subnormal 2^-24
+        {2.9802322e-08f, 0x0000},                // 2^-25, halfway to 0 and 2^-24: to even 0
+        {4.4703484e-08f, 0x0001},                // 1.5 * 2^-25: up to 2^-24
+        {8.9406967e-08f, 0x0002},                // 1.5 * 2^-24: halfway, to even 2 * 2^-24
+        {-0.0f, 0x8000},
+        {6.1035156e-05f, 0x0400},                // smallest normal 2^-14
+    };
+    for (const Case &c : cases)
+        EXPECT_EQ(fgmm_float_to_half(c.f), c.h) << std::hexfloat << c.f;
 }
 
 TEST(Half, RoundTripsAndRounds)
