@@ -5,10 +5,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "core/diagnostics.h"
 #include "core/fgmm.h"
+#include "io/fgmm_io.h"
 #include "tests/gpu.h"
 #include "tests/reference.h"
 
@@ -68,16 +71,75 @@ TEST(EngineCuda, StatisticsMatchFloat64Reference)
     estep_case(FGMM_COV_SPHERICAL, 2003, 12, 300, seed + 5);
 }
 
-void trajectory_case(int n, int K, int D)
+// How the trajectory tests hand the rows to the engines.
+enum class Feed { F32, F16, I8, Shards };
+
+// Opens src over x (n x D floats) as `feed`: float32 in memory, float16 or
+// int8 in memory (the engines convert on the fly), or zstd shards written
+// to a temporary directory and streamed (cache budget 0: read every step).
+// storage keeps what the source points into.
+void open_feed(Feed feed, const std::vector<float> &x, int64_t n, int D, std::vector<char> &storage,
+               std::string &dir, fgmm_source **src)
 {
-    SCOPED_TRACE("N=" + std::to_string(n) + " K=" + std::to_string(K) + " D=" + std::to_string(D));
-    fgmm_rng rng;
-    fgmm_rng_seed(&rng, (uint64_t)time(nullptr));
-    std::vector<float> x;
-    fgmm_model *truth = random_mixture(&rng, K, D, FGMM_COV_DIAG, 1.5, n, x);
     fgmm_error err{};
-    fgmm_source *src;
-    ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, n, D, "mem", &src, &err), FGMM_OK);
+    if (feed == Feed::F32) {
+        ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, n, D, "f32", src, &err), FGMM_OK);
+    } else if (feed == Feed::F16) {
+        storage.resize(x.size() * 2);
+        uint16_t *h = (uint16_t *)storage.data();
+        for (size_t i = 0; i < x.size(); i++) h[i] = fgmm_float_to_half(x[i]);
+        ASSERT_EQ(fgmm_source_memory(h, FGMM_F16, n, D, "f16", src, &err), FGMM_OK);
+    } else if (feed == Feed::I8) {
+        storage.resize(x.size());
+        int8_t *q = (int8_t *)storage.data();
+        for (size_t i = 0; i < x.size(); i++) {
+            float v = std::round(x[i] * 4);
+            q[i] = (int8_t)(v > 127 ? 127 : v < -128 ? -128 : v);
+        }
+        ASSERT_EQ(fgmm_source_memory(q, FGMM_I8, n, D, "i8", src, &err), FGMM_OK);
+    } else {
+        char tmpl[] = "/tmp/fgmm_gpu_shards_XXXXXX";
+        ASSERT_NE(mkdtemp(tmpl), nullptr);
+        dir = std::string(tmpl) + "/s";
+        fgmm_shard_write_options wo;
+        fgmm_shard_write_options_default(&wo);
+        wo.rows_per_chunk = 4096;  // several chunks and shards
+        wo.chunks_per_shard = 3;
+        fgmm_shard_writer *w;
+        int64_t resume = -1;
+        ASSERT_EQ(fgmm_shard_writer_create(dir.c_str(), D, FGMM_F32, &wo, "test", &w, &resume,
+                                           &err),
+                  FGMM_OK)
+            << err.msg;
+        ASSERT_EQ(resume, 0);
+        ASSERT_EQ(fgmm_shard_writer_append(w, x.data(), n, nullptr, &err), FGMM_OK) << err.msg;
+        fgmm_shard_write_result res;
+        ASSERT_EQ(fgmm_shard_writer_finish(w, "test", &res, &err), FGMM_OK) << err.msg;
+        fgmm_shard_writer_free(w);
+        fgmm_shard_read_options ro;
+        fgmm_shard_read_options_default(&ro);
+        ro.cache_budget = 0;
+        ASSERT_EQ(fgmm_shards_open(dir.c_str(), &ro, src, &err), FGMM_OK) << err.msg;
+    }
+}
+
+void trajectory_case(int n, int K, int D, fgmm_covariance cov = FGMM_COV_DIAG,
+                     Feed feed = Feed::F32)
+{
+    SCOPED_TRACE("N=" + std::to_string(n) + " K=" + std::to_string(K) + " D=" + std::to_string(D) +
+                 " " + fgmm_covariance_name(cov) + " feed " + std::to_string((int)feed));
+    fgmm_rng rng;
+    const uint64_t seed = (uint64_t)time(nullptr);
+    printf("  seed %llu\n", (unsigned long long)seed);
+    fgmm_rng_seed(&rng, seed);
+    std::vector<float> x;
+    fgmm_model *truth = random_mixture(&rng, K, D, cov, 1.5, n, x);
+    fgmm_error err{};
+    fgmm_source *src = nullptr;
+    std::vector<char> storage;
+    std::string dir;
+    open_feed(feed, x, n, D, storage, dir, &src);
+    ASSERT_NE(src, nullptr);
     std::vector<std::vector<double>> traj;
     // Both start from one initial model: this compares the EM steps (the
     // GPU seeds k-means++ with its own fp32 distances, so its draws may
@@ -89,6 +151,7 @@ void trajectory_case(int n, int K, int D)
         fgmm_fit_params p;
         fgmm_fit_params_default(&p);
         p.k = K;
+        p.covariance = cov;
         p.seed = 5;
         ASSERT_EQ(fgmm_initialize(e, src, &p, &init, &err), FGMM_OK) << err.msg;
         fgmm_engine_free(e);
@@ -96,9 +159,13 @@ void trajectory_case(int n, int K, int D)
     for (fgmm_device dev : {FGMM_DEVICE_CPU, FGMM_DEVICE_CUDA}) {
         fgmm_engine *e;
         ASSERT_EQ(fgmm_engine_create(dev, 0, &e, &err), FGMM_OK) << err.msg;
+        if (feed == Feed::Shards) {
+            ASSERT_EQ(fgmm_engine_set_gpu_cache_budget(e, 0, &err), FGMM_OK) << err.msg;
+        }
         fgmm_fit_params p;
         fgmm_fit_params_default(&p);
         p.k = K;
+        p.covariance = cov;
         p.init = FGMM_INIT_MODEL;
         p.init_model = init;
         p.max_iter = 8;
@@ -107,6 +174,9 @@ void trajectory_case(int n, int K, int D)
         ASSERT_EQ(fgmm_fit(e, src, &p, &m, &err), FGMM_OK) << err.msg;
         const double *ll = fgmm_model_loglik(m);
         traj.emplace_back(ll, ll + fgmm_model_loglik_count(m));
+        if (dev == FGMM_DEVICE_CUDA && feed == Feed::Shards) {
+            EXPECT_EQ(fgmm_engine_cached_passes(e), 0) << "the rows were to stream every step";
+        }
         fgmm_model_free(m);
         fgmm_engine_free(e);
     }
@@ -118,6 +188,10 @@ void trajectory_case(int n, int K, int D)
     fgmm_model_free(init);
     fgmm_model_free(truth);
     fgmm_source_close(src);
+    if (!dir.empty()) {
+        std::string cmd = "rm -rf '" + dir.substr(0, dir.size() - 2) + "'";
+        EXPECT_EQ(system(cmd.c_str()), 0);
+    }
 }
 
 TEST(EngineCuda, TrajectoryMatchesCpu)
@@ -131,6 +205,28 @@ TEST(EngineCuda, TrajectoryMatchesCpuWide)
 {
     NEED_GPU();
     trajectory_case(20000, 16, 200);
+}
+
+TEST(EngineCuda, TrajectoryMatchesCpuSpherical)
+{
+    NEED_GPU();
+    trajectory_case(30000, 12, 40, FGMM_COV_SPHERICAL);
+}
+
+// Half and int8 rows are converted on the device: the same trajectory as
+// the CPU engine's on the same stored values.
+TEST(EngineCuda, TrajectoryMatchesCpuFloat16AndInt8)
+{
+    NEED_GPU();
+    trajectory_case(20000, 8, 32, FGMM_COV_DIAG, Feed::F16);
+    trajectory_case(20000, 8, 32, FGMM_COV_DIAG, Feed::I8);
+}
+
+// Shards streamed from disk every step (pinned ring, no row cache).
+TEST(EngineCuda, TrajectoryMatchesCpuFromShards)
+{
+    NEED_GPU();
+    trajectory_case(40000, 16, 48, FGMM_COV_DIAG, Feed::Shards);
 }
 
 // A model the GPU's arithmetic cannot evaluate (MNIST-like blank pixels
@@ -218,7 +314,9 @@ TEST(EngineCuda, IntegerInputs)
     NEED_GPU();
     const int n = 4000, D = 24, K = 6;
     fgmm_rng rng;
-    fgmm_rng_seed(&rng, (uint64_t)time(nullptr));
+    const uint64_t seed = (uint64_t)time(nullptr);
+    printf("  seed %llu\n", (unsigned long long)seed);
+    fgmm_rng_seed(&rng, seed);
     std::vector<uint8_t> u8(n * D);
     std::vector<float> xf(n * D);
     for (int i = 0; i < n * D; i++) xf[i] = u8[i] = (uint8_t)(fgmm_rng_uniform(&rng) * 256);
