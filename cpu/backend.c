@@ -45,11 +45,12 @@ typedef struct {
  * chunk, in order, and sums them into its own partial statistics. The
  * lanes are items of the thread pool, so any free thread takes the next
  * lane, yet what each partial sums, and in which order, depends only on
- * the lane count: for a given --threads (and K, D) the result has the same
- * bits whichever thread ran what. More lanes than threads keep a thread
- * that the OS preempted (the reader's decoders share the cores) from
- * holding up the chunk: the others take its share. */
-#define LANES_PER_THREAD 4
+ * the lane count, which depends on K and D alone: the result has the same
+ * bits whichever thread ran what and however many threads there are. More
+ * lanes than threads also keep a thread that the OS preempted (the
+ * reader's decoders share the cores) from holding up the chunk: the others
+ * take its share. */
+#define LANES 16
 /* ... as long as the lanes' partial statistics fit this budget. */
 #define LANE_STATS_BUDGET ((size_t)256 << 20)
 
@@ -121,9 +122,7 @@ static fgmm_status cpu_begin_pass(void *self, const fgmm_estep_params *p, fgmm_e
         if (!b->t) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
         size_t stats_bytes = sizeof(double) * ((size_t)2 * p->d + 1) * (size_t)p->k;
         size_t fit = LANE_STATS_BUDGET / stats_bytes;
-        int lanes = b->threads * LANES_PER_THREAD;
-        if (b->threads == 1) lanes = 1;
-        else if ((size_t)lanes > fit) lanes = fit > (size_t)b->threads ? (int)fit : b->threads;
+        int lanes = (size_t)LANES > fit ? (fit > 0 ? (int)fit : 1) : LANES;
         b->lane = calloc((size_t)lanes, sizeof(fgmm_stats *));
         if (!b->lane) {
             free_threads(b);
