@@ -79,8 +79,10 @@ for t in targets:
             print(f"FAILED {name}")
         elif result == "skipped" or c.find("skipped") is not None:
             sk = c.find("skipped")
-            why = (sk.get("message") or "").strip().splitlines() if sk is not None else []
-            why = f": {why[0]}" if why else ""
+            # googletest's message: "file:line" then the reason given.
+            lines = (sk.get("message") or "").strip().splitlines() if sk is not None else []
+            why = f": {' '.join(lines[1:])} ({lines[0]})" if len(lines) > 1 else \
+                f": {lines[0]}" if lines else ""
             if require_gpu:
                 failed += 1
                 print(f"FAILED {name} skipped with FGMM_REQUIRE_GPU=1{why}")
