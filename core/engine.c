@@ -98,6 +98,7 @@ void fgmm_engine_free(fgmm_engine *e)
 }
 
 const char *fgmm_engine_device_name(const fgmm_engine *e) { return e->ops->name; }
+fgmm_device fgmm_engine_device(const fgmm_engine *e) { return e->ops->device; }
 
 fgmm_status fgmm_precision_parse(const char *s, fgmm_precision *out, fgmm_error *err)
 {

@@ -365,6 +365,7 @@ done:
 
 static const fgmm_backend_ops cuda_ops = {
     .name = "cuda",
+    .device = FGMM_DEVICE_CUDA,
     .begin_pass = cuda_begin_pass,
     .accumulate = cuda_accumulate,
     .end_pass = cuda_end_pass,

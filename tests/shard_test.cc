@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "backends/fgmm_backends.h"
 #include "core/fgmm.h"
 #include "io/fgmm_io.h"
 
