@@ -689,7 +689,8 @@ TEST_F(Io, NpyWriteFailureLeavesNothing)
                                     &err);
     setrlimit(RLIMIT_FSIZE, &old);
     EXPECT_EQ(st, FGMM_ERR_IO);
-    EXPECT_NE(std::string(err.msg).find("write failed"), std::string::npos) << err.msg;
+    EXPECT_NE(std::string(err.msg).find("keep.npy.tmp."), std::string::npos) << err.msg;
+    EXPECT_NE(std::string(err.msg).find("failed: File too large"), std::string::npos) << err.msg;
     EXPECT_EQ(read_text(path("keep.npy")), "old");
     EXPECT_EQ(tmp_leftovers(), 0);
 }
@@ -770,7 +771,7 @@ TEST_F(Io, ModelRoundTripDiag)
          {"\n  \"format\": \"flashgmm-model\",\n", "\n  \"version\": 1,\n", "\n  \"k\": 3,\n",
           "\n  \"d\": 4,\n", "\n  \"covariance\": \"diag\",\n", "\n  \"converged\": true,\n",
           "\n  \"final_log_likelihood\": -10.999999999999998,\n",
-          "\n  \"seed\": 18446744073709551615,\n", "\n  \"device\": \"cpu\"\n"})
+          "\n  \"seed\": \"18446744073709551615\",\n", "\n  \"device\": \"cpu\"\n"})
         EXPECT_NE(js.find(line), std::string::npos) << line << "\n" << js;
     EXPECT_NE(js.find("\"data/\\\"quoted\\\" \\\\ path\\n\\ttab é.fbin\""), std::string::npos)
         << js;
@@ -817,7 +818,7 @@ TEST_F(Io, SaveOntoExistingDirFailsAndLeavesItAlone)
     mkdir(md.c_str(), 0755);
     write_text(md + "/keep.txt", "mine");
     EXPECT_EQ(fgmm_model_save(m, md.c_str(), &err), FGMM_ERR_EXISTS);
-    EXPECT_NE(std::string(err.msg).find("taken: already exists; choose another --out or remove it"),
+    EXPECT_NE(std::string(err.msg).find("taken: already exists; choose another directory or remove it"),
               std::string::npos)
         << err.msg;
     EXPECT_EQ(read_text(md + "/keep.txt"), "mine");
@@ -888,7 +889,7 @@ class IoModel : public Io {
 TEST_F(IoModel, CorruptJson)
 {
     set_json("\"d\": 4,", "\"d\": 4");
-    expect_load_fails(FGMM_ERR_FORMAT, {"m/model.json", "line 6", "expected ',' or '}'"});
+    expect_load_fails(FGMM_ERR_FORMAT, {"m/model.json", "line 6", "'}' expected"});
 }
 
 TEST_F(IoModel, TruncatedJson)
@@ -910,7 +911,7 @@ TEST_F(IoModel, JsonEscapesAreDecoded)
 TEST_F(IoModel, BadEscape)
 {
     set_json("\"init\": \"kmeans++\"", "\"init\": \"a\\q\"");
-    expect_load_fails(FGMM_ERR_FORMAT, {"m/model.json", "line 17", "escape"});
+    expect_load_fails(FGMM_ERR_FORMAT, {"m/model.json", "line 21", "escape"});
 }
 
 TEST_F(IoModel, WrongFormatOrVersion)
