@@ -54,7 +54,7 @@ fgmm_status fgmm_io_pread_all(int fd, void *buf, size_t n, uint64_t off, const c
     return FGMM_OK;
 }
 
-static const char *full_hint(int e)
+const char *fgmm_io_full_hint(int e)
 {
     return e == ENOSPC || e == EDQUOT ? " (disk full)" : "";
 }
@@ -71,7 +71,7 @@ fgmm_status fgmm_io_pwrite_all(int fd, const void *buf, size_t n, uint64_t off,
             int e = w < 0 ? errno : ENOSPC;
             return fgmm_fail(err, FGMM_ERR_IO,
                              "%s: write of %zu bytes at offset %" PRIu64 " failed: %s%s", path,
-                             n, off, strerror(e), full_hint(e));
+                             n, off, strerror(e), fgmm_io_full_hint(e));
         }
         p += w;
         n -= (size_t)w;
@@ -160,18 +160,19 @@ void fgmm_io_tmp_abort(fgmm_io_tmpfile *t)
 fgmm_status fgmm_io_tmp_commit(fgmm_io_tmpfile *t, fgmm_error *err)
 {
     fgmm_status st = FGMM_OK;
+    int e = 0;
+    const char *what = NULL;
     /* fsync before rename: otherwise a crash can leave the new name on an
      * empty or partial file. */
-    if (fsync(t->fd))
-        st = fgmm_fail(err, FGMM_ERR_IO, "%s: fsync failed: %s%s", t->tmp, strerror(errno),
-                       full_hint(errno));
-    if (close(t->fd) && !st)
-        st = fgmm_fail(err, FGMM_ERR_IO, "%s: close failed: %s%s", t->tmp, strerror(errno),
-                       full_hint(errno));
+    if (fsync(t->fd)) e = errno, what = "fsync failed";
+    if (close(t->fd) && !what) e = errno, what = "close failed";
     t->fd = -1;
-    if (!st && rename(t->tmp, t->path))
-        st = fgmm_fail(err, FGMM_ERR_IO, "%s: cannot rename %s into place: %s%s", t->path,
-                       t->tmp, strerror(errno), full_hint(errno));
+    if (what)
+        st = fgmm_fail(err, FGMM_ERR_IO, "%s: %s: %s%s", t->tmp, what, strerror(e),
+                       fgmm_io_full_hint(e));
+    else if (rename(t->tmp, t->path))
+        e = errno, st = fgmm_fail(err, FGMM_ERR_IO, "%s: cannot rename %s into place: %s%s",
+                                  t->path, t->tmp, strerror(e), fgmm_io_full_hint(e));
     if (st) {
         unlink(t->tmp);
     } else {

@@ -57,6 +57,10 @@ void fgmm_io_tmp_abort(fgmm_io_tmpfile *t);
 /* path written atomically with n bytes of data (the three calls above). */
 fgmm_status fgmm_io_write_file(const char *path, const void *data, size_t n, fgmm_error *err);
 
+/* " (disk full)" for ENOSPC and EDQUOT, "" otherwise: appended to
+ * strerror(e) in messages so a full disk is named as such. */
+const char *fgmm_io_full_hint(int e);
+
 /* "dir/name" in a new string, NULL when out of memory. */
 char *fgmm_io_join(const char *dir, const char *name);
 

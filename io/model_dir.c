@@ -230,15 +230,19 @@ fgmm_status fgmm_model_save(const fgmm_model *m, const char *dir, fgmm_error *er
         goto done;
     }
     st = save_files(m, tmp, err);
-    if (!st && fgmm_io_fsync_dir(tmp))
-        st = fgmm_fail(err, FGMM_ERR_IO, "%s: fsync failed: %s", tmp, strerror(errno));
+    if (!st && fgmm_io_fsync_dir(tmp)) {
+        int e = errno;
+        st = fgmm_fail(err, FGMM_ERR_IO, "%s: fsync failed: %s%s", tmp, strerror(e),
+                       fgmm_io_full_hint(e));
+    }
     if (!st && rename_noreplace(tmp, clean)) {
-        if (errno == EEXIST || errno == ENOTEMPTY)
+        int e = errno;
+        if (e == EEXIST || e == ENOTEMPTY)
             st = fgmm_fail(err, FGMM_ERR_EXISTS, "%s: already exists; choose another "
                            "directory or remove it", dir);
         else
-            st = fgmm_fail(err, FGMM_ERR_IO, "%s: cannot rename %s into place: %s", dir, tmp,
-                           strerror(errno));
+            st = fgmm_fail(err, FGMM_ERR_IO, "%s: cannot rename %s into place: %s%s", dir, tmp,
+                           strerror(e), fgmm_io_full_hint(e));
     }
     if (st) remove_tmp_dir(tmp);
     /* Best effort: make the new name durable. The model is complete either
