@@ -1,9 +1,9 @@
 /*
  * shard_format.h - io/'s internal header for the shard format (not public).
  *
- * The byte layout lives here once, shared by the writer (shard_write.c) and
- * the readers (shard_source.c and its helpers), so the two cannot drift; docs/formats.md
- * describes the same bytes for people.
+ * The byte layout lives here once, shared by the writer (shard_writer.c)
+ * and the reader (shard_source.c and its helpers), so the two cannot
+ * drift; docs/formats.md describes the same bytes for people.
  *
  * A shard file:
  *   [0, 4096)            header (fields below, rest zero)

@@ -72,8 +72,6 @@ void fgmm_shard_write_options_default(fgmm_shard_write_options *o)
     o->dtype = -1;
 }
 
-/* The journal: what is being converted and how. A resumed conversion must
- * match it exactly, or its shards would mix two conversions. */
 /* s with every byte above 0x7f taken as Latin-1, so any file name gives
  * a valid UTF-8 string that still tells names apart. */
 static char *latin1_to_utf8(const char *s)
@@ -93,11 +91,16 @@ static char *latin1_to_utf8(const char *s)
     return t;
 }
 
+/* The journal: what is being converted and how. A resumed conversion must
+ * match it exactly, or its shards would mix two conversions. */
 static json_t *journal_json(const fgmm_shard_writer *w, const char *fingerprint)
 {
-    /* File names need not be UTF-8, and JSON strings are: the fingerprint
-     * is compared, never shown, so its bytes are read as Latin-1. */
-    char *fp = latin1_to_utf8(fingerprint);
+    /* File names need not be UTF-8, and JSON strings are: a fingerprint
+     * that is not is compared, never shown, so its bytes are read as
+     * Latin-1. */
+    json_t *probe = json_string(fingerprint);
+    char *fp = probe ? strdup(fingerprint) : latin1_to_utf8(fingerprint);
+    json_decref(probe);
     json_t *o = json_object();
     int bad = !o;
     const struct {
@@ -112,11 +115,14 @@ static json_t *journal_json(const fgmm_shard_writer *w, const char *fingerprint)
         {"zstd_level", json_integer(w->level)},
         {"fingerprint", fp ? json_string(fp) : NULL},
     };
-    for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++)
-        if (bad || !kv[i].v || json_object_set_new(o, kv[i].key, kv[i].v)) {
-            bad = 1;
+    for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++) {
+        if (bad || !kv[i].v) {
             json_decref(kv[i].v);
+            bad = 1;
+        } else if (json_object_set_new(o, kv[i].key, kv[i].v)) { /* frees the value */
+            bad = 1;
         }
+    }
     free(fp);
     if (bad) json_decref(o);
     return bad ? NULL : o;
