@@ -69,11 +69,11 @@ static unsigned grid_for(int64_t items)
     return (unsigned)(b < 4096 ? (b > 0 ? b : 1) : 4096);
 }
 
-fgmmc_status fgmmc_split_wt_launch(const float *d_w, int k, int d, int kw, void *d_hi, void *d_lo,
-                                   void *d_tiles, cudaStream_t stream, fgmmc_error *err)
+fgmm_status fgmmc_split_wt_launch(const float *d_w, int k, int d, int kw, void *d_hi, void *d_lo,
+                                   void *d_tiles, cudaStream_t stream, fgmm_error *err)
 {
     if (kw % 8 != 0)
-        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_split_wt_launch: kw=%d, must be a multiple of 8",
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmmc_split_wt_launch: kw=%d, must be a multiple of 8",
                           kw);
     const int64_t kpad = ((int64_t)k + 63) / 64 * 64;
     split_wt_kernel<<<grid_for(kpad * kw), OPERANDS_NT, 0, stream>>>(
@@ -85,5 +85,5 @@ fgmmc_status fgmmc_split_wt_launch(const float *d_w, int k, int d, int kw, void 
             (const uint4 *)d_hi, (const uint4 *)d_lo, ntiles, kw, (uint4 *)d_tiles);
         FGMMC_CHECK_LAUNCH("tile_wt_kernel", err);
     }
-    return FGMMC_OK;
+    return FGMM_OK;
 }
