@@ -4,13 +4,12 @@
  * (every family's B operand), and its copy in whole 64-component tiles
  * (the Hopper kernel A's bulk copies).
  *
- * Why on the device: the host versions (fgmmc_split_wt, fgmmc_tile_wt in
- * context.cu, kept as the reference the GPU tests compare against) read w
- * column-wise and ran serially before every pass, 1 ms at K = 1024, D = 128
- * and 9 ms at D = 768 on the VM, plus synchronous copies of the results;
- * the GPU does both in microseconds, on the pass's stream, in order with
- * the upload before and the kernels after. The bits are the host's: the
- * same round-to-nearest conversions of the same floats.
+ * Why on the device: on the host, reading w column-wise, both ran
+ * serially before every pass, 1 ms at K = 1024, D = 128 and 9 ms at
+ * D = 768, plus synchronous copies of the results; the GPU does both in
+ * microseconds, on the pass's stream, in order with the upload before and
+ * the kernels after. Every value is one round-to-nearest conversion of the
+ * fp32 term (hi) or of its remainder (lo).
  */
 #include <cuda_bf16.h>
 #include <stdint.h>
@@ -67,6 +66,12 @@ static unsigned grid_for(int64_t items)
 {
     int64_t b = (items + OPERANDS_NT - 1) / OPERANDS_NT;
     return (unsigned)(b < 4096 ? (b > 0 ? b : 1) : 4096);
+}
+
+size_t fgmmc_tile_wt_elems(int k, int kw)
+{
+    size_t tiles = ((size_t)k + 63) / 64 + 2;
+    return tiles * 2 * 64 * (size_t)kw;
 }
 
 fgmm_status fgmmc_split_wt_launch(const float *d_w, int k, int d, int kw, void *d_hi, void *d_lo,
