@@ -21,7 +21,7 @@
  * (k, d, n) only (fgmmc_estep_plan), so the same input gives the same bits.
  *
  * Logits are computed in log2 units: w and c arrive pre-scaled by log2(e)
- * (context.cu), so responsibilities are exp2f(l2 - lse2), which is
+ * (pass.cu), so responsibilities are exp2f(l2 - lse2), which is
  * accurate to 2 ulp (MUFU.EX2 plus range handling). __expf would instead
  * round x*log2(e) first, an error that grows with |x|.
  *

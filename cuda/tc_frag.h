@@ -1,6 +1,6 @@
 /*
  * tc_frag.h - device helpers shared by the tensor-core kernel families
- * (estep_tc.cu: mma.sync, sm_80+; estep_wgmma.cu: wgmma, sm_90a): bf16
+ * (estep_tc.cu: mma.sync, sm_80+; wgmma_*.cu: wgmma, sm_90a): bf16
  * splitting, ldmatrix/mma fragments, the warp's logit product and the
  * staging of rows and W tiles into shared memory. Not installed.
  *
@@ -256,7 +256,7 @@ __device__ __forceinline__ void write_converted_rows(const fgmmc_batch &b, int64
 /* Folds one tile's 16 logits of a row held by this thread (its quad of 4
  * threads holds the tile's 64) into the row's running max mrun and sum
  * srun of exp2(l - mrun). Selects, not branches: around a branch ptxas
- * serialises the wgmma products in flight (estep_wgmma.cu). While every
+ * serialises the wgmma products in flight (wgmma_lse.cu). While every
  * logit so far is -inf (padding) the shift is 0 and the exponentials 0. */
 __device__ __forceinline__ void lse_fold16(const float (&l)[16], float &mrun, float &srun)
 {
