@@ -330,7 +330,9 @@ void statistics_case(fgmm_dtype dt, uint64_t seed, fgmmc_precision prec = FGMMC_
     ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMM_OK) << err.msg;
     ASSERT_EQ(fgmmc_set_precision(ctx.p, prec, &err), FGMM_OK) << err.msg;
     ASSERT_EQ(fgmmc_set_portable_kernels(ctx.p, portable, &err), FGMM_OK) << err.msg;
-    if (portable) EXPECT_EQ(fgmmc_uses_wgmma(ctx.p), 0);
+    if (portable) {
+        EXPECT_EQ(fgmmc_uses_wgmma(ctx.p), 0);
+    }
     printf("  kernels: %s\n", fgmmc_uses_wgmma(ctx.p) ? "wgmma (sm_90a)" : "mma.sync");
     for (const Size &s : kSizes) {
         SCOPED_TRACE(std::string(dtype_name(dt)) + " N=" + std::to_string(s.n) +
