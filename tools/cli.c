@@ -209,7 +209,12 @@ int cli_open_engine(const char *cmd, const cli_io_flags *f, fgmm_engine **e)
     if (fgmm_engine_set_precision(*e, prec, &err)) {
         fgmm_engine_free(*e);
         *e = NULL;
-        return cli_fail(cmd, &err);
+        if (err.code == FGMM_ERR_UNSUPPORTED)
+            fprintf(stderr, "flashgmm %s: error: --precision %s applies to --device cuda: %s\n",
+                    cmd, f->precision, err.msg);
+        else
+            fprintf(stderr, "flashgmm %s: error: %s\n", cmd, err.msg);
+        return CLI_EXIT_WORK;
     }
     return 0;
 }

@@ -130,6 +130,10 @@ static int make_params(const fit_flags *f, fgmm_fit_params *p, fgmm_model **init
     if (f->k) {
         if (cli_parse_long("fit", "k", f->k, -2147483647L, 2147483647L, &lv))
             return CLI_EXIT_USAGE;
+        if (lv <= 0) {
+            fprintf(stderr, "flashgmm fit: --k must be > 0 (got %ld)\n", lv);
+            return CLI_EXIT_USAGE;
+        }
         p->k = (int)lv;
         k_given = 1;
     }
