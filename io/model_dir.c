@@ -5,9 +5,11 @@
  *   variances.npy  float32 (K, D) diag, (K,) spherical
  *   model.json     shape, covariance type and the fit's metadata
  *
- * Saving builds "<dir>.tmp.<pid>/", fsyncs it and renames it to dir without
- * replacing anything: a crash or failure leaves either nothing or a
- * complete model, and never touches what was at dir before.
+ * Saving builds the hidden sibling ".<name>.tmp.<pid>/", fsyncs it and
+ * renames it to dir without replacing anything: a crash or failure leaves
+ * either nothing visible or a complete model, and never touches what was at
+ * dir before. What a killed save left behind (its process is gone) is
+ * removed by the next save to the same name.
  */
 #include "io/fgmm_io.h"
 #include "io/file.h"
@@ -18,6 +20,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,6 +78,27 @@ static char *parent_of(const char *path)
     if (!slash) return strdup(".");
     if (slash == path) return strdup("/");
     return strndup(path, (size_t)(slash - path));
+}
+
+/* Removes ".<base>.tmp.<pid>" entries of parent whose process no longer
+ * exists: the leftovers of saves that were killed. Best effort. */
+static void remove_stale_tmp(const char *parent, const char *base)
+{
+    DIR *d = opendir(parent);
+    if (!d) return;
+    size_t bl = strlen(base);
+    for (struct dirent *e; (e = readdir(d));) {
+        const char *n = e->d_name;
+        if (n[0] != '.' || strncmp(n + 1, base, bl) || strncmp(n + 1 + bl, ".tmp.", 5)) continue;
+        char *end;
+        long pid = strtol(n + 1 + bl + 5, &end, 10);
+        if (*end || pid <= 0 || pid == (long)getpid()) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue; /* alive, or not ours to judge */
+        char *path = fgmm_io_join(parent, n);
+        if (path) remove_tmp_dir(path);
+        free(path);
+    }
+    closedir(d);
 }
 
 /* Moves tmp to dir, failing if dir exists. renameat2(RENAME_NOREPLACE)
@@ -206,7 +230,7 @@ fgmm_status fgmm_model_save(const fgmm_model *m, const char *dir, fgmm_error *er
         return fgmm_fail(err, FGMM_ERR_UNSUPPORTED, "%s: cannot save a '%s' covariance model",
                          dir, fgmm_covariance_name(cov));
     /* "out/" and "out" are the same directory; the temporary name must be a
-     * sibling ("out.tmp.<pid>"), not a child of something that is missing. */
+     * sibling (".out.tmp.<pid>"), not a child of something that is missing. */
     size_t len = strlen(dir);
     while (len > 1 && dir[len - 1] == '/') len--;
     if (len == 0) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "model directory name is empty");
@@ -223,10 +247,16 @@ fgmm_status fgmm_model_save(const fgmm_model *m, const char *dir, fgmm_error *er
                        "directory or remove it", dir);
         goto done;
     }
-    snprintf(tmp, len + 32, "%s.tmp.%ld", clean, (long)getpid());
+    {
+        const char *slash = strrchr(clean, '/');
+        const char *base = slash ? slash + 1 : clean;
+        remove_stale_tmp(parent, base);
+        snprintf(tmp, len + 32, "%.*s.%s.tmp.%ld", (int)(base - clean), clean, base,
+                 (long)getpid());
+    }
     if (mkdir(tmp, 0755)) {
-        st = fgmm_fail(err, FGMM_ERR_IO, "%s: cannot create directory: %s", tmp,
-                       strerror(errno));
+        st = fgmm_fail(err, FGMM_ERR_IO, "%s: cannot create its temporary directory %s: %s",
+                       dir, tmp, strerror(errno));
         goto done;
     }
     st = save_files(m, tmp, err);

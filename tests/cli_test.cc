@@ -451,12 +451,12 @@ std::string model_json_sans_time(const std::string &dir)
 
 const char *const kModelFiles[] = {"weights.npy", "means.npy", "variances.npy"};
 
-// Entries of g_dir whose names start with prefix + ".tmp.": what a save
+// Entries of g_dir whose names start with "." + name + ".tmp.": what a save
 // builds before renaming it into place.
 std::vector<std::string> tmp_siblings(const std::string &name)
 {
     std::vector<std::string> v;
-    std::string prefix = name + ".tmp.";
+    std::string prefix = "." + name + ".tmp.";
     DIR *d = opendir(g_dir.c_str());
     while (struct dirent *e = readdir(d))
         if (!strncmp(e->d_name, prefix.c_str(), prefix.size())) v.push_back(e->d_name);
@@ -564,7 +564,7 @@ TEST_F(Cli, FitKilledMidSaveLeavesNoModel)
         Child c = spawn({"fit", "--quiet", "--device", "cpu", "--data", data, "--k", "256",
                          "--init", "random", "--max-iter", "1", "--out", out});
         ASSERT_GT(c.pid, 0);
-        std::string tmp = out + ".tmp." + std::to_string(c.pid);
+        std::string tmp = path(("." + name + ".tmp." + std::to_string(c.pid)).c_str());
         bool in_save = false;
         int st = 0;
         for (;;) {
@@ -588,10 +588,13 @@ TEST_F(Cli, FitKilledMidSaveLeavesNoModel)
             continue;
         }
         hits++;
-        // Nothing at --out; the same command now succeeds.
+        // Nothing at --out, only the hidden leftover; the same command
+        // then succeeds and clears the leftover.
+        EXPECT_EQ(tmp_siblings(name).size(), 1u);
         Result r = run("fit --quiet --device cpu --data " + data +
                        " --k 256 --init random --max-iter 1 --out " + out);
         ASSERT_EQ(r.code, 0) << r.out;
+        EXPECT_TRUE(tmp_siblings(name).empty()) << "the killed save's leftover is still there";
         Result info = run("info " + out);
         EXPECT_EQ(info.code, 0) << info.out;
         EXPECT_NE(info.out.find("components K     256"), std::string::npos) << info.out;

@@ -290,10 +290,11 @@ TEST(DiskFull, ModelSaveAtEveryStep)
     for (const Case &c : cases) {
         std::string parent = fresh("parent");
         ASSERT_EQ(mkdir(parent.c_str(), 0755), 0);
-        std::string dir = parent + "/mdir_" + std::to_string(g_counter);
-        // The directory is built as dir.tmp.<pid>, the files inside it as
-        // name.tmp.<pid>: only the directory's own name ends so.
-        std::string part = c.part ? c.part : dir + ".tmp." + std::to_string(getpid());
+        std::string base = "mdir_" + std::to_string(g_counter), dir = parent + "/" + base;
+        // The directory is built as the hidden .base.tmp.<pid>, the files
+        // inside it as name.tmp.<pid>: only the directory's own name ends so.
+        std::string part =
+            c.part ? c.part : parent + "/." + base + ".tmp." + std::to_string(getpid());
         SCOPED_TRACE(std::string(op_name(c.op)) + " of " + part);
         fgmm_error err = {};
         fgmm_status st;
