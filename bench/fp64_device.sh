@@ -25,12 +25,13 @@ if [ ! -f "$S/manifest.json" ] || [ ! -f "$M0/model.json" ]; then
   [ -f "$MNIST" ] || MNIST=$ROOT/../shared/data/mnist/base.u8bin
   [ -f "$MNIST" ] || { echo "MNIST not found; set MNIST=path/to/base.u8bin" >&2; exit 2; }
   rm -rf "$S" "$M0"
+  mkdir -p "$ROOT/bench/out"
   "$F" shard --input "$MNIST" --out "$S" || exit 1
   "$F" fit --data "$S" --k 256 --init kmeans++ --seed 1 --max-iter 0 --device cpu --out "$M0" || exit 1
 fi
 gpu_header "$T"
 gpu_tests "$OUTD" "$T"
-grep -hE "blank pixels|float64|Float64" "$OUTD"/*_test.log | head -20 | tee -a "$T"
+grep -hE "^\[ +(OK|FAILED) +\] .*(Float64|IllConditioned)" "$OUTD"/*_test.log | tee -a "$T"
 devices=cuda
 [ "${2:-}" = cpu ] && devices="cuda cpu"
 for dev in $devices; do
@@ -43,6 +44,6 @@ for dev in $devices; do
   for args in "1000000 1024 128 3" "500000 1024 768 2"; do
     echo "== engine_bench $dev $args f32 fit" | tee -a "$T"
     timeout 600 "$BIN/bench/engine_bench" "$dev" $args f32 fit 2>&1 |
-      grep -E "^(iter|fit:|step|cuda|cpu|init)" | cut -c1-260 | tee -a "$T"
+      grep -E "^(iter|fit:|step|cuda|cpu|init|engine_bench)" | cut -c1-260 | tee -a "$T"
   done
 done
