@@ -14,6 +14,7 @@ mkdir -p "$OUTD"
 T="$OUTD/engine_phases.txt"
 : > "$T"
 need bench/engine_bench
+[ -z "${OLD:-}" ] || [ -x "$OLD" ] || { echo "OLD=$OLD: not an executable" >&2; exit 2; }
 gpu_header "$T"
 [ "${2:-}" = tests ] && gpu_tests "$OUTD" "$T"
 fit() { # binary N K D iters
