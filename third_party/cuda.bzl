@@ -1,16 +1,27 @@
 """nvcc for Bazel 4, which has no CUDA rules: each .cu file is compiled by a
 genrule into an object, and the objects are wrapped in a static cc_library."""
 
-# sm_90a: Hopper's own instructions (wgmma); compute_80 PTX: a portable
-# target the driver can JIT on other GPUs.
 NVCC_FLAGS = " ".join([
     "-std=c++17",
     "-O3",
-    "-gencode=arch=compute_90a,code=sm_90a",
-    "-gencode=arch=compute_80,code=compute_80",
     "-Xcompiler=-fPIC,-Wall",
     "-I.",
 ])
+
+# sm_90a: Hopper's own instructions (wgmma); compute_80 PTX: a portable
+# target the driver can JIT on other GPUs. `--config=sm90` builds the
+# first alone.
+NVCC_ARCH = select({
+    "//third_party:sm90": "-gencode=arch=compute_90a,code=sm_90a",
+    "//conditions:default": "-gencode=arch=compute_90a,code=sm_90a " +
+                            "-gencode=arch=compute_80,code=compute_80",
+})
+
+# For targets that need the CUDA toolkit: skipped under `--config=cpu`.
+CUDA_ONLY = select({
+    "//third_party:cpu_only": ["@platforms//:incompatible"],
+    "//conditions:default": [],
+})
 
 def _cc_headers_impl(ctx):
     hdrs = [dep[CcInfo].compilation_context.headers for dep in ctx.attr.deps]
@@ -49,6 +60,7 @@ def cuda_library(
             name = "_%s_dep_hdrs" % name,
             deps = deps,
             testonly = testonly,
+            target_compatible_with = CUDA_ONLY,
         )
         dep_hdrs = [":_%s_dep_hdrs" % name]
     objs = []
@@ -59,16 +71,24 @@ def cuda_library(
             name = "_%s_%s_nvcc" % (name, base),
             srcs = [src] + hdrs + internal_hdrs + dep_hdrs,
             outs = [obj],
-            cmd = "/usr/local/cuda/bin/nvcc %s -c $(location %s) -o $@" % (NVCC_FLAGS, src),
+            cmd = "/usr/local/cuda/bin/nvcc %s " % NVCC_FLAGS + NVCC_ARCH +
+                  " -c $(location %s) -o $@" % src,
             testonly = testonly,
+            target_compatible_with = CUDA_ONLY,
         )
         objs.append(obj)
     native.cc_library(
         name = name,
         srcs = objs,
         hdrs = hdrs,
-        deps = deps + ["@cuda//:cudart_static"],
+        # No reference to @cuda at all under --config=cpu: that repository
+        # is the toolkit's directory, absent on machines without it.
+        deps = deps + select({
+            "//third_party:cpu_only": [],
+            "//conditions:default": ["@cuda//:cudart_static"],
+        }),
         linkstatic = True,
         testonly = testonly,
+        target_compatible_with = CUDA_ONLY,
         visibility = visibility,
     )
