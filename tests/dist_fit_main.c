@@ -5,7 +5,10 @@
  * log-likelihoods as hexadecimal floats (exact bits) to --out, through a
  * temporary name, only when the fit succeeded. Fault injection: rank
  * --fault-rank kills (--fault kill) or stops (--fault stop) itself when
- * its pass number --fault-pass starts; --perturb-rank sees other data.
+ * its pass number --fault-pass starts; --perturb-rank sees other data;
+ * --fail-step makes rank 0's per-step callback fail at that step.
+ * --reducer none fits in this process without a reducer; single with the
+ * single-process reducer; mpi (the default) as one rank of mpirun's job.
  */
 #include <getopt.h>
 #include <signal.h>
@@ -51,6 +54,14 @@ static fgmm_status w_seek(void *impl, int64_t c, fgmm_error *err)
 static const fgmm_source_ops with_layout = {w_rewind, w_next, w_read, w_close, w_layout, w_seek};
 static const fgmm_source_ops without_layout = {w_rewind, w_next, w_read, w_close, NULL, NULL};
 
+static fgmm_status fail_at(void *user, int iteration, const fgmm_model *m, fgmm_error *err)
+{
+    (void)m;
+    if (iteration == *(int *)user)
+        return fgmm_fail(err, FGMM_ERR_IO, "checkpoint of step %d failed", iteration);
+    return FGMM_OK;
+}
+
 static int write_model(const char *path, const fgmm_model *m)
 {
     char tmp[4096];
@@ -77,7 +88,7 @@ int main(int argc, char **argv)
     const char *out = NULL, *reducer = "mpi";
     long long n = 3000, chunk = 500;
     int d = 4, k = 3, iters = 8, fault_rank = -1, fault_pass = 0, perturb_rank = -1, layout = 1;
-    int fault_sig = 0;
+    int fault_sig = 0, fail_step = 0;
     unsigned long long seed = 1;
     double timeout = 60;
     static const struct option opts[] = {
@@ -85,7 +96,8 @@ int main(int argc, char **argv)
         {"k", 1, 0, 'k'},          {"chunk", 1, 0, 'c'},      {"iters", 1, 0, 'i'},
         {"seed", 1, 0, 's'},       {"timeout", 1, 0, 't'},    {"reducer", 1, 0, 'r'},
         {"fault", 1, 0, 'f'},      {"fault-rank", 1, 0, 'F'}, {"fault-pass", 1, 0, 'P'},
-        {"perturb-rank", 1, 0, 'p'}, {"no-layout", 0, 0, 'L'}, {0, 0, 0, 0}};
+        {"perturb-rank", 1, 0, 'p'}, {"no-layout", 0, 0, 'L'},
+        {"fail-step", 1, 0, 'S'},  {0, 0, 0, 0}};
     for (int c; (c = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
         switch (c) {
         case 'o': out = optarg; break;
@@ -102,11 +114,13 @@ int main(int argc, char **argv)
         case 'P': fault_pass = atoi(optarg); break;
         case 'p': perturb_rank = atoi(optarg); break;
         case 'L': layout = 0; break;
+        case 'S': fail_step = atoi(optarg); break;
         default: return 2;
         }
     }
     fgmm_error err = {0};
     fgmm_dist_reducer red = {0};
+    int plain = !strcmp(reducer, "none");
     fgmm_status st = !strcmp(reducer, "mpi") ? fgmm_dist_mpi(timeout, &red, &err)
                                              : fgmm_dist_single(&red, &err);
     if (st) {
@@ -133,7 +147,11 @@ int main(int argc, char **argv)
     p.tol = 0;
     p.seed = seed;
     p.verbose = 1;
-    if (!st) st = fgmm_dist_fit(e, &red, src, &p, &m, &err);
+    if (fail_step) {
+        p.on_step = fail_at;
+        p.on_step_user = &fail_step;
+    }
+    if (!st) st = plain ? fgmm_fit(e, src, &p, &m, &err) : fgmm_dist_fit(e, &red, src, &p, &m, &err);
     if (!st && rank == 0 && out && write_model(out, m))
         st = fgmm_fail(&err, FGMM_ERR_IO, "cannot write %s", out);
     if (st) fprintf(stderr, "dist_fit_main rank %d: error: %s\n", rank, err.msg);
