@@ -12,6 +12,9 @@
  * Reducers:
  *   single  one process, no communication (what an engine without a
  *           reducer does; for tests and uniform code paths).
+ *   group   ranks that are threads of one process, one GPU (engine) each:
+ *           `--gpus G` without mpirun. Shared memory; each collective is a
+ *           rendezvous of the G threads bounded by the timeout.
  *   mpi     ranks started by mpirun. Open MPI 4 (libmpi.so.40) is loaded
  *           with dlopen when the reducer is created, so binaries link and
  *           run without MPI installed, and only a job across processes
@@ -61,6 +64,22 @@ typedef struct {
 
 /* One process: rank 0 of 1. */
 fgmm_status fgmm_dist_single(fgmm_dist_reducer *out, fgmm_error *err);
+
+/* G = size ranks in this process: out[0..size) are their reducers, one
+ * per thread (rank r's thread uses out[r] only); each is freed with
+ * fgmm_dist_free, the last frees the group. timeout_s > 0 bounds every
+ * rendezvous. */
+fgmm_status fgmm_dist_group(int size, double timeout_s, fgmm_dist_reducer *out,
+                            fgmm_error *err);
+
+/* A fit over `ranks` engines of this process (e.g. one CUDA engine per
+ * GPU): rank r runs fgmm_dist_fit on engines[r] with sources[r], on its own
+ * thread (rank 0 on the caller's), through a group reducer. sources[r] are
+ * separate sources over the same data (a source serves one thread).
+ * *out is rank 0's model (every rank's is the same). */
+fgmm_status fgmm_dist_fit_local(fgmm_engine *const *engines, fgmm_source *const *sources,
+                                int ranks, double timeout_s, const fgmm_fit_params *p,
+                                fgmm_model **out, fgmm_error *err);
 
 /* Non-zero when this process was started by mpirun/mpiexec (Open MPI,
  * or a PMI/PMIx launcher): then fgmm_dist_mpi is the reducer to use. */

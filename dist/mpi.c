@@ -148,7 +148,7 @@ static fgmm_status wait_all(mpi_reducer *m, size_t n, const char *what, fgmm_err
             return fgmm_fail(err, FGMM_ERR_IO,
                              "rank %d: %s (collective %d) did not complete within %g s: %s rank "
                              "%s; it died or hangs",
-                             m->rank, what, m->seq, m->timeout_s,
+                             m->rank, what, m->seq - 1, m->timeout_s,
                              recv_open ? "nothing arrived from" : "nothing was taken by", ranks);
         }
         /* Spin briefly (collectives of a step follow each other closely),

@@ -59,16 +59,14 @@ static fgmm_status nccl_check(nccl_reducer *n, int rc, const char *call, fgmm_er
 {
     if (rc == NCCL_SUCCESS) return FGMM_OK;
     n->failed = 1;
-    return fgmm_fail(err, FGMM_ERR_DEVICE, "rank %d: %s failed: %s", n->rank, call,
-                     n->GetErrorString(rc));
+    return fgmm_fail(err, FGMM_ERR_DEVICE, "%s failed: %s", call, n->GetErrorString(rc));
 }
 
 static fgmm_status cuda_check(nccl_reducer *n, int rc, const char *call, fgmm_error *err)
 {
     if (rc == CUDA_SUCCESS) return FGMM_OK;
     n->failed = 1;
-    return fgmm_fail(err, FGMM_ERR_DEVICE, "rank %d: %s failed: %s", n->rank, call,
-                     n->CudaErrorString(rc));
+    return fgmm_fail(err, FGMM_ERR_DEVICE, "%s failed: %s", call, n->CudaErrorString(rc));
 }
 
 /* Waits for the stream until the deadline, watching the communicator for

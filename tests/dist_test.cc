@@ -13,6 +13,7 @@
 #include <map>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <unistd.h>
@@ -262,6 +263,115 @@ TEST(DistNccl, SaysWhatIsMissing)
                 m.find("libcudart") != std::string::npos || m.find("cuda") != std::string::npos)
         << m;
     EXPECT_EQ(n.ops, nullptr);
+}
+
+// Ranks as threads of this process: G = 1, 2, 3 CPU engines agree with a
+// fit without a reducer, and a repeat gives the same bits.
+std::vector<double> fit_local(const float *x, int64_t n, int d, int k, int iters, uint64_t seed,
+                              int ranks, std::vector<double> *loglik)
+{
+    fgmm_error err{};
+    std::vector<fgmm_engine *> e(ranks);
+    std::vector<fgmm_source *> s(ranks);
+    for (int r = 0; r < ranks; r++) {
+        EXPECT_EQ(fgmm_engine_create(FGMM_DEVICE_CPU, 1, &e[r], &err), FGMM_OK);
+        EXPECT_EQ(fgmm_source_memory_chunked(x, FGMM_F32, n, d, 500, "m", &s[r], &err), FGMM_OK);
+    }
+    fgmm_fit_params p;
+    fgmm_fit_params_default(&p);
+    p.k = k;
+    p.tol = 0;
+    p.seed = seed;
+    p.max_iter = iters;
+    fgmm_model *m = nullptr;
+    fgmm_status st = fgmm_dist_fit_local(e.data(), s.data(), ranks, 30, &p, &m, &err);
+    EXPECT_EQ(st, FGMM_OK) << err.msg;
+    std::vector<double> v;
+    if (m) {
+        v = params_of(m);
+        loglik->assign(fgmm_model_loglik(m), fgmm_model_loglik(m) + fgmm_model_loglik_count(m));
+    }
+    fgmm_model_free(m);
+    for (int r = 0; r < ranks; r++) {
+        fgmm_source_close(s[r]);
+        fgmm_engine_free(e[r]);
+    }
+    return v;
+}
+
+TEST(DistGroup, ThreadRanksAgreeAndRepeatBitForBit)
+{
+    uint64_t seed = fresh_seed();
+    printf("seed %llu\n", (unsigned long long)seed);
+    const int64_t n = 3400;
+    const int d = 4, k = 4, iters = 8;
+    float *x = dist_test_data(seed, n, d, k);
+    ASSERT_NE(x, nullptr);
+    std::vector<double> l0, l1, l2, l3, l3b;
+    // One engine, no reducer.
+    std::vector<double> p0 = [&] {
+        fgmm_error err{};
+        fgmm_engine *e;
+        fgmm_source *s;
+        EXPECT_EQ(fgmm_engine_create(FGMM_DEVICE_CPU, 1, &e, &err), FGMM_OK);
+        EXPECT_EQ(fgmm_source_memory_chunked(x, FGMM_F32, n, d, 500, "m", &s, &err), FGMM_OK);
+        fgmm_fit_params p;
+        fgmm_fit_params_default(&p);
+        p.k = k;
+        p.tol = 0;
+        p.seed = seed;
+        p.max_iter = iters;
+        fgmm_model *m = nullptr;
+        EXPECT_EQ(fgmm_fit(e, s, &p, &m, &err), FGMM_OK) << err.msg;
+        std::vector<double> v = params_of(m);
+        l0.assign(fgmm_model_loglik(m), fgmm_model_loglik(m) + iters);
+        fgmm_model_free(m);
+        fgmm_source_close(s);
+        fgmm_engine_free(e);
+        return v;
+    }();
+    std::vector<double> p1 = fit_local(x, n, d, k, iters, seed, 1, &l1);
+    std::vector<double> p2 = fit_local(x, n, d, k, iters, seed, 2, &l2);
+    std::vector<double> p3 = fit_local(x, n, d, k, iters, seed, 3, &l3);
+    std::vector<double> p3b = fit_local(x, n, d, k, iters, seed, 3, &l3b);
+    EXPECT_EQ(p1, p0);
+    EXPECT_EQ(l1, l0);
+    EXPECT_EQ(p3b, p3);
+    EXPECT_EQ(l3b, l3);
+    for (auto *pl : {&l2, &l3})
+        for (int i = 0; i < iters; i++)
+            EXPECT_LE(std::fabs((*pl)[i] - l0[i]), 1e-12 * std::fabs(l0[i])) << "step " << i;
+    double scale = 0, diff2 = 0, diff3 = 0;
+    for (size_t i = 0; i < p0.size(); i++) {
+        scale = std::fmax(scale, std::fabs(p0[i]));
+        diff2 = std::fmax(diff2, std::fabs(p2[i] - p0[i]));
+        diff3 = std::fmax(diff3, std::fabs(p3[i] - p0[i]));
+    }
+    printf("threads: 2 ranks differ by %.3g, 3 by %.3g (relative)\n", diff2 / scale, diff3 / scale);
+    EXPECT_LE(diff2, 1e-9 * scale);
+    EXPECT_LE(diff3, 1e-9 * scale);
+    free(x);
+}
+
+TEST(DistGroup, AMissingRankIsNamedWithinTheTimeout)
+{
+    fgmm_error err{};
+    fgmm_dist_reducer red[3];
+    ASSERT_EQ(fgmm_dist_group(3, 0.3, red, &err), FGMM_OK);
+    // Rank 1 arrives, rank 2 never does.
+    std::thread one([&] {
+        fgmm_error e1{};
+        EXPECT_EQ(red[1].ops->barrier(red[1].self, &e1), FGMM_ERR_IO);
+    });
+    auto t0 = std::chrono::steady_clock::now();
+    EXPECT_EQ(red[0].ops->barrier(red[0].self, &err), FGMM_ERR_IO);
+    one.join();
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_LT(s, 5);
+    EXPECT_NE(std::string(err.msg).find("rank 2 did not take part"), std::string::npos) << err.msg;
+    // The group stays failed.
+    EXPECT_EQ(red[2].ops->barrier(red[2].self, &err), FGMM_ERR_IO);
+    for (auto &r : red) fgmm_dist_free(&r);
 }
 
 // --------------------------------------------------------------- mpirun
