@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Issue 2's benchmark: flashgmm's CPU engine against scikit-learn's
-# GaussianMixture(covariance_type="diag"), same data, same initial model,
+# flashgmm's CPU engine against scikit-learn's
+# GaussianMixture(covariance_type="diag"), the usual way to fit these
+# models (BENCHMARKS.md, section 1): same data, same initial model,
 # N=200,000, K=256, D=128, 10 EM steps. Reports seconds per iteration, peak
-# RSS of each process (/usr/bin/time -v), and the fraction of this
-# machine's float32 matrix-product rate one EM step reaches (8*N*K*D flops).
+# RSS of each process (/usr/bin/time -v), and the fraction of the machine's
+# float32 matrix-product rate one EM step reaches (8*N*K*D flops), which
+# says how far the engine is from what the hardware allows.
 #
 # usage: bash bench/cpu_vs_sklearn.sh [N K D ITERS]
 set -euo pipefail

@@ -17,6 +17,8 @@
  *                         it runs)
  *   FGMM_BENCH_KERNEL_A=mma  the mma.sync kernels A and B
  *   FGMM_BENCH_BM=32      the Hopper kernel B on 32-row tiles (default 64)
+ * The kernels are the product's, chosen and planned by its selector
+ * (cuda/select.cu); the extra launches are //cuda:bench_kernels'.
  */
 #include <cuda_bf16.h>
 #include <math.h>
@@ -28,6 +30,7 @@
 #include <thread>
 #include <vector>
 
+#include "cuda/bench/estep_parts.h"
 #include "cuda/internal.h"
 
 #define CK(x)                                                                        \
@@ -42,25 +45,48 @@
 struct Dev {
     fgmmc_batch b;
     fgmmc_plan plan;
-    int prec; /* 3, 1, or 0 = SIMT */
-    int wide; /* D > 128 on tensor cores: estep_wide.cu */
+    fgmmc_choice sel; /* the kernel family and its products */
+    int prec;         /* 3, 1, or 0 = SIMT */
+    int wide;         /* D > 128 on tensor cores: estep_wide.cu */
+    int stats32;      /* FGMM_BENCH_BM=32: Hopper kernel B on 32-row tiles */
 };
+
+static void fail(const fgmm_error &err)
+{
+    fprintf(stderr, "%s\n", err.msg);
+    exit(1);
+}
 
 static void setup(Dev &d, int64_t n, int K, int D, const void *x, const float *w, const float *c,
                   const float *shift, const void *wt_hi, const void *wt_lo, const void *wt_tiles,
-                  int kw, int prec, int sms)
+                  int kw, int prec, int cc_major, int sms)
 {
     memset(&d, 0, sizeof d);
     d.prec = prec;
-    d.wide = prec && fgmmc_tc_kw(D) == 0;
-    if (d.wide) fgmmc_estep_wide_plan(K, D, n, sms, &d.plan);
-    else if (prec) fgmmc_estep_tc_plan(K, D, n, sms, &d.plan);
-    else fgmmc_estep_plan(K, D, n, sms, &d.plan);
+    fgmm_error err = {};
+    /* Kernel A: the Hopper (wgmma) one where this binary and GPU have it,
+     * as the context chooses; FGMM_BENCH_KERNEL_A=mma times the mma.sync
+     * one instead (A/B in one call). */
+    int wgmma = 0;
+    if (prec && fgmmc_wgmma_usable(&wgmma, &err)) fail(err);
+    const char *ka = getenv("FGMM_BENCH_KERNEL_A");
+    const int portable = ka && !strcmp(ka, "mma");
+    d.sel = fgmmc_select(cc_major, wgmma, portable,
+                         !prec ? FGMMC_PREC_FP32 : prec == 1 ? FGMMC_PREC_FAST : FGMMC_PREC_DEFAULT, D);
+    d.wide = d.sel.family == FGMMC_FAMILY_WIDE;
+    /* The fused kernel where the context would use it;
+     * FGMM_BENCH_FUSED=S uses it up to S slices of 64 components
+     * (0: kernels A and B always; 16: wherever it runs). */
+    const char *fu = getenv("FGMM_BENCH_FUSED");
+    const int max_slices = fu ? atoi(fu) : FGMMC_FUSED_MAX_SLICES;
+    if (fgmmc_select_plan(&d.sel, K, D, n, sms, 0, max_slices, &d.plan, &err)) fail(err);
+    const char *bm = getenv("FGMM_BENCH_BM");
+    d.stats32 = d.sel.family == FGMMC_FAMILY_WGMMA && bm && atoi(bm) == 32;
     fgmmc_batch &b = d.b;
     b.k = K;
     b.d = D;
     b.n = n;
-    b.dtype = FGMMC_F32;
+    b.dtype = FGMM_F32;
     b.x = x;
     b.w = w;
     b.c = c;
@@ -69,9 +95,6 @@ static void setup(Dev &d, int64_t n, int K, int D, const void *x, const float *w
     b.wt_lo = wt_lo;
     b.wt_tiles = wt_tiles;
     b.kw = kw;
-    /* Kernel A: the Hopper (wgmma) one where this binary and GPU have it,
-     * as the context chooses; FGMM_BENCH_KERNEL_A=mma times the mma.sync
-     * one instead (A/B in one call). */
     if (d.wide) {
         int64_t sub = std::min<int64_t>(n, fgmmc_wide_sub_rows(K, D));
         size_t ls = (size_t)fgmmc_wide_ls(K);
@@ -82,29 +105,10 @@ static void setup(Dev &d, int64_t n, int K, int D, const void *x, const float *w
         CK(cudaMalloc(&b.wide_rl, (size_t)sub * ls * 2));
         printf("wide plan for %lld rows: sub-chunks of %lld rows, %d splits\n", (long long)n,
                (long long)sub, d.plan.splits);
-    } else if (prec) {
-        fgmmc_error err = {};
-        if (fgmmc_wgmma_usable(&b.wgmma, &err)) {
-            fprintf(stderr, "%s\n", err.msg);
-            exit(1);
-        }
-        const char *bm = getenv("FGMM_BENCH_BM");
-        if (bm) b.stats_rows = atoi(bm);
-        const char *ka = getenv("FGMM_BENCH_KERNEL_A");
-        if (ka && !strcmp(ka, "mma")) b.wgmma = 0;
-        /* The fused kernel where the context would use it;
-         * FGMM_BENCH_FUSED=S uses it up to S slices of 64 components
-         * (0: kernels A and B always; 16: wherever it runs). */
-        const char *fu = getenv("FGMM_BENCH_FUSED");
-        int max_slices = fu ? atoi(fu) : FGMMC_FUSED_MAX_SLICES;
-        if (b.wgmma && fgmmc_wgmma_fused_plan(K, D, kw, prec, n, max_slices, &d.plan, &err)) {
-            fprintf(stderr, "%s\n", err.msg);
-            exit(1);
-        }
-        if (d.plan.fused)
-            printf("fused plan for %lld rows: clusters of %d CTAs, %d clusters, %d splits of %d rows\n",
-                   (long long)n, d.plan.slices, (d.plan.splits + 1) / 2, d.plan.splits,
-                   d.plan.rows_per_split);
+    } else if (d.plan.fused) {
+        printf("fused plan for %lld rows: clusters of %d CTAs, %d clusters, %d splits of %d rows\n",
+               (long long)n, d.plan.slices, (d.plan.splits + 1) / 2, d.plan.splits,
+               d.plan.rows_per_split);
     }
     if (!d.wide) {
         CK(cudaMalloc(&b.yg_hi, (size_t)(n + 8) * (kw + 16) * 2));
@@ -117,15 +121,44 @@ static void setup(Dev &d, int64_t n, int K, int D, const void *x, const float *w
     CK(cudaMalloc(&b.acc, ((size_t)K * (2 * D + 1) + 1) * sizeof(double)));
 }
 
-static void step(Dev &d, cudaStream_t s, int parts = -1)
+/* Kernel A alone (tensor cores, not wide). */
+static fgmm_status kernel_a(const Dev &d, cudaStream_t s, fgmm_error *err)
 {
-    if (parts < 0) parts = d.wide ? 31 : 7;
+    if (d.sel.family == FGMMC_FAMILY_WGMMA)
+        return fgmmc_wgmma_lse_launch(&d.b, d.plan.lse_blocks, d.prec, s, err);
+    return fgmmc_tc_lse_launch(&d.b, d.plan.lse_blocks, d.prec, s, err);
+}
+
+/* Kernel B alone (tensor cores, not wide). */
+static fgmm_status kernel_b(const Dev &d, cudaStream_t s, fgmm_error *err)
+{
+    if (d.stats32) return fgmmc_bench_wgmma_stats32_launch(&d.b, &d.plan, d.prec, s, err);
+    if (d.sel.family == FGMMC_FAMILY_WGMMA) return fgmmc_wgmma_stats_launch(&d.b, &d.plan, d.prec, s, err);
+    return fgmmc_tc_stats_launch(&d.b, &d.plan, d.prec, s, err);
+}
+
+/* What step() runs: the whole E-step, or one part for its time alone. */
+enum Part { WHOLE = -1, PART_A = 0, PART_B = 1 };
+
+static void step(Dev &d, cudaStream_t s, int part = WHOLE)
+{
     size_t per = (size_t)d.b.k * (2 * d.b.d + 1) + 1;
     CK(cudaMemsetAsync(d.b.acc, 0, per * sizeof(double), s));
-    fgmmc_error err = {};
-    fgmmc_status st = d.wide ? fgmmc_estep_wide_parts(&d.b, &d.plan, d.prec, parts, s, &err)
-                      : d.prec ? fgmmc_estep_tc_parts(&d.b, &d.plan, d.prec, parts, s, &err)
-                             : fgmmc_estep_launch(&d.b, &d.plan, s, &err);
+    fgmm_error err = {};
+    fgmm_status st = FGMM_OK;
+    if (d.wide && part != WHOLE) {
+        st = fgmmc_bench_wide_step(&d.b, &d.plan, d.prec, (fgmmc_wide_step)part, s, &err);
+    } else if (part == PART_A) {
+        st = kernel_a(d, s, &err);
+    } else if (part == PART_B) {
+        st = kernel_b(d, s, &err);
+    } else if (d.stats32 && !d.plan.fused) { /* the whole step with the 32-row kernel B */
+        st = kernel_a(d, s, &err);
+        if (!st) st = kernel_b(d, s, &err);
+        if (!st) st = fgmmc_estep_reduce_launch(&d.b, &d.plan, s, &err);
+    } else {
+        st = fgmmc_select_launch(&d.sel, &d.b, &d.plan, 0, s, &err);
+    }
     if (st) {
         fprintf(stderr, "launch: %s\n", err.msg);
         exit(1);
@@ -204,33 +237,33 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < w.size(); i++) wf[i] = (float)(w[i] * M_LOG2E);
     for (int k = 0; k < K; k++) cf[k] = (float)(c[k] * M_LOG2E);
     for (int j = 0; j < D; j++) sf[j] = (float)shift[j];
-    size_t kpad = ((size_t)K + 63) / 64 * 64;
-    std::vector<__nv_bfloat16> hi(kpad * kw), lo(kpad * kw);
-    fgmmc_split_wt(wf.data(), K, D, kw, hi.data(), lo.data());
-    std::vector<__nv_bfloat16> tiles(wide ? 8 : fgmmc_tile_wt_elems(K, kw));
-    if (!wide) fgmmc_tile_wt(hi.data(), lo.data(), K, kw, tiles.data());
+    /* W^T split (and tiled, for the Hopper kernel A) on the device, as
+     * a pass makes it. */
+    const size_t kpad = ((size_t)K + 63) / 64 * 64, ntiles = wide ? 0 : fgmmc_tile_wt_elems(K, kw);
     float *dx, *dw, *dc, *ds;
-    void *dhi, *dlo, *dtl;
+    void *dhi, *dlo, *dtl = NULL;
     CK(cudaMalloc(&dx, x.size() * 4));
     CK(cudaMalloc(&dw, wf.size() * 4));
     CK(cudaMalloc(&dc, K * 4));
     CK(cudaMalloc(&ds, D * 4));
-    CK(cudaMalloc(&dhi, hi.size() * 2));
-    CK(cudaMalloc(&dlo, lo.size() * 2));
-    CK(cudaMalloc(&dtl, tiles.size() * 2));
+    CK(cudaMalloc(&dhi, kpad * kw * 2));
+    CK(cudaMalloc(&dlo, kpad * kw * 2));
+    if (ntiles) CK(cudaMalloc(&dtl, ntiles * 2));
     CK(cudaMemcpy(dx, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(dw, wf.data(), wf.size() * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(dc, cf.data(), K * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(ds, sf.data(), D * 4, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(dhi, hi.data(), hi.size() * 2, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(dlo, lo.data(), lo.size() * 2, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(dtl, tiles.data(), tiles.size() * 2, cudaMemcpyHostToDevice));
+    {
+        fgmm_error err = {};
+        if (fgmmc_split_wt_launch(dw, K, D, kw, dhi, dlo, dtl, 0, &err)) fail(err);
+        CK(cudaDeviceSynchronize());
+    }
     cudaStream_t s;
     CK(cudaStreamCreate(&s));
 
     Dev full, sub;
-    setup(full, N, K, D, dx, dw, dc, ds, dhi, dlo, dtl, kw, prec, prop.multiProcessorCount);
-    setup(sub, check, K, D, dx, dw, dc, ds, dhi, dlo, dtl, kw, prec, prop.multiProcessorCount);
+    setup(full, N, K, D, dx, dw, dc, ds, dhi, dlo, dtl, kw, prec, prop.major, prop.multiProcessorCount);
+    setup(sub, check, K, D, dx, dw, dc, ds, dhi, dlo, dtl, kw, prec, prop.major, prop.multiProcessorCount);
 
     /* Timing. */
     step(full, s);
@@ -254,7 +287,7 @@ int main(int argc, char **argv)
     float wide_ms[4] = {0, 0, 0, 0};
     for (int q = 0; q < 4 && full.wide; q++) {
         CK(cudaEventRecord(e0, s));
-        step(full, s, 1 << q);
+        step(full, s, q);
         CK(cudaEventRecord(e1, s));
         CK(cudaEventSynchronize(e1));
         CK(cudaEventElapsedTime(&wide_ms[q], e0, e1));
@@ -264,7 +297,7 @@ int main(int argc, char **argv)
                wide_ms[0], wide_ms[1], wide_ms[2], wide_ms[3]);
     for (int q = 0; q < 2 && full.prec && !full.wide; q++) {
         CK(cudaEventRecord(e0, s));
-        step(full, s, q == 0 ? 1 : 2);
+        step(full, s, q == 0 ? PART_A : PART_B);
         CK(cudaEventRecord(e1, s));
         CK(cudaEventSynchronize(e1));
         CK(cudaEventElapsedTime(&part_ms[q], e0, e1));
@@ -327,6 +360,6 @@ int main(int argc, char **argv)
            part_ms[0], part_ms[1],
            (long long)check, sqrt(en / dn), sqrt(e1s / d1), sqrt(e2s / d2), ell,
            fabs(snk - (double)check) / (double)check,
-           !prec ? "SIMT" : full.wide ? "wide mma.sync" : full.b.wgmma ? "wgmma" : "mma.sync");
+           !prec ? "SIMT" : full.wide ? "wide mma.sync" : full.sel.family == FGMMC_FAMILY_WGMMA ? "wgmma" : "mma.sync");
     return 0;
 }

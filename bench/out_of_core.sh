@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Issue 3's out-of-core benchmark: EM with the CPU engine on shard
-# directories larger than this machine's RAM, streamed from disk every step
-# (--cache-budget 0). For each size it measures, separately and from a cold
-# page cache:
+# Out-of-core EM (BENCHMARKS.md, section 3): the CPU engine on shard
+# directories larger than the machine's RAM, streamed from disk every step
+# (--cache-budget 0). The goal is a step no slower than 1.1 x the larger of
+# reading the data and computing on it. For each size it measures,
+# separately and from a cold page cache:
 #   read time     the reader alone (bench/reader_bench): 2 passes just
 #                 before the fit and 2 just after (O_DIRECT: every pass reads
-#                 the disk, whose speed drifts on a shared VM), median of 4;
+#                 the disk, whose speed drifts), median of 4;
 #   compute time  one EM step of the same engine on rows already in memory
 #                 (bench/engine_bench on SUB rows, scaled by N/SUB: the step
 #                 is linear in N);
@@ -25,7 +26,8 @@ D=128 SUB=4194304
 DIR=${BENCH_DIR:-bench/out/ooc}
 FIT_FLAGS=${FIT_FLAGS---pin-threads}
 mkdir -p "$DIR"
-bazel build -c opt --dynamic_mode=off //tools:flashgmm //bench:all >&2
+bazel build -c opt --dynamic_mode=off //tools:flashgmm //bench:engine_bench //bench:gen_shards \
+    //bench:reader_bench >&2
 B=bazel-bin
 cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
@@ -54,8 +56,8 @@ for G in $SIZES; do
   mx=$(echo "if ($read_s > $comp) $read_s else $comp" | bc -l)
   printf "%3d GiB (%d rows): read %.1f s, compute %.1f s, EM steps %s s -> median %.1f s = %.3f x max(read, compute); peak RSS %.0f MiB\n" \
     "$G" "$N" "$read_s" "$comp" "$steps" "$med" "$(echo "$med / $mx" | bc -l)" "$(echo "$rss / 1024" | bc -l)"
-  # The disk's speed drifts by up to 40% within minutes on this VM, so each
-  # EM step is also timed right after a read-alone pass of the same data:
+  # The disk's speed can drift by up to 40% within minutes, so each EM step
+  # is also timed right after a read-alone pass of the same data:
   # PAIRS x (cold cache, one reader pass; cold cache, one EM step from the
   # fitted model). Ratio per pair: step / max(that read, compute).
   ratios=""

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Issue 3's reader benchmark: decoded rows per second from a shard directory
-# (io_uring, O_DIRECT, decompression threads) against the plain baselines on
-# the same data with a cold page cache: `zstd -d -c` of the same rows
-# compressed at the same level into /dev/null, and reading the uncompressed
-# file (dd, buffered and O_DIRECT). GB/s are of decoded row bytes for all.
+# Shard reader throughput (BENCHMARKS.md, section 2): decoded rows per
+# second from a shard directory (io_uring, O_DIRECT, decompression threads)
+# against the plain ways of reading the same rows, each with a cold page
+# cache: `zstd -d -c` of the rows compressed at the same level into
+# /dev/null, and the uncompressed file read by dd, buffered and O_DIRECT.
+# The reader should beat both. GB/s are of decoded row bytes for all.
 #
 # Needs root for `echo 3 > /proc/sys/vm/drop_caches` (each run starts cold).
 # Data (never committed) goes to ${BENCH_DIR:-bench/out/reader}:
-#   mnist80.u8bin  the 60,000 MNIST training images of ../shared/data, 80
+#   mnist80.u8bin  the 60,000 MNIST training images ($MNIST), 80
 #                  times over (3.76 GB): real, compressible uint8 rows;
 #   gauss.fbin     4.3 GB of float32 rows from a 64-component Gaussian
 #                  mixture: the incompressible case.

@@ -1,6 +1,6 @@
 /*
  * wgmma_probe - checks, on the GPU at hand, the two facts the Hopper
- * kernel A (cuda/estep_wgmma.cu) rests on:
+ * kernel A (cuda/wgmma_lse.cu) rests on:
  *   1. the shared-memory descriptor convention (which of LBO/SBO strides
  *      the k direction of a no-swizzle K-major operand): the right one
  *      reproduces a float64 product, the wrong one does not;

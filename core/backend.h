@@ -30,6 +30,7 @@ typedef struct {
  * one thread at a time. */
 typedef struct {
     const char *name; /* "cpu", "cuda": for messages and model metadata */
+    fgmm_device device; /* what the back end computes on */
     /* Start a pass: zero partial statistics, upload parameters. */
     fgmm_status (*begin_pass)(void *self, const fgmm_estep_params *p, fgmm_error *err);
     /* Fold a chunk's rows into the partial statistics. per_row_ll, when not

@@ -116,6 +116,7 @@ int fgmm_engine_last_fit_rank_times(const fgmm_engine *e, double *out, int cap)
 }
 
 const char *fgmm_engine_device_name(const fgmm_engine *e) { return e->ops->name; }
+fgmm_device fgmm_engine_device(const fgmm_engine *e) { return e->ops->device; }
 
 fgmm_status fgmm_precision_parse(const char *s, fgmm_precision *out, fgmm_error *err)
 {

@@ -302,6 +302,8 @@ typedef struct fgmm_engine fgmm_engine;
 void fgmm_engine_free(fgmm_engine *e);
 /* The back end's name: "cpu" or "cuda". For messages. */
 const char *fgmm_engine_device_name(const fgmm_engine *e);
+/* The kind of device the engine computes on (never FGMM_DEVICE_AUTO). */
+fgmm_device fgmm_engine_device(const fgmm_engine *e);
 /* Precision of the E-step's arithmetic.
  *   DEFAULT  CPU: logits in float64, statistics per tile in float32 added
  *            in float64. CUDA: tensor cores with split bf16 operands

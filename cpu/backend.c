@@ -477,6 +477,7 @@ static fgmm_status cpu_kmeans_nearest_op(void *self, const double *centers, int 
 
 static const fgmm_backend_ops cpu_ops = {
     .name = "cpu",
+    .device = FGMM_DEVICE_CPU,
     .begin_pass = cpu_begin_pass,
     .accumulate = cpu_accumulate,
     .end_pass = cpu_end_pass,

@@ -110,13 +110,13 @@ __global__ void __launch_bounds__(SIMT_NT) topm_kernel(fgmmc_batch b, int m, int
     }
 }
 
-fgmmc_status fgmmc_topm_launch(const fgmmc_batch *b, int m, int *out_idx, float *out_resp,
-                               cudaStream_t stream, fgmmc_error *err)
+fgmm_status fgmmc_topm_launch(const fgmmc_batch *b, int m, int *out_idx, float *out_resp,
+                               cudaStream_t stream, fgmm_error *err)
 {
     if (m < 0 || m > FGMMC_MAX_TOPM)
-        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "top-m: m=%d, must be in 0..%d", m,
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "top-m: m=%d, must be in 0..%d", m,
                           FGMMC_MAX_TOPM);
-    if (b->n <= 0) return FGMMC_OK;
+    if (b->n <= 0) return FGMM_OK;
     size_t dyn = (size_t)T_TM * (size_t)m * (sizeof(float) + sizeof(int));
     /* The static arrays take 41.7 KB; up to m = 32 the lists need 16 KB
      * more, past the default 48 KB window. */
@@ -126,5 +126,5 @@ fgmmc_status fgmmc_topm_launch(const fgmmc_batch *b, int m, int *out_idx, float 
     unsigned blocks = (unsigned)((b->n + T_TM - 1) / T_TM);
     topm_kernel<<<blocks, SIMT_NT, dyn, stream>>>(*b, m, out_idx, out_resp);
     FGMMC_CHECK_LAUNCH("topm_kernel", err);
-    return FGMMC_OK;
+    return FGMM_OK;
 }

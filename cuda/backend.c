@@ -77,13 +77,12 @@ static void offer_delivered(cuda_backend *b, uint64_t done)
     }
 }
 
-static fgmm_status from_cuda(fgmmc_status s, const fgmmc_error *ce, fgmm_error *err)
+/* cuda/'s calls report in the same status type; the message says it came
+ * from the GPU. */
+static fgmm_status from_cuda(fgmm_status s, const fgmm_error *ce, fgmm_error *err)
 {
-    if (s == FGMMC_OK) return FGMM_OK;
-    fgmm_status code = s == FGMMC_ERR_ARGUMENT    ? FGMM_ERR_ARGUMENT
-                       : s == FGMMC_ERR_NO_MEMORY ? FGMM_ERR_NO_MEMORY
-                                                  : FGMM_ERR_DEVICE;
-    return fgmm_fail(err, code, "cuda: %s", ce->msg);
+    if (s == FGMM_OK) return FGMM_OK;
+    return fgmm_fail(err, s, "cuda: %s", ce->msg);
 }
 
 static fgmm_status cuda_backend_create(int device, cuda_backend **out, fgmm_error *err)
@@ -91,7 +90,7 @@ static fgmm_status cuda_backend_create(int device, cuda_backend **out, fgmm_erro
     *out = NULL;
     cuda_backend *b = calloc(1, sizeof *b);
     if (!b) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
-    fgmmc_error ce = {0};
+    fgmm_error ce = {0};
     fgmm_status st = from_cuda(fgmmc_create(device, &b->ctx, &ce), &ce, err);
     if (st) {
         free(b);
@@ -116,7 +115,7 @@ static fgmm_status cuda_begin_pass(void *self, const fgmm_estep_params *p, fgmm_
     b->rows = 0;
     for (int i = 0; i < LL_RING; i++) b->ring[i].live = 0;
     b->offered = b->calls;
-    fgmmc_error ce = {0};
+    fgmm_error ce = {0};
     return from_cuda(p->loglik_only
                          ? fgmmc_begin_ll_pass(b->ctx, p->k, p->d, p->w, p->c, p->shift, &ce)
                          : fgmmc_begin_pass(b->ctx, p->k, p->d, p->w, p->c, p->shift, &ce),
@@ -127,7 +126,7 @@ static fgmm_status cuda_accumulate(void *self, const fgmm_chunk *c, float *per_r
                                    fgmm_error *err)
 {
     cuda_backend *b = self;
-    fgmmc_error ce = {0};
+    fgmm_error ce = {0};
     fgmm_status st;
     ll_entry *e = &b->ring[b->calls % LL_RING];
     if (e->live) { /* LL_RING calls ago: wait for it */
@@ -145,7 +144,7 @@ static fgmm_status cuda_accumulate(void *self, const fgmm_chunk *c, float *per_r
         ll = e->buf;
     }
     st = from_cuda(fgmmc_accumulate_at(b->ctx, c->first_row, c->rows, c->row_stride, c->n_rows,
-                                       (fgmmc_dtype)c->dtype, ll, &ce),
+                                       (fgmm_dtype)c->dtype, ll, &ce),
                    &ce, err);
     b->calls++;
     if (st) return st;
@@ -159,7 +158,7 @@ static fgmm_status cuda_end_pass(void *self, fgmm_stats *out, fgmm_error *err)
 {
     cuda_backend *b = self;
     double ll = 0;
-    fgmmc_error ce = {0};
+    fgmm_error ce = {0};
     fgmm_status st = from_cuda(
         fgmmc_end_pass(b->ctx, fgmm_stats_nk(b->st), fgmm_stats_sums(b->st), &ll, &ce), &ce, err);
     if (st) return st;
@@ -181,7 +180,7 @@ static void cuda_destroy(void *self)
 static fgmm_status cuda_set_precision(void *self, fgmm_precision p, fgmm_error *err)
 {
     cuda_backend *b = self;
-    fgmmc_error ce = {0};
+    fgmm_error ce = {0};
     fgmmc_precision q = p == FGMM_PRECISION_FAST   ? FGMMC_PREC_FAST
                         : p == FGMM_PRECISION_FP32 ? FGMMC_PREC_FP32
                         : p == FGMM_PRECISION_FP64 ? FGMMC_PREC_FP64
@@ -203,9 +202,9 @@ static fgmm_status cuda_assign(void *self, const fgmm_chunk *c, int m, int32_t *
                                float *ll, fgmm_error *err)
 {
     cuda_backend *b = self;
-    fgmmc_error ce = {0};
+    fgmm_error ce = {0};
     /* int32_t and int are the same type on every platform CUDA runs on. */
-    return from_cuda(fgmmc_assign(b->ctx, c->rows, c->row_stride, c->n_rows, (fgmmc_dtype)c->dtype,
+    return from_cuda(fgmmc_assign(b->ctx, c->rows, c->row_stride, c->n_rows, (fgmm_dtype)c->dtype,
                                   m, (int *)idx, resp, ll, &ce),
                      &ce, err);
 }
@@ -214,14 +213,14 @@ static fgmm_status cuda_pass_data(void *self, uint64_t key, int64_t rows, fgmm_d
                                   int *cached, fgmm_error *err)
 {
     cuda_backend *b = self;
-    fgmmc_error ce = {0};
-    return from_cuda(fgmmc_pass_data(b->ctx, key, rows, (fgmmc_dtype)dtype, cached, &ce), &ce, err);
+    fgmm_error ce = {0};
+    return from_cuda(fgmmc_pass_data(b->ctx, key, rows, (fgmm_dtype)dtype, cached, &ce), &ce, err);
 }
 
 static fgmm_status cuda_set_cache_budget(void *self, int64_t bytes, fgmm_error *err)
 {
     cuda_backend *b = self;
-    fgmmc_error ce = {0};
+    fgmm_error ce = {0};
     return from_cuda(fgmmc_set_cache_budget(b->ctx, (size_t)bytes, &ce), &ce, err);
 }
 
@@ -256,7 +255,7 @@ static fgmm_status cuda_kmeans_begin(void *self, const float *x, int64_t s, int 
                                      const double *shift, fgmm_error *err)
 {
     cuda_backend *b = self;
-    fgmmc_error ce = {0};
+    fgmm_error ce = {0};
     b->km_x = x;
     b->km_s = s;
     b->km_d = d;
@@ -268,7 +267,7 @@ static fgmm_status cuda_kmeans_begin(void *self, const float *x, int64_t s, int 
 static fgmm_status cuda_kmeans_total(void *self, double *total, fgmm_error *err)
 {
     cuda_backend *b = self;
-    fgmmc_error ce = {0};
+    fgmm_error ce = {0};
     return from_cuda(fgmmc_pp_total(b->ctx, total, &ce), &ce, err);
 }
 
@@ -276,7 +275,7 @@ static fgmm_status cuda_kmeans_pick(void *self, const double *thresh, int n, int
                                     fgmm_error *err)
 {
     cuda_backend *b = self;
-    fgmmc_error ce = {0};
+    fgmm_error ce = {0};
     return from_cuda(fgmmc_pp_pick(b->ctx, thresh, n, rows, &ce), &ce, err);
 }
 
@@ -284,7 +283,7 @@ static fgmm_status cuda_kmeans_potentials(void *self, const float *cand, int n, 
                                           fgmm_error *err)
 {
     cuda_backend *b = self;
-    fgmmc_error ce = {0};
+    fgmm_error ce = {0};
     if (n < 1 || n > 16)
         return fgmm_fail(err, FGMM_ERR_ARGUMENT, "k-means++: %d candidates per step (1..16)", n);
     b->km_cand = n;
@@ -294,7 +293,7 @@ static fgmm_status cuda_kmeans_potentials(void *self, const float *cand, int n, 
 static fgmm_status cuda_kmeans_commit(void *self, int best, fgmm_error *err)
 {
     cuda_backend *b = self;
-    fgmmc_error ce = {0};
+    fgmm_error ce = {0};
     return from_cuda(fgmmc_pp_commit(b->ctx, b->km_cand, best, &ce), &ce, err);
 }
 
@@ -365,6 +364,7 @@ done:
 
 static const fgmm_backend_ops cuda_ops = {
     .name = "cuda",
+    .device = FGMM_DEVICE_CUDA,
     .begin_pass = cuda_begin_pass,
     .accumulate = cuda_accumulate,
     .end_pass = cuda_end_pass,
@@ -388,9 +388,7 @@ static const fgmm_backend_ops cuda_ops = {
 
 fgmm_status fgmm_cuda_device_count(int *count, fgmm_error *err)
 {
-    (void)err;
-    *count = fgmmc_device_count();
-    return FGMM_OK;
+    return fgmmc_device_count(count, err);
 }
 
 fgmm_status fgmm_cuda_engine_create(int device, fgmm_engine **out, fgmm_error *err)

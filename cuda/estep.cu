@@ -21,7 +21,7 @@
  * (k, d, n) only (fgmmc_estep_plan), so the same input gives the same bits.
  *
  * Logits are computed in log2 units: w and c arrive pre-scaled by log2(e)
- * (context.cu), so responsibilities are exp2f(l2 - lse2), which is
+ * (pass.cu), so responsibilities are exp2f(l2 - lse2), which is
  * accurate to 2 ulp (MUFU.EX2 plus range handling). __expf would instead
  * round x*log2(e) first, an error that grows with |x|.
  *
@@ -43,13 +43,13 @@
 
 /* ---------------------------------------------------------------- loads */
 
-size_t fgmmc_dtype_size(fgmmc_dtype t)
+size_t fgmmc_dtype_size(fgmm_dtype t)
 {
     switch (t) {
-    case FGMMC_F32: return 4;
-    case FGMMC_F16: return 2;
-    case FGMMC_U8:
-    case FGMMC_I8: return 1;
+    case FGMM_F32: return 4;
+    case FGMM_F16: return 2;
+    case FGMM_U8:
+    case FGMM_I8: return 1;
     }
     return 0;
 }
@@ -393,8 +393,8 @@ void fgmmc_estep_tc_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *plan
 }
 
 template <class C>
-static fgmmc_status launch_stats(const fgmmc_batch *b, const fgmmc_plan *plan,
-                                 cudaStream_t stream, fgmmc_error *err)
+static fgmm_status launch_stats(const fgmmc_batch *b, const fgmmc_plan *plan,
+                                 cudaStream_t stream, fgmm_error *err)
 {
     size_t smem = (size_t)C::SMEM_FLOATS * sizeof(float);
     /* Above 48 KiB dynamic shared memory needs an explicit opt-in. */
@@ -405,20 +405,20 @@ static fgmmc_status launch_stats(const fgmmc_batch *b, const fgmmc_plan *plan,
     dim3 grid((unsigned)plan->slices, (unsigned)plan->splits);
     stats_kernel<C><<<grid, NT, smem, stream>>>(*b, plan->rows_per_split);
     FGMMC_CHECK_LAUNCH("stats_kernel", err);
-    return FGMMC_OK;
+    return FGMM_OK;
 }
 
-fgmmc_status fgmmc_estep_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
-                                cudaStream_t stream, fgmmc_error *err)
+fgmm_status fgmmc_estep_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
+                                cudaStream_t stream, fgmm_error *err)
 {
-    if (b->n <= 0) return FGMMC_OK;
+    if (b->n <= 0) return FGMM_OK;
     if (b->d < 1 || b->d > FGMMC_MAX_D || b->k < 1)
-        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "estep: k=%d d=%d out of range", b->k, b->d);
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "estep: k=%d d=%d out of range", b->k, b->d);
 
     lse_kernel<<<plan->lse_blocks, NT, 0, stream>>>(*b);
     FGMMC_CHECK_LAUNCH("lse_kernel", err);
 
-    fgmmc_status st;
+    fgmm_status st;
     switch (dpad_for(b->d)) {
     case 16: st = launch_stats<Cfg16>(b, plan, stream, err); break;
     case 32: st = launch_stats<Cfg32>(b, plan, stream, err); break;
@@ -432,28 +432,28 @@ fgmmc_status fgmmc_estep_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
     return fgmmc_estep_reduce_launch(b, plan, stream, err);
 }
 
-fgmmc_status fgmmc_ll_reduce_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
-                                    cudaStream_t stream, fgmmc_error *err)
+fgmm_status fgmmc_ll_reduce_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
+                                    cudaStream_t stream, fgmm_error *err)
 {
     size_t per_split = (size_t)b->k * (size_t)(2 * b->d + 1);
     ll_reduce_kernel<<<1, NT, 0, stream>>>(b->block_ll, plan->lse_blocks, b->acc + per_split);
     FGMMC_CHECK_LAUNCH("ll_reduce_kernel", err);
-    return FGMMC_OK;
+    return FGMM_OK;
 }
 
-fgmmc_status fgmmc_lse_launch(const fgmmc_batch *b, const fgmmc_plan *plan, cudaStream_t stream,
-                              fgmmc_error *err)
+fgmm_status fgmmc_lse_launch(const fgmmc_batch *b, const fgmmc_plan *plan, cudaStream_t stream,
+                              fgmm_error *err)
 {
-    if (b->n <= 0) return FGMMC_OK;
+    if (b->n <= 0) return FGMM_OK;
     if (b->d < 1 || b->d > FGMMC_MAX_D || b->k < 1)
-        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "estep: k=%d d=%d out of range", b->k, b->d);
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "estep: k=%d d=%d out of range", b->k, b->d);
     lse_kernel<<<plan->lse_blocks, NT, 0, stream>>>(*b);
     FGMMC_CHECK_LAUNCH("lse_kernel", err);
     return fgmmc_ll_reduce_launch(b, plan, stream, err);
 }
 
-fgmmc_status fgmmc_estep_reduce_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
-                                       cudaStream_t stream, fgmmc_error *err)
+fgmm_status fgmmc_estep_reduce_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
+                                       cudaStream_t stream, fgmm_error *err)
 {
     size_t per_split = (size_t)b->k * (size_t)(2 * b->d + 1);
     unsigned rblocks = (unsigned)((per_split + NT - 1) / NT);
@@ -461,5 +461,5 @@ fgmmc_status fgmmc_estep_reduce_launch(const fgmmc_batch *b, const fgmmc_plan *p
     FGMMC_CHECK_LAUNCH("reduce_kernel", err);
     ll_reduce_kernel<<<1, NT, 0, stream>>>(b->block_ll, plan->lse_blocks, b->acc + per_split);
     FGMMC_CHECK_LAUNCH("ll_reduce_kernel", err);
-    return FGMMC_OK;
+    return FGMM_OK;
 }

@@ -56,10 +56,10 @@ int64_t fgmmc_f64_sub_rows(int k, int d)
 static __device__ __forceinline__ double load_x64(const void *x, int dtype, size_t idx)
 {
     switch (dtype) {
-    case FGMMC_F32: return (double)__ldg((const float *)x + idx);
-    case FGMMC_F16:
+    case FGMM_F32: return (double)__ldg((const float *)x + idx);
+    case FGMM_F16:
         return (double)__half2float(__ushort_as_half(__ldg((const unsigned short *)x + idx)));
-    case FGMMC_U8: return (double)__ldg((const unsigned char *)x + idx);
+    case FGMM_U8: return (double)__ldg((const unsigned char *)x + idx);
     default: return (double)__ldg((const signed char *)x + idx);
     }
 }
@@ -295,12 +295,12 @@ static unsigned grid_for(int64_t items)
     return (unsigned)(b < 8192 ? (b > 0 ? b : 1) : 8192);
 }
 
-fgmmc_status fgmmc_f64_w_launch(const double *d_w, const double *d_c, int k, int d, double *d_wt,
-                                cudaStream_t s, fgmmc_error *err)
+fgmm_status fgmmc_f64_w_launch(const double *d_w, const double *d_c, int k, int d, double *d_wt,
+                                cudaStream_t s, fgmm_error *err)
 {
     f64_w_kernel<<<grid_for((int64_t)k * fgmmc_f64_yw(d)), 256, 0, s>>>(d_w, d_c, k, d, d_wt);
     FGMMC_CHECK_LAUNCH("f64_w_kernel", err);
-    return FGMMC_OK;
+    return FGMM_OK;
 }
 
 void fgmmc_estep_f64_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *plan)
@@ -328,8 +328,8 @@ void fgmmc_estep_f64_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *pla
 
 /* Sub-chunk m rows from row r0 of the batch: *b views them, and their rows
  * and logits are queued (b->f64_y, b->f64_l). */
-static fgmmc_status f64_sub_logits(const fgmmc_batch *bt, int64_t r0, int64_t m, fgmmc_batch *b,
-                                   cudaStream_t s, fgmmc_error *err)
+static fgmm_status f64_sub_logits(const fgmmc_batch *bt, int64_t r0, int64_t m, fgmmc_batch *b,
+                                   cudaStream_t s, fgmm_error *err)
 {
     const int K = bt->k, yw = fgmmc_f64_yw(bt->d);
     *b = *bt;
@@ -340,24 +340,24 @@ static fgmmc_status f64_sub_logits(const fgmmc_batch *bt, int64_t r0, int64_t m,
     dim3 gl((unsigned)((K + F64_T - 1) / F64_T), (unsigned)((m + F64_T - 1) / F64_T));
     f64_logits_kernel<<<gl, F64_NT, 0, s>>>(b->f64_y, yw, b->f64_w, yw, b->f64_l, K, m, K, yw);
     FGMMC_CHECK_LAUNCH("f64_logits_kernel", err);
-    return FGMMC_OK;
+    return FGMM_OK;
 }
 
-fgmmc_status fgmmc_estep_f64_launch(const fgmmc_batch *bt, const fgmmc_plan *plan, int ll_only,
-                                    cudaStream_t s, fgmmc_error *err)
+fgmm_status fgmmc_estep_f64_launch(const fgmmc_batch *bt, const fgmmc_plan *plan, int ll_only,
+                                    cudaStream_t s, fgmm_error *err)
 {
-    if (bt->n <= 0) return FGMMC_OK;
+    if (bt->n <= 0) return FGMM_OK;
     if (!bt->f64_w || !bt->f64_shift || !bt->f64_y || !bt->f64_l)
-        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "float64 estep: scratch missing");
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "float64 estep: scratch missing");
     if (plan->lse_blocks < (bt->n + F64_SM_ROWS - 1) / F64_SM_ROWS)
-        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "float64 estep: plan for fewer than %lld rows",
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "float64 estep: plan for fewer than %lld rows",
                           (long long)bt->n);
     const int K = bt->k, yw = fgmmc_f64_yw(bt->d);
     const int64_t sub = fgmmc_f64_sub_rows(K, bt->d);
     for (int64_t r0 = 0; r0 < bt->n; r0 += sub) {
         const int64_t m = bt->n - r0 < sub ? bt->n - r0 : sub;
         fgmmc_batch b;
-        fgmmc_status st = f64_sub_logits(bt, r0, m, &b, s, err);
+        fgmm_status st = f64_sub_logits(bt, r0, m, &b, s, err);
         if (st) return st;
         b.block_ll = bt->block_ll + r0 / F64_SM_ROWS; /* sub is a multiple of 8 */
         const unsigned sb = (unsigned)((m + F64_SM_ROWS - 1) / F64_SM_ROWS);
@@ -377,25 +377,25 @@ fgmmc_status fgmmc_estep_f64_launch(const fgmmc_batch *bt, const fgmmc_plan *pla
     return fgmmc_estep_reduce_launch(bt, plan, s, err);
 }
 
-fgmmc_status fgmmc_topm_f64_launch(const fgmmc_batch *bt, int top, int *out_idx, float *out_resp,
-                                   cudaStream_t s, fgmmc_error *err)
+fgmm_status fgmmc_topm_f64_launch(const fgmmc_batch *bt, int top, int *out_idx, float *out_resp,
+                                   cudaStream_t s, fgmm_error *err)
 {
     if (top < 0 || top > FGMMC_MAX_TOPM)
-        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "top-m: m=%d, must be in 0..%d", top,
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "top-m: m=%d, must be in 0..%d", top,
                           FGMMC_MAX_TOPM);
-    if (bt->n <= 0) return FGMMC_OK;
+    if (bt->n <= 0) return FGMM_OK;
     if (!bt->f64_w || !bt->f64_shift || !bt->f64_y || !bt->f64_l)
-        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "float64 top-m: scratch missing");
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "float64 top-m: scratch missing");
     const int64_t sub = fgmmc_f64_sub_rows(bt->k, bt->d);
     for (int64_t r0 = 0; r0 < bt->n; r0 += sub) {
         const int64_t m = bt->n - r0 < sub ? bt->n - r0 : sub;
         fgmmc_batch b;
-        fgmmc_status st = f64_sub_logits(bt, r0, m, &b, s, err);
+        fgmm_status st = f64_sub_logits(bt, r0, m, &b, s, err);
         if (st) return st;
         const unsigned sb = (unsigned)((m + F64_SM_ROWS - 1) / F64_SM_ROWS);
         f64_topm_kernel<<<sb, 32 * F64_SM_ROWS, 0, s>>>(b, m, top, out_idx + (size_t)r0 * top,
                                                         out_resp + (size_t)r0 * top);
         FGMMC_CHECK_LAUNCH("f64_topm_kernel", err);
     }
-    return FGMMC_OK;
+    return FGMM_OK;
 }

@@ -1,6 +1,6 @@
 /*
  * estep_tc.cu - the fused E-step on tensor cores (bf16 mma.sync, sm_80+;
- * on sm_90a the wgmma kernels of estep_wgmma.cu serve instead).
+ * on sm_90a the wgmma kernels of wgmma_*.cu serve instead).
  *
  * Same contract and same three-kernel shape as estep.cu (read it first):
  *   A  tc_lse_kernel:   per tile of BM rows, logits against all K
@@ -66,11 +66,9 @@ __global__ void __launch_bounds__(256, 1) tc_lse_kernel(fgmmc_batch b)
         int m = e / (kw - 2 * D), j = 2 * D + e % (kw - 2 * D);
         Yh[(size_t)m * ys + j] = Yl[(size_t)m * ys + j] = __float2bfloat16_rn(0.f);
     }
-#ifndef FGMM_STAGE_SCALAR /* bench A/B only, as in estep_wgmma.cu */
     if (BM == 128 && stage_rows_x4_ok(b))
         stage_rows_x4<8, 16>(b, row0, b.n, Yh, Yl, ys);
     else
-#endif
         stage_rows(b, row0, b.n, BM, Yh, Yl, ys);
     __syncthreads();
     write_converted_rows(b, row0, BM, Yh, Yl, ys);
@@ -279,8 +277,8 @@ int fgmmc_tc_lse_rows(int kw)
 }
 
 template <int NT8, int PREC>
-static fgmmc_status launch_a(const fgmmc_batch *b, int blocks, int bm, cudaStream_t s,
-                             fgmmc_error *err)
+static fgmm_status launch_a(const fgmmc_batch *b, int blocks, int bm, cudaStream_t s,
+                             fgmm_error *err)
 {
     size_t smem = smem_a(bm, NT8 * 8, b->kw);
     FGMMC_CHECK(cudaFuncSetAttribute(tc_lse_kernel<NT8, PREC>,
@@ -288,12 +286,12 @@ static fgmmc_status launch_a(const fgmmc_batch *b, int blocks, int bm, cudaStrea
                 err);
     tc_lse_kernel<NT8, PREC><<<blocks, bm * 2, smem, s>>>(*b);
     FGMMC_CHECK_LAUNCH("tc_lse_kernel", err);
-    return FGMMC_OK;
+    return FGMM_OK;
 }
 
 template <int KW, int PREC>
-static fgmmc_status launch_b(const fgmmc_batch *b, const fgmmc_plan *plan, cudaStream_t s,
-                             fgmmc_error *err)
+static fgmm_status launch_b(const fgmmc_batch *b, const fgmmc_plan *plan, cudaStream_t s,
+                             fgmm_error *err)
 {
     size_t smem = smem_b(KW);
     FGMMC_CHECK(cudaFuncSetAttribute(tc_stats_kernel<KW, PREC>,
@@ -302,30 +300,31 @@ static fgmmc_status launch_b(const fgmmc_batch *b, const fgmmc_plan *plan, cudaS
     dim3 grid((unsigned)plan->slices, (unsigned)plan->splits);
     tc_stats_kernel<KW, PREC><<<grid, 256, smem, s>>>(*b, plan->rows_per_split);
     FGMMC_CHECK_LAUNCH("tc_stats_kernel", err);
-    return FGMMC_OK;
+    return FGMM_OK;
+}
+
+static fgmm_status check_batch(const fgmmc_batch *b, fgmm_error *err)
+{
+    if (b->kw != fgmmc_tc_kw(b->d) || b->kw == 0 || !b->wt_hi || !b->wt_lo)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "tc estep: d=%d kw=%d unsupported", b->d, b->kw);
+    return FGMM_OK;
+}
+
+fgmm_status fgmmc_tc_lse_launch(const fgmmc_batch *b, int blocks, int prec, cudaStream_t s,
+                                fgmm_error *err)
+{
+    if (b->n <= 0) return FGMM_OK;
+    fgmm_status st = check_batch(b, err);
+    if (st) return st;
+    const int bm = fgmmc_tc_lse_rows(b->kw);
+    return prec == 1 ? launch_a<TC_BN / 8, 1>(b, blocks, bm, s, err)
+                     : launch_a<TC_BN / 8, 3>(b, blocks, bm, s, err);
 }
 
 template <int PREC>
-static fgmmc_status launch_prec(const fgmmc_batch *b, const fgmmc_plan *plan, int parts,
-                                cudaStream_t s, fgmmc_error *err)
+static fgmm_status launch_b_prec(const fgmmc_batch *b, const fgmmc_plan *plan, cudaStream_t s,
+                                 fgmm_error *err)
 {
-    int bm = fgmmc_tc_lse_rows(b->kw);
-    if (b->wgmma && plan->fused && (parts & 3) == 3) return fgmmc_wgmma_fused_launch(b, plan, PREC, s, err);
-    if (parts & 1) {
-        fgmmc_status st;
-        if (b->wgmma) {
-            /* The plan was cut for bm-row tiles; both kernels A use 128. */
-            if ((int64_t)plan->lse_blocks * fgmmc_wgmma_lse_rows() < b->n)
-                return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "tc estep: plan of %d tiles of %d rows < n",
-                                  plan->lse_blocks, bm);
-            st = fgmmc_wgmma_lse_launch(b, plan->lse_blocks, PREC, s, err);
-        } else {
-            st = launch_a<TC_BN / 8, PREC>(b, plan->lse_blocks, bm, s, err);
-        }
-        if (st) return st;
-    }
-    if (!(parts & 2)) return FGMMC_OK;
-    if (b->wgmma) return fgmmc_wgmma_stats_launch(b, plan, PREC, s, err);
     switch (b->kw) {
     case 32: return launch_b<32, PREC>(b, plan, s, err);
     case 64: return launch_b<64, PREC>(b, plan, s, err);
@@ -333,23 +332,14 @@ static fgmmc_status launch_prec(const fgmmc_batch *b, const fgmmc_plan *plan, in
     case 192: return launch_b<192, PREC>(b, plan, s, err);
     case 256: return launch_b<256, PREC>(b, plan, s, err);
     }
-    return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "tc estep: no kernel for width %d", b->kw);
+    return fgmm_fail(err, FGMM_ERR_ARGUMENT, "tc estep: no kernel for width %d", b->kw);
 }
 
-fgmmc_status fgmmc_estep_tc_parts(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
-                                  int parts, cudaStream_t s, fgmmc_error *err)
+fgmm_status fgmmc_tc_stats_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
+                                  cudaStream_t s, fgmm_error *err)
 {
-    if (b->n <= 0) return FGMMC_OK;
-    if (b->kw != fgmmc_tc_kw(b->d) || b->kw == 0 || !b->wt_hi || !b->wt_lo)
-        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "tc estep: d=%d kw=%d unsupported", b->d, b->kw);
-    fgmmc_status st = prec == 1 ? launch_prec<1>(b, plan, parts, s, err)
-                                : launch_prec<3>(b, plan, parts, s, err);
-    if (st || !(parts & 4)) return st;
-    return fgmmc_estep_reduce_launch(b, plan, s, err);
-}
-
-fgmmc_status fgmmc_estep_tc_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
-                                   cudaStream_t s, fgmmc_error *err)
-{
-    return fgmmc_estep_tc_parts(b, plan, prec, 7, s, err);
+    if (b->n <= 0) return FGMM_OK;
+    fgmm_status st = check_batch(b, err);
+    if (st) return st;
+    return prec == 1 ? launch_b_prec<1>(b, plan, s, err) : launch_b_prec<3>(b, plan, s, err);
 }

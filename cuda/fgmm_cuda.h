@@ -12,7 +12,7 @@
  *   nk[k] = sum r_k,  sums[k*2D + j] = sum r_k y_j,
  *   sums[k*2D + D + j] = sum r_k y_j^2,  ll = sum logsumexp_k l_k.
  *
- * Errors: every call returns an fgmmc_status; on failure err->msg names the
+ * Errors: every call returns an fgmm_status; on failure err->msg names the
  * CUDA call and its message. There is no global state besides the CUDA
  * runtime's own.
  */
@@ -22,28 +22,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/status.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-typedef enum {
-    FGMMC_OK = 0,
-    FGMMC_ERR_NO_DEVICE,
-    FGMMC_ERR_CUDA,
-    FGMMC_ERR_ARGUMENT,
-    FGMMC_ERR_NO_MEMORY
-} fgmmc_status;
-
-typedef struct {
-    fgmmc_status code;
-    char msg[512];
-} fgmmc_error;
-
-/* Row element types; the values equal core's fgmm_dtype. */
-typedef enum { FGMMC_F32 = 0, FGMMC_F16 = 1, FGMMC_U8 = 2, FGMMC_I8 = 3 } fgmmc_dtype;
-
-/* Number of usable CUDA devices; 0 when there is no driver or device. */
-int fgmmc_device_count(void);
+/* Number of usable CUDA devices in *count. No driver or no device is not
+ * an error: *count = 0 and FGMM_OK. Any other failure of the CUDA runtime
+ * is FGMM_ERR_DEVICE with CUDA's message (*count = 0). */
+fgmm_status fgmmc_device_count(int *count, fgmm_error *err);
 
 /* Pinned (page-locked) host memory, which the GPU copies from
  * asynchronously: for the reader's ring of decoded chunks. NULL on failure
@@ -55,7 +43,7 @@ typedef struct fgmmc_context fgmmc_context;
 
 /* A context on one device: a stream, pinned staging buffers, device
  * buffers (grown on demand). */
-fgmmc_status fgmmc_create(int device, fgmmc_context **out, fgmmc_error *err);
+fgmm_status fgmmc_create(int device, fgmmc_context **out, fgmm_error *err);
 void fgmmc_free(fgmmc_context *ctx);
 /* One-line description: device name, SMs, memory. */
 const char *fgmmc_describe(const fgmmc_context *ctx);
@@ -82,25 +70,15 @@ typedef enum {
     FGMMC_PREC_FP32 = 2,
     FGMMC_PREC_FP64 = 3
 } fgmmc_precision;
-fgmmc_status fgmmc_set_precision(fgmmc_context *ctx, fgmmc_precision p, fgmmc_error *err);
+fgmm_status fgmmc_set_precision(fgmmc_context *ctx, fgmmc_precision p, fgmm_error *err);
 /* The kernels the current (or last) pass runs: "tensor cores, split bf16",
  * "tensor cores, bf16", "fp32 SIMT" or "float64 SIMT". */
 const char *fgmmc_path_name(const fgmmc_context *ctx);
 
-/* Which tensor-core kernel family later passes use: portable = 0 (the
- * default) takes Hopper's wgmma kernels when this binary has sm_90a code
- * and the GPU runs it, else the mma.sync kernels every sm_80+ GPU runs;
- * portable = 1 takes the mma.sync kernels always (to compare the two, and
- * so tests reach both on one GPU). Both compute the same function within
- * the precision mode's bound. Call between passes. */
-fgmmc_status fgmmc_set_portable_kernels(fgmmc_context *ctx, int portable, fgmmc_error *err);
-/* 1 when passes (of D <= 128, not fp32) run the wgmma kernels, else 0. */
-int fgmmc_uses_wgmma(const fgmmc_context *ctx);
-
 /* Start a pass: upload the E-step terms (w: 2D*K, c: K, shift: D) and zero
  * the statistics accumulators. */
-fgmmc_status fgmmc_begin_pass(fgmmc_context *ctx, int k, int d, const double *w,
-                              const double *c, const double *shift, fgmmc_error *err);
+fgmm_status fgmmc_begin_pass(fgmmc_context *ctx, int k, int d, const double *w,
+                              const double *c, const double *shift, fgmm_error *err);
 
 /* Fold n rows into the statistics. rows is host memory (any, pageable or
  * pinned), row i at (const char*)rows + i*row_stride, d values of dtype.
@@ -113,15 +91,15 @@ fgmmc_status fgmmc_begin_pass(fgmmc_context *ctx, int k, int d, const double *w,
  * log-likelihood, but only by the time fgmmc_ll_completed counts this
  * call, or after fgmmc_sync or fgmmc_end_pass: it must stay valid until
  * then. */
-fgmmc_status fgmmc_accumulate(fgmmc_context *ctx, const void *rows, size_t row_stride,
-                              int64_t n, fgmmc_dtype dtype, float *per_row_ll,
-                              fgmmc_error *err);
+fgmm_status fgmmc_accumulate(fgmmc_context *ctx, const void *rows, size_t row_stride,
+                              int64_t n, fgmm_dtype dtype, float *per_row_ll,
+                              fgmm_error *err);
 
 /* fgmmc_begin_pass for scoring: the pass computes only the rows'
  * log-likelihoods (per_row_ll and the sum), with the log-sum-exp kernel
  * alone; fgmmc_end_pass returns zero statistics. */
-fgmmc_status fgmmc_begin_ll_pass(fgmmc_context *ctx, int k, int d, const double *w,
-                                 const double *c, const double *shift, fgmmc_error *err);
+fgmm_status fgmmc_begin_ll_pass(fgmmc_context *ctx, int k, int d, const double *w,
+                                 const double *c, const double *shift, fgmm_error *err);
 
 /* Rows kept on the device. With a budget of `bytes` (0: off),
  * the data of a pass declared with fgmmc_pass_data is copied to the device
@@ -129,7 +107,7 @@ fgmmc_status fgmmc_begin_ll_pass(fgmmc_context *ctx, int k, int d, const double 
  * data read that copy: no host-to-device traffic at all. Lowering the
  * budget below the copy's size frees it. Default: half of the device
  * memory free when the context was created. */
-fgmmc_status fgmmc_set_cache_budget(fgmmc_context *ctx, size_t bytes, fgmmc_error *err);
+fgmm_status fgmmc_set_cache_budget(fgmmc_context *ctx, size_t bytes, fgmm_error *err);
 
 /* After fgmmc_begin_pass: the pass covers rows 0..n_rows-1 of the data
  * named key (any value the caller keeps unique per dataset; 0: unnamed,
@@ -139,14 +117,14 @@ fgmmc_status fgmmc_set_cache_budget(fgmmc_context *ctx, size_t bytes, fgmmc_erro
  * fills the copy, provided its rows arrive in order (fgmmc_accumulate_at
  * with consecutive first_row); the copy counts as complete once a pass
  * that filled it ends. */
-fgmmc_status fgmmc_pass_data(fgmmc_context *ctx, uint64_t key, int64_t n_rows, fgmmc_dtype dtype,
-                             int *cached, fgmmc_error *err);
+fgmm_status fgmmc_pass_data(fgmmc_context *ctx, uint64_t key, int64_t n_rows, fgmm_dtype dtype,
+                             int *cached, fgmm_error *err);
 
 /* fgmmc_accumulate for rows first_row..first_row+n-1 of the pass's data
  * (see fgmmc_pass_data); first_row = -1: rows of no declared data. */
-fgmmc_status fgmmc_accumulate_at(fgmmc_context *ctx, int64_t first_row, const void *rows,
-                                 size_t row_stride, int64_t n, fgmmc_dtype dtype,
-                                 float *per_row_ll, fgmmc_error *err);
+fgmm_status fgmmc_accumulate_at(fgmmc_context *ctx, int64_t first_row, const void *rows,
+                                 size_t row_stride, int64_t n, fgmm_dtype dtype,
+                                 float *per_row_ll, fgmm_error *err);
 
 /* Top-m assignment with the current pass's terms (fgmmc_begin_pass; no
  * statistics are touched): for each of n rows, the m (0..32) components of
@@ -155,9 +133,9 @@ fgmmc_status fgmmc_accumulate_at(fgmmc_context *ctx, int64_t first_row, const vo
  * log-likelihood in ll (n). Logits in fp32 (the SIMT kernels' accuracy).
  * With k-means terms (w = centres, c = -|centre|^2/2) and m = 1 it is the
  * nearest-centre step of k-means. Synchronous; all pointers are host. */
-fgmmc_status fgmmc_assign(fgmmc_context *ctx, const void *rows, size_t row_stride, int64_t n,
-                          fgmmc_dtype dtype, int m, int *idx, float *resp, float *ll,
-                          fgmmc_error *err);
+fgmm_status fgmmc_assign(fgmmc_context *ctx, const void *rows, size_t row_stride, int64_t n,
+                          fgmm_dtype dtype, int m, int *idx, float *resp, float *ll,
+                          fgmm_error *err);
 
 /* How many fgmmc_accumulate(_at) calls so far have delivered their
  * per_row_ll (calls are numbered 1, 2, ... over the context's life; those
@@ -165,7 +143,7 @@ fgmmc_status fgmmc_assign(fgmmc_context *ctx, const void *rows, size_t row_strid
  * block. */
 uint64_t fgmmc_ll_completed(fgmmc_context *ctx);
 /* Waits until every call's per_row_ll is delivered. */
-fgmmc_status fgmmc_sync(fgmmc_context *ctx, fgmmc_error *err);
+fgmm_status fgmmc_sync(fgmmc_context *ctx, fgmm_error *err);
 
 /* Greedy k-means++ seeding on the device (kmeans.cu). The caller runs the
  * loop and the random draws; the device holds the rows and each row's
@@ -182,19 +160,19 @@ fgmmc_status fgmmc_sync(fgmmc_context *ctx, fgmmc_error *err);
  *   fgmmc_pp_commit      d2 = min(d2, distance to candidate `best` of the
  *                        last fgmmc_pp_potentials); queued, not waited for.
  * The others return their results; the same inputs give the same bits. */
-fgmmc_status fgmmc_pp_begin(fgmmc_context *ctx, const float *x, int64_t s, int d,
-                            const double *shift, fgmmc_error *err);
-fgmmc_status fgmmc_pp_total(fgmmc_context *ctx, double *total, fgmmc_error *err);
-fgmmc_status fgmmc_pp_pick(fgmmc_context *ctx, const double *thresh, int l_count, int64_t *rows,
-                           fgmmc_error *err);
-fgmmc_status fgmmc_pp_potentials(fgmmc_context *ctx, const float *cand, int l_count, double *pot,
-                                 fgmmc_error *err);
-fgmmc_status fgmmc_pp_commit(fgmmc_context *ctx, int l_count, int best, fgmmc_error *err);
+fgmm_status fgmmc_pp_begin(fgmmc_context *ctx, const float *x, int64_t s, int d,
+                            const double *shift, fgmm_error *err);
+fgmm_status fgmmc_pp_total(fgmmc_context *ctx, double *total, fgmm_error *err);
+fgmm_status fgmmc_pp_pick(fgmmc_context *ctx, const double *thresh, int l_count, int64_t *rows,
+                           fgmm_error *err);
+fgmm_status fgmmc_pp_potentials(fgmmc_context *ctx, const float *cand, int l_count, double *pot,
+                                 fgmm_error *err);
+fgmm_status fgmmc_pp_commit(fgmmc_context *ctx, int l_count, int best, fgmm_error *err);
 
 /* Finish the pass: nk (K), sums (K*2D), *ll_sum, summed over all rows since
  * fgmmc_begin_pass in a fixed order (same input, same bits). */
-fgmmc_status fgmmc_end_pass(fgmmc_context *ctx, double *nk, double *sums, double *ll_sum,
-                            fgmmc_error *err);
+fgmm_status fgmmc_end_pass(fgmmc_context *ctx, double *nk, double *sums, double *ll_sum,
+                            fgmm_error *err);
 
 #ifdef __cplusplus
 }

@@ -1,7 +1,8 @@
 /*
  * internal.h - declarations shared by cuda/'s translation units: the error
- * macro and the E-step's plan/launch interface between the host
- * orchestration (context.cu) and the kernels (estep.cu). Not installed.
+ * macros, the batch and plan every kernel family takes, the device helpers
+ * the kernels share, and each family's launchers, which only the selector
+ * (select.cu) calls. Not installed.
  */
 #ifndef FGMM_CUDA_INTERNAL_H
 #define FGMM_CUDA_INTERNAL_H
@@ -16,14 +17,14 @@
  * row tile [TM x D] in shared memory. */
 #define FGMMC_MAX_D 1024
 
-/* Sets err and returns FGMMC_ERR_CUDA from the calling function when a CUDA
+/* Sets err and returns FGMM_ERR_DEVICE from the calling function when a CUDA
  * runtime call fails; the message names the call as written, CUDA's own
  * description and where. */
 #define FGMMC_CHECK(call, err)                                                         \
     do {                                                                               \
         cudaError_t fgmmc_e_ = (call);                                                 \
         if (fgmmc_e_ != cudaSuccess)                                                   \
-            return fgmmc_fail((err), FGMMC_ERR_CUDA, "%s failed: %s (%s:%d)", #call,    \
+            return fgmm_fail((err), FGMM_ERR_DEVICE, "%s failed: %s (%s:%d)", #call,    \
                               cudaGetErrorString(fgmmc_e_), __FILE__, __LINE__);       \
     } while (0)
 
@@ -32,16 +33,9 @@
     do {                                                                               \
         cudaError_t fgmmc_e_ = cudaGetLastError();                                     \
         if (fgmmc_e_ != cudaSuccess)                                                   \
-            return fgmmc_fail((err), FGMMC_ERR_CUDA, "launch of %s failed: %s (%s:%d)", \
+            return fgmm_fail((err), FGMM_ERR_DEVICE, "launch of %s failed: %s (%s:%d)", \
                               (name), cudaGetErrorString(fgmmc_e_), __FILE__, __LINE__); \
     } while (0)
-
-/* Fills err (may be NULL) printf-style and returns code. */
-fgmmc_status fgmmc_fail(fgmmc_error *err, fgmmc_status code, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 3, 4)))
-#endif
-    ;
 
 /* How one batch of n rows is cut up on the device. Computed by
  * fgmmc_estep_plan from (k, d, n) only, so the same input always gets the
@@ -55,7 +49,7 @@ typedef struct {
     size_t partial_elems; /* splits * k * (2d+1) doubles */
     /* Hopper, K <= 16 * 64: kernels A and B fused into one kernel whose
      * CTAs, one per slice, form a cluster and exchange each row's
-     * log-sum-exp (estep_wgmma.cu). Set by fgmmc_wgmma_fused_plan. */
+     * log-sum-exp (wgmma_fused.cu). Set by fgmmc_wgmma_fused_plan. */
     int fused;
 } fgmmc_plan;
 
@@ -63,7 +57,7 @@ typedef struct {
 typedef struct {
     int k, d;
     int64_t n;            /* rows in x, packed: row i at x + i*d*elem */
-    fgmmc_dtype dtype;
+    fgmm_dtype dtype;
     const void *x;
     const float *w;       /* 2D x K, row-major, scaled by log2(e) */
     const float *c;       /* K, scaled by log2(e) */
@@ -73,8 +67,6 @@ typedef struct {
     const void *wt_tiles; /* wgmma kernel A: W^T in 64-component tiles, each hi then
                            * lo in wg_load_w's shared-memory order (fgmmc_tile_wt) */
     int kw;               /* tensor-core path: 2D rounded up to a kernel width */
-    int wgmma;            /* tensor-core path: kernel A from estep_wgmma.cu (sm_90a) */
-    int stats_rows;       /* Hopper kernel B's row tile: 64 (0: the default) or 32 (bench A/B) */
     void *yg_hi, *yg_lo;  /* tensor-core path: n x (kw+16) bf16 [y, y^2, 0.., 1, 0..] split,
                            * written by kernel A, read by B (converted once, not per slice) */
     float *lse2;          /* n: row log-sum-exp in log2 units (kernel B input) */
@@ -104,9 +96,9 @@ static __device__ __forceinline__ float load_y(const void *x, int dtype, size_t 
 {
     float v;
     switch (dtype) {
-    case FGMMC_F32: v = __ldg((const float *)x + idx); break;
-    case FGMMC_F16: v = __half2float(__ushort_as_half(__ldg((const unsigned short *)x + idx))); break;
-    case FGMMC_U8: v = (float)__ldg((const unsigned char *)x + idx); break;
+    case FGMM_F32: v = __ldg((const float *)x + idx); break;
+    case FGMM_F16: v = __half2float(__ushort_as_half(__ldg((const unsigned short *)x + idx))); break;
+    case FGMM_U8: v = (float)__ldg((const unsigned char *)x + idx); break;
     default: v = (float)__ldg((const signed char *)x + idx); break;
     }
     return __fsub_rn(v, shift);
@@ -246,42 +238,43 @@ __device__ __forceinline__ void simt_online_lse(float (&mrun)[4], float (&srun)[
 }
 #endif
 
-/* W^T (k x 2d floats taken from w, 2d x k row-major) as hi + lo bf16
- * halves of kpad x kw each (kpad = k rounded up to 64), zero-padded: the
- * tensor-core kernels' B operand. hi and lo are host arrays; passes make
- * theirs on the device (fgmmc_split_wt_launch), and this is the reference
- * the tests and estep_bench use. */
-void fgmmc_split_wt(const float *w, int k, int d, int kw, void *hi, void *lo);
-/* hi and lo (fgmmc_split_wt) rearranged for whole-tile copies: per tile of
- * 64 components, 64 x kw of hi then of lo, each in the core-matrix order
- * wgmma reads (estep_wgmma.cu), and two zero tiles past the last, which
- * the pipeline may fetch. fgmmc_tile_wt_elems(k, kw) bf16 values. */
+/* ------------------------------------------------- operands (operands.cu) */
+
+/* bf16 values of W^T in whole 64-component tiles, each hi then lo in the
+ * core-matrix order wgmma reads (wgmma_lse.cu), plus two zero tiles past
+ * the last, which the pipeline may fetch. */
 size_t fgmmc_tile_wt_elems(int k, int kw);
-void fgmmc_tile_wt(const void *hi, const void *lo, int k, int kw, void *tiles);
-/* Both on the device (operands.cu), with the host versions' bits: d_w is
- * the fp32 w (2d x k) in device memory; d_hi and d_lo receive
- * fgmmc_split_wt's arrays and, when d_tiles is not NULL, d_tiles
- * fgmmc_tile_wt's. kw a multiple of 8. Queued on stream. */
-fgmmc_status fgmmc_split_wt_launch(const float *d_w, int k, int d, int kw, void *d_hi, void *d_lo,
-                                   void *d_tiles, cudaStream_t stream, fgmmc_error *err);
+/* From the fp32 w (2d x k, device memory): W^T split into hi + lo bf16
+ * halves of kpad x kw each (kpad = k rounded up to 64, zero-padded), the
+ * tensor-core kernels' B operand, and, when d_tiles is not NULL, the same
+ * in fgmmc_tile_wt_elems(k, kw) tiled values. kw a multiple of 8. Queued
+ * on stream. */
+fgmm_status fgmmc_split_wt_launch(const float *d_w, int k, int d, int kw, void *d_hi, void *d_lo,
+                                  void *d_tiles, cudaStream_t stream, fgmm_error *err);
 
 /* Element size of a dtype in bytes; 0 for an unknown dtype. */
-size_t fgmmc_dtype_size(fgmmc_dtype t);
+size_t fgmmc_dtype_size(fgmm_dtype t);
+
+/* ------------------------------------------------- fp32 SIMT (estep.cu) */
 
 /* Decomposition for n (> 0) rows; sm_count sizes the grid of kernel B. */
 void fgmmc_estep_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *plan);
 
 /* Enqueues kernels A (log-sum-exp), B (statistics), C (fixed-order
  * reduction into acc) on stream. Checks each launch. */
-fgmmc_status fgmmc_estep_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
-                                cudaStream_t stream, fgmmc_error *err);
+fgmm_status fgmmc_estep_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
+                               cudaStream_t stream, fgmm_error *err);
 
 /* Log-likelihoods only (scoring): kernel A, then the fixed-order sum of
  * its per-tile sums into acc's last element; the statistics stay zero. */
-fgmmc_status fgmmc_lse_launch(const fgmmc_batch *b, const fgmmc_plan *plan, cudaStream_t stream,
-                              fgmmc_error *err);
-fgmmc_status fgmmc_ll_reduce_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
-                                    cudaStream_t stream, fgmmc_error *err);
+fgmm_status fgmmc_lse_launch(const fgmmc_batch *b, const fgmmc_plan *plan, cudaStream_t stream,
+                             fgmm_error *err);
+fgmm_status fgmmc_ll_reduce_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
+                                   cudaStream_t stream, fgmm_error *err);
+
+/* The reductions (kernel C) alone, for the tensor-core families. */
+fgmm_status fgmmc_estep_reduce_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
+                                      cudaStream_t stream, fgmm_error *err);
 
 /* ------------------------------------------------- top-m assignment */
 
@@ -289,8 +282,8 @@ fgmmc_status fgmmc_ll_reduce_launch(const fgmmc_batch *b, const fgmmc_plan *plan
 #define FGMMC_MAX_TOPM 32
 /* Enqueues the top-m kernel on b's rows (uses b->x, w, c, shift, k, d, n;
  * writes b->ll, and n x m indices and responsibilities). */
-fgmmc_status fgmmc_topm_launch(const fgmmc_batch *b, int m, int *out_idx, float *out_resp,
-                               cudaStream_t stream, fgmmc_error *err);
+fgmm_status fgmmc_topm_launch(const fgmmc_batch *b, int m, int *out_idx, float *out_resp,
+                              cudaStream_t stream, fgmm_error *err);
 
 /* ------------------------------------------------- k-means++ seeding */
 
@@ -298,65 +291,71 @@ fgmmc_status fgmmc_topm_launch(const fgmmc_batch *b, int m, int *out_idx, float 
 #define FGMMC_PP_MAX_L 16   /* candidates per step */
 int fgmmc_pp_blocks(int64_t s);
 size_t fgmmc_pp_pot_part_elems(int l_count);
-fgmmc_status fgmmc_pp_block_sums_launch(const double *d2, int64_t s, double *block_sums,
-                                        cudaStream_t st, fgmmc_error *err);
-fgmmc_status fgmmc_pp_pick_launch(const double *d2, int64_t s, const double *prefix,
-                                  const double *thresh, int l_count, int64_t *pick,
-                                  cudaStream_t st, fgmmc_error *err);
-fgmmc_status fgmmc_pp_dist_launch(const float *x, int64_t s, int d, const float *cand, int l_count,
-                                  const double *d2, float *dist, double *pot_part, double *pot,
-                                  cudaStream_t st, fgmmc_error *err);
-fgmmc_status fgmmc_pp_commit_launch(double *d2, const float *dist, int64_t s, int l_count, int best,
-                                    cudaStream_t st, fgmmc_error *err);
+fgmm_status fgmmc_pp_block_sums_launch(const double *d2, int64_t s, double *block_sums,
+                                       cudaStream_t st, fgmm_error *err);
+fgmm_status fgmmc_pp_pick_launch(const double *d2, int64_t s, const double *prefix,
+                                 const double *thresh, int l_count, int64_t *pick,
+                                 cudaStream_t st, fgmm_error *err);
+fgmm_status fgmmc_pp_dist_launch(const float *x, int64_t s, int d, const float *cand, int l_count,
+                                 const double *d2, float *dist, double *pot_part, double *pot,
+                                 cudaStream_t st, fgmm_error *err);
+fgmm_status fgmmc_pp_commit_launch(double *d2, const float *dist, int64_t s, int l_count, int best,
+                                   cudaStream_t st, fgmm_error *err);
 
-/* ------------------------------------------------- tensor-core path */
+/* ------------------------------------- tensor cores, mma.sync (estep_tc.cu) */
 
 /* The column width (2D rounded up) the tensor-core kernels use for d, or 0
- * when d is too large for them (the SIMT kernels of estep.cu serve). */
+ * when d is too large for them (the wide family serves). */
 int fgmmc_tc_kw(int d);
-/* Rows per block of the tensor-core log-sum-exp kernel for width kw. */
+/* Rows per block of the mma.sync log-sum-exp kernel for width kw. */
 int fgmmc_tc_lse_rows(int kw);
-/* Plan for the tensor-core kernels (64-component slices, 64-row tiles). */
+/* Plan for the tensor-core kernels (64-component slices, 64-row tiles);
+ * both the mma.sync and the wgmma kernels take it (estep.cu). */
 void fgmmc_estep_tc_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *plan);
-/* Enqueues the tensor-core kernels A and B (prec 3: split bf16, 1: plain
- * bf16), then the reductions of estep.cu. */
-fgmmc_status fgmmc_estep_tc_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
-                                   cudaStream_t stream, fgmmc_error *err);
-/* The same, for timing: parts is a mask of 1 (kernel A), 2 (B), 4 (C). */
-fgmmc_status fgmmc_estep_tc_parts(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
-                                  int parts, cudaStream_t stream, fgmmc_error *err);
+/* Kernel A (log-sum-exp) alone over `blocks` tiles of
+ * fgmmc_tc_lse_rows(b->kw) rows; prec 3: split bf16, 1: plain bf16. */
+fgmm_status fgmmc_tc_lse_launch(const fgmmc_batch *b, int blocks, int prec, cudaStream_t stream,
+                                fgmm_error *err);
+/* Kernel B (statistics) alone, on the rows kernel A converted. */
+fgmm_status fgmmc_tc_stats_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
+                                  cudaStream_t stream, fgmm_error *err);
+
+/* ---------------------------- tensor cores, Hopper's wgmma (wgmma_*.cu) */
+
 /* Sets *usable to 1 when this binary's code for the current device has the
- * Hopper kernels of estep_wgmma.cu (sm_90a), else 0. Runs a one-thread
- * kernel: call once per device, not per batch. */
-fgmmc_status fgmmc_wgmma_usable(int *usable, fgmmc_error *err);
+ * Hopper kernels (sm_90a), else 0. Runs a one-thread kernel: call once per
+ * device, not per batch. */
+fgmm_status fgmmc_wgmma_usable(int *usable, fgmm_error *err);
 /* Rows per block of the Hopper log-sum-exp kernel (fgmmc_tc_lse_rows for
  * the mma.sync one): the plan's lse_blocks must cover n with either. */
 int fgmmc_wgmma_lse_rows(void);
-/* Enqueues the Hopper kernel A alone (prec 3 or 1) over `blocks` tiles. */
-fgmmc_status fgmmc_wgmma_lse_launch(const fgmmc_batch *b, int blocks, int prec, cudaStream_t stream,
-                                    fgmmc_error *err);
-/* Enqueues the Hopper kernel B (statistics) for a plan of 32-row tiles; its
- * rows come from the Hopper kernel A (their layout differs). */
+/* The Hopper kernel A alone (prec 3 or 1) over `blocks` tiles. */
+fgmm_status fgmmc_wgmma_lse_launch(const fgmmc_batch *b, int blocks, int prec, cudaStream_t stream,
+                                   fgmm_error *err);
+/* The Hopper kernel B (statistics, 64-row tiles); its rows come from the
+ * Hopper kernel A (their layout differs from the mma.sync one's). */
+fgmm_status fgmmc_wgmma_stats_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
+                                     cudaStream_t stream, fgmm_error *err);
 /* Turns a tensor-core plan into the fused kernel's for n rows (rows per
  * split a multiple of 128, one wave of clusters) when k needs at most
  * max_slices 64-component slices (at most 16) and this GPU can run it for
  * (k, kw, prec); otherwise leaves the plan as it is. */
-fgmmc_status fgmmc_wgmma_fused_plan(int k, int d, int kw, int prec, int64_t n, int max_slices,
-                                    fgmmc_plan *plan, fgmmc_error *err);
-/* The most slices for which the context uses the fused kernel. Measured on
- * the H100 (BENCHMARKS.md, fifth session), N = 1M, D = 128: K = 64 fused
- * 1.27 ms against 1.72 for kernels A + B, K = 128 2.00 against 2.08; from
- * K = 192 (clusters of 3) on the exchange costs more than kernel A saves
- * (K = 192: 3.04 against 2.86; K = 1024: 14.2 against 11.1). */
+fgmm_status fgmmc_wgmma_fused_plan(int k, int d, int kw, int prec, int64_t n, int max_slices,
+                                   fgmmc_plan *plan, fgmm_error *err);
+/* The most slices for which the selector uses the fused kernel. Measured
+ * on the H100 (BENCHMARKS.md, fifth session), N = 1M, D = 128: K = 64
+ * fused 1.27 ms against 1.72 for kernels A + B, K = 128 2.00 against 2.08;
+ * from K = 192 (clusters of 3) on the exchange costs more than kernel A
+ * saves (K = 192: 3.04 against 2.86; K = 1024: 14.2 against 11.1). */
 #define FGMMC_FUSED_MAX_SLICES 2
-fgmmc_status fgmmc_wgmma_fused_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
-                                      cudaStream_t stream, fgmmc_error *err);
-fgmmc_status fgmmc_wgmma_stats_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
-                                      cudaStream_t stream, fgmmc_error *err);
-/* ---------------------------------------------- wide tensor-core path */
+/* The row conversion, then the fused kernels A + B, for a fused plan. */
+fgmm_status fgmmc_wgmma_fused_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
+                                     cudaStream_t stream, fgmm_error *err);
 
-/* D > 128 (fgmmc_tc_kw(d) == 0) on tensor cores, estep_wide.cu. Row width
- * of the converted rows [y, y^2, 1, 0..] (the batch's kw on this path). */
+/* ---------------------------------- wide tensor-core path (estep_wide.cu) */
+
+/* D > 128 (fgmmc_tc_kw(d) == 0) on tensor cores. Row width of the
+ * converted rows [y, y^2, 1, 0..] (the batch's kw on this path). */
 int fgmmc_wide_yw(int d);
 /* Row stride of the sub-chunk's logits and responsibilities. */
 int fgmmc_wide_ls(int k);
@@ -366,10 +365,11 @@ int64_t fgmmc_wide_sub_rows(int k, int d);
 void fgmmc_estep_wide_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *plan);
 /* Enqueues the wide E-step (prec 3 split bf16, 1 plain bf16) and kernel C;
  * with ll_only, the log-likelihoods and their sum only. wt_hi/wt_lo: W^T
- * as fgmmc_split_wt makes it for kw = fgmmc_wide_yw(d). */
-fgmmc_status fgmmc_estep_wide_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
-                                     int ll_only, cudaStream_t stream, fgmmc_error *err);
-/* ------------------------------------------------- float64 SIMT path */
+ * split as fgmmc_split_wt_launch makes it for kw = fgmmc_wide_yw(d). */
+fgmm_status fgmmc_estep_wide_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
+                                    int ll_only, cudaStream_t stream, fgmm_error *err);
+
+/* ------------------------------------- float64 SIMT path (estep_f64.cu) */
 
 /* Row width of its converted rows and of W: 2d + 1. */
 int fgmmc_f64_yw(int d);
@@ -377,25 +377,61 @@ int fgmmc_f64_yw(int d);
  * batch's if fewer); a multiple of 64. */
 int64_t fgmmc_f64_sub_rows(int k, int d);
 /* W = [w1 | w2 | c] (k x (2d+1)) from w (2d x k) and c, on the device. */
-fgmmc_status fgmmc_f64_w_launch(const double *d_w, const double *d_c, int k, int d, double *d_wt,
-                                cudaStream_t s, fgmmc_error *err);
+fgmm_status fgmmc_f64_w_launch(const double *d_w, const double *d_c, int k, int d, double *d_wt,
+                               cudaStream_t s, fgmm_error *err);
 void fgmmc_estep_f64_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *plan);
 /* Enqueues the float64 E-step and kernel C; with ll_only, the
  * log-likelihoods and their sum only. */
-fgmmc_status fgmmc_estep_f64_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int ll_only,
-                                    cudaStream_t s, fgmmc_error *err);
+fgmm_status fgmmc_estep_f64_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int ll_only,
+                                   cudaStream_t s, fgmm_error *err);
 /* The top-m assignment (as fgmmc_topm_launch) from float64 logits. */
-fgmmc_status fgmmc_topm_f64_launch(const fgmmc_batch *b, int m, int *out_idx, float *out_resp,
-                                   cudaStream_t s, fgmmc_error *err);
+fgmm_status fgmmc_topm_f64_launch(const fgmmc_batch *b, int m, int *out_idx, float *out_resp,
+                                  cudaStream_t s, fgmm_error *err);
 
-/* The same by parts, for timing: a mask of 1 (rows), 2 (logits), 4
- * (normalisation), 8 (statistics), 16 (kernel C), and FGMMC_WIDE_LL_ONLY. */
-#define FGMMC_WIDE_LL_ONLY 32
-fgmmc_status fgmmc_estep_wide_parts(const fgmmc_batch *b, const fgmmc_plan *plan, int prec,
-                                    int parts, cudaStream_t stream, fgmmc_error *err);
+/* ------------------------------------------------- the selector (select.cu) */
 
-/* The reductions (kernel C) alone, for the tensor-core path. */
-fgmmc_status fgmmc_estep_reduce_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
-                                       cudaStream_t stream, fgmmc_error *err);
+/* The kernel families. Every choice among them is made in select.cu. */
+typedef enum {
+    FGMMC_FAMILY_SIMT = 0, /* fp32 SIMT (estep.cu, assign.cu) */
+    FGMMC_FAMILY_MMA,      /* bf16 mma.sync, 2D <= 256 (estep_tc.cu), sm_80+ */
+    FGMMC_FAMILY_WGMMA,    /* bf16 wgmma, 2D <= 256 (wgmma_*.cu), sm_90a */
+    FGMMC_FAMILY_WIDE,     /* bf16 mma.sync GEMMs, 2D > 256 (estep_wide.cu) */
+    FGMMC_FAMILY_F64       /* float64 SIMT (estep_f64.cu) */
+} fgmmc_family;
+
+/* What a pass runs: the family, its products (3: split bf16, 1: plain
+ * bf16; tensor-core families only) and the batch's kw (tensor-core
+ * families: the converted rows' width; 0 otherwise). */
+typedef struct {
+    fgmmc_family family;
+    int prec;
+    int kw;
+} fgmmc_choice;
+
+/* The choice for a device of compute capability cc_major, whose binary
+ * code has the wgmma kernels (wgmma_usable; portable = 1 declines them),
+ * for rows of d values in precision mode p. */
+fgmmc_choice fgmmc_select(int cc_major, int wgmma_usable, int portable, fgmmc_precision p, int d);
+/* Whether the choice's family runs on tensor cores (needs W^T split). */
+int fgmmc_choice_tc(const fgmmc_choice *c);
+/* The plan for a batch of n rows. ll_only: a scoring pass (kernel A
+ * alone, so never the fused kernel); the fused kernel is used up to
+ * max_fused_slices 64-component slices (FGMMC_FUSED_MAX_SLICES). */
+fgmm_status fgmmc_select_plan(const fgmmc_choice *c, int k, int d, int64_t n, int sm_count,
+                              int ll_only, int max_fused_slices, fgmmc_plan *plan,
+                              fgmm_error *err);
+/* Enqueues the E-step of the choice's family on b (with ll_only, the
+ * log-likelihoods and their sum only) on stream. */
+fgmm_status fgmmc_select_launch(const fgmmc_choice *c, const fgmmc_batch *b,
+                                const fgmmc_plan *plan, int ll_only, cudaStream_t stream,
+                                fgmm_error *err);
+/* Enqueues the top-m assignment: float64 logits for FGMMC_FAMILY_F64, fp32
+ * SIMT otherwise. */
+fgmm_status fgmmc_select_topm_launch(const fgmmc_choice *c, const fgmmc_batch *b, int m,
+                                     int *out_idx, float *out_resp, cudaStream_t stream,
+                                     fgmm_error *err);
+/* "tensor cores, split bf16", "tensor cores, bf16", "fp32 SIMT" or
+ * "float64 SIMT". */
+const char *fgmmc_choice_name(const fgmmc_choice *c);
 
 #endif /* FGMM_CUDA_INTERNAL_H */

@@ -153,29 +153,29 @@ __global__ void pp_commit_kernel(double *d2, const float *dist, int64_t s, int l
 
 int fgmmc_pp_blocks(int64_t s) { return (int)((s + FGMMC_PP_BLOCK - 1) / FGMMC_PP_BLOCK); }
 
-fgmmc_status fgmmc_pp_block_sums_launch(const double *d2, int64_t s, double *block_sums,
-                                        cudaStream_t st, fgmmc_error *err)
+fgmm_status fgmmc_pp_block_sums_launch(const double *d2, int64_t s, double *block_sums,
+                                        cudaStream_t st, fgmm_error *err)
 {
     pp_block_sums_kernel<<<fgmmc_pp_blocks(s), PP_NT, 0, st>>>(d2, s, block_sums);
     FGMMC_CHECK_LAUNCH("pp_block_sums_kernel", err);
-    return FGMMC_OK;
+    return FGMM_OK;
 }
 
-fgmmc_status fgmmc_pp_pick_launch(const double *d2, int64_t s, const double *prefix,
+fgmm_status fgmmc_pp_pick_launch(const double *d2, int64_t s, const double *prefix,
                                   const double *thresh, int l_count, int64_t *pick,
-                                  cudaStream_t st, fgmmc_error *err)
+                                  cudaStream_t st, fgmm_error *err)
 {
     pp_pick_kernel<<<1, 32, 0, st>>>(d2, s, prefix, fgmmc_pp_blocks(s), thresh, l_count, pick);
     FGMMC_CHECK_LAUNCH("pp_pick_kernel", err);
-    return FGMMC_OK;
+    return FGMM_OK;
 }
 
-fgmmc_status fgmmc_pp_dist_launch(const float *x, int64_t s, int d, const float *cand, int l_count,
+fgmm_status fgmmc_pp_dist_launch(const float *x, int64_t s, int d, const float *cand, int l_count,
                                   const double *d2, float *dist, double *pot_part, double *pot,
-                                  cudaStream_t st, fgmmc_error *err)
+                                  cudaStream_t st, fgmm_error *err)
 {
     if (l_count < 1 || l_count > FGMMC_PP_MAX_L)
-        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "k-means++: %d candidates, must be 1..%d",
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "k-means++: %d candidates, must be 1..%d",
                           l_count, FGMMC_PP_MAX_L);
     size_t smem = (size_t)l_count * d * sizeof(float);
     FGMMC_CHECK(cudaFuncSetAttribute(pp_dist_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -185,16 +185,16 @@ fgmmc_status fgmmc_pp_dist_launch(const float *x, int64_t s, int d, const float 
     FGMMC_CHECK_LAUNCH("pp_dist_kernel", err);
     pp_pot_kernel<<<1, 32, 0, st>>>(pot_part, PP_GRID, l_count, pot);
     FGMMC_CHECK_LAUNCH("pp_pot_kernel", err);
-    return FGMMC_OK;
+    return FGMM_OK;
 }
 
 size_t fgmmc_pp_pot_part_elems(int l_count) { return (size_t)PP_GRID * l_count; }
 
-fgmmc_status fgmmc_pp_commit_launch(double *d2, const float *dist, int64_t s, int l_count, int best,
-                                    cudaStream_t st, fgmmc_error *err)
+fgmm_status fgmmc_pp_commit_launch(double *d2, const float *dist, int64_t s, int l_count, int best,
+                                    cudaStream_t st, fgmm_error *err)
 {
     pp_commit_kernel<<<(unsigned)((s + PP_NT - 1) / PP_NT), PP_NT, 0, st>>>(d2, dist, s, l_count,
                                                                            best);
     FGMMC_CHECK_LAUNCH("pp_commit_kernel", err);
-    return FGMMC_OK;
+    return FGMM_OK;
 }

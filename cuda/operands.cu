@@ -4,13 +4,12 @@
  * (every family's B operand), and its copy in whole 64-component tiles
  * (the Hopper kernel A's bulk copies).
  *
- * Why on the device: the host versions (fgmmc_split_wt, fgmmc_tile_wt in
- * context.cu, kept as the reference the GPU tests compare against) read w
- * column-wise and ran serially before every pass, 1 ms at K = 1024, D = 128
- * and 9 ms at D = 768 on the VM, plus synchronous copies of the results;
- * the GPU does both in microseconds, on the pass's stream, in order with
- * the upload before and the kernels after. The bits are the host's: the
- * same round-to-nearest conversions of the same floats.
+ * Why on the device: on the host, reading w column-wise, both ran
+ * serially before every pass, 1 ms at K = 1024, D = 128 and 9 ms at
+ * D = 768, plus synchronous copies of the results; the GPU does both in
+ * microseconds, on the pass's stream, in order with the upload before and
+ * the kernels after. Every value is one round-to-nearest conversion of the
+ * fp32 term (hi) or of its remainder (lo).
  */
 #include <cuda_bf16.h>
 #include <stdint.h>
@@ -69,11 +68,17 @@ static unsigned grid_for(int64_t items)
     return (unsigned)(b < 4096 ? (b > 0 ? b : 1) : 4096);
 }
 
-fgmmc_status fgmmc_split_wt_launch(const float *d_w, int k, int d, int kw, void *d_hi, void *d_lo,
-                                   void *d_tiles, cudaStream_t stream, fgmmc_error *err)
+size_t fgmmc_tile_wt_elems(int k, int kw)
+{
+    size_t tiles = ((size_t)k + 63) / 64 + 2;
+    return tiles * 2 * 64 * (size_t)kw;
+}
+
+fgmm_status fgmmc_split_wt_launch(const float *d_w, int k, int d, int kw, void *d_hi, void *d_lo,
+                                   void *d_tiles, cudaStream_t stream, fgmm_error *err)
 {
     if (kw % 8 != 0)
-        return fgmmc_fail(err, FGMMC_ERR_ARGUMENT, "fgmmc_split_wt_launch: kw=%d, must be a multiple of 8",
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmmc_split_wt_launch: kw=%d, must be a multiple of 8",
                           kw);
     const int64_t kpad = ((int64_t)k + 63) / 64 * 64;
     split_wt_kernel<<<grid_for(kpad * kw), OPERANDS_NT, 0, stream>>>(
@@ -85,5 +90,5 @@ fgmmc_status fgmmc_split_wt_launch(const float *d_w, int k, int d, int kw, void 
             (const uint4 *)d_hi, (const uint4 *)d_lo, ntiles, kw, (uint4 *)d_tiles);
         FGMMC_CHECK_LAUNCH("tile_wt_kernel", err);
     }
-    return FGMMC_OK;
+    return FGMM_OK;
 }

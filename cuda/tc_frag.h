@@ -1,6 +1,6 @@
 /*
  * tc_frag.h - device helpers shared by the tensor-core kernel families
- * (estep_tc.cu: mma.sync, sm_80+; estep_wgmma.cu: wgmma, sm_90a): bf16
+ * (estep_tc.cu: mma.sync, sm_80+; wgmma_*.cu: wgmma, sm_90a): bf16
  * splitting, ldmatrix/mma fragments, the warp's logit product and the
  * staging of rows and W tiles into shared memory. Not installed.
  *
@@ -133,13 +133,13 @@ __device__ __forceinline__ void stage_rows(const fgmmc_batch &b, int64_t row0, i
 static __device__ __forceinline__ float4 load_x4(const void *x, int dtype, size_t idx)
 {
     switch (dtype) {
-    case FGMMC_F32: return __ldg((const float4 *)((const float *)x + idx));
-    case FGMMC_F16: {
+    case FGMM_F32: return __ldg((const float4 *)((const float *)x + idx));
+    case FGMM_F16: {
         uint2 u = __ldg((const uint2 *)((const unsigned short *)x + idx));
         float2 a = __half22float2(*(const __half2 *)&u.x), c = __half22float2(*(const __half2 *)&u.y);
         return make_float4(a.x, a.y, c.x, c.y);
     }
-    case FGMMC_U8: {
+    case FGMM_U8: {
         uint32_t u = __ldg((const unsigned int *)((const unsigned char *)x + idx));
         return make_float4((float)(u & 255u), (float)((u >> 8) & 255u), (float)((u >> 16) & 255u),
                            (float)(u >> 24));
@@ -156,7 +156,7 @@ static __device__ __forceinline__ float4 load_x4(const void *x, int dtype, size_
  * aligned for 4-wide loads (every row then is: its bytes are 4*elem*D/4). */
 static __device__ __forceinline__ bool stage_rows_x4_ok(const fgmmc_batch &b)
 {
-    int es = b.dtype == FGMMC_F32 ? 4 : b.dtype == FGMMC_F16 ? 2 : 1;
+    int es = b.dtype == FGMM_F32 ? 4 : b.dtype == FGMM_F16 ? 2 : 1;
     return b.d % 4 == 0 && ((uintptr_t)b.x % (size_t)(4 * es)) == 0;
 }
 
@@ -256,7 +256,7 @@ __device__ __forceinline__ void write_converted_rows(const fgmmc_batch &b, int64
 /* Folds one tile's 16 logits of a row held by this thread (its quad of 4
  * threads holds the tile's 64) into the row's running max mrun and sum
  * srun of exp2(l - mrun). Selects, not branches: around a branch ptxas
- * serialises the wgmma products in flight (estep_wgmma.cu). While every
+ * serialises the wgmma products in flight (wgmma_lse.cu). While every
  * logit so far is -inf (padding) the shift is 0 and the exponentials 0. */
 __device__ __forceinline__ void lse_fold16(const float (&l)[16], float &mrun, float &srun)
 {

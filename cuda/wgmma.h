@@ -1,6 +1,6 @@
 /*
  * wgmma.h - Hopper warpgroup matrix multiply (wgmma.mma_async, sm_90a)
- * wrappers for the kernels of estep_wgmma.cu. Not installed.
+ * wrappers for the kernels of wgmma_*.cu. Not installed.
  *
  * The shapes used are m64n32k16 with A (the rows) in registers and B (W^T,
  * components x k) in shared memory, K-major, without swizzling: a B tile of

@@ -9,7 +9,8 @@
  * and later EM passes skip it.
  */
 #include "io/fgmm_io.h"
-#include "io/json.h"
+#include "io/file.h"
+#include "io/npy_header.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -63,21 +64,6 @@ static const char *extension(const char *path)
     return dot && dot != base ? dot + 1 : "";
 }
 
-static fgmm_status read_prefix(int fd, unsigned char *buf, size_t n, const char *path,
-                               fgmm_error *err)
-{
-    size_t got = 0;
-    while (got < n) {
-        ssize_t r = pread(fd, buf + got, n - got, (off_t)got);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0) return fgmm_fail(err, FGMM_ERR_IO, "%s: read failed: %s", path, strerror(errno));
-        if (r == 0)
-            return fgmm_fail(err, FGMM_ERR_FORMAT, "%s: file shrank while being read", path);
-        got += (size_t)r;
-    }
-    return FGMM_OK;
-}
-
 /* ---------------------------------------------------------------- probe */
 
 /* .fvecs / .bvecs: every row is int32 d then d values; d comes from row 0
@@ -91,7 +77,7 @@ static fgmm_status probe_texmex(int fd, const char *path, fgmm_dataset_info *in,
         return fgmm_fail(err, FGMM_ERR_FORMAT,
                          "%s: file has %llu bytes, too short for a row (int32 dimension, then "
                          "that many %s values)", path, (unsigned long long)in->file_bytes, what);
-    fgmm_status st = read_prefix(fd, h, 4, path, err);
+    fgmm_status st = fgmm_io_pread_all(fd, h, 4, 0, path, "row 0's dimension", err);
     if (st) return st;
     int32_t d = rd_i32(h);
     if (d <= 0)
@@ -154,7 +140,7 @@ static fgmm_status probe_bin(int fd, const char *path, fgmm_dataset_info *in, fg
         return fgmm_fail(err, FGMM_ERR_FORMAT,
                          "%s: file has %llu bytes, too short for the 8-byte header (uint32 n, "
                          "uint32 d)", path, (unsigned long long)in->file_bytes);
-    fgmm_status st = read_prefix(fd, h, 8, path, err);
+    fgmm_status st = fgmm_io_pread_all(fd, h, 8, 0, path, "header", err);
     if (st) return st;
     return check_extent(path, in, rd_u32(h), rd_u32(h + 4), 8, "header says", err);
 }

@@ -5,17 +5,22 @@
  *   variances.npy  float32 (K, D) diag, (K,) spherical
  *   model.json     shape, covariance type and the fit's metadata
  *
- * Saving builds "<dir>.tmp.<pid>/", fsyncs it and renames it to dir without
- * replacing anything: a crash or failure leaves either nothing or a
- * complete model, and never touches what was at dir before.
+ * Saving builds the hidden sibling ".<name>.tmp.<pid>/", fsyncs it and
+ * renames it to dir without replacing anything: a crash or failure leaves
+ * either nothing visible or a complete model, and never touches what was at
+ * dir before. What a killed save left behind (its process is gone) is
+ * removed by the next save to the same name.
  */
 #include "io/fgmm_io.h"
-#include "io/json.h"
+#include "io/file.h"
+#include "io/json_file.h"
+#include "io/npy_header.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,27 +55,6 @@ int fgmm_is_model_dir(const char *path)
     return ok;
 }
 
-/* "dir/name" in a new string, NULL when out of memory. */
-static char *join(const char *dir, const char *name)
-{
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
-    if (p) snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
-/* fsync a directory so the names created in it survive a crash. */
-static int fsync_dir(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    int r = fsync(fd);
-    int e = errno;
-    close(fd);
-    errno = e;
-    return r;
-}
-
 /* Removes the temporary directory and everything in it. Everything there
  * was created by this call, so there is nothing of the user's to spare;
  * the tree is flat. */
@@ -96,6 +80,27 @@ static char *parent_of(const char *path)
     return strndup(path, (size_t)(slash - path));
 }
 
+/* Removes ".<base>.tmp.<pid>" entries of parent whose process no longer
+ * exists: the leftovers of saves that were killed. Best effort. */
+static void remove_stale_tmp(const char *parent, const char *base)
+{
+    DIR *d = opendir(parent);
+    if (!d) return;
+    size_t bl = strlen(base);
+    for (struct dirent *e; (e = readdir(d));) {
+        const char *n = e->d_name;
+        if (n[0] != '.' || strncmp(n + 1, base, bl) || strncmp(n + 1 + bl, ".tmp.", 5)) continue;
+        char *end;
+        long pid = strtol(n + 1 + bl + 5, &end, 10);
+        if (*end || pid <= 0 || pid == (long)getpid()) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue; /* alive, or not ours to judge */
+        char *path = fgmm_io_join(parent, n);
+        if (path) remove_tmp_dir(path);
+        free(path);
+    }
+    closedir(d);
+}
+
 /* Moves tmp to dir, failing if dir exists. renameat2(RENAME_NOREPLACE)
  * makes that atomic; where the kernel or file system lacks it, check and
  * rename (rename(2) would silently replace an empty directory). */
@@ -112,92 +117,84 @@ static int rename_noreplace(const char *tmp, const char *dir)
     return rename(tmp, dir);
 }
 
+
 /* --------------------------------------------------------- model.json out */
 
-static void put_json_string(FILE *f, const char *s)
+/* JSON has no NaN or Inf: such values are written as null. */
+static json_t *real_or_null(double v)
 {
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
-        switch (*p) {
-        case '"': fputs("\\\"", f); break;
-        case '\\': fputs("\\\\", f); break;
-        case '\n': fputs("\\n", f); break;
-        case '\r': fputs("\\r", f); break;
-        case '\t': fputs("\\t", f); break;
-        case '\b': fputs("\\b", f); break;
-        case '\f': fputs("\\f", f); break;
-        default:
-            if (*p < 0x20) fprintf(f, "\\u%04x", *p);
-            else fputc(*p, f);
-        }
-    }
-    fputc('"', f);
+    return isfinite(v) ? json_real(v) : json_null();
 }
 
-/* The shortest of %.15g..%.17g that reads back as the same double: exact,
- * and 1e-06 stays 1e-06 rather than 9.9999999999999995e-07. JSON has no
- * NaN or Inf: such values are written as null. */
-static void put_json_double(FILE *f, double v)
+/* Adds key = v to o, remembering an allocation failure in *bad (jansson
+ * takes a NULL value as a failure and frees nothing else). */
+static void put(json_t *o, const char *key, json_t *v, int *bad)
 {
-    char b[40];
-    if (!isfinite(v)) {
-        fputs("null", f);
-        return;
-    }
-    for (int digits = 15; digits <= 17; digits++) {
-        snprintf(b, sizeof b, "%.*g", digits, v);
-        if (strtod(b, NULL) == v) break;
-    }
-    fputs(b, f);
+    if (!v || json_object_set_new(o, key, v)) *bad = 1;
 }
 
-static void write_json(FILE *f, const fgmm_model *m)
+/* JSON strings are UTF-8 and jansson refuses anything else. A path in
+ * another encoding must not make a finished fit unsaveable, so such a
+ * string is kept with its bytes above 0x7f replaced by '?'. */
+static json_t *text_value(const char *s)
+{
+    if (!s) s = "";
+    json_t *v = json_string(s);
+    if (v) return v;
+    char *t = strdup(s);
+    if (!t) return NULL;
+    for (char *p = t; *p; p++)
+        if ((unsigned char)*p >= 0x80) *p = '?';
+    v = json_string(t);
+    free(t);
+    return v;
+}
+
+static json_t *model_json(const fgmm_model *m)
 {
     const fgmm_model_meta *mt = fgmm_model_meta_c(m);
-    int nll = fgmm_model_loglik_count(m);
+    int nll = fgmm_model_loglik_count(m), bad = 0;
     const double *ll = fgmm_model_loglik(m);
-    fprintf(f, "{\n  \"format\": \"%s\",\n  \"version\": %d,\n", MODEL_FORMAT, MODEL_VERSION);
-    fprintf(f, "  \"k\": %d,\n  \"d\": %d,\n", fgmm_model_k(m), fgmm_model_d(m));
-    fprintf(f, "  \"covariance\": ");
-    put_json_string(f, fgmm_covariance_name(fgmm_model_covariance(m)));
-    fprintf(f, ",\n  \"reg_covar\": ");
-    put_json_double(f, mt->reg_covar);
-    fprintf(f, ",\n  \"iterations\": %d,\n  \"converged\": %s,\n", mt->iterations,
-            mt->converged ? "true" : "false");
-    fprintf(f, "  \"log_likelihood\": [");
-    for (int i = 0; i < nll; i++) {
-        if (i) fputs(", ", f);
-        put_json_double(f, ll[i]);
+    json_t *o = json_object(), *arr = json_array();
+    if (!o || !arr) {
+        json_decref(o);
+        json_decref(arr);
+        return NULL;
     }
-    fprintf(f, "],\n  \"final_log_likelihood\": ");
-    if (nll) put_json_double(f, ll[nll - 1]);
-    else fputs("null", f);
-    fprintf(f, ",\n  \"seed\": %llu,\n  \"rows\": %lld,\n  \"reseeded\": %lld,\n",
-            (unsigned long long)mt->seed, (long long)mt->rows, (long long)mt->reseeded);
-    fprintf(f, "  \"seconds\": ");
-    put_json_double(f, mt->seconds);
-    fprintf(f, ",\n  \"source\": ");
-    put_json_string(f, mt->source);
-    fprintf(f, ",\n  \"init\": ");
-    put_json_string(f, mt->init);
-    fprintf(f, ",\n  \"device\": ");
-    put_json_string(f, mt->device);
-    fprintf(f, "\n}\n");
+    for (int i = 0; i < nll; i++)
+        if (json_array_append_new(arr, real_or_null(ll[i]))) bad = 1;
+    put(o, "format", json_string(MODEL_FORMAT), &bad);
+    put(o, "version", json_integer(MODEL_VERSION), &bad);
+    put(o, "k", json_integer(fgmm_model_k(m)), &bad);
+    put(o, "d", json_integer(fgmm_model_d(m)), &bad);
+    put(o, "covariance", json_string(fgmm_covariance_name(fgmm_model_covariance(m))), &bad);
+    put(o, "reg_covar", real_or_null(mt->reg_covar), &bad);
+    put(o, "iterations", json_integer(mt->iterations), &bad);
+    put(o, "converged", json_boolean(mt->converged), &bad);
+    put(o, "log_likelihood", arr, &bad);
+    put(o, "final_log_likelihood", nll ? real_or_null(ll[nll - 1]) : json_null(), &bad);
+    put(o, "seed", fgmm_json_u64(mt->seed), &bad);
+    put(o, "rows", json_integer(mt->rows), &bad);
+    put(o, "reseeded", json_integer(mt->reseeded), &bad);
+    put(o, "seconds", real_or_null(mt->seconds), &bad);
+    put(o, "source", text_value(mt->source), &bad);
+    put(o, "init", text_value(mt->init), &bad);
+    put(o, "device", text_value(mt->device), &bad);
+    if (bad) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
 }
 
 static fgmm_status save_json(const fgmm_model *m, const char *path, fgmm_error *err)
 {
-    FILE *f = fopen(path, "wx");
-    if (!f) return fgmm_fail(err, FGMM_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
-    write_json(f, m);
-    int bad = ferror(f) || fflush(f) || fsync(fileno(f));
-    int e = errno;
-    if (fclose(f)) {
-        if (!bad) e = errno;
-        bad = 1;
-    }
-    if (bad) return fgmm_fail(err, FGMM_ERR_IO, "%s: write failed: %s", path, strerror(e));
-    return FGMM_OK;
+    json_t *o = model_json(m);
+    if (!o)
+        return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "%s: out of memory", path);
+    fgmm_status st = fgmm_json_write_file(path, o, err);
+    json_decref(o);
+    return st;
 }
 
 /* --------------------------------------------------------------- save */
@@ -208,8 +205,8 @@ static fgmm_status save_files(const fgmm_model *m, const char *tmp, fgmm_error *
     int k = fgmm_model_k(m), d = fgmm_model_d(m);
     int spherical = fgmm_model_covariance(m) == FGMM_COV_SPHERICAL;
     int64_t shape_k[1] = {k}, shape_kd[2] = {k, d};
-    char *w = join(tmp, "weights.npy"), *mu = join(tmp, "means.npy");
-    char *v = join(tmp, "variances.npy"), *js = join(tmp, "model.json");
+    char *w = fgmm_io_join(tmp, "weights.npy"), *mu = fgmm_io_join(tmp, "means.npy");
+    char *v = fgmm_io_join(tmp, "variances.npy"), *js = fgmm_io_join(tmp, "model.json");
     fgmm_status st = FGMM_OK;
     if (!w || !mu || !v || !js)
         st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "%s: out of memory", tmp);
@@ -233,7 +230,7 @@ fgmm_status fgmm_model_save(const fgmm_model *m, const char *dir, fgmm_error *er
         return fgmm_fail(err, FGMM_ERR_UNSUPPORTED, "%s: cannot save a '%s' covariance model",
                          dir, fgmm_covariance_name(cov));
     /* "out/" and "out" are the same directory; the temporary name must be a
-     * sibling ("out.tmp.<pid>"), not a child of something that is missing. */
+     * sibling (".out.tmp.<pid>"), not a child of something that is missing. */
     size_t len = strlen(dir);
     while (len > 1 && dir[len - 1] == '/') len--;
     if (len == 0) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "model directory name is empty");
@@ -246,31 +243,41 @@ fgmm_status fgmm_model_save(const fgmm_model *m, const char *dir, fgmm_error *er
         goto done;
     }
     if (fgmm_path_exists(clean)) {
-        st = fgmm_fail(err, FGMM_ERR_EXISTS, "%s: already exists; choose another --out or "
-                       "remove it", dir);
+        st = fgmm_fail(err, FGMM_ERR_EXISTS, "%s: already exists; choose another "
+                       "directory or remove it", dir);
         goto done;
     }
-    snprintf(tmp, len + 32, "%s.tmp.%ld", clean, (long)getpid());
+    {
+        const char *slash = strrchr(clean, '/');
+        const char *base = slash ? slash + 1 : clean;
+        remove_stale_tmp(parent, base);
+        snprintf(tmp, len + 32, "%.*s.%s.tmp.%ld", (int)(base - clean), clean, base,
+                 (long)getpid());
+    }
     if (mkdir(tmp, 0755)) {
-        st = fgmm_fail(err, FGMM_ERR_IO, "%s: cannot create directory: %s", tmp,
-                       strerror(errno));
+        st = fgmm_fail(err, FGMM_ERR_IO, "%s: cannot create its temporary directory %s: %s",
+                       dir, tmp, strerror(errno));
         goto done;
     }
     st = save_files(m, tmp, err);
-    if (!st && fsync_dir(tmp))
-        st = fgmm_fail(err, FGMM_ERR_IO, "%s: fsync failed: %s", tmp, strerror(errno));
+    if (!st && fgmm_io_fsync_dir(tmp)) {
+        int e = errno;
+        st = fgmm_fail(err, FGMM_ERR_IO, "%s: fsync failed: %s%s", tmp, strerror(e),
+                       fgmm_io_full_hint(e));
+    }
     if (!st && rename_noreplace(tmp, clean)) {
-        if (errno == EEXIST || errno == ENOTEMPTY)
-            st = fgmm_fail(err, FGMM_ERR_EXISTS, "%s: already exists; choose another --out or "
-                           "remove it", dir);
+        int e = errno;
+        if (e == EEXIST || e == ENOTEMPTY)
+            st = fgmm_fail(err, FGMM_ERR_EXISTS, "%s: already exists; choose another "
+                           "directory or remove it", dir);
         else
-            st = fgmm_fail(err, FGMM_ERR_IO, "%s: cannot rename %s into place: %s", dir, tmp,
-                           strerror(errno));
+            st = fgmm_fail(err, FGMM_ERR_IO, "%s: cannot rename %s into place: %s%s", dir, tmp,
+                           strerror(e), fgmm_io_full_hint(e));
     }
     if (st) remove_tmp_dir(tmp);
     /* Best effort: make the new name durable. The model is complete either
      * way, so a failure here is not an error. */
-    else (void)fsync_dir(parent);
+    else (void)fgmm_io_fsync_dir(parent);
 done:
     free(clean);
     free(tmp);
@@ -280,141 +287,43 @@ done:
 
 /* --------------------------------------------------------------- load */
 
-typedef struct {
-    const fgmm_json *root;
-    const char *name; /* dir/model.json */
-    fgmm_error *err;
-} meta_reader;
-
-/* The value of key, or NULL. Fails when required and missing, or when
- * present with another type than want. */
-static fgmm_status get_key(const meta_reader *r, const char *key, fgmm_json_type want,
-                           int required, const fgmm_json **out)
-{
-    const fgmm_json *v = fgmm_json_get(r->root, key);
-    *out = NULL;
-    if (!v) {
-        if (!required) return FGMM_OK;
-        return fgmm_fail(r->err, FGMM_ERR_FORMAT, "%s: missing key \"%s\"", r->name, key);
-    }
-    if (v->type != want)
-        return fgmm_fail(r->err, FGMM_ERR_FORMAT, "%s: line %d: \"%s\" is a %s, expected a %s",
-                         r->name, v->line, key, fgmm_json_type_name(v->type),
-                         fgmm_json_type_name(want));
-    *out = v;
-    return FGMM_OK;
-}
-
-/* An integer literal (no fraction, no exponent) in [lo, hi]. */
-static fgmm_status get_int(const meta_reader *r, const char *key, int required, int64_t lo,
-                           int64_t hi, int64_t *out)
-{
-    const fgmm_json *v;
-    fgmm_status st = get_key(r, key, FGMM_JSON_NUMBER, required, &v);
-    if (st || !v) return st;
-    char *end;
-    errno = 0;
-    long long x = strtoll(v->text, &end, 10);
-    if (errno || *end || x < lo || x > hi)
-        return fgmm_fail(r->err, FGMM_ERR_FORMAT,
-                         "%s: line %d: \"%s\" is %s, expected an integer in [%lld, %lld]",
-                         r->name, v->line, key, v->text, (long long)lo, (long long)hi);
-    *out = x;
-    return FGMM_OK;
-}
-
-static fgmm_status get_u64(const meta_reader *r, const char *key, uint64_t *out)
-{
-    const fgmm_json *v;
-    fgmm_status st = get_key(r, key, FGMM_JSON_NUMBER, 0, &v);
-    if (st || !v) return st;
-    char *end;
-    errno = 0;
-    unsigned long long x = strtoull(v->text, &end, 10);
-    if (errno || *end || v->text[0] == '-')
-        return fgmm_fail(r->err, FGMM_ERR_FORMAT,
-                         "%s: line %d: \"%s\" is %s, expected an integer in [0, 2^64)", r->name,
-                         v->line, key, v->text);
-    *out = x;
-    return FGMM_OK;
-}
-
 /* A finite number (JSON null reads as NaN where allow_null). */
-static fgmm_status num_value(const meta_reader *r, const char *key, const fgmm_json *v,
+static fgmm_status num_value(const fgmm_json_ctx *c, const char *key, const json_t *v,
                              int allow_null, double *out)
 {
-    if (allow_null && v->type == FGMM_JSON_NULL) {
+    if (allow_null && json_is_null(v)) {
         *out = NAN;
         return FGMM_OK;
     }
-    if (v->type != FGMM_JSON_NUMBER || !isfinite(v->number))
-        return fgmm_fail(r->err, FGMM_ERR_FORMAT, "%s: line %d: \"%s\" holds %s%s, expected a "
-                         "finite number%s", r->name, v->line, key,
-                         v->type == FGMM_JSON_NUMBER ? "" : "a ",
-                         v->type == FGMM_JSON_NUMBER ? v->text : fgmm_json_type_name(v->type),
+    if (!json_is_number(v) || !isfinite(json_number_value(v)))
+        return fgmm_fail(c->err, FGMM_ERR_FORMAT, "%s: \"%s\" holds a%s %s; expected a finite "
+                         "number%s", c->path, key, json_is_integer(v) || json_is_array(v) ||
+                         json_is_object(v) ? "n" : "", fgmm_json_kind(v),
                          allow_null ? " or null" : "");
-    *out = v->number;
+    *out = json_number_value(v);
     return FGMM_OK;
 }
 
-static fgmm_status get_double(const meta_reader *r, const char *key, double *out)
+static fgmm_status get_double(const fgmm_json_ctx *c, const json_t *root, const char *key,
+                              double *out)
 {
-    const fgmm_json *v = fgmm_json_get(r->root, key);
-    return v ? num_value(r, key, v, 0, out) : FGMM_OK;
+    const json_t *v = json_object_get(root, key);
+    return v ? num_value(c, key, v, 0, out) : FGMM_OK;
 }
 
-static fgmm_status get_text(const meta_reader *r, const char *key, fgmm_model *m,
-                            fgmm_text_field f)
+static fgmm_status get_text(const fgmm_json_ctx *c, const json_t *root, const char *key,
+                            fgmm_model *m, fgmm_text_field f)
 {
-    const fgmm_json *v;
-    fgmm_status st = get_key(r, key, FGMM_JSON_STRING, 0, &v);
-    if (st || !v) return st;
-    return fgmm_model_set_text(m, f, v->text, r->err);
+    const char *s = NULL;
+    fgmm_status st = fgmm_json_get_str(c, root, key, 0, &s);
+    if (st || !s) return st;
+    return fgmm_model_set_text(m, f, s, c->err);
 }
 
-static fgmm_status read_whole(const char *path, char **text, size_t *len, fgmm_error *err)
-{
-    *text = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) return fgmm_fail(err, FGMM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    fgmm_status st = FGMM_OK;
-    while (buf) {
-        if (n == cap) {
-            char *b = cap >= MODEL_JSON_MAX ? NULL : realloc(buf, cap * 2);
-            if (!b) {
-                st = cap >= MODEL_JSON_MAX
-                         ? fgmm_fail(err, FGMM_ERR_FORMAT, "%s: larger than %u bytes; not a "
-                                     "model.json", path, MODEL_JSON_MAX)
-                         : fgmm_fail(err, FGMM_ERR_NO_MEMORY, "%s: out of memory", path);
-                break;
-            }
-            buf = b;
-            cap *= 2;
-        }
-        size_t got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (got == 0) break;
-    }
-    if (!buf) st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "%s: out of memory", path);
-    else if (!st && ferror(f))
-        st = fgmm_fail(err, FGMM_ERR_IO, "%s: read failed: %s", path, strerror(errno));
-    fclose(f);
-    if (st) {
-        free(buf);
-        return st;
-    }
-    *text = buf;
-    *len = n;
-    return FGMM_OK;
-}
-
-/* Loads dir/name and checks that its shape is (k,) or (k, d). */
 static fgmm_status load_array(const char *dir, const char *name, int k, int d, double **out,
                               fgmm_error *err)
 {
-    char *path = join(dir, name);
+    char *path = fgmm_io_join(dir, name);
     if (!path) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "%s: out of memory", dir);
     int ndim;
     int64_t shape[2];
@@ -436,81 +345,81 @@ static fgmm_status load_array(const char *dir, const char *name, int k, int d, d
 
 /* Metadata keys beyond the shape are optional: a directory written by
  * hand (or by numpy) loads with defaults; a present key must be right. */
-static fgmm_status load_meta(const meta_reader *r, fgmm_model *m)
+static fgmm_status load_meta(const fgmm_json_ctx *c, const json_t *root, fgmm_model *m)
 {
     fgmm_model_meta *mt = fgmm_model_meta_get(m);
     int64_t v;
-    const fgmm_json *b, *ll;
+    const json_t *b, *ll;
     fgmm_status st;
-    if ((st = get_double(r, "reg_covar", &mt->reg_covar))) return st;
-    if ((st = get_double(r, "seconds", &mt->seconds))) return st;
+    if ((st = get_double(c, root, "reg_covar", &mt->reg_covar))) return st;
+    if ((st = get_double(c, root, "seconds", &mt->seconds))) return st;
     v = mt->iterations;
-    if ((st = get_int(r, "iterations", 0, 0, INT_MAX, &v))) return st;
+    if ((st = fgmm_json_get_i64(c, root, "iterations", 0, 0, INT_MAX, &v))) return st;
     mt->iterations = (int)v;
-    if ((st = get_int(r, "rows", 0, 0, INT64_MAX, &mt->rows))) return st;
-    if ((st = get_int(r, "reseeded", 0, 0, INT64_MAX, &mt->reseeded))) return st;
-    if ((st = get_u64(r, "seed", &mt->seed))) return st;
-    if ((st = get_key(r, "converged", FGMM_JSON_BOOL, 0, &b))) return st;
-    if (b) mt->converged = b->boolean;
-    if ((st = get_text(r, "source", m, FGMM_TEXT_SOURCE)) ||
-        (st = get_text(r, "init", m, FGMM_TEXT_INIT)) ||
-        (st = get_text(r, "device", m, FGMM_TEXT_DEVICE)))
+    if ((st = fgmm_json_get_i64(c, root, "rows", 0, 0, INT64_MAX, &mt->rows))) return st;
+    if ((st = fgmm_json_get_i64(c, root, "reseeded", 0, 0, INT64_MAX, &mt->reseeded))) return st;
+    if ((st = fgmm_json_get_u64(c, root, "seed", 0, 0, UINT64_MAX, &mt->seed))) return st;
+    if ((st = fgmm_json_get(c, root, "converged", JSON_TRUE, 0, &b))) return st;
+    if (b) mt->converged = json_is_true(b);
+    if ((st = get_text(c, root, "source", m, FGMM_TEXT_SOURCE)) ||
+        (st = get_text(c, root, "init", m, FGMM_TEXT_INIT)) ||
+        (st = get_text(c, root, "device", m, FGMM_TEXT_DEVICE)))
         return st;
-    if ((st = get_key(r, "log_likelihood", FGMM_JSON_ARRAY, 0, &ll))) return st;
-    for (size_t i = 0; ll && i < ll->n; i++) {
+    if ((st = fgmm_json_get(c, root, "log_likelihood", JSON_ARRAY, 0, &ll))) return st;
+    for (size_t i = 0; ll && i < json_array_size(ll); i++) {
         double x = 0;
-        if ((st = num_value(r, "log_likelihood", &ll->items[i], 1, &x)) ||
-            (st = fgmm_model_push_loglik(m, x, r->err)))
+        if ((st = num_value(c, "log_likelihood", json_array_get(ll, i), 1, &x)) ||
+            (st = fgmm_model_push_loglik(m, x, c->err)))
             return st;
     }
     return FGMM_OK;
 }
 
 /* Reads model.json's shape keys and creates the (default) model. */
-static fgmm_status load_header(const meta_reader *r, fgmm_model **out)
+static fgmm_status load_header(const fgmm_json_ctx *c, const json_t *root, fgmm_model **out)
 {
-    const fgmm_json *fmt, *cov;
+    const char *fmt, *cov;
     int64_t version, k, d;
     fgmm_status st;
-    if (r->root->type != FGMM_JSON_OBJECT)
-        return fgmm_fail(r->err, FGMM_ERR_FORMAT, "%s: expected a JSON object, found a %s",
-                         r->name, fgmm_json_type_name(r->root->type));
-    if ((st = get_key(r, "format", FGMM_JSON_STRING, 1, &fmt))) return st;
-    if (strcmp(fmt->text, MODEL_FORMAT))
-        return fgmm_fail(r->err, FGMM_ERR_FORMAT, "%s: line %d: \"format\" is \"%s\", expected "
-                         "\"%s\"", r->name, fmt->line, fmt->text, MODEL_FORMAT);
-    if ((st = get_int(r, "version", 1, 0, INT_MAX, &version))) return st;
+    if (!json_is_object(root))
+        return fgmm_fail(c->err, FGMM_ERR_FORMAT, "%s: expected a JSON object, found a%s %s",
+                         c->path, json_is_integer(root) || json_is_array(root) ? "n" : "",
+                         fgmm_json_kind(root));
+    if ((st = fgmm_json_get_str(c, root, "format", 1, &fmt))) return st;
+    if (strcmp(fmt, MODEL_FORMAT))
+        return fgmm_fail(c->err, FGMM_ERR_FORMAT, "%s: \"format\" is \"%s\", expected \"%s\"",
+                         c->path, fmt, MODEL_FORMAT);
+    if ((st = fgmm_json_get_i64(c, root, "version", 1, 0, INT_MAX, &version))) return st;
     if (version != MODEL_VERSION)
-        return fgmm_fail(r->err, FGMM_ERR_UNSUPPORTED, "%s: model format version %lld; this "
-                         "build reads version %d", r->name, (long long)version, MODEL_VERSION);
-    if ((st = get_int(r, "k", 1, 1, INT_MAX, &k)) || (st = get_int(r, "d", 1, 1, INT_MAX, &d)))
+        return fgmm_fail(c->err, FGMM_ERR_UNSUPPORTED, "%s: model format version %lld; this "
+                         "build reads version %d", c->path, (long long)version, MODEL_VERSION);
+    if ((st = fgmm_json_get_i64(c, root, "k", 1, 1, INT_MAX, &k)) ||
+        (st = fgmm_json_get_i64(c, root, "d", 1, 1, INT_MAX, &d)))
         return st;
-    if ((st = get_key(r, "covariance", FGMM_JSON_STRING, 1, &cov))) return st;
-    fgmm_covariance c;
-    if ((st = fgmm_covariance_parse(cov->text, &c, r->err))) {
-        char why[sizeof r->err->msg];
-        snprintf(why, sizeof why, "%s", r->err ? r->err->msg : "");
+    if ((st = fgmm_json_get_str(c, root, "covariance", 1, &cov))) return st;
+    fgmm_covariance cv;
+    if ((st = fgmm_covariance_parse(cov, &cv, c->err))) {
+        char why[sizeof c->err->msg];
+        snprintf(why, sizeof why, "%s", c->err ? c->err->msg : "");
         /* An unknown name is a fault of the file here, not of an argument. */
-        return fgmm_fail(r->err, st == FGMM_ERR_ARGUMENT ? FGMM_ERR_FORMAT : st,
-                         "%s: line %d: %s", r->name, cov->line, why);
+        return fgmm_fail(c->err, st == FGMM_ERR_ARGUMENT ? FGMM_ERR_FORMAT : st, "%s: %s",
+                         c->path, why);
     }
-    return fgmm_model_create((int)k, (int)d, c, out, r->err);
+    return fgmm_model_create((int)k, (int)d, cv, out, c->err);
 }
 
 fgmm_status fgmm_model_load(const char *dir, fgmm_model **out, fgmm_error *err)
 {
     *out = NULL;
-    char *jpath = join(dir, "model.json"), *text = NULL;
-    fgmm_json *root = NULL;
+    char *jpath = fgmm_io_join(dir, "model.json");
+    json_t *root = NULL;
     fgmm_model *m = NULL;
     double *w = NULL, *mu = NULL, *var = NULL;
-    size_t len = 0;
     fgmm_status st = FGMM_OK;
     if (!jpath) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "%s: out of memory", dir);
-    if ((st = read_whole(jpath, &text, &len, err))) goto done;
-    if ((st = fgmm_json_parse(text, len, jpath, &root, err))) goto done;
-    meta_reader r = {root, jpath, err};
-    if ((st = load_header(&r, &m)) || (st = load_meta(&r, m))) goto done;
+    if ((st = fgmm_json_load_file(jpath, MODEL_JSON_MAX, "a model.json", &root, err))) goto done;
+    fgmm_json_ctx c = {jpath, NULL, err};
+    if ((st = load_header(&c, root, &m)) || (st = load_meta(&c, root, m))) goto done;
     int k = fgmm_model_k(m), d = fgmm_model_d(m);
     int spherical = fgmm_model_covariance(m) == FGMM_COV_SPHERICAL;
     if ((st = load_array(dir, "weights.npy", k, 0, &w, err)) ||
@@ -526,8 +435,7 @@ done:
     free(w);
     free(mu);
     free(var);
-    fgmm_json_free(root);
-    free(text);
+    json_decref(root);
     free(jpath);
     if (st) {
         fgmm_model_free(m);

@@ -6,7 +6,8 @@
  * never sees a half-written array, and a failure leaves nothing behind.
  */
 #include "io/fgmm_io.h"
-#include "io/json.h"
+#include "io/file.h"
+#include "io/npy_header.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -35,37 +36,6 @@ static uint32_t le16(const unsigned char *p) { return (uint32_t)p[0] | (uint32_t
 static uint32_t le32(const unsigned char *p)
 {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-/* pread until n bytes are in or the file ends; returns bytes read, -1 on error. */
-static ssize_t pread_full(int fd, void *buf, size_t n, uint64_t off)
-{
-    size_t got = 0;
-    while (got < n) {
-        ssize_t r = pread(fd, (char *)buf + got, n - got, (off_t)(off + got));
-        if (r < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        if (r == 0) break;
-        got += (size_t)r;
-    }
-    return (ssize_t)got;
-}
-
-static int write_full(int fd, const void *buf, size_t n)
-{
-    const char *p = buf;
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
 }
 
 void fgmm_npy_shape_str(const int64_t *shape, int ndim, char *buf, size_t cap)
@@ -228,8 +198,9 @@ fgmm_status fgmm_npy_header_read(int fd, uint64_t file_bytes, const char *path,
     memset(h, 0, sizeof *h);
     if (file_bytes == 0)
         return fgmm_fail(err, FGMM_ERR_FORMAT, "%s: file is empty; expected a .npy array", path);
-    ssize_t got = pread_full(fd, pre, sizeof pre, 0);
-    if (got < 0) return fgmm_fail(err, FGMM_ERR_IO, "%s: read failed: %s", path, strerror(errno));
+    size_t got = file_bytes < sizeof pre ? (size_t)file_bytes : sizeof pre;
+    fgmm_status st = fgmm_io_pread_all(fd, pre, got, 0, path, ".npy header", err);
+    if (st) return st;
     if (got < 10 || memcmp(pre, NPY_MAGIC, NPY_MAGIC_LEN))
         return fgmm_fail(err, FGMM_ERR_FORMAT,
                          "%s: not a .npy file (expected the magic \\x93NUMPY at byte 0)", path);
@@ -257,15 +228,12 @@ fgmm_status fgmm_npy_header_read(int fd, uint64_t file_bytes, const char *path,
                          (unsigned long long)file_bytes);
     char *text = malloc((size_t)hlen + 1);
     if (!text) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "%s: out of memory", path);
-    got = pread_full(fd, text, (size_t)hlen, hstart);
-    if (got != (ssize_t)hlen) {
-        int e = errno;
+    if ((st = fgmm_io_pread_all(fd, text, (size_t)hlen, hstart, path, ".npy header", err))) {
         free(text);
-        if (got < 0) return fgmm_fail(err, FGMM_ERR_IO, "%s: read failed: %s", path, strerror(e));
-        return fgmm_fail(err, FGMM_ERR_FORMAT, "%s: truncated .npy header", path);
+        return st;
     }
     text[hlen] = '\0';
-    fgmm_status st = parse_dict(text, (size_t)hlen, path, h, err);
+    st = parse_dict(text, (size_t)hlen, path, h, err);
     free(text);
     h->data_offset = hstart + hlen;
     return st;
@@ -310,7 +278,7 @@ static size_t build_header(char *buf, size_t cap, const char *descr, int ndim,
 }
 
 static fgmm_status write_values(int fd, fgmm_npy_type type, npy_src src, uint64_t count,
-                                const char *tmp, fgmm_error *err)
+                                uint64_t off, const char *tmp, fgmm_error *err)
 {
     enum { BATCH = 8192 };
     double buf[BATCH]; /* 64 KiB; holds BATCH floats or doubles */
@@ -325,7 +293,9 @@ static fgmm_status write_values(int fd, fgmm_npy_type type, npy_src src, uint64_
             for (size_t i = 0; i < n; i++) f[i] = src.d ? (float)src.d[at + i] : src.f[at + i];
             bytes = n * 4;
         }
-        if (write_full(fd, buf, bytes)) return fail_errno(err, tmp, "write failed");
+        fgmm_status st = fgmm_io_pwrite_all(fd, buf, bytes, off, tmp, err);
+        if (st) return st;
+        off += bytes;
     }
     return FGMM_OK;
 }
@@ -352,31 +322,16 @@ static fgmm_status npy_write(const char *path, fgmm_npy_type type, npy_src src, 
     size_t hl = build_header(hdr, sizeof hdr, type == FGMM_NPY_F64 ? "<f8" : "<f4", ndim, shape);
     if (!hl) return fgmm_fail(err, FGMM_ERR_INTERNAL, "%s: .npy header too long", path);
 
-    size_t tl = strlen(path) + 32;
-    char *tmp = malloc(tl);
-    if (!tmp) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "%s: out of memory", path);
-    snprintf(tmp, tl, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        fgmm_status st = fail_errno(err, tmp, "cannot create");
-        free(tmp);
+    fgmm_io_tmpfile t;
+    fgmm_status st = fgmm_io_tmp_create(&t, path, NULL, err);
+    if (st) return st;
+    st = fgmm_io_pwrite_all(t.fd, hdr, hl, 0, t.tmp, err);
+    if (!st) st = write_values(t.fd, type, src, count, hl, t.tmp, err);
+    if (st) {
+        fgmm_io_tmp_abort(&t);
         return st;
     }
-    fgmm_status st = FGMM_OK;
-    if (write_full(fd, hdr, hl)) st = fail_errno(err, tmp, "write failed");
-    if (!st) st = write_values(fd, type, src, count, tmp, err);
-    /* fsync before rename: otherwise a crash can leave the new name
-     * pointing at an empty file. */
-    if (!st && fsync(fd)) st = fail_errno(err, tmp, "fsync failed");
-    if (close(fd) && !st) st = fail_errno(err, tmp, "close failed");
-    if (!st && rename(tmp, path)) {
-        int e = errno;
-        st = fgmm_fail(err, FGMM_ERR_IO, "%s: cannot rename %s into place: %s", path, tmp,
-                       strerror(e));
-    }
-    if (st) unlink(tmp);
-    free(tmp);
-    return st;
+    return fgmm_io_tmp_commit(&t, err);
 }
 
 fgmm_status fgmm_npy_write(const char *path, fgmm_npy_type type, const double *data, int ndim,
@@ -460,6 +415,10 @@ static fgmm_status check_readable(const fgmm_npy_header *h, uint64_t file_bytes,
             return fgmm_fail(err, FGMM_ERR_FORMAT, "%s: shape %s is too large", path, sh);
         n *= (uint64_t)h->shape[i];
     }
+    /* n * elem <= UINT64_MAX - 7 by the loop's bound; the offset may still
+     * carry it past 2^64, which no file has. */
+    if (n * h->elem > UINT64_MAX - h->data_offset)
+        return fgmm_fail(err, FGMM_ERR_FORMAT, "%s: shape %s is too large", path, sh);
     uint64_t want = h->data_offset + n * h->elem;
     if (want != file_bytes)
         return fgmm_fail(err, FGMM_ERR_FORMAT,
@@ -497,11 +456,9 @@ fgmm_status fgmm_npy_read(const char *path, double **data, int *ndim, int64_t sh
     size_t per = (1u << 20) / (h.elem ? h.elem : 1);
     for (uint64_t at = 0; !st && at < count; at += per) {
         size_t n = count - at < per ? (size_t)(count - at) : per;
-        ssize_t got = pread_full(fd, raw, n * h.elem, h.data_offset + at * h.elem);
-        if (got < 0) st = fail_errno(err, path, "read failed");
-        else if ((size_t)got != n * h.elem)
-            st = fgmm_fail(err, FGMM_ERR_FORMAT, "%s: file shrank while being read", path);
-        else to_double(h.kind, raw, n, out + at);
+        st = fgmm_io_pread_all(fd, raw, n * h.elem, h.data_offset + at * h.elem, path,
+                               "array data", err);
+        if (!st) to_double(h.kind, raw, n, out + at);
     }
     close(fd);
     free(raw);

@@ -1,9 +1,9 @@
 /*
  * shard_format.h - io/'s internal header for the shard format (not public).
  *
- * The byte layout lives here once, shared by the writer (shard_write.c) and
- * the reader (shard_read.c), so the two cannot drift; docs/formats.md
- * describes the same bytes for people.
+ * The byte layout lives here once, shared by the writer (shard_writer.c)
+ * and the reader (shard_source.c and its helpers), so the two cannot
+ * drift; docs/formats.md describes the same bytes for people.
  *
  * A shard file:
  *   [0, 4096)            header (fields below, rest zero)
@@ -127,11 +127,12 @@ fgmm_status shard_file_check(int fd, const char *path, const shard_entry *expect
                              fgmm_dtype dtype, shard_header *h, shard_chunk **chunks,
                              fgmm_error *err);
 
-/* pwrite all n bytes at off; pread all n bytes at off (short = error). */
-fgmm_status shard_pwrite_all(int fd, const void *buf, size_t n, uint64_t off, const char *path,
-                             fgmm_error *err);
-fgmm_status shard_pread_all(int fd, void *buf, size_t n, uint64_t off, const char *path,
-                            const char *what, fgmm_error *err);
+/* Opens the shard file at path read-only with extra_flags (O_DIRECT),
+ * never through a symbolic link: the manifest names regular files in its
+ * own directory, and a link could lead anywhere. A missing file or a link
+ * is FGMM_ERR_FORMAT naming path and dir's manifest. */
+fgmm_status shard_open_file(const char *path, const char *dir, int extra_flags, int *fd,
+                            fgmm_error *err);
 
 /* dtype from its name ("float32", ...); -1 if unknown. */
 int shard_dtype_parse(const char *s);

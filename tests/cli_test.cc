@@ -1,20 +1,31 @@
 // cli_test.cc - the flashgmm binary end to end: a fit that numpy can read,
-// one exact E+M step from a model, and every bad input giving one clear
-// line and a non-zero exit with nothing left behind.
+// one exact E+M step from a model, every bad input giving one clear line
+// and a non-zero exit with nothing left behind, a fit killed at any moment
+// leaving no model, and fits that repeat bit for bit.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <dirent.h>
+#include <fstream>
+#include <random>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/fgmm.h"
+#include "core/synthetic.h"
 
 namespace {
 
@@ -385,6 +396,307 @@ TEST_F(Cli, DemoRunsSmall)
     Result r = run("demo --n 20000 --k 4 --d 8");
     ASSERT_EQ(r.code, 0) << r.out;
     EXPECT_NE(r.out.find("components recovered       4 of 4"), std::string::npos) << r.out;
+}
+
+// ------------------------------------------------ randomised tests
+
+// The seed of a randomised test: FGMM_TEST_SEED when set (to repeat a
+// failure), else a fresh one. Printed either way.
+uint64_t test_seed()
+{
+    const char *e = getenv("FGMM_TEST_SEED");
+    uint64_t seed = e ? strtoull(e, nullptr, 10) : ((uint64_t)std::random_device{}() << 32 | std::random_device{}());
+    printf("seed %llu (FGMM_TEST_SEED=%llu repeats this test)\n", (unsigned long long)seed,
+           (unsigned long long)seed);
+    ::testing::Test::RecordProperty("seed", std::to_string(seed));
+    return seed;
+}
+
+// A .fbin of n rows drawn from a synthetic k-component mixture.
+void write_mixture_fbin(const std::string &p, int64_t n, int k, int d, uint64_t seed)
+{
+    fgmm_synthetic_spec spec = {n, k, d, seed};
+    fgmm_model *truth = nullptr;
+    float *rows = nullptr;
+    fgmm_error err = {};
+    ASSERT_EQ(fgmm_synthetic_mixture(&spec, &truth, &rows, &err), FGMM_OK) << err.msg;
+    uint32_t hdr[2] = {(uint32_t)n, (uint32_t)d};
+    FILE *f = fopen(p.c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    fwrite(hdr, 4, 2, f);
+    fwrite(rows, sizeof(float), (size_t)n * d, f);
+    fclose(f);
+    free(rows);
+    fgmm_model_free(truth);
+}
+
+std::string read_all(const std::string &p)
+{
+    std::ifstream f(p, std::ios::binary);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+}
+
+// model.json without its wall-clock "seconds" line: everything else in it
+// is a function of the data and the flags.
+std::string model_json_sans_time(const std::string &dir)
+{
+    std::string in = read_all(dir + "/model.json"), out;
+    std::istringstream ls(in);
+    for (std::string line; std::getline(ls, line);)
+        if (line.find("\"seconds\"") == std::string::npos) out += line + "\n";
+    return out;
+}
+
+const char *const kModelFiles[] = {"weights.npy", "means.npy", "variances.npy"};
+
+// Entries of g_dir whose names start with "." + name + ".tmp.": what a save
+// builds before renaming it into place.
+std::vector<std::string> tmp_siblings(const std::string &name)
+{
+    std::vector<std::string> v;
+    std::string prefix = "." + name + ".tmp.";
+    DIR *d = opendir(g_dir.c_str());
+    while (struct dirent *e = readdir(d))
+        if (!strncmp(e->d_name, prefix.c_str(), prefix.size())) v.push_back(e->d_name);
+    closedir(d);
+    return v;
+}
+
+// tools/flashgmm with args, its stdout discarded and its stderr on a pipe
+// (read_fd), so the caller can watch its progress and kill it.
+struct Child {
+    pid_t pid = -1;
+    int read_fd = -1;
+};
+
+Child spawn(const std::vector<std::string> &args)
+{
+    int fds[2];
+    Child c;
+    if (pipe(fds)) return c;
+    c.pid = fork();
+    if (c.pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 1);
+        dup2(fds[1], 2);
+        close(fds[0]);
+        std::vector<char *> argv;
+        argv.push_back((char *)"tools/flashgmm");
+        for (const std::string &a : args) argv.push_back((char *)a.c_str());
+        argv.push_back(nullptr);
+        execv("tools/flashgmm", argv.data());
+        _exit(127);
+    }
+    close(fds[1]);
+    c.read_fd = fds[0];
+    return c;
+}
+
+// Reads the child's stderr until it holds needle (true) or the child
+// closes it or timeout_s passes (false).
+bool wait_for_output(const Child &c, const std::string &needle, double timeout_s, std::string *seen)
+{
+    auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+    char buf[4096];
+    while (seen->find(needle) == std::string::npos) {
+        int left = (int)std::chrono::duration_cast<std::chrono::milliseconds>(
+                       end - std::chrono::steady_clock::now()).count();
+        if (left <= 0) return false;
+        struct pollfd p = {c.read_fd, POLLIN, 0};
+        if (poll(&p, 1, left) <= 0) return false;
+        ssize_t n = read(c.read_fd, buf, sizeof buf);
+        if (n <= 0) return false;
+        seen->append(buf, (size_t)n);
+    }
+    return true;
+}
+
+// SIGKILL and reap; returns the wait status.
+int kill_and_reap(Child &c)
+{
+    kill(c.pid, SIGKILL);
+    int st = 0;
+    waitpid(c.pid, &st, 0);
+    close(c.read_fd);
+    return st;
+}
+
+// A fit killed in the middle of its EM steps leaves no --out (nor anything
+// of a save), and the same command then succeeds.
+TEST_F(Cli, FitKilledMidFitLeavesNoModel)
+{
+    uint64_t seed = test_seed();
+    std::string data = path("kill_fit.fbin"), out = path("kf");
+    write_mixture_fbin(data, 40000, 8, 16, seed);
+    // --tol 0: EM runs until killed.
+    Child c = spawn({"fit", "--device", "cpu", "--threads", "1", "--data", data, "--k", "8",
+                     "--tol", "0", "--max-iter", "1000000", "--out", out});
+    ASSERT_GT(c.pid, 0);
+    std::string err;
+    bool running = wait_for_output(c, "iter    3", 120, &err);
+    int st = kill_and_reap(c);
+    ASSERT_TRUE(running) << "no third EM step seen; stderr:\n" << err;
+    ASSERT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << "status " << st;
+    EXPECT_FALSE(exists(out));
+    EXPECT_TRUE(tmp_siblings("kf").empty());
+    Result r = run("fit --quiet --device cpu --data " + data + " --k 8 --max-iter 2 --out " + out);
+    ASSERT_EQ(r.code, 0) << r.out;
+    Result info = run("info " + out);
+    EXPECT_EQ(info.code, 0) << info.out;
+    EXPECT_NE(info.out.find("components K     8"), std::string::npos) << info.out;
+}
+
+// A fit killed while it saves (its temporary directory exists, the rename
+// has not happened) leaves no --out; the same command then succeeds. The
+// kill lands as soon as the temporary directory appears; a save that
+// finished first is retried with a new process.
+TEST_F(Cli, FitKilledMidSaveLeavesNoModel)
+{
+    uint64_t seed = test_seed();
+    std::string data = path("kill_save.fbin");
+    // A large model (K x D = 256 x 256) for a long save; one EM step.
+    write_mixture_fbin(data, 2048, 256, 256, seed);
+    int hits = 0, attempts = 0;
+    for (; attempts < 20 && hits == 0; attempts++) {
+        std::string name = "ks" + std::to_string(attempts), out = path(name.c_str());
+        Child c = spawn({"fit", "--quiet", "--device", "cpu", "--data", data, "--k", "256",
+                         "--init", "random", "--max-iter", "1", "--out", out});
+        ASSERT_GT(c.pid, 0);
+        std::string tmp = path(("." + name + ".tmp." + std::to_string(c.pid)).c_str());
+        bool in_save = false;
+        int st = 0;
+        for (;;) {
+            if (exists(tmp)) {
+                in_save = true;
+                break;
+            }
+            if (waitpid(c.pid, &st, WNOHANG) == c.pid) break;
+        }
+        if (!in_save) {
+            close(c.read_fd);
+            ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "status " << st;
+            continue;
+        }
+        st = kill_and_reap(c);
+        ASSERT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << "status " << st;
+        if (exists(out)) {
+            // The rename won the race: the model is whole.
+            for (const char *f : kModelFiles) EXPECT_TRUE(exists(out + "/" + f)) << out << "/" << f;
+            EXPECT_TRUE(exists(out + "/model.json"));
+            continue;
+        }
+        hits++;
+        // Nothing at --out, only the hidden leftover; the same command
+        // then succeeds and clears the leftover.
+        EXPECT_EQ(tmp_siblings(name).size(), 1u);
+        Result r = run("fit --quiet --device cpu --data " + data +
+                       " --k 256 --init random --max-iter 1 --out " + out);
+        ASSERT_EQ(r.code, 0) << r.out;
+        EXPECT_TRUE(tmp_siblings(name).empty()) << "the killed save's leftover is still there";
+        Result info = run("info " + out);
+        EXPECT_EQ(info.code, 0) << info.out;
+        EXPECT_NE(info.out.find("components K     256"), std::string::npos) << info.out;
+    }
+    printf("%d of %d fits killed mid-save\n", hits, attempts);
+    EXPECT_GE(hits, 1) << "no kill landed while the model was being saved in " << attempts
+                       << " attempts";
+}
+
+// Two fits with the same flags write the same bytes; model.json differs
+// only in its wall-clock time.
+TEST_F(Cli, FitRepeatsBitForBit)
+{
+    uint64_t seed = test_seed();
+    std::string data = path("repeat.fbin");
+    write_mixture_fbin(data, 30000, 6, 12, seed);
+    for (const char *threads : {"1", "2"}) {
+        std::string a = path((std::string("rep_a") + threads).c_str()),
+                    b = path((std::string("rep_b") + threads).c_str());
+        std::string args = "fit --quiet --device cpu --threads " + std::string(threads) +
+                           " --data " + data + " --k 6 --seed 3 --max-iter 30 --out ";
+        Result ra = run(args + a), rb = run(args + b);
+        ASSERT_EQ(ra.code, 0) << ra.out;
+        ASSERT_EQ(rb.code, 0) << rb.out;
+        for (const char *f : kModelFiles) {
+            std::string fa = read_all(a + "/" + f), fb = read_all(b + "/" + f);
+            EXPECT_FALSE(fa.empty()) << a << "/" << f;
+            EXPECT_TRUE(fa == fb) << f << " differs between two runs with --threads " << threads;
+        }
+        EXPECT_EQ(model_json_sans_time(a), model_json_sans_time(b)) << "--threads " << threads;
+    }
+}
+
+// The CPU engine sums each chunk's tiles in lanes that depend on K and D
+// only, so --threads 1, 2 and 3 write the same bytes.
+TEST_F(Cli, FitIsIdenticalAcrossThreadCounts)
+{
+    uint64_t seed = test_seed();
+    std::string data = path("threads.fbin");
+    write_mixture_fbin(data, 30000, 6, 12, seed);
+    std::string args = " --data " + data + " --k 6 --seed 3 --max-iter 30 --out ";
+    std::string first = path("thr1");
+    Result r1 = run("fit --quiet --device cpu --threads 1" + args + first);
+    ASSERT_EQ(r1.code, 0) << r1.out;
+    for (const char *threads : {"2", "3"}) {
+        std::string other = path((std::string("thr") + threads).c_str());
+        Result r = run("fit --quiet --device cpu --threads " + std::string(threads) + args + other);
+        ASSERT_EQ(r.code, 0) << r.out;
+        for (const char *f : kModelFiles) {
+            std::string fa = read_all(first + "/" + f), fb = read_all(other + "/" + f);
+            EXPECT_FALSE(fa.empty()) << first << "/" << f;
+            EXPECT_TRUE(fa == fb) << f << " differs between --threads 1 and " << threads;
+        }
+        EXPECT_EQ(model_json_sans_time(first), model_json_sans_time(other)) << "--threads " << threads;
+    }
+}
+
+// --covariance spherical through the CLI: one variance per component, the
+// three clusters found with their unit variance, and score agreeing with
+// numpy's log-likelihood of the saved model.
+TEST_F(Cli, SphericalFitThenScore)
+{
+    uint64_t seed = test_seed();
+    std::string data = path("sph.fbin"), m = path("sph");
+    write_fbin(data, 3000, 4, seed);
+    Result r = run("fit --quiet --data " + data + " --k 3 --covariance spherical --init kmeans "
+                   "--max-iter 50 --out " + m);
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("fitted K=3 (spherical)"), std::string::npos) << r.out;
+    Result info = run("info " + m);
+    EXPECT_NE(info.out.find("covariance       spherical"), std::string::npos) << info.out;
+    Result s = run("score --model " + m + " --data " + data);
+    ASSERT_EQ(s.code, 0) << s.out;
+    size_t at = s.out.find("per row: ");
+    ASSERT_NE(at, std::string::npos) << s.out;
+    double ll = atof(s.out.c_str() + at + 9);
+    ASSERT_TRUE(std::isfinite(ll)) << s.out;
+    // EM never lowers the likelihood: the saved model scores at least the
+    // last E-step's figure.
+    size_t ft = r.out.find("mean log-likelihood ");
+    ASSERT_NE(ft, std::string::npos) << r.out;
+    double ll_fit = atof(r.out.c_str() + ft + 20);
+    EXPECT_GE(ll, ll_fit - 1e-6) << r.out << s.out;
+    char expect[64];
+    snprintf(expect, sizeof expect, "%.17g", ll);
+    std::string py = "/usr/bin/python3 -c \"import numpy as np, json\n"
+                     "d = '" + m + "'\n"
+                     "w, mu, v = np.load(d+'/weights.npy'), np.load(d+'/means.npy').astype(np.float64), np.load(d+'/variances.npy').astype(np.float64)\n"
+                     "assert json.load(open(d+'/model.json'))['covariance'] == 'spherical'\n"
+                     "assert w.shape == (3,) and mu.shape == (3, 4) and v.shape == (3,), (w.shape, mu.shape, v.shape)\n"
+                     "assert sorted(np.round(mu[:, 0] / 10).astype(int).tolist()) == [0, 1, 2], mu\n"
+                     "assert np.all((v > 0.8) & (v < 1.25)), v\n"
+                     "raw = open('" + data + "', 'rb').read()\n"
+                     "n, dim = np.frombuffer(raw[:8], np.uint32)\n"
+                     "x = np.frombuffer(raw[8:], np.float32).reshape(n, dim).astype(np.float64)\n"
+                     "d2 = ((x[:, None, :] - mu[None]) ** 2).sum(-1)\n"
+                     "lp = np.log(w) - 0.5 * (dim * np.log(2 * np.pi * v) + d2 / v)\n"
+                     "top = lp.max(1)\n"
+                     "ll = np.mean(top + np.log(np.exp(lp - top[:, None]).sum(1)))\n"
+                     "assert abs(ll - " + std::string(expect) + ") <= 1e-7 * abs(ll), (ll, " + expect + ")\n"
+                     "print('ok')\"";
+    EXPECT_EQ(system(py.c_str()), 0);
 }
 
 }  // namespace

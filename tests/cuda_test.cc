@@ -3,13 +3,14 @@
 // logits, for every dtype and odd sizes; per-row log-likelihoods written
 // over NaN poison; bit-identical repeat passes; padded rows; a pass fed in
 // uneven pieces; argument errors. Skips, with a message, where there is no
-// GPU.
+// GPU, unless FGMM_REQUIRE_GPU=1: then a missing GPU fails every GPU test.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -17,27 +18,48 @@
 #include <vector>
 
 #include "cuda/fgmm_cuda.h"
+#include "cuda/testing.h"
 
 namespace {
 
-#define NEED_GPU()                                                   \
-    do {                                                             \
-        if (fgmmc_device_count() == 0)                               \
-            GTEST_SKIP() << "no CUDA device: skipping GPU test";     \
+// Number of CUDA devices; a CUDA error (not "no device") fails the test.
+int device_count()
+{
+    int n = 0;
+    fgmm_error err{};
+    EXPECT_EQ(fgmmc_device_count(&n, &err), FGMM_OK) << err.msg;
+    return n;
+}
+
+// Whether a missing GPU must fail the GPU tests (FGMM_REQUIRE_GPU=1, set
+// where the tests run on a GPU machine) rather than skip them.
+bool gpu_required()
+{
+    const char *v = std::getenv("FGMM_REQUIRE_GPU");
+    return v && std::strcmp(v, "1") == 0;
+}
+
+// Skips the test (or fails it under FGMM_REQUIRE_GPU=1) without a device.
+#define NEED_GPU()                                                                 \
+    do {                                                                           \
+        if (device_count() == 0) {                                                 \
+            if (gpu_required()) FAIL() << "no CUDA device, and FGMM_REQUIRE_GPU=1"; \
+            GTEST_SKIP() << "no CUDA device: skipping GPU test";                   \
+        }                                                                          \
     } while (0)
 
-const char *dtype_name(fgmmc_dtype t)
+const char *dtype_name(fgmm_dtype t)
 {
     switch (t) {
-    case FGMMC_F32: return "f32";
-    case FGMMC_F16: return "f16";
-    case FGMMC_U8: return "u8";
-    case FGMMC_I8: return "i8";
+    case FGMM_F32: return "f32";
+    case FGMM_F16: return "f16";
+    case FGMM_U8: return "u8";
+    case FGMM_I8: return "i8";
     }
     return "?";
 }
 
-size_t elem_size(fgmmc_dtype t) { return t == FGMMC_F32 ? 4 : t == FGMMC_F16 ? 2 : 1; }
+size_t elem_size(fgmm_dtype t) { return t == FGMM_F32 ? 4 : t == FGMM_F16 ? 2 : 1; }
 
 // Half bits of a float that is exactly representable as a normal half (or
 // zero): the test only generates such values, so no rounding is needed.
@@ -57,13 +79,13 @@ uint16_t exact_half_bits(float v)
 struct Problem {
     int64_t n;
     int K, D;
-    fgmmc_dtype dt;
+    fgmm_dtype dt;
     std::vector<uint8_t> raw;   // packed rows, n * D * elem bytes
     std::vector<double> x;      // the same values as double (what the GPU sees)
     std::vector<double> w, c, shift;
 };
 
-Problem make_problem(int64_t n, int K, int D, fgmmc_dtype dt, uint64_t seed)
+Problem make_problem(int64_t n, int K, int D, fgmm_dtype dt, uint64_t seed)
 {
     Problem p;
     p.n = n;
@@ -86,9 +108,9 @@ Problem make_problem(int64_t n, int K, int D, fgmmc_dtype dt, uint64_t seed)
     // Physical units: integer types get a range that fills most of the
     // type; half gets values on a 2^-6 grid below 32 (exactly representable).
     double off = 0, scale = 1;
-    if (dt == FGMMC_U8) off = 128, scale = 20;
-    if (dt == FGMMC_I8) off = 0, scale = 20;
-    if (dt == FGMMC_F16) scale = 2;
+    if (dt == FGMM_U8) off = 128, scale = 20;
+    if (dt == FGMM_I8) off = 0, scale = 20;
+    if (dt == FGMM_F16) scale = 2;
     std::vector<double> pmu(mu.size()), pvar(var.size());
     for (size_t i = 0; i < mu.size(); i++) {
         pmu[i] = off + scale * mu[i];
@@ -104,13 +126,13 @@ Problem make_problem(int64_t n, int K, int D, fgmmc_dtype dt, uint64_t seed)
             size_t kj = (size_t)k * D + j, ij = (size_t)i * D + j;
             double v = pmu[kj] + std::sqrt(pvar[kj]) * N01(rng);
             switch (dt) {
-            case FGMMC_F32: {
+            case FGMM_F32: {
                 float f = (float)v;
                 std::memcpy(&p.raw[ij * 4], &f, 4);
                 p.x[ij] = f;
                 break;
             }
-            case FGMMC_F16: {
+            case FGMM_F16: {
                 double q = std::round(v * 64.0) / 64.0;
                 q = std::min(31.0, std::max(-31.0, q));
                 uint16_t h = exact_half_bits((float)q);
@@ -118,13 +140,13 @@ Problem make_problem(int64_t n, int K, int D, fgmmc_dtype dt, uint64_t seed)
                 p.x[ij] = q;
                 break;
             }
-            case FGMMC_U8: {
+            case FGMM_U8: {
                 double q = std::min(255.0, std::max(0.0, std::round(v)));
                 p.raw[ij] = (uint8_t)q;
                 p.x[ij] = q;
                 break;
             }
-            case FGMMC_I8: {
+            case FGMM_I8: {
                 double q = std::min(127.0, std::max(-128.0, std::round(v)));
                 int8_t s = (int8_t)q;
                 std::memcpy(&p.raw[ij], &s, 1);
@@ -226,24 +248,24 @@ struct GpuOut {
 void run_pass(fgmmc_context *ctx, const Problem &p, const uint8_t *rows, size_t stride,
               const std::vector<int64_t> &pieces, bool want_ll, GpuOut &out)
 {
-    fgmmc_error err{};
+    fgmm_error err{};
     out.nk.assign(p.K, NAN);
     out.sums.assign((size_t)p.K * 2 * p.D, NAN);
     out.ll = NAN;
     out.row_ll.assign(p.n, NAN);  // poison: every row must be written
     ASSERT_EQ(fgmmc_begin_pass(ctx, p.K, p.D, p.w.data(), p.c.data(), p.shift.data(), &err),
-              FGMMC_OK)
+              FGMM_OK)
         << err.msg;
     int64_t off = 0;
     for (int64_t m : pieces) {
         ASSERT_EQ(fgmmc_accumulate(ctx, rows + (size_t)off * stride, stride, m, p.dt,
                                    want_ll ? out.row_ll.data() + off : nullptr, &err),
-                  FGMMC_OK)
+                  FGMM_OK)
             << err.msg;
         off += m;
     }
     ASSERT_EQ(off, p.n);
-    ASSERT_EQ(fgmmc_end_pass(ctx, out.nk.data(), out.sums.data(), &out.ll, &err), FGMMC_OK)
+    ASSERT_EQ(fgmmc_end_pass(ctx, out.nk.data(), out.sums.data(), &out.ll, &err), FGMM_OK)
         << err.msg;
 }
 
@@ -300,15 +322,17 @@ const Size kSizes[] = {
 // wide kernels above D = 128; FP32: SIMT fp32 everywhere; FAST: plain bf16
 // tensor cores, checked against its documented, looser bound).
 // portable: the mma.sync kernels even where the wgmma ones would serve.
-void statistics_case(fgmmc_dtype dt, uint64_t seed, fgmmc_precision prec = FGMMC_PREC_DEFAULT,
+void statistics_case(fgmm_dtype dt, uint64_t seed, fgmmc_precision prec = FGMMC_PREC_DEFAULT,
                      int portable = 0)
 {
     Ctx ctx;
-    fgmmc_error err{};
-    ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMMC_OK) << err.msg;
-    ASSERT_EQ(fgmmc_set_precision(ctx.p, prec, &err), FGMMC_OK) << err.msg;
-    ASSERT_EQ(fgmmc_set_portable_kernels(ctx.p, portable, &err), FGMMC_OK) << err.msg;
-    if (portable) EXPECT_EQ(fgmmc_uses_wgmma(ctx.p), 0);
+    fgmm_error err{};
+    ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMM_OK) << err.msg;
+    ASSERT_EQ(fgmmc_set_precision(ctx.p, prec, &err), FGMM_OK) << err.msg;
+    ASSERT_EQ(fgmmc_set_portable_kernels(ctx.p, portable, &err), FGMM_OK) << err.msg;
+    if (portable) {
+        EXPECT_EQ(fgmmc_uses_wgmma(ctx.p), 0);
+    }
     printf("  kernels: %s\n", fgmmc_uses_wgmma(ctx.p) ? "wgmma (sm_90a)" : "mma.sync");
     for (const Size &s : kSizes) {
         SCOPED_TRACE(std::string(dtype_name(dt)) + " N=" + std::to_string(s.n) +
@@ -335,15 +359,15 @@ void statistics_case(fgmmc_dtype dt, uint64_t seed, fgmmc_precision prec = FGMMC
     }
 }
 
-TEST(Cuda, StatisticsMatchFloat64F32) { NEED_GPU(); statistics_case(FGMMC_F32, 1000); }
-TEST(Cuda, StatisticsMatchFloat64F16) { NEED_GPU(); statistics_case(FGMMC_F16, 2000); }
-TEST(Cuda, StatisticsMatchFloat64U8) { NEED_GPU(); statistics_case(FGMMC_U8, 3000); }
-TEST(Cuda, StatisticsMatchFloat64I8) { NEED_GPU(); statistics_case(FGMMC_I8, 4000); }
+TEST(Cuda, StatisticsMatchFloat64F32) { NEED_GPU(); statistics_case(FGMM_F32, 1000); }
+TEST(Cuda, StatisticsMatchFloat64F16) { NEED_GPU(); statistics_case(FGMM_F16, 2000); }
+TEST(Cuda, StatisticsMatchFloat64U8) { NEED_GPU(); statistics_case(FGMM_U8, 3000); }
+TEST(Cuda, StatisticsMatchFloat64I8) { NEED_GPU(); statistics_case(FGMM_I8, 4000); }
 // The mma.sync kernels on a GPU where the wgmma ones would serve: both
 // families are tested on the one Hopper GPU the project has.
-TEST(Cuda, PortableKernelsMatchFloat64F32) { NEED_GPU(); statistics_case(FGMMC_F32, 1200, FGMMC_PREC_DEFAULT, 1); }
-TEST(Cuda, PortableKernelsMatchFloat64U8) { NEED_GPU(); statistics_case(FGMMC_U8, 3200, FGMMC_PREC_DEFAULT, 1); }
-TEST(Cuda, PortableFastBf16WithinItsBound) { NEED_GPU(); statistics_case(FGMMC_F32, 1300, FGMMC_PREC_FAST, 1); }
+TEST(Cuda, PortableKernelsMatchFloat64F32) { NEED_GPU(); statistics_case(FGMM_F32, 1200, FGMMC_PREC_DEFAULT, 1); }
+TEST(Cuda, PortableKernelsMatchFloat64U8) { NEED_GPU(); statistics_case(FGMM_U8, 3200, FGMMC_PREC_DEFAULT, 1); }
+TEST(Cuda, PortableFastBf16WithinItsBound) { NEED_GPU(); statistics_case(FGMM_F32, 1300, FGMMC_PREC_FAST, 1); }
 
 // On Hopper the build's sm_90a code must be what runs (a build without it
 // would silently fall back to the slower kernels), and the two families
@@ -352,17 +376,17 @@ TEST(Cuda, HopperRunsWgmmaAndAgreesWithPortable)
 {
     NEED_GPU();
     Ctx ctx;
-    fgmmc_error err{};
-    ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMMC_OK) << err.msg;
+    fgmm_error err{};
+    ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMM_OK) << err.msg;
     if (!strstr(fgmmc_describe(ctx.p), "sm_90")) GTEST_SKIP() << "not a Hopper GPU: " << fgmmc_describe(ctx.p);
     EXPECT_EQ(fgmmc_uses_wgmma(ctx.p), 1) << fgmmc_describe(ctx.p);
-    Problem p = make_problem(20011, 200, 128, FGMMC_F32, 77);
+    Problem p = make_problem(20011, 200, 128, FGMM_F32, 77);
     GpuOut a, b;
     run_pass(ctx.p, p, p.raw.data(), (size_t)p.D * 4, {p.n}, true, a);
-    ASSERT_EQ(fgmmc_set_portable_kernels(ctx.p, 1, &err), FGMMC_OK);
+    ASSERT_EQ(fgmmc_set_portable_kernels(ctx.p, 1, &err), FGMM_OK);
     EXPECT_EQ(fgmmc_uses_wgmma(ctx.p), 0);
     run_pass(ctx.p, p, p.raw.data(), (size_t)p.D * 4, {p.n}, true, b);
-    ASSERT_EQ(fgmmc_set_portable_kernels(ctx.p, 0, &err), FGMMC_OK);
+    ASSERT_EQ(fgmmc_set_portable_kernels(ctx.p, 0, &err), FGMM_OK);
     EXPECT_EQ(fgmmc_uses_wgmma(ctx.p), 1);
     double e1 = rel_err(a.nk, b.nk), e2 = rel_err(a.sums, b.sums);
     printf("  wgmma vs mma.sync N=20011 K=200 D=128: rel diff nk %.2e sums %.2e\n", e1, e2);
@@ -371,12 +395,12 @@ TEST(Cuda, HopperRunsWgmmaAndAgreesWithPortable)
     for (int64_t i = 0; i < p.n; i++) ASSERT_NEAR(a.row_ll[i], b.row_ll[i], 1e-4 * std::max(1.0, (double)std::fabs(b.row_ll[i])));
 }
 
-TEST(Cuda, SimtFp32MatchesFloat64F32) { NEED_GPU(); statistics_case(FGMMC_F32, 1100, FGMMC_PREC_FP32); }
-TEST(Cuda, SimtFp32MatchesFloat64U8) { NEED_GPU(); statistics_case(FGMMC_U8, 3100, FGMMC_PREC_FP32); }
-TEST(Cuda, Float64MatchesFloat64F32) { NEED_GPU(); statistics_case(FGMMC_F32, 1400, FGMMC_PREC_FP64); }
-TEST(Cuda, Float64MatchesFloat64U8) { NEED_GPU(); statistics_case(FGMMC_U8, 3400, FGMMC_PREC_FP64); }
-TEST(Cuda, FastBf16WithinItsBoundF32) { NEED_GPU(); statistics_case(FGMMC_F32, 1200, FGMMC_PREC_FAST); }
-TEST(Cuda, FastBf16WithinItsBoundU8) { NEED_GPU(); statistics_case(FGMMC_U8, 3200, FGMMC_PREC_FAST); }
+TEST(Cuda, SimtFp32MatchesFloat64F32) { NEED_GPU(); statistics_case(FGMM_F32, 1100, FGMMC_PREC_FP32); }
+TEST(Cuda, SimtFp32MatchesFloat64U8) { NEED_GPU(); statistics_case(FGMM_U8, 3100, FGMMC_PREC_FP32); }
+TEST(Cuda, Float64MatchesFloat64F32) { NEED_GPU(); statistics_case(FGMM_F32, 1400, FGMMC_PREC_FP64); }
+TEST(Cuda, Float64MatchesFloat64U8) { NEED_GPU(); statistics_case(FGMM_U8, 3400, FGMMC_PREC_FP64); }
+TEST(Cuda, FastBf16WithinItsBoundF32) { NEED_GPU(); statistics_case(FGMM_F32, 1200, FGMMC_PREC_FAST); }
+TEST(Cuda, FastBf16WithinItsBoundU8) { NEED_GPU(); statistics_case(FGMM_U8, 3200, FGMMC_PREC_FAST); }
 
 // More rows than one staging sub-chunk: both pinned/device slots are used
 // and reused, and per-row results come back from each.
@@ -384,10 +408,10 @@ TEST(Cuda, CrossesStagingChunks)
 {
     NEED_GPU();
     Ctx ctx;
-    fgmmc_error err{};
-    ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMMC_OK) << err.msg;
+    fgmm_error err{};
+    ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMM_OK) << err.msg;
     const Size sizes[] = {{300001, 8, 128}, {270001, 4, 128}}; /* > 262144 rows per sub-chunk */
-    const fgmmc_dtype dts[] = {FGMMC_F32, FGMMC_U8};
+    const fgmm_dtype dts[] = {FGMM_F32, FGMM_U8};
     for (int t = 0; t < 2; t++) {
         Problem p = make_problem(sizes[t].n, sizes[t].k, sizes[t].d, dts[t], 5000 + t);
         Stats ref = reference(p);
@@ -409,9 +433,9 @@ TEST(Cuda, WideRowsCrossSubChunks)
 {
     NEED_GPU();
     Ctx ctx;
-    fgmmc_error err{};
-    ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMMC_OK) << err.msg;
-    const fgmmc_dtype dts[] = {FGMMC_F32, FGMMC_U8};
+    fgmm_error err{};
+    ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMM_OK) << err.msg;
+    const fgmm_dtype dts[] = {FGMM_F32, FGMM_U8};
     for (int t = 0; t < 2; t++) {
         Problem p = make_problem(140001, 5, 130, dts[t], 5100 + t);
         Stats ref = reference(p);
@@ -437,12 +461,12 @@ TEST(Cuda, RepeatedPassesAreBitIdentical)
 {
     NEED_GPU();
     Ctx ctx;
-    fgmmc_error err{};
-    ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMMC_OK) << err.msg;
+    fgmm_error err{};
+    ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMM_OK) << err.msg;
     const Size sizes[] = {{5000, 64, 128}, {4099, 1, 1}, {3000, 300, 96}, {2001, 150, 300}};
     uint64_t seed = 6000;
     for (const Size &s : sizes) {
-        Problem p = make_problem(s.n, s.k, s.d, FGMMC_F32, seed++);
+        Problem p = make_problem(s.n, s.k, s.d, FGMM_F32, seed++);
         const std::vector<int64_t> pieces = {p.n / 3, p.n - p.n / 3};
         GpuOut a, b;
         run_pass(ctx.p, p, p.raw.data(), (size_t)p.D * 4, pieces, true, a);
@@ -461,10 +485,10 @@ TEST(Cuda, PaddedRows)
 {
     NEED_GPU();
     Ctx ctx;
-    fgmmc_error err{};
-    ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMMC_OK) << err.msg;
-    const fgmmc_dtype dts[] = {FGMMC_F32, FGMMC_F16, FGMMC_U8, FGMMC_I8};
-    for (fgmmc_dtype dt : dts) {
+    fgmm_error err{};
+    ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMM_OK) << err.msg;
+    const fgmm_dtype dts[] = {FGMM_F32, FGMM_F16, FGMM_U8, FGMM_I8};
+    for (fgmm_dtype dt : dts) {
         Problem p = make_problem(1777, 11, 37, dt, 7000 + (int)dt);
         const size_t rb = (size_t)p.D * elem_size(dt), stride = rb + 5;  // odd: unaligned rows
         std::vector<uint8_t> padded((size_t)p.n * stride, 0xAB);
@@ -488,12 +512,12 @@ TEST(Cuda, PiecesEqualOneCall)
 {
     NEED_GPU();
     Ctx ctx;
-    fgmmc_error err{};
-    ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMMC_OK) << err.msg;
+    fgmm_error err{};
+    ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMM_OK) << err.msg;
     const Size sizes[] = {{10007, 23, 61}, {4099, 1, 1}, {3001, 130, 9}};
     uint64_t seed = 8000;
     for (const Size &s : sizes) {
-        Problem p = make_problem(s.n, s.k, s.d, FGMMC_U8, seed++);
+        Problem p = make_problem(s.n, s.k, s.d, FGMM_U8, seed++);
         GpuOut one, three;
         run_pass(ctx.p, p, p.raw.data(), (size_t)p.D, {p.n}, true, one);
         const int64_t a = p.n / 7, b = p.n / 2;
@@ -527,9 +551,9 @@ TEST(Cuda, SmallCallsAreBatched)
 {
     NEED_GPU();
     Ctx ctx;
-    fgmmc_error err{};
-    ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMMC_OK) << err.msg;
-    Problem p = make_problem(20011, 45, 19, FGMMC_F32, 9100);
+    fgmm_error err{};
+    ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMM_OK) << err.msg;
+    Problem p = make_problem(20011, 45, 19, FGMM_F32, 9100);
     const size_t stride = (size_t)p.D * 4;
     GpuOut one, nol;
     run_pass(ctx.p, p, p.raw.data(), stride, {p.n}, true, one);
@@ -542,13 +566,13 @@ TEST(Cuda, SmallCallsAreBatched)
     // With per-row values, through fgmmc_accumulate_at (row indices given).
     std::vector<float> ll(p.n, NAN);
     ASSERT_EQ(fgmmc_begin_pass(ctx.p, p.K, p.D, p.w.data(), p.c.data(), p.shift.data(), &err),
-              FGMMC_OK);
+              FGMM_OK);
     uint64_t base = fgmmc_ll_completed(ctx.p), prev = base;
     int64_t off = 0;
     for (int64_t m : pieces) {
         ASSERT_EQ(fgmmc_accumulate_at(ctx.p, off, p.raw.data() + off * stride, stride, m, p.dt,
                                       ll.data() + off, &err),
-                  FGMMC_OK) << err.msg;
+                  FGMM_OK) << err.msg;
         uint64_t done = fgmmc_ll_completed(ctx.p);
         ASSERT_GE(done, prev);
         for (int64_t i = 0; i < (int64_t)(done - base) * 37 && i < p.n; i++)
@@ -560,7 +584,7 @@ TEST(Cuda, SmallCallsAreBatched)
     EXPECT_LT(prev - base, pieces.size()) << "the last batch cannot be delivered before end_pass";
     std::vector<double> nk(p.K), sums((size_t)p.K * 2 * p.D);
     double tot;
-    ASSERT_EQ(fgmmc_end_pass(ctx.p, nk.data(), sums.data(), &tot, &err), FGMMC_OK) << err.msg;
+    ASSERT_EQ(fgmmc_end_pass(ctx.p, nk.data(), sums.data(), &tot, &err), FGMM_OK) << err.msg;
     EXPECT_EQ(fgmmc_ll_completed(ctx.p), base + pieces.size());
     EXPECT_EQ(std::memcmp(one.row_ll.data(), ll.data(), p.n * sizeof(float)), 0);
     EXPECT_LE(rel_err(nk, one.nk), 1e-6);
@@ -575,18 +599,18 @@ TEST(Cuda, SmallCallsAreBatched)
     ASSERT_NE(pinned, nullptr);
     std::vector<float> ll2(p.n, NAN);
     ASSERT_EQ(fgmmc_begin_pass(ctx.p, p.K, p.D, p.w.data(), p.c.data(), p.shift.data(), &err),
-              FGMMC_OK);
+              FGMM_OK);
     off = 0;
     for (int64_t m : pieces) {
         std::memcpy(pinned, p.raw.data() + off * stride, (size_t)m * stride);
         ASSERT_EQ(fgmmc_accumulate_at(ctx.p, off, pinned, stride, m, p.dt, ll2.data() + off, &err),
-                  FGMMC_OK) << err.msg;
+                  FGMM_OK) << err.msg;
         std::memset(pinned, 0xff, (size_t)m * stride);  // NaN rows if read late
         off += m;
     }
     std::vector<double> nk2(p.K), sums2((size_t)p.K * 2 * p.D);
     double tot2;
-    ASSERT_EQ(fgmmc_end_pass(ctx.p, nk2.data(), sums2.data(), &tot2, &err), FGMMC_OK) << err.msg;
+    ASSERT_EQ(fgmmc_end_pass(ctx.p, nk2.data(), sums2.data(), &tot2, &err), FGMM_OK) << err.msg;
     fgmmc_host_free(pinned);
     EXPECT_TRUE(same_bits(nk, nk2));
     EXPECT_TRUE(same_bits(sums, sums2));
@@ -602,132 +626,152 @@ TEST(Cuda, KmeansppPrimitives)
 {
     NEED_GPU();
     Ctx ctx;
-    fgmmc_error err{};
-    ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMMC_OK) << err.msg;
+    fgmm_error err{};
+    ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMM_OK) << err.msg;
     const float x[5] = {0, 1, 2, 3, 4};
     const double shift[1] = {1.5};
-    ASSERT_EQ(fgmmc_pp_begin(ctx.p, x, 5, 1, shift, &err), FGMMC_OK) << err.msg;
+    ASSERT_EQ(fgmmc_pp_begin(ctx.p, x, 5, 1, shift, &err), FGMM_OK) << err.msg;
     const float cand[2] = {0, 4};
     double pot[2];
-    ASSERT_EQ(fgmmc_pp_potentials(ctx.p, cand, 2, pot, &err), FGMMC_OK) << err.msg;
+    ASSERT_EQ(fgmmc_pp_potentials(ctx.p, cand, 2, pot, &err), FGMM_OK) << err.msg;
     EXPECT_EQ(pot[0], 30.0);  // d2 = +inf: the potentials are the distances' sums
     EXPECT_EQ(pot[1], 30.0);
-    ASSERT_EQ(fgmmc_pp_commit(ctx.p, 2, 0, &err), FGMMC_OK);
+    ASSERT_EQ(fgmmc_pp_commit(ctx.p, 2, 0, &err), FGMM_OK);
     double total;
-    ASSERT_EQ(fgmmc_pp_total(ctx.p, &total, &err), FGMMC_OK) << err.msg;
+    ASSERT_EQ(fgmmc_pp_total(ctx.p, &total, &err), FGMM_OK) << err.msg;
     EXPECT_EQ(total, 30.0);
     const double th[6] = {0, 0.5, 1, 4.9, 5, 29.9};
     int64_t rows[6];
-    ASSERT_EQ(fgmmc_pp_pick(ctx.p, th, 6, rows, &err), FGMMC_OK) << err.msg;
+    ASSERT_EQ(fgmmc_pp_pick(ctx.p, th, 6, rows, &err), FGMM_OK) << err.msg;
     const int64_t want[6] = {1, 1, 2, 2, 3, 4};
     for (int i = 0; i < 6; i++) EXPECT_EQ(rows[i], want[i]) << "threshold " << th[i];
     // Against a candidate at 4: min(d2, dist) = 0 1 4 1 0.
     const float c4[1] = {4};
-    ASSERT_EQ(fgmmc_pp_potentials(ctx.p, c4, 1, pot, &err), FGMMC_OK);
+    ASSERT_EQ(fgmmc_pp_potentials(ctx.p, c4, 1, pot, &err), FGMM_OK);
     EXPECT_EQ(pot[0], 6.0);
-    EXPECT_EQ(fgmmc_pp_potentials(ctx.p, cand, 17, pot, &err), FGMMC_ERR_ARGUMENT);
-    EXPECT_EQ(fgmmc_pp_commit(ctx.p, 1, 1, &err), FGMMC_ERR_ARGUMENT);
+    EXPECT_EQ(fgmmc_pp_potentials(ctx.p, cand, 17, pot, &err), FGMM_ERR_ARGUMENT);
+    EXPECT_EQ(fgmmc_pp_commit(ctx.p, 1, 1, &err), FGMM_ERR_ARGUMENT);
+}
+
+// Needs no GPU: the device count is never an error for a missing device,
+// and creating a context without one says so.
+TEST(Cuda, DeviceCountAndNoDevice)
+{
+    int n = -1;
+    fgmm_error err{};
+    ASSERT_EQ(fgmmc_device_count(&n, &err), FGMM_OK) << err.msg;
+    EXPECT_GE(n, 0);
+    err = fgmm_error{};
+    EXPECT_EQ(fgmmc_device_count(nullptr, &err), FGMM_ERR_ARGUMENT);
+    EXPECT_GT(std::strlen(err.msg), (size_t)0);
+    if (n > 0) return;
+    fgmmc_context *ctx = nullptr;
+    err = fgmm_error{};
+    EXPECT_EQ(fgmmc_create(0, &ctx, &err), FGMM_ERR_DEVICE);
+    EXPECT_EQ(ctx, nullptr);
+    EXPECT_NE(std::strstr(err.msg, "no CUDA device"), nullptr) << err.msg;
+    printf("  %s\n", err.msg);
 }
 
 TEST(Cuda, ArgumentErrors)
 {
     NEED_GPU();
     Ctx ctx;
-    fgmmc_error err{};
-    ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMMC_OK) << err.msg;
+    fgmm_error err{};
+    ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMM_OK) << err.msg;
     std::vector<double> w(2 * 4 * 3, 0.0), c(3, 0.0), shift(4, 0.0), nk(3), sums(24);
     double ll;
     for (int k : {0, -1}) {
-        err = fgmmc_error{};
+        err = fgmm_error{};
         EXPECT_EQ(fgmmc_begin_pass(ctx.p, k, 4, w.data(), c.data(), shift.data(), &err),
-                  FGMMC_ERR_ARGUMENT);
-        EXPECT_EQ(err.code, FGMMC_ERR_ARGUMENT);
+                  FGMM_ERR_ARGUMENT);
+        EXPECT_EQ(err.code, FGMM_ERR_ARGUMENT);
         EXPECT_GT(std::strlen(err.msg), (size_t)0);
         printf("  k=%d: %s\n", k, err.msg);
     }
-    err = fgmmc_error{};
-    EXPECT_EQ(fgmmc_set_portable_kernels(nullptr, 1, &err), FGMMC_ERR_ARGUMENT);
+    err = fgmm_error{};
+    EXPECT_EQ(fgmmc_set_portable_kernels(nullptr, 1, &err), FGMM_ERR_ARGUMENT);
     EXPECT_GT(std::strlen(err.msg), (size_t)0);
     EXPECT_EQ(fgmmc_uses_wgmma(nullptr), 0);
-    err = fgmmc_error{};
+    err = fgmm_error{};
     EXPECT_EQ(fgmmc_begin_pass(ctx.p, 3, 0, w.data(), c.data(), shift.data(), &err),
-              FGMMC_ERR_ARGUMENT);
+              FGMM_ERR_ARGUMENT);
     EXPECT_GT(std::strlen(err.msg), (size_t)0);
-    err = fgmmc_error{};
+    err = fgmm_error{};
     EXPECT_EQ(fgmmc_begin_pass(ctx.p, 3, 4, nullptr, c.data(), shift.data(), &err),
-              FGMMC_ERR_ARGUMENT);
+              FGMM_ERR_ARGUMENT);
     // No pass in progress.
     float row[4] = {0, 0, 0, 0};
-    err = fgmmc_error{};
-    EXPECT_EQ(fgmmc_accumulate(ctx.p, row, sizeof row, 1, FGMMC_F32, nullptr, &err),
-              FGMMC_ERR_ARGUMENT);
+    err = fgmm_error{};
+    EXPECT_EQ(fgmmc_accumulate(ctx.p, row, sizeof row, 1, FGMM_F32, nullptr, &err),
+              FGMM_ERR_ARGUMENT);
     EXPECT_GT(std::strlen(err.msg), (size_t)0);
-    err = fgmmc_error{};
-    EXPECT_EQ(fgmmc_end_pass(ctx.p, nk.data(), sums.data(), &ll, &err), FGMMC_ERR_ARGUMENT);
+    err = fgmm_error{};
+    EXPECT_EQ(fgmmc_end_pass(ctx.p, nk.data(), sums.data(), &ll, &err), FGMM_ERR_ARGUMENT);
     // Bad rows in a valid pass.
-    ASSERT_EQ(fgmmc_begin_pass(ctx.p, 3, 4, w.data(), c.data(), shift.data(), &err), FGMMC_OK)
+    ASSERT_EQ(fgmmc_begin_pass(ctx.p, 3, 4, w.data(), c.data(), shift.data(), &err), FGMM_OK)
         << err.msg;
-    err = fgmmc_error{};
-    EXPECT_EQ(fgmmc_accumulate(ctx.p, row, 8, 1, FGMMC_F32, nullptr, &err), FGMMC_ERR_ARGUMENT)
+    err = fgmm_error{};
+    EXPECT_EQ(fgmmc_accumulate(ctx.p, row, 8, 1, FGMM_F32, nullptr, &err), FGMM_ERR_ARGUMENT)
         << "row_stride below d*4";
-    err = fgmmc_error{};
-    EXPECT_EQ(fgmmc_accumulate(ctx.p, row, sizeof row, 1, (fgmmc_dtype)9, nullptr, &err),
-              FGMMC_ERR_ARGUMENT);
-    err = fgmmc_error{};
-    EXPECT_EQ(fgmmc_accumulate(ctx.p, row, sizeof row, -1, FGMMC_F32, nullptr, &err),
-              FGMMC_ERR_ARGUMENT);
+    err = fgmm_error{};
+    EXPECT_EQ(fgmmc_accumulate(ctx.p, row, sizeof row, 1, (fgmm_dtype)9, nullptr, &err),
+              FGMM_ERR_ARGUMENT);
+    err = fgmm_error{};
+    EXPECT_EQ(fgmmc_accumulate(ctx.p, row, sizeof row, -1, FGMM_F32, nullptr, &err),
+              FGMM_ERR_ARGUMENT);
     // n = 0 is a no-op; the pass still ends, with zeros.
-    EXPECT_EQ(fgmmc_accumulate(ctx.p, row, sizeof row, 0, FGMMC_F32, nullptr, &err), FGMMC_OK);
-    ASSERT_EQ(fgmmc_end_pass(ctx.p, nk.data(), sums.data(), &ll, &err), FGMMC_OK) << err.msg;
+    EXPECT_EQ(fgmmc_accumulate(ctx.p, row, sizeof row, 0, FGMM_F32, nullptr, &err), FGMM_OK);
+    ASSERT_EQ(fgmmc_end_pass(ctx.p, nk.data(), sums.data(), &ll, &err), FGMM_OK) << err.msg;
     EXPECT_EQ(nk[0], 0.0);
     EXPECT_EQ(ll, 0.0);
     // Assignment and the row cache refuse what they cannot serve.
     int idx[64];
     float resp[64], rll[4];
     int cached = 1;
-    err = fgmmc_error{};
-    EXPECT_EQ(fgmmc_assign(ctx.p, row, sizeof row, 1, FGMMC_F32, 1, idx, resp, rll, &err),
-              FGMMC_ERR_ARGUMENT) << "no pass in progress";
-    err = fgmmc_error{};
-    EXPECT_EQ(fgmmc_pass_data(ctx.p, 7, 1, FGMMC_F32, &cached, &err), FGMMC_ERR_ARGUMENT);
+    err = fgmm_error{};
+    EXPECT_EQ(fgmmc_assign(ctx.p, row, sizeof row, 1, FGMM_F32, 1, idx, resp, rll, &err),
+              FGMM_ERR_ARGUMENT) << "no pass in progress";
+    err = fgmm_error{};
+    EXPECT_EQ(fgmmc_pass_data(ctx.p, 7, 1, FGMM_F32, &cached, &err), FGMM_ERR_ARGUMENT);
     EXPECT_EQ(cached, 0);
-    ASSERT_EQ(fgmmc_begin_pass(ctx.p, 3, 4, w.data(), c.data(), shift.data(), &err), FGMMC_OK);
-    err = fgmmc_error{};
-    EXPECT_EQ(fgmmc_assign(ctx.p, row, sizeof row, 1, FGMMC_F32, 33, idx, resp, rll, &err),
-              FGMMC_ERR_ARGUMENT) << "m > 32";
+    ASSERT_EQ(fgmmc_begin_pass(ctx.p, 3, 4, w.data(), c.data(), shift.data(), &err), FGMM_OK);
+    err = fgmm_error{};
+    EXPECT_EQ(fgmmc_assign(ctx.p, row, sizeof row, 1, FGMM_F32, 33, idx, resp, rll, &err),
+              FGMM_ERR_ARGUMENT) << "m > 32";
     EXPECT_NE(std::strstr(err.msg, "m=33"), nullptr) << err.msg;
-    EXPECT_EQ(fgmmc_assign(ctx.p, row, sizeof row, 1, FGMMC_F32, 2, idx, resp, rll, &err), FGMMC_OK)
+    EXPECT_EQ(fgmmc_assign(ctx.p, row, sizeof row, 1, FGMM_F32, 2, idx, resp, rll, &err), FGMM_OK)
         << err.msg;
     EXPECT_EQ(idx[0] >= 0 && idx[0] < 3, true);
     // A first pass over data named 7 fills the copy; the next is served
     // from it, and a row range outside the data is refused.
-    ASSERT_EQ(fgmmc_pass_data(ctx.p, 7, 1, FGMMC_F32, &cached, &err), FGMMC_OK) << err.msg;
+    ASSERT_EQ(fgmmc_pass_data(ctx.p, 7, 1, FGMM_F32, &cached, &err), FGMM_OK) << err.msg;
     EXPECT_EQ(cached, 0);
-    ASSERT_EQ(fgmmc_accumulate_at(ctx.p, 0, row, sizeof row, 1, FGMMC_F32, nullptr, &err), FGMMC_OK);
-    ASSERT_EQ(fgmmc_end_pass(ctx.p, nk.data(), sums.data(), &ll, &err), FGMMC_OK) << err.msg;
+    ASSERT_EQ(fgmmc_accumulate_at(ctx.p, 0, row, sizeof row, 1, FGMM_F32, nullptr, &err), FGMM_OK);
+    ASSERT_EQ(fgmmc_end_pass(ctx.p, nk.data(), sums.data(), &ll, &err), FGMM_OK) << err.msg;
     double ll_first = ll;
-    ASSERT_EQ(fgmmc_begin_pass(ctx.p, 3, 4, w.data(), c.data(), shift.data(), &err), FGMMC_OK);
-    ASSERT_EQ(fgmmc_pass_data(ctx.p, 7, 1, FGMMC_F32, &cached, &err), FGMMC_OK) << err.msg;
+    ASSERT_EQ(fgmmc_begin_pass(ctx.p, 3, 4, w.data(), c.data(), shift.data(), &err), FGMM_OK);
+    ASSERT_EQ(fgmmc_pass_data(ctx.p, 7, 1, FGMM_F32, &cached, &err), FGMM_OK) << err.msg;
     EXPECT_EQ(cached, 1);
-    err = fgmmc_error{};
-    EXPECT_EQ(fgmmc_accumulate_at(ctx.p, 1, nullptr, 0, 1, FGMMC_F32, nullptr, &err),
-              FGMMC_ERR_ARGUMENT);
+    err = fgmm_error{};
+    EXPECT_EQ(fgmmc_accumulate_at(ctx.p, 1, nullptr, 0, 1, FGMM_F32, nullptr, &err),
+              FGMM_ERR_ARGUMENT);
     EXPECT_NE(std::strstr(err.msg, "device copy"), nullptr) << err.msg;
-    ASSERT_EQ(fgmmc_begin_pass(ctx.p, 3, 4, w.data(), c.data(), shift.data(), &err), FGMMC_OK);
-    ASSERT_EQ(fgmmc_pass_data(ctx.p, 7, 1, FGMMC_F32, &cached, &err), FGMMC_OK) << err.msg;
-    ASSERT_EQ(fgmmc_accumulate_at(ctx.p, 0, nullptr, 0, 1, FGMMC_F32, nullptr, &err), FGMMC_OK)
+    ASSERT_EQ(fgmmc_begin_pass(ctx.p, 3, 4, w.data(), c.data(), shift.data(), &err), FGMM_OK);
+    ASSERT_EQ(fgmmc_pass_data(ctx.p, 7, 1, FGMM_F32, &cached, &err), FGMM_OK) << err.msg;
+    ASSERT_EQ(fgmmc_accumulate_at(ctx.p, 0, nullptr, 0, 1, FGMM_F32, nullptr, &err), FGMM_OK)
         << err.msg;
-    ASSERT_EQ(fgmmc_end_pass(ctx.p, nk.data(), sums.data(), &ll, &err), FGMMC_OK) << err.msg;
+    ASSERT_EQ(fgmmc_end_pass(ctx.p, nk.data(), sums.data(), &ll, &err), FGMM_OK) << err.msg;
     EXPECT_EQ(ll, ll_first) << "the device copy holds the same row";
     // Budget 0 drops the copy: the same data is not served any more.
-    ASSERT_EQ(fgmmc_set_cache_budget(ctx.p, 0, &err), FGMMC_OK);
-    ASSERT_EQ(fgmmc_begin_pass(ctx.p, 3, 4, w.data(), c.data(), shift.data(), &err), FGMMC_OK);
-    ASSERT_EQ(fgmmc_pass_data(ctx.p, 7, 1, FGMMC_F32, &cached, &err), FGMMC_OK) << err.msg;
+    ASSERT_EQ(fgmmc_set_cache_budget(ctx.p, 0, &err), FGMM_OK);
+    ASSERT_EQ(fgmmc_begin_pass(ctx.p, 3, 4, w.data(), c.data(), shift.data(), &err), FGMM_OK);
+    ASSERT_EQ(fgmmc_pass_data(ctx.p, 7, 1, FGMM_F32, &cached, &err), FGMM_OK) << err.msg;
     EXPECT_EQ(cached, 0);
     // A device that does not exist.
     fgmmc_context *bad = nullptr;
-    err = fgmmc_error{};
-    EXPECT_NE(fgmmc_create(fgmmc_device_count() + 3, &bad, &err), FGMMC_OK);
+    err = fgmm_error{};
+    EXPECT_NE(fgmmc_create(device_count() + 3, &bad, &err), FGMM_OK);
     EXPECT_EQ(bad, nullptr);
     EXPECT_GT(std::strlen(err.msg), (size_t)0);
 }

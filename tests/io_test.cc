@@ -446,6 +446,52 @@ TEST_F(Io, HeaderOverflowIsCaught)
     expect_open_fails(path("o.fbin"), FGMM_ERR_FORMAT, {"o.fbin", "4294967295 rows"});
 }
 
+// rows x dims x element size is computed in 64 bits with every product
+// checked: a header whose sizes overflow is a clear error naming the
+// shape, never a wrapped size that happens to match a small file.
+TEST_F(Io, ShapeProductOverflowIsAClearError)
+{
+    Bytes f4 = raw(std::vector<float>(8, 1.0f));
+    // 2^62 rows x 8 dims x 4 bytes = 2^67.
+    write_file(path("big.npy"), npy_file(1, "<f4", "(4611686018427387904, 8)", f4));
+    expect_open_fails(path("big.npy"), FGMM_ERR_FORMAT,
+                      {"big.npy", "4611686018427387904 rows x 8 dims = more than 2^64 bytes"});
+    // Each factor alone fits; the product wraps to exactly 0 mod 2^64.
+    write_file(path("wrap.npy"), npy_file(1, "<f4", "(4294967296, 1073741824)", f4));
+    expect_open_fails(path("wrap.npy"), FGMM_ERR_FORMAT, {"wrap.npy", "more than 2^64"});
+    // A dimension past int, and a dimension past int64.
+    write_file(path("wide.npy"), npy_file(1, "<f4", "(1, 4294967296)", f4));
+    expect_open_fails(path("wide.npy"), FGMM_ERR_FORMAT, {"wide.npy", "too large"});
+    write_file(path("huge.npy"), npy_file(1, "<f4", "(1, 99999999999999999999)", f4));
+    expect_open_fails(path("huge.npy"), FGMM_ERR_FORMAT, {"huge.npy", "malformed .npy header"});
+    // Big-ann headers: uint32 n and d can reach 2^64 only with 4-byte
+    // elements; with 1-byte ones the size is merely wrong.
+    write_file(path("o.u8bin"), bin_file<uint8_t>(0xFFFFFFFFu, 0x7FFFFFFFu, {1}));
+    expect_open_fails(path("o.u8bin"), FGMM_ERR_FORMAT,
+                      {"o.u8bin", "4294967295 rows x 2147483647 dims = 9223372030412324873 "
+                                  "bytes, file has 9 bytes"});
+    write_file(path("o.i8bin"), bin_file<int8_t>(0xFFFFFFFFu, 0x80000000u, {1}));
+    expect_open_fails(path("o.i8bin"), FGMM_ERR_FORMAT, {"o.i8bin", "too large"});
+    write_file(path("half.fbin"), bin_file<float>(0xFFFFFFFFu, 0x7FFFFFFFu, {1.0f}));
+    expect_open_fails(path("half.fbin"), FGMM_ERR_FORMAT, {"half.fbin", "more than 2^64"});
+    // fgmm_npy_read (models): element counts whose bytes, or bytes plus the
+    // header, pass 2^64.
+    double *data = nullptr;
+    int ndim = 0;
+    int64_t shape[2];
+    write_file(path("r1.npy"), npy_file(1, "<f8", "(2305843009213693952, 8)", Bytes(8)));
+    EXPECT_EQ(fgmm_npy_read(path("r1.npy").c_str(), &data, &ndim, shape, &err), FGMM_ERR_FORMAT);
+    EXPECT_NE(std::string(err.msg).find("r1.npy: shape (2305843009213693952, 8) is too large"),
+              std::string::npos)
+        << err.msg;
+    write_file(path("r2.npy"), npy_file(1, "<f8", "(2305843009213693951,)", Bytes(8)));
+    EXPECT_EQ(fgmm_npy_read(path("r2.npy").c_str(), &data, &ndim, shape, &err), FGMM_ERR_FORMAT);
+    EXPECT_NE(std::string(err.msg).find("r2.npy: shape (2305843009213693951,) is too large"),
+              std::string::npos)
+        << err.msg;
+    EXPECT_EQ(data, nullptr);
+}
+
 TEST_F(Io, ZeroRowsOrDims)
 {
     write_file(path("n0.fbin"), bin_file<float>(0, 4, {}));
@@ -689,7 +735,8 @@ TEST_F(Io, NpyWriteFailureLeavesNothing)
                                     &err);
     setrlimit(RLIMIT_FSIZE, &old);
     EXPECT_EQ(st, FGMM_ERR_IO);
-    EXPECT_NE(std::string(err.msg).find("write failed"), std::string::npos) << err.msg;
+    EXPECT_NE(std::string(err.msg).find("keep.npy.tmp."), std::string::npos) << err.msg;
+    EXPECT_NE(std::string(err.msg).find("failed: File too large"), std::string::npos) << err.msg;
     EXPECT_EQ(read_text(path("keep.npy")), "old");
     EXPECT_EQ(tmp_leftovers(), 0);
 }
@@ -770,7 +817,7 @@ TEST_F(Io, ModelRoundTripDiag)
          {"\n  \"format\": \"flashgmm-model\",\n", "\n  \"version\": 1,\n", "\n  \"k\": 3,\n",
           "\n  \"d\": 4,\n", "\n  \"covariance\": \"diag\",\n", "\n  \"converged\": true,\n",
           "\n  \"final_log_likelihood\": -10.999999999999998,\n",
-          "\n  \"seed\": 18446744073709551615,\n", "\n  \"device\": \"cpu\"\n"})
+          "\n  \"seed\": \"18446744073709551615\",\n", "\n  \"device\": \"cpu\"\n"})
         EXPECT_NE(js.find(line), std::string::npos) << line << "\n" << js;
     EXPECT_NE(js.find("\"data/\\\"quoted\\\" \\\\ path\\n\\ttab é.fbin\""), std::string::npos)
         << js;
@@ -817,7 +864,7 @@ TEST_F(Io, SaveOntoExistingDirFailsAndLeavesItAlone)
     mkdir(md.c_str(), 0755);
     write_text(md + "/keep.txt", "mine");
     EXPECT_EQ(fgmm_model_save(m, md.c_str(), &err), FGMM_ERR_EXISTS);
-    EXPECT_NE(std::string(err.msg).find("taken: already exists; choose another --out or remove it"),
+    EXPECT_NE(std::string(err.msg).find("taken: already exists; choose another directory or remove it"),
               std::string::npos)
         << err.msg;
     EXPECT_EQ(read_text(md + "/keep.txt"), "mine");
@@ -888,7 +935,7 @@ class IoModel : public Io {
 TEST_F(IoModel, CorruptJson)
 {
     set_json("\"d\": 4,", "\"d\": 4");
-    expect_load_fails(FGMM_ERR_FORMAT, {"m/model.json", "line 6", "expected ',' or '}'"});
+    expect_load_fails(FGMM_ERR_FORMAT, {"m/model.json", "line 6", "'}' expected"});
 }
 
 TEST_F(IoModel, TruncatedJson)
@@ -910,7 +957,7 @@ TEST_F(IoModel, JsonEscapesAreDecoded)
 TEST_F(IoModel, BadEscape)
 {
     set_json("\"init\": \"kmeans++\"", "\"init\": \"a\\q\"");
-    expect_load_fails(FGMM_ERR_FORMAT, {"m/model.json", "line 17", "escape"});
+    expect_load_fails(FGMM_ERR_FORMAT, {"m/model.json", "line 21", "escape"});
 }
 
 TEST_F(IoModel, WrongFormatOrVersion)
@@ -935,6 +982,42 @@ TEST_F(IoModel, BadKeys)
     set_json("\"covariance\": \"blocky\"", "\"covariance\": \"diag\"");
     set_json("\"converged\": true", "\"converged\": \"yes\"");
     expect_load_fails(FGMM_ERR_FORMAT, {"m/model.json", "\"converged\"", "boolean"});
+}
+
+// Seeds are uint64; jansson's integers are int64. Seeds up to 2^63-1 are
+// JSON integers, larger ones decimal strings; a bare integer above 2^63-1
+// (how such seeds were written before) still reads exactly.
+TEST_F(IoModel, SeedEncodings)
+{
+    // make_model's seed is 2^64-1, saved as a string.
+    std::string cur = "\"seed\": \"18446744073709551615\"";
+    for (const char *bare : {"18446744073709551615", "9223372036854775808"}) {
+        std::string next = std::string("\"seed\": ") + bare;
+        set_json(cur, next);
+        cur = next;
+        fgmm_model *m = nullptr;
+        ASSERT_EQ(fgmm_model_load(md.c_str(), &m, &err), FGMM_OK) << err.msg;
+        EXPECT_EQ(fgmm_model_meta_c(m)->seed, strtoull(bare, nullptr, 10)) << bare;
+        fgmm_model_free(m);
+    }
+    set_json(cur, "\"seed\": \"9223372036854775808\"");
+    fgmm_model *m = nullptr;
+    ASSERT_EQ(fgmm_model_load(md.c_str(), &m, &err), FGMM_OK) << err.msg;
+    EXPECT_EQ(fgmm_model_meta_c(m)->seed, 9223372036854775808ull);
+    // Saved again below 2^63: a JSON integer.
+    fgmm_model_meta_get(m)->seed = 9223372036854775807ull;
+    ASSERT_EQ(fgmm_model_save(m, path("m2").c_str(), &err), FGMM_OK) << err.msg;
+    EXPECT_NE(read_text(path("m2/model.json")).find("\n  \"seed\": 9223372036854775807,\n"),
+              std::string::npos);
+    fgmm_model_free(m);
+    set_json("\"seed\": \"9223372036854775808\"", "\"seed\": -1");
+    expect_load_fails(FGMM_ERR_FORMAT, {"m/model.json", "\"seed\" is -1"});
+    set_json("\"seed\": -1", "\"seed\": \"12x\"");
+    expect_load_fails(FGMM_ERR_FORMAT, {"m/model.json", "\"seed\" is \"12x\"", "decimal digits"});
+    set_json("\"seed\": \"12x\"", "\"seed\": 18446744073709551616");
+    expect_load_fails(FGMM_ERR_FORMAT, {"m/model.json", "too big integer"});
+    set_json("\"seed\": 18446744073709551616", "\"seed\": -18446744073709551615");
+    expect_load_fails(FGMM_ERR_FORMAT, {"m/model.json", "too big negative integer"});
 }
 
 TEST_F(IoModel, WrongShapes)

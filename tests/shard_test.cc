@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -18,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "backends/fgmm_backends.h"
 #include "core/fgmm.h"
 #include "io/fgmm_io.h"
 
@@ -338,7 +340,7 @@ TEST(Shards, MixedDimensionsOrDtypesRefusedBeforeWriting)
     write_bin(dir2 + "/b.u8bin", u, 10, 8);
     EXPECT_EQ(convert(dir2, out, small_opts(), &err), FGMM_ERR_DATA);
     EXPECT_NE(strstr(err.msg, "mixed dtypes"), nullptr) << err.msg;
-    EXPECT_NE(strstr(err.msg, "--dtype"), nullptr) << err.msg;
+    EXPECT_NE(strstr(err.msg, "convert them all to float32"), nullptr) << err.msg;
     EXPECT_FALSE(exists(out));
     // With --dtype float32 they convert, integers as their values.
     auto o = small_opts();
@@ -724,7 +726,6 @@ TEST(ShardFaults, ManifestThatDisagreesWithShards)
     {
         Corpus c;
         edit_manifest(c.dir, "\"checksum\": \"", "\"checksum\": \"f");
-        edit_manifest(c.dir, "\"}", "\"}"); // still valid JSON, 17 digits
         std::string m = open_error(c.dir, FGMM_ERR_FORMAT);
         EXPECT_NE(m.find("16 hex digits"), std::string::npos) << m;
     }
@@ -854,6 +855,121 @@ TEST(ShardConvert, FailedWriteIsAClearErrorAndLeavesNoManifest)
     EXPECT_FALSE(exists(out + "/manifest.json"));
     EXPECT_FALSE(exists(out + "/shard-00000.fgs.tmp"));
     EXPECT_FALSE(exists(out + "/shard-00000.fgs"));
+}
+
+// A manifest names plain files in its own directory: anything else (an
+// absolute path, ".", "..", a path, an empty or over-long name) is refused
+// before any file is opened, and a shard that is a symbolic link is refused
+// when it is opened, naming it.
+TEST(ShardFaults, ManifestEntriesMustBePlainFilesInTheDirectory)
+{
+    const std::string bad[] = {"/etc/passwd", ".", "..", "", "sub/shard-00001.fgs",
+                               std::string(64, 'x'), std::string(300, 'y')};
+    for (const std::string &name : bad) {
+        Corpus c;
+        edit_manifest(c.dir, "\"file\": \"shard-00001.fgs\"", "\"file\": \"" + name + "\"");
+        std::string m = open_error(c.dir, FGMM_ERR_FORMAT);
+        EXPECT_NE(m.find("shards[1]: shard file \"" + name.substr(0, 200) + "\""),
+                  std::string::npos)
+            << m;
+        EXPECT_NE(m.find("must be a plain file name"), std::string::npos) << m;
+    }
+    {
+        // A link to an identical copy of the shard: the bytes would pass
+        // every check, the link itself is what is refused.
+        Corpus c;
+        std::string elsewhere = fresh("linked") + ".fgs";
+        auto b = read_bytes(c.shard(1));
+        write_bytes(elsewhere, b.data(), b.size());
+        ASSERT_EQ(unlink(c.shard(1).c_str()), 0);
+        ASSERT_EQ(symlink(elsewhere.c_str(), c.shard(1).c_str()), 0);
+        std::string m = open_error(c.dir, FGMM_ERR_FORMAT);
+        EXPECT_NE(m.find("shard-00001.fgs: is a symbolic link"), std::string::npos) << m;
+        fgmm_shards_info info;
+        fgmm_error err = {};
+        EXPECT_EQ(fgmm_shards_probe(c.dir.c_str(), 0, 1, &info, &err), FGMM_ERR_FORMAT);
+        EXPECT_NE(strstr(err.msg, "symbolic link"), nullptr) << err.msg;
+    }
+}
+
+// Sizes are rows x dim x element size: products that overflow 64 bits
+// are errors, not wrapped small numbers.
+TEST(ShardFaults, ManifestSizesThatOverflowAreRefused)
+{
+    {
+        Corpus c; // 6 float32 dims: 24 bytes a row, 2^62 rows overflow
+        edit_manifest(c.dir, "\"rows\": 2000", "\"rows\": 4611686018427387904");
+        std::string m = open_error(c.dir, FGMM_ERR_FORMAT);
+        EXPECT_NE(m.find("4611686018427387904 rows x 6 dims x 4 bytes overflows"),
+                  std::string::npos)
+            << m;
+    }
+    {
+        Corpus c;
+        edit_manifest(c.dir, "\"dim\": 6", "\"dim\": 1073741824");
+        edit_manifest(c.dir, "\"rows\": 2000", "\"rows\": 9223372036854775807");
+        std::string m = open_error(c.dir, FGMM_ERR_FORMAT);
+        EXPECT_NE(m.find("overflows"), std::string::npos) << m;
+    }
+    {
+        // One entry's rows running past the total, near 2^63.
+        Corpus c;
+        edit_manifest(c.dir, "\"rows\": 500", "\"rows\": 9223372036854775000");
+        std::string m = open_error(c.dir, FGMM_ERR_FORMAT);
+        EXPECT_NE(m.find("shards[0] (shard-00000.fgs) holds rows 0..9223372036854774999 past"),
+                  std::string::npos)
+            << m;
+    }
+    {
+        // Beyond 2^64 is not a number jansson or the manifest can hold.
+        Corpus c;
+        edit_manifest(c.dir, "\"rows\": 2000", "\"rows\": 18446744073709551616");
+        std::string m = open_error(c.dir, FGMM_ERR_FORMAT);
+        EXPECT_NE(m.find("manifest.json"), std::string::npos) << m;
+    }
+}
+
+// SIGKILL in the middle of a conversion: whatever the kill interrupted is
+// not visible as output (no manifest, so no reader takes the directory for
+// a complete one), and running the same conversion again completes it to
+// the bytes of an uninterrupted one.
+TEST(ShardConvert, KilledConversionLeavesNoVisibleOutputAndResumes)
+{
+    const int64_t n = 400000;
+    const int d = 16;
+    auto rows = make_rows(FGMM_F32, n, d, 12);
+    std::string in = fresh("kill") + ".fbin", out = fresh("killed"), clean = fresh("clean");
+    write_bin(in, rows, (uint32_t)n, d);
+    auto o = small_opts(500, 4); // 200 shards, each fsynced
+    o.level = 1;
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        fgmm_error e = {};
+        _exit(convert(in, out, o, &e) == FGMM_OK ? 0 : 1);
+    }
+    // Kill once a few shards are complete: later ones are being written.
+    for (int i = 0; i < 20000 && !exists(out + "/shard-00003.fgs"); i++) usleep(500);
+    kill(pid, SIGKILL);
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFSIGNALED(status)) << "the conversion finished before it could be killed";
+    EXPECT_FALSE(exists(out + "/manifest.json"));
+    std::string m = open_error(out, FGMM_ERR_FORMAT);
+    EXPECT_NE(m.find("unfinished conversion"), std::string::npos) << m;
+    int complete = 0;
+    for (const std::string &f : listing(out))
+        if (f.size() == strlen("shard-00000.fgs") && f.compare(0, 6, "shard-") == 0) complete++;
+    EXPECT_GE(complete, 4);
+    fgmm_error err = {};
+    fgmm_shard_write_result res;
+    ASSERT_EQ(convert(in, out, o, &err, &res), FGMM_OK) << err.msg;
+    EXPECT_TRUE(res.complete);
+    EXPECT_EQ(res.shards_resumed, complete); // every renamed shard was whole
+    ASSERT_EQ(convert(in, clean, o, &err), FGMM_OK) << err.msg;
+    EXPECT_EQ(listing(out), listing(clean));
+    for (const std::string &f : listing(clean))
+        EXPECT_EQ(read_bytes(out + "/" + f), read_bytes(clean + "/" + f)) << f;
 }
 
 } // namespace

@@ -12,16 +12,55 @@ NVCC_FLAGS = " ".join([
     "-I.",
 ])
 
-def cuda_library(name, srcs, hdrs = [], internal_hdrs = [], deps = [], visibility = None):
+def _cc_headers_impl(ctx):
+    hdrs = [dep[CcInfo].compilation_context.headers for dep in ctx.attr.deps]
+    return [DefaultInfo(files = depset(transitive = hdrs))]
+
+# The headers of cc_library deps as files, for the nvcc genrules (which see
+# only the files they are given).
+_cc_headers = rule(
+    implementation = _cc_headers_impl,
+    attrs = {"deps": attr.label_list(providers = [CcInfo])},
+)
+
+def cuda_library(
+        name,
+        srcs,
+        hdrs = [],
+        internal_hdrs = [],
+        deps = [],
+        testonly = False,
+        visibility = None):
+    """A static library of .cu files.
+
+    Args:
+      name: the cc_library's name.
+      srcs: .cu files, one object each.
+      hdrs: public headers (the cc_library's hdrs).
+      internal_hdrs: headers only the .cu files include.
+      deps: cc_library dependencies of the objects; their headers are
+        visible to nvcc.
+      testonly: for tests and benchmarks only.
+      visibility: the cc_library's visibility.
+    """
+    dep_hdrs = []
+    if deps:
+        _cc_headers(
+            name = "_%s_dep_hdrs" % name,
+            deps = deps,
+            testonly = testonly,
+        )
+        dep_hdrs = [":_%s_dep_hdrs" % name]
     objs = []
     for src in srcs:
         base = src.split("/")[-1].replace(".cu", "")
         obj = "_%s_%s.o" % (name, base)
         native.genrule(
             name = "_%s_%s_nvcc" % (name, base),
-            srcs = [src] + hdrs + internal_hdrs,
+            srcs = [src] + hdrs + internal_hdrs + dep_hdrs,
             outs = [obj],
             cmd = "/usr/local/cuda/bin/nvcc %s -c $(location %s) -o $@" % (NVCC_FLAGS, src),
+            testonly = testonly,
         )
         objs.append(obj)
     native.cc_library(
@@ -30,5 +69,6 @@ def cuda_library(name, srcs, hdrs = [], internal_hdrs = [], deps = [], visibilit
         hdrs = hdrs,
         deps = deps + ["@cuda//:cudart_static"],
         linkstatic = True,
+        testonly = testonly,
         visibility = visibility,
     )

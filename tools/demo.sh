@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
-bazel build -c opt --dynamic_mode=off //tools:flashgmm >&2
+# No progress lines: Bazel's summary (or its errors) and then the demo.
+bazel build --noshow_progress -c opt --dynamic_mode=off //tools:flashgmm >&2
 exec bazel-bin/tools/flashgmm demo "$@"

@@ -9,6 +9,7 @@ PACKAGES=(
   libgtest-dev                                              # googletest
   libopenblas-dev libopenblas0-pthread                      # CPU tile products
   liburing-dev libzstd-dev zstd libxxhash-dev               # io
+  libjansson-dev                                            # io: JSON files
   python3-numpy python3-sklearn                             # peer test and benchmarks
 )
 

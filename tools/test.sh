@@ -1,45 +1,116 @@
 #!/usr/bin/env bash
 # The README's second command (and CI's): install what is needed, build
-# everything (the CUDA sources too, with nvcc), run every test, and end with
-# one line "N passed, N failed" counting test cases. GPU tests skip with a
-# message where there is no GPU; skipped cases are listed, not counted.
+# everything (the CUDA sources too, with nvcc), run every test afresh, and end
+# with one line "N passed, N failed" counting googletest cases.
+#
+# It cannot pass by accident: the exit status is non-zero when the build or
+# `bazel test` fails, when fewer test targets exist than MIN_TEST_TARGETS,
+# when a target left no fresh XML, or when any case is neither completed nor
+# an explicit skip. GPU tests skip (listed, not counted) where there is no
+# GPU; with FGMM_REQUIRE_GPU=1 in the environment the tests are told so and
+# every skipped case counts as a failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+
+# The number of test targets in the tree; raise it when adding one. Fewer
+# means a BUILD file lost a test (or the query failed), not that all passed.
+MIN_TEST_TARGETS=8
+
 bash tools/setup.sh || { echo "0 passed, 1 failed"; exit 1; }
 
-bazel build //... 2>&1
+# Bazel's progress lines add nothing to a log; its summary and errors stay.
+QUIET=(--noshow_progress)
+
+stamp=$(mktemp)
+trap 'rm -f "$stamp" "$stamp.targets" "$stamp.query"' EXIT
+
+# Targets that //... builds: `bazel test //...` skips those tagged manual.
+bazel query "${QUIET[@]}" 'tests(//...) except attr(tags, "manual", //...)' \
+  >"$stamp.targets" 2>"$stamp.query"
+query_rc=$?
+if [ "$query_rc" -ne 0 ]; then cat "$stamp.query" >&2; fi
+
+bazel build "${QUIET[@]}" //... 2>&1
 build_rc=$?
-bazel test --keep_going //... 2>&1
+bazel test "${QUIET[@]}" --keep_going --nocache_test_results \
+  --test_env=FGMM_REQUIRE_GPU //... 2>&1
 test_rc=$?
 
-/usr/bin/python3 - "$build_rc" "$test_rc" <<'PY'
-import glob, os, subprocess, sys
+/usr/bin/python3 - "$stamp" "$query_rc" "$build_rc" "$test_rc" "$MIN_TEST_TARGETS" \
+  "${FGMM_REQUIRE_GPU:-}" <<'PY'
+import glob, os, sys
 import xml.etree.ElementTree as ET
 
-build_rc, test_rc = int(sys.argv[1]), int(sys.argv[2])
-targets = subprocess.run(["bazel", "query", "tests(//...)"], capture_output=True,
-                         text=True).stdout.split()
+stamp, query_rc, build_rc, test_rc, min_targets = sys.argv[1], *map(int, sys.argv[2:6])
+require_gpu = sys.argv[6] == "1"
+since = os.stat(stamp).st_mtime
+targets = open(stamp + ".targets").read().split() if query_rc == 0 else []
 passed = failed = skipped = 0
+problems = []  # failures that are not a test case: the build, a missing XML
+
+def xml_files(target):
+    pkg, name = target.lstrip("/").split(":")
+    base = os.path.join("bazel-testlogs", pkg, name)
+    one = os.path.join(base, "test.xml")
+    return [one] if os.path.exists(one) else sorted(glob.glob(os.path.join(base, "shard_*", "test.xml")))
+
 for t in targets:
-    pkg, name = t.lstrip("/").split(":")
-    xml = os.path.join("bazel-testlogs", pkg, name, "test.xml")
-    if not os.path.exists(xml):
-        print(f"{t}: no results (did not build or run)")
-        failed += 1
+    files = xml_files(t)
+    if not files:
+        problems.append(f"{t}: no test.xml (did not build or run)")
         continue
-    cases = ET.parse(xml).getroot().iter("testcase")
+    stale = [f for f in files if os.stat(f).st_mtime < since]
+    if stale:
+        problems.append(f"{t}: test.xml is from an earlier run (did not build or run)")
+        continue
+    cases = []
+    for f in files:
+        try:
+            cases += list(ET.parse(f).getroot().iter("testcase"))
+        except ET.ParseError as e:
+            problems.append(f"{t}: {f}: unreadable XML: {e}")
+    if not cases:
+        problems.append(f"{t}: no test cases in its XML")
     for c in cases:
+        name = f"{t} {c.get('classname')}.{c.get('name')}"
+        result = c.get("result")
         if c.find("failure") is not None or c.find("error") is not None:
             failed += 1
-            print(f"FAILED {t} {c.get('classname')}.{c.get('name')}")
-        elif c.get("result") == "skipped" or c.find("skipped") is not None:
-            skipped += 1
-            print(f"skipped {t} {c.get('classname')}.{c.get('name')}")
-        else:
+            print(f"FAILED {name}")
+        elif result == "skipped" or c.find("skipped") is not None:
+            sk = c.find("skipped")
+            # googletest's message: "file:line" then the reason given.
+            lines = (sk.get("message") or "").strip().splitlines() if sk is not None else []
+            why = f": {' '.join(lines[1:])} ({lines[0]})" if len(lines) > 1 else \
+                f": {lines[0]}" if lines else ""
+            if require_gpu:
+                failed += 1
+                print(f"FAILED {name} skipped with FGMM_REQUIRE_GPU=1{why}")
+            else:
+                skipped += 1
+                print(f"skipped {name}{why}")
+        elif result == "completed":
             passed += 1
-if build_rc != 0 and failed == 0:
-    failed += 1
-    print("the build failed")
+        else:
+            # "suppressed" (a DISABLED_ test) or no result at all: not run.
+            failed += 1
+            print(f"FAILED {name} (result {result!r}, not completed)")
+
+if query_rc != 0:
+    problems.append("bazel query for the test targets failed")
+elif len(targets) < min_targets:
+    problems.append(f"{len(targets)} test targets found, expected at least {min_targets}")
+for p in problems:
+    print(p)
+failed += len(problems)
+# A failing build or `bazel test` with every case above passed (a target
+# that failed outside googletest, an interrupted run) is one failure more;
+# otherwise the cases already count it.
+for what, rc in (("build", build_rc), ("test", test_rc)):
+    if rc != 0:
+        print(f"bazel {what} failed (exit {rc})")
+if (build_rc or test_rc) and failed == 0:
+    failed = 1
 print(f"{skipped} skipped")
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

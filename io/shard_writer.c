@@ -1,5 +1,5 @@
 /*
- * shard_write.c - the shard writer and `flashgmm shard`'s converter.
+ * shard_writer.c - the shard writer: rows in, shard files and manifest out.
  *
  * Crash safety comes from the order of renames, not from locks:
  *   1. out_dir/.conversion.json (the journal) records what is being
@@ -14,6 +14,8 @@
  */
 #include "io/fgmm_io.h"
 #include "io/shard_format.h"
+#include "io/file.h"
+#include "io/json_file.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -43,8 +45,8 @@ struct fgmm_shard_writer {
     int n_entries, cap_entries, resumed;
     uint64_t raw_bytes, stored_bytes;
     /* the shard being written */
-    int fd;
-    char tmp[4200], final[4200], name[64];
+    fgmm_io_tmpfile tf; /* tf.fd < 0: none open */
+    char name[64];
     uint64_t off;
     shard_chunk *chunks;
     uint32_t n_chunks;
@@ -70,61 +72,60 @@ void fgmm_shard_write_options_default(fgmm_shard_write_options *o)
     o->dtype = -1;
 }
 
-static int fsync_dir(const char *path)
+/* s with every byte above 0x7f taken as Latin-1, so any file name gives
+ * a valid UTF-8 string that still tells names apart. */
+static char *latin1_to_utf8(const char *s)
 {
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    int r = fsync(fd);
-    close(fd);
-    return r;
-}
-
-static fgmm_status journal_text(const fgmm_shard_writer *w, const char *fingerprint, char **out,
-                                fgmm_error *err)
-{
-    size_t n = strlen(fingerprint) * 6 + 512;
-    char *t = malloc(n), *p = t;
-    if (!t) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
-    p += sprintf(p, "{\"format\": \"flashgmm-shards-journal\", \"dim\": %d, \"dtype\": \"%s\", "
-                    "\"rows_per_chunk\": %" PRId64 ", \"chunks_per_shard\": %d, "
-                    "\"zstd_level\": %d, \"fingerprint\": \"",
-                 w->dim, fgmm_dtype_name(w->dtype), w->R, w->C, w->level);
-    for (const unsigned char *s = (const unsigned char *)fingerprint; *s; s++) {
-        if (*s == '"' || *s == '\\') p += sprintf(p, "\\%c", *s);
-        else if (*s < 0x20) p += sprintf(p, "\\u%04x", *s);
-        else *p++ = (char)*s;
+    size_t n = strlen(s);
+    char *t = malloc(2 * n + 1), *p = t;
+    if (!t) return NULL;
+    for (const unsigned char *q = (const unsigned char *)s; *q; q++) {
+        if (*q < 0x80) {
+            *p++ = (char)*q;
+        } else {
+            *p++ = (char)(0xC0 | (*q >> 6));
+            *p++ = (char)(0x80 | (*q & 0x3F));
+        }
     }
-    strcpy(p, "\"}\n");
-    *out = t;
-    return FGMM_OK;
-}
-
-static fgmm_status write_small_file(const char *dir, const char *name, const char *text,
-                                    fgmm_error *err)
-{
-    char path[4200], tmp[4300];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return fgmm_fail(err, FGMM_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
-    fgmm_status st = shard_pwrite_all(fd, text, strlen(text), 0, tmp, err);
-    if (!st && fsync(fd)) st = fgmm_fail(err, FGMM_ERR_IO, "%s: fsync: %s", tmp, strerror(errno));
-    close(fd);
-    if (!st && rename(tmp, path))
-        st = fgmm_fail(err, FGMM_ERR_IO, "%s: rename: %s", path, strerror(errno));
-    if (st) unlink(tmp);
-    return st;
-}
-
-static char *read_small_file(const char *path, size_t max)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    char *t = malloc(max + 1);
-    size_t n = t ? fread(t, 1, max, f) : 0;
-    fclose(f);
-    if (t) t[n] = 0;
+    *p = '\0';
     return t;
+}
+
+/* The journal: what is being converted and how. A resumed conversion must
+ * match it exactly, or its shards would mix two conversions. */
+static json_t *journal_json(const fgmm_shard_writer *w, const char *fingerprint)
+{
+    /* File names need not be UTF-8, and JSON strings are: a fingerprint
+     * that is not is compared, never shown, so its bytes are read as
+     * Latin-1. */
+    json_t *probe = json_string(fingerprint);
+    char *fp = probe ? strdup(fingerprint) : latin1_to_utf8(fingerprint);
+    json_decref(probe);
+    json_t *o = json_object();
+    int bad = !o;
+    const struct {
+        const char *key;
+        json_t *v;
+    } kv[] = {
+        {"format", json_string("flashgmm-shards-journal")},
+        {"dim", json_integer(w->dim)},
+        {"dtype", json_string(fgmm_dtype_name(w->dtype))},
+        {"rows_per_chunk", json_integer(w->R)},
+        {"chunks_per_shard", json_integer(w->C)},
+        {"zstd_level", json_integer(w->level)},
+        {"fingerprint", fp ? json_string(fp) : NULL},
+    };
+    for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++) {
+        if (bad || !kv[i].v) {
+            json_decref(kv[i].v);
+            bad = 1;
+        } else if (json_object_set_new(o, kv[i].key, kv[i].v)) { /* frees the value */
+            bad = 1;
+        }
+    }
+    free(fp);
+    if (bad) json_decref(o);
+    return bad ? NULL : o;
 }
 
 static fgmm_status add_entry(fgmm_shard_writer *w, const shard_entry *e, fgmm_error *err)
@@ -150,7 +151,8 @@ static fgmm_status resume_scan(fgmm_shard_writer *w, fgmm_error *err)
         char name[64], path[4200];
         shard_file_name(i, name, sizeof name);
         snprintf(path, sizeof path, "%s/%s", w->dir, name);
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        /* A link is not a shard this conversion wrote: redo it. */
+        int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0) break;
         shard_header h;
         shard_chunk *ch = NULL;
@@ -188,10 +190,7 @@ static fgmm_status resume_scan(fgmm_shard_writer *w, fgmm_error *err)
 void fgmm_shard_writer_free(fgmm_shard_writer *w)
 {
     if (!w) return;
-    if (w->fd >= 0) {
-        close(w->fd);
-        unlink(w->tmp);
-    }
+    fgmm_io_tmp_abort(&w->tf);
     for (int i = 0; i < w->threads; i++) {
         if (w->comp) free(w->comp[i]);
         if (w->cctx) ZSTD_freeCCtx(w->cctx[i]);
@@ -219,11 +218,14 @@ fgmm_status fgmm_shard_writer_create(const char *out_dir, int dim, fgmm_dtype dt
     else fgmm_shard_write_options_default(&o);
     if (dim <= 0) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "shard writer: dim must be > 0");
     if (o.level < 1 || o.level > ZSTD_maxCLevel())
-        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "--level must be in [1, %d] (got %d)",
-                         ZSTD_maxCLevel(), o.level);
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s: zstd level %d; expected 1..%d", out_dir,
+                         o.level, ZSTD_maxCLevel());
     if (o.rows_per_chunk < 0 || o.chunks_per_shard < 0 || o.threads < 0 || o.max_shards < 0)
         return fgmm_fail(err, FGMM_ERR_ARGUMENT,
-                         "--rows-per-chunk, --chunks-per-shard and --threads must be >= 0");
+                         "%s: rows per chunk %lld, chunks per shard %d, threads %d, max shards "
+                         "%d; expected each >= 0 (0: the default)",
+                         out_dir, (long long)o.rows_per_chunk, o.chunks_per_shard, o.threads,
+                         o.max_shards);
     size_t row_bytes = (size_t)dim * fgmm_dtype_size(dtype);
     int64_t R = o.rows_per_chunk ? o.rows_per_chunk : (int64_t)(DEFAULT_CHUNK_BYTES / row_bytes);
     /* Default chunks are a multiple of 256 rows, the CPU engine's tile:
@@ -235,8 +237,9 @@ fgmm_status fgmm_shard_writer_create(const char *out_dir, int dim, fgmm_dtype dt
      * 32-bit row count; 1 GiB keeps buffers sane. */
     if ((uint64_t)R * row_bytes > (1u << 30))
         return fgmm_fail(err, FGMM_ERR_ARGUMENT,
-                         "--rows-per-chunk %" PRId64 " x %zu bytes per row exceeds 1 GiB per chunk",
-                         R, row_bytes);
+                         "%s: %" PRId64 " rows per chunk x %zu bytes per row exceeds 1 GiB per "
+                         "chunk; expected fewer rows per chunk",
+                         out_dir, R, row_bytes);
     int threads = o.threads;
     if (threads <= 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -244,7 +247,7 @@ fgmm_status fgmm_shard_writer_create(const char *out_dir, int dim, fgmm_dtype dt
     }
     fgmm_shard_writer *w = calloc(1, sizeof *w);
     if (!w) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
-    w->fd = -1;
+    w->tf.fd = -1;
     w->dir = strdup(out_dir);
     w->dim = dim;
     w->dtype = dtype;
@@ -254,11 +257,15 @@ fgmm_status fgmm_shard_writer_create(const char *out_dir, int dim, fgmm_dtype dt
     w->level = o.level;
     w->threads = threads;
     w->max_shards = o.max_shards;
-    char *journal = NULL;
-    fgmm_status st = journal_text(w, fingerprint ? fingerprint : "", &journal, err);
-    if (st) goto fail;
-
     char path[4200];
+    json_t *journal = journal_json(w, fingerprint ? fingerprint : ""), *old = NULL;
+    fgmm_status st = FGMM_OK;
+    int made_dir = 0;
+    if (!journal) {
+        st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "%s: out of memory", out_dir);
+        goto fail;
+    }
+
     struct stat sb;
     if (stat(out_dir, &sb) == 0) {
         if (!S_ISDIR(sb.st_mode)) {
@@ -268,20 +275,22 @@ fgmm_status fgmm_shard_writer_create(const char *out_dir, int dim, fgmm_dtype dt
         snprintf(path, sizeof path, "%s/" SHARD_MANIFEST, out_dir);
         if (access(path, F_OK) == 0) {
             st = fgmm_fail(err, FGMM_ERR_EXISTS,
-                           "%s: already holds a complete shard directory; choose another --out "
-                           "or remove it",
+                           "%s: already holds a complete shard directory; choose another "
+                           "directory or remove it",
                            out_dir);
             goto fail;
         }
         snprintf(path, sizeof path, "%s/" SHARD_JOURNAL, out_dir);
-        char *old = read_small_file(path, 1u << 20);
-        if (old) {
-            int same = !strcmp(old, journal);
-            free(old);
+        if (access(path, F_OK) == 0) {
+            /* An unreadable journal is not ours to overwrite either. */
+            fgmm_error ignore = {0};
+            int same = fgmm_json_load_file(path, 1u << 20, "a conversion journal", &old,
+                                           &ignore) == FGMM_OK &&
+                       json_equal(old, journal);
             if (!same) {
                 st = fgmm_fail(err, FGMM_ERR_EXISTS,
                                "%s: holds an unfinished conversion of other inputs or options "
-                               "(see its " SHARD_JOURNAL "); remove it or choose another --out",
+                               "(see its " SHARD_JOURNAL "); remove it or choose another directory",
                                out_dir);
                 goto fail;
             }
@@ -296,7 +305,7 @@ fgmm_status fgmm_shard_writer_create(const char *out_dir, int dim, fgmm_dtype dt
             if (entries) {
                 st = fgmm_fail(err, FGMM_ERR_EXISTS,
                                "%s: exists and is not empty (and not an unfinished conversion); "
-                               "choose another --out or remove it",
+                               "choose another directory or remove it",
                                out_dir);
                 goto fail;
             }
@@ -305,11 +314,18 @@ fgmm_status fgmm_shard_writer_create(const char *out_dir, int dim, fgmm_dtype dt
         st = fgmm_fail(err, FGMM_ERR_IO, "%s: cannot create directory: %s", out_dir,
                        strerror(errno));
         goto fail;
+    } else {
+        made_dir = 1;
     }
-    if ((st = write_small_file(out_dir, SHARD_JOURNAL, journal, err))) goto fail;
-    fsync_dir(out_dir);
-    free(journal);
-    journal = NULL;
+    snprintf(path, sizeof path, "%s/" SHARD_JOURNAL, out_dir);
+    if ((st = fgmm_json_write_file(path, journal, err))) {
+        /* Nothing of this call's is left: the directory it made is empty. */
+        if (made_dir) rmdir(out_dir);
+        goto fail;
+    }
+    json_decref(journal);
+    json_decref(old);
+    journal = old = NULL;
 
     size_t raw_bytes = (size_t)threads * (size_t)R * row_bytes;
     w->raw = malloc(raw_bytes ? raw_bytes : 1);
@@ -333,7 +349,8 @@ oom:
     st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for %d compression buffers of %zu bytes",
                    threads, w->comp_cap);
 fail:
-    free(journal);
+    json_decref(journal);
+    json_decref(old);
     fgmm_shard_writer_free(w);
     return st;
 }
@@ -341,11 +358,11 @@ fail:
 static fgmm_status open_shard(fgmm_shard_writer *w, fgmm_error *err)
 {
     shard_file_name(w->n_entries, w->name, sizeof w->name);
-    snprintf(w->final, sizeof w->final, "%s/%s", w->dir, w->name);
-    snprintf(w->tmp, sizeof w->tmp, "%.4190s.tmp", w->final);
-    w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (w->fd < 0)
-        return fgmm_fail(err, FGMM_ERR_IO, "%s: cannot create: %s", w->tmp, strerror(errno));
+    char final[4200], tmp[4300];
+    snprintf(final, sizeof final, "%s/%s", w->dir, w->name);
+    snprintf(tmp, sizeof tmp, "%s.tmp", final);
+    fgmm_status st = fgmm_io_tmp_create(&w->tf, final, tmp, err);
+    if (st) return st;
     w->off = SHARD_HEADER_BYTES;
     w->n_chunks = 0;
     w->shard_first_row = (uint64_t)w->n_entries * (uint64_t)w->R * (uint64_t)w->C;
@@ -364,20 +381,15 @@ static fgmm_status close_shard(fgmm_shard_writer *w, fgmm_error *err)
     shard_header h = {SHARD_VERSION, (uint32_t)w->dtype, (uint32_t)w->dim, w->n_chunks,
                       w->shard_first_row, w->shard_rows, (uint64_t)w->R, w->off, ib,
                       shard_hash(buf, ib), w->off + padded, 0};
-    fgmm_status st = shard_pwrite_all(w->fd, buf, padded, w->off, w->tmp, err);
+    fgmm_status st = fgmm_io_pwrite_all(w->tf.fd, buf, padded, w->off, w->tf.tmp, err);
     if (!st) {
         shard_header_encode(&h, buf);
-        st = shard_pwrite_all(w->fd, buf, SHARD_HEADER_BYTES, 0, w->tmp, err);
+        st = fgmm_io_pwrite_all(w->tf.fd, buf, SHARD_HEADER_BYTES, 0, w->tf.tmp, err);
     }
     free(buf);
-    if (!st && fsync(w->fd))
-        st = fgmm_fail(err, FGMM_ERR_IO, "%s: fsync failed: %s", w->tmp, strerror(errno));
-    if (st) return st;
-    close(w->fd);
-    w->fd = -1;
-    if (rename(w->tmp, w->final))
-        return fgmm_fail(err, FGMM_ERR_IO, "%s: rename failed: %s", w->final, strerror(errno));
-    fsync_dir(w->dir);
+    /* A failed write leaves tf open: fgmm_shard_writer_free removes it. A
+     * failed commit has removed it already. */
+    if (st || (st = fgmm_io_tmp_commit(&w->tf, err))) return st;
     shard_entry e = {{0}, h.first_row, h.rows, h.file_bytes, h.header_checksum, h.chunks};
     snprintf(e.file, sizeof e.file, "%s", w->name);
     w->raw_bytes += h.rows * w->row_bytes;
@@ -440,9 +452,10 @@ static fgmm_status flush_batch(fgmm_shard_writer *w, fgmm_error *err)
     for (int c = 0; c < j.n; c++) {
         int64_t rows = w->raw_rows - (int64_t)c * w->R;
         if (rows > w->R) rows = w->R;
-        if (w->fd < 0 && (st = open_shard(w, err))) return st;
+        if (w->tf.fd < 0 && (st = open_shard(w, err))) return st;
         size_t padded = shard_align_up(w->comp_size[c]);
-        if ((st = shard_pwrite_all(w->fd, w->comp[c], padded, w->off, w->tmp, err))) return st;
+        if ((st = fgmm_io_pwrite_all(w->tf.fd, w->comp[c], padded, w->off, w->tf.tmp, err)))
+            return st;
         shard_chunk *ch = &w->chunks[w->n_chunks++];
         ch->offset = w->off;
         ch->stored = (uint32_t)w->comp_size[c];
@@ -492,7 +505,7 @@ fgmm_status fgmm_shard_writer_finish(fgmm_shard_writer *w, const char *source,
 {
     fgmm_status st = flush_batch(w, err);
     if (st) return st;
-    if (!w->stopped && w->fd >= 0 && (st = close_shard(w, err))) return st;
+    if (!w->stopped && w->tf.fd >= 0 && (st = close_shard(w, err))) return st;
     if (res) {
         memset(res, 0, sizeof *res);
         res->shards = w->n_entries;
@@ -512,214 +525,8 @@ fgmm_status fgmm_shard_writer_finish(fgmm_shard_writer *w, const char *source,
     char path[4200];
     snprintf(path, sizeof path, "%s/" SHARD_JOURNAL, w->dir);
     unlink(path);
-    fsync_dir(w->dir);
+    (void)fgmm_io_fsync_dir(w->dir);
     if (res) res->complete = 1;
     return FGMM_OK;
 }
 
-/* ------------------------------------------------------------ converter */
-
-static int has_dataset_ext(const char *name)
-{
-    static const char *ext[] = {".fvecs", ".bvecs", ".fbin", ".u8bin", ".i8bin", ".npy"};
-    size_t n = strlen(name);
-    for (size_t i = 0; i < sizeof ext / sizeof ext[0]; i++) {
-        size_t e = strlen(ext[i]);
-        if (n > e && !strcasecmp(name + n - e, ext[i])) return 1;
-    }
-    return 0;
-}
-
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* The input list: the paths given, or a directory's dataset files in name
- * order. */
-static fgmm_status list_inputs(const char *const *inputs, int n, char ***out, int *count,
-                               fgmm_error *err)
-{
-    struct stat sb;
-    if (n == 1 && stat(inputs[0], &sb) == 0 && S_ISDIR(sb.st_mode)) {
-        DIR *d = opendir(inputs[0]);
-        if (!d)
-            return fgmm_fail(err, FGMM_ERR_IO, "%s: cannot list: %s", inputs[0], strerror(errno));
-        char **v = NULL;
-        int c = 0, cap = 0;
-        struct dirent *de;
-        while ((de = readdir(d))) {
-            if (!has_dataset_ext(de->d_name)) continue;
-            if (c == cap) {
-                cap = cap ? 2 * cap : 16;
-                char **nv = realloc(v, sizeof *v * (size_t)cap);
-                if (!nv) break;
-                v = nv;
-            }
-            size_t len = strlen(inputs[0]) + strlen(de->d_name) + 2;
-            if (!(v[c] = malloc(len))) break;
-            snprintf(v[c], len, "%s/%s", inputs[0], de->d_name);
-            c++;
-        }
-        closedir(d);
-        if (c == 0) {
-            free(v);
-            return fgmm_fail(err, FGMM_ERR_ARGUMENT,
-                             "%s: no dataset files (.fvecs .bvecs .fbin .u8bin .i8bin .npy) in "
-                             "this directory",
-                             inputs[0]);
-        }
-        qsort(v, (size_t)c, sizeof *v, cmp_str);
-        *out = v;
-        *count = c;
-        return FGMM_OK;
-    }
-    char **v = calloc((size_t)n, sizeof *v);
-    if (!v) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
-    for (int i = 0; i < n; i++) v[i] = strdup(inputs[i]);
-    *out = v;
-    *count = n;
-    return FGMM_OK;
-}
-
-/* Converts one row of n values from t to the writer's dtype. Float16 output
- * must hold the value: a float32 beyond +-65504 would become infinity. */
-static int convert_out(fgmm_dtype from, fgmm_dtype to, const void *src, size_t n, void *dst,
-                       float *tmp)
-{
-    if (from == to) {
-        memcpy(dst, src, n * fgmm_dtype_size(to));
-        return -1;
-    }
-    fgmm_convert_row(from, src, n, tmp);
-    if (to == FGMM_F32) {
-        memcpy(dst, tmp, n * sizeof(float));
-        return -1;
-    }
-    uint16_t *h = dst;
-    for (size_t j = 0; j < n; j++) {
-        if (fabsf(tmp[j]) > 65504.0f) return (int)j;
-        h[j] = fgmm_float_to_half(tmp[j]);
-    }
-    return -1;
-}
-
-fgmm_status fgmm_shard_convert(const char *const *inputs, int n_inputs, const char *out_dir,
-                               const fgmm_shard_write_options *opt, fgmm_shard_write_result *res,
-                               fgmm_error *err)
-{
-    if (res) memset(res, 0, sizeof *res);
-    if (n_inputs < 1) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "no input given");
-    fgmm_shard_write_options o;
-    if (opt) o = *opt;
-    else fgmm_shard_write_options_default(&o);
-    if (o.dtype >= 0 && o.dtype != FGMM_F32 && o.dtype != FGMM_F16)
-        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "--dtype must be keep, float32 or float16");
-    char **files = NULL;
-    int nf = 0;
-    fgmm_status st = list_inputs(inputs, n_inputs, &files, &nf, err);
-    if (st) return st;
-    fgmm_dataset_info *info = calloc((size_t)nf, sizeof *info);
-    size_t fp_cap = 256 + (size_t)nf * 4200, fp_len = 0;
-    char *fp = malloc(fp_cap);
-    fgmm_shard_writer *w = NULL;
-    fgmm_source *src = NULL;
-    unsigned char *buf = NULL;
-    float *tmp = NULL;
-    if (!info || !fp) {
-        st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
-        goto done;
-    }
-    /* Every input is probed before anything is written: mixed dimensions
-     * or dtypes are found now, not after hours of conversion. */
-    for (int i = 0; i < nf; i++) {
-        if ((st = fgmm_dataset_probe(files[i], &info[i], err))) goto done;
-        if (info[i].dim != info[0].dim) {
-            st = fgmm_fail(err, FGMM_ERR_DATA,
-                           "mixed dimensions: %s has %d dims but %s has %d; all inputs must "
-                           "have the same dimension",
-                           files[i], info[i].dim, files[0], info[0].dim);
-            goto done;
-        }
-        if (o.dtype < 0 && info[i].dtype != info[0].dtype) {
-            st = fgmm_fail(err, FGMM_ERR_DATA,
-                           "mixed dtypes: %s holds %s but %s holds %s; pass --dtype float32 "
-                           "(or float16) to convert them all",
-                           files[i], fgmm_dtype_name(info[i].dtype), files[0],
-                           fgmm_dtype_name(info[0].dtype));
-            goto done;
-        }
-        struct stat sb;
-        if (stat(files[i], &sb) == 0)
-            fp_len += (size_t)snprintf(fp + fp_len, fp_cap - fp_len, "%s:%lld:%lld.%09ld;",
-                                       files[i], (long long)sb.st_size,
-                                       (long long)sb.st_mtim.tv_sec, (long)sb.st_mtim.tv_nsec);
-    }
-    fgmm_dtype out_t = o.dtype >= 0 ? (fgmm_dtype)o.dtype : info[0].dtype;
-    int D = info[0].dim;
-    int64_t skip = 0;
-    if ((st = fgmm_shard_writer_create(out_dir, D, out_t, &o, fp, &w, &skip, err))) goto done;
-    size_t out_row = (size_t)D * fgmm_dtype_size(out_t);
-    const int64_t BATCH = 4096;
-    buf = malloc((size_t)BATCH * out_row);
-    tmp = malloc(sizeof(float) * (size_t)D);
-    if (!buf || !tmp) {
-        st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
-        goto done;
-    }
-    int64_t g = 0; /* global row of the current input's row 0 */
-    int stopped = 0;
-    for (int i = 0; i < nf && !stopped; i++) {
-        if (g + info[i].rows <= skip) { /* stored by an earlier run */
-            g += info[i].rows;
-            continue;
-        }
-        if ((st = fgmm_dataset_open(files[i], &src, err))) goto done;
-        if ((st = fgmm_source_rewind(src, err))) goto done;
-        for (;;) {
-            fgmm_chunk c;
-            if ((st = fgmm_source_next(src, &c, err))) goto done;
-            if (c.n_rows == 0) break;
-            int64_t r0 = 0;
-            if (g + c.first_row + c.n_rows <= skip) continue;
-            if (g + c.first_row < skip) r0 = skip - (g + c.first_row);
-            for (int64_t r = r0; r < c.n_rows && !stopped; r += BATCH) {
-                int64_t n = c.n_rows - r < BATCH ? c.n_rows - r : BATCH;
-                for (int64_t k = 0; k < n; k++) {
-                    const char *row = (const char *)c.rows + (size_t)(r + k) * c.row_stride;
-                    int bad = convert_out(c.dtype, out_t, row, (size_t)D, buf + (size_t)k * out_row,
-                                          tmp);
-                    if (bad >= 0) {
-                        st = fgmm_fail(err, FGMM_ERR_DATA,
-                                       "%s: row %lld, column %d: value %g does not fit float16 "
-                                       "(max 65504); use --dtype float32",
-                                       files[i], (long long)(c.first_row + r + k), bad,
-                                       (double)tmp[bad]);
-                        goto done;
-                    }
-                }
-                if ((st = fgmm_shard_writer_append(w, buf, n, &stopped, err))) goto done;
-            }
-            if (stopped) break;
-        }
-        g += info[i].rows;
-        fgmm_source_close(src);
-        src = NULL;
-    }
-    {
-        char source[1024];
-        if (nf == 1) snprintf(source, sizeof source, "%s", files[0]);
-        else snprintf(source, sizeof source, "%s (%d files)", inputs[0], nf);
-        st = fgmm_shard_writer_finish(w, source, res, err);
-    }
-done:
-    fgmm_source_close(src);
-    fgmm_shard_writer_free(w);
-    for (int i = 0; i < nf; i++) free(files[i]);
-    free(files);
-    free(info);
-    free(fp);
-    free(buf);
-    free(tmp);
-    return st;
-}

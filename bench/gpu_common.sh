@@ -1,0 +1,43 @@
+# shellcheck shell=bash
+# Sourced by the GPU benchmark scripts (bench/estep_table.sh,
+# engine_phases.sh, fp64_device.sh, wide_ab.sh).
+#
+# The binaries are those of
+#   bazel build --config=sm90 -c opt --dynamic_mode=off //...
+# statically linked, so they run without Bazel or the build's libraries
+# beside them. $BIN (default: <repository root>/bazel-bin) holds their
+# bench/, tests/ and tools/ directories.
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN=${BIN:-$ROOT/bazel-bin}
+
+# need PATH...: stops, saying what to build, when a binary under $BIN is
+# missing (better than timing nothing).
+need() {
+  local b
+  for b in "$@"; do
+    [ -x "$BIN/$b" ] && continue
+    echo "$BIN/$b: not found; build it with" \
+         "'bazel build --config=sm90 -c opt --dynamic_mode=off //...' or set BIN" >&2
+    exit 2
+  done
+}
+
+# gpu_header LOG: the GPU and host the figures belong to.
+gpu_header() {
+  { nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader
+    echo "host cores: $(nproc)"; } | tee -a "$1"
+}
+
+# gpu_tests OUTDIR LOG: the GPU test binaries, one log each in OUTDIR and
+# one line of results per binary in LOG, then any failure lines. Figures
+# from a build that fails its tests are not worth recording.
+gpu_tests() {
+  local t
+  need tests/cuda_test tests/engine_gpu_test tests/assign_test
+  for t in cuda_test engine_gpu_test assign_test; do
+    timeout 300 "$BIN/tests/$t" > "$1/$t.log" 2>&1
+    echo "$t rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$1/$t.log" | tr '\n' ' ')" | tee -a "$2"
+  done
+  grep -hE "FAILED|Failure" "$1"/cuda_test.log "$1"/engine_gpu_test.log "$1"/assign_test.log |
+    head -20 | tee -a "$2"
+}

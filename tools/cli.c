@@ -1,0 +1,260 @@
+/*
+ * cli.c - what the flashgmm commands share (see cli.h).
+ */
+#include "tools/cli.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+double cli_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int cli_fail(const char *cmd, const fgmm_error *err)
+{
+    fprintf(stderr, "flashgmm %s: error: %s\n", cmd, err->msg);
+    return err->code == FGMM_ERR_ARGUMENT ? CLI_EXIT_USAGE : CLI_EXIT_WORK;
+}
+
+/* ---------------------------------------------------------------- flags */
+
+void cli_flags_begin(void)
+{
+    /* optind = 0 makes glibc start afresh; opterr = 0 leaves the messages
+     * to cli_next_flag, which names the command. */
+    optind = 0;
+    opterr = 0;
+}
+
+static const struct option *option_by_val(const struct option *opts, int val)
+{
+    for (const struct option *o = opts; o->name; o++)
+        if (o->val == val) return o;
+    return NULL;
+}
+
+/* The flag's name in arg ("--name=value" or "--name"), without the dashes
+ * and the value: the length of the name part. */
+static size_t flag_name_len(const char *name)
+{
+    const char *eq = strchr(name, '=');
+    return eq ? (size_t)(eq - name) : strlen(name);
+}
+
+static void unknown_flag(const char *cmd, const char *arg, const struct option *opts)
+{
+    if (strncmp(arg, "--", 2) != 0) {
+        fprintf(stderr, "flashgmm %s: unknown flag '%s' (see flashgmm %s --help)\n", cmd, arg,
+                cmd);
+        return;
+    }
+    const char *name = arg + 2;
+    size_t len = flag_name_len(name);
+    /* getopt_long accepts an unambiguous prefix; name the candidates of an
+     * ambiguous one rather than calling it unknown. */
+    int matches = 0;
+    char cands[512] = "";
+    for (const struct option *o = opts; o->name; o++)
+        if (len && !strncmp(o->name, name, len)) {
+            size_t used = strlen(cands);
+            snprintf(cands + used, sizeof cands - used, "%s--%s", matches ? ", " : "", o->name);
+            matches++;
+        }
+    if (matches > 1)
+        fprintf(stderr, "flashgmm %s: ambiguous flag '--%.*s': could be %s\n", cmd, (int)len,
+                name, cands);
+    else
+        fprintf(stderr, "flashgmm %s: unknown flag '--%.*s' (see flashgmm %s --help)\n", cmd,
+                (int)len, name, cmd);
+}
+
+int cli_next_flag(const char *cmd, int argc, char **argv, const struct option *opts)
+{
+    int c = getopt_long(argc, argv, ":h", opts, NULL);
+    if (c == ':') {
+        const struct option *o = option_by_val(opts, optopt);
+        fprintf(stderr, "flashgmm %s: flag '--%s' needs a value\n", cmd,
+                o ? o->name : argv[optind - 1] + 2);
+        return '?';
+    }
+    if (c == '?') {
+        const char *arg = argv[optind - 1];
+        const struct option *o = optopt ? option_by_val(opts, optopt) : NULL;
+        if (o && !strncmp(arg, "--", 2) && strchr(arg, '='))
+            /* "--quiet=no" must not mean quiet: a switch takes no value. */
+            fprintf(stderr, "flashgmm %s: flag '--%s' takes no value (got '%s')\n", cmd, o->name,
+                    arg);
+        else if (optopt && !o)
+            fprintf(stderr, "flashgmm %s: unknown flag '-%c' (see flashgmm %s --help)\n", cmd,
+                    optopt, cmd);
+        else
+            unknown_flag(cmd, arg, opts);
+        return '?';
+    }
+    return c;
+}
+
+int cli_positionals(const char *cmd, int argc, char **argv, int allowed)
+{
+    if (argc - optind > allowed) {
+        fprintf(stderr, "flashgmm %s: unexpected argument '%s' (see flashgmm %s --help)\n", cmd,
+                argv[optind + allowed], cmd);
+        return -1;
+    }
+    return 0;
+}
+
+int cli_parse_long(const char *cmd, const char *name, const char *s, long lo, long hi,
+                   long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi) {
+        fprintf(stderr, "flashgmm %s: --%s expects an integer in [%ld, %ld], got '%s'\n", cmd,
+                name, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int cli_parse_double(const char *cmd, const char *name, const char *s, double lo, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || *end || end == s || !(v >= lo) || !isfinite(v)) {
+        fprintf(stderr, "flashgmm %s: --%s expects a number >= %g, got '%s'\n", cmd, name, lo,
+                s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int cli_parse_bytes(const char *cmd, const char *name, const char *s, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    double mult = 1;
+    if (*end == 'K' || *end == 'k') mult = 1024.0, end++;
+    else if (*end == 'M' || *end == 'm') mult = 1048576.0, end++;
+    else if (*end == 'G' || *end == 'g') mult = 1073741824.0, end++;
+    else if (*end == 'T' || *end == 't') mult = 1099511627776.0, end++;
+    if (errno || *end || end == s || !(v >= 0) || v * mult > 9.0e18) {
+        fprintf(stderr,
+                "flashgmm %s: --%s expects a byte count such as 0, 512M or 20G, got '%s'\n", cmd,
+                name, s);
+        return -1;
+    }
+    *out = (int64_t)(v * mult);
+    return 0;
+}
+
+/* ----------------------------------------------------- engine and data */
+
+const char CLI_READER_HELP[] =
+    "  --precision P        cuda: default (tensor cores, split bf16: statistics within 1e-4\n"
+    "                       of float64), fast (plain bf16, ~1e-2), fp32 (SIMT kernels) or\n"
+    "                       fp64 (float64 SIMT kernels, as exact as the CPU). Passes whose\n"
+    "                       logits the first three cannot form run in fp64 and say so\n"
+    "  --cache-budget B     shard directories: keep decoded rows in memory across EM steps when\n"
+    "                       the dataset fits in B bytes (e.g. 20G; 0: stream every step;\n"
+    "                       default: half the memory available)\n"
+    "  --read-threads T     shard directories: decompression threads (default: all cores)\n"
+    "  --queue-depth Q      shard directories: reads in flight (default 16)\n"
+    "  --ring-slots S       shard directories: decoded chunks buffered ahead of the engine\n"
+    "                       (default: ~256 MiB of chunks, 16 to 64, at least read threads + 2)\n"
+    "  --buffered-io        shard directories: do not use O_DIRECT\n"
+    "  --gpu-cache-budget B fit, cuda: keep the rows on the GPU after the first EM step when they fit\n"
+    "                       in B bytes (0: transfer every step; default: half the free GPU memory)\n";
+
+int cli_io_flag(cli_io_flags *f, int val, const char *arg)
+{
+    switch (val) {
+    case CLI_OPT_PRECISION: f->precision = arg; return 1;
+    case CLI_OPT_CACHE_BUDGET: f->cache_budget = arg; return 1;
+    case CLI_OPT_READ_THREADS: f->read_threads = arg; return 1;
+    case CLI_OPT_QUEUE_DEPTH: f->queue_depth = arg; return 1;
+    case CLI_OPT_RING_SLOTS: f->ring_slots = arg; return 1;
+    case CLI_OPT_BUFFERED_IO: f->buffered_io = 1; return 1;
+    case CLI_OPT_GPU_CACHE_BUDGET: f->gpu_cache_budget = arg; return 1;
+    default: return 0;
+    }
+}
+
+int cli_open_engine(const char *cmd, const cli_io_flags *f, fgmm_engine **e)
+{
+    fgmm_error err = {0};
+    fgmm_device dev = FGMM_DEVICE_AUTO;
+    fgmm_precision prec = FGMM_PRECISION_DEFAULT;
+    long nt = 0;
+    *e = NULL;
+    if (f->device && fgmm_device_parse(f->device, &dev, &err)) return cli_fail(cmd, &err);
+    if (f->precision && fgmm_precision_parse(f->precision, &prec, &err))
+        return cli_fail(cmd, &err);
+    if (f->threads && cli_parse_long(cmd, "threads", f->threads, 1, 4096, &nt))
+        return CLI_EXIT_USAGE;
+    if (fgmm_engine_create(dev, (int)nt, e, &err)) return cli_fail(cmd, &err);
+    fgmm_engine_pin_threads(*e, f->pin_threads);
+    if (fgmm_engine_set_precision(*e, prec, &err)) {
+        fgmm_engine_free(*e);
+        *e = NULL;
+        if (err.code == FGMM_ERR_UNSUPPORTED)
+            fprintf(stderr, "flashgmm %s: error: --precision %s applies to --device cuda: %s\n",
+                    cmd, f->precision, err.msg);
+        else
+            fprintf(stderr, "flashgmm %s: error: %s\n", cmd, err.msg);
+        return CLI_EXIT_WORK;
+    }
+    return 0;
+}
+
+int cli_open_data(const char *cmd, const cli_io_flags *f, const char *path, fgmm_engine *e,
+                  fgmm_source **src)
+{
+    fgmm_shard_read_options o;
+    fgmm_shard_read_options_default(&o);
+    long lv;
+    if (f->cache_budget && cli_parse_bytes(cmd, "cache-budget", f->cache_budget, &o.cache_budget))
+        return CLI_EXIT_USAGE;
+    if (f->read_threads) {
+        if (cli_parse_long(cmd, "read-threads", f->read_threads, 1, 1024, &lv))
+            return CLI_EXIT_USAGE;
+        o.threads = (int)lv;
+    }
+    if (f->queue_depth) {
+        if (cli_parse_long(cmd, "queue-depth", f->queue_depth, 1, 4096, &lv))
+            return CLI_EXIT_USAGE;
+        o.queue_depth = (int)lv;
+    }
+    if (f->ring_slots) {
+        if (cli_parse_long(cmd, "ring-slots", f->ring_slots, 2, 4096, &lv)) return CLI_EXIT_USAGE;
+        o.ring_slots = (int)lv;
+    }
+    o.buffered = f->buffered_io;
+    /* The CPU engine keeps every core busy; its decoders then take the idle
+     * moments rather than preempting it (see fgmm_shard_read_options). */
+    if (fgmm_engine_device(e) == FGMM_DEVICE_CPU) o.decoder_nice = 10;
+    o.host_alloc = fgmm_engine_host_alloc;
+    o.host_free = fgmm_engine_host_free;
+    o.alloc_ctx = e;
+    fgmm_error err = {0};
+    if (f->gpu_cache_budget) {
+        int64_t gb;
+        if (cli_parse_bytes(cmd, "gpu-cache-budget", f->gpu_cache_budget, &gb))
+            return CLI_EXIT_USAGE;
+        if (fgmm_engine_set_gpu_cache_budget(e, gb, &err)) return cli_fail(cmd, &err);
+    }
+    if (fgmm_data_open(path, &o, src, &err)) return cli_fail(cmd, &err);
+    return 0;
+}
