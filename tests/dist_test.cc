@@ -540,6 +540,17 @@ TEST_F(DistMpi, RanksWithDifferentDataFailOnEveryRank)
     EXPECT_NE(r.output.find("every rank must open the same data"), std::string::npos);
 }
 
+TEST_F(DistMpi, InitFailureOnRankZeroReachesEveryRank)
+{
+    // Only rank 0 initialises: its failure (K > N) travels with the
+    // initial model's broadcast.
+    Job r = launch(2, "--n 2000 --chunk 500 --k 3000 --seed 13", "initfail.txt");
+    EXPECT_NE(r.status, 0);
+    EXPECT_TRUE(r.model.empty());
+    EXPECT_NE(r.output.find("rank 1: error: rank 0: k = 3000 exceeds the 2000 rows"),
+              std::string::npos) << r.output;
+}
+
 TEST_F(DistMpi, KilledRankEndsTheJob)
 {
     // Rank 1 dies by SIGKILL as its third pass starts (the partition's
