@@ -131,10 +131,14 @@ static fgmm_status nccl_allgather(void *self, const void *send, size_t bytes, vo
     if (!st)
         st = nccl_check(n, n->AllGather(d + (size_t)n->rank * bytes, d, bytes, NCCL_UINT8,
                                         n->comm, n->stream), "ncclAllGather", err);
+    /* The collective is waited for before the copy back: a copy into
+     * pageable host memory blocks the host until the stream gets there,
+     * past any deadline. */
+    if (!st) st = wait_stream(n, "ncclAllGather", err);
     if (!st)
         st = cuda_check(n, n->MemcpyAsync(recv, d, bytes * (size_t)n->size, CUDA_D2H, n->stream),
                         "cudaMemcpyAsync", err);
-    if (!st) st = wait_stream(n, "ncclAllGather", err);
+    if (!st) st = wait_stream(n, "the copy of ncclAllGather's result", err);
     return st;
 }
 
@@ -148,10 +152,11 @@ static fgmm_status nccl_broadcast(void *self, void *buf, size_t bytes, fgmm_erro
     if (!st)
         st = nccl_check(n, n->Broadcast(n->dbuf, n->dbuf, bytes, NCCL_UINT8, 0, n->comm,
                                         n->stream), "ncclBroadcast", err);
+    if (!st) st = wait_stream(n, "ncclBroadcast", err); /* before the copy back, as above */
     if (!st && n->rank != 0)
         st = cuda_check(n, n->MemcpyAsync(buf, n->dbuf, bytes, CUDA_D2H, n->stream),
                         "cudaMemcpyAsync", err);
-    if (!st) st = wait_stream(n, "ncclBroadcast", err);
+    if (!st && n->rank != 0) st = wait_stream(n, "the copy of ncclBroadcast's result", err);
     return st;
 }
 

@@ -7,6 +7,9 @@
  * --fault-rank kills (--fault kill) or stops (--fault stop) itself when
  * its pass number --fault-pass starts; --perturb-rank sees other data;
  * --fail-step makes rank 0's per-step callback fail at that step.
+ * --checkpoint PATH --checkpoint-every N: rank 0 writes the model (the
+ * --out format) to PATH every N steps; --resume PATH continues from such a
+ * file (read by every rank).
  * --reducer none fits in this process without a reducer; single with the
  * single-process reducer; mpi (the default) as one rank of mpirun's job.
  */
@@ -54,14 +57,6 @@ static fgmm_status w_seek(void *impl, int64_t c, fgmm_error *err)
 static const fgmm_source_ops with_layout = {w_rewind, w_next, w_read, w_close, w_layout, w_seek};
 static const fgmm_source_ops without_layout = {w_rewind, w_next, w_read, w_close, NULL, NULL};
 
-static fgmm_status fail_at(void *user, int iteration, const fgmm_model *m, fgmm_error *err)
-{
-    (void)m;
-    if (iteration == *(int *)user)
-        return fgmm_fail(err, FGMM_ERR_IO, "checkpoint of step %d failed", iteration);
-    return FGMM_OK;
-}
-
 static int write_model(const char *path, const fgmm_model *m)
 {
     char tmp[4096];
@@ -83,12 +78,52 @@ static int write_model(const char *path, const fgmm_model *m)
     return rename(tmp, path) != 0;
 }
 
+typedef struct {
+    int fail_step;
+    const char *checkpoint;
+} step_ctx;
+
+static fgmm_status on_step(void *user, int iteration, const fgmm_model *m, fgmm_error *err)
+{
+    step_ctx *c = user;
+    if (iteration == c->fail_step)
+        return fgmm_fail(err, FGMM_ERR_IO, "checkpoint of step %d failed", iteration);
+    if (c->checkpoint && write_model(c->checkpoint, m))
+        return fgmm_fail(err, FGMM_ERR_IO, "cannot write checkpoint %s", c->checkpoint);
+    return FGMM_OK;
+}
+
+/* A model (diagonal, K x D) and its history from write_model's format. */
+static fgmm_status read_model(const char *path, int k, int d, fgmm_model **out, fgmm_error *err)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return fgmm_fail(err, FGMM_ERR_IO, "cannot open %s", path);
+    fgmm_status st = fgmm_model_create(k, d, FGMM_COV_DIAG, out, err);
+    char key[32];
+    while (!st && fscanf(f, "%31s", key) == 1) {
+        double *dst = !strcmp(key, "weights") ? fgmm_model_weights(*out)
+                      : !strcmp(key, "means") ? fgmm_model_means(*out)
+                      : !strcmp(key, "variances") ? fgmm_model_variances(*out) : NULL;
+        char v[64];
+        int c, i = 0;
+        while (!st && (c = fgetc(f)) == ' ' && fscanf(f, "%63s", v) == 1) {
+            if (dst) dst[i++] = strtod(v, NULL);
+            else st = fgmm_model_push_loglik(*out, strtod(v, NULL), err);
+        }
+    }
+    fclose(f);
+    if (!st) fgmm_model_meta_get(*out)->iterations = fgmm_model_loglik_count(*out);
+    return st;
+}
+
 int main(int argc, char **argv)
 {
-    const char *out = NULL, *reducer = "mpi";
+    const char *out = NULL, *reducer = "mpi", *resume = NULL;
+    step_ctx ctx = {0, NULL};
+    int every = 1;
     long long n = 3000, chunk = 500;
     int d = 4, k = 3, iters = 8, fault_rank = -1, fault_pass = 0, perturb_rank = -1, layout = 1;
-    int fault_sig = 0, fail_step = 0;
+    int fault_sig = 0;
     unsigned long long seed = 1;
     double timeout = 60;
     static const struct option opts[] = {
@@ -97,7 +132,8 @@ int main(int argc, char **argv)
         {"seed", 1, 0, 's'},       {"timeout", 1, 0, 't'},    {"reducer", 1, 0, 'r'},
         {"fault", 1, 0, 'f'},      {"fault-rank", 1, 0, 'F'}, {"fault-pass", 1, 0, 'P'},
         {"perturb-rank", 1, 0, 'p'}, {"no-layout", 0, 0, 'L'},
-        {"fail-step", 1, 0, 'S'},  {0, 0, 0, 0}};
+        {"fail-step", 1, 0, 'S'},  {"checkpoint", 1, 0, 'C'}, {"checkpoint-every", 1, 0, 'E'},
+        {"resume", 1, 0, 'R'},     {0, 0, 0, 0}};
     for (int c; (c = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
         switch (c) {
         case 'o': out = optarg; break;
@@ -114,7 +150,10 @@ int main(int argc, char **argv)
         case 'P': fault_pass = atoi(optarg); break;
         case 'p': perturb_rank = atoi(optarg); break;
         case 'L': layout = 0; break;
-        case 'S': fail_step = atoi(optarg); break;
+        case 'S': ctx.fail_step = atoi(optarg); break;
+        case 'C': ctx.checkpoint = optarg; break;
+        case 'E': every = atoi(optarg); break;
+        case 'R': resume = optarg; break;
         default: return 2;
         }
     }
@@ -147,15 +186,22 @@ int main(int argc, char **argv)
     p.tol = 0;
     p.seed = seed;
     p.verbose = 1;
-    if (fail_step) {
-        p.on_step = fail_at;
-        p.on_step_user = &fail_step;
+    p.on_step = on_step;
+    p.on_step_user = &ctx;
+    p.on_step_every = every;
+    fgmm_model *ck = NULL;
+    if (!st && resume && !(st = read_model(resume, k, d, &ck, &err))) {
+        p.init = FGMM_INIT_MODEL;
+        p.init_model = ck;
+        p.resume_iteration = fgmm_model_loglik_count(ck);
+        p.resume_loglik = fgmm_model_loglik(ck);
     }
     if (!st) st = plain ? fgmm_fit(e, src, &p, &m, &err) : fgmm_dist_fit(e, &red, src, &p, &m, &err);
     if (!st && rank == 0 && out && write_model(out, m))
         st = fgmm_fail(&err, FGMM_ERR_IO, "cannot write %s", out);
     if (st) fprintf(stderr, "dist_fit_main rank %d: error: %s\n", rank, err.msg);
     fgmm_model_free(m);
+    fgmm_model_free(ck);
     fgmm_engine_free(e);
     fgmm_source_close(src);
     fgmm_source_close(mem);

@@ -540,6 +540,31 @@ TEST_F(DistMpi, RanksWithDifferentDataFailOnEveryRank)
     EXPECT_NE(r.output.find("every rank must open the same data"), std::string::npos);
 }
 
+TEST_F(DistMpi, ResumeAfterAKilledRankEqualsAnUninterruptedFit)
+{
+    uint64_t seed = fresh_seed();
+    printf("seed %llu\n", (unsigned long long)seed);
+    std::string args = "--n 3000 --chunk 500 --k 4 --iters 7 --seed " + std::to_string(seed);
+    std::string ck = tmp_path("ck.txt");
+    unlink(ck.c_str());
+    Job straight = launch(2, args, "straight.txt");
+    ASSERT_EQ(straight.status, 0) << straight.output;
+    // Checkpoints every 2 steps; rank 1 dies as pass 5 starts: the last
+    // checkpoint is step 2's or step 4's.
+    Job killed = launch(2, args + " --checkpoint " + ck +
+                               " --checkpoint-every 2 --fault kill --fault-rank 1 --fault-pass 5",
+                        "killed2.txt");
+    EXPECT_NE(killed.status, 0);
+    EXPECT_TRUE(killed.model.empty());
+    ASSERT_EQ(access(ck.c_str(), R_OK), 0) << killed.output;
+    Job resumed = launch(2, args + " --resume " + ck, "resumed.txt");
+    ASSERT_EQ(resumed.status, 0) << resumed.output;
+    // It continued: no first step, and the last one.
+    EXPECT_EQ(resumed.output.find("iter    1 "), std::string::npos) << resumed.output;
+    EXPECT_NE(resumed.output.find("iter    7 "), std::string::npos) << resumed.output;
+    EXPECT_EQ(resumed.model, straight.model);
+}
+
 TEST_F(DistMpi, InitFailureOnRankZeroReachesEveryRank)
 {
     // Only rank 0 initialises: its failure (K > N) travels with the
