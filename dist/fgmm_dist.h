@@ -74,6 +74,9 @@
  *       FGMM_INIT_MODEL, p.init_model = m, p.resume_iteration =
  *       fgmm_model_meta_c(m)->iterations, p.resume_loglik =
  *       fgmm_model_loglik(m); the other parameters as in the first run.
+ *       Every rank loads the checkpoint: the resumed state is part of the
+ *       parameters the ranks must agree on (rank 0's model is the one
+ *       broadcast).
  */
 #ifndef FGMM_DIST_H
 #define FGMM_DIST_H
