@@ -109,6 +109,46 @@ typedef struct {
     void (*set_pinned)(void *self, int on);
 } fgmm_backend_ops;
 
+/* Collectives across the R ranks of one fit (processes, GPUs): exactly
+ * what EM needs. Implementations live in dist/ (single process, MPI, NCCL).
+ * Every rank calls the same collectives in the same order with the same
+ * byte counts. A collective that cannot complete (a rank died or hangs)
+ * fails within the implementation's timeout with FGMM_ERR_IO, naming the
+ * rank(s) when known; after a failure the reducer is unusable (destroy it).
+ * Calls on one reducer come from one thread at a time. */
+struct fgmm_reducer_ops {
+    const char *name; /* "single", "mpi", "nccl": for messages */
+    int (*rank)(void *self);
+    int (*size)(void *self);
+    /* recv[r*bytes .. (r+1)*bytes) = rank r's send (bytes each), on every
+     * rank; recv holds size*bytes and may not overlap send. */
+    fgmm_status (*allgather)(void *self, const void *send, size_t bytes, void *recv,
+                             fgmm_error *err);
+    /* buf (bytes) on every rank = rank 0's buf. */
+    fgmm_status (*broadcast)(void *self, void *buf, size_t bytes, fgmm_error *err);
+    fgmm_status (*barrier)(void *self, fgmm_error *err);
+    void (*destroy)(void *self);
+};
+
+/* An all-gather that also agrees on failure: each rank passes its status
+ * so far (local, with its message in err) and bytes of payload; recv
+ * receives size*bytes. When any rank's local status is an error, every rank
+ * fails with "rank r: message" (the lowest such r), so a rank that cannot
+ * go on still takes part and the others stop too instead of waiting. */
+fgmm_status fgmm_reducer_allgather_checked(const fgmm_reducer_ops *ops, void *self,
+                                           fgmm_status local, const void *send, size_t bytes,
+                                           void *recv, fgmm_error *err);
+
+/* The statistics of every rank summed on every rank: this rank's s is
+ * serialised (fgmm_stats_serialize), gathered, and the ranks' statistics
+ * added into s in rank order (0 + s_0 + s_1 + ...), so that every rank
+ * holds the same bits. local: this rank's status so far with its message in
+ * err; a rank that failed takes part with its message instead of
+ * statistics, and then every rank fails with "rank r: message" (the lowest
+ * such r). */
+fgmm_status fgmm_stats_allreduce(fgmm_stats *s, const fgmm_reducer_ops *ops, void *self,
+                                 fgmm_status local, fgmm_error *err);
+
 /* An engine over a back end: takes ownership of self (ops->destroy(self) is
  * called by fgmm_engine_free, or here on failure). threads: how many the
  * back end computes on (initialisation uses as many). */

@@ -3,9 +3,10 @@
  * threads, chunks, GPUs and nodes, and the M-step that turns them into a
  * model.
  */
-#include "core/fgmm.h"
+#include "core/backend.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -366,5 +367,163 @@ fgmm_status fgmm_stats_mstep(const fgmm_stats *s, fgmm_model *m, double reg_cova
 done:
     free(collapsed);
     free(avg_var);
+    return st;
+}
+
+/* ------------------------------------------------------- serialisation */
+
+#define STATS_MAGIC 0x3141545353474d46ull /* "FGMSSTA1" little-endian */
+#define STATS_HEADER 40                   /* magic, k, d, rows, n_worst, loglik */
+#define WORST_BYTES 24                    /* ll, row, has_x */
+
+size_t fgmm_stats_serial_size(int k, int d)
+{
+    size_t K = (size_t)k, D = (size_t)d;
+    size_t n = STATS_HEADER + 8 * (D + K + 2 * K * D) + WORST_BYTES * K + 4 * K * D;
+    return (n + 7) / 8 * 8;
+}
+
+void fgmm_stats_serialize(const fgmm_stats *s, void *buf)
+{
+    const size_t K = (size_t)s->k, D = (size_t)s->d;
+    char *p = buf;
+    uint64_t magic = STATS_MAGIC;
+    int32_t kd[2] = {s->k, s->d};
+    int64_t nw = s->n_worst;
+    memset(buf, 0, fgmm_stats_serial_size(s->k, s->d));
+    memcpy(p, &magic, 8);
+    memcpy(p + 8, kd, 8);
+    memcpy(p + 16, &s->rows, 8);
+    memcpy(p + 24, &nw, 8);
+    memcpy(p + 32, &s->loglik, 8);
+    p += STATS_HEADER;
+    memcpy(p, s->shift, 8 * D);
+    p += 8 * D;
+    memcpy(p, s->nk, 8 * K);
+    p += 8 * K;
+    memcpy(p, s->sums, 16 * K * D);
+    p += 16 * K * D;
+    /* Heap entries in heap order, each with its values in the same order:
+     * read back they form the same heap. */
+    char *px = p + WORST_BYTES * K;
+    for (int i = 0; i < s->n_worst; i++) {
+        const worst_row *w = &s->worst[i];
+        int64_t has = w->has_x;
+        memcpy(p + (size_t)i * WORST_BYTES, &w->ll, 8);
+        memcpy(p + (size_t)i * WORST_BYTES + 8, &w->row, 8);
+        memcpy(p + (size_t)i * WORST_BYTES + 16, &has, 8);
+        memcpy(px + (size_t)i * 4 * D, s->cand_x + (size_t)w->slot * D, 4 * D);
+    }
+}
+
+fgmm_status fgmm_stats_deserialize(fgmm_stats *s, const void *buf, size_t bytes, fgmm_error *err)
+{
+    const size_t K = (size_t)s->k, D = (size_t)s->d;
+    const char *p = buf;
+    uint64_t magic;
+    int32_t kd[2];
+    int64_t rows, nw;
+    if (bytes != fgmm_stats_serial_size(s->k, s->d))
+        return fgmm_fail(err, FGMM_ERR_FORMAT,
+                         "serialised statistics of %zu bytes; K=%d, D=%d take %zu", bytes, s->k,
+                         s->d, fgmm_stats_serial_size(s->k, s->d));
+    memcpy(&magic, p, 8);
+    memcpy(kd, p + 8, 8);
+    memcpy(&rows, p + 16, 8);
+    memcpy(&nw, p + 24, 8);
+    if (magic != STATS_MAGIC || kd[0] != s->k || kd[1] != s->d || rows < 0 || nw < 0 ||
+        nw > s->k)
+        return fgmm_fail(err, FGMM_ERR_FORMAT,
+                         "serialised statistics are damaged or not of K=%d, D=%d (header says "
+                         "K=%d, D=%d, %lld candidates)",
+                         s->k, s->d, kd[0], kd[1], (long long)nw);
+    s->rows = rows;
+    s->n_worst = (int)nw;
+    memcpy(&s->loglik, p + 32, 8);
+    p += STATS_HEADER;
+    memcpy(s->shift, p, 8 * D);
+    p += 8 * D;
+    memcpy(s->nk, p, 8 * K);
+    p += 8 * K;
+    memcpy(s->sums, p, 16 * K * D);
+    p += 16 * K * D;
+    const char *px = p + WORST_BYTES * K;
+    for (int i = 0; i < s->n_worst; i++) {
+        worst_row *w = &s->worst[i];
+        int64_t has;
+        memcpy(&w->ll, p + (size_t)i * WORST_BYTES, 8);
+        memcpy(&w->row, p + (size_t)i * WORST_BYTES + 8, 8);
+        memcpy(&has, p + (size_t)i * WORST_BYTES + 16, 8);
+        w->has_x = has != 0;
+        w->slot = i;
+        memcpy(s->cand_x + (size_t)i * D, px + (size_t)i * 4 * D, 4 * D);
+    }
+    return FGMM_OK;
+}
+
+/* A rank's record in fgmm_reducer_allgather_checked: its status and
+ * message, then its payload. */
+#define RECORD_HEADER (8 + sizeof(((fgmm_error *)0)->msg))
+
+fgmm_status fgmm_reducer_allgather_checked(const fgmm_reducer_ops *ops, void *self,
+                                           fgmm_status local, const void *send, size_t bytes,
+                                           void *recv, fgmm_error *err)
+{
+    const int R = ops->size(self);
+    const size_t rec = RECORD_HEADER + bytes;
+    char *sbuf = calloc(1, rec), *rbuf = malloc(rec * (size_t)R);
+    if (!sbuf || !rbuf) {
+        free(sbuf);
+        free(rbuf);
+        /* Cannot take part: the others' collective times out. */
+        return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for a collective of %d x %zu "
+                         "bytes", R, rec);
+    }
+    int64_t code = local;
+    memcpy(sbuf, &code, 8);
+    if (local) memcpy(sbuf + 8, err->msg, sizeof err->msg);
+    else if (bytes) memcpy(sbuf + RECORD_HEADER, send, bytes);
+    fgmm_status st = ops->allgather(self, sbuf, rec, rbuf, err);
+    for (int r = 0; r < R && !st; r++) {
+        const char *p = rbuf + (size_t)r * rec;
+        memcpy(&code, p, 8);
+        if (code != FGMM_OK) {
+            char msg[sizeof err->msg];
+            memcpy(msg, p + 8, sizeof msg);
+            msg[sizeof msg - 1] = 0;
+            st = fgmm_fail(err, code > 0 && code < FGMM_STATUS_COUNT ? (fgmm_status)code
+                                                                      : FGMM_ERR_INTERNAL,
+                           "rank %d: %s", r, msg);
+        } else if (bytes) {
+            memcpy((char *)recv + (size_t)r * bytes, p + RECORD_HEADER, bytes);
+        }
+    }
+    free(sbuf);
+    free(rbuf);
+    return st;
+}
+
+fgmm_status fgmm_stats_allreduce(fgmm_stats *s, const fgmm_reducer_ops *ops, void *self,
+                                 fgmm_status local, fgmm_error *err)
+{
+    const int R = ops->size(self);
+    const size_t ser = fgmm_stats_serial_size(s->k, s->d);
+    char *send = malloc(ser), *recv = malloc(ser * (size_t)R);
+    fgmm_stats *part = NULL;
+    if (!local && (!send || !recv || fgmm_stats_create(s->k, s->d, s->shift, &part, err)))
+        local = fgmm_fail(err, FGMM_ERR_NO_MEMORY,
+                          "out of memory for the statistics of %d ranks (K=%d, D=%d)", R, s->k,
+                          s->d);
+    if (!local) fgmm_stats_serialize(s, send);
+    fgmm_status st = fgmm_reducer_allgather_checked(ops, self, local, send, ser, recv, err);
+    if (!st) {
+        fgmm_stats_zero(s);
+        for (int r = 0; r < R && !st; r++)
+            if (!(st = fgmm_stats_deserialize(part, recv + (size_t)r * ser, ser, err)))
+                st = fgmm_stats_add(s, part, err);
+    }
+    free(send);
+    free(recv);
+    fgmm_stats_free(part);
     return st;
 }
