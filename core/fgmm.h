@@ -131,9 +131,11 @@ typedef struct {
      * rows [first_rows[c], first_rows[c+1]). The same for every pass. */
     fgmm_status (*chunk_layout)(void *impl, int64_t *n_chunks, int64_t *first_rows,
                                 fgmm_error *err);
-    /* Optional: start a pass at chunk c (0 <= c < n_chunks) without reading
-     * the chunks before it; next() then yields chunk c, c+1, ... */
-    fgmm_status (*seek_chunk)(void *impl, int64_t c, fgmm_error *err);
+    /* Optional: the pass rewind starts covers chunks [c0, c1) only (0 <= c0
+     * < c1 <= n_chunks), without reading the others: next() yields chunk
+     * c0, c0+1, ..., c1-1, then the end. Called after rewind; the next
+     * rewind restores the whole range. */
+    fgmm_status (*seek_chunks)(void *impl, int64_t c0, int64_t c1, fgmm_error *err);
 } fgmm_source_ops;
 
 typedef struct fgmm_source fgmm_source;
@@ -178,7 +180,7 @@ fgmm_status fgmm_source_memory_chunked(const void *data, fgmm_dtype dtype, int64
  * otherwise from one counting pass over src here, and each pass of the
  * view then reads (and discards) the chunks before its range through next()
  * (a shard source that can skip chunks by index should implement
- * chunk_layout and seek_chunk). src must outlive the view; closing the view
+ * chunk_layout and seek_chunks). src must outlive the view; closing the view
  * leaves src open. More ranks than chunks is FGMM_ERR_ARGUMENT (on every
  * rank, since every rank sees the same layout). */
 fgmm_status fgmm_source_partition(fgmm_source *src, int rank, int size, fgmm_source **view,

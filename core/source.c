@@ -97,7 +97,7 @@ typedef struct {
     fgmm_dtype dtype;
     int64_t n;
     int d;
-    int64_t pos;
+    int64_t pos, end; /* the pass's next row and its end (n, or seek_chunks') */
     int64_t chunk_rows;
     unsigned char *checked; /* per chunk: scanned for NaN/Inf already */
     char name[256];
@@ -106,7 +106,9 @@ typedef struct {
 static fgmm_status mem_rewind(void *impl, fgmm_error *err)
 {
     (void)err;
-    ((memory_source *)impl)->pos = 0;
+    memory_source *m = impl;
+    m->pos = 0;
+    m->end = m->n;
     return FGMM_OK;
 }
 
@@ -114,7 +116,7 @@ static fgmm_status mem_next(void *impl, fgmm_chunk *c, fgmm_error *err)
 {
     memory_source *m = impl;
     size_t row_bytes = (size_t)m->d * fgmm_dtype_size(m->dtype);
-    int64_t left = m->n - m->pos;
+    int64_t left = m->end - m->pos;
     int64_t take = left < m->chunk_rows ? left : m->chunk_rows;
     c->rows = m->data + (size_t)m->pos * row_bytes;
     c->row_stride = row_bytes;
@@ -165,17 +167,19 @@ static fgmm_status mem_chunk_layout(void *impl, int64_t *n_chunks, int64_t *firs
     return FGMM_OK;
 }
 
-static fgmm_status mem_seek_chunk(void *impl, int64_t c, fgmm_error *err)
+static fgmm_status mem_seek_chunks(void *impl, int64_t c0, int64_t c1, fgmm_error *err)
 {
     memory_source *m = impl;
-    if (c < 0 || c * m->chunk_rows >= m->n)
-        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s: no chunk %lld", m->name, (long long)c);
-    m->pos = c * m->chunk_rows;
+    if (c0 < 0 || c1 <= c0 || (c1 - 1) * m->chunk_rows >= m->n)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s: no chunks [%lld, %lld)", m->name,
+                         (long long)c0, (long long)c1);
+    m->pos = c0 * m->chunk_rows;
+    m->end = c1 * m->chunk_rows < m->n ? c1 * m->chunk_rows : m->n;
     return FGMM_OK;
 }
 
 static const fgmm_source_ops memory_ops = {mem_rewind,    mem_next,        mem_read_rows,
-                                           mem_close,     mem_chunk_layout, mem_seek_chunk};
+                                           mem_close,     mem_chunk_layout, mem_seek_chunks};
 
 fgmm_status fgmm_source_memory_chunked(const void *data, fgmm_dtype dtype, int64_t n, int d,
                                        int64_t chunk_rows, const char *name, fgmm_source **out,
@@ -198,6 +202,7 @@ fgmm_status fgmm_source_memory_chunked(const void *data, fgmm_dtype dtype, int64
     m->data = data;
     m->dtype = dtype;
     m->n = n;
+    m->end = n;
     m->d = d;
     m->chunk_rows = chunk_rows;
     snprintf(m->name, sizeof m->name, "%s", name ? name : "(memory)");
@@ -224,8 +229,8 @@ static fgmm_status part_rewind(void *impl, fgmm_error *err)
     fgmm_status st = fgmm_source_rewind(p->parent, err);
     if (st) return st;
     p->next_c = 0;
-    if (p->parent->ops->seek_chunk) {
-        if ((st = p->parent->ops->seek_chunk(p->parent->impl, p->c0, err))) return st;
+    if (p->parent->ops->seek_chunks) {
+        if ((st = p->parent->ops->seek_chunks(p->parent->impl, p->c0, p->c1, err))) return st;
         p->next_c = p->c0;
     }
     return FGMM_OK;

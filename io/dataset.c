@@ -345,7 +345,8 @@ static void fs_close(void *impl)
     free(f);
 }
 
-static const fgmm_source_ops file_ops = {fs_rewind, fs_next, fs_read_rows, fs_close};
+static const fgmm_source_ops file_ops = {
+    .rewind = fs_rewind, .next = fs_next, .read_rows = fs_read_rows, .close = fs_close};
 
 fgmm_status fgmm_dataset_open(const char *path, fgmm_source **out, fgmm_error *err)
 {

@@ -39,7 +39,7 @@ void *shard_io_main(void *arg)
     pthread_mutex_lock(&s->mu);
     for (;;) {
         int queued = 0;
-        while (!s->stop && s->next_submit < s->n_chunks && s->inflight < s->o.queue_depth) {
+        while (!s->stop && s->next_submit < s->end_chunk && s->inflight < s->o.queue_depth) {
             int64_t g = s->next_submit;
             if (s->cache_valid[g]) { /* filled by an earlier pass */
                 s->next_submit++;
@@ -139,7 +139,7 @@ void *shard_io_main(void *arg)
             io_uring_cq_advance(&s->ring, seen);
             continue;
         }
-        if (s->stop || s->next_submit >= s->n_chunks) break;
+        if (s->stop || s->next_submit >= s->end_chunk) break;
         pthread_cond_wait(&s->cv_io, &s->mu);
     }
     s->io_done = 1;
@@ -175,7 +175,7 @@ void shard_end_pass(shard_source *s)
 fgmm_status shard_start_pass(shard_source *s, fgmm_error *err)
 {
     s->stop = s->io_done = 0;
-    s->next_submit = s->released = s->next_out = 0;
+    s->next_submit = s->released = s->next_out = s->start_chunk;
     s->inflight = 0;
     s->fifo_head = s->fifo_count = 0;
     s->perr = FGMM_OK;

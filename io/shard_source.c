@@ -40,6 +40,38 @@ static fgmm_status ss_rewind(void *impl, fgmm_error *err)
     shard_source *s = impl;
     shard_end_pass(s);
     s->pass_done = 0;
+    s->start_chunk = 0;
+    s->end_chunk = s->n_chunks;
+    return FGMM_OK;
+}
+
+/* Chunk boundaries from the manifest: a partition of the rows across ranks
+ * is made of whole chunks. */
+static fgmm_status ss_chunk_layout(void *impl, int64_t *n_chunks, int64_t *first_rows,
+                                   fgmm_error *err)
+{
+    (void)err;
+    shard_source *s = impl;
+    *n_chunks = s->n_chunks;
+    if (first_rows) {
+        for (int64_t g = 0; g < s->n_chunks; g++) first_rows[g] = (int64_t)s->chunks[g].c.first_row;
+        first_rows[s->n_chunks] = s->rows;
+    }
+    return FGMM_OK;
+}
+
+/* The next pass covers chunks [c0, c1): the reader never touches the
+ * others (each rank reads only its own share, and reads ahead no further). */
+static fgmm_status ss_seek_chunks(void *impl, int64_t c0, int64_t c1, fgmm_error *err)
+{
+    shard_source *s = impl;
+    if (c0 < 0 || c1 <= c0 || c1 > s->n_chunks)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s: no chunks [%lld, %lld) (it has %lld)",
+                         s->dir, (long long)c0, (long long)c1, (long long)s->n_chunks);
+    shard_end_pass(s);
+    s->pass_done = 0;
+    s->start_chunk = c0;
+    s->end_chunk = c1;
     return FGMM_OK;
 }
 
@@ -61,7 +93,7 @@ static fgmm_status ss_next(void *impl, fgmm_chunk *c, fgmm_error *err)
         s->released = s->next_out;
         pthread_cond_signal(&s->cv_io);
     }
-    if (s->next_out >= s->n_chunks && !s->perr) {
+    if (s->next_out >= s->end_chunk && !s->perr) {
         pthread_mutex_unlock(&s->mu);
         shard_end_pass(s);
         s->pass_done = 1;
@@ -138,6 +170,9 @@ static fgmm_status sample_by_pass(shard_source *s, const row_pos *rp, int64_t n,
 {
     shard_end_pass(s);
     s->pass_done = 0;
+    const int64_t c0 = s->start_chunk, c1 = s->end_chunk;
+    s->start_chunk = 0;
+    s->end_chunk = s->n_chunks;
     fgmm_status st = FGMM_OK;
     int64_t i = 0;
     while (!st && i < n) {
@@ -149,7 +184,9 @@ static fgmm_status sample_by_pass(shard_source *s, const row_pos *rp, int64_t n,
                              (size_t)s->dim, out + (size_t)rp[i].pos * (size_t)s->dim);
     }
     shard_end_pass(s);
-    s->pass_done = 0; /* the caller's next pass starts from the top */
+    s->pass_done = 0; /* the caller's next pass starts where it was set to */
+    s->start_chunk = c0;
+    s->end_chunk = c1;
     return st;
 }
 
@@ -245,7 +282,14 @@ static void ss_close(void *impl)
     free(s);
 }
 
-const fgmm_source_ops shard_source_ops = {ss_rewind, ss_next, ss_read_rows, ss_close};
+const fgmm_source_ops shard_source_ops = {
+    .rewind = ss_rewind,
+    .next = ss_next,
+    .read_rows = ss_read_rows,
+    .close = ss_close,
+    .chunk_layout = ss_chunk_layout,
+    .seek_chunks = ss_seek_chunks,
+};
 
 /* ----------------------------------------------------------- opening */
 
@@ -318,6 +362,7 @@ static fgmm_status load_shards(shard_source *s, const shard_manifest *m, int wan
         }
     }
     s->n_chunks = total;
+    s->end_chunk = total;
     return FGMM_OK;
 }
 

@@ -100,6 +100,7 @@ typedef struct {
     int running, stop, io_done;
     int pass_done; /* this pass handed out its last chunk; rewind starts another */
     int64_t next_submit, released, next_out;
+    int64_t start_chunk, end_chunk; /* the pass's chunks (seek_chunks; all after rewind) */
     int inflight;
     fgmm_status perr;
     char pmsg[1024];

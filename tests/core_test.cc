@@ -365,7 +365,8 @@ TEST(Estep, WaitingEngineUsesFewerThreadsSameBits)
     fgmm_source *mem;
     ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, n, D, "mem", &mem, &err), FGMM_OK);
     SlowSource impl{mem, 20000};
-    static const fgmm_source_ops slow_ops = {slow_rewind, slow_next, slow_read_rows, slow_close};
+    static const fgmm_source_ops slow_ops = {slow_rewind, slow_next,   slow_read_rows,
+                                             slow_close,  nullptr,     nullptr};
     fgmm_source *slow;
     ASSERT_EQ(fgmm_source_create(&slow_ops, &impl, n, D, FGMM_F32, "slow", &slow, &err), FGMM_OK);
     fgmm_engine *e;

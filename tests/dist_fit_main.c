@@ -49,10 +49,10 @@ static fgmm_status w_layout(void *impl, int64_t *n, int64_t *f, fgmm_error *err)
     fgmm_source *s = ((wrap *)impl)->inner;
     return fgmm_source_ops_of(s)->chunk_layout(fgmm_source_impl(s), n, f, err);
 }
-static fgmm_status w_seek(void *impl, int64_t c, fgmm_error *err)
+static fgmm_status w_seek(void *impl, int64_t c0, int64_t c1, fgmm_error *err)
 {
     fgmm_source *s = ((wrap *)impl)->inner;
-    return fgmm_source_ops_of(s)->seek_chunk(fgmm_source_impl(s), c, err);
+    return fgmm_source_ops_of(s)->seek_chunks(fgmm_source_impl(s), c0, c1, err);
 }
 static const fgmm_source_ops with_layout = {w_rewind, w_next, w_read, w_close, w_layout, w_seek};
 static const fgmm_source_ops without_layout = {w_rewind, w_next, w_read, w_close, NULL, NULL};

@@ -101,7 +101,7 @@ void check_partition(bool with_layout)
     fgmm_source_ops plain = *fgmm_source_ops_of(mem);
     plain.close = [](void *) {};
     plain.chunk_layout = nullptr;
-    plain.seek_chunk = nullptr;
+    plain.seek_chunks = nullptr;
     fgmm_source *counted = nullptr;
     if (!with_layout) {
         ASSERT_EQ(fgmm_source_create(&plain, fgmm_source_impl(mem), n, d, FGMM_F32, "m",

@@ -494,6 +494,59 @@ TEST(Shards, BothReaderPathsGiveTheSameRows)
     }
 }
 
+// A rank's share of shards (fgmm_source_partition) is whole chunks, with
+// global row ids, and the reader reads only those chunks: the shares of 3
+// ranks tile the rows exactly, and together read each chunk once a pass.
+TEST(Shards, PartitionReadsOnlyItsOwnChunks)
+{
+    std::vector<unsigned char> rows;
+    const int64_t n = 5000;
+    const int d = 7;
+    std::string out = make_shards(n, d, 100, 8, &rows);  // 50 chunks, 7 shards
+    fgmm_error err = {};
+    int64_t next_row = 0, chunks_total = 0;
+    for (int rank = 0; rank < 3; rank++) {
+        SCOPED_TRACE("rank " + std::to_string(rank));
+        fgmm_source *s, *view;
+        auto o = ropts(0, 1);
+        ASSERT_EQ(fgmm_shards_open(out.c_str(), &o, &s, &err), FGMM_OK) << err.msg;
+        ASSERT_EQ(fgmm_source_partition(s, rank, 3, &view, &err), FGMM_OK) << err.msg;
+        int64_t my_chunks = 0;
+        for (int pass = 0; pass < 2; pass++) {
+            ASSERT_EQ(fgmm_source_rewind(view, &err), FGMM_OK) << err.msg;
+            int64_t row = -1;
+            my_chunks = 0;
+            for (;;) {
+                fgmm_chunk c;
+                ASSERT_EQ(fgmm_source_next(view, &c, &err), FGMM_OK) << err.msg;
+                if (c.n_rows == 0) break;
+                if (row < 0) {
+                    row = c.first_row;
+                    if (pass == 0) {
+                        EXPECT_EQ(row, next_row) << "shares must tile the rows";
+                    }
+                }
+                EXPECT_EQ(c.first_row, row);
+                for (int64_t i = 0; i < c.n_rows; i++)
+                    ASSERT_EQ(0, memcmp((const char *)c.rows + i * c.row_stride,
+                                        rows.data() + (size_t)(c.first_row + i) * d * 4, d * 4))
+                        << "row " << c.first_row + i;
+                row += c.n_rows;
+                my_chunks++;
+            }
+            if (pass == 0) next_row = row;
+        }
+        fgmm_shard_read_stats st;
+        ASSERT_EQ(fgmm_shards_stats(s, &st, &err), FGMM_OK);
+        EXPECT_EQ(st.chunks_read, 2 * my_chunks) << "read other ranks' chunks";
+        chunks_total += my_chunks;
+        fgmm_source_close(view);
+        fgmm_source_close(s);
+    }
+    EXPECT_EQ(next_row, n);
+    EXPECT_EQ(chunks_total, 50);
+}
+
 // The default ring holds ~256 MiB of decoded chunks, 16 to 64 slots, and
 // at least one per decoder plus two (BENCHMARKS.md: a 16-slot ring of
 // 4 MiB chunks let EM steps fall behind the disk).
