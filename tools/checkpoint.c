@@ -90,7 +90,15 @@ static int stale_temporary(const char *name)
 /* 1 when step (a step directory) lies in dir. */
 static int step_is_in(const char *step, const char *dir)
 {
-    char *parent = join(step, "..");
+    /* The step's parent by name: the step itself may be gone by now. */
+    char *parent = strdup(step);
+    char *slash = parent ? strrchr(parent, '/') : NULL;
+    while (slash && slash > parent && slash[1] == '\0') {
+        *slash = '\0';
+        slash = strrchr(parent, '/');
+    }
+    if (parent && !slash) strcpy(parent, ".");
+    else if (slash) slash == parent ? (void)(slash[1] = '\0') : (void)(*slash = '\0');
     char *a = parent ? realpath(parent, NULL) : NULL, *b = realpath(dir, NULL);
     int same = a && b && !strcmp(a, b);
     free(parent);
