@@ -10,6 +10,10 @@
 #include <string.h>
 #include <time.h>
 
+#ifdef FGMM_WITH_CUDA
+#include "cuda/backend.h"
+#endif
+
 double cli_now(void)
 {
     struct timespec ts;
@@ -194,17 +198,34 @@ int cli_io_flag(cli_io_flags *f, int val, const char *arg)
 
 int cli_open_engine(const char *cmd, const cli_io_flags *f, fgmm_engine **e)
 {
+    return cli_open_engine_on(cmd, f, -1, 0, e);
+}
+
+int cli_open_engine_on(const char *cmd, const cli_io_flags *f, int gpu, int default_threads,
+                       fgmm_engine **e)
+{
     fgmm_error err = {0};
     fgmm_device dev = FGMM_DEVICE_AUTO;
     fgmm_precision prec = FGMM_PRECISION_DEFAULT;
-    long nt = 0;
+    long nt = default_threads;
     *e = NULL;
     if (f->device && fgmm_device_parse(f->device, &dev, &err)) return cli_fail(cmd, &err);
     if (f->precision && fgmm_precision_parse(f->precision, &prec, &err))
         return cli_fail(cmd, &err);
     if (f->threads && cli_parse_long(cmd, "threads", f->threads, 1, 4096, &nt))
         return CLI_EXIT_USAGE;
-    if (fgmm_engine_create(dev, (int)nt, e, &err)) return cli_fail(cmd, &err);
+    fgmm_status st;
+    if (gpu < 0) {
+        st = fgmm_engine_create(dev, (int)nt, e, &err);
+    } else {
+#ifdef FGMM_WITH_CUDA
+        st = fgmm_cuda_engine_create(gpu, e, &err);
+#else
+        st = fgmm_fail(&err, FGMM_ERR_UNSUPPORTED,
+                       "this build of flashgmm has no CUDA back end (built for the CPU only)");
+#endif
+    }
+    if (st) return cli_fail(cmd, &err);
     fgmm_engine_pin_threads(*e, f->pin_threads);
     if (fgmm_engine_set_precision(*e, prec, &err)) {
         fgmm_engine_free(*e);

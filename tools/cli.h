@@ -105,6 +105,11 @@ extern const char CLI_READER_HELP[];
 /* Creates the engine from --device, --threads, --precision and
  * --pin-threads; returns an exit status (0: *e is open). */
 int cli_open_engine(const char *cmd, const cli_io_flags *f, fgmm_engine **e);
+/* The same on CUDA device `gpu` when gpu >= 0 (--device is then not
+ * consulted); a CPU engine without --threads gets default_threads (0: every
+ * core). */
+int cli_open_engine_on(const char *cmd, const cli_io_flags *f, int gpu, int default_threads,
+                       fgmm_engine **e);
 
 /* Opens path (a shard directory through the reader, its buffers from the
  * engine so pinned for a GPU, or a dataset file) with the reader flags;

@@ -3,7 +3,9 @@
  * directory (written under a temporary name and renamed, so an --out that
  * exists is never touched and an interrupted fit leaves no model).
  */
+#include "tools/checkpoint.h"
 #include "tools/cli.h"
+#include "tools/fit_dist.h"
 
 #include <errno.h>
 #include <math.h>
@@ -34,12 +36,30 @@ static const char FIT_HELP_HEAD[] =
     "                       streaming shards on a small machine; not for several\n"
     "                       engines sharing one machine)\n"
     "  --device D           auto (default: cuda if present), cpu or cuda\n"
-    "  --quiet              no per-iteration progress\n";
+    "  --quiet              no per-iteration progress\n"
+    "  --gpus G             one engine per GPU in this process, the data shared among them:\n"
+    "                       all, the first N (e.g. 2), or device indices (0,2; one: 3,)\n"
+    "  --checkpoint-every N save the fit every N EM steps to the checkpoint directory, where\n"
+    "                       only the newest step is kept (a step-N directory, itself a model\n"
+    "                       directory flashgmm info and score read); it stays after the fit\n"
+    "  --checkpoint-dir DIR the checkpoint directory (default: MODEL_DIR.checkpoint); made if\n"
+    "                       missing, and refused when it holds another fit's steps\n"
+    "  --resume DIR         continue a fit that was stopped from the newest step in DIR (a\n"
+    "                       checkpoint directory), given the first run's flags and data: it\n"
+    "                       ends with the model the uninterrupted fit gives, bit for bit\n"
+    "  --timeout S          seconds a rank or GPU waits for the others within a step before\n"
+    "                       the fit fails (default 600)\n";
 
 static const char FIT_HELP_TAIL[] =
     "\n"
     "With --init MODEL_DIR --max-iter 1 it performs exactly one E-step under that model\n"
     "followed by one M-step. Progress per iteration goes to stderr.\n"
+    "\n"
+    "Across processes: mpirun -np R flashgmm fit ... runs R ranks, each reading its share of\n"
+    "--data (the same path on every rank) on the CPU or, with --device cuda, on the GPU of\n"
+    "its local rank. Rank 0 prints the progress and writes the model and the checkpoints;\n"
+    "the same rank count repeats bit for bit, another agrees to ~1e-12 in log-likelihood.\n"
+    "A rank that fails or dies fails the whole job, which writes no model.\n"
     "Exit status: 0 ok, 1 failed (data, files, device), 2 bad command line.\n";
 
 enum {
@@ -56,6 +76,11 @@ enum {
     OPT_DEVICE,
     OPT_QUIET,
     OPT_PIN_THREADS,
+    OPT_GPUS,
+    OPT_CHECKPOINT_EVERY,
+    OPT_CHECKPOINT_DIR,
+    OPT_RESUME,
+    OPT_TIMEOUT,
 };
 
 static const struct option FIT_OPTIONS[] = {
@@ -72,6 +97,11 @@ static const struct option FIT_OPTIONS[] = {
     {"device", required_argument, NULL, OPT_DEVICE},
     {"quiet", no_argument, NULL, OPT_QUIET},
     {"pin-threads", no_argument, NULL, OPT_PIN_THREADS},
+    {"gpus", required_argument, NULL, OPT_GPUS},
+    {"checkpoint-every", required_argument, NULL, OPT_CHECKPOINT_EVERY},
+    {"checkpoint-dir", required_argument, NULL, OPT_CHECKPOINT_DIR},
+    {"resume", required_argument, NULL, OPT_RESUME},
+    {"timeout", required_argument, NULL, OPT_TIMEOUT},
     CLI_READER_OPTIONS,
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -81,6 +111,7 @@ static const struct option FIT_OPTIONS[] = {
  * them are read, in the order the help lists them. */
 typedef struct {
     const char *data, *k, *out, *covariance, *init, *max_iter, *tol, *reg_covar, *seed;
+    const char *gpus, *checkpoint_every, *checkpoint_dir, *resume, *timeout;
     int quiet;
     cli_io_flags io;
 } fit_flags;
@@ -110,6 +141,11 @@ static int read_flags(int argc, char **argv, fit_flags *f)
         case OPT_DEVICE: f->io.device = optarg; break;
         case OPT_QUIET: f->quiet = 1; break;
         case OPT_PIN_THREADS: f->io.pin_threads = 1; break;
+        case OPT_GPUS: f->gpus = optarg; break;
+        case OPT_CHECKPOINT_EVERY: f->checkpoint_every = optarg; break;
+        case OPT_CHECKPOINT_DIR: f->checkpoint_dir = optarg; break;
+        case OPT_RESUME: f->resume = optarg; break;
+        case OPT_TIMEOUT: f->timeout = optarg; break;
         default:
             if (!cli_io_flag(&f->io, c, optarg)) return CLI_EXIT_USAGE;
         }
@@ -118,9 +154,61 @@ static int read_flags(int argc, char **argv, fit_flags *f)
     return -1;
 }
 
+/* --resume: the checkpoint becomes p's starting point (*resumed and
+ * *resumed_step, which the caller frees), after checking that it belongs to
+ * the fit the flags describe. Returns -1 to go on or the exit status. */
+static int resume_params(const fit_flags *f, fgmm_fit_params *p, int k_given, int cov_given,
+                         fgmm_model **resumed, char **resumed_step)
+{
+    fgmm_error err = {0};
+    if (cli_checkpoint_load(f->resume, resumed, resumed_step, &err))
+        return cli_fail("fit", &err);
+    const fgmm_model *r = *resumed;
+    const fgmm_model_meta *mt = fgmm_model_meta_c(r);
+    if (!k_given) p->k = fgmm_model_k(r);
+    if (!cov_given) p->covariance = fgmm_model_covariance(r);
+    const char *what = NULL;
+    char want[64] = "", got[64] = "";
+    if (p->k != fgmm_model_k(r)) {
+        what = "k";
+        snprintf(want, sizeof want, "%d", fgmm_model_k(r));
+        snprintf(got, sizeof got, "%d", p->k);
+    } else if (p->covariance != fgmm_model_covariance(r)) {
+        what = "covariance";
+        snprintf(want, sizeof want, "%s", fgmm_covariance_name(fgmm_model_covariance(r)));
+        snprintf(got, sizeof got, "%s", fgmm_covariance_name(p->covariance));
+    } else if (p->reg_covar != mt->reg_covar) {
+        what = "reg-covar";
+        snprintf(want, sizeof want, "%.17g", mt->reg_covar);
+        snprintf(got, sizeof got, "%.17g", p->reg_covar);
+    } else if (p->seed != mt->seed) {
+        what = "seed";
+        snprintf(want, sizeof want, "%llu", (unsigned long long)mt->seed);
+        snprintf(got, sizeof got, "%llu", (unsigned long long)p->seed);
+    }
+    if (what) {
+        fprintf(stderr, "flashgmm fit: --resume %s: the checkpoint's fit ran with --%s %s, "
+                        "not %s: resume with the first run's flags\n", *resumed_step, what,
+                want, got);
+        return CLI_EXIT_USAGE;
+    }
+    if (mt->iterations > p->max_iter) {
+        fprintf(stderr, "flashgmm fit: --resume %s: the checkpoint is after step %d, beyond "
+                        "--max-iter %d\n", *resumed_step, mt->iterations, p->max_iter);
+        return CLI_EXIT_USAGE;
+    }
+    p->init = FGMM_INIT_MODEL;
+    p->init_model = r;
+    p->resume_iteration = mt->iterations;
+    p->resume_loglik = fgmm_model_loglik(r);
+    return -1;
+}
+
 /* Fills p from the flags, the initial model included (*init_model, which
- * the caller frees); returns -1 to go on or the exit status. */
-static int make_params(const fit_flags *f, fgmm_fit_params *p, fgmm_model **init_model)
+ * the caller frees) and under --resume the checkpoint (*resumed,
+ * *resumed_step); returns -1 to go on or the exit status. */
+static int make_params(const fit_flags *f, fgmm_fit_params *p, fgmm_model **init_model,
+                       fgmm_model **resumed, char **resumed_step)
 {
     fgmm_error err = {0};
     long lv;
@@ -183,6 +271,7 @@ static int make_params(const fit_flags *f, fgmm_fit_params *p, fgmm_model **init
                         "model directory (no model.json there)\n", init);
         return CLI_EXIT_USAGE;
     }
+    if (f->resume) return resume_params(f, p, k_given, cov_given, resumed, resumed_step);
     if (!k_given) {
         fprintf(stderr, "flashgmm fit: --k is required (see flashgmm fit --help)\n");
         return CLI_EXIT_USAGE;
@@ -223,6 +312,66 @@ static void report(const fgmm_fit_params *p, const fgmm_model *m, fgmm_source *s
     }
 }
 
+/* The flags of where and how robustly the fit runs: --gpus, --timeout,
+ * --checkpoint-every/--checkpoint-dir. *ck_dir is malloc'd when it is the
+ * default; returns -1 to go on or the exit status. */
+static int make_run_flags(const fit_flags *f, int *gpu_ids, int *n_gpus, double *timeout_s,
+                          int *every, char **ck_dir)
+{
+    long lv;
+    *n_gpus = 0;
+    *every = 0;
+    *ck_dir = NULL;
+    *timeout_s = FGMM_DIST_DEFAULT_TIMEOUT_S;
+    if (f->timeout) {
+        if (cli_parse_double("fit", "timeout", f->timeout, 0, timeout_s)) return CLI_EXIT_USAGE;
+        if (*timeout_s <= 0) {
+            fprintf(stderr, "flashgmm fit: --timeout must be > 0 seconds (got %s)\n", f->timeout);
+            return CLI_EXIT_USAGE;
+        }
+    }
+    if (f->checkpoint_every) {
+        if (cli_parse_long("fit", "checkpoint-every", f->checkpoint_every, 1, 1000000, &lv))
+            return CLI_EXIT_USAGE;
+        *every = (int)lv;
+    } else if (f->checkpoint_dir) {
+        fprintf(stderr, "flashgmm fit: --checkpoint-dir needs --checkpoint-every N\n");
+        return CLI_EXIT_USAGE;
+    }
+    if (f->gpus) {
+        if (fgmm_dist_launched()) {
+            fprintf(stderr, "flashgmm fit: --gpus is for one process; under mpirun each rank "
+                            "uses the GPU of its local rank (--device cuda)\n");
+            return CLI_EXIT_USAGE;
+        }
+        if (f->io.device && strcmp(f->io.device, "cuda")) {
+            fprintf(stderr, "flashgmm fit: --gpus runs on CUDA devices, not --device %s\n",
+                    f->io.device);
+            return CLI_EXIT_USAGE;
+        }
+        int rc = cli_parse_gpus("fit", f->gpus, gpu_ids, n_gpus);
+        if (rc >= 0) return rc;
+    }
+    if (*every) {
+        const char *dir = f->checkpoint_dir;
+        if (!dir) {
+            size_t n = strlen(f->out) + sizeof ".checkpoint";
+            if (!(*ck_dir = malloc(n))) {
+                fprintf(stderr, "flashgmm fit: error: out of memory\n");
+                return CLI_EXIT_WORK;
+            }
+            snprintf(*ck_dir, n, "%s.checkpoint", f->out);
+            /* "out/" names the same model as "out". */
+            for (size_t l = strlen(f->out); l > 1 && (*ck_dir)[l - 1] == '/'; l--)
+                memmove(*ck_dir + l - 1, *ck_dir + l, n - l);
+        } else if (!(*ck_dir = strdup(dir))) {
+            fprintf(stderr, "flashgmm fit: error: out of memory\n");
+            return CLI_EXIT_WORK;
+        }
+    }
+    return -1;
+}
+
 int cmd_fit(int argc, char **argv)
 {
     fit_flags f = {0};
@@ -233,40 +382,75 @@ int cmd_fit(int argc, char **argv)
         return CLI_EXIT_USAGE;
     }
     fgmm_fit_params p;
-    fgmm_model *init_model = NULL;
-    if ((rc = make_params(&f, &p, &init_model)) >= 0) {
-        fgmm_model_free(init_model);
-        return rc;
-    }
+    fgmm_model *init_model = NULL, *resumed = NULL, *m = NULL;
+    char *resumed_step = NULL, *ck_dir = NULL;
+    int gpu_ids[CLI_MAX_GPUS], n_gpus = 0, every = 0, ok = 0;
+    double timeout_s;
+    fit_place place;
+    memset(&place, 0, sizeof place);
+    if ((rc = make_params(&f, &p, &init_model, &resumed, &resumed_step)) >= 0 ||
+        (rc = make_run_flags(&f, gpu_ids, &n_gpus, &timeout_s, &every, &ck_dir)) >= 0)
+        goto done;
     rc = 0;
     fgmm_error err = {0};
-    fgmm_source *src = NULL;
-    fgmm_engine *e = NULL;
-    fgmm_model *m = NULL;
-    if ((rc = cli_open_engine("fit", &f.io, &e))) goto done;
-    if ((rc = cli_open_data("fit", &f.io, f.data, e, &src))) goto done;
-    if (p.verbose)
-        fprintf(stderr, "fit: %s: %lld rows x %d dims (%s), K=%d %s, device %s, %d threads\n",
+    if ((rc = fit_place_open("fit", &f.io, f.data, gpu_ids, n_gpus, timeout_s, &place)))
+        goto done;
+    fgmm_source *src = place.sources[0];
+    fgmm_engine *e = place.engines[0];
+    /* Only rank 0 speaks and writes: every rank holds the same model. */
+    int lead = place.rank == 0;
+    if (!lead) p.verbose = 0;
+    if (resumed && fgmm_model_meta_c(resumed)->rows != fgmm_source_rows(src)) {
+        fprintf(stderr, "flashgmm fit: error: --resume %s: the checkpoint's fit had %lld rows, "
+                        "%s has %lld: resume with the first run's data\n", resumed_step,
+                (long long)fgmm_model_meta_c(resumed)->rows, f.data,
+                (long long)fgmm_source_rows(src));
+        rc = CLI_EXIT_WORK;
+        goto done;
+    }
+    cli_checkpoint ck = {ck_dir};
+    if (every && lead) {
+        if (cli_checkpoint_prepare(ck_dir, resumed_step, &err)) {
+            rc = cli_fail("fit", &err);
+            goto done;
+        }
+        p.on_step = cli_checkpoint_write;
+        p.on_step_user = &ck;
+        p.on_step_every = every;
+    }
+    if (p.verbose) {
+        fprintf(stderr, "fit: %s: %lld rows x %d dims (%s), K=%d %s, device %s, %d threads",
                 f.data, (long long)fgmm_source_rows(src), fgmm_source_dim(src),
                 fgmm_dtype_name(fgmm_source_dtype(src)), p.k,
                 fgmm_covariance_name(p.covariance), fgmm_engine_device_name(e),
                 fgmm_engine_threads(e));
-    if (fgmm_fit(e, src, &p, &m, &err)) {
+        if (place.launched) fprintf(stderr, ", %d ranks", fgmm_dist_size(&place.mpi));
+        if (place.n > 1) fprintf(stderr, ", %d GPUs", place.n);
+        fprintf(stderr, "\n");
+        if (resumed)
+            fprintf(stderr, "fit: resuming from %s after step %d\n", resumed_step,
+                    p.resume_iteration);
+    }
+    if (fit_place_run(&place, timeout_s, &p, &m, &err)) {
         rc = cli_fail("fit", &err);
         goto done;
     }
+    /* The initialisation the fit started from, as the first run names it. */
     if (init_model) fgmm_model_set_text(m, FGMM_TEXT_INIT, f.init, NULL);
-    if (fgmm_model_save(m, f.out, &err)) {
+    else if (resumed)
+        fgmm_model_set_text(m, FGMM_TEXT_INIT, fgmm_model_meta_c(resumed)->init, NULL);
+    if (lead && fgmm_model_save(m, f.out, &err)) {
         rc = cli_fail("fit", &err);
         goto done;
     }
-    report(&p, m, src, e, f.out);
+    if (lead) report(&p, m, src, e, f.out);
+    ok = 1;
 done:
     fgmm_model_free(m);
     fgmm_model_free(init_model);
-    /* The source first: its buffers came from the engine (pinned memory
-     * on a GPU) and go back through it. */
-    fgmm_source_close(src);
-    fgmm_engine_free(e);
+    fgmm_model_free(resumed);
+    free(resumed_step);
+    free(ck_dir);
+    fit_place_close(&place, ok);
     return rc;
 }
