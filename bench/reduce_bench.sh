@@ -5,7 +5,8 @@
 # usage: bash bench/reduce_bench.sh [OUTDIR]
 #   OUTDIR (default reduce_out) receives raw.txt (reduce_bench's lines)
 #   and table.md. Environment: RANKS ("1 2 3"), KS ("1024,16384,65536"),
-#   D (128), REPS (10), WARMUP (2), BIN (bazel-bin/bench).
+#   D (128), REPS (10), WARMUP (2), BIN (bazel-bin/bench); TABLE_ONLY=1
+#   rebuilds table.md from an existing raw.txt.
 set -euo pipefail
 
 BIN=${BIN:-bazel-bin/bench}
@@ -24,8 +25,8 @@ fi
 command -v mpirun >/dev/null || { echo "reduce_bench.sh: mpirun not found (Open MPI)" >&2; exit 1; }
 
 mkdir -p "$OUT"
-: >"$OUT/raw.txt"
-for r in $RANKS; do
+[[ ${TABLE_ONLY:-0} == 1 ]] || : >"$OUT/raw.txt"
+[[ ${TABLE_ONLY:-0} == 1 ]] || for r in $RANKS; do
     echo "R=$r ..." >&2
     mpirun --allow-run-as-root --oversubscribe -np "$r" "$BIN/reduce_bench" \
         --k "$KS" --d "$D" --reps "$REPS" --warmup "$WARMUP" | tee -a "$OUT/raw.txt"
@@ -43,7 +44,7 @@ done
             v["ranks"], v["k"], v["bytes_per_rank"] / 1e6, v["recv_bytes"] / 1e6,
             v["total_median_s"], v["total_min_s"], v["serialize_median_s"],
             v["gather_median_s"], v["gather_min_s"], v["sum_median_s"], v["sum_min_s"],
-            v["ranks"] > 1 ? sprintf("%.2f", v["gather_recv_GBps"]) : "-"
+            (v["ranks"] > 1 ? sprintf("%.2f", v["gather_recv_GBps"]) : "-")
     }' "$OUT/raw.txt"
 } >"$OUT/table.md"
 cat "$OUT/table.md"
