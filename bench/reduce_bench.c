@@ -28,6 +28,7 @@
  * After every total the sum's row count and log-likelihood are checked
  * against the ranks' known contributions: a wrong reduction fails.
  */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime under -std=c11 */
 #include "core/backend.h"
 #include "core/fgmm.h"
 #include "dist/fgmm_dist.h"
