@@ -47,3 +47,32 @@ fgmm_status fgmm_engine_create(fgmm_device device, int threads, fgmm_engine **ou
     }
     return fgmm_cpu_engine_create(threads, out, err);
 }
+
+int fgmm_device_built(fgmm_device device)
+{
+#ifdef FGMM_WITH_CUDA
+    return device == FGMM_DEVICE_CPU || device == FGMM_DEVICE_CUDA;
+#else
+    return device == FGMM_DEVICE_CPU;
+#endif
+}
+
+fgmm_status fgmm_engine_create_on_device(fgmm_device device, int index, int threads,
+                                         fgmm_engine **out, fgmm_error *err)
+{
+    *out = NULL;
+    if (device == FGMM_DEVICE_AUTO)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "an engine on device %d: name cpu or cuda", index);
+    if (device == FGMM_DEVICE_CPU) {
+        if (index != 0)
+            return fgmm_fail(err, FGMM_ERR_DEVICE, "CPU device %d does not exist (there is one)",
+                             index);
+        return fgmm_cpu_engine_create(threads, out, err);
+    }
+#ifdef FGMM_WITH_CUDA
+    return fgmm_cuda_engine_create(index, out, err);
+#else
+    return fgmm_fail(err, FGMM_ERR_UNSUPPORTED,
+                     "this build of flashgmm has no CUDA back end (built for the CPU only)");
+#endif
+}

@@ -33,12 +33,12 @@ gpu_header() {
 # from a build that fails its tests are not worth recording.
 gpu_tests() {
   local t
-  need tests/cuda_test tests/engine_gpu_test tests/assign_test
-  for t in cuda_test engine_gpu_test assign_test; do
+  need tests/cuda_test tests/engine_gpu_test tests/assign_test tests/dist_gpu_test
+  for t in cuda_test engine_gpu_test assign_test dist_gpu_test; do
     # A GPU test that skips here would hide a broken device or build.
     FGMM_REQUIRE_GPU=1 timeout 300 "$BIN/tests/$t" > "$1/$t.log" 2>&1
     echo "$t rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$1/$t.log" | tr '\n' ' ')" | tee -a "$2"
   done
-  grep -hE "FAILED|Failure" "$1"/cuda_test.log "$1"/engine_gpu_test.log "$1"/assign_test.log |
+  grep -hE "FAILED|Failure" "$1"/cuda_test.log "$1"/engine_gpu_test.log "$1"/assign_test.log "$1"/dist_gpu_test.log |
     head -20 | tee -a "$2"
 }

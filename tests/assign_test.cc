@@ -163,7 +163,8 @@ fgmm_status sc_read_rows(void *impl, const int64_t *idx, int64_t n, float *out, 
 
 void sc_close(void *impl) { delete static_cast<SmallChunks *>(impl); }
 
-const fgmm_source_ops small_chunk_ops = {sc_rewind, sc_next, sc_read_rows, sc_close};
+const fgmm_source_ops small_chunk_ops = {sc_rewind, sc_next, sc_read_rows,
+                                         sc_close,  nullptr, nullptr};
 
 void small_chunks_case(fgmm_device dev)
 {

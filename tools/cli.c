@@ -10,10 +10,6 @@
 #include <string.h>
 #include <time.h>
 
-#ifdef FGMM_WITH_CUDA
-#include "cuda/backend.h"
-#endif
-
 double cli_now(void)
 {
     struct timespec ts;
@@ -218,12 +214,7 @@ int cli_open_engine_on(const char *cmd, const cli_io_flags *f, int gpu, int defa
     if (gpu < 0) {
         st = fgmm_engine_create(dev, (int)nt, e, &err);
     } else {
-#ifdef FGMM_WITH_CUDA
-        st = fgmm_cuda_engine_create(gpu, e, &err);
-#else
-        st = fgmm_fail(&err, FGMM_ERR_UNSUPPORTED,
-                       "this build of flashgmm has no CUDA back end (built for the CPU only)");
-#endif
+        st = fgmm_engine_create_on_device(FGMM_DEVICE_CUDA, gpu, (int)nt, e, &err);
     }
     if (st) return cli_fail(cmd, &err);
     fgmm_engine_pin_threads(*e, f->pin_threads);

@@ -27,12 +27,9 @@ static int no_device(const char *cmd, const char *s, int count)
     if (count == 0)
         fprintf(stderr, "flashgmm %s: error: --gpus %s: there is no CUDA device on this "
                         "machine%s\n", cmd, s,
-#ifdef FGMM_WITH_CUDA
-                ""
-#else
-                " (and this build of flashgmm has no CUDA back end)"
-#endif
-        );
+                fgmm_device_built(FGMM_DEVICE_CUDA)
+                    ? ""
+                    : " (and this build of flashgmm has no CUDA back end)");
     return CLI_EXIT_WORK;
 }
 
