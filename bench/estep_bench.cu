@@ -1,7 +1,7 @@
 /*
  * estep_bench - one full EM step's E-side on the GPU with the rows already
- * in device memory (the setting of the PyTorch reference and of the issue's
- * 3 ms target): the log-sum-exp, statistics and reduction kernels of
+ * in device memory (the setting of the PyTorch reference and of the 3 ms
+ * goal): the log-sum-exp, statistics and reduction kernels of
  * cuda/, timed with CUDA events; the M-step itself is O(K*D) on the host
  * and not included. Checks the statistics of the first CHECK rows (the
  * same kernels on those rows alone) against a float64 reference.

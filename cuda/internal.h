@@ -343,7 +343,7 @@ fgmm_status fgmmc_wgmma_stats_launch(const fgmmc_batch *b, const fgmmc_plan *pla
 fgmm_status fgmmc_wgmma_fused_plan(int k, int d, int kw, int prec, int64_t n, int max_slices,
                                    fgmmc_plan *plan, fgmm_error *err);
 /* The most slices for which the selector uses the fused kernel. Measured
- * on the H100 (BENCHMARKS.md, fifth session), N = 1M, D = 128: K = 64
+ * on the H100 (BENCHMARKS.md §4), N = 1M, D = 128: K = 64
  * fused 1.27 ms against 1.72 for kernels A + B, K = 128 2.00 against 2.08;
  * from K = 192 (clusters of 3) on the exchange costs more than kernel A
  * saves (K = 192: 3.04 against 2.86; K = 1024: 14.2 against 11.1). */

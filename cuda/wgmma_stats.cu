@@ -9,8 +9,8 @@ static fgmm_status launch_wgb(const fgmmc_batch *b, const fgmmc_plan *plan, cuda
                                fgmm_error *err)
 {
     dim3 grid((unsigned)plan->slices, (unsigned)((plan->splits + 1) / 2));
-    /* 64-row tiles: on the H200 at 1M x 1024 x 128 kernel B took 6.43 ms
-     * against 7.36 with 32 (BENCHMARKS.md, sixth session): twice the rows
+    /* 64-row tiles: on the H200 at 1M x 1024 x 128 a step took 9.96 ms
+     * against 10.89 with 32-row tiles (BENCHMARKS.md §4): twice the rows
      * per W-tile pass, half the wgmma issues. */
     size_t smem = wg_smem_b(KW, PREC, 64);
     FGMMC_CHECK(cudaFuncSetAttribute(wg_stats_kernel<KW, PREC, false, 64>,

@@ -73,7 +73,7 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo_col, float hi_col)
  * dropped: stores plus a release arrival, 1.1 ms slower at K = 1024; one
  * tile of lag, within 3% either way and 25 more registers.)
  *
- * Measured (BENCHMARKS.md, fifth session): a win only for clusters of one
+ * Measured (BENCHMARKS.md §4): a win only for clusters of one
  * or two CTAs. From three CTAs on, the per-row reductions and merges
  * (about 2 us per tile and warpgroup at K = 1024) cost more than kernel A,
  * and the H100 seats only 7 clusters of 16 (112 SMs), so the context uses
