@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGETS=(tools/flashgmm tests/cuda_test tests/engine_gpu_test tests/assign_test tests/core_test
          tests/dist_gpu_test
-         bench/estep_bench bench/engine_bench bench/assign_bench)
+         bench/estep_bench bench/engine_bench bench/assign_bench bench/reduce_bench)
 labels=()
 for t in "${TARGETS[@]}"; do labels+=("//${t%/*}:${t#*/}"); done
 bazel build --config=sm90 --noshow_progress "${labels[@]}"

@@ -10,6 +10,7 @@ PACKAGES=(
   libopenblas-dev libopenblas0-pthread                      # CPU tile products
   liburing-dev libzstd-dev zstd libxxhash-dev               # io
   libjansson-dev                                            # io: JSON files
+  openmpi-bin                                               # dist: mpirun and libmpi (loaded at run time)
   python3-numpy python3-sklearn                             # peer test and benchmarks
 )
 
