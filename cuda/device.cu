@@ -199,3 +199,17 @@ void fgmmc_host_free(void *p)
 {
     if (p) cudaFreeHost(p);
 }
+
+/* Scratch of the float64 family, at most one sub-chunk of rows. */
+fgmm_status fgmmc_reserve_f64(fgmmc_context *ctx, size_t cap, fgmm_error *err)
+{
+    const int64_t sub = fgmmc_f64_sub_rows(ctx->k, ctx->d);
+    const size_t rows = cap < (size_t)sub ? cap : (size_t)sub;
+    fgmm_status st;
+    if ((st = DEV_RESERVE(ctx, ctx->d_y64, ctx->cap_y64,
+                          rows * (size_t)fgmmc_f64_yw(ctx->d) * sizeof(double), "rows (f64)", err)) ||
+        (st = DEV_RESERVE(ctx, ctx->d_l64, ctx->cap_l64, rows * (size_t)ctx->k * sizeof(double),
+                          "logits (f64)", err)))
+        return st;
+    return FGMM_OK;
+}

@@ -125,43 +125,6 @@ fgmm_status fgmmc_begin_ll_pass(fgmmc_context *ctx, int k, int d, const double *
     return st;
 }
 
-/* ------------------------------------------------------------- batches */
-
-fgmm_status fgmmc_launch_rows(fgmmc_context *ctx, int b, const void *x_dev, int64_t m,
-                              fgmm_dtype dtype, const fgmmc_plan *plan, const fgmmc_ll_batch *segs,
-                              fgmm_error *err)
-{
-    fgmmc_batch bt;
-    fgmmc_ctx_batch(ctx, x_dev, m, dtype, &bt);
-    fgmm_status st = fgmmc_select_launch(&ctx->sel, &bt, plan, ctx->ll_only, ctx->stream, err);
-    if (st) return st;
-    FGMMC_CHECK(cudaEventRecord(ctx->kern_done[b], ctx->stream), err);
-    if (segs->nseg) {
-        /* h_ll[b] still holds the batch of two launches ago until drained. */
-        if ((st = fgmmc_drain_ll(ctx, b, err))) return st;
-        FGMMC_CHECK(cudaMemcpyAsync(ctx->h_ll[b], ctx->d_ll, (size_t)m * sizeof(float),
-                                    cudaMemcpyDeviceToHost, ctx->stream),
-                    err);
-        FGMMC_CHECK(cudaEventRecord(ctx->ll_done[b], ctx->stream), err);
-        fgmmc_llq_submit(&ctx->llq, b, segs);
-    }
-    return FGMM_OK;
-}
-
-
-fgmm_status fgmmc_reserve_f64(fgmmc_context *ctx, size_t cap, fgmm_error *err)
-{
-    const int64_t sub = fgmmc_f64_sub_rows(ctx->k, ctx->d);
-    const size_t rows = cap < (size_t)sub ? cap : (size_t)sub;
-    fgmm_status st;
-    if ((st = DEV_RESERVE(ctx, ctx->d_y64, ctx->cap_y64,
-                          rows * (size_t)fgmmc_f64_yw(ctx->d) * sizeof(double), "rows (f64)", err)) ||
-        (st = DEV_RESERVE(ctx, ctx->d_l64, ctx->cap_l64, rows * (size_t)ctx->k * sizeof(double),
-                          "logits (f64)", err)))
-        return st;
-    return FGMM_OK;
-}
-
 /* ----------------------------------------------------------- pass end */
 
 fgmm_status fgmmc_end_pass(fgmmc_context *ctx, double *nk, double *sums, double *ll_sum,

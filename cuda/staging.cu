@@ -115,6 +115,30 @@ uint64_t fgmmc_llq_first_pending(const fgmmc_llq *q, uint64_t next)
     return first;
 }
 
+/* Launches batch b's kernels through the selector and queues the copy of
+ * its per-row values, once the batch of two launches ago has been drained
+ * from the same host buffer. */
+fgmm_status fgmmc_launch_rows(fgmmc_context *ctx, int b, const void *x_dev, int64_t m,
+                              fgmm_dtype dtype, const fgmmc_plan *plan, const fgmmc_ll_batch *segs,
+                              fgmm_error *err)
+{
+    fgmmc_batch bt;
+    fgmmc_ctx_batch(ctx, x_dev, m, dtype, &bt);
+    fgmm_status st = fgmmc_select_launch(&ctx->sel, &bt, plan, ctx->ll_only, ctx->stream, err);
+    if (st) return st;
+    FGMMC_CHECK(cudaEventRecord(ctx->kern_done[b], ctx->stream), err);
+    if (segs->nseg) {
+        /* h_ll[b] still holds the batch of two launches ago until drained. */
+        if ((st = fgmmc_drain_ll(ctx, b, err))) return st;
+        FGMMC_CHECK(cudaMemcpyAsync(ctx->h_ll[b], ctx->d_ll, (size_t)m * sizeof(float),
+                                    cudaMemcpyDeviceToHost, ctx->stream),
+                    err);
+        FGMMC_CHECK(cudaEventRecord(ctx->ll_done[b], ctx->stream), err);
+        fgmmc_llq_submit(&ctx->llq, b, segs);
+    }
+    return FGMM_OK;
+}
+
 fgmm_status fgmmc_drain_ll(fgmmc_context *ctx, int b, fgmm_error *err)
 {
     if (!fgmmc_llq_pending(&ctx->llq, b)) return FGMM_OK;

@@ -71,8 +71,10 @@ def cuda_library(
             name = "_%s_%s_nvcc" % (name, base),
             srcs = [src] + hdrs + internal_hdrs + dep_hdrs,
             outs = [obj],
-            cmd = "/usr/local/cuda/bin/nvcc %s " % NVCC_FLAGS + NVCC_ARCH +
-                  " -c $(location %s) -o $@" % src,
+            # A temporary directory of the action's own: nvcc's files in a
+            # shared /tmp can collide between concurrent actions.
+            cmd = "T=$$(mktemp -d) && TMPDIR=$$T /usr/local/cuda/bin/nvcc %s " % NVCC_FLAGS +
+                  NVCC_ARCH + " -c $(location %s) -o $@; rc=$$?; rm -rf $$T; exit $$rc" % src,
             testonly = testonly,
             target_compatible_with = CUDA_ONLY,
         )
