@@ -218,6 +218,34 @@ fgmm_status fgmm_model_load(const char *dir, fgmm_model **out, fgmm_error *err);
 /* 1 if path is a directory containing model.json. */
 int fgmm_is_model_dir(const char *path);
 
+/* ------------------------------------------------------------ checkpoints */
+
+/* A fit's checkpoints (docs/formats.md): a directory of step-<N>/
+ * subdirectories, the newest complete one kept. Each is a model directory
+ * plus means, variances and the log-likelihood history in float64, so a
+ * resumed fit starts from exactly the state an uninterrupted one had. */
+typedef struct {
+    const char *dir; /* the checkpoint directory */
+} fgmm_checkpoint;
+
+/* Makes dir (its parent must exist) unless it exists, and removes what a
+ * killed writer left there (temporary names of processes that are gone).
+ * resumed_step: the step directory a fit resumes from (NULL: a fresh
+ * fit). Unless that step lies in dir, dir must not hold steps already
+ * (FGMM_ERR_EXISTS naming them: they belong to another fit, and writing
+ * there would remove them). */
+fgmm_status fgmm_checkpoint_prepare(const char *dir, const char *resumed_step, fgmm_error *err);
+/* An fgmm_fit_params.on_step callback (user: an fgmm_checkpoint): writes
+ * step-<iteration> atomically, then removes the older steps. */
+fgmm_status fgmm_checkpoint_write(void *user, int iteration, const fgmm_model *m,
+                                  fgmm_error *err);
+/* The newest complete step under path (a checkpoint directory, or one
+ * step-<N> directory): the model with its float64 parameters, history and
+ * metadata (iterations = its step count). *step_dir (malloc'd; step_dir
+ * may be NULL) names the step read. */
+fgmm_status fgmm_checkpoint_load(const char *path, fgmm_model **out, char **step_dir,
+                                 fgmm_error *err);
+
 /* 1 if path exists (file, directory or anything else). */
 int fgmm_path_exists(const char *path);
 

@@ -3,7 +3,6 @@
  * directory (written under a temporary name and renamed, so an --out that
  * exists is never touched and an interrupted fit leaves no model).
  */
-#include "tools/checkpoint.h"
 #include "tools/cli.h"
 #include "tools/fit_dist.h"
 
@@ -161,7 +160,7 @@ static int resume_params(const fit_flags *f, fgmm_fit_params *p, int k_given, in
                          fgmm_model **resumed, char **resumed_step)
 {
     fgmm_error err = {0};
-    if (cli_checkpoint_load(f->resume, resumed, resumed_step, &err))
+    if (fgmm_checkpoint_load(f->resume, resumed, resumed_step, &err))
         return cli_fail("fit", &err);
     const fgmm_model *r = *resumed;
     const fgmm_model_meta *mt = fgmm_model_meta_c(r);
@@ -408,13 +407,13 @@ int cmd_fit(int argc, char **argv)
         rc = CLI_EXIT_WORK;
         goto done;
     }
-    cli_checkpoint ck = {ck_dir};
+    fgmm_checkpoint ck = {ck_dir};
     if (every && lead) {
-        if (cli_checkpoint_prepare(ck_dir, resumed_step, &err)) {
+        if (fgmm_checkpoint_prepare(ck_dir, resumed_step, &err)) {
             rc = cli_fail("fit", &err);
             goto done;
         }
-        p.on_step = cli_checkpoint_write;
+        p.on_step = fgmm_checkpoint_write;
         p.on_step_user = &ck;
         p.on_step_every = every;
     }

@@ -1,7 +1,20 @@
 /*
- * checkpoint.c - flashgmm fit's checkpoints (see checkpoint.h).
+ * checkpoint.c - a fit's checkpoints (io/fgmm_io.h): the model every N EM
+ * steps, kept so that a killed fit continues to the same final model, bit
+ * for bit.
+ *
+ * A checkpoint directory holds step-<N>/ subdirectories, and only the
+ * newest is kept once a newer one is complete. Each step-<N>/ is a model
+ * directory (fgmm_model_save) plus the parameters and log-likelihood
+ * history in float64 (means.f64.npy, variances.f64.npy,
+ * log_likelihood.f64.npy), since the model directory's float32 arrays
+ * would round the state a resume starts from. A step is written under a
+ * hidden temporary name, fsync'ed, and renamed to step-<N> only when
+ * complete, so a step-<N> that exists is whole whenever the writer was
+ * killed.
  */
-#include "tools/checkpoint.h"
+#include "io/fgmm_io.h"
+#include "io/file.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -20,14 +33,6 @@ static const char MEANS64[] = "means.f64.npy";
 static const char VARS64[] = "variances.f64.npy";
 static const char LL64[] = "log_likelihood.f64.npy";
 
-static char *join(const char *dir, const char *name)
-{
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
-    if (p) snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
 /* N when name is exactly "step-<N>" (N > 0, decimal, no sign), else -1. */
 static long step_of(const char *name)
 {
@@ -40,16 +45,13 @@ static long step_of(const char *name)
     return errno || *end || v > 2147483647L ? -1 : v;
 }
 
+/* fsync of a directory, as an error naming it. */
 static fgmm_status fsync_path(const char *path, fgmm_error *err)
 {
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0 || fsync(fd)) {
-        int e = errno;
-        if (fd >= 0) close(fd);
-        return fgmm_fail(err, FGMM_ERR_IO, "%s: cannot sync: %s", path, strerror(e));
-    }
-    close(fd);
-    return FGMM_OK;
+    if (fgmm_io_fsync_dir(path) == 0) return FGMM_OK;
+    int e = errno;
+    return fgmm_fail(err, FGMM_ERR_IO, "%s: cannot sync: %s%s", path, strerror(e),
+                     fgmm_io_full_hint(e));
 }
 
 /* Removes dir and the files in it. Only directories this file or
@@ -62,7 +64,7 @@ static fgmm_status remove_flat(const char *dir, fgmm_error *err)
     struct dirent *e;
     while (!st && (e = readdir(d))) {
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        char *p = join(dir, e->d_name);
+        char *p = fgmm_io_join(dir, e->d_name);
         if (!p) st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "%s: out of memory", dir);
         else if (unlink(p))
             st = fgmm_fail(err, FGMM_ERR_IO, "%s: cannot remove: %s", p, strerror(errno));
@@ -107,7 +109,7 @@ static int step_is_in(const char *step, const char *dir)
     return same;
 }
 
-fgmm_status cli_checkpoint_prepare(const char *dir, const char *resumed_step, fgmm_error *err)
+fgmm_status fgmm_checkpoint_prepare(const char *dir, const char *resumed_step, fgmm_error *err)
 {
     if (mkdir(dir, 0755) && errno != EEXIST)
         return fgmm_fail(err, FGMM_ERR_IO, "checkpoint directory %s: cannot create: %s", dir,
@@ -126,7 +128,7 @@ fgmm_status cli_checkpoint_prepare(const char *dir, const char *resumed_step, fg
                            "it with --resume %s, or choose another checkpoint directory",
                            dir, e->d_name, dir);
         } else if (stale_temporary(e->d_name)) {
-            char *p = join(dir, e->d_name);
+            char *p = fgmm_io_join(dir, e->d_name);
             st = p ? remove_flat(p, err)
                    : fgmm_fail(err, FGMM_ERR_NO_MEMORY, "%s: out of memory", dir);
             free(p);
@@ -146,7 +148,7 @@ static fgmm_status prune(const char *dir, long keep, fgmm_error *err)
     while (!st && (e = readdir(d))) {
         long s = step_of(e->d_name);
         if (s <= 0 || s >= keep) continue;
-        char *p = join(dir, e->d_name);
+        char *p = fgmm_io_join(dir, e->d_name);
         st = p ? remove_flat(p, err)
                : fgmm_fail(err, FGMM_ERR_NO_MEMORY, "%s: out of memory", dir);
         free(p);
@@ -155,18 +157,18 @@ static fgmm_status prune(const char *dir, long keep, fgmm_error *err)
     return st;
 }
 
-fgmm_status cli_checkpoint_write(void *user, int iteration, const fgmm_model *m,
+fgmm_status fgmm_checkpoint_write(void *user, int iteration, const fgmm_model *m,
                                  fgmm_error *err)
 {
-    const cli_checkpoint *c = user;
+    const fgmm_checkpoint *c = user;
     int K = fgmm_model_k(m), D = fgmm_model_d(m);
     int spherical = fgmm_model_covariance(m) == FGMM_COV_SPHERICAL;
     char name[64], tmpname[96];
     snprintf(name, sizeof name, "step-%d", iteration);
     snprintf(tmpname, sizeof tmpname, ".step-%d.tmp.%ld", iteration, (long)getpid());
-    char *final = join(c->dir, name), *tmp = join(c->dir, tmpname);
-    char *mu = tmp ? join(tmp, MEANS64) : NULL, *var = tmp ? join(tmp, VARS64) : NULL;
-    char *ll = tmp ? join(tmp, LL64) : NULL;
+    char *final = fgmm_io_join(c->dir, name), *tmp = fgmm_io_join(c->dir, tmpname);
+    char *mu = tmp ? fgmm_io_join(tmp, MEANS64) : NULL, *var = tmp ? fgmm_io_join(tmp, VARS64) : NULL;
+    char *ll = tmp ? fgmm_io_join(tmp, LL64) : NULL;
     fgmm_status st = FGMM_OK;
     if (!final || !tmp || !mu || !var || !ll)
         st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "checkpoint %s: out of memory", c->dir);
@@ -203,7 +205,7 @@ fgmm_status cli_checkpoint_write(void *user, int iteration, const fgmm_model *m,
 static fgmm_status read_exact(const char *dir, const char *name, double *dst, int64_t rows,
                               int64_t cols, fgmm_error *err)
 {
-    char *p = join(dir, name);
+    char *p = fgmm_io_join(dir, name);
     if (!p) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "%s: out of memory", dir);
     double *data = NULL;
     int ndim;
@@ -223,7 +225,7 @@ static fgmm_status read_exact(const char *dir, const char *name, double *dst, in
 /* 1 when dir looks like a complete step (renamed into place only whole). */
 static int is_step(const char *dir)
 {
-    char *p = join(dir, LL64);
+    char *p = fgmm_io_join(dir, LL64);
     int ok = p && fgmm_is_model_dir(dir) && fgmm_path_exists(p);
     free(p);
     return ok;
@@ -240,7 +242,7 @@ static char *newest_step(const char *dir)
     while ((e = readdir(d))) {
         long s = step_of(e->d_name);
         if (s <= best) continue;
-        char *p = join(dir, e->d_name);
+        char *p = fgmm_io_join(dir, e->d_name);
         if (p && is_step(p)) {
             free(found);
             found = p;
@@ -253,7 +255,7 @@ static char *newest_step(const char *dir)
     return found;
 }
 
-fgmm_status cli_checkpoint_load(const char *path, fgmm_model **out, char **step_dir,
+fgmm_status fgmm_checkpoint_load(const char *path, fgmm_model **out, char **step_dir,
                                 fgmm_error *err)
 {
     *out = NULL;
