@@ -94,11 +94,12 @@ typedef struct {
     fgmm_status (*kmeans_nearest)(void *self, const double *centers, int k, int32_t *label,
                                   double *d2, fgmm_error *err);
     /* Optional (NULL: the back end keeps no rows). After begin_pass: the
-     * pass covers rows 0..rows-1 of the data named key (unique per fit,
-     * never 0). *cached = 1 when the back end holds them all already: the
-     * engine then passes chunks with rows == NULL, by row range only. */
-    fgmm_status (*pass_data)(void *self, uint64_t key, int64_t rows, fgmm_dtype dtype,
-                             int *cached, fgmm_error *err);
+     * pass covers rows first..first+rows-1 (all rows, or a rank's share)
+     * of the data named key (unique per fit, never 0). *cached = 1 when the
+     * back end holds them all already: the engine then passes chunks with
+     * rows == NULL, by row range only. */
+    fgmm_status (*pass_data)(void *self, uint64_t key, int64_t first, int64_t rows,
+                             fgmm_dtype dtype, int *cached, fgmm_error *err);
     /* Optional: bytes of rows the back end may keep (see pass_data). */
     fgmm_status (*set_cache_budget)(void *self, int64_t bytes, fgmm_error *err);
     /* Optional: how many of its threads the next accumulate calls may use

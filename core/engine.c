@@ -289,23 +289,23 @@ fgmm_status fgmm_engine_pass(fgmm_engine *e, fgmm_source *src, const fgmm_model 
     if (st) return st;
     int cached = 0;
     int64_t pass_first, pass_rows;
-    /* A back end's row cache holds rows 0..N-1: a share of the rows
-     * (fgmm_source_partition) is streamed every pass. */
+    /* The pass's rows: all of them, or a rank's share (fgmm_source_partition),
+     * which a back end's row cache then holds alone. */
     fgmm_source_pass_range(src, &pass_first, &pass_rows);
-    if (pass_rows != fgmm_source_rows(src)) key = 0;
     const fgmm_backend_ops *ops = e->ops;
     void *be = e->backend;
     if (key && ops->pass_data &&
-        (st = ops->pass_data(be, key, fgmm_source_rows(src), fgmm_source_dtype(src), &cached, err)))
+        (st = ops->pass_data(be, key, pass_first, pass_rows, fgmm_source_dtype(src), &cached, err)))
         return st;
     double t_rows = fgmm_now_seconds();
     e->pass_setup_s = t_rows - t_setup;
     if (cached) {
         e->pass_wait_s = e->pass_compute_s = e->pass_threads = 0;
-        /* The back end holds every row: the source is not read at all. */
-        int64_t n = fgmm_source_rows(src);
-        for (int64_t r = 0; r < n; r += CACHED_CALL_ROWS) {
-            fgmm_chunk ch = {NULL, 0, r, n - r < CACHED_CALL_ROWS ? n - r : CACHED_CALL_ROWS,
+        /* The back end holds every row of the pass: the source is not
+         * read at all. */
+        for (int64_t r = pass_first; r < pass_first + pass_rows; r += CACHED_CALL_ROWS) {
+            const int64_t left = pass_first + pass_rows - r;
+            fgmm_chunk ch = {NULL, 0, r, left < CACHED_CALL_ROWS ? left : CACHED_CALL_ROWS,
                              fgmm_source_dtype(src)};
             st = ops->accumulate(be, &ch, per_row_ll ? per_row_ll + r : NULL, err);
             if (st) return st;

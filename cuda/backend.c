@@ -209,12 +209,13 @@ static fgmm_status cuda_assign(void *self, const fgmm_chunk *c, int m, int32_t *
                      &ce, err);
 }
 
-static fgmm_status cuda_pass_data(void *self, uint64_t key, int64_t rows, fgmm_dtype dtype,
-                                  int *cached, fgmm_error *err)
+static fgmm_status cuda_pass_data(void *self, uint64_t key, int64_t first, int64_t rows,
+                                  fgmm_dtype dtype, int *cached, fgmm_error *err)
 {
     cuda_backend *b = self;
     fgmm_error ce = {0};
-    return from_cuda(fgmmc_pass_data(b->ctx, key, rows, (fgmm_dtype)dtype, cached, &ce), &ce, err);
+    return from_cuda(fgmmc_pass_data(b->ctx, key, first, rows, (fgmm_dtype)dtype, cached, &ce), &ce,
+                     err);
 }
 
 static fgmm_status cuda_set_cache_budget(void *self, int64_t bytes, fgmm_error *err)

@@ -23,8 +23,8 @@ fgmm_status fgmmc_set_cache_budget(fgmmc_context *ctx, size_t bytes, fgmm_error 
     return FGMM_OK;
 }
 
-fgmm_status fgmmc_pass_data(fgmmc_context *ctx, uint64_t key, int64_t n_rows, fgmm_dtype dtype,
-                             int *cached, fgmm_error *err)
+fgmm_status fgmmc_pass_data(fgmmc_context *ctx, uint64_t key, int64_t first_row, int64_t n_rows,
+                             fgmm_dtype dtype, int *cached, fgmm_error *err)
 {
     if (!ctx || !cached)
         return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmmc_pass_data: ctx and cached must be non-NULL");
@@ -35,9 +35,10 @@ fgmm_status fgmmc_pass_data(fgmmc_context *ctx, uint64_t key, int64_t n_rows, fg
     size_t es = fgmmc_dtype_size(dtype);
     if (es == 0) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmmc_pass_data: unknown dtype %d", (int)dtype);
     ctx->cache_filling = ctx->pass_cached = 0;
-    if (key == 0 || n_rows <= 0) return FGMM_OK;
+    if (key == 0 || n_rows <= 0 || first_row < 0) return FGMM_OK;
     size_t bytes = (size_t)n_rows * (size_t)ctx->d * es;
-    if (ctx->cache_complete && ctx->cache_key == key && ctx->cache_rows == n_rows &&
+    if (ctx->cache_complete && ctx->cache_key == key && ctx->cache_first == first_row &&
+        ctx->cache_rows == n_rows &&
         ctx->cache_dtype == dtype && bytes <= ctx->cap_cache) {
         *cached = ctx->pass_cached = 1;
         return FGMM_OK;
@@ -53,6 +54,7 @@ fgmm_status fgmmc_pass_data(fgmmc_context *ctx, uint64_t key, int64_t n_rows, fg
             return FGMM_OK;
     }
     ctx->cache_key = key;
+    ctx->cache_first = first_row;
     ctx->cache_rows = n_rows;
     ctx->cache_dtype = dtype;
     ctx->cache_filling = 1;
@@ -62,6 +64,7 @@ fgmm_status fgmmc_pass_data(fgmmc_context *ctx, uint64_t key, int64_t n_rows, fg
 
 int fgmmc_cache_takes(fgmmc_context *ctx, int64_t g, int64_t m)
 {
+    g -= ctx->cache_first; /* the copy's own row index */
     const int takes = ctx->cache_filling && g >= 0 && g == ctx->cache_next && g + m <= ctx->cache_rows;
     if (ctx->cache_filling && !takes) ctx->cache_filling = 0;
     return takes;

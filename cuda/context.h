@@ -143,7 +143,8 @@ struct fgmmc_context {
     void *d_cache;
     size_t cap_cache;
     uint64_t cache_key;    /* data the copy holds (0: none) */
-    int64_t cache_rows;    /* rows of that data */
+    int64_t cache_first;   /* the data's first row: the copy holds rows */
+    int64_t cache_rows;    /* cache_first .. cache_first + cache_rows - 1 */
     fgmm_dtype cache_dtype;
     int cache_complete;    /* every row is on the device */
     int cache_filling;     /* this pass uploads into d_cache */

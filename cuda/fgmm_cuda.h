@@ -109,16 +109,16 @@ fgmm_status fgmmc_begin_ll_pass(fgmmc_context *ctx, int k, int d, const double *
  * memory free when the context was created. */
 fgmm_status fgmmc_set_cache_budget(fgmmc_context *ctx, size_t bytes, fgmm_error *err);
 
-/* After fgmmc_begin_pass: the pass covers rows 0..n_rows-1 of the data
- * named key (any value the caller keeps unique per dataset; 0: unnamed,
+/* After fgmmc_begin_pass: the pass covers rows first_row..first_row +
+ * n_rows - 1 (a rank's share, or all rows from 0) of the data named key (any value the caller keeps unique per dataset; 0: unnamed,
  * never cached), of the given dtype. Sets *cached to 1 when those rows are
  * all on the device already: then fgmmc_accumulate_at needs only row
  * ranges, and rows may be NULL. Otherwise, if the budget allows, this pass
  * fills the copy, provided its rows arrive in order (fgmmc_accumulate_at
  * with consecutive first_row); the copy counts as complete once a pass
  * that filled it ends. */
-fgmm_status fgmmc_pass_data(fgmmc_context *ctx, uint64_t key, int64_t n_rows, fgmm_dtype dtype,
-                             int *cached, fgmm_error *err);
+fgmm_status fgmmc_pass_data(fgmmc_context *ctx, uint64_t key, int64_t first_row, int64_t n_rows,
+                             fgmm_dtype dtype, int *cached, fgmm_error *err);
 
 /* fgmmc_accumulate for rows first_row..first_row+n-1 of the pass's data
  * (see fgmmc_pass_data); first_row = -1: rows of no declared data. */

@@ -179,7 +179,8 @@ fgmm_status fgmmc_flush_batch(fgmmc_context *ctx, fgmm_error *err)
         /* The filling pass uploads straight into the cache, in row order;
          * anything else (a gap, a repeat) abandons the fill. */
         fill = fgmmc_cache_takes(ctx, g0, m);
-        dst_dev = fill ? (char *)ctx->d_cache + (size_t)g0 * row_bytes : ctx->d_in[b];
+        dst_dev = fill ? (char *)ctx->d_cache + (size_t)(g0 - ctx->cache_first) * row_bytes
+                       : ctx->d_in[b];
         /* Upload on the copy stream once the kernels that read d_in[b] two
          * batches ago are done. */
         FGMMC_CHECK(cudaStreamWaitEvent(ctx->copy_stream, ctx->kern_done[b], 0), err);
@@ -319,7 +320,8 @@ static fgmm_status accumulate_in(fgmmc_context *ctx, int64_t first_row, const ch
                 segs.seg[0].call = ctx->calls;
                 segs.nseg = 1;
             }
-            const void *x_dev = (const char *)ctx->d_cache + (size_t)(first_row + off) * row_bytes;
+            const void *x_dev =
+                (const char *)ctx->d_cache + (size_t)(first_row - ctx->cache_first + off) * row_bytes;
             if ((st = fgmmc_launch_rows(ctx, b, x_dev, m, dtype, &plan, &segs, err))) return st;
         }
         return FGMM_OK;
@@ -361,7 +363,8 @@ static fgmm_status accumulate_in(fgmmc_context *ctx, int64_t first_row, const ch
             ctx->fill_direct = direct;
             if (direct) {
                 ctx->fill_to_cache = fgmmc_cache_takes(ctx, g, take);
-                ctx->fill_dev = ctx->fill_to_cache ? (char *)ctx->d_cache + (size_t)g * row_bytes
+                ctx->fill_dev = ctx->fill_to_cache
+                                    ? (char *)ctx->d_cache + (size_t)(g - ctx->cache_first) * row_bytes
                                                    : (char *)ctx->d_in[b];
                 /* d_in[b] is free once the kernels of two batches ago are. */
                 FGMMC_CHECK(cudaStreamWaitEvent(ctx->copy_stream, ctx->kern_done[b], 0), err);
@@ -420,11 +423,13 @@ fgmm_status fgmmc_accumulate_at(fgmmc_context *ctx, int64_t first_row, const voi
     if (es == 0) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmmc_accumulate: unknown dtype %d", (int)dtype);
     if (n == 0) return FGMM_OK;
     if (ctx->pass_cached) {
-        if (first_row < 0 || first_row + n > ctx->cache_rows || dtype != ctx->cache_dtype)
+        if (first_row < ctx->cache_first || first_row + n > ctx->cache_first + ctx->cache_rows ||
+            dtype != ctx->cache_dtype)
             return fgmm_fail(err, FGMM_ERR_ARGUMENT,
                               "fgmmc_accumulate: rows %lld..%lld are not in the device copy of "
-                              "this pass's %lld rows", (long long)first_row,
-                              (long long)(first_row + n - 1), (long long)ctx->cache_rows);
+                              "this pass's rows %lld..%lld", (long long)first_row,
+                              (long long)(first_row + n - 1), (long long)ctx->cache_first,
+                              (long long)(ctx->cache_first + ctx->cache_rows - 1));
     } else {
         if (first_row < 0) ctx->cache_filling = 0;
         if (!rows) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmmc_accumulate: rows is NULL");

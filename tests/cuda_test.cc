@@ -733,7 +733,7 @@ TEST(Cuda, ArgumentErrors)
     EXPECT_EQ(fgmmc_assign(ctx.p, row, sizeof row, 1, FGMM_F32, 1, idx, resp, rll, &err),
               FGMM_ERR_ARGUMENT) << "no pass in progress";
     err = fgmm_error{};
-    EXPECT_EQ(fgmmc_pass_data(ctx.p, 7, 1, FGMM_F32, &cached, &err), FGMM_ERR_ARGUMENT);
+    EXPECT_EQ(fgmmc_pass_data(ctx.p, 7, 0, 1, FGMM_F32, &cached, &err), FGMM_ERR_ARGUMENT);
     EXPECT_EQ(cached, 0);
     ASSERT_EQ(fgmmc_begin_pass(ctx.p, 3, 4, w.data(), c.data(), shift.data(), &err), FGMM_OK);
     err = fgmm_error{};
@@ -745,20 +745,20 @@ TEST(Cuda, ArgumentErrors)
     EXPECT_EQ(idx[0] >= 0 && idx[0] < 3, true);
     // A first pass over data named 7 fills the copy; the next is served
     // from it, and a row range outside the data is refused.
-    ASSERT_EQ(fgmmc_pass_data(ctx.p, 7, 1, FGMM_F32, &cached, &err), FGMM_OK) << err.msg;
+    ASSERT_EQ(fgmmc_pass_data(ctx.p, 7, 0, 1, FGMM_F32, &cached, &err), FGMM_OK) << err.msg;
     EXPECT_EQ(cached, 0);
     ASSERT_EQ(fgmmc_accumulate_at(ctx.p, 0, row, sizeof row, 1, FGMM_F32, nullptr, &err), FGMM_OK);
     ASSERT_EQ(fgmmc_end_pass(ctx.p, nk.data(), sums.data(), &ll, &err), FGMM_OK) << err.msg;
     double ll_first = ll;
     ASSERT_EQ(fgmmc_begin_pass(ctx.p, 3, 4, w.data(), c.data(), shift.data(), &err), FGMM_OK);
-    ASSERT_EQ(fgmmc_pass_data(ctx.p, 7, 1, FGMM_F32, &cached, &err), FGMM_OK) << err.msg;
+    ASSERT_EQ(fgmmc_pass_data(ctx.p, 7, 0, 1, FGMM_F32, &cached, &err), FGMM_OK) << err.msg;
     EXPECT_EQ(cached, 1);
     err = fgmm_error{};
     EXPECT_EQ(fgmmc_accumulate_at(ctx.p, 1, nullptr, 0, 1, FGMM_F32, nullptr, &err),
               FGMM_ERR_ARGUMENT);
     EXPECT_NE(std::strstr(err.msg, "device copy"), nullptr) << err.msg;
     ASSERT_EQ(fgmmc_begin_pass(ctx.p, 3, 4, w.data(), c.data(), shift.data(), &err), FGMM_OK);
-    ASSERT_EQ(fgmmc_pass_data(ctx.p, 7, 1, FGMM_F32, &cached, &err), FGMM_OK) << err.msg;
+    ASSERT_EQ(fgmmc_pass_data(ctx.p, 7, 0, 1, FGMM_F32, &cached, &err), FGMM_OK) << err.msg;
     ASSERT_EQ(fgmmc_accumulate_at(ctx.p, 0, nullptr, 0, 1, FGMM_F32, nullptr, &err), FGMM_OK)
         << err.msg;
     ASSERT_EQ(fgmmc_end_pass(ctx.p, nk.data(), sums.data(), &ll, &err), FGMM_OK) << err.msg;
@@ -766,7 +766,7 @@ TEST(Cuda, ArgumentErrors)
     // Budget 0 drops the copy: the same data is not served any more.
     ASSERT_EQ(fgmmc_set_cache_budget(ctx.p, 0, &err), FGMM_OK);
     ASSERT_EQ(fgmmc_begin_pass(ctx.p, 3, 4, w.data(), c.data(), shift.data(), &err), FGMM_OK);
-    ASSERT_EQ(fgmmc_pass_data(ctx.p, 7, 1, FGMM_F32, &cached, &err), FGMM_OK) << err.msg;
+    ASSERT_EQ(fgmmc_pass_data(ctx.p, 7, 0, 1, FGMM_F32, &cached, &err), FGMM_OK) << err.msg;
     EXPECT_EQ(cached, 0);
     // A device that does not exist.
     fgmmc_context *bad = nullptr;
