@@ -49,8 +49,12 @@
  * same terms in another association: per-step log-likelihoods then agree
  * to ~1e-12 relative and parameters to ~1e-9 of their array's largest
  * magnitude on a well-conditioned problem (measured: ~1e-15 on
- * tests/dist_test.cc's mixtures). One rank adds 0 + its statistics: the
- * bits of a fit without a reducer.
+ * tests/dist_test.cc's mixtures). On the GPU a tensor-core pass sums
+ * float32 tiles whose boundaries move with the split, so another rank
+ * count agrees at the precision mode's level instead (docs/precision.md;
+ * measured ~1.5e-7 relative log-likelihood after 6 steps,
+ * tests/dist_gpu_test.cc). One rank adds 0 + its statistics: the bits of
+ * a fit without a reducer.
  *
  * How a command line drives it (flashgmm fit):
  *   mpirun -np R flashgmm fit ...   fgmm_dist_launched() is true:

@@ -84,13 +84,17 @@ TEST(DistCuda, OneRankPathsGiveThePlainFitsBits)
     EXPECT_TRUE(same_model(plain, via_group)) << "group of one";
 
     // Two ranks on the one GPU: each keeps its own share on the device, so
-    // steps after the first read no rows from the host; the model agrees
-    // with the one-rank fit to the documented bound across rank counts.
+    // steps after the first read no rows from the host. The tensor-core
+    // pass sums float32 tiles whose boundaries move with the split, so the
+    // model agrees with the one-rank fit at the precision mode's level
+    // (dist/fgmm_dist.h; measured ~1.5e-7 relative after 6 steps).
     fgmm_engine *two[2];
     fgmm_source *srcs[2];
     for (int r = 0; r < 2; r++) {
         ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CUDA, 0, &two[r], &err), FGMM_OK) << err.msg;
-        ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, n, D, "mem", &srcs[r], &err), FGMM_OK);
+        ASSERT_EQ(fgmm_source_memory_chunked(x.data(), FGMM_F32, n, D, 7000, "mem", &srcs[r], &err),
+                  FGMM_OK)
+            << err.msg;
     }
     fgmm_model *via_two = nullptr;
     ASSERT_EQ(fgmm_dist_fit_local(two, srcs, 2, 120, &p, &via_two, &err), FGMM_OK) << err.msg;
@@ -102,7 +106,7 @@ TEST(DistCuda, OneRankPathsGiveThePlainFitsBits)
     ASSERT_EQ(fgmm_model_loglik_count(via_two), fgmm_model_loglik_count(plain));
     for (int i = 0; i < fgmm_model_loglik_count(plain); i++)
         EXPECT_NEAR(fgmm_model_loglik(via_two)[i], fgmm_model_loglik(plain)[i],
-                    1e-9 * std::fabs(fgmm_model_loglik(plain)[i]))
+                    1e-6 * std::fabs(fgmm_model_loglik(plain)[i]))
             << "step " << i + 1;
     fgmm_model_free(via_two);
 
