@@ -22,10 +22,10 @@ static double now(void)
 }
 
 static fgmm_status count_rows(void *user, int64_t first_row, int64_t n, int m,
-                              const int32_t *idx, const float *resp, const float *ll,
+                              const int32_t *idx, const float *lresp, const float *ll,
                               fgmm_error *err)
 {
-    (void)first_row, (void)m, (void)idx, (void)resp, (void)ll, (void)err;
+    (void)first_row, (void)m, (void)idx, (void)lresp, (void)ll, (void)err;
     int64_t *c = user;
     c[0] += n;
     c[1]++;

@@ -43,10 +43,10 @@ static int cmp(const void *a, const void *b)
     } while (0)
 
 static fgmm_status count_rows(void *user, int64_t first_row, int64_t n, int m,
-                              const int32_t *idx, const float *resp, const float *ll,
+                              const int32_t *idx, const float *lresp, const float *ll,
                               fgmm_error *err)
 {
-    (void)first_row, (void)m, (void)idx, (void)resp, (void)ll, (void)err;
+    (void)first_row, (void)m, (void)idx, (void)lresp, (void)ll, (void)err;
     *(long *)user += (long)n;
     return FGMM_OK;
 }

@@ -63,8 +63,9 @@ typedef struct {
     /* Top-m assignment of a chunk with the terms of the current pass (after
      * begin_pass; statistics untouched): per row the m components of
      * largest log-joint, best first (ties: smaller index), -1 past K; their
-     * responsibilities; the row's log-likelihood. idx/resp: n*m. */
-    fgmm_status (*assign)(void *self, const fgmm_chunk *c, int m, int32_t *idx, float *resp,
+     * log-responsibilities (-inf past K); the row's log-likelihood.
+     * idx/lresp: n*m. */
+    fgmm_status (*assign)(void *self, const fgmm_chunk *c, int m, int32_t *idx, float *lresp,
                           float *ll, fgmm_error *err);
     /* k-means on a sample of s rows x (s x d floats, valid until the next
      * kmeans_begin or the back end's end), centred by shift (d) where the

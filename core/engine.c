@@ -427,7 +427,7 @@ fgmm_status fgmm_assign(fgmm_engine *e, fgmm_source *src, const fgmm_model *m, i
     fgmm_status st = fgmm_stats_create(fgmm_model_k(m), fgmm_model_d(m), NULL, &s, err);
     if (st) return st;
     int32_t *idx = NULL;
-    float *resp = NULL, *ll = NULL;
+    float *lresp = NULL, *ll = NULL;
     int64_t cap = 0;
     if ((st = begin_model_pass(e, src, m, s, 1, err))) goto done;
     if ((st = fgmm_source_rewind(src, err))) goto done;
@@ -437,27 +437,27 @@ fgmm_status fgmm_assign(fgmm_engine *e, fgmm_source *src, const fgmm_model *m, i
         if (ch.n_rows == 0) break;
         if (ch.n_rows > cap) {
             free(idx);
-            free(resp);
+            free(lresp);
             free(ll);
             size_t mm = (size_t)(top_m > 0 ? top_m : 1);
             idx = malloc(sizeof(int32_t) * (size_t)ch.n_rows * mm);
-            resp = malloc(sizeof(float) * (size_t)ch.n_rows * mm);
+            lresp = malloc(sizeof(float) * (size_t)ch.n_rows * mm);
             ll = malloc(sizeof(float) * (size_t)ch.n_rows);
             cap = ch.n_rows;
-            if (!idx || !resp || !ll) {
+            if (!idx || !lresp || !ll) {
                 st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for the assignment of "
                                "%lld rows", (long long)ch.n_rows);
                 goto done;
             }
         }
-        if ((st = e->ops->assign(e->backend, &ch, top_m, idx, resp, ll, err))) goto done;
-        if ((st = sink(user, ch.first_row, ch.n_rows, top_m, idx, resp, ll, err))) goto done;
+        if ((st = e->ops->assign(e->backend, &ch, top_m, idx, lresp, ll, err))) goto done;
+        if ((st = sink(user, ch.first_row, ch.n_rows, top_m, idx, lresp, ll, err))) goto done;
     }
     /* Closes the back end's pass; the statistics are all zero. */
     st = e->ops->end_pass(e->backend, s, err);
 done:
     free(idx);
-    free(resp);
+    free(lresp);
     free(ll);
     fgmm_stats_free(s);
     return st;

@@ -464,21 +464,78 @@ fgmm_status fgmm_score(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
 #define FGMM_MAX_TOP_M 32
 
 /* Receives fgmm_assign's results one chunk at a time, in row order: rows
- * first_row..first_row+n-1; idx and resp are n*m (row-major), ll is n.
+ * first_row..first_row+n-1; idx and lresp are n*m (row-major), ll is n.
  * The arrays are valid during the call only. A non-OK status stops the
  * pass and is returned by fgmm_assign. */
 typedef fgmm_status (*fgmm_assign_sink)(void *user, int64_t first_row, int64_t n, int m,
-                                        const int32_t *idx, const float *resp, const float *ll,
+                                        const int32_t *idx, const float *lresp, const float *ll,
                                         fgmm_error *err);
 
 /* Top-m assignment of every row of src under m: the top_m (0..32)
  * components of largest posterior, best first (ties: smaller index; -1
- * past K), their responsibilities, and the row's log-likelihood. One pass;
+ * past K), their log-responsibilities log r_k = l_k - logsumexp(l) (-inf
+ * past K; logs, so that rules which sharpen or flatten the posterior see
+ * components far below the best without underflow), and the row's
+ * log-likelihood. One pass;
  * memory O(chunk*top_m). CPU: logits in float64; CUDA: fp32 kernels
  * (assign.cu), so a component within ~1e-5 of another in log-joint may
  * swap places with it. top_m = 0 scores rows (log-likelihoods only). */
 fgmm_status fgmm_assign(fgmm_engine *e, fgmm_source *src, const fgmm_model *m, int top_m,
                         fgmm_assign_sink sink, void *user, fgmm_error *err);
+
+/* ------------------------------------------------------------ IVF lists */
+
+/* Which inverted lists a row goes to, from its fgmm_assign candidates.
+ *
+ * A row's weights are its tempered responsibilities over its max_lists
+ * best components: w_j = exp(lresp_j / T) / sum_i exp(lresp_i / T), i, j
+ * over those candidates (T = 1, max_lists = K: the posteriors). The row
+ * always goes to its best component (its primary list), then to the next
+ * best in order while w_j >= min_resp or w_j >= ratio * w_1, up to
+ * max_lists lists. T > 1 flattens the posterior (more border rows), T < 1
+ * sharpens it. max_lists = 1 is hard assignment. */
+typedef struct {
+    int max_lists;      /* m: 1..FGMM_MAX_TOP_M */
+    double min_resp;    /* tau in (0, 1]; above 0.5 it never admits a second list */
+    double ratio;       /* rho in [0, 1]; 0 turns the ratio rule off */
+    double temperature; /* T > 0 */
+} fgmm_list_rule;
+
+/* Defaults: max_lists 2, min_resp 0.1, ratio 0, temperature 1. */
+void fgmm_list_rule_default(fgmm_list_rule *r);
+/* FGMM_ERR_ARGUMENT naming the first field out of range. */
+fgmm_status fgmm_list_rule_check(const fgmm_list_rule *r, fgmm_error *err);
+
+/* The lists of one row from its m >= r->max_lists candidates (idx, lresp
+ * as fgmm_assign writes them; only the first r->max_lists are read).
+ * Writes the kept lists best first into lists[] and their weights into
+ * weights[] (each at most r->max_lists long) and returns how many (>= 1
+ * when idx[0] >= 0). *ambiguity (optional) gets w_2, the weight of the
+ * second candidate (0 when there is none): 0 for a row deep inside its
+ * list, 0.5 for a row on the border of two. */
+int fgmm_list_select(const fgmm_list_rule *r, const int32_t *idx, const float *lresp,
+                     int32_t *lists, float *weights, double *ambiguity);
+
+/* A cap on the extra copies (lists past the primary) of a whole
+ * assignment: at most floor(beta * N) over N rows, given to the most
+ * ambiguous rows. Two streaming passes over the same rows in the same
+ * order, without keeping anything per row: the first counts (a histogram
+ * of extra copies over 4096 bins of ambiguity), plan fixes a threshold,
+ * the second admits. Rows above the threshold bin keep all their extras,
+ * rows in it keep theirs in row order while the cap allows (the last one
+ * possibly in part, best lists first), rows below keep none. */
+typedef struct fgmm_list_budget fgmm_list_budget;
+
+/* beta >= 0. */
+fgmm_status fgmm_list_budget_create(double beta, fgmm_list_budget **out, fgmm_error *err);
+void fgmm_list_budget_free(fgmm_list_budget *b);
+/* First pass: a row of this ambiguity with this many extra lists. */
+void fgmm_list_budget_count(fgmm_list_budget *b, double ambiguity, int extras);
+/* Between the passes. Returns the cap on extra copies. */
+int64_t fgmm_list_budget_plan(fgmm_list_budget *b);
+/* Second pass, rows in the first pass's order: how many of the row's
+ * extras it keeps (0..extras). */
+int fgmm_list_budget_admit(fgmm_list_budget *b, double ambiguity, int extras);
 
 /* Run fn(i, arg) for i in [0, n) on n threads, the caller being thread 0
  * (n == 1: inline). Used by the CPU back end, initialisation and io/. */

@@ -68,7 +68,7 @@ typedef struct {
     /* assign: outputs for the chunk */
     int top_m, topv_cap;
     int32_t *out_idx;
-    float *out_resp, *out_ll;
+    float *out_lresp, *out_ll;
     cpu_kmeans *km; /* k-means state, made on first use */
 } cpu_backend;
 
@@ -296,7 +296,7 @@ static void assign_tile(cpu_backend *b, cpu_thread *t, fgmm_stats *st, int64_t r
         for (int k = 0; k < K; k++) s += fgmm_exp_nonpos(l[k] - mx);
         double lse = mx + log(s);
         int32_t *ix = b->out_idx + (size_t)(r0 + i) * m;
-        float *rs = b->out_resp + (size_t)(r0 + i) * m;
+        float *rs = b->out_lresp + (size_t)(r0 + i) * m;
         double *tv = t->topv;
         int count = 0;
         for (int k = 0; k < K && m > 0; k++) {
@@ -314,10 +314,10 @@ static void assign_tile(cpu_backend *b, cpu_thread *t, fgmm_stats *st, int64_t r
         }
         for (int j = 0; j < m; j++) {
             if (j < count) {
-                rs[j] = (float)exp(tv[j] - lse);
+                rs[j] = (float)(tv[j] - lse);
             } else {
                 ix[j] = -1;
-                rs[j] = 0.f;
+                rs[j] = -INFINITY;
             }
         }
         b->out_ll[r0 + i] = (float)lse;
@@ -329,7 +329,7 @@ static void assign_lane(int lane, int worker, void *arg)
     deal_tiles(arg, lane, worker, assign_tile);
 }
 
-static fgmm_status cpu_assign(void *self, const fgmm_chunk *c, int m, int32_t *idx, float *resp,
+static fgmm_status cpu_assign(void *self, const fgmm_chunk *c, int m, int32_t *idx, float *lresp,
                               float *ll, fgmm_error *err)
 {
     cpu_backend *b = self;
@@ -348,7 +348,7 @@ static fgmm_status cpu_assign(void *self, const fgmm_chunk *c, int m, int32_t *i
     b->chunk = c;
     b->top_m = m;
     b->out_idx = idx;
-    b->out_resp = resp;
+    b->out_lresp = lresp;
     b->out_ll = ll;
     fgmm_pool_run(b->pool, chunk_lanes(b, c->n_rows), b->workers, assign_lane, b);
     return FGMM_OK;

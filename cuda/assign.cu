@@ -2,7 +2,7 @@
  * assign.cu - the top-m assignment kernel and its launcher.
  *
  * For each row: the m components of largest log-joint l_k (so of largest
- * posterior), best first, their responsibilities r_k = exp(l_k - lse) and
+ * posterior), best first, their log-responsibilities l_k - lse and
  * the row's log-likelihood lse = logsumexp_k l_k. This is the IVF
  * assignment (a row goes to the lists of its m best components), the
  * scoring pass (m = 0: log-likelihoods only) and, with k-means terms in w
@@ -20,7 +20,7 @@
  * Order: by logit, then by component index (a candidate replaces an entry
  * only if strictly larger, and candidates arrive in index order), so ties
  * go to the smaller index, as in the CPU reference. Rows with fewer than m
- * components (K < m) get index -1 and responsibility 0 in the tail.
+ * components (K < m) get index -1 and log-responsibility -inf in the tail.
  */
 #include <math.h>
 
@@ -31,7 +31,7 @@
 #define T_L SIMT_L
 
 __global__ void __launch_bounds__(SIMT_NT) topm_kernel(fgmmc_batch b, int m, int *out_idx,
-                                                       float *out_resp)
+                                                       float *out_lresp)
 {
     __shared__ simt_tile_smem sm;
     __shared__ float L[T_TM][T_TN + 1];
@@ -104,13 +104,13 @@ __global__ void __launch_bounds__(SIMT_NT) topm_kernel(fgmmc_batch b, int m, int
             for (int j = 0; j < m; j++) {
                 int k = topi[tid * m + j];
                 out_idx[row * m + j] = k;
-                out_resp[row * m + j] = k >= 0 ? exp2f(topv[tid * m + j] - lse2) : 0.f;
+                out_lresp[row * m + j] = k >= 0 ? __fmul_rn(topv[tid * m + j] - lse2, LN2) : -INFINITY;
             }
         }
     }
 }
 
-fgmm_status fgmmc_topm_launch(const fgmmc_batch *b, int m, int *out_idx, float *out_resp,
+fgmm_status fgmmc_topm_launch(const fgmmc_batch *b, int m, int *out_idx, float *out_lresp,
                                cudaStream_t stream, fgmm_error *err)
 {
     if (m < 0 || m > FGMMC_MAX_TOPM)
@@ -124,7 +124,7 @@ fgmm_status fgmmc_topm_launch(const fgmmc_batch *b, int m, int *out_idx, float *
                                      (int)dyn),
                 err);
     unsigned blocks = (unsigned)((b->n + T_TM - 1) / T_TM);
-    topm_kernel<<<blocks, SIMT_NT, dyn, stream>>>(*b, m, out_idx, out_resp);
+    topm_kernel<<<blocks, SIMT_NT, dyn, stream>>>(*b, m, out_idx, out_lresp);
     FGMMC_CHECK_LAUNCH("topm_kernel", err);
     return FGMM_OK;
 }

@@ -8,7 +8,7 @@
 #include "cuda/context.h"
 
 fgmm_status fgmmc_assign(fgmmc_context *ctx, const void *rows, size_t row_stride, int64_t n,
-                          fgmm_dtype dtype, int m, int *idx, float *resp, float *ll,
+                          fgmm_dtype dtype, int m, int *idx, float *lresp, float *ll,
                           fgmm_error *err)
 {
     if (!ctx) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmmc_assign: ctx is NULL");
@@ -23,9 +23,9 @@ fgmm_status fgmmc_assign(fgmmc_context *ctx, const void *rows, size_t row_stride
     if (n < 0) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmmc_assign: n=%lld", (long long)n);
     if (n == 0) return FGMM_OK;
     const size_t row_bytes = (size_t)ctx->d * es;
-    if (!rows || !ll || (m > 0 && (!idx || !resp)))
+    if (!rows || !ll || (m > 0 && (!idx || !lresp)))
         return fgmm_fail(err, FGMM_ERR_ARGUMENT,
-                          "fgmmc_assign: rows, ll (and idx, resp when m > 0) must be non-NULL");
+                          "fgmmc_assign: rows, ll (and idx, lresp when m > 0) must be non-NULL");
     if (row_stride < row_bytes)
         return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmmc_assign: row_stride %zu < d*element size %zu",
                           row_stride, row_bytes);
@@ -82,7 +82,7 @@ fgmm_status fgmmc_assign(fgmmc_context *ctx, const void *rows, size_t row_stride
         memcpy(ll + off, ctx->h_ll[0], (size_t)rn * sizeof(float));
         if (m > 0) {
             memcpy(idx + (size_t)off * m, ctx->h_topi, (size_t)rn * m * sizeof(int));
-            memcpy(resp + (size_t)off * m, ctx->h_topr, (size_t)rn * m * sizeof(float));
+            memcpy(lresp + (size_t)off * m, ctx->h_topr, (size_t)rn * m * sizeof(float));
         }
     }
     return FGMM_OK;

@@ -198,14 +198,14 @@ static size_t cuda_device_bytes(void *self)
     return fgmmc_device_bytes(((cuda_backend *)self)->ctx);
 }
 
-static fgmm_status cuda_assign(void *self, const fgmm_chunk *c, int m, int32_t *idx, float *resp,
+static fgmm_status cuda_assign(void *self, const fgmm_chunk *c, int m, int32_t *idx, float *lresp,
                                float *ll, fgmm_error *err)
 {
     cuda_backend *b = self;
     fgmm_error ce = {0};
     /* int32_t and int are the same type on every platform CUDA runs on. */
     return from_cuda(fgmmc_assign(b->ctx, c->rows, c->row_stride, c->n_rows, (fgmm_dtype)c->dtype,
-                                  m, (int *)idx, resp, ll, &ce),
+                                  m, (int *)idx, lresp, ll, &ce),
                      &ce, err);
 }
 

@@ -240,11 +240,11 @@ __global__ void __launch_bounds__(F64_NT) f64_stats_kernel(fgmmc_batch b, int64_
 /* Top-m of a row of the sub-chunk's logits, a warp per row: m rounds of a
  * warp arg-max over the components ranked below the previous round's
  * pick in (logit descending, index ascending) order, so ties go to the
- * smaller index as in assign.cu and the CPU; -1 and 0 past K. Then
- * r = exp(l - lse) and the row's log-likelihood. */
+ * smaller index as in assign.cu and the CPU; -1 and -inf past K. Then
+ * the log-responsibility l - lse and the row's log-likelihood. */
 __global__ void __launch_bounds__(32 * F64_SM_ROWS) f64_topm_kernel(fgmmc_batch b, int64_t m,
                                                                     int top, int *out_idx,
-                                                                    float *out_resp)
+                                                                    float *out_lresp)
 {
     const int lane = threadIdx.x & 31, K = b.k;
     const int64_t row = (int64_t)blockIdx.x * F64_SM_ROWS + (threadIdx.x >> 5);
@@ -275,7 +275,7 @@ __global__ void __launch_bounds__(32 * F64_SM_ROWS) f64_topm_kernel(fgmmc_batch 
         }
         if (lane == 0) {
             out_idx[(size_t)row * top + t] = bi;
-            out_resp[(size_t)row * top + t] = bi >= 0 ? (float)exp(bv - lse) : 0.f;
+            out_lresp[(size_t)row * top + t] = bi >= 0 ? (float)(bv - lse) : -INFINITY;
         }
         if (bi >= 0) {
             pv = bv;
@@ -377,7 +377,7 @@ fgmm_status fgmmc_estep_f64_launch(const fgmmc_batch *bt, const fgmmc_plan *plan
     return fgmmc_estep_reduce_launch(bt, plan, s, err);
 }
 
-fgmm_status fgmmc_topm_f64_launch(const fgmmc_batch *bt, int top, int *out_idx, float *out_resp,
+fgmm_status fgmmc_topm_f64_launch(const fgmmc_batch *bt, int top, int *out_idx, float *out_lresp,
                                    cudaStream_t s, fgmm_error *err)
 {
     if (top < 0 || top > FGMMC_MAX_TOPM)
@@ -394,7 +394,7 @@ fgmm_status fgmmc_topm_f64_launch(const fgmmc_batch *bt, int top, int *out_idx, 
         if (st) return st;
         const unsigned sb = (unsigned)((m + F64_SM_ROWS - 1) / F64_SM_ROWS);
         f64_topm_kernel<<<sb, 32 * F64_SM_ROWS, 0, s>>>(b, m, top, out_idx + (size_t)r0 * top,
-                                                        out_resp + (size_t)r0 * top);
+                                                        out_lresp + (size_t)r0 * top);
         FGMMC_CHECK_LAUNCH("f64_topm_kernel", err);
     }
     return FGMM_OK;

@@ -129,12 +129,13 @@ fgmm_status fgmmc_accumulate_at(fgmmc_context *ctx, int64_t first_row, const voi
 /* Top-m assignment with the current pass's terms (fgmmc_begin_pass; no
  * statistics are touched): for each of n rows, the m (0..32) components of
  * largest log-joint, best first, ties to the smaller index, into idx (n*m,
- * -1 past K) with their responsibilities in resp (n*m), and the row's
+ * -1 past K) with their log-responsibilities in lresp (n*m, -inf past K),
+ * and the row's
  * log-likelihood in ll (n). Logits in fp32 (the SIMT kernels' accuracy).
  * With k-means terms (w = centres, c = -|centre|^2/2) and m = 1 it is the
  * nearest-centre step of k-means. Synchronous; all pointers are host. */
 fgmm_status fgmmc_assign(fgmmc_context *ctx, const void *rows, size_t row_stride, int64_t n,
-                          fgmm_dtype dtype, int m, int *idx, float *resp, float *ll,
+                          fgmm_dtype dtype, int m, int *idx, float *lresp, float *ll,
                           fgmm_error *err);
 
 /* How many fgmmc_accumulate(_at) calls so far have delivered their

@@ -281,8 +281,8 @@ fgmm_status fgmmc_estep_reduce_launch(const fgmmc_batch *b, const fgmmc_plan *pl
 /* Largest m of the top-m kernel (assign.cu). */
 #define FGMMC_MAX_TOPM 32
 /* Enqueues the top-m kernel on b's rows (uses b->x, w, c, shift, k, d, n;
- * writes b->ll, and n x m indices and responsibilities). */
-fgmm_status fgmmc_topm_launch(const fgmmc_batch *b, int m, int *out_idx, float *out_resp,
+ * writes b->ll, and n x m indices and log-responsibilities). */
+fgmm_status fgmmc_topm_launch(const fgmmc_batch *b, int m, int *out_idx, float *out_lresp,
                               cudaStream_t stream, fgmm_error *err);
 
 /* ------------------------------------------------- k-means++ seeding */
@@ -385,7 +385,7 @@ void fgmmc_estep_f64_plan(int k, int d, int64_t n, int sm_count, fgmmc_plan *pla
 fgmm_status fgmmc_estep_f64_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int ll_only,
                                    cudaStream_t s, fgmm_error *err);
 /* The top-m assignment (as fgmmc_topm_launch) from float64 logits. */
-fgmm_status fgmmc_topm_f64_launch(const fgmmc_batch *b, int m, int *out_idx, float *out_resp,
+fgmm_status fgmmc_topm_f64_launch(const fgmmc_batch *b, int m, int *out_idx, float *out_lresp,
                                   cudaStream_t s, fgmm_error *err);
 
 /* ------------------------------------------------- the selector (select.cu) */
@@ -428,7 +428,7 @@ fgmm_status fgmmc_select_launch(const fgmmc_choice *c, const fgmmc_batch *b,
 /* Enqueues the top-m assignment: float64 logits for FGMMC_FAMILY_F64, fp32
  * SIMT otherwise. */
 fgmm_status fgmmc_select_topm_launch(const fgmmc_choice *c, const fgmmc_batch *b, int m,
-                                     int *out_idx, float *out_resp, cudaStream_t stream,
+                                     int *out_idx, float *out_lresp, cudaStream_t stream,
                                      fgmm_error *err);
 /* "tensor cores, split bf16", "tensor cores, bf16", "fp32 SIMT" or
  * "float64 SIMT". */

@@ -123,11 +123,11 @@ fgmm_status fgmmc_select_launch(const fgmmc_choice *c, const fgmmc_batch *b, con
 }
 
 fgmm_status fgmmc_select_topm_launch(const fgmmc_choice *c, const fgmmc_batch *b, int m,
-                                     int *out_idx, float *out_resp, cudaStream_t s,
+                                     int *out_idx, float *out_lresp, cudaStream_t s,
                                      fgmm_error *err)
 {
-    if (c->family == FGMMC_FAMILY_F64) return fgmmc_topm_f64_launch(b, m, out_idx, out_resp, s, err);
-    return fgmmc_topm_launch(b, m, out_idx, out_resp, s, err);
+    if (c->family == FGMMC_FAMILY_F64) return fgmmc_topm_f64_launch(b, m, out_idx, out_lresp, s, err);
+    return fgmmc_topm_launch(b, m, out_idx, out_lresp, s, err);
 }
 
 /* ------------------------------------------------------ a context's choice */

@@ -22,13 +22,13 @@ struct Collected {
     int m = 0;
     int64_t next_row = 0;
     std::vector<int32_t> idx;
-    std::vector<float> resp, ll;
+    std::vector<float> lresp, ll;
     int calls = 0;
     int fail_at = -1;  // return an error on this call
 };
 
 fgmm_status collect(void *user, int64_t first_row, int64_t n, int m, const int32_t *idx,
-                    const float *resp, const float *ll, fgmm_error *err)
+                    const float *lresp, const float *ll, fgmm_error *err)
 {
     Collected *c = static_cast<Collected *>(user);
     if (c->calls++ == c->fail_at) {
@@ -40,7 +40,7 @@ fgmm_status collect(void *user, int64_t first_row, int64_t n, int m, const int32
     EXPECT_EQ(m, c->m);
     c->next_row = first_row + n;
     c->idx.insert(c->idx.end(), idx, idx + (size_t)n * m);
-    c->resp.insert(c->resp.end(), resp, resp + (size_t)n * m);
+    c->lresp.insert(c->lresp.end(), lresp, lresp + (size_t)n * m);
     c->ll.insert(c->ll.end(), ll, ll + n);
     return FGMM_OK;
 }
@@ -66,10 +66,10 @@ void check_against_reference(const fgmm_model *mod, const std::vector<float> &x,
         std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return l[a] > l[b]; });
         for (int j = 0; j < m; j++) {
             int got = c.idx[(size_t)i * m + j];
-            float r = c.resp[(size_t)i * m + j];
+            float lr = c.lresp[(size_t)i * m + j];
             if (j >= K) {
                 ASSERT_EQ(got, -1) << "row " << i << " slot " << j << " (K=" << K << ")";
-                ASSERT_EQ(r, 0.f);
+                ASSERT_EQ(lr, -INFINITY);
                 continue;
             }
             int want = order[j];
@@ -80,8 +80,10 @@ void check_against_reference(const fgmm_model *mod, const std::vector<float> &x,
                     << want;
                 swapped++;
             }
-            double rw = std::exp(l[got] - lse);
-            ASSERT_NEAR(r, rw, resp_tol * rw + 1e-30) << "row " << i << " slot " << j;
+            // A log-responsibility within resp_tol absolute is the
+            // responsibility within resp_tol relative.
+            double lrw = l[got] - lse;
+            ASSERT_NEAR(lr, lrw, resp_tol * (1 + 1e-7 * std::fabs(lrw))) << "row " << i << " slot " << j;
             if (j > 0) {
                 ASSERT_LE(l[got], l[c.idx[(size_t)i * m + j - 1]] + tie_tol * (1 + std::fabs(l[got])));
             }
@@ -188,7 +190,7 @@ void small_chunks_case(fgmm_device dev)
     ASSERT_EQ(fgmm_assign(e, small, mod, m, collect, &b, &err), FGMM_OK) << err.msg;
     EXPECT_EQ(b.next_row, n);
     EXPECT_EQ(a.idx, b.idx);
-    EXPECT_EQ(a.resp, b.resp);
+    EXPECT_EQ(a.lresp, b.lresp);
     EXPECT_EQ(std::memcmp(a.ll.data(), b.ll.data(), sizeof(float) * n), 0);
     fgmm_engine_free(e);
     fgmm_source_close(small);
@@ -227,7 +229,7 @@ TEST(AssignCpu, ScoresEqualScore)
         EXPECT_NEAR(c.ll[i], per[i], 1e-5 * (1 + std::fabs(per[i])));
         s += c.ll[i];
         // The best component's responsibility is the largest one.
-        EXPECT_GE(c.resp[(size_t)i * 2], c.resp[(size_t)i * 2 + 1]);
+        EXPECT_GE(c.lresp[(size_t)i * 2], c.lresp[(size_t)i * 2 + 1]);
     }
     EXPECT_NEAR(s / n, mean, 1e-5 * std::fabs(mean));
     fgmm_engine_free(e);

@@ -236,9 +236,9 @@ TEST(EngineCuda, TrajectoryMatchesCpuFromShards)
 // variance floor brings the pass back to the GPU.
 // Top-1 of each row, written where the assignment pass hands it over.
 fgmm_status store_best(void *user, int64_t first_row, int64_t n, int m, const int32_t *idx,
-                       const float *resp, const float *ll, fgmm_error *err)
+                       const float *lresp, const float *ll, fgmm_error *err)
 {
-    (void)resp, (void)ll, (void)err;
+    (void)lresp, (void)ll, (void)err;
     int32_t *best = (int32_t *)user;
     for (int64_t i = 0; i < n; i++) best[first_row + i] = idx[(size_t)i * m];
     return FGMM_OK;
