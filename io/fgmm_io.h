@@ -46,7 +46,12 @@ fgmm_status fgmm_dataset_open(const char *path, fgmm_source **out, fgmm_error *e
 
 /* --------------------------------------------------------------------- npy */
 
-typedef enum { FGMM_NPY_F32 = 0, FGMM_NPY_F64 = 1 } fgmm_npy_type;
+typedef enum {
+    FGMM_NPY_F32 = 0,
+    FGMM_NPY_F64 = 1,
+    FGMM_NPY_I32 = 2, /* fgmm_npy_stream only */
+    FGMM_NPY_I64 = 3  /* fgmm_npy_stream only */
+} fgmm_npy_type;
 
 /* Writes a C-order .npy (format 1.0) of ndim (1 or 2) dimensions from
  * doubles, stored as `type`. Written to path.tmp.<pid> then renamed over
@@ -56,6 +61,20 @@ fgmm_status fgmm_npy_write(const char *path, fgmm_npy_type type, const double *d
 /* Same, from floats stored as float32. */
 fgmm_status fgmm_npy_write_f32(const char *path, const float *data, int ndim,
                                const int64_t *shape, fgmm_error *err);
+
+/* A .npy written in pieces, for arrays larger than memory: open with the
+ * final shape, append values of the stream's type (host order is
+ * little-endian on every supported platform) until the shape is full,
+ * then commit (path.tmp.<pid> renamed over path; committing short of the
+ * shape is an error and leaves nothing). */
+typedef struct fgmm_npy_stream fgmm_npy_stream;
+fgmm_status fgmm_npy_stream_open(const char *path, fgmm_npy_type type, int ndim,
+                                 const int64_t *shape, fgmm_npy_stream **out, fgmm_error *err);
+fgmm_status fgmm_npy_stream_append(fgmm_npy_stream *s, const void *values, int64_t count,
+                                   fgmm_error *err);
+/* Releases s either way. */
+fgmm_status fgmm_npy_stream_commit(fgmm_npy_stream *s, fgmm_error *err);
+void fgmm_npy_stream_abort(fgmm_npy_stream *s);
 
 /* Reads a 1-D or 2-D .npy of float32/float64/float16/uint8/int8/int32/int64
  * into newly malloc'd doubles. shape[1] is 1 for 1-D arrays. */
@@ -217,6 +236,86 @@ fgmm_status fgmm_model_save(const fgmm_model *m, const char *dir, fgmm_error *er
 fgmm_status fgmm_model_load(const char *dir, fgmm_model **out, fgmm_error *err);
 /* 1 if path is a directory containing model.json. */
 int fgmm_is_model_dir(const char *path);
+
+/* ------------------------------------------------------------ assignments */
+
+/* An assignment directory (docs/formats.md) holds assign-NNNNN.fga shards
+ * and manifest.json, written last: each shard covers consecutive rows and
+ * holds, per row, its log-likelihood and its lists (the primary, the
+ * component of largest posterior, first) with their weights
+ * (fgmm_list_select's), zstd-compressed and checksummed. The manifest has
+ * the list sizes, the rule and the shards. */
+
+typedef struct {
+    fgmm_list_rule rule;
+    double budget;      /* beta: extra copies at most beta * N; < 0: no cap */
+    int64_t shard_rows; /* a shard ends at the first chunk end at or past this many rows */
+    const char *model;  /* recorded in the manifest; may be NULL */
+    const char *data;   /* likewise */
+} fgmm_assign_options;
+
+/* rule: fgmm_list_rule_default; budget -1; shard_rows 1 << 22. */
+void fgmm_assign_options_default(fgmm_assign_options *o);
+
+typedef struct {
+    int64_t rows, entries, multi_rows; /* rows in more than one list */
+    int64_t shards;
+    int64_t budget_cap;                /* -1 without a budget */
+    int passes;                        /* over the data: 2 with a budget */
+} fgmm_assign_summary;
+
+/* Assigns every row of src under m with o's rule (fgmm_assign and
+ * fgmm_list_select; with a budget, a first pass counts and the second
+ * writes) into the new directory dir: FGMM_ERR_EXISTS if it exists; built
+ * under a hidden temporary name and renamed into place, so a failure
+ * leaves nothing. A model whose D differs from the data's is
+ * FGMM_ERR_ARGUMENT. sum may be NULL. */
+fgmm_status fgmm_assignments_write(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
+                                   const fgmm_assign_options *o, const char *dir,
+                                   fgmm_assign_summary *sum, fgmm_error *err);
+
+typedef struct fgmm_assignments fgmm_assignments;
+
+/* Opens an assignment directory: reads the manifest and checks every
+ * shard's header against it (missing, truncated or mismatched shards are
+ * FGMM_ERR_FORMAT naming the file). */
+fgmm_status fgmm_assignments_open(const char *dir, fgmm_assignments **out, fgmm_error *err);
+void fgmm_assignments_close(fgmm_assignments *a);
+int fgmm_assignments_k(const fgmm_assignments *a);
+int fgmm_assignments_dim(const fgmm_assignments *a);
+int64_t fgmm_assignments_rows(const fgmm_assignments *a);
+int64_t fgmm_assignments_entries(const fgmm_assignments *a);
+/* K list sizes from the manifest (valid until close). */
+const int64_t *fgmm_assignments_list_sizes(const fgmm_assignments *a);
+
+/* One shard's rows first_row..first_row+rows-1: counts[i] lists for row i
+ * (1..FGMM_MAX_TOP_M), the rows' log-likelihoods, and the lists and
+ * weights of all rows in row order (sum of counts entries each). Valid
+ * during the call only. */
+typedef fgmm_status (*fgmm_assignments_visit)(void *user, int64_t first_row, int64_t rows,
+                                              const uint8_t *counts, const float *loglik,
+                                              const int32_t *lists, const float *weights,
+                                              fgmm_error *err);
+
+/* Reads every shard in row order, checking its checksum, its size and its
+ * values (counts in range, lists < K, weights in [0, 1]), and calls fn
+ * (NULL: only check). At the end the list sizes counted must equal the
+ * manifest's. A damaged shard is FGMM_ERR_FORMAT naming the file. */
+fgmm_status fgmm_assignments_read(fgmm_assignments *a, fgmm_assignments_visit fn, void *user,
+                                  fgmm_error *err);
+
+/* Writes the new directory out (FGMM_ERR_EXISTS if it exists; staged and
+ * renamed into place) with numpy files of the assignments in dir, row i
+ * being the assignment's i-th row: primary.npy (int32, N: each row's
+ * primary list), the lists as CSR, offsets.npy (int64, N+1), lists.npy
+ * (int32, E) and weights.npy (float32, E), and loglik.npy (float32, N);
+ * with a model m (K and D must match), means.npy (float32, K x D: a
+ * coarse quantizer's centroids for FAISS). */
+fgmm_status fgmm_assignments_export(const char *dir, const fgmm_model *m, const char *out,
+                                    fgmm_error *err);
+
+/* 1 if path is a directory holding an assignment manifest. */
+int fgmm_is_assignment_dir(const char *path);
 
 /* ------------------------------------------------------------ checkpoints */
 

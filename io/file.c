@@ -4,6 +4,7 @@
  * sequence behind every file io/ writes (see file.h).
  */
 #include "io/file.h"
+#include "io/fgmm_io.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -13,6 +14,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <dirent.h>
+#include <signal.h>
 
 int fgmm_io_fsync_dir(const char *path)
 {
@@ -196,4 +199,153 @@ fgmm_status fgmm_io_write_file(const char *path, const void *data, size_t n, fgm
         return st;
     }
     return fgmm_io_tmp_commit(&t, err);
+}
+
+/* ------------------------------------------------- staged directories */
+
+/* Removes the temporary directory and everything in it. Everything there
+ * was created by this call, so there is nothing of the user's to spare;
+ * the tree is flat. */
+static void remove_tmp_dir(const char *path)
+{
+    DIR *d = opendir(path);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d)))
+            if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+                unlinkat(dirfd(d), e->d_name, 0);
+        closedir(d);
+    }
+    rmdir(path);
+}
+
+/* The parent directory of path ("." when it has none), in a new string. */
+static char *parent_of(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash) return strdup(".");
+    if (slash == path) return strdup("/");
+    return strndup(path, (size_t)(slash - path));
+}
+
+/* Removes ".<base>.tmp.<pid>" entries of parent whose process no longer
+ * exists: the leftovers of saves that were killed. Best effort. */
+static void remove_stale_tmp(const char *parent, const char *base)
+{
+    DIR *d = opendir(parent);
+    if (!d) return;
+    size_t bl = strlen(base);
+    for (struct dirent *e; (e = readdir(d));) {
+        const char *n = e->d_name;
+        if (n[0] != '.' || strncmp(n + 1, base, bl) || strncmp(n + 1 + bl, ".tmp.", 5)) continue;
+        char *end;
+        long pid = strtol(n + 1 + bl + 5, &end, 10);
+        if (*end || pid <= 0 || pid == (long)getpid()) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue; /* alive, or not ours to judge */
+        char *path = fgmm_io_join(parent, n);
+        if (path) remove_tmp_dir(path);
+        free(path);
+    }
+    closedir(d);
+}
+
+/* Moves tmp to dir, failing if dir exists. renameat2(RENAME_NOREPLACE)
+ * makes that atomic; where the kernel or file system lacks it, check and
+ * rename (rename(2) would silently replace an empty directory). */
+static int rename_noreplace(const char *tmp, const char *dir)
+{
+#if defined(RENAME_NOREPLACE)
+    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dir, RENAME_NOREPLACE) == 0) return 0;
+    if (errno != ENOSYS && errno != EINVAL) return -1;
+#endif
+    if (fgmm_path_exists(dir)) {
+        errno = EEXIST;
+        return -1;
+    }
+    return rename(tmp, dir);
+}
+
+
+fgmm_status fgmm_io_tmpdir_create(fgmm_io_tmpdir *t, const char *dir, fgmm_error *err)
+{
+    memset(t, 0, sizeof *t);
+    /* "out/" and "out" are the same directory; the temporary name must be a
+     * sibling (".out.tmp.<pid>"), not a child of something that is missing. */
+    size_t len = strlen(dir);
+    while (len > 1 && dir[len - 1] == '/') len--;
+    if (len == 0) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "output directory name is empty");
+    t->dir = strndup(dir, len);
+    t->tmp = malloc(len + 32);
+    t->parent = t->dir ? parent_of(t->dir) : NULL;
+    fgmm_status st = FGMM_OK;
+    if (!t->dir || !t->tmp || !t->parent) {
+        st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "%s: out of memory", dir);
+        goto fail;
+    }
+    if (fgmm_path_exists(t->dir)) {
+        st = fgmm_fail(err, FGMM_ERR_EXISTS, "%s: already exists; choose another "
+                       "directory or remove it", dir);
+        goto fail;
+    }
+    {
+        const char *slash = strrchr(t->dir, '/');
+        const char *base = slash ? slash + 1 : t->dir;
+        remove_stale_tmp(t->parent, base);
+        snprintf(t->tmp, len + 32, "%.*s.%s.tmp.%ld", (int)(base - t->dir), t->dir, base,
+                 (long)getpid());
+    }
+    if (mkdir(t->tmp, 0755)) {
+        st = fgmm_fail(err, FGMM_ERR_IO, "%s: cannot create its temporary directory %s: %s",
+                       dir, t->tmp, strerror(errno));
+        goto fail;
+    }
+    return FGMM_OK;
+fail:
+    free(t->dir);
+    free(t->tmp);
+    free(t->parent);
+    memset(t, 0, sizeof *t);
+    return st;
+}
+
+static void tmpdir_release(fgmm_io_tmpdir *t)
+{
+    free(t->dir);
+    free(t->tmp);
+    free(t->parent);
+    memset(t, 0, sizeof *t);
+}
+
+void fgmm_io_tmpdir_abort(fgmm_io_tmpdir *t)
+{
+    if (t->tmp) remove_tmp_dir(t->tmp);
+    tmpdir_release(t);
+}
+
+fgmm_status fgmm_io_tmpdir_commit(fgmm_io_tmpdir *t, fgmm_error *err)
+{
+    fgmm_status st = FGMM_OK;
+    if (fgmm_io_fsync_dir(t->tmp)) {
+        int e = errno;
+        st = fgmm_fail(err, FGMM_ERR_IO, "%s: fsync failed: %s%s", t->tmp, strerror(e),
+                       fgmm_io_full_hint(e));
+    }
+    if (!st && rename_noreplace(t->tmp, t->dir)) {
+        int e = errno;
+        if (e == EEXIST || e == ENOTEMPTY)
+            st = fgmm_fail(err, FGMM_ERR_EXISTS, "%s: already exists; choose another "
+                           "directory or remove it", t->dir);
+        else
+            st = fgmm_fail(err, FGMM_ERR_IO, "%s: cannot rename %s into place: %s%s", t->dir,
+                           t->tmp, strerror(e), fgmm_io_full_hint(e));
+    }
+    if (st) {
+        fgmm_io_tmpdir_abort(t);
+        return st;
+    }
+    /* Best effort: make the new name durable. The directory is complete
+     * either way, so a failure here is not an error. */
+    (void)fgmm_io_fsync_dir(t->parent);
+    tmpdir_release(t);
+    return FGMM_OK;
 }

@@ -64,4 +64,23 @@ const char *fgmm_io_full_hint(int e);
 /* "dir/name" in a new string, NULL when out of memory. */
 char *fgmm_io_join(const char *dir, const char *name);
 
+/* A directory being written under a hidden sibling name: dir's files go
+ * into tmp, and commit renames tmp to dir without replacing anything, so a
+ * crash or failure leaves either nothing visible or the complete directory,
+ * and never touches what was at dir. The flat tree of a killed writer (its
+ * process is gone) is removed by the next writer to the same name. */
+typedef struct {
+    char *dir;    /* the final name, without trailing slashes */
+    char *tmp;    /* ".<name>.tmp.<pid>" beside it */
+    char *parent; /* dir's parent */
+} fgmm_io_tmpdir;
+
+/* FGMM_ERR_EXISTS when dir exists; otherwise makes tmp (empty). */
+fgmm_status fgmm_io_tmpdir_create(fgmm_io_tmpdir *t, const char *dir, fgmm_error *err);
+/* fsync tmp, rename it to dir (FGMM_ERR_EXISTS if dir appeared meanwhile),
+ * fsync the parent. On failure tmp is removed. t is released either way. */
+fgmm_status fgmm_io_tmpdir_commit(fgmm_io_tmpdir *t, fgmm_error *err);
+/* Removes tmp and everything in it; t is released. */
+void fgmm_io_tmpdir_abort(fgmm_io_tmpdir *t);
+
 #endif /* FGMM_IO_FILE_H */

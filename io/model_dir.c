@@ -55,69 +55,6 @@ int fgmm_is_model_dir(const char *path)
     return ok;
 }
 
-/* Removes the temporary directory and everything in it. Everything there
- * was created by this call, so there is nothing of the user's to spare;
- * the tree is flat. */
-static void remove_tmp_dir(const char *path)
-{
-    DIR *d = opendir(path);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d)))
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-                unlinkat(dirfd(d), e->d_name, 0);
-        closedir(d);
-    }
-    rmdir(path);
-}
-
-/* The parent directory of path ("." when it has none), in a new string. */
-static char *parent_of(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    if (!slash) return strdup(".");
-    if (slash == path) return strdup("/");
-    return strndup(path, (size_t)(slash - path));
-}
-
-/* Removes ".<base>.tmp.<pid>" entries of parent whose process no longer
- * exists: the leftovers of saves that were killed. Best effort. */
-static void remove_stale_tmp(const char *parent, const char *base)
-{
-    DIR *d = opendir(parent);
-    if (!d) return;
-    size_t bl = strlen(base);
-    for (struct dirent *e; (e = readdir(d));) {
-        const char *n = e->d_name;
-        if (n[0] != '.' || strncmp(n + 1, base, bl) || strncmp(n + 1 + bl, ".tmp.", 5)) continue;
-        char *end;
-        long pid = strtol(n + 1 + bl + 5, &end, 10);
-        if (*end || pid <= 0 || pid == (long)getpid()) continue;
-        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue; /* alive, or not ours to judge */
-        char *path = fgmm_io_join(parent, n);
-        if (path) remove_tmp_dir(path);
-        free(path);
-    }
-    closedir(d);
-}
-
-/* Moves tmp to dir, failing if dir exists. renameat2(RENAME_NOREPLACE)
- * makes that atomic; where the kernel or file system lacks it, check and
- * rename (rename(2) would silently replace an empty directory). */
-static int rename_noreplace(const char *tmp, const char *dir)
-{
-#if defined(RENAME_NOREPLACE)
-    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dir, RENAME_NOREPLACE) == 0) return 0;
-    if (errno != ENOSYS && errno != EINVAL) return -1;
-#endif
-    if (fgmm_path_exists(dir)) {
-        errno = EEXIST;
-        return -1;
-    }
-    return rename(tmp, dir);
-}
-
-
 /* --------------------------------------------------------- model.json out */
 
 /* JSON has no NaN or Inf: such values are written as null. */
@@ -229,60 +166,14 @@ fgmm_status fgmm_model_save(const fgmm_model *m, const char *dir, fgmm_error *er
     if (cov != FGMM_COV_DIAG && cov != FGMM_COV_SPHERICAL)
         return fgmm_fail(err, FGMM_ERR_UNSUPPORTED, "%s: cannot save a '%s' covariance model",
                          dir, fgmm_covariance_name(cov));
-    /* "out/" and "out" are the same directory; the temporary name must be a
-     * sibling (".out.tmp.<pid>"), not a child of something that is missing. */
-    size_t len = strlen(dir);
-    while (len > 1 && dir[len - 1] == '/') len--;
-    if (len == 0) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "model directory name is empty");
-    char *clean = strndup(dir, len);
-    char *tmp = malloc(len + 32);
-    char *parent = clean ? parent_of(clean) : NULL;
-    fgmm_status st = FGMM_OK;
-    if (!clean || !tmp || !parent) {
-        st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "%s: out of memory", dir);
-        goto done;
+    fgmm_io_tmpdir t;
+    fgmm_status st = fgmm_io_tmpdir_create(&t, dir, err);
+    if (st) return st;
+    if ((st = save_files(m, t.tmp, err))) {
+        fgmm_io_tmpdir_abort(&t);
+        return st;
     }
-    if (fgmm_path_exists(clean)) {
-        st = fgmm_fail(err, FGMM_ERR_EXISTS, "%s: already exists; choose another "
-                       "directory or remove it", dir);
-        goto done;
-    }
-    {
-        const char *slash = strrchr(clean, '/');
-        const char *base = slash ? slash + 1 : clean;
-        remove_stale_tmp(parent, base);
-        snprintf(tmp, len + 32, "%.*s.%s.tmp.%ld", (int)(base - clean), clean, base,
-                 (long)getpid());
-    }
-    if (mkdir(tmp, 0755)) {
-        st = fgmm_fail(err, FGMM_ERR_IO, "%s: cannot create its temporary directory %s: %s",
-                       dir, tmp, strerror(errno));
-        goto done;
-    }
-    st = save_files(m, tmp, err);
-    if (!st && fgmm_io_fsync_dir(tmp)) {
-        int e = errno;
-        st = fgmm_fail(err, FGMM_ERR_IO, "%s: fsync failed: %s%s", tmp, strerror(e),
-                       fgmm_io_full_hint(e));
-    }
-    if (!st && rename_noreplace(tmp, clean)) {
-        int e = errno;
-        if (e == EEXIST || e == ENOTEMPTY)
-            st = fgmm_fail(err, FGMM_ERR_EXISTS, "%s: already exists; choose another "
-                           "directory or remove it", dir);
-        else
-            st = fgmm_fail(err, FGMM_ERR_IO, "%s: cannot rename %s into place: %s%s", dir, tmp,
-                           strerror(e), fgmm_io_full_hint(e));
-    }
-    if (st) remove_tmp_dir(tmp);
-    /* Best effort: make the new name durable. The model is complete either
-     * way, so a failure here is not an error. */
-    else (void)fgmm_io_fsync_dir(parent);
-done:
-    free(clean);
-    free(tmp);
-    free(parent);
-    return st;
+    return fgmm_io_tmpdir_commit(&t, err);
 }
 
 /* --------------------------------------------------------------- load */

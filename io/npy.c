@@ -307,8 +307,8 @@ static fgmm_status npy_write(const char *path, fgmm_npy_type type, npy_src src, 
         return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s: can write 1-D or 2-D arrays, not %d-D",
                          path, ndim);
     if (type != FGMM_NPY_F32 && type != FGMM_NPY_F64)
-        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s: unknown .npy element type %d", path,
-                         (int)type);
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s: can write float32 or float64 from "
+                         "floating-point values, not .npy element type %d", path, (int)type);
     uint64_t count = 1;
     for (int i = 0; i < ndim; i++) {
         if (shape[i] < 0)
@@ -346,6 +346,103 @@ fgmm_status fgmm_npy_write_f32(const char *path, const float *data, int ndim,
 {
     npy_src s = {NULL, data};
     return npy_write(path, FGMM_NPY_F32, s, ndim, shape, err);
+}
+
+/* -------------------------------------------------------------- stream */
+
+static const char *type_descr(fgmm_npy_type t, size_t *elem)
+{
+    switch (t) {
+    case FGMM_NPY_F32: *elem = 4; return "<f4";
+    case FGMM_NPY_F64: *elem = 8; return "<f8";
+    case FGMM_NPY_I32: *elem = 4; return "<i4";
+    case FGMM_NPY_I64: *elem = 8; return "<i8";
+    }
+    return NULL;
+}
+
+struct fgmm_npy_stream {
+    fgmm_io_tmpfile t;
+    size_t elem;
+    uint64_t count, written, off;
+};
+
+fgmm_status fgmm_npy_stream_open(const char *path, fgmm_npy_type type, int ndim,
+                                 const int64_t *shape, fgmm_npy_stream **out, fgmm_error *err)
+{
+    *out = NULL;
+    size_t elem = 0;
+    const char *descr = type_descr(type, &elem);
+    if (!descr)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s: unknown .npy element type %d", path,
+                         (int)type);
+    if (ndim != 1 && ndim != 2)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s: can write 1-D or 2-D arrays, not %d-D",
+                         path, ndim);
+    uint64_t count = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0)
+            return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s: negative shape %lld", path,
+                             (long long)shape[i]);
+        if (shape[i] && count > UINT64_MAX / 8 / (uint64_t)shape[i])
+            return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s: array too large", path);
+        count *= (uint64_t)shape[i];
+    }
+    char hdr[512];
+    size_t hl = build_header(hdr, sizeof hdr, descr, ndim, shape);
+    if (!hl) return fgmm_fail(err, FGMM_ERR_INTERNAL, "%s: .npy header too long", path);
+    fgmm_npy_stream *s = calloc(1, sizeof *s);
+    if (!s) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "%s: out of memory", path);
+    fgmm_status st = fgmm_io_tmp_create(&s->t, path, NULL, err);
+    if (st) {
+        free(s);
+        return st;
+    }
+    if ((st = fgmm_io_pwrite_all(s->t.fd, hdr, hl, 0, s->t.tmp, err))) {
+        fgmm_io_tmp_abort(&s->t);
+        free(s);
+        return st;
+    }
+    s->elem = elem;
+    s->count = count;
+    s->off = hl;
+    *out = s;
+    return FGMM_OK;
+}
+
+fgmm_status fgmm_npy_stream_append(fgmm_npy_stream *s, const void *values, int64_t count,
+                                   fgmm_error *err)
+{
+    if (count < 0 || (uint64_t)count > s->count - s->written)
+        return fgmm_fail(err, FGMM_ERR_INTERNAL, "%s: %lld more values than its shape holds",
+                         s->t.path, (long long)(s->written + (uint64_t)count - s->count));
+    size_t bytes = (size_t)count * s->elem;
+    fgmm_status st = fgmm_io_pwrite_all(s->t.fd, values, bytes, s->off, s->t.tmp, err);
+    if (st) return st;
+    s->off += bytes;
+    s->written += (uint64_t)count;
+    return FGMM_OK;
+}
+
+fgmm_status fgmm_npy_stream_commit(fgmm_npy_stream *s, fgmm_error *err)
+{
+    fgmm_status st;
+    if (s->written != s->count) {
+        st = fgmm_fail(err, FGMM_ERR_INTERNAL, "%s: %llu values written, its shape holds %llu",
+                       s->t.path, (unsigned long long)s->written, (unsigned long long)s->count);
+        fgmm_io_tmp_abort(&s->t);
+    } else {
+        st = fgmm_io_tmp_commit(&s->t, err);
+    }
+    free(s);
+    return st;
+}
+
+void fgmm_npy_stream_abort(fgmm_npy_stream *s)
+{
+    if (!s) return;
+    fgmm_io_tmp_abort(&s->t);
+    free(s);
 }
 
 /* ---------------------------------------------------------------- read */

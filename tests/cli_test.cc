@@ -245,6 +245,58 @@ TEST_F(Cli, UsageErrors)
     EXPECT_EQ(run("info --help").code, 0);
 }
 
+TEST_F(Cli, AssignThenExport)
+{
+    ASSERT_EQ(run("fit --quiet --data " + path("good.fbin") + " --k 3 --max-iter 3 --out " +
+                  path("am")).code, 0);
+    Result r = run("assign --model " + path("am") + " --data " + path("good.fbin") + " --out " +
+                   path("asg") + " --max-lists 3 --temperature 50 --min-resp 0.05 --budget 0.1");
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("assigned 3000 rows to 3 lists"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("capped at 300"), std::string::npos) << r.out;
+    EXPECT_TRUE(exists(path("asg/manifest.json")));
+    EXPECT_TRUE(exists(path("asg/assign-00000.fga")));
+    r = run("info " + path("asg"));
+    r = run("export --assignments " + path("asg") + " --model " + path("am") + " --out " +
+            path("asg_npy"));
+    ASSERT_EQ(r.code, 0) << r.out;
+    for (const char *f : {"primary.npy", "offsets.npy", "lists.npy", "weights.npy", "loglik.npy",
+                          "means.npy"})
+        EXPECT_TRUE(exists(path("asg_npy/") + f)) << f;
+    EXPECT_EQ(count_tmp_leftovers(), 0);
+
+    // Bad values, an existing output, another dimension, a damaged shard.
+    const std::string base = "assign --model " + path("am") + " --data " + path("good.fbin") +
+                             " --out " + path("asg2");
+    expect_fail(base + " --min-resp 0", 2, "--min-resp expects a number in (0, 1]");
+    expect_fail(base + " --ratio 1.5", 2, "--ratio expects a number in [0, 1]");
+    expect_fail(base + " --temperature 0", 2, "--temperature expects a number > 0");
+    expect_fail(base + " --max-lists 33", 2, "--max-lists");
+    expect_fail(base + " --budget -1", 2, "--budget");
+    expect_fail("assign --model " + path("am") + " --data " + path("good.fbin") + " --out " +
+                    path("asg"), 1, "already exists");
+    expect_fail("assign --model " + path("am") + " --data " + path("d5.fbin") + " --out " +
+                    path("asg2"), 1, "dimension 5");
+    EXPECT_FALSE(exists(path("asg2")));
+    {
+        int fd = open(path("asg/assign-00000.fga").c_str(), O_RDWR);
+        ASSERT_GE(fd, 0);
+        struct stat sb;
+        fstat(fd, &sb);
+        unsigned char b;
+        ASSERT_EQ(pread(fd, &b, 1, sb.st_size - 5), 1);
+        b ^= 1;
+        ASSERT_EQ(pwrite(fd, &b, 1, sb.st_size - 5), 1);
+        close(fd);
+    }
+    expect_fail("export --assignments " + path("asg") + " --out " + path("asg_npy2"), 1,
+                "assign-00000.fga: checksum mismatch");
+    EXPECT_FALSE(exists(path("asg_npy2")));
+    EXPECT_EQ(count_tmp_leftovers(), 0);
+    EXPECT_EQ(run("assign --help").code, 0);
+    EXPECT_EQ(run("export --help").code, 0);
+}
+
 TEST_F(Cli, ShardThenFitAndScoreFromShards)
 {
     Result r = run("shard --input " + path("good.fbin") + " --out " + path("sh") +

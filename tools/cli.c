@@ -4,6 +4,7 @@
 #include "tools/cli.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -269,4 +270,83 @@ int cli_open_data(const char *cmd, const cli_io_flags *f, const char *path, fgmm
     }
     if (fgmm_data_open(path, &o, src, &err)) return cli_fail(cmd, &err);
     return 0;
+}
+
+/* ------------------------------------------------------------ IVF lists */
+
+const char CLI_LIST_HELP[] =
+    "  --max-lists M        lists per row at most, 1..32 (default 2; 1: hard assignment)\n"
+    "  --min-resp TAU       a further list while its weight is >= TAU, (0, 1] (default 0.1)\n"
+    "  --ratio RHO          ... or >= RHO x the best weight, [0, 1] (default 0: off)\n"
+    "  --temperature T      weights from log-likelihoods divided by T, > 0 (default 1; larger\n"
+    "                       flattens the posterior, so more rows get a second list)\n"
+    "  --budget BETA        at most BETA x N extra copies, given to the most ambiguous rows\n"
+    "                       (reads the data twice; default: no cap)\n"
+    "  --shard-rows R       rows per assignment shard, cut at chunk ends (default 4194304)\n";
+
+int cli_list_flag(const char *cmd, fgmm_assign_options *o, int val, const char *arg)
+{
+    long v;
+    double d;
+    char *end;
+    switch (val) {
+    case CLI_OPT_MAX_LISTS:
+        if (cli_parse_long(cmd, "max-lists", arg, 1, FGMM_MAX_TOP_M, &v)) return -1;
+        o->rule.max_lists = (int)v;
+        return 1;
+    case CLI_OPT_MIN_RESP:
+        d = strtod(arg, &end);
+        if (*end || end == arg || !(d > 0 && d <= 1)) {
+            fprintf(stderr, "flashgmm %s: --min-resp expects a number in (0, 1], got '%s'\n",
+                    cmd, arg);
+            return -1;
+        }
+        o->rule.min_resp = d;
+        return 1;
+    case CLI_OPT_RATIO:
+        d = strtod(arg, &end);
+        if (*end || end == arg || !(d >= 0 && d <= 1)) {
+            fprintf(stderr, "flashgmm %s: --ratio expects a number in [0, 1], got '%s'\n", cmd,
+                    arg);
+            return -1;
+        }
+        o->rule.ratio = d;
+        return 1;
+    case CLI_OPT_TEMPERATURE:
+        d = strtod(arg, &end);
+        if (*end || end == arg || !(d > 0) || !isfinite(d)) {
+            fprintf(stderr, "flashgmm %s: --temperature expects a number > 0, got '%s'\n", cmd,
+                    arg);
+            return -1;
+        }
+        o->rule.temperature = d;
+        return 1;
+    case CLI_OPT_BUDGET:
+        if (cli_parse_double(cmd, "budget", arg, 0, &d)) return -1;
+        o->budget = d;
+        return 1;
+    case CLI_OPT_SHARD_ROWS:
+        if (cli_parse_long(cmd, "shard-rows", arg, 1, LONG_MAX, &v)) return -1;
+        o->shard_rows = v;
+        return 1;
+    }
+    return 0;
+}
+
+int cli_write_assignments(const char *cmd, fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
+                          const fgmm_assign_options *o, const char *dir)
+{
+    fgmm_error err = {0};
+    fgmm_assign_summary s;
+    double t0 = cli_now();
+    if (fgmm_assignments_write(e, src, m, o, dir, &s, &err)) return cli_fail(cmd, &err);
+    double dt = cli_now() - t0;
+    printf("assigned %lld rows to %d lists: %lld entries (%.4f per row), %lld rows in more than "
+           "one list (%.2f%%)", (long long)s.rows, fgmm_model_k(m), (long long)s.entries,
+           s.rows ? (double)s.entries / (double)s.rows : 0.0, (long long)s.multi_rows,
+           s.rows ? 100.0 * (double)s.multi_rows / (double)s.rows : 0.0);
+    if (s.budget_cap >= 0) printf(", extra copies capped at %lld", (long long)s.budget_cap);
+    printf("\n%lld shard%s in %s, %d pass%s over the data, %.3f s\n", (long long)s.shards,
+           s.shards == 1 ? "" : "s", dir, s.passes, s.passes == 1 ? "" : "es", dt);
+    return CLI_EXIT_OK;
 }

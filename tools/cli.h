@@ -27,6 +27,8 @@ int cmd_score(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_shard(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
+int cmd_assign(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 
 /* Seconds on a monotonic clock. */
 double cli_now(void);
@@ -116,5 +118,36 @@ int cli_open_engine_on(const char *cmd, const cli_io_flags *f, int gpu, int defa
  * returns an exit status (0: *src is open). */
 int cli_open_data(const char *cmd, const cli_io_flags *f, const char *path, fgmm_engine *e,
                   fgmm_source **src);
+
+/* ------------------------------------------------------------ IVF lists */
+
+/* The list flags of assign and fit --assign-out; cli_list_flag takes
+ * their vals. */
+enum {
+    CLI_OPT_LISTS = CLI_OPT_BASE + 300,
+    CLI_OPT_MAX_LISTS = CLI_OPT_LISTS,
+    CLI_OPT_MIN_RESP,
+    CLI_OPT_RATIO,
+    CLI_OPT_TEMPERATURE,
+    CLI_OPT_BUDGET,
+    CLI_OPT_SHARD_ROWS,
+    CLI_OPT_LISTS_END
+};
+#define CLI_LIST_OPTIONS                                                        \
+    {"max-lists", required_argument, NULL, CLI_OPT_MAX_LISTS},                 \
+        {"min-resp", required_argument, NULL, CLI_OPT_MIN_RESP},               \
+        {"ratio", required_argument, NULL, CLI_OPT_RATIO},                     \
+        {"temperature", required_argument, NULL, CLI_OPT_TEMPERATURE},         \
+        {"budget", required_argument, NULL, CLI_OPT_BUDGET},                   \
+        {"shard-rows", required_argument, NULL, CLI_OPT_SHARD_ROWS}
+/* Records a list flag in o: 1 done, 0 val is not one, -1 a bad value
+ * (printed). */
+int cli_list_flag(const char *cmd, fgmm_assign_options *o, int val, const char *arg);
+/* Their help lines. */
+extern const char CLI_LIST_HELP[];
+/* Writes the assignment directory dir for src under m and prints its
+ * summary; returns an exit status. */
+int cli_write_assignments(const char *cmd, fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
+                          const fgmm_assign_options *o, const char *dir);
 
 #endif

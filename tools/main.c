@@ -1,6 +1,6 @@
 /*
- * main.c - flashgmm: dispatches to a command (fit, score, shard, info,
- * demo), each in a file of its own, each with its own --help.
+ * main.c - flashgmm: dispatches to a command (fit, score, assign,
+ * export, shard, info, demo), each in a file of its own, each with its own --help.
  *
  * Exit codes: 0 success; 1 the work failed (bad or unreadable data, an
  * output that exists, a device error); 2 the command line is wrong
@@ -17,6 +17,8 @@ static const char MAIN_HELP[] =
     "  demo    fit a built-in synthetic mixture and report how well it was recovered\n"
     "  fit     fit a Gaussian mixture to a dataset file, write a model directory\n"
     "  score   mean log-likelihood per row of a dataset under a model\n"
+    "  assign  IVF lists of every row of a dataset under a model (border rows in several)\n"
+    "  export  an assignment directory as numpy files (CSR lists, means for FAISS)\n"
     "  shard   convert a dataset into a directory of compressed shards (data larger than RAM)\n"
     "  info    describe a dataset file, a shard directory or a model directory\n"
     "\n"
@@ -27,7 +29,8 @@ static const struct {
     int (*run)(int argc, char **argv);
 } COMMANDS[] = {
     {"fit", cmd_fit}, {"score", cmd_score}, {"info", cmd_info},
-    {"shard", cmd_shard}, {"demo", cmd_demo},
+    {"shard", cmd_shard}, {"demo", cmd_demo}, {"assign", cmd_assign},
+    {"export", cmd_export},
 };
 
 int main(int argc, char **argv)
