@@ -256,7 +256,9 @@ TEST_F(Cli, AssignThenExport)
     EXPECT_NE(r.out.find("capped at 300"), std::string::npos) << r.out;
     EXPECT_TRUE(exists(path("asg/manifest.json")));
     EXPECT_TRUE(exists(path("asg/assign-00000.fga")));
-    r = run("info " + path("asg"));
+    r = run("info " + path("asg") + " --verify");
+    EXPECT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("verified"), std::string::npos) << r.out;
     r = run("export --assignments " + path("asg") + " --model " + path("am") + " --out " +
             path("asg_npy"));
     ASSERT_EQ(r.code, 0) << r.out;
@@ -291,10 +293,39 @@ TEST_F(Cli, AssignThenExport)
     }
     expect_fail("export --assignments " + path("asg") + " --out " + path("asg_npy2"), 1,
                 "assign-00000.fga: checksum mismatch");
+    expect_fail("info --verify " + path("asg"), 1, "assign-00000.fga: checksum mismatch");
     EXPECT_FALSE(exists(path("asg_npy2")));
     EXPECT_EQ(count_tmp_leftovers(), 0);
     EXPECT_EQ(run("assign --help").code, 0);
     EXPECT_EQ(run("export --help").code, 0);
+}
+
+std::string slurp(const std::string &p)
+{
+    std::ifstream f(p, std::ios::binary);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+}
+
+TEST_F(Cli, FitAssignOutEqualsAssignAfterwards)
+{
+    Result r = run("fit --quiet --data " + path("good.fbin") + " --k 3 --max-iter 3 --out " +
+                   path("fam") + " --assign-out " + path("fasg") + " --max-lists 2");
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("assigned 3000 rows"), std::string::npos) << r.out;
+    ASSERT_EQ(run("assign --model " + path("fam") + " --data " + path("good.fbin") +
+                  " --max-lists 2 --out " + path("fasg2")).code, 0);
+    ASSERT_EQ(run("export --assignments " + path("fasg") + " --out " + path("fnpy")).code, 0);
+    ASSERT_EQ(run("export --assignments " + path("fasg2") + " --out " + path("fnpy2")).code, 0);
+    std::string a = slurp(path("fnpy/primary.npy")), b = slurp(path("fnpy2/primary.npy"));
+    EXPECT_GT(a.size(), 3000u * 4);
+    EXPECT_EQ(a, b);
+    expect_fail("fit --data " + path("good.fbin") + " --k 3 --out " + path("fam2") +
+                    " --max-lists 2", 2, "need --assign-out");
+    expect_fail("fit --data " + path("good.fbin") + " --k 3 --out " + path("fam2") +
+                    " --assign-out " + path("fasg"), 1, "already exists");
+    EXPECT_FALSE(exists(path("fam2")));
 }
 
 TEST_F(Cli, ShardThenFitAndScoreFromShards)

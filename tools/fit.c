@@ -49,6 +49,11 @@ static const char FIT_HELP_HEAD[] =
     "  --timeout S          seconds a rank or GPU waits for the others within a step before\n"
     "                       the fit fails (default 600)\n";
 
+static const char FIT_HELP_ASSIGN[] =
+    "  --assign-out DIR     after the fit, write the IVF lists of every row of --data under\n"
+    "                       the fitted model to DIR (as flashgmm assign does; with several\n"
+    "                       ranks or GPUs, rank 0 writes them), with these list flags:\n";
+
 static const char FIT_HELP_TAIL[] =
     "\n"
     "With --init MODEL_DIR --max-iter 1 it performs exactly one E-step under that model\n"
@@ -80,6 +85,7 @@ enum {
     OPT_CHECKPOINT_DIR,
     OPT_RESUME,
     OPT_TIMEOUT,
+    OPT_ASSIGN_OUT,
 };
 
 static const struct option FIT_OPTIONS[] = {
@@ -101,6 +107,8 @@ static const struct option FIT_OPTIONS[] = {
     {"checkpoint-dir", required_argument, NULL, OPT_CHECKPOINT_DIR},
     {"resume", required_argument, NULL, OPT_RESUME},
     {"timeout", required_argument, NULL, OPT_TIMEOUT},
+    {"assign-out", required_argument, NULL, OPT_ASSIGN_OUT},
+    CLI_LIST_OPTIONS,
     CLI_READER_OPTIONS,
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -111,8 +119,10 @@ static const struct option FIT_OPTIONS[] = {
 typedef struct {
     const char *data, *k, *out, *covariance, *init, *max_iter, *tol, *reg_covar, *seed;
     const char *gpus, *checkpoint_every, *checkpoint_dir, *resume, *timeout;
-    int quiet;
+    const char *assign_out;
+    int quiet, list_flags; /* list_flags: a list flag was given */
     cli_io_flags io;
+    fgmm_assign_options lists;
 } fit_flags;
 
 /* Returns -1 to go on, or the exit status (0 after --help). */
@@ -124,6 +134,8 @@ static int read_flags(int argc, char **argv, fit_flags *f)
         switch (c) {
         case 'h':
             fputs(FIT_HELP_HEAD, stdout);
+            fputs(FIT_HELP_ASSIGN, stdout);
+            fputs(CLI_LIST_HELP, stdout);
             fputs(CLI_READER_HELP, stdout);
             fputs(FIT_HELP_TAIL, stdout);
             return CLI_EXIT_OK;
@@ -145,8 +157,13 @@ static int read_flags(int argc, char **argv, fit_flags *f)
         case OPT_CHECKPOINT_DIR: f->checkpoint_dir = optarg; break;
         case OPT_RESUME: f->resume = optarg; break;
         case OPT_TIMEOUT: f->timeout = optarg; break;
-        default:
-            if (!cli_io_flag(&f->io, c, optarg)) return CLI_EXIT_USAGE;
+        case OPT_ASSIGN_OUT: f->assign_out = optarg; break;
+        default: {
+            int r = cli_list_flag("fit", &f->lists, c, optarg);
+            if (r < 0) return CLI_EXIT_USAGE;
+            f->list_flags |= r;
+            if (r == 0 && !cli_io_flag(&f->io, c, optarg)) return CLI_EXIT_USAGE;
+        }
         }
     }
     if (cli_positionals("fit", argc, argv, 0)) return CLI_EXIT_USAGE;
@@ -246,6 +263,16 @@ static int make_params(const fit_flags *f, fgmm_fit_params *p, fgmm_model **init
                     f->seed);
             return CLI_EXIT_USAGE;
         }
+    }
+    if (f->list_flags && !f->assign_out) {
+        fprintf(stderr, "flashgmm fit: the list flags (--max-lists, --min-resp, ...) need "
+                        "--assign-out\n");
+        return CLI_EXIT_USAGE;
+    }
+    if (f->assign_out && fgmm_path_exists(f->assign_out)) {
+        fprintf(stderr, "flashgmm fit: error: %s: already exists; choose another --assign-out "
+                        "or remove it\n", f->assign_out);
+        return CLI_EXIT_WORK;
     }
     /* Refuse an existing output before any work: nothing a user had is
      * replaced, and no time is spent on a fit that cannot be saved. */
@@ -374,6 +401,7 @@ static int make_run_flags(const fit_flags *f, int *gpu_ids, int *n_gpus, double 
 int cmd_fit(int argc, char **argv)
 {
     fit_flags f = {0};
+    fgmm_assign_options_default(&f.lists);
     int rc = read_flags(argc, argv, &f);
     if (rc >= 0) return rc;
     if (!f.data || !f.out) {
@@ -443,6 +471,11 @@ int cmd_fit(int argc, char **argv)
         goto done;
     }
     if (lead) report(&p, m, src, e, f.out);
+    if (lead && f.assign_out) {
+        f.lists.model = f.out;
+        f.lists.data = f.data;
+        if ((rc = cli_write_assignments("fit", e, src, m, &f.lists, f.assign_out))) goto done;
+    }
     ok = 1;
 done:
     fgmm_model_free(m);

@@ -1,6 +1,7 @@
 /*
  * info.c - flashgmm info: describes a dataset file, a shard directory
- * (optionally reading and checking every chunk) or a model directory.
+ * (optionally reading and checking every chunk), a model directory or an
+ * assignment directory.
  */
 #include "tools/cli.h"
 
@@ -10,8 +11,10 @@
 static const char INFO_HELP[] =
     "usage: flashgmm info PATH [--verify]\n"
     "\n"
-    "Describes a dataset file, a shard directory or a model directory.\n"
-    "  --verify   shard directories: read and decompress every chunk and check its checksum\n";
+    "Describes a dataset file, a shard directory, a model directory or an assignment\n"
+    "directory.\n"
+    "  --verify   shard and assignment directories: read and decompress everything and check\n"
+    "             the checksums (and, for assignments, the values and list sizes)\n";
 
 enum { OPT_VERIFY = CLI_OPT_BASE };
 
@@ -63,6 +66,36 @@ static int model_dir(const char *path)
     return 0;
 }
 
+static int assignment_dir(const char *path, int verify)
+{
+    fgmm_error err = {0};
+    fgmm_assignments *a;
+    if (fgmm_assignments_open(path, &a, &err)) return cli_fail("info", &err);
+    const int k = fgmm_assignments_k(a);
+    const int64_t n = fgmm_assignments_rows(a), e = fgmm_assignments_entries(a);
+    const int64_t *sizes = fgmm_assignments_list_sizes(a);
+    int64_t mx = 0, empty = 0;
+    for (int i = 0; i < k; i++) {
+        if (sizes[i] > mx) mx = sizes[i];
+        empty += sizes[i] == 0;
+    }
+    printf("assignments %s\n  rows             %lld\n  lists K          %d\n  dimensions D     %d\n"
+           "  entries          %lld (%.4f per row)\n  largest list     %lld (%.2fx the mean)\n"
+           "  empty lists      %lld\n",
+           path, (long long)n, k, fgmm_assignments_dim(a), (long long)e,
+           n ? (double)e / (double)n : 0.0, (long long)mx, e ? (double)mx * k / (double)e : 0.0,
+           (long long)empty);
+    int rc = 0;
+    if (verify) {
+        double t0 = cli_now();
+        if (fgmm_assignments_read(a, NULL, NULL, &err)) rc = cli_fail("info", &err);
+        else printf("  verified         every shard read, checksums, values and list sizes match "
+                    "(%.2f s)\n", cli_now() - t0);
+    }
+    fgmm_assignments_close(a);
+    return rc;
+}
+
 static int dataset(const char *path)
 {
     fgmm_error err = {0};
@@ -92,9 +125,11 @@ int cmd_info(int argc, char **argv)
         return CLI_EXIT_USAGE;
     }
     const char *path = argv[optind];
+    if (fgmm_is_assignment_dir(path)) return assignment_dir(path, verify);
     if (fgmm_is_shard_dir(path)) return shard_dir(path, verify);
     if (verify) {
-        fprintf(stderr, "flashgmm info: --verify applies to shard directories; %s is not one\n",
+        fprintf(stderr, "flashgmm info: --verify applies to shard and assignment directories; %s "
+                        "is neither\n",
                 path);
         return CLI_EXIT_USAGE;
     }
