@@ -16,6 +16,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
@@ -33,8 +34,16 @@ void fgmm_assign_options_default(fgmm_assign_options *o)
     o->shard_rows = (int64_t)1 << 22;
 }
 
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
 typedef struct {
     const fgmm_assign_options *o;
+    double select_s, write_s;
     int k;
     const char *dir; /* the temporary directory */
     fgmm_list_budget *budget;
@@ -78,9 +87,19 @@ static int grow_bytes(unsigned char **p, size_t *cap, size_t need)
     return 0;
 }
 
+static fgmm_status write_shard(assign_writer *w, fgmm_error *err);
+
 static fgmm_status flush_shard(assign_writer *w, fgmm_error *err)
 {
     if (w->rows == 0) return FGMM_OK;
+    double t0 = now();
+    fgmm_status st = write_shard(w, err);
+    w->write_s += now() - t0;
+    return st;
+}
+
+static fgmm_status write_shard(assign_writer *w, fgmm_error *err)
+{
     const size_t R = (size_t)w->rows, E = (size_t)w->entries;
     const size_t raw = R * ASSIGN_ROW_BYTES + E * ASSIGN_ENTRY_BYTES;
     const size_t bound = ZSTD_compressBound(raw);
@@ -139,6 +158,7 @@ static fgmm_status on_rows(void *user, int64_t first_row, int64_t n, int m, cons
 {
     assign_writer *w = user;
     const fgmm_list_rule *rule = &w->o->rule;
+    const double t0 = now();
     if (first_row != w->next_row)
         return fgmm_fail(err, FGMM_ERR_INTERNAL, "assignment: rows from %lld arrived, expected "
                          "%lld", (long long)first_row, (long long)w->next_row);
@@ -151,6 +171,7 @@ static fgmm_status on_rows(void *user, int64_t first_row, int64_t n, int m, cons
             int c = fgmm_list_select(rule, idx + i * m, lresp + i * m, lists, weights, &amb);
             fgmm_list_budget_count(w->budget, amb, c - 1);
         }
+        w->select_s += now() - t0;
         return FGMM_OK;
     }
     if (w->rows == 0) w->first = first_row;
@@ -190,6 +211,7 @@ static fgmm_status on_rows(void *user, int64_t first_row, int64_t n, int m, cons
         w->multi_rows += c > 1;
     }
     w->total_rows += n;
+    w->select_s += now() - t0;
     if (w->rows >= w->o->shard_rows) return flush_shard(w, err);
     return FGMM_OK;
 }
@@ -267,6 +289,7 @@ fgmm_status fgmm_assignments_write(fgmm_engine *e, fgmm_source *src, const fgmm_
     w.dir = t.tmp;
     const int top = o->rule.max_lists;
     int passes = 1;
+    const double t_start = now();
     if (w.budget) {
         w.next_row = first;
         if ((st = fgmm_assign(e, src, m, top, on_rows, &w, err))) goto done;
@@ -286,6 +309,9 @@ fgmm_status fgmm_assignments_write(fgmm_engine *e, fgmm_source *src, const fgmm_
         sum->shards = (int64_t)json_array_size(w.shards);
         sum->budget_cap = w.budget ? (int64_t)floor(o->budget * (double)w.total_rows) : -1;
         sum->passes = passes;
+        sum->seconds = now() - t_start;
+        sum->select_s = w.select_s;
+        sum->write_s = w.write_s;
     }
 done:
     if (st && t.tmp) fgmm_io_tmpdir_abort(&t);

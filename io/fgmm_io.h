@@ -262,6 +262,10 @@ typedef struct {
     int64_t shards;
     int64_t budget_cap;                /* -1 without a budget */
     int passes;                        /* over the data: 2 with a budget */
+    double seconds;                    /* all of it */
+    double select_s, write_s;          /* of which: the list rule, and compressing and
+                                        * writing shards (the rest is the engine and the
+                                        * data source) */
 } fgmm_assign_summary;
 
 /* Assigns every row of src under m with o's rule (fgmm_assign and

@@ -346,7 +346,8 @@ int cli_write_assignments(const char *cmd, fgmm_engine *e, fgmm_source *src, con
            s.rows ? (double)s.entries / (double)s.rows : 0.0, (long long)s.multi_rows,
            s.rows ? 100.0 * (double)s.multi_rows / (double)s.rows : 0.0);
     if (s.budget_cap >= 0) printf(", extra copies capped at %lld", (long long)s.budget_cap);
-    printf("\n%lld shard%s in %s, %d pass%s over the data, %.3f s\n", (long long)s.shards,
-           s.shards == 1 ? "" : "s", dir, s.passes, s.passes == 1 ? "" : "es", dt);
+    printf("\n%lld shard%s in %s, %d pass%s over the data, %.3f s (list rule %.3f s, "
+           "compressing and writing %.3f s)\n", (long long)s.shards, s.shards == 1 ? "" : "s",
+           dir, s.passes, s.passes == 1 ? "" : "es", dt, s.select_s, s.write_s);
     return CLI_EXIT_OK;
 }
