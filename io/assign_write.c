@@ -17,6 +17,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <time.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
@@ -114,7 +115,7 @@ static fgmm_status write_shard(assign_writer *w, fgmm_error *err)
     memcpy(p, w->lists, E * 4);
     p += E * 4;
     memcpy(p, w->weights, E * 4);
-    size_t stored = ZSTD_compressCCtx(w->cctx, w->frame, bound, w->raw, raw, ASSIGN_ZSTD_LEVEL);
+    size_t stored = ZSTD_compress2(w->cctx, w->frame, bound, w->raw, raw);
     if (ZSTD_isError(stored))
         return fgmm_fail(err, FGMM_ERR_INTERNAL, "zstd: %s", ZSTD_getErrorName(stored));
 
@@ -283,6 +284,14 @@ fgmm_status fgmm_assignments_write(fgmm_engine *e, fgmm_source *src, const fgmm_
     if (!w.list_sizes || !w.shards || !w.cctx) {
         st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
         goto done;
+    }
+    /* zstd's own worker threads compress a shard in parallel (the frame is
+     * the same kind of frame); a library built without them ignores the
+     * request and compresses on this thread. */
+    ZSTD_CCtx_setParameter(w.cctx, ZSTD_c_compressionLevel, ASSIGN_ZSTD_LEVEL);
+    {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        ZSTD_CCtx_setParameter(w.cctx, ZSTD_c_nbWorkers, (int)(cores > 8 ? 8 : cores > 1 ? cores : 0));
     }
     if (o->budget >= 0 && (st = fgmm_list_budget_create(o->budget, &w.budget, err))) goto done;
     if ((st = fgmm_io_tmpdir_create(&t, dir, err))) goto done;
