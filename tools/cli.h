@@ -27,6 +27,7 @@ int cmd_score(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_shard(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
+int cmd_ivf_eval(int argc, char **argv);
 
 /* Seconds on a monotonic clock. */
 double cli_now(void);

@@ -1,6 +1,6 @@
 /*
  * main.c - flashgmm: dispatches to a command (fit, score, shard, info,
- * demo), each in a file of its own, each with its own --help.
+ * demo, ivf-eval), each in a file of its own, each with its own --help.
  *
  * Exit codes: 0 success; 1 the work failed (bad or unreadable data, an
  * output that exists, a device error); 2 the command line is wrong
@@ -19,6 +19,7 @@ static const char MAIN_HELP[] =
     "  score   mean log-likelihood per row of a dataset under a model\n"
     "  shard   convert a dataset into a directory of compressed shards (data larger than RAM)\n"
     "  info    describe a dataset file, a shard directory or a model directory\n"
+    "  ivf-eval  compare IVF indexes (k-means, SOAR, GMM lists) by recall against distances\n"
     "\n"
     "Exit status: 0 ok, 1 the work failed, 2 bad command line.\n";
 
@@ -27,7 +28,7 @@ static const struct {
     int (*run)(int argc, char **argv);
 } COMMANDS[] = {
     {"fit", cmd_fit}, {"score", cmd_score}, {"info", cmd_info},
-    {"shard", cmd_shard}, {"demo", cmd_demo},
+    {"shard", cmd_shard}, {"demo", cmd_demo}, {"ivf-eval", cmd_ivf_eval},
 };
 
 int main(int argc, char **argv)
