@@ -275,9 +275,10 @@ done:
     return st;
 }
 
-fgmm_status fgmm_ivf_eval(fgmm_engine *e, fgmm_source *base, fgmm_source *query,
-                          const char *gt_path, const fgmm_ivf_eval_params *p,
-                          const char *out_dir, fgmm_error *err)
+/* fgmm_ivf_eval proper; out_dir has no trailing slash. */
+static fgmm_status eval_into(fgmm_engine *e, fgmm_source *base, fgmm_source *query,
+                             const char *gt_path, const fgmm_ivf_eval_params *p,
+                             const char *out_dir, fgmm_error *err)
 {
     const char *bname = fgmm_source_name(base), *qname = fgmm_source_name(query);
     const int d = fgmm_source_dim(base);
@@ -422,4 +423,20 @@ done:
     free(sample);
     free(curves);
     return st;
+}
+
+fgmm_status fgmm_ivf_eval(fgmm_engine *e, fgmm_source *base, fgmm_source *query,
+                          const char *gt_path, const fgmm_ivf_eval_params *p,
+                          const char *out_dir, fgmm_error *err)
+{
+    /* "eval/" names the directory eval: without the slashes, so that the
+     * temporary directory is its sibling, not a child of it. */
+    size_t ol = strlen(out_dir);
+    while (ol > 1 && out_dir[ol - 1] == '/') ol--;
+    if (ol == 0 || ol >= 4096)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "--out: bad path '%s'", out_dir);
+    char out[4096];
+    memcpy(out, out_dir, ol);
+    out[ol] = 0;
+    return eval_into(e, base, query, gt_path, p, out, err);
 }

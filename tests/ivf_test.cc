@@ -27,7 +27,8 @@
 
 namespace {
 
-const char kHeader[] = "method,nprobe,dist_per_query,recall_at_1,recall_at_10,recall_at_100,index_rows";
+const char kHeader[] =
+    "method,nprobe,dist_per_query,recall_at_1,recall_at_10,recall_at_100,index_rows";
 
 // ------------------------------------------------------------ unit cases
 
@@ -146,7 +147,8 @@ TEST(IvfProbe, PosteriorOrderFollowsWeightsAndVariances)
     fgmm_ivf_rank_lists(&c, FGMM_IVF_PROBE_POSTERIOR, q, scratch.data(), order);
     EXPECT_EQ(std::vector<int32_t>(order, order + 3), (std::vector<int32_t>{1, 0, 2}));
     fgmm_ivf_rank_lists(&c, FGMM_IVF_PROBE_L2, q, scratch.data(), order);
-    EXPECT_EQ(std::vector<int32_t>(order, order + 3), (std::vector<int32_t>{0, 1, 2}));  // tie: index
+    // A tie in distance: the smaller index first.
+    EXPECT_EQ(std::vector<int32_t>(order, order + 3), (std::vector<int32_t>{0, 1, 2}));
     fgmm_ivf_coarse_free(&c);
     fgmm_model_free(m);
 }
@@ -173,7 +175,10 @@ TEST(IvfSoar, SpillEqualsTheRuleEvaluatedDirectly)
         const float *xi = &x[i * d];
         auto dist = [&](int cc) {
             double s = 0;
-            for (int j = 0; j < d; j++) s += ((double)xi[j] - c[cc * d + j]) * ((double)xi[j] - c[cc * d + j]);
+            for (int j = 0; j < d; j++) {
+                double y = (double)xi[j] - c[cc * d + j];
+                s += y * y;
+            }
             return s;
         };
         int p = 0;
@@ -438,7 +443,7 @@ TEST_F(IvfEval, LibraryAndBinaryAgree)
     Result r = run("ivf-eval --quiet --base " + path("base.fbin") + " --query " +
                    path("query.fbin") + " --gt " + path("api/gt.ivecs") +
                    " --nlist 64 --max-iter 25 --seed 3 --temperature 2 --threads 1 --out " +
-                   path("cli"));
+                   path("cli") + "/");
     ASSERT_EQ(r.code, 0) << r.out;
     EXPECT_EQ(slurp(path("cli/results.csv")), slurp(path("api/results.csv")));
     EXPECT_EQ(slurp(path("cli/dedup.csv")), slurp(path("api/dedup.csv")));
@@ -446,7 +451,8 @@ TEST_F(IvfEval, LibraryAndBinaryAgree)
     check_results(path("cli"));
     // Nothing temporary is left beside the outputs.
     DIR *d = opendir(g_dir.c_str());
-    while (struct dirent *en = readdir(d)) EXPECT_EQ(strstr(en->d_name, ".tmp."), nullptr) << en->d_name;
+    while (struct dirent *en = readdir(d))
+        EXPECT_EQ(strstr(en->d_name, ".tmp."), nullptr) << en->d_name;
     closedir(d);
 }
 
@@ -460,10 +466,12 @@ TEST_F(IvfEval, BadInputs)
                 1, "dimension 5");
     expect_fail(bq + " --nlist 8 --nprobe 4,2 --out " + path("o2"), 2, "--nprobe");
     expect_fail(bq + " --nlist 8 --nprobe 1,x --out " + path("o2"), 2, "--nprobe");
-    expect_fail(bq + " --nlist 8 --nprobe 1,16 --out " + path("o2"), 2, "--nprobe 16 exceeds --nlist 8");
+    expect_fail(bq + " --nlist 8 --nprobe 1,16 --out " + path("o2"), 2,
+                "--nprobe 16 exceeds --nlist 8");
     expect_fail(bq + " --nlist 0 --out " + path("o3"), 2, "--nlist");
     expect_fail(bq + " --nlist 30000 --out " + path("o3"), 2, "--nlist 30000");
-    expect_fail(bq + " --nlist 8 --methods kmeans,pq --out " + path("o4"), 2, "unknown method 'pq'");
+    expect_fail(bq + " --nlist 8 --methods kmeans,pq --out " + path("o4"), 2,
+                "unknown method 'pq'");
     // Ground truth with fewer rows than queries, and with an id beyond the base.
     {
         std::vector<int32_t> g;
@@ -482,12 +490,13 @@ TEST_F(IvfEval, BadInputs)
     expect_fail(bq + " --gt " + path("short.ivecs") + " --nlist 8 --methods kmeans --out " +
                     path("o5"),
                 1, path("short.ivecs") + ": ground truth has 10 rows");
-    expect_fail(bq + " --gt " + path("range.ivecs") + " --queries 5 --nlist 8 --methods kmeans --out " +
-                    path("o6"),
+    expect_fail(bq + " --gt " + path("range.ivecs") +
+                    " --queries 5 --nlist 8 --methods kmeans --out " + path("o6"),
                 1, path("range.ivecs") + ": row 0 names base row 20005");
     for (const char *o : {"o1", "o2", "o3", "o4", "o5", "o6"}) EXPECT_FALSE(exists(path(o))) << o;
     DIR *d = opendir(g_dir.c_str());
-    while (struct dirent *en = readdir(d)) EXPECT_EQ(strstr(en->d_name, ".tmp."), nullptr) << en->d_name;
+    while (struct dirent *en = readdir(d))
+        EXPECT_EQ(strstr(en->d_name, ".tmp."), nullptr) << en->d_name;
     closedir(d);
 }
 
