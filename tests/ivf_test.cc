@@ -153,6 +153,69 @@ TEST(IvfProbe, PosteriorOrderFollowsWeightsAndVariances)
     fgmm_model_free(m);
 }
 
+struct Top1 {
+    std::vector<int32_t> idx;
+};
+
+fgmm_status collect_top1(void *user, int64_t first_row, int64_t n, int m, const int32_t *idx,
+                         const float *lresp, const float *ll, fgmm_error *err)
+{
+    (void)lresp, (void)ll, (void)err;
+    Top1 *t = static_cast<Top1 *>(user);
+    for (int64_t i = 0; i < n; i++) t->idx[first_row + i] = idx[i * m];
+    return FGMM_OK;
+}
+
+TEST(IvfProbe, PosteriorOrderAgreesWithTheEnginesTopComponent)
+{
+    // The posterior ranking is computed in ivf/, not by the engine: its
+    // first list must be fgmm_assign's top component for every row.
+    const int n = 600, d = 6, k = 8;
+    fgmm_rng r;
+    fgmm_rng_seed(&r, 5);
+    for (fgmm_covariance cov : {FGMM_COV_DIAG, FGMM_COV_SPHERICAL}) {
+        fgmm_model *m = nullptr;
+        fgmm_error err{};
+        ASSERT_EQ(fgmm_model_create(k, d, cov, &m, &err), FGMM_OK);
+        double *w = fgmm_model_weights(m), *mu = fgmm_model_means(m),
+               *v = fgmm_model_variances(m);
+        double tot = 0;
+        for (int c = 0; c < k; c++) tot += w[c] = 0.2 + fgmm_rng_uniform(&r);
+        for (int c = 0; c < k; c++) w[c] /= tot;
+        for (int i = 0; i < k * d; i++) mu[i] = 2 * fgmm_rng_normal(&r);
+        for (size_t i = 0; i < fgmm_covariance_len(cov, k, d); i++)
+            v[i] = 0.3 + 2 * fgmm_rng_uniform(&r);
+        std::vector<float> x(n * d);
+        for (auto &e : x) e = (float)(2.5 * fgmm_rng_normal(&r));
+        fgmm_engine *e = nullptr;
+        ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CPU, 2, &e, &err), FGMM_OK) << err.msg;
+        fgmm_source *src = nullptr;
+        ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, n, d, "rows", &src, &err), FGMM_OK);
+        Top1 t;
+        t.idx.assign(n, -1);
+        ASSERT_EQ(fgmm_assign(e, src, m, 1, collect_top1, &t, &err), FGMM_OK) << err.msg;
+        fgmm_ivf_coarse c;
+        ASSERT_EQ(fgmm_ivf_coarse_from_model(m, &c, &err), FGMM_OK);
+        std::vector<double> scratch(2 * k);
+        std::vector<int32_t> order(k);
+        int differs_from_l2 = 0;
+        for (int i = 0; i < n; i++) {
+            fgmm_ivf_rank_lists(&c, FGMM_IVF_PROBE_POSTERIOR, &x[i * d], scratch.data(),
+                                order.data());
+            EXPECT_EQ(order[0], t.idx[i]) << "row " << i << " " << fgmm_covariance_name(cov);
+            int p0 = order[0];
+            fgmm_ivf_rank_lists(&c, FGMM_IVF_PROBE_L2, &x[i * d], scratch.data(), order.data());
+            differs_from_l2 += order[0] != p0;
+        }
+        // Unequal weights and variances: the two orders must differ somewhere.
+        EXPECT_GT(differs_from_l2, 0) << fgmm_covariance_name(cov);
+        fgmm_ivf_coarse_free(&c);
+        fgmm_source_close(src);
+        fgmm_engine_free(e);
+        fgmm_model_free(m);
+    }
+}
+
 TEST(IvfSoar, SpillEqualsTheRuleEvaluatedDirectly)
 {
     const int n = 400, d = 7, k = 9;
