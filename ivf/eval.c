@@ -179,8 +179,9 @@ static fgmm_status run_methods(fgmm_engine *e, eval_ctx *x, fgmm_source *train,
     if ((st = fgmm_ivf_coarse_from_model(km, &ckm, err))) goto done;
 
     if (p->methods & (FGMM_IVF_KMEANS | FGMM_IVF_KMEANS_SOAR)) {
-        if (!(a2 = malloc(sizeof(int32_t) * 2 * (size_t)N)) ||
-            !(a1 = malloc(sizeof(int32_t) * (size_t)N))) {
+        if (!(a1 = malloc(sizeof(int32_t) * (size_t)N)) ||
+            ((p->methods & FGMM_IVF_KMEANS_SOAR) &&
+             !(a2 = malloc(sizeof(int32_t) * 2 * (size_t)N)))) {
             st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for %lld rows' lists",
                            (long long)N);
             goto done;
