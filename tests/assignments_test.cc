@@ -164,7 +164,9 @@ TEST(ListBudget, CapsExtrasAndKeepsTheMostAmbiguous)
         EXPECT_EQ(kept, std::min(cap, total)) << "beta " << beta;
         // Nobody refused is more ambiguous than somebody served, beyond one
         // bin's width (1/8192).
-        if (kept > 0 && kept < total) EXPECT_LE(max_none, min_full + 1.0 / 8192) << "beta " << beta;
+        if (kept > 0 && kept < total) {
+            EXPECT_LE(max_none, min_full + 1.0 / 8192) << "beta " << beta;
+        }
         fgmm_list_budget_free(b);
     }
 }

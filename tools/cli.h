@@ -29,6 +29,7 @@ int cmd_shard(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 int cmd_assign(int argc, char **argv);
 int cmd_export(int argc, char **argv);
+int cmd_ivf_eval(int argc, char **argv);
 
 /* Seconds on a monotonic clock. */
 double cli_now(void);

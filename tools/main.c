@@ -1,6 +1,7 @@
 /*
  * main.c - flashgmm: dispatches to a command (fit, score, assign,
- * export, shard, info, demo), each in a file of its own, each with its own --help.
+ * export, shard, info, demo, ivf-eval), each in a file of its own, each
+ * with its own --help.
  *
  * Exit codes: 0 success; 1 the work failed (bad or unreadable data, an
  * output that exists, a device error); 2 the command line is wrong
@@ -20,7 +21,8 @@ static const char MAIN_HELP[] =
     "  assign  IVF lists of every row of a dataset under a model (border rows in several)\n"
     "  export  an assignment directory as numpy files (CSR lists, means for FAISS)\n"
     "  shard   convert a dataset into a directory of compressed shards (data larger than RAM)\n"
-    "  info    describe a dataset file, a shard directory or a model directory\n"
+    "  info    describe a dataset, shard, model or assignment directory\n"
+    "  ivf-eval  compare IVF indexes (k-means, SOAR, GMM lists) by recall against distances\n"
     "\n"
     "Exit status: 0 ok, 1 the work failed, 2 bad command line.\n";
 
@@ -30,7 +32,7 @@ static const struct {
 } COMMANDS[] = {
     {"fit", cmd_fit}, {"score", cmd_score}, {"info", cmd_info},
     {"shard", cmd_shard}, {"demo", cmd_demo}, {"assign", cmd_assign},
-    {"export", cmd_export},
+    {"export", cmd_export}, {"ivf-eval", cmd_ivf_eval},
 };
 
 int main(int argc, char **argv)
