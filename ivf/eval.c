@@ -255,7 +255,9 @@ static fgmm_status run_methods(fgmm_engine *e, eval_ctx *x, fgmm_source *train,
             goto done;
         }
         t0 = now_s();
-        if ((st = fgmm_ivf_gmm_lists(e, base_src, gm, rule, a1, multi, err))) goto done;
+        if ((st = fgmm_ivf_gmm_lists(e, base_src, gm, rule, multi_on ? p->budget : -1, a1, multi,
+                                     err)))
+            goto done;
         const double build = now_s() - t0;
         if (p->methods & FGMM_IVF_GMM &&
             (st = add_curves(x, "gmm", &cgm, 1, a1, train_gmm, build, 1, err)))

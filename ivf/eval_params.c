@@ -15,6 +15,7 @@ void fgmm_ivf_eval_params_default(fgmm_ivf_eval_params *p)
     p->methods = FGMM_IVF_KMEANS | FGMM_IVF_KMEANS_SOAR | FGMM_IVF_GMM | FGMM_IVF_GMM_MULTI;
     p->cov = FGMM_COV_DIAG;
     fgmm_list_rule_default(&p->rule);
+    p->budget = -1;
     p->kmeans_iter = 20;
     p->max_iter = 100;
     p->tol = 1e-3;

@@ -127,10 +127,11 @@ fgmm_status fgmm_ivf_soar_spill(const float *x, int64_t n, int d, const float *c
 /* GMM lists of each row of src under m in one fgmm_assign pass with top_m
  * = rule->max_lists: primary[i] (N, may be NULL) the top component, and
  * multi[i*rule->max_lists ..] (may be NULL) the lists fgmm_list_select
- * keeps, padded with -1. */
+ * keeps, padded with -1. budget >= 0 caps multi's extra lists at
+ * budget * N (fgmm_list_budget; a first pass counts). */
 fgmm_status fgmm_ivf_gmm_lists(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
-                               const fgmm_list_rule *rule, int32_t *primary, int32_t *multi,
-                               fgmm_error *err);
+                               const fgmm_list_rule *rule, double budget, int32_t *primary,
+                               int32_t *multi, fgmm_error *err);
 
 /* ---------------------------------------------------------------- probing */
 
@@ -207,6 +208,8 @@ typedef struct {
     int64_t train_sample;      /* 0: every base row; else a seeded random sample */
     int64_t queries;           /* 0: every query */
     fgmm_list_rule rule;       /* gmm-multi; fgmm_list_rule_default */
+    double budget;             /* gmm-multi: extra copies at most budget * N
+                                * (fgmm_list_budget); < 0: no cap (default) */
     uint64_t seed;
     int threads;               /* search, ground truth, SOAR; <= 0: every core */
     int kmeans_iter;           /* Lloyd iterations (default 20) */

@@ -56,6 +56,8 @@ static const char IVF_EVAL_HELP[] =
     "                       (default 0.1)\n"
     "  --ratio rho          gmm-multi: or >= rho times the best one's (default 0: off)\n"
     "  --temperature T      gmm-multi: responsibilities ~ exp(log r / T) (default 1)\n"
+    "  --budget BETA        gmm-multi: at most BETA x N extra copies, to the most ambiguous\n"
+    "                       rows (default: no cap; 1 gives SOAR's 2N index rows at most)\n"
     "  --max-iter N         EM steps at most (default 100)\n"
     "  --kmeans-iter N      Lloyd iterations (default 20)\n"
     "  --seed S             seeds k-means++ and the training sample (default 0)\n"
@@ -78,6 +80,7 @@ enum {
     OPT_MIN_RESP,
     OPT_RATIO,
     OPT_TEMPERATURE,
+    OPT_BUDGET,
     OPT_MAX_ITER,
     OPT_KMEANS_ITER,
     OPT_SEED,
@@ -101,6 +104,7 @@ static const struct option IVF_EVAL_OPTIONS[] = {
     {"min-resp", required_argument, NULL, OPT_MIN_RESP},
     {"ratio", required_argument, NULL, OPT_RATIO},
     {"temperature", required_argument, NULL, OPT_TEMPERATURE},
+    {"budget", required_argument, NULL, OPT_BUDGET},
     {"max-iter", required_argument, NULL, OPT_MAX_ITER},
     {"kmeans-iter", required_argument, NULL, OPT_KMEANS_ITER},
     {"seed", required_argument, NULL, OPT_SEED},
@@ -178,6 +182,10 @@ int cmd_ivf_eval(int argc, char **argv)
             if (cli_parse_double("ivf-eval", "temperature", optarg, 0, &dv))
                 return CLI_EXIT_USAGE;
             p.rule.temperature = dv;
+            break;
+        case OPT_BUDGET:
+            if (cli_parse_double("ivf-eval", "budget", optarg, 0, &dv)) return CLI_EXIT_USAGE;
+            p.budget = dv;
             break;
         case OPT_MAX_ITER:
             if (cli_parse_long("ivf-eval", "max-iter", optarg, 0, 100000, &lv))
