@@ -12,6 +12,7 @@ PACKAGES=(
   libjansson-dev                                            # io: JSON files
   openmpi-bin                                               # dist: mpirun and libmpi (loaded at run time)
   python3-numpy python3-sklearn                             # peer test and benchmarks
+  python3-faiss                                             # the IVF client test
 )
 
 missing=()

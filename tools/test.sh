@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 
 # The number of test targets in the tree; raise it when adding one. Fewer
 # means a BUILD file lost a test (or the query failed), not that all passed.
-MIN_TEST_TARGETS=14
+MIN_TEST_TARGETS=15
 
 bash tools/setup.sh || { echo "0 passed, 1 failed"; exit 1; }
 
