@@ -321,6 +321,27 @@ fgmm_status fgmm_assignments_export(const char *dir, const fgmm_model *m, const 
 /* 1 if path is a directory holding an assignment manifest. */
 int fgmm_is_assignment_dir(const char *path);
 
+/* ------------------------------------------------------------------ files */
+
+/* path written with exactly data[0..n): path.tmp.<pid>, fsync, rename over
+ * path, fsync of the directory, so a reader sees the old file or the new
+ * one. Errors name the file and say what failed (a full disk as such). */
+fgmm_status fgmm_file_write(const char *path, const void *data, size_t n, fgmm_error *err);
+
+/* A directory of outputs that appears only when complete: files are
+ * written into fgmm_staged_dir_path (the hidden sibling ".<name>.tmp.<pid>"),
+ * and commit renames it to dir without replacing anything, so a failure
+ * or a crash leaves no dir at all and never touches one that exists. */
+typedef struct fgmm_staged_dir fgmm_staged_dir;
+/* FGMM_ERR_EXISTS when dir exists. */
+fgmm_status fgmm_staged_dir_create(const char *dir, fgmm_staged_dir **out, fgmm_error *err);
+const char *fgmm_staged_dir_path(const fgmm_staged_dir *d);
+/* fsync, rename, fsync of the parent; on failure the staged files are
+ * removed. Releases d either way. */
+fgmm_status fgmm_staged_dir_commit(fgmm_staged_dir *d, fgmm_error *err);
+/* Removes the staged files; releases d (NULL is a no-op). */
+void fgmm_staged_dir_abort(fgmm_staged_dir *d);
+
 /* ------------------------------------------------------------ checkpoints */
 
 /* A fit's checkpoints (docs/formats.md): a directory of step-<N>/

@@ -349,3 +349,44 @@ fgmm_status fgmm_io_tmpdir_commit(fgmm_io_tmpdir *t, fgmm_error *err)
     tmpdir_release(t);
     return FGMM_OK;
 }
+
+/* -------------------------------------------------- the public wrappers */
+
+fgmm_status fgmm_file_write(const char *path, const void *data, size_t n, fgmm_error *err)
+{
+    return fgmm_io_write_file(path, data, n, err);
+}
+
+struct fgmm_staged_dir {
+    fgmm_io_tmpdir t;
+};
+
+fgmm_status fgmm_staged_dir_create(const char *dir, fgmm_staged_dir **out, fgmm_error *err)
+{
+    *out = NULL;
+    fgmm_staged_dir *d = malloc(sizeof *d);
+    if (!d) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "%s: out of memory", dir);
+    fgmm_status st = fgmm_io_tmpdir_create(&d->t, dir, err);
+    if (st) {
+        free(d);
+        return st;
+    }
+    *out = d;
+    return FGMM_OK;
+}
+
+const char *fgmm_staged_dir_path(const fgmm_staged_dir *d) { return d->t.tmp; }
+
+fgmm_status fgmm_staged_dir_commit(fgmm_staged_dir *d, fgmm_error *err)
+{
+    fgmm_status st = fgmm_io_tmpdir_commit(&d->t, err);
+    free(d);
+    return st;
+}
+
+void fgmm_staged_dir_abort(fgmm_staged_dir *d)
+{
+    if (!d) return;
+    fgmm_io_tmpdir_abort(&d->t);
+    free(d);
+}

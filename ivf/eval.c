@@ -5,6 +5,7 @@
  * temporary directory that is renamed into place only when complete.
  */
 #include "ivf/fgmm_ivf.h"
+#include "io/fgmm_io.h"
 #include "ivf/internal.h"
 #include "ivf/output.h"
 #include "ivf/report.h"
@@ -27,35 +28,6 @@ static double now_s(void)
 }
 
 /* Removes dir and the files in it (only this evaluator wrote there). */
-static void remove_tree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-            char p[4096];
-            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-            unlink(p);
-        }
-        closedir(d);
-    }
-    rmdir(dir);
-}
-
-static fgmm_status parent_of(const char *path, char *out, size_t cap, fgmm_error *err)
-{
-    const char *slash = strrchr(path, '/');
-    if (!slash) {
-        snprintf(out, cap, ".");
-        return FGMM_OK;
-    }
-    size_t n = slash == path ? 1 : (size_t)(slash - path);
-    if (n >= cap) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s: path too long", path);
-    memcpy(out, path, n);
-    out[n] = 0;
-    return FGMM_OK;
-}
 
 /* A seeded uniform sample of s of n rows, in increasing order (selection
  * sampling, Knuth's Algorithm S: one pass, no memory beyond the output). */
@@ -326,21 +298,9 @@ static fgmm_status eval_into(fgmm_engine *e, fgmm_source *base, fgmm_source *que
     fgmm_status st;
     if ((p->methods & FGMM_IVF_GMM_MULTI) && (st = fgmm_list_rule_check(&p->rule, err)))
         return st;
-    struct stat sb;
-    if (lstat(out_dir, &sb) == 0)
-        return fgmm_fail(err, FGMM_ERR_EXISTS, "%s: already exists; choose another --out",
-                         out_dir);
-    char parent[4096];
-    if ((st = parent_of(out_dir, parent, sizeof parent, err))) return st;
-    size_t tl = strlen(out_dir) + 32;
-    char *tmp = malloc(tl);
-    if (!tmp) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
-    snprintf(tmp, tl, "%s.tmp.%ld", out_dir, (long)getpid());
-    if (mkdir(tmp, 0755)) {
-        st = fgmm_fail(err, FGMM_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
-        free(tmp);
-        return st;
-    }
+    fgmm_staged_dir *staged;
+    if ((st = fgmm_staged_dir_create(out_dir, &staged, err))) return st;
+    const char *tmp = fgmm_staged_dir_path(staged);
 
     float *xb = NULL, *xq = NULL, *xt = NULL;
     int32_t *gt = NULL;
@@ -398,25 +358,10 @@ static fgmm_status eval_into(fgmm_engine *e, fgmm_source *base, fgmm_source *que
     eval_ctx x = {p, xb, xq, N, nq, d, gt, gt_k, nprobe, n_nprobe, curves, 0};
     if ((st = run_methods(e, &x, train, base_src, err))) goto done;
     if ((st = ivf_write_reports(tmp, curves, x.n_curves, nprobe, n_nprobe, err))) goto done;
-    if ((st = ivf_fsync_dir(tmp, err))) goto done;
-    /* RENAME_NOREPLACE: a directory made at out_dir meanwhile (even an
-     * empty one, which plain rename would replace) is kept and reported. */
-    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, out_dir, RENAME_NOREPLACE)) {
-        st = errno == EEXIST ? fgmm_fail(err, FGMM_ERR_EXISTS, "%s: already exists", out_dir)
-                             : fgmm_fail(err, FGMM_ERR_IO, "%s: rename to %s failed: %s", tmp,
-                                         out_dir, strerror(errno));
-        goto done;
-    }
-    st = ivf_fsync_dir(parent, err);
-    if (st) {
-        /* The directory is complete and in place; only its durability is
-         * in doubt. Report it, but do not remove finished work. */
-        free(tmp);
-        tmp = NULL;
-    }
+    st = fgmm_staged_dir_commit(staged, err);
+    staged = NULL;
 done:
-    if (st && tmp) remove_tree(tmp);
-    free(tmp);
+    fgmm_staged_dir_abort(staged);
     fgmm_source_close(train);
     fgmm_source_close(base_src);
     free(xb);

@@ -221,7 +221,7 @@ typedef struct {
 void fgmm_ivf_eval_params_default(fgmm_ivf_eval_params *p);
 
 /* The whole evaluation. out_dir must not exist (FGMM_ERR_EXISTS); it is
- * built as out_dir.tmp.<pid> beside it and renamed at the end, so a
+ * staged beside it (fgmm_staged_dir) and renamed at the end, so a
  * failure leaves nothing. It holds:
  *   results.csv  method,nprobe,dist_per_query,recall_at_1,recall_at_10,
  *                recall_at_100,index_rows: a row per method and nprobe;

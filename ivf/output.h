@@ -1,8 +1,7 @@
 /*
- * output.h - ivf/'s file writing (internal). io/'s file helpers are
- * private to io/, so ivf/ writes with stdio: every file goes to a
- * temporary name, is fsynced, then renamed over its final name, and the
- * directory is fsynced, so a reader sees the old state or the new one.
+ * output.h - ivf/'s report text (internal): built in memory, then written
+ * with io/'s fgmm_file_write (temporary name, fsync, rename), so a reader
+ * sees the old state or the new one.
  */
 #ifndef FGMM_IVF_OUTPUT_H
 #define FGMM_IVF_OUTPUT_H
@@ -10,12 +9,6 @@
 #include <stddef.h>
 
 #include "core/fgmm.h"
-
-/* path gets exactly data[0..n) (path.tmp.<pid>, fsync, rename). */
-fgmm_status ivf_write_atomic(const char *path, const void *data, size_t n, fgmm_error *err);
-
-/* fsync a directory (its entries survive a crash); FGMM_ERR_IO naming it. */
-fgmm_status ivf_fsync_dir(const char *dir, fgmm_error *err);
 
 /* A growing text buffer (printf-style appends); on allocation failure it
  * remembers the failure and ivf_text_take reports it. */

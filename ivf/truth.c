@@ -3,6 +3,7 @@
  * files read (validated against the queries and base used) and written.
  */
 #include "ivf/fgmm_ivf.h"
+#include "io/fgmm_io.h"
 #include "ivf/internal.h"
 #include "ivf/output.h"
 
@@ -146,7 +147,7 @@ fgmm_status fgmm_ivf_gt_write(const char *path, const int32_t *ids, int64_t nq, 
         buf[(size_t)r * row] = k;
         memcpy(buf + (size_t)r * row + 1, ids + (size_t)r * k, sizeof(int32_t) * (size_t)k);
     }
-    fgmm_status st = ivf_write_atomic(path, buf, sizeof(int32_t) * row * (size_t)nq, err);
+    fgmm_status st = fgmm_file_write(path, buf, sizeof(int32_t) * row * (size_t)nq, err);
     free(buf);
     return st;
 }
