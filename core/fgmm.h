@@ -537,6 +537,17 @@ int64_t fgmm_list_budget_plan(fgmm_list_budget *b);
  * extras it keeps (0..extras). */
 int fgmm_list_budget_admit(fgmm_list_budget *b, double ambiguity, int extras);
 
+/* One cap over the rows of several ranks, each counting its own part of
+ * the rows (the parts in rank order being the rows in order): after the
+ * first pass every rank gathers every rank's counts (fgmm_list_budget_counts,
+ * FGMM_LIST_BUDGET_COUNTS_BYTES each, rank order) and plans with them; the
+ * ranks then admit, in their own rows, exactly what a single budget over
+ * all the rows admits there. Returns the cap. */
+#define FGMM_LIST_BUDGET_COUNTS_BYTES (8 * (4096 + 1))
+void fgmm_list_budget_counts(const fgmm_list_budget *b, void *out);
+int64_t fgmm_list_budget_plan_ranks(fgmm_list_budget *b, const void *all_counts, int size,
+                                    int rank);
+
 /* Run fn(i, arg) for i in [0, n) on n threads, the caller being thread 0
  * (n == 1: inline). Used by the CPU back end, initialisation and io/. */
 fgmm_status fgmm_parallel_run(int n, void (*fn)(int, void *), void *arg, fgmm_error *err);

@@ -7,6 +7,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 void fgmm_list_rule_default(fgmm_list_rule *r)
 {
@@ -122,4 +123,40 @@ int fgmm_list_budget_admit(fgmm_list_budget *b, double ambiguity, int extras)
     int keep = extras <= b->left_in_cut ? extras : (int)b->left_in_cut;
     b->left_in_cut -= keep;
     return keep;
+}
+
+void fgmm_list_budget_counts(const fgmm_list_budget *b, void *out)
+{
+    memcpy(out, &b->rows, 8);
+    memcpy((char *)out + 8, b->extras, sizeof b->extras);
+}
+
+int64_t fgmm_list_budget_plan_ranks(fgmm_list_budget *b, const void *all_counts, int size,
+                                    int rank)
+{
+    /* The cut bin's rows are admitted in row order: ranks before this one
+     * take theirs first. */
+    int64_t mine_in = 0, before = 0;
+    fgmm_list_budget total = {.beta = b->beta};
+    for (int r = 0; r < size; r++) {
+        const char *c = (const char *)all_counts + (size_t)r * FGMM_LIST_BUDGET_COUNTS_BYTES;
+        int64_t rows, e[BUDGET_BINS];
+        memcpy(&rows, c, 8);
+        memcpy(e, c + 8, sizeof e);
+        total.rows += rows;
+        for (int i = 0; i < BUDGET_BINS; i++) total.extras[i] += e[i];
+    }
+    fgmm_list_budget_plan(&total);
+    for (int r = 0; r < size && total.cut >= 0; r++) {
+        const char *c = (const char *)all_counts + (size_t)r * FGMM_LIST_BUDGET_COUNTS_BYTES;
+        int64_t e;
+        memcpy(&e, c + 8 + 8 * (size_t)total.cut, 8);
+        if (r < rank) before += e;
+        if (r == rank) mine_in = e;
+    }
+    int64_t left = total.left_in_cut - before;
+    b->cap = total.cap;
+    b->cut = total.cut;
+    b->left_in_cut = left < 0 ? 0 : left < mine_in ? left : mine_in;
+    return total.cap;
 }

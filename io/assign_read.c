@@ -70,6 +70,7 @@ int fgmm_assignments_k(const fgmm_assignments *a) { return a->k; }
 int fgmm_assignments_dim(const fgmm_assignments *a) { return a->dim; }
 int64_t fgmm_assignments_rows(const fgmm_assignments *a) { return a->rows; }
 int64_t fgmm_assignments_entries(const fgmm_assignments *a) { return a->entries; }
+int fgmm_assignments_shards(const fgmm_assignments *a) { return a->n_shards; }
 const int64_t *fgmm_assignments_list_sizes(const fgmm_assignments *a) { return a->list_sizes; }
 
 /* Reads and checks one shard's header against what the manifest says. */

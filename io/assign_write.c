@@ -13,7 +13,11 @@
 #include "io/fgmm_io.h"
 #include "io/file.h"
 #include "io/json_file.h"
+#include "core/backend.h"
 
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <time.h>
@@ -60,7 +64,6 @@ typedef struct {
     int64_t next_row; /* rows must arrive contiguous */
     int64_t total_rows, total_entries, multi_rows;
     int64_t *list_sizes;
-    json_t *shards;
     unsigned char *raw, *frame;
     size_t raw_cap, frame_cap;
     ZSTD_CCtx *cctx;
@@ -127,8 +130,10 @@ static fgmm_status write_shard(assign_writer *w, fgmm_error *err)
     h.header_checksum = XXH3_64bits(hb, ASSIGN_HEADER_SUMMED);
     assign_header_pack(&h, hb);
 
-    char name[32];
-    snprintf(name, sizeof name, "assign-%05zu.fga", json_array_size(w->shards));
+    /* Named by first row: ranks writing their parts into one directory
+     * need no agreement on names, and names sort in row order. */
+    char name[40];
+    snprintf(name, sizeof name, "assign-%012lld.fga", (long long)w->first);
     char *path = fgmm_io_join(w->dir, name);
     if (!path) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
     fgmm_io_tmpfile t;
@@ -142,13 +147,6 @@ static fgmm_status write_shard(assign_writer *w, fgmm_error *err)
     }
     if ((st = fgmm_io_tmp_commit(&t, err))) return st;
 
-    json_t *s = json_object();
-    if (!s || json_object_set_new(s, "file", json_string(name)) ||
-        json_object_set_new(s, "first_row", fgmm_json_u64(h.first_row)) ||
-        json_object_set_new(s, "rows", fgmm_json_u64(h.rows)) ||
-        json_object_set_new(s, "entries", fgmm_json_u64(h.entries)) ||
-        json_array_append_new(w->shards, s))
-        return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
     w->first += w->rows;
     w->rows = w->entries = 0;
     return FGMM_OK;
@@ -217,113 +215,240 @@ static fgmm_status on_rows(void *user, int64_t first_row, int64_t n, int m, cons
     return FGMM_OK;
 }
 
-static fgmm_status write_manifest(assign_writer *w, const fgmm_model *m, fgmm_error *err)
+/* The shards in the staged directory, from their headers, in row order
+ * (their names sort so): what every rank wrote. */
+static fgmm_status list_shards(const char *dir, json_t *shards, int64_t *rows, int64_t *entries,
+                               fgmm_error *err)
 {
-    const fgmm_assign_options *o = w->o;
-    json_t *root = json_object(), *rule = json_object(), *sizes = json_array();
-    int bad = !root || !rule || !sizes;
-    for (int k = 0; k < w->k && !bad; k++)
-        bad = json_array_append_new(sizes, fgmm_json_u64((uint64_t)w->list_sizes[k]));
-    if (!bad) {
-        bad = json_object_set_new(rule, "max_lists", json_integer(o->rule.max_lists)) ||
-              json_object_set_new(rule, "min_resp", json_real(o->rule.min_resp)) ||
-              json_object_set_new(rule, "ratio", json_real(o->rule.ratio)) ||
-              json_object_set_new(rule, "temperature", json_real(o->rule.temperature)) ||
-              json_object_set_new(rule, "budget", o->budget >= 0 ? json_real(o->budget)
-                                                                 : json_null());
-        bad = bad || json_object_set_new(root, "format", json_string(ASSIGN_FORMAT_NAME)) ||
-              json_object_set_new(root, "version", json_integer(ASSIGN_VERSION)) ||
-              json_object_set_new(root, "k", json_integer(w->k)) ||
-              json_object_set_new(root, "dim", json_integer(fgmm_model_d(m))) ||
-              json_object_set_new(root, "rows", fgmm_json_u64((uint64_t)w->total_rows)) ||
-              json_object_set_new(root, "entries", fgmm_json_u64((uint64_t)w->total_entries)) ||
-              json_object_set_new(root, "multi_list_rows",
-                                  fgmm_json_u64((uint64_t)w->multi_rows)) ||
-              json_object_set_new(root, "model", o->model ? json_string(o->model) : json_null()) ||
-              json_object_set_new(root, "data", o->data ? json_string(o->data) : json_null()) ||
-              json_object_set(root, "rule", rule) ||
-              json_object_set(root, "list_sizes", sizes) ||
-              json_object_set(root, "shards", w->shards);
+    struct dirent **names = NULL;
+    int n = scandir(dir, &names, NULL, alphasort);
+    if (n < 0) return fgmm_fail(err, FGMM_ERR_IO, "%s: cannot list: %s", dir, strerror(errno));
+    fgmm_status st = FGMM_OK;
+    *rows = *entries = 0;
+    for (int i = 0; i < n; i++) {
+        const char *nm = names[i]->d_name;
+        size_t l = strlen(nm);
+        if (!st && !strncmp(nm, "assign-", 7) && l > 4 && !strcmp(nm + l - 4, ".fga")) {
+            char *path = fgmm_io_join(dir, nm);
+            unsigned char b[ASSIGN_HEADER_BYTES];
+            int fd = path ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+            if (fd < 0) {
+                st = fgmm_fail(err, FGMM_ERR_IO, "%s: cannot open: %s", path ? path : nm,
+                               strerror(errno));
+            } else {
+                st = fgmm_io_pread_all(fd, b, sizeof b, 0, path, "header", err);
+                close(fd);
+            }
+            assign_header h;
+            if (!st) {
+                assign_header_unpack(b, &h);
+                json_t *s = json_object();
+                if (!s || json_object_set_new(s, "file", json_string(nm)) ||
+                    json_object_set_new(s, "first_row", fgmm_json_u64(h.first_row)) ||
+                    json_object_set_new(s, "rows", fgmm_json_u64(h.rows)) ||
+                    json_object_set_new(s, "entries", fgmm_json_u64(h.entries)) ||
+                    json_array_append_new(shards, s))
+                    st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+                *rows += (int64_t)h.rows;
+                *entries += (int64_t)h.entries;
+            }
+            free(path);
+        }
+        free(names[i]);
     }
-    json_decref(rule);
-    json_decref(sizes);
-    fgmm_status st;
-    if (bad) {
+    free(names);
+    return st;
+}
+
+static fgmm_status write_manifest(const fgmm_assign_options *o, const fgmm_model *m,
+                                  const char *dir, const int64_t *list_sizes, int64_t rows,
+                                  int64_t multi_rows, fgmm_error *err)
+{
+    const int K = fgmm_model_k(m);
+    json_t *root = json_object(), *rule = json_object(), *sizes = json_array();
+    json_t *shards = json_array();
+    int64_t shard_rows = 0, entries = 0, sum = 0;
+    fgmm_status st = root && rule && sizes && shards
+                         ? list_shards(dir, shards, &shard_rows, &entries, err)
+                         : fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+    for (int k = 0; k < K && !st; k++) {
+        sum += list_sizes[k];
+        if (json_array_append_new(sizes, fgmm_json_u64((uint64_t)list_sizes[k])))
+            st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+    }
+    if (!st && (shard_rows != rows || sum != entries))
+        st = fgmm_fail(err, FGMM_ERR_INTERNAL, "%s: the shards hold %lld rows and %lld entries, "
+                       "the ranks counted %lld and %lld", dir, (long long)shard_rows,
+                       (long long)entries, (long long)rows, (long long)sum);
+    if (!st &&
+        (json_object_set_new(rule, "max_lists", json_integer(o->rule.max_lists)) ||
+         json_object_set_new(rule, "min_resp", json_real(o->rule.min_resp)) ||
+         json_object_set_new(rule, "ratio", json_real(o->rule.ratio)) ||
+         json_object_set_new(rule, "temperature", json_real(o->rule.temperature)) ||
+         json_object_set_new(rule, "budget", o->budget >= 0 ? json_real(o->budget)
+                                                            : json_null()) ||
+         json_object_set_new(root, "format", json_string(ASSIGN_FORMAT_NAME)) ||
+         json_object_set_new(root, "version", json_integer(ASSIGN_VERSION)) ||
+         json_object_set_new(root, "k", json_integer(K)) ||
+         json_object_set_new(root, "dim", json_integer(fgmm_model_d(m))) ||
+         json_object_set_new(root, "rows", fgmm_json_u64((uint64_t)rows)) ||
+         json_object_set_new(root, "entries", fgmm_json_u64((uint64_t)entries)) ||
+         json_object_set_new(root, "multi_list_rows", fgmm_json_u64((uint64_t)multi_rows)) ||
+         json_object_set_new(root, "model", o->model ? json_string(o->model) : json_null()) ||
+         json_object_set_new(root, "data", o->data ? json_string(o->data) : json_null()) ||
+         json_object_set(root, "rule", rule) || json_object_set(root, "list_sizes", sizes) ||
+         json_object_set(root, "shards", shards)))
         st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
-    } else {
-        char *path = fgmm_io_join(w->dir, ASSIGN_MANIFEST);
+    if (!st) {
+        char *path = fgmm_io_join(dir, ASSIGN_MANIFEST);
         st = path ? fgmm_json_write_file(path, root, err)
                   : fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
         free(path);
     }
+    json_decref(rule);
+    json_decref(sizes);
+    json_decref(shards);
     json_decref(root);
     return st;
 }
 
-fgmm_status fgmm_assignments_write(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
-                                   const fgmm_assign_options *o, const char *dir,
-                                   fgmm_assign_summary *sum, fgmm_error *err)
+/* An all-gather of bytes per rank that agrees on failure
+ * (fgmm_reducer_allgather_checked); one process gathers its own. */
+static fgmm_status gather(const fgmm_reducer_ops *ops, void *red, int size, fgmm_status local,
+                          const void *send, size_t bytes, void *recv, fgmm_error *err)
 {
-    fgmm_status st = fgmm_list_rule_check(&o->rule, err);
-    if (st) return st;
-    if (o->shard_rows < 1)
-        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "rows per assignment shard must be >= 1 (got "
-                         "%lld)", (long long)o->shard_rows);
-    if (fgmm_source_dim(src) != fgmm_model_d(m))
-        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s has dimension %d but the model has D=%d",
-                         fgmm_source_name(src), fgmm_source_dim(src), fgmm_model_d(m));
-    assign_writer w = {0};
-    w.o = o;
-    w.k = fgmm_model_k(m);
-    fgmm_io_tmpdir t = {0};
-    int64_t first = 0, rows = 0;
-    fgmm_source_pass_range(src, &first, &rows);
-    w.list_sizes = calloc((size_t)w.k, sizeof(int64_t));
-    w.shards = json_array();
-    w.cctx = ZSTD_createCCtx();
-    if (!w.list_sizes || !w.shards || !w.cctx) {
-        st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
-        goto done;
+    if (size == 1) {
+        if (local) return local;
+        memcpy(recv, send, bytes);
+        return FGMM_OK;
     }
-    /* zstd's own worker threads compress a shard in parallel (the frame is
-     * the same kind of frame); a library built without them ignores the
-     * request and compresses on this thread. */
-    ZSTD_CCtx_setParameter(w.cctx, ZSTD_c_compressionLevel, ASSIGN_ZSTD_LEVEL);
-    {
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        ZSTD_CCtx_setParameter(w.cctx, ZSTD_c_nbWorkers, (int)(cores > 8 ? 8 : cores > 1 ? cores : 0));
-    }
-    if (o->budget >= 0 && (st = fgmm_list_budget_create(o->budget, &w.budget, err))) goto done;
-    if ((st = fgmm_io_tmpdir_create(&t, dir, err))) goto done;
-    w.dir = t.tmp;
-    const int top = o->rule.max_lists;
-    int passes = 1;
+    return fgmm_reducer_allgather_checked(ops, red, local, send, bytes, recv, err);
+}
+
+/* What each rank reports after its pass: its counts, then K list sizes. */
+enum { PART_ROWS, PART_ENTRIES, PART_MULTI, PART_HEAD };
+enum { STAGED_PATH_BYTES = 4096 };
+
+fgmm_status fgmm_assignments_write_ranks(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
+                                         const fgmm_assign_options *o, const char *dir,
+                                         const fgmm_reducer_ops *ops, void *red,
+                                         fgmm_assign_summary *sum, fgmm_error *err)
+{
+    const int rank = ops ? ops->rank(red) : 0, size = ops ? ops->size(red) : 1;
     const double t_start = now();
-    if (w.budget) {
+    const int K = fgmm_model_k(m);
+    const size_t part_len = PART_HEAD + (size_t)K;
+    /* Every buffer of the collectives first: a rank without them cannot
+     * take part (the others' collectives then time out naming it). */
+    char *paths = malloc((size_t)size * STAGED_PATH_BYTES);
+    unsigned char *counts = calloc((size_t)size + 1, FGMM_LIST_BUDGET_COUNTS_BYTES);
+    int64_t *parts = calloc((size_t)size + 1, sizeof(int64_t) * part_len);
+    char *mine = calloc(1, STAGED_PATH_BYTES);
+    if (!paths || !counts || !parts || !mine) {
+        free(paths);
+        free(counts);
+        free(parts);
+        free(mine);
+        return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+    }
+    int64_t *part = parts + (size_t)size * part_len;
+    unsigned char *my_counts = counts + (size_t)size * FGMM_LIST_BUDGET_COUNTS_BYTES;
+
+    fgmm_status st = fgmm_list_rule_check(&o->rule, err), gst;
+    if (!st && o->shard_rows < 1)
+        st = fgmm_fail(err, FGMM_ERR_ARGUMENT, "rows per assignment shard must be >= 1 (got "
+                       "%lld)", (long long)o->shard_rows);
+    if (!st && fgmm_source_dim(src) != fgmm_model_d(m))
+        st = fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s has dimension %d but the model has D=%d",
+                       fgmm_source_name(src), fgmm_source_dim(src), fgmm_model_d(m));
+
+    /* Rank 0 stages the directory and tells the others where it is. */
+    fgmm_io_tmpdir t = {0};
+    assign_writer w = {0};
+    fgmm_source *view = NULL;
+    int passes = 1;
+    if (!st && rank == 0 && !(st = fgmm_io_tmpdir_create(&t, dir, err))) {
+        if (strlen(t.tmp) >= STAGED_PATH_BYTES)
+            st = fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s: path too long", dir);
+        else
+            strcpy(mine, t.tmp);
+    }
+    if ((st = gather(ops, red, size, st, mine, STAGED_PATH_BYTES, paths, err))) goto done;
+
+    w.o = o;
+    w.k = K;
+    w.dir = paths; /* rank 0's */
+    w.list_sizes = calloc((size_t)K, sizeof(int64_t));
+    w.cctx = ZSTD_createCCtx();
+    if (!w.list_sizes || !w.cctx) st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+    if (w.cctx) {
+        /* zstd's own worker threads compress a shard in parallel (the
+         * frame is the same kind of frame); a library built without them
+         * ignores the request and compresses on this thread. */
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        ZSTD_CCtx_setParameter(w.cctx, ZSTD_c_compressionLevel, ASSIGN_ZSTD_LEVEL);
+        ZSTD_CCtx_setParameter(w.cctx, ZSTD_c_nbWorkers,
+                               (int)(cores > 8 ? 8 : cores > 1 ? cores : 0));
+    }
+    if (!st && size > 1) st = fgmm_source_partition(src, rank, size, &view, err);
+    fgmm_source *mysrc = view ? view : src;
+    int64_t first = 0, rows = 0;
+    fgmm_source_pass_range(mysrc, &first, &rows);
+    const int top = o->rule.max_lists;
+    if (o->budget >= 0) {
+        /* First pass: count; then one plan over every rank's counts. */
+        if (!st) st = fgmm_list_budget_create(o->budget, &w.budget, err);
         w.next_row = first;
-        if ((st = fgmm_assign(e, src, m, top, on_rows, &w, err))) goto done;
-        fgmm_list_budget_plan(w.budget);
+        if (!st) st = fgmm_assign(e, mysrc, m, top, on_rows, &w, err);
+        if (!st) fgmm_list_budget_counts(w.budget, my_counts);
+        if ((st = gather(ops, red, size, st, my_counts, FGMM_LIST_BUDGET_COUNTS_BYTES, counts,
+                         err)))
+            goto done;
+        fgmm_list_budget_plan_ranks(w.budget, counts, size, rank);
         passes = 2;
     }
     w.writing = 1;
     w.next_row = first;
-    if ((st = fgmm_assign(e, src, m, top, on_rows, &w, err)) || (st = flush_shard(&w, err)) ||
-        (st = write_manifest(&w, m, err)))
+    if (!st) st = fgmm_assign(e, mysrc, m, top, on_rows, &w, err);
+    if (!st) st = flush_shard(&w, err);
+
+    /* Every rank's counts and list sizes to every rank, in rank order. */
+    part[PART_ROWS] = w.total_rows;
+    part[PART_ENTRIES] = w.total_entries;
+    part[PART_MULTI] = w.multi_rows;
+    if (w.list_sizes) memcpy(part + PART_HEAD, w.list_sizes, sizeof(int64_t) * (size_t)K);
+    if ((st = gather(ops, red, size, st, part, sizeof(int64_t) * part_len, parts, err)))
         goto done;
-    st = fgmm_io_tmpdir_commit(&t, err);
+    for (int r = 1; r < size; r++)
+        for (size_t i = 0; i < part_len; i++) parts[i] += parts[(size_t)r * part_len + i];
+    /* Rank 0 writes the manifest and moves the directory into place; the
+     * others learn how that went. */
+    if (rank == 0) {
+        st = write_manifest(o, m, t.tmp, parts + PART_HEAD, parts[PART_ROWS], parts[PART_MULTI],
+                            err);
+        if (!st) st = fgmm_io_tmpdir_commit(&t, err); /* releases t either way */
+    }
+    if (size > 1 && (gst = gather(ops, red, size, st, mine, 1, paths, err))) st = gst;
     if (!st && sum) {
-        sum->rows = w.total_rows;
-        sum->entries = w.total_entries;
-        sum->multi_rows = w.multi_rows;
-        sum->shards = (int64_t)json_array_size(w.shards);
-        sum->budget_cap = w.budget ? (int64_t)floor(o->budget * (double)w.total_rows) : -1;
+        sum->rows = parts[PART_ROWS];
+        sum->entries = parts[PART_ENTRIES];
+        sum->multi_rows = parts[PART_MULTI];
+        sum->budget_cap = w.budget ? (int64_t)floor(o->budget * (double)sum->rows) : -1;
         sum->passes = passes;
         sum->seconds = now() - t_start;
         sum->select_s = w.select_s;
         sum->write_s = w.write_s;
+        sum->shards = -1;
+        fgmm_assignments *a;
+        fgmm_error ignore;
+        if (!fgmm_assignments_open(dir, &a, &ignore)) {
+            sum->shards = fgmm_assignments_shards(a);
+            fgmm_assignments_close(a);
+        }
     }
 done:
-    if (st && t.tmp) fgmm_io_tmpdir_abort(&t);
+    if (t.tmp) fgmm_io_tmpdir_abort(&t);
+    fgmm_source_close(view);
     fgmm_list_budget_free(w.budget);
     free(w.counts);
     free(w.loglik);
@@ -332,7 +457,17 @@ done:
     free(w.raw);
     free(w.frame);
     free(w.list_sizes);
-    json_decref(w.shards);
     ZSTD_freeCCtx(w.cctx);
+    free(counts);
+    free(parts);
+    free(paths);
+    free(mine);
     return st;
+}
+
+fgmm_status fgmm_assignments_write(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
+                                   const fgmm_assign_options *o, const char *dir,
+                                   fgmm_assign_summary *sum, fgmm_error *err)
+{
+    return fgmm_assignments_write_ranks(e, src, m, o, dir, NULL, NULL, sum, err);
 }

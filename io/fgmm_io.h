@@ -239,7 +239,7 @@ int fgmm_is_model_dir(const char *path);
 
 /* ------------------------------------------------------------ assignments */
 
-/* An assignment directory (docs/formats.md) holds assign-NNNNN.fga shards
+/* An assignment directory (docs/formats.md) holds assign-<first row>.fga shards
  * and manifest.json, written last: each shard covers consecutive rows and
  * holds, per row, its log-likelihood and its lists (the primary, the
  * component of largest posterior, first) with their weights
@@ -278,6 +278,19 @@ fgmm_status fgmm_assignments_write(fgmm_engine *e, fgmm_source *src, const fgmm_
                                    const fgmm_assign_options *o, const char *dir,
                                    fgmm_assign_summary *sum, fgmm_error *err);
 
+/* The same by the ranks of a job (ops/red: its reducer, core/backend.h,
+ * on host buffers; NULL: one process), all calling it with the whole src:
+ * each rank assigns its share (fgmm_source_partition) and writes its own
+ * shards into the directory rank 0 stages; a budget is one cap over all
+ * rows; rank 0 writes the manifest once every rank has finished and moves
+ * the directory into place. The directory is the one a single process
+ * writes, shard for shard where the shards' row ranges coincide, and list
+ * for list. A failure on any rank fails every rank and leaves nothing. */
+fgmm_status fgmm_assignments_write_ranks(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
+                                         const fgmm_assign_options *o, const char *dir,
+                                         const fgmm_reducer_ops *ops, void *red,
+                                         fgmm_assign_summary *sum, fgmm_error *err);
+
 typedef struct fgmm_assignments fgmm_assignments;
 
 /* Opens an assignment directory: reads the manifest and checks every
@@ -289,6 +302,7 @@ int fgmm_assignments_k(const fgmm_assignments *a);
 int fgmm_assignments_dim(const fgmm_assignments *a);
 int64_t fgmm_assignments_rows(const fgmm_assignments *a);
 int64_t fgmm_assignments_entries(const fgmm_assignments *a);
+int fgmm_assignments_shards(const fgmm_assignments *a);
 /* K list sizes from the manifest (valid until close). */
 const int64_t *fgmm_assignments_list_sizes(const fgmm_assignments *a);
 

@@ -432,7 +432,7 @@ TEST_F(Assignments, BadInputIsRefusedAndLeavesNothing)
     // Damage, one kind at a time, to a good directory.
     ASSERT_EQ(fgmm_assignments_write(e, src, model, &o, dir.c_str(), nullptr, &err), FGMM_OK)
         << err.msg;
-    std::string shard1 = dir + "/assign-00001.fga";
+    std::string shard1 = dir + "/assign-000000003000.fga";
     struct stat sb;
     ASSERT_EQ(stat(shard1.c_str(), &sb), 0);
     fgmm_assignments *a;
@@ -440,7 +440,7 @@ TEST_F(Assignments, BadInputIsRefusedAndLeavesNothing)
     flip_byte(shard1, sb.st_size - 10);
     ASSERT_EQ(fgmm_assignments_open(dir.c_str(), &a, &err), FGMM_OK) << err.msg;
     EXPECT_EQ(fgmm_assignments_read(a, nullptr, nullptr, &err), FGMM_ERR_FORMAT);
-    EXPECT_NE(strstr(err.msg, "assign-00001.fga"), nullptr) << err.msg;
+    EXPECT_NE(strstr(err.msg, "assign-000000003000.fga"), nullptr) << err.msg;
     EXPECT_NE(strstr(err.msg, "checksum"), nullptr) << err.msg;
     fgmm_assignments_close(a);
     flip_byte(shard1, sb.st_size - 10);
@@ -456,7 +456,7 @@ TEST_F(Assignments, BadInputIsRefusedAndLeavesNothing)
     // Missing.
     ASSERT_EQ(unlink(shard1.c_str()), 0);
     EXPECT_EQ(fgmm_assignments_open(dir.c_str(), &a, &err), FGMM_ERR_FORMAT);
-    EXPECT_NE(strstr(err.msg, "assign-00001.fga"), nullptr) << err.msg;
+    EXPECT_NE(strstr(err.msg, "assign-000000003000.fga"), nullptr) << err.msg;
     // Nothing is exported from a damaged directory, and nothing is left.
     std::string out = dir + ".npy";
     EXPECT_NE(fgmm_assignments_export(dir.c_str(), model, out.c_str(), &err), FGMM_OK);

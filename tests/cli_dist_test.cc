@@ -233,6 +233,53 @@ TEST_F(CliDist, RankCountsAgree)
     }
 }
 
+// fit --assign-out under mpirun: each rank writes its share's shards and
+// rank 0 the manifest; from the same model (--max-iter 0 keeps the
+// initial model) 2 and 3 ranks give one process's lists, weights and list
+// sizes exactly, a budget (one cap over all rows) included.
+TEST_F(CliDist, RanksWriteTheAssignmentsOneProcessWrites)
+{
+    Result m0 = sh(fit_args(path("asg_m0"), 3));
+    ASSERT_EQ(m0.code, 0) << m0.out;
+    auto assign_args = [&](const std::string &name) {
+        return g_bin + " fit --quiet --device cpu --threads 1 --data " + path("shards") +
+               " --init " + path("asg_m0") + " --max-iter 0 --out " + path(name + "_model") +
+               " --assign-out " + path(name) +
+               " --max-lists 3 --temperature 200 --min-resp 0.05 --budget 0.05 --shard-rows 1000";
+    };
+    Result one = sh(assign_args("asg1"));
+    ASSERT_EQ(one.code, 0) << one.out;
+    EXPECT_NE(one.out.find("capped at 400"), std::string::npos) << one.out;
+    ASSERT_EQ(sh(g_bin + " export --assignments " + path("asg1") + " --out " + path("asg1_npy"))
+                  .code, 0);
+    for (int r = 2; r <= 3; r++) {
+        std::string name = "asg" + std::to_string(r);
+        Result res = sh(mpi(r) + assign_args(name));
+        ASSERT_EQ(res.code, 0) << res.out;
+        Result v = sh(g_bin + " info --verify " + path(name));
+        ASSERT_EQ(v.code, 0) << v.out;
+        ASSERT_EQ(sh(g_bin + " export --assignments " + path(name) + " --out " +
+                     path(name + "_npy")).code, 0);
+        for (const char *f : {"primary.npy", "offsets.npy", "lists.npy", "weights.npy",
+                              "loglik.npy"}) {
+            std::string a = read_all(path("asg1_npy/") + f), b = read_all(path(name + "_npy/") + f);
+            EXPECT_FALSE(a.empty()) << f;
+            EXPECT_TRUE(a == b) << r << " ranks: " << f << " differs";
+        }
+        // The manifests agree but for the shards' names and ranges.
+        auto sizes = [&](const std::string &dir) {
+            std::string j = read_all(dir + "/manifest.json");
+            size_t a = j.find("\"list_sizes\""), b = j.find("]", a);
+            return j.substr(a, b - a);
+        };
+        EXPECT_EQ(sizes(path("asg1")), sizes(path(name))) << r << " ranks";
+    }
+    // The budget bound: 8000 rows, at most 400 extra copies in all.
+    std::string primary = read_all(path("asg1_npy/primary.npy")),
+                lists = read_all(path("asg1_npy/lists.npy"));
+    EXPECT_EQ(lists.size() - primary.size(), 400u * 4);
+}
+
 TEST_F(CliDist, SameRankCountRepeatsBitForBit)
 {
     for (const char *name : {"rep_a", "rep_b"}) {

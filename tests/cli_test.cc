@@ -255,7 +255,7 @@ TEST_F(Cli, AssignThenExport)
     EXPECT_NE(r.out.find("assigned 3000 rows to 3 lists"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("capped at 300"), std::string::npos) << r.out;
     EXPECT_TRUE(exists(path("asg/manifest.json")));
-    EXPECT_TRUE(exists(path("asg/assign-00000.fga")));
+    EXPECT_TRUE(exists(path("asg/assign-000000000000.fga")));
     r = run("info " + path("asg") + " --verify");
     EXPECT_EQ(r.code, 0) << r.out;
     EXPECT_NE(r.out.find("verified"), std::string::npos) << r.out;
@@ -281,7 +281,7 @@ TEST_F(Cli, AssignThenExport)
                     path("asg2"), 1, "dimension 5");
     EXPECT_FALSE(exists(path("asg2")));
     {
-        int fd = open(path("asg/assign-00000.fga").c_str(), O_RDWR);
+        int fd = open(path("asg/assign-000000000000.fga").c_str(), O_RDWR);
         ASSERT_GE(fd, 0);
         struct stat sb;
         fstat(fd, &sb);
@@ -292,8 +292,8 @@ TEST_F(Cli, AssignThenExport)
         close(fd);
     }
     expect_fail("export --assignments " + path("asg") + " --out " + path("asg_npy2"), 1,
-                "assign-00000.fga: checksum mismatch");
-    expect_fail("info --verify " + path("asg"), 1, "assign-00000.fga: checksum mismatch");
+                "assign-000000000000.fga: checksum mismatch");
+    expect_fail("info --verify " + path("asg"), 1, "assign-000000000000.fga: checksum mismatch");
     EXPECT_FALSE(exists(path("asg_npy2")));
     EXPECT_EQ(count_tmp_leftovers(), 0);
     EXPECT_EQ(run("assign --help").code, 0);

@@ -334,13 +334,16 @@ int cli_list_flag(const char *cmd, fgmm_assign_options *o, int val, const char *
 }
 
 int cli_write_assignments(const char *cmd, fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
-                          const fgmm_assign_options *o, const char *dir)
+                          const fgmm_assign_options *o, const char *dir,
+                          const fgmm_reducer_ops *ops, void *red, int lead)
 {
     fgmm_error err = {0};
     fgmm_assign_summary s;
     double t0 = cli_now();
-    if (fgmm_assignments_write(e, src, m, o, dir, &s, &err)) return cli_fail(cmd, &err);
+    if (fgmm_assignments_write_ranks(e, src, m, o, dir, ops, red, &s, &err))
+        return lead ? cli_fail(cmd, &err) : CLI_EXIT_WORK;
     double dt = cli_now() - t0;
+    if (!lead) return CLI_EXIT_OK;
     printf("assigned %lld rows to %d lists: %lld entries (%.4f per row), %lld rows in more than "
            "one list (%.2f%%)", (long long)s.rows, fgmm_model_k(m), (long long)s.entries,
            s.rows ? (double)s.entries / (double)s.rows : 0.0, (long long)s.multi_rows,

@@ -51,8 +51,9 @@ static const char FIT_HELP_HEAD[] =
 
 static const char FIT_HELP_ASSIGN[] =
     "  --assign-out DIR     after the fit, write the IVF lists of every row of --data under\n"
-    "                       the fitted model to DIR (as flashgmm assign does; with several\n"
-    "                       ranks or GPUs, rank 0 writes them), with these list flags:\n";
+    "                       the fitted model to DIR (as flashgmm assign does; under mpirun\n"
+    "                       each rank writes its share; with --gpus, the first GPU writes\n"
+    "                       them all), with these list flags:\n";
 
 static const char FIT_HELP_TAIL[] =
     "\n"
@@ -471,10 +472,15 @@ int cmd_fit(int argc, char **argv)
         goto done;
     }
     if (lead) report(&p, m, src, e, f.out);
-    if (lead && f.assign_out) {
+    if (f.assign_out) {
+        /* Under mpirun every rank writes its share; otherwise this process
+         * writes them all (with --gpus, on the first GPU). */
         f.lists.model = f.out;
         f.lists.data = f.data;
-        if ((rc = cli_write_assignments("fit", e, src, m, &f.lists, f.assign_out))) goto done;
+        if ((rc = cli_write_assignments("fit", e, src, m, &f.lists, f.assign_out,
+                                        place.launched ? place.mpi.ops : NULL,
+                                        place.launched ? place.mpi.self : NULL, lead)))
+            goto done;
     }
     ok = 1;
 done:
