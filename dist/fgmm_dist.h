@@ -111,6 +111,15 @@ fgmm_status fgmm_dist_single(fgmm_dist_reducer *out, fgmm_error *err);
 fgmm_status fgmm_dist_group(int size, double timeout_s, fgmm_dist_reducer *out,
                             fgmm_error *err);
 
+/* Runs fn(r, reducer of rank r, arg, err) for r in [0, ranks), each on a
+ * thread of its own (rank 0 on the caller's), the ranks joined by a group
+ * reducer (fgmm_dist_group). Returns the lowest failed rank's status and
+ * message, or FGMM_OK when every rank succeeded. */
+typedef fgmm_status (*fgmm_dist_rank_fn)(int rank, const fgmm_dist_reducer *red, void *arg,
+                                         fgmm_error *err);
+fgmm_status fgmm_dist_run_local(int ranks, double timeout_s, fgmm_dist_rank_fn fn, void *arg,
+                                fgmm_error *err);
+
 /* A fit over `ranks` engines of this process (e.g. one CUDA engine per
  * GPU): rank r runs fgmm_dist_fit on engines[r] with sources[r], on its own
  * thread (rank 0 on the caller's), through a group reducer. sources[r] are

@@ -178,29 +178,26 @@ fgmm_status fgmm_dist_group(int size, double timeout_s, fgmm_dist_reducer *out, 
 }
 
 typedef struct {
-    fgmm_engine *e;
-    fgmm_source *src;
+    int rank;
     const fgmm_dist_reducer *red;
-    const fgmm_fit_params *p;
-    fgmm_model *model;
+    fgmm_dist_rank_fn fn;
+    void *arg;
     fgmm_status st;
     fgmm_error err;
-} rank_fit;
+} rank_run;
 
 static void *run_rank(void *arg)
 {
-    rank_fit *f = arg;
-    f->st = fgmm_dist_fit(f->e, f->red, f->src, f->p, &f->model, &f->err);
+    rank_run *r = arg;
+    r->st = r->fn(r->rank, r->red, r->arg, &r->err);
     return NULL;
 }
 
-fgmm_status fgmm_dist_fit_local(fgmm_engine *const *engines, fgmm_source *const *sources,
-                                int ranks, double timeout_s, const fgmm_fit_params *p,
-                                fgmm_model **out, fgmm_error *err)
+fgmm_status fgmm_dist_run_local(int ranks, double timeout_s, fgmm_dist_rank_fn fn, void *arg,
+                                fgmm_error *err)
 {
-    *out = NULL;
     fgmm_dist_reducer *red = calloc((size_t)(ranks > 0 ? ranks : 1), sizeof *red);
-    rank_fit *f = calloc((size_t)(ranks > 0 ? ranks : 1), sizeof *f);
+    rank_run *f = calloc((size_t)(ranks > 0 ? ranks : 1), sizeof *f);
     pthread_t *th = calloc((size_t)(ranks > 0 ? ranks : 1), sizeof *th);
     fgmm_status st = !red || !f || !th ? fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory")
                                        : fgmm_dist_group(ranks, timeout_s, red, err);
@@ -211,7 +208,7 @@ fgmm_status fgmm_dist_fit_local(fgmm_engine *const *engines, fgmm_source *const 
         return st;
     }
     int started = 1;
-    for (int r = 0; r < ranks; r++) f[r] = (rank_fit){engines[r], sources[r], &red[r], p, NULL, 0, {0}};
+    for (int r = 0; r < ranks; r++) f[r] = (rank_run){r, &red[r], fn, arg, 0, {0}};
     for (int r = 1; r < ranks; r++, started++)
         if (pthread_create(&th[r], NULL, run_rank, &f[r])) {
             /* The ranks started time out waiting for the missing one. */
@@ -224,18 +221,47 @@ fgmm_status fgmm_dist_fit_local(fgmm_engine *const *engines, fgmm_source *const 
         f[0].err = *err;
     }
     for (int r = 1; r < started; r++) pthread_join(th[r], NULL);
-    /* Every rank fails alike when one does: rank 0's message says which. */
+    /* Every rank fails alike when one does: the lowest failed rank's
+     * message says which. */
     for (int r = 0; r < ranks && !st; r++)
         if (f[r].st) {
             st = f[r].st;
             *err = f[r].err;
         }
-    if (!st) *out = f[0].model;
-    else fgmm_model_free(f[0].model);
-    for (int r = 1; r < ranks; r++) fgmm_model_free(f[r].model);
     for (int r = 0; r < ranks; r++) fgmm_dist_free(&red[r]);
     free(red);
     free(f);
     free(th);
+    return st;
+}
+
+typedef struct {
+    fgmm_engine *const *engines;
+    fgmm_source *const *sources;
+    const fgmm_fit_params *p;
+    fgmm_model **models;
+} local_fit;
+
+static fgmm_status fit_rank(int rank, const fgmm_dist_reducer *red, void *arg, fgmm_error *err)
+{
+    local_fit *f = arg;
+    return fgmm_dist_fit(f->engines[rank], red, f->sources[rank], f->p, &f->models[rank], err);
+}
+
+fgmm_status fgmm_dist_fit_local(fgmm_engine *const *engines, fgmm_source *const *sources,
+                                int ranks, double timeout_s, const fgmm_fit_params *p,
+                                fgmm_model **out, fgmm_error *err)
+{
+    *out = NULL;
+    fgmm_model **models = calloc((size_t)(ranks > 0 ? ranks : 1), sizeof *models);
+    if (!models) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+    local_fit f = {engines, sources, p, models};
+    fgmm_status st = fgmm_dist_run_local(ranks, timeout_s, fit_rank, &f, err);
+    if (!st) {
+        *out = models[0];
+        models[0] = NULL;
+    }
+    for (int r = 0; r < ranks; r++) fgmm_model_free(models[r]);
+    free(models);
     return st;
 }

@@ -18,6 +18,7 @@
 
 #include "backends/fgmm_backends.h"
 #include "core/fgmm.h"
+#include "dist/fgmm_dist.h"
 #include "io/fgmm_io.h"
 #include "tests/reference.h"
 
@@ -462,6 +463,75 @@ TEST_F(Assignments, BadInputIsRefusedAndLeavesNothing)
     EXPECT_NE(fgmm_assignments_export(dir.c_str(), model, out.c_str(), &err), FGMM_OK);
     EXPECT_FALSE(access(out.c_str(), F_OK) == 0);
     EXPECT_EQ(count_tmp(tmp_root()), 0);
+}
+
+struct RankJob {
+    std::vector<fgmm_engine *> engines;
+    std::vector<fgmm_source *> sources;
+    const fgmm_model *model;
+    const fgmm_assign_options *o;
+    std::string dir;
+};
+
+fgmm_status assign_rank(int rank, const fgmm_dist_reducer *red, void *arg, fgmm_error *err)
+{
+    RankJob *j = static_cast<RankJob *>(arg);
+    fgmm_assign_summary s;
+    return fgmm_assignments_write_ranks(j->engines[rank], j->sources[rank], j->model, j->o,
+                                        j->dir.c_str(), red->ops, red->self, &s, err);
+}
+
+// Three ranks (threads with a group reducer, as fit --gpus runs them), each
+// writing its share's shards: the rows read back are one process's, lists,
+// weights and log-likelihoods, with one budget over all the rows.
+TEST_F(Assignments, RanksWriteWhatOneProcessWrites)
+{
+    o.budget = 0.05;
+    std::string one = dir + "_one";
+    ASSERT_EQ(fgmm_assignments_write(e, src, model, &o, one.c_str(), nullptr, &err), FGMM_OK)
+        << err.msg;
+    RankJob j{{}, {}, model, &o, dir};
+    for (int r = 0; r < 3; r++) {
+        fgmm_engine *en;
+        fgmm_source *s;
+        ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CPU, 1, &en, &err), FGMM_OK) << err.msg;
+        ASSERT_EQ(fgmm_source_memory_chunked(x.data(), FGMM_F32, n, D, 1000, "mem", &s, &err),
+                  FGMM_OK);
+        j.engines.push_back(en);
+        j.sources.push_back(s);
+    }
+    ASSERT_EQ(fgmm_dist_run_local(3, 60, assign_rank, &j, &err), FGMM_OK) << err.msg;
+    ReadBack a, b;
+    fgmm_assignments *h;
+    ASSERT_EQ(fgmm_assignments_open(one.c_str(), &h, &err), FGMM_OK) << err.msg;
+    ASSERT_EQ(fgmm_assignments_read(h, read_sink, &a, &err), FGMM_OK) << err.msg;
+    fgmm_assignments_close(h);
+    ASSERT_EQ(fgmm_assignments_open(dir.c_str(), &h, &err), FGMM_OK) << err.msg;
+    ASSERT_EQ(fgmm_assignments_read(h, read_sink, &b, &err), FGMM_OK) << err.msg;
+    int64_t extras = fgmm_assignments_entries(h) - fgmm_assignments_rows(h);
+    fgmm_assignments_close(h);
+    EXPECT_EQ(extras, (int64_t)std::floor(0.05 * n));
+    ASSERT_EQ(a.rows.size(), b.rows.size());
+    for (size_t i = 0; i < a.rows.size(); i++) {
+        ASSERT_EQ(a.rows[i].lists, b.rows[i].lists) << "row " << i;
+        ASSERT_EQ(a.rows[i].weights, b.rows[i].weights) << "row " << i;
+        ASSERT_EQ(a.rows[i].ll, b.rows[i].ll) << "row " << i;
+    }
+    // A rank that fails fails them all and leaves nothing.
+    std::string bad = dir + "_bad";
+    j.dir = bad;
+    fgmm_source_close(j.sources[2]);
+    std::vector<float> y((size_t)n * (D + 1), 0.5f);
+    ASSERT_EQ(fgmm_source_memory(y.data(), FGMM_F32, n, D + 1, "wide", &j.sources[2], &err),
+              FGMM_OK);
+    EXPECT_EQ(fgmm_dist_run_local(3, 60, assign_rank, &j, &err), FGMM_ERR_ARGUMENT);
+    EXPECT_NE(strstr(err.msg, "rank 2"), nullptr) << err.msg;
+    EXPECT_FALSE(access(bad.c_str(), F_OK) == 0);
+    EXPECT_EQ(count_tmp(tmp_root()), 0);
+    for (int r = 0; r < 3; r++) {
+        fgmm_source_close(j.sources[r]);
+        fgmm_engine_free(j.engines[r]);
+    }
 }
 
 TEST_F(Assignments, ListSizesInTheManifestAreChecked)

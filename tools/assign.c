@@ -97,7 +97,7 @@ int cmd_assign(int argc, char **argv)
         rc = CLI_EXIT_WORK;
         goto done;
     }
-    rc = cli_write_assignments("assign", e, src, m, &o, out, NULL, NULL, 1);
+    rc = cli_write_assignments("assign", e, src, m, &o, out);
 done:
     /* The source first: its buffers came from the engine. */
     fgmm_source_close(src);

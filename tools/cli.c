@@ -333,24 +333,25 @@ int cli_list_flag(const char *cmd, fgmm_assign_options *o, int val, const char *
     return 0;
 }
 
+void cli_print_assignments(const fgmm_assign_summary *s, int k, const char *dir, double seconds)
+{
+    printf("assigned %lld rows to %d lists: %lld entries (%.4f per row), %lld rows in more than "
+           "one list (%.2f%%)", (long long)s->rows, k, (long long)s->entries,
+           s->rows ? (double)s->entries / (double)s->rows : 0.0, (long long)s->multi_rows,
+           s->rows ? 100.0 * (double)s->multi_rows / (double)s->rows : 0.0);
+    if (s->budget_cap >= 0) printf(", extra copies capped at %lld", (long long)s->budget_cap);
+    printf("\n%lld shard%s in %s, %d pass%s over the data, %.3f s (list rule %.3f s, "
+           "compressing and writing %.3f s)\n", (long long)s->shards, s->shards == 1 ? "" : "s",
+           dir, s->passes, s->passes == 1 ? "" : "es", seconds, s->select_s, s->write_s);
+}
+
 int cli_write_assignments(const char *cmd, fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
-                          const fgmm_assign_options *o, const char *dir,
-                          const fgmm_reducer_ops *ops, void *red, int lead)
+                          const fgmm_assign_options *o, const char *dir)
 {
     fgmm_error err = {0};
     fgmm_assign_summary s;
     double t0 = cli_now();
-    if (fgmm_assignments_write_ranks(e, src, m, o, dir, ops, red, &s, &err))
-        return lead ? cli_fail(cmd, &err) : CLI_EXIT_WORK;
-    double dt = cli_now() - t0;
-    if (!lead) return CLI_EXIT_OK;
-    printf("assigned %lld rows to %d lists: %lld entries (%.4f per row), %lld rows in more than "
-           "one list (%.2f%%)", (long long)s.rows, fgmm_model_k(m), (long long)s.entries,
-           s.rows ? (double)s.entries / (double)s.rows : 0.0, (long long)s.multi_rows,
-           s.rows ? 100.0 * (double)s.multi_rows / (double)s.rows : 0.0);
-    if (s.budget_cap >= 0) printf(", extra copies capped at %lld", (long long)s.budget_cap);
-    printf("\n%lld shard%s in %s, %d pass%s over the data, %.3f s (list rule %.3f s, "
-           "compressing and writing %.3f s)\n", (long long)s.shards, s.shards == 1 ? "" : "s",
-           dir, s.passes, s.passes == 1 ? "" : "es", dt, s.select_s, s.write_s);
+    if (fgmm_assignments_write(e, src, m, o, dir, &s, &err)) return cli_fail(cmd, &err);
+    cli_print_assignments(&s, fgmm_model_k(m), dir, cli_now() - t0);
     return CLI_EXIT_OK;
 }

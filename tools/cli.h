@@ -147,11 +147,10 @@ int cli_list_flag(const char *cmd, fgmm_assign_options *o, int val, const char *
 /* Their help lines. */
 extern const char CLI_LIST_HELP[];
 /* Writes the assignment directory dir for src under m and prints its
- * summary; returns an exit status. ops/red: the job's reducer when every
- * rank of an mpirun job calls it (fgmm_assignments_write_ranks; rank 0
- * prints), NULL for one process. */
+ * summary; returns an exit status. */
 int cli_write_assignments(const char *cmd, fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
-                          const fgmm_assign_options *o, const char *dir,
-                          const fgmm_reducer_ops *ops, void *red, int lead);
+                          const fgmm_assign_options *o, const char *dir);
+/* The summary lines of an assignment written in seconds. */
+void cli_print_assignments(const fgmm_assign_summary *s, int k, const char *dir, double seconds);
 
 #endif

@@ -52,8 +52,8 @@ static const char FIT_HELP_HEAD[] =
 static const char FIT_HELP_ASSIGN[] =
     "  --assign-out DIR     after the fit, write the IVF lists of every row of --data under\n"
     "                       the fitted model to DIR (as flashgmm assign does; under mpirun\n"
-    "                       each rank writes its share; with --gpus, the first GPU writes\n"
-    "                       them all), with these list flags:\n";
+    "                       or --gpus each rank writes the lists of its share), with these\n"
+    "                       list flags:\n";
 
 static const char FIT_HELP_TAIL[] =
     "\n"
@@ -473,14 +473,16 @@ int cmd_fit(int argc, char **argv)
     }
     if (lead) report(&p, m, src, e, f.out);
     if (f.assign_out) {
-        /* Under mpirun every rank writes its share; otherwise this process
-         * writes them all (with --gpus, on the first GPU). */
+        /* Every rank (or GPU) writes the shards of its share. */
         f.lists.model = f.out;
         f.lists.data = f.data;
-        if ((rc = cli_write_assignments("fit", e, src, m, &f.lists, f.assign_out,
-                                        place.launched ? place.mpi.ops : NULL,
-                                        place.launched ? place.mpi.self : NULL, lead)))
+        fgmm_assign_summary as;
+        double t0 = cli_now();
+        if (fit_place_assign(&place, timeout_s, m, &f.lists, f.assign_out, &as, &err)) {
+            rc = lead ? cli_fail("fit", &err) : CLI_EXIT_WORK;
             goto done;
+        }
+        if (lead) cli_print_assignments(&as, fgmm_model_k(m), f.assign_out, cli_now() - t0);
     }
     ok = 1;
 done:

@@ -174,6 +174,39 @@ fgmm_status fit_place_run(fit_place *place, double timeout_s, const fgmm_fit_par
     return fgmm_fit(place->engines[0], place->sources[0], p, out, err);
 }
 
+typedef struct {
+    fit_place *place;
+    const fgmm_model *m;
+    const fgmm_assign_options *o;
+    const char *dir;
+    fgmm_assign_summary *sum;
+} place_assign;
+
+static fgmm_status assign_rank(int rank, const fgmm_dist_reducer *red, void *arg,
+                               fgmm_error *err)
+{
+    place_assign *a = arg;
+    fgmm_assign_summary mine;
+    return fgmm_assignments_write_ranks(a->place->engines[rank], a->place->sources[rank], a->m,
+                                        a->o, a->dir, red->ops, red->self,
+                                        rank == 0 ? a->sum : &mine, err);
+}
+
+fgmm_status fit_place_assign(fit_place *place, double timeout_s, const fgmm_model *m,
+                             const fgmm_assign_options *o, const char *dir,
+                             fgmm_assign_summary *sum, fgmm_error *err)
+{
+    if (place->launched)
+        /* The MPI reducer: host buffers (NCCL's are the GPU's). */
+        return fgmm_assignments_write_ranks(place->engines[0], place->sources[0], m, o, dir,
+                                            place->mpi.ops, place->mpi.self, sum, err);
+    if (place->n > 1) {
+        place_assign a = {place, m, o, dir, sum};
+        return fgmm_dist_run_local(place->n, timeout_s, assign_rank, &a, err);
+    }
+    return fgmm_assignments_write(place->engines[0], place->sources[0], m, o, dir, sum, err);
+}
+
 void fit_place_close(fit_place *place, int ok)
 {
     for (int i = 0; i < place->n; i++) {

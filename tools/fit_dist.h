@@ -44,6 +44,14 @@ int fit_place_open(const char *cmd, const cli_io_flags *io, const char *data,
 fgmm_status fit_place_run(fit_place *place, double timeout_s, const fgmm_fit_params *p,
                           fgmm_model **out, fgmm_error *err);
 
+/* Writes the assignment directory dir of every row of the data under m
+ * (fgmm_assignments_write_ranks): each rank, or each GPU of --gpus on its
+ * own thread, the shards of its share; one process, all of them. *sum is
+ * rank 0's summary. */
+fgmm_status fit_place_assign(fit_place *place, double timeout_s, const fgmm_model *m,
+                             const fgmm_assign_options *o, const char *dir,
+                             fgmm_assign_summary *sum, fgmm_error *err);
+
 /* Closes the sources, then the engines (the sources' buffers came from
  * them), then, when ok, the reducers. After a failure under mpirun the
  * reducers stay as they are: a rank that leaves MPI unfinalised makes
