@@ -281,7 +281,11 @@ const char CLI_LIST_HELP[] =
     "  --temperature T      weights from log-likelihoods divided by T, > 0 (default 1; larger\n"
     "                       flattens the posterior, so more rows get a second list)\n"
     "  --budget BETA        at most BETA x N extra copies, given to the most ambiguous rows\n"
-    "                       (reads the data twice; default: no cap)\n"
+    "                       (reads the data twice; default: no cap). The rule offers the\n"
+    "                       copies the budget chooses among: with --max-lists 2, a low\n"
+    "                       --min-resp and a high --temperature, the BETA x N rows of\n"
+    "                       smallest log-likelihood gap to their second component get one\n"
+    "                       whatever the data's scale\n"
     "  --shard-rows R       rows per assignment shard, cut at chunk ends (default 4194304)\n";
 
 int cli_list_flag(const char *cmd, fgmm_assign_options *o, int val, const char *arg)
