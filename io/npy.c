@@ -277,62 +277,8 @@ static size_t build_header(char *buf, size_t cap, const char *descr, int ndim,
     return total;
 }
 
-static fgmm_status write_values(int fd, fgmm_npy_type type, npy_src src, uint64_t count,
-                                uint64_t off, const char *tmp, fgmm_error *err)
-{
-    enum { BATCH = 8192 };
-    double buf[BATCH]; /* 64 KiB; holds BATCH floats or doubles */
-    for (uint64_t at = 0; at < count; at += BATCH) {
-        size_t n = count - at < BATCH ? (size_t)(count - at) : BATCH;
-        size_t bytes;
-        if (type == FGMM_NPY_F64) {
-            for (size_t i = 0; i < n; i++) buf[i] = src.d ? src.d[at + i] : (double)src.f[at + i];
-            bytes = n * 8;
-        } else {
-            float *f = (float *)buf;
-            for (size_t i = 0; i < n; i++) f[i] = src.d ? (float)src.d[at + i] : src.f[at + i];
-            bytes = n * 4;
-        }
-        fgmm_status st = fgmm_io_pwrite_all(fd, buf, bytes, off, tmp, err);
-        if (st) return st;
-        off += bytes;
-    }
-    return FGMM_OK;
-}
-
 static fgmm_status npy_write(const char *path, fgmm_npy_type type, npy_src src, int ndim,
-                             const int64_t *shape, fgmm_error *err)
-{
-    if (ndim != 1 && ndim != 2)
-        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s: can write 1-D or 2-D arrays, not %d-D",
-                         path, ndim);
-    if (type != FGMM_NPY_F32 && type != FGMM_NPY_F64)
-        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s: can write float32 or float64 from "
-                         "floating-point values, not .npy element type %d", path, (int)type);
-    uint64_t count = 1;
-    for (int i = 0; i < ndim; i++) {
-        if (shape[i] < 0)
-            return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s: negative shape %lld", path,
-                             (long long)shape[i]);
-        if (shape[i] && count > UINT64_MAX / 8 / (uint64_t)shape[i])
-            return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s: array too large", path);
-        count *= (uint64_t)shape[i];
-    }
-    char hdr[512];
-    size_t hl = build_header(hdr, sizeof hdr, type == FGMM_NPY_F64 ? "<f8" : "<f4", ndim, shape);
-    if (!hl) return fgmm_fail(err, FGMM_ERR_INTERNAL, "%s: .npy header too long", path);
-
-    fgmm_io_tmpfile t;
-    fgmm_status st = fgmm_io_tmp_create(&t, path, NULL, err);
-    if (st) return st;
-    st = fgmm_io_pwrite_all(t.fd, hdr, hl, 0, t.tmp, err);
-    if (!st) st = write_values(t.fd, type, src, count, hl, t.tmp, err);
-    if (st) {
-        fgmm_io_tmp_abort(&t);
-        return st;
-    }
-    return fgmm_io_tmp_commit(&t, err);
-}
+                             const int64_t *shape, fgmm_error *err);
 
 fgmm_status fgmm_npy_write(const char *path, fgmm_npy_type type, const double *data, int ndim,
                            const int64_t *shape, fgmm_error *err)
@@ -443,6 +389,35 @@ void fgmm_npy_stream_abort(fgmm_npy_stream *s)
     if (!s) return;
     fgmm_io_tmp_abort(&s->t);
     free(s);
+}
+
+/* A whole array, converted to `type` in batches through a stream. */
+static fgmm_status npy_write(const char *path, fgmm_npy_type type, npy_src src, int ndim,
+                             const int64_t *shape, fgmm_error *err)
+{
+    if (type != FGMM_NPY_F32 && type != FGMM_NPY_F64)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s: can write float32 or float64 from "
+                         "floating-point values, not .npy element type %d", path, (int)type);
+    fgmm_npy_stream *s;
+    fgmm_status st = fgmm_npy_stream_open(path, type, ndim, shape, &s, err);
+    if (st) return st;
+    enum { BATCH = 8192 };
+    double buf[BATCH]; /* 64 KiB; holds BATCH floats or doubles */
+    for (uint64_t at = 0; at < s->count && !st; at += BATCH) {
+        size_t n = s->count - at < BATCH ? (size_t)(s->count - at) : BATCH;
+        if (type == FGMM_NPY_F64) {
+            for (size_t i = 0; i < n; i++) buf[i] = src.d ? src.d[at + i] : (double)src.f[at + i];
+        } else {
+            float *f = (float *)buf;
+            for (size_t i = 0; i < n; i++) f[i] = src.d ? (float)src.d[at + i] : src.f[at + i];
+        }
+        st = fgmm_npy_stream_append(s, buf, (int64_t)n, err);
+    }
+    if (st) {
+        fgmm_npy_stream_abort(s);
+        return st;
+    }
+    return fgmm_npy_stream_commit(s, err);
 }
 
 /* ---------------------------------------------------------------- read */
