@@ -535,6 +535,11 @@ TEST_F(IvfEval, BadInputs)
     expect_fail(bq + " --nlist 30000 --out " + path("o3"), 2, "--nlist 30000");
     expect_fail(bq + " --nlist 8 --methods kmeans,pq --out " + path("o4"), 2,
                 "unknown method 'pq'");
+    expect_fail(bq + " --nlist 8 --min-resp 0 --out " + path("o4"), 2,
+                "--min-resp expects a number in (0, 1]");
+    expect_fail(bq + " --nlist 8 --temperature 0 --out " + path("o4"), 2,
+                "--temperature expects a number > 0");
+    expect_fail(bq + " --nlist 8 --budget -1 --out " + path("o4"), 2, "--budget");
     // Ground truth with fewer rows than queries, and with an id beyond the base.
     {
         std::vector<int32_t> g;

@@ -34,6 +34,7 @@ static const struct option ASSIGN_OPTIONS[] = {
     {"device", required_argument, NULL, OPT_DEVICE},
     {"pin-threads", no_argument, NULL, OPT_PIN_THREADS},
     CLI_LIST_OPTIONS,
+    CLI_SHARD_ROWS_OPTION,
     CLI_READER_OPTIONS,
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -53,6 +54,7 @@ int cmd_assign(int argc, char **argv)
         case 'h':
             fputs(ASSIGN_HELP, stdout);
             fputs(CLI_LIST_HELP, stdout);
+            fputs(CLI_SHARD_ROWS_HELP, stdout);
             fputs(ASSIGN_HELP_ENGINE, stdout);
             fputs(CLI_READER_HELP, stdout);
             return CLI_EXIT_OK;
@@ -63,7 +65,8 @@ int cmd_assign(int argc, char **argv)
         case OPT_DEVICE: io.device = optarg; break;
         case OPT_PIN_THREADS: io.pin_threads = 1; break;
         default:
-            if ((r = cli_list_flag("assign", &o, c, optarg)) < 0) return CLI_EXIT_USAGE;
+            if ((r = cli_list_flag("assign", &o.rule, &o.budget, &o.shard_rows, c, optarg)) < 0)
+                return CLI_EXIT_USAGE;
             if (r == 0 && !cli_io_flag(&io, c, optarg)) return CLI_EXIT_USAGE;
         }
     }

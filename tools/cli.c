@@ -127,18 +127,29 @@ int cli_parse_long(const char *cmd, const char *name, const char *s, long lo, lo
     return 0;
 }
 
-int cli_parse_double(const char *cmd, const char *name, const char *s, double lo, double *out)
+int cli_parse_double_in(const char *cmd, const char *name, const char *s, double lo, int lo_open,
+                        double hi, double *out)
 {
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    if (errno || *end || end == s || !(v >= lo) || !isfinite(v)) {
-        fprintf(stderr, "flashgmm %s: --%s expects a number >= %g, got '%s'\n", cmd, name, lo,
-                s);
+    if (errno || *end || end == s || !isfinite(v) || !(lo_open ? v > lo : v >= lo) ||
+        !(v <= hi)) {
+        if (isfinite(hi))
+            fprintf(stderr, "flashgmm %s: --%s expects a number in %c%g, %g], got '%s'\n", cmd,
+                    name, lo_open ? '(' : '[', lo, hi, s);
+        else
+            fprintf(stderr, "flashgmm %s: --%s expects a number %s %g, got '%s'\n", cmd, name,
+                    lo_open ? ">" : ">=", lo, s);
         return -1;
     }
     *out = v;
     return 0;
+}
+
+int cli_parse_double(const char *cmd, const char *name, const char *s, double lo, double *out)
+{
+    return cli_parse_double_in(cmd, name, s, lo, 0, INFINITY, out);
 }
 
 int cli_parse_bytes(const char *cmd, const char *name, const char *s, int64_t *out)
@@ -285,53 +296,34 @@ const char CLI_LIST_HELP[] =
     "                       copies the budget chooses among: with --max-lists 2, a low\n"
     "                       --min-resp and a high --temperature, the BETA x N rows of\n"
     "                       smallest log-likelihood gap to their second component get one\n"
-    "                       whatever the data's scale\n"
+    "                       whatever the data's scale\n";
+
+const char CLI_SHARD_ROWS_HELP[] =
     "  --shard-rows R       rows per assignment shard, cut at chunk ends (default 4194304)\n";
 
-int cli_list_flag(const char *cmd, fgmm_assign_options *o, int val, const char *arg)
+int cli_list_flag(const char *cmd, fgmm_list_rule *rule, double *budget, int64_t *shard_rows,
+                  int val, const char *arg)
 {
     long v;
-    double d;
-    char *end;
     switch (val) {
     case CLI_OPT_MAX_LISTS:
         if (cli_parse_long(cmd, "max-lists", arg, 1, FGMM_MAX_TOP_M, &v)) return -1;
-        o->rule.max_lists = (int)v;
+        rule->max_lists = (int)v;
         return 1;
     case CLI_OPT_MIN_RESP:
-        d = strtod(arg, &end);
-        if (*end || end == arg || !(d > 0 && d <= 1)) {
-            fprintf(stderr, "flashgmm %s: --min-resp expects a number in (0, 1], got '%s'\n",
-                    cmd, arg);
-            return -1;
-        }
-        o->rule.min_resp = d;
-        return 1;
+        return cli_parse_double_in(cmd, "min-resp", arg, 0, 1, 1, &rule->min_resp) ? -1 : 1;
     case CLI_OPT_RATIO:
-        d = strtod(arg, &end);
-        if (*end || end == arg || !(d >= 0 && d <= 1)) {
-            fprintf(stderr, "flashgmm %s: --ratio expects a number in [0, 1], got '%s'\n", cmd,
-                    arg);
-            return -1;
-        }
-        o->rule.ratio = d;
-        return 1;
+        return cli_parse_double_in(cmd, "ratio", arg, 0, 0, 1, &rule->ratio) ? -1 : 1;
     case CLI_OPT_TEMPERATURE:
-        d = strtod(arg, &end);
-        if (*end || end == arg || !(d > 0) || !isfinite(d)) {
-            fprintf(stderr, "flashgmm %s: --temperature expects a number > 0, got '%s'\n", cmd,
-                    arg);
-            return -1;
-        }
-        o->rule.temperature = d;
-        return 1;
+        return cli_parse_double_in(cmd, "temperature", arg, 0, 1, INFINITY, &rule->temperature)
+                   ? -1
+                   : 1;
     case CLI_OPT_BUDGET:
-        if (cli_parse_double(cmd, "budget", arg, 0, &d)) return -1;
-        o->budget = d;
-        return 1;
+        return cli_parse_double(cmd, "budget", arg, 0, budget) ? -1 : 1;
     case CLI_OPT_SHARD_ROWS:
+        if (!shard_rows) return 0;
         if (cli_parse_long(cmd, "shard-rows", arg, 1, LONG_MAX, &v)) return -1;
-        o->shard_rows = v;
+        *shard_rows = v;
         return 1;
     }
     return 0;

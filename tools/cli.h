@@ -61,6 +61,10 @@ int cli_positionals(const char *cmd, int argc, char **argv, int allowed);
 int cli_parse_long(const char *cmd, const char *name, const char *s, long lo, long hi,
                    long *out);
 int cli_parse_double(const char *cmd, const char *name, const char *s, double lo, double *out);
+/* A finite number in [lo, hi], or (lo, hi] when lo_open; hi = INFINITY
+ * for no upper bound ("expects a number in (0, 1]", "... > 0"). */
+int cli_parse_double_in(const char *cmd, const char *name, const char *s, double lo, int lo_open,
+                        double hi, double *out);
 /* A byte count: an integer or decimal with an optional K, M, G or T suffix
  * (powers of 1024). */
 int cli_parse_bytes(const char *cmd, const char *name, const char *s, int64_t *out);
@@ -122,8 +126,9 @@ int cli_open_data(const char *cmd, const cli_io_flags *f, const char *path, fgmm
 
 /* ------------------------------------------------------------ IVF lists */
 
-/* The list flags of assign and fit --assign-out; cli_list_flag takes
- * their vals. */
+/* The list flags of assign, fit --assign-out and ivf-eval (the rule and
+ * the budget; --shard-rows for the commands that write shards);
+ * cli_list_flag takes their vals. */
 enum {
     CLI_OPT_LISTS = CLI_OPT_BASE + 300,
     CLI_OPT_MAX_LISTS = CLI_OPT_LISTS,
@@ -139,13 +144,16 @@ enum {
         {"min-resp", required_argument, NULL, CLI_OPT_MIN_RESP},               \
         {"ratio", required_argument, NULL, CLI_OPT_RATIO},                     \
         {"temperature", required_argument, NULL, CLI_OPT_TEMPERATURE},         \
-        {"budget", required_argument, NULL, CLI_OPT_BUDGET},                   \
-        {"shard-rows", required_argument, NULL, CLI_OPT_SHARD_ROWS}
-/* Records a list flag in o: 1 done, 0 val is not one, -1 a bad value
+        {"budget", required_argument, NULL, CLI_OPT_BUDGET}
+#define CLI_SHARD_ROWS_OPTION {"shard-rows", required_argument, NULL, CLI_OPT_SHARD_ROWS}
+/* Records a list flag in rule, *budget or *shard_rows (NULL where the
+ * command has no --shard-rows): 1 done, 0 val is not one, -1 a bad value
  * (printed). */
-int cli_list_flag(const char *cmd, fgmm_assign_options *o, int val, const char *arg);
+int cli_list_flag(const char *cmd, fgmm_list_rule *rule, double *budget, int64_t *shard_rows,
+                  int val, const char *arg);
 /* Their help lines. */
 extern const char CLI_LIST_HELP[];
+extern const char CLI_SHARD_ROWS_HELP[];
 /* Writes the assignment directory dir for src under m and prints its
  * summary; returns an exit status. */
 int cli_write_assignments(const char *cmd, fgmm_engine *e, fgmm_source *src, const fgmm_model *m,

@@ -110,6 +110,7 @@ static const struct option FIT_OPTIONS[] = {
     {"timeout", required_argument, NULL, OPT_TIMEOUT},
     {"assign-out", required_argument, NULL, OPT_ASSIGN_OUT},
     CLI_LIST_OPTIONS,
+    CLI_SHARD_ROWS_OPTION,
     CLI_READER_OPTIONS,
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -137,6 +138,7 @@ static int read_flags(int argc, char **argv, fit_flags *f)
             fputs(FIT_HELP_HEAD, stdout);
             fputs(FIT_HELP_ASSIGN, stdout);
             fputs(CLI_LIST_HELP, stdout);
+            fputs(CLI_SHARD_ROWS_HELP, stdout);
             fputs(CLI_READER_HELP, stdout);
             fputs(FIT_HELP_TAIL, stdout);
             return CLI_EXIT_OK;
@@ -160,7 +162,8 @@ static int read_flags(int argc, char **argv, fit_flags *f)
         case OPT_TIMEOUT: f->timeout = optarg; break;
         case OPT_ASSIGN_OUT: f->assign_out = optarg; break;
         default: {
-            int r = cli_list_flag("fit", &f->lists, c, optarg);
+            int r = cli_list_flag("fit", &f->lists.rule, &f->lists.budget, &f->lists.shard_rows,
+                                  c, optarg);
             if (r < 0) return CLI_EXIT_USAGE;
             f->list_flags |= r;
             if (r == 0 && !cli_io_flag(&f->io, c, optarg)) return CLI_EXIT_USAGE;

@@ -76,11 +76,6 @@ enum {
     OPT_NPROBE,
     OPT_TRAIN_SAMPLE,
     OPT_QUERIES,
-    OPT_MAX_LISTS,
-    OPT_MIN_RESP,
-    OPT_RATIO,
-    OPT_TEMPERATURE,
-    OPT_BUDGET,
     OPT_MAX_ITER,
     OPT_KMEANS_ITER,
     OPT_SEED,
@@ -100,11 +95,7 @@ static const struct option IVF_EVAL_OPTIONS[] = {
     {"nprobe", required_argument, NULL, OPT_NPROBE},
     {"train-sample", required_argument, NULL, OPT_TRAIN_SAMPLE},
     {"queries", required_argument, NULL, OPT_QUERIES},
-    {"max-lists", required_argument, NULL, OPT_MAX_LISTS},
-    {"min-resp", required_argument, NULL, OPT_MIN_RESP},
-    {"ratio", required_argument, NULL, OPT_RATIO},
-    {"temperature", required_argument, NULL, OPT_TEMPERATURE},
-    {"budget", required_argument, NULL, OPT_BUDGET},
+    CLI_LIST_OPTIONS,
     {"max-iter", required_argument, NULL, OPT_MAX_ITER},
     {"kmeans-iter", required_argument, NULL, OPT_KMEANS_ITER},
     {"seed", required_argument, NULL, OPT_SEED},
@@ -124,7 +115,6 @@ int cmd_ivf_eval(int argc, char **argv)
     p.verbose = 1;
     fgmm_error err = {0};
     long lv;
-    double dv;
     int c;
     cli_flags_begin();
     while ((c = cli_next_flag("ivf-eval", argc, argv, IVF_EVAL_OPTIONS)) != -1) {
@@ -165,28 +155,6 @@ int cmd_ivf_eval(int argc, char **argv)
                 return CLI_EXIT_USAGE;
             p.queries = lv;
             break;
-        case OPT_MAX_LISTS:
-            if (cli_parse_long("ivf-eval", "max-lists", optarg, 1, FGMM_MAX_TOP_M, &lv))
-                return CLI_EXIT_USAGE;
-            p.rule.max_lists = (int)lv;
-            break;
-        case OPT_MIN_RESP:
-            if (cli_parse_double("ivf-eval", "min-resp", optarg, 0, &dv)) return CLI_EXIT_USAGE;
-            p.rule.min_resp = dv;
-            break;
-        case OPT_RATIO:
-            if (cli_parse_double("ivf-eval", "ratio", optarg, 0, &dv)) return CLI_EXIT_USAGE;
-            p.rule.ratio = dv;
-            break;
-        case OPT_TEMPERATURE:
-            if (cli_parse_double("ivf-eval", "temperature", optarg, 0, &dv))
-                return CLI_EXIT_USAGE;
-            p.rule.temperature = dv;
-            break;
-        case OPT_BUDGET:
-            if (cli_parse_double("ivf-eval", "budget", optarg, 0, &dv)) return CLI_EXIT_USAGE;
-            p.budget = dv;
-            break;
         case OPT_MAX_ITER:
             if (cli_parse_long("ivf-eval", "max-iter", optarg, 0, 100000, &lv))
                 return CLI_EXIT_USAGE;
@@ -210,7 +178,9 @@ int cmd_ivf_eval(int argc, char **argv)
             break;
         case OPT_DEVICE: io.device = optarg; break;
         case OPT_QUIET: p.verbose = 0; break;
-        default: return CLI_EXIT_USAGE;
+        default:
+            if (cli_list_flag("ivf-eval", &p.rule, &p.budget, NULL, c, optarg) <= 0)
+                return CLI_EXIT_USAGE;
         }
     }
     if (cli_positionals("ivf-eval", argc, argv, 0)) return CLI_EXIT_USAGE;
