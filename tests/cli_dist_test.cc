@@ -27,6 +27,7 @@
 
 #include "backends/fgmm_backends.h"
 #include "core/fgmm.h"
+#include "tests/cli_run.h"
 
 namespace {
 
@@ -41,31 +42,6 @@ bool exists(const std::string &p)
     return stat(p.c_str(), &st) == 0;
 }
 
-std::string read_all(const std::string &p)
-{
-    std::ifstream f(p, std::ios::binary);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-}
-
-struct Result {
-    int code;
-    std::string out;
-};
-
-Result sh(const std::string &cmd)
-{
-    FILE *p = popen((cmd + " 2>&1").c_str(), "r");
-    Result r{-1, ""};
-    if (!p) return r;
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-    int st = pclose(p);
-    r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    return r;
-}
 
 std::string mpi(int ranks)
 {
@@ -185,7 +161,7 @@ class CliDist : public ::testing::Test {
                 x[(size_t)i * d + j] = (float)(6.0 * ((i + j) % 4) + fgmm_rng_normal(&r));
         std::ofstream(path("data.fbin"), std::ios::binary)
             .write((const char *)buf.data(), (std::streamsize)buf.size());
-        Result s = sh(g_bin + " shard --input " + path("data.fbin") + " --out " +
+        Result s = run_shell(g_bin + " shard --input " + path("data.fbin") + " --out " +
                       path("shards") + " --rows-per-chunk 500 --chunks-per-shard 4");
         ASSERT_EQ(s.code, 0) << s.out;
     }
@@ -203,7 +179,7 @@ TEST_F(CliDist, RankCountsAgree)
     std::vector<std::vector<double>> ll(4), w(4), mu(4), var(4);
     for (int r = 1; r <= 3; r++) {
         std::string out = path("agree" + std::to_string(r));
-        Result res = sh(mpi(r) + fit_args(out, iters) + " --checkpoint-every " +
+        Result res = run_shell(mpi(r) + fit_args(out, iters) + " --checkpoint-every " +
                         std::to_string(iters));
         ASSERT_EQ(res.code, 0) << res.out;
         ASSERT_TRUE(exists(out + "/model.json"));
@@ -239,7 +215,7 @@ TEST_F(CliDist, RankCountsAgree)
 // sizes exactly, a budget (one cap over all rows) included.
 TEST_F(CliDist, RanksWriteTheAssignmentsOneProcessWrites)
 {
-    Result m0 = sh(fit_args(path("asg_m0"), 3));
+    Result m0 = run_shell(fit_args(path("asg_m0"), 3));
     ASSERT_EQ(m0.code, 0) << m0.out;
     auto assign_args = [&](const std::string &name) {
         return g_bin + " fit --quiet --device cpu --threads 1 --data " + path("shards") +
@@ -247,18 +223,19 @@ TEST_F(CliDist, RanksWriteTheAssignmentsOneProcessWrites)
                " --assign-out " + path(name) +
                " --max-lists 3 --temperature 200 --min-resp 0.05 --budget 0.05 --shard-rows 1000";
     };
-    Result one = sh(assign_args("asg1"));
+    Result one = run_shell(assign_args("asg1"));
     ASSERT_EQ(one.code, 0) << one.out;
     EXPECT_NE(one.out.find("capped at 400"), std::string::npos) << one.out;
-    ASSERT_EQ(sh(g_bin + " export --assignments " + path("asg1") + " --out " + path("asg1_npy"))
-                  .code, 0);
+    ASSERT_EQ(run_shell(g_bin + " export --assignments " + path("asg1") + " --out " +
+                        path("asg1_npy")).code,
+              0);
     for (int r = 2; r <= 3; r++) {
         std::string name = "asg" + std::to_string(r);
-        Result res = sh(mpi(r) + assign_args(name));
+        Result res = run_shell(mpi(r) + assign_args(name));
         ASSERT_EQ(res.code, 0) << res.out;
-        Result v = sh(g_bin + " info --verify " + path(name));
+        Result v = run_shell(g_bin + " info --verify " + path(name));
         ASSERT_EQ(v.code, 0) << v.out;
-        ASSERT_EQ(sh(g_bin + " export --assignments " + path(name) + " --out " +
+        ASSERT_EQ(run_shell(g_bin + " export --assignments " + path(name) + " --out " +
                      path(name + "_npy")).code, 0);
         for (const char *f : {"primary.npy", "offsets.npy", "lists.npy", "weights.npy",
                               "loglik.npy"}) {
@@ -283,7 +260,7 @@ TEST_F(CliDist, RanksWriteTheAssignmentsOneProcessWrites)
 TEST_F(CliDist, SameRankCountRepeatsBitForBit)
 {
     for (const char *name : {"rep_a", "rep_b"}) {
-        Result res = sh(mpi(2) + fit_args(path(name), 10));
+        Result res = run_shell(mpi(2) + fit_args(path(name), 10));
         ASSERT_EQ(res.code, 0) << res.out;
     }
     expect_same_model(path("rep_a"), path("rep_b"));
@@ -327,7 +304,7 @@ void kill_then_resume(const std::string &cmd, const std::string &when, const std
         for (int i = 0; i < 200 && kill(p, 0) == 0; i++)
             std::this_thread::sleep_for(std::chrono::milliseconds(10));
     ASSERT_FALSE(exists(out)) << "the fit finished before it was killed; make it longer";
-    Result res = sh(resume_cmd);
+    Result res = run_shell(resume_cmd);
     ASSERT_EQ(res.code, 0) << res.out;
     expect_same_model(reference, out);
 }
@@ -336,7 +313,7 @@ TEST_F(CliDist, KilledJobResumesToTheSameModel)
 {
     const int iters = 150;
     std::string ref = path("ck_ref"), out = path("ck_job");
-    Result res = sh(mpi(2) + fit_args(ref, iters));
+    Result res = run_shell(mpi(2) + fit_args(ref, iters));
     ASSERT_EQ(res.code, 0) << res.out;
     std::string cmd = mpi(2) + fit_args(out, iters) + " --checkpoint-every 1";
     kill_then_resume(cmd, out + ".checkpoint/step-3", out,
@@ -347,7 +324,7 @@ TEST_F(CliDist, KilledProcessResumesToTheSameModel)
 {
     const int iters = 150;
     std::string ref = path("single_ref"), out = path("single");
-    Result res = sh(fit_args(ref, iters));
+    Result res = run_shell(fit_args(ref, iters));
     ASSERT_EQ(res.code, 0) << res.out;
     std::string cmd = fit_args(out, iters) + " --checkpoint-every 2 --checkpoint-dir " +
                       path("single_ck");
@@ -378,22 +355,22 @@ TEST_F(CliDist, KilledRankFailsTheJobWithoutAModel)
 TEST_F(CliDist, GpusWithoutADevice)
 {
     std::string out = path("gpus");
-    Result cpu = sh(fit_args(out, 2) + " --gpus 1");
+    Result cpu = run_shell(fit_args(out, 2) + " --gpus 1");
     EXPECT_EQ(cpu.code, 2) << cpu.out; // --device cpu with --gpus
-    Result bad = sh(fit_args(out, 2) + " --device cuda --gpus 0,x");
+    Result bad = run_shell(fit_args(out, 2) + " --device cuda --gpus 0,x");
     EXPECT_EQ(bad.code, 2) << bad.out;
-    Result bad2 = sh(g_bin + " fit --data " + path("shards") + " --k 4 --out " + out +
+    Result bad2 = run_shell(g_bin + " fit --data " + path("shards") + " --k 4 --out " + out +
                      " --gpus 0,,1");
     EXPECT_EQ(bad2.code, 2) << bad2.out;
     EXPECT_NE(bad2.out.find("--gpus expects"), std::string::npos) << bad2.out;
-    Result missing = sh(g_bin + " fit --data " + path("shards") + " --k 4 --out " + out +
+    Result missing = run_shell(g_bin + " fit --data " + path("shards") + " --k 4 --out " + out +
                         " --gpus 4000,");
     EXPECT_EQ(missing.code, 1) << missing.out;
     EXPECT_NE(missing.out.find("no CUDA device"), std::string::npos) << missing.out;
     int count = 0;
     fgmm_error err;
     if (fgmm_device_count(FGMM_DEVICE_CUDA, &count, &err) == FGMM_OK && count == 0) {
-        Result all = sh(g_bin + " fit --data " + path("shards") + " --k 4 --out " + out +
+        Result all = run_shell(g_bin + " fit --data " + path("shards") + " --k 4 --out " + out +
                         " --gpus all");
         EXPECT_EQ(all.code, 1) << all.out;
         EXPECT_NE(all.out.find("there is no CUDA device on this machine"), std::string::npos)

@@ -25,30 +25,13 @@
 #include <vector>
 
 #include "core/fgmm.h"
+#include "tests/cli_run.h"
 #include "core/synthetic.h"
 
 namespace {
 
 std::string g_dir;
 
-struct Result {
-    int code;
-    std::string out;
-};
-
-Result run(const std::string &args)
-{
-    std::string cmd = "tools/flashgmm " + args + " 2>&1";
-    FILE *p = popen(cmd.c_str(), "r");
-    Result r{-1, ""};
-    if (!p) return r;
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-    int st = pclose(p);
-    r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    return r;
-}
 
 std::string path(const char *name) { return g_dir + "/" + name; }
 
@@ -300,13 +283,6 @@ TEST_F(Cli, AssignThenExport)
     EXPECT_EQ(run("export --help").code, 0);
 }
 
-std::string slurp(const std::string &p)
-{
-    std::ifstream f(p, std::ios::binary);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-}
 
 TEST_F(Cli, FitAssignOutEqualsAssignAfterwards)
 {
@@ -318,7 +294,7 @@ TEST_F(Cli, FitAssignOutEqualsAssignAfterwards)
                   " --max-lists 2 --out " + path("fasg2")).code, 0);
     ASSERT_EQ(run("export --assignments " + path("fasg") + " --out " + path("fnpy")).code, 0);
     ASSERT_EQ(run("export --assignments " + path("fasg2") + " --out " + path("fnpy2")).code, 0);
-    std::string a = slurp(path("fnpy/primary.npy")), b = slurp(path("fnpy2/primary.npy"));
+    std::string a = read_all(path("fnpy/primary.npy")), b = read_all(path("fnpy2/primary.npy"));
     EXPECT_GT(a.size(), 3000u * 4);
     EXPECT_EQ(a, b);
     expect_fail("fit --data " + path("good.fbin") + " --k 3 --out " + path("fam2") +

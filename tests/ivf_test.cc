@@ -22,6 +22,7 @@
 
 #include "backends/fgmm_backends.h"
 #include "core/fgmm.h"
+#include "tests/cli_run.h"
 #include "io/fgmm_io.h"
 #include "ivf/fgmm_ivf.h"
 
@@ -335,32 +336,7 @@ void embeddings(fgmm_rng *r, int n, int d, std::vector<float> *out)
     }
 }
 
-struct Result {
-    int code;
-    std::string out;
-};
 
-Result run(const std::string &args)
-{
-    std::string cmd = "tools/flashgmm " + args + " 2>&1";
-    FILE *p = popen(cmd.c_str(), "r");
-    Result r{-1, ""};
-    if (!p) return r;
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-    int st = pclose(p);
-    r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    return r;
-}
-
-std::string slurp(const std::string &p)
-{
-    std::ifstream f(p);
-    std::stringstream s;
-    s << f.rdbuf();
-    return s.str();
-}
 
 bool exists(const std::string &p)
 {
@@ -419,7 +395,7 @@ class IvfEval : public ::testing::Test {
     static void check_results(const std::string &dir)
     {
         std::string header;
-        std::vector<Row> rows = parse_results(slurp(dir + "/results.csv"), &header);
+        std::vector<Row> rows = parse_results(read_all(dir + "/results.csv"), &header);
         EXPECT_EQ(header, kHeader);
         std::map<std::string, std::vector<Row>> by;
         for (const Row &r : rows) by[r.method].push_back(r);
@@ -452,11 +428,11 @@ class IvfEval : public ::testing::Test {
         EXPECT_EQ(by["gmm-multi"][0].index_rows, by["gmm-multi/posterior"][0].index_rows);
         // SOAR's second copy pays off at equal nprobe.
         EXPECT_GE(by["kmeans-soar"][0].r10, by["kmeans"][0].r10);
-        std::string m = slurp(dir + "/methods.csv");
+        std::string m = read_all(dir + "/methods.csv");
         EXPECT_EQ(m.substr(0, m.find('\n')),
                   "method,train_seconds,index_rows,multi_list_share,list_size_max_over_mean,"
                   "list_size_gini,build_seconds");
-        std::string svg = slurp(dir + "/recall.svg");
+        std::string svg = read_all(dir + "/recall.svg");
         EXPECT_NE(svg.find("<svg"), std::string::npos);
         EXPECT_NE(svg.find("recall@10"), std::string::npos);
         EXPECT_NE(svg.find("gmm-multi/posterior"), std::string::npos);
@@ -495,7 +471,7 @@ TEST_F(IvfEval, LibraryAndBinaryAgree)
     check_results(path("api"));
 
     // The cached ground truth is the exact top-100 of every query.
-    std::string gt = slurp(path("api/gt.ivecs"));
+    std::string gt = read_all(path("api/gt.ivecs"));
     ASSERT_EQ(gt.size(), (size_t)kQ * 101 * 4);
     int32_t k0;
     memcpy(&k0, gt.data(), 4);
@@ -508,8 +484,8 @@ TEST_F(IvfEval, LibraryAndBinaryAgree)
                    " --nlist 64 --max-iter 25 --seed 3 --temperature 2 --threads 1 --out " +
                    path("cli") + "/");
     ASSERT_EQ(r.code, 0) << r.out;
-    EXPECT_EQ(slurp(path("cli/results.csv")), slurp(path("api/results.csv")));
-    EXPECT_EQ(slurp(path("cli/dedup.csv")), slurp(path("api/dedup.csv")));
+    EXPECT_EQ(read_all(path("cli/results.csv")), read_all(path("api/results.csv")));
+    EXPECT_EQ(read_all(path("cli/dedup.csv")), read_all(path("api/dedup.csv")));
     EXPECT_FALSE(exists(path("cli/gt.ivecs")));  // given, not computed
     check_results(path("cli"));
     // Nothing temporary is left beside the outputs.
