@@ -70,3 +70,54 @@ fgmm_status fgmm_synthetic_mixture(const fgmm_synthetic_spec *spec, fgmm_model *
     *rows = x;
     return FGMM_OK;
 }
+
+fgmm_status fgmm_synthetic_embeddings(uint64_t centre_seed, int clusters, int d, double spread_lo,
+                                      double spread_hi, fgmm_rng *draw, int64_t n, float *out,
+                                      fgmm_error *err)
+{
+    if (clusters < 1 || d < 1 || n < 0 || !(spread_lo >= 0 && spread_lo <= spread_hi))
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "embeddings: clusters (%d) and dimensions (%d) "
+                         "must be >= 1, rows (%lld) >= 0, 0 <= spread_lo <= spread_hi (%g, %g)",
+                         clusters, d, (long long)n, spread_lo, spread_hi);
+    double *mu = malloc(sizeof(double) * (size_t)clusters * (size_t)d);
+    double *spread = malloc(sizeof(double) * (size_t)clusters);
+    double *cum = malloc(sizeof(double) * (size_t)clusters);
+    double *v = malloc(sizeof(double) * (size_t)d);
+    if (!mu || !spread || !cum || !v) {
+        free(mu);
+        free(spread);
+        free(cum);
+        free(v);
+        return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "embeddings: out of memory");
+    }
+    fgmm_rng cr;
+    fgmm_rng_seed(&cr, centre_seed);
+    double tot = 0;
+    for (int c = 0; c < clusters; c++) {
+        double *m = mu + (size_t)c * d, s = 0;
+        for (int j = 0; j < d; j++) {
+            m[j] = fgmm_rng_normal(&cr);
+            s += m[j] * m[j];
+        }
+        for (int j = 0; j < d; j++) m[j] /= sqrt(s);
+        spread[c] = spread_lo + (spread_hi - spread_lo) * fgmm_rng_uniform(&cr);
+        tot += 1.0 / (1.0 + c);
+        cum[c] = tot;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        double u = fgmm_rng_uniform(draw) * tot;
+        int c = 0;
+        while (c < clusters - 1 && cum[c] < u) c++;
+        double s = 0;
+        for (int j = 0; j < d; j++) {
+            v[j] = mu[(size_t)c * d + j] + spread[c] * fgmm_rng_normal(draw) / sqrt((double)d);
+            s += v[j] * v[j];
+        }
+        for (int j = 0; j < d; j++) out[(size_t)i * d + j] = (float)(v[j] / sqrt(s));
+    }
+    free(mu);
+    free(spread);
+    free(cum);
+    free(v);
+    return FGMM_OK;
+}

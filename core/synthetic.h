@@ -42,6 +42,19 @@ typedef struct {
 fgmm_status fgmm_synthetic_mixture(const fgmm_synthetic_spec *spec, fgmm_model **truth,
                                    float **rows, fgmm_error *err);
 
+/* Rows with the structure of embeddings, for IVF evaluations: unit-norm
+ * rows around `clusters` centres on the sphere. The centres and each
+ * cluster's spread (uniform in [spread_lo, spread_hi), per dimension,
+ * scaled by 1/sqrt(d)) come from centre_seed alone, so base rows and
+ * queries drawn in separate calls share them; cluster c is picked with
+ * weight 1/(c+1) (unequal sizes, the largest first). The n rows (n * d
+ * float32 into out) are drawn from *draw, which advances.
+ * FGMM_ERR_ARGUMENT for a non-positive size or spread bounds out of order;
+ * FGMM_ERR_NO_MEMORY. */
+fgmm_status fgmm_synthetic_embeddings(uint64_t centre_seed, int clusters, int d, double spread_lo,
+                                      double spread_hi, fgmm_rng *draw, int64_t n, float *out,
+                                      fgmm_error *err);
+
 #ifdef __cplusplus
 }
 #endif

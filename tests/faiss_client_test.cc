@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/fgmm.h"
+#include "core/synthetic.h"
 #include "io/fgmm_io.h"
 #include "ivf/fgmm_ivf.h"
 
@@ -36,23 +37,6 @@ void write_fbin(const std::string &p, const std::vector<float> &x, uint32_t n, u
     fclose(f);
 }
 
-// Rows on the unit sphere around cluster centres of unequal size and
-// spread, as embeddings are.
-std::vector<float> embeddings(fgmm_rng *r, int n, int d, const std::vector<float> &centres, int c)
-{
-    std::vector<float> x((size_t)n * d);
-    for (int i = 0; i < n; i++) {
-        int k = (int)(std::pow(fgmm_rng_uniform(r), 2.0) * c);  // unequal sizes
-        double spread = 0.15 + 0.3 * k / c, norm = 0;
-        for (int j = 0; j < d; j++) {
-            double v = centres[(size_t)k * d + j] + spread * fgmm_rng_normal(r);
-            x[(size_t)i * d + j] = (float)v;
-            norm += v * v;
-        }
-        for (int j = 0; j < d; j++) x[(size_t)i * d + j] /= (float)std::sqrt(norm);
-    }
-    return x;
-}
 
 int sh(const std::string &cmd)
 {
@@ -68,10 +52,10 @@ TEST(FaissClient, IndexFromExportedFilesHasTheEvaluatorsRecall)
     const int n = 6000, nq = 300, d = 48, c = 24, K = 32;
     fgmm_rng r;
     fgmm_rng_seed(&r, 11);
-    std::vector<float> centres((size_t)c * d);
-    for (float &v : centres) v = (float)fgmm_rng_normal(&r) / std::sqrt((float)d);
-    std::vector<float> base = embeddings(&r, n, d, centres, c);
-    std::vector<float> query = embeddings(&r, nq, d, centres, c);
+    std::vector<float> base((size_t)n * d), query((size_t)nq * d);
+    fgmm_error err{};
+    ASSERT_EQ(fgmm_synthetic_embeddings(5, c, d, 1.0, 2.0, &r, n, base.data(), &err), FGMM_OK);
+    ASSERT_EQ(fgmm_synthetic_embeddings(5, c, d, 1.0, 2.0, &r, nq, query.data(), &err), FGMM_OK);
     write_fbin(dir + "/base.fbin", base, n, d);
     write_fbin(dir + "/query.fbin", query, nq, d);
 
@@ -85,7 +69,6 @@ TEST(FaissClient, IndexFromExportedFilesHasTheEvaluatorsRecall)
                  dir + "/npy > /dev/null"), 0);
 
     // The evaluator's search over the same lists.
-    fgmm_error err{};
     fgmm_model *m;
     ASSERT_EQ(fgmm_model_load((dir + "/model").c_str(), &m, &err), FGMM_OK) << err.msg;
     double *prim = nullptr;

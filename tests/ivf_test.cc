@@ -22,6 +22,7 @@
 
 #include "backends/fgmm_backends.h"
 #include "core/fgmm.h"
+#include "core/synthetic.h"
 #include "tests/cli_run.h"
 #include "io/fgmm_io.h"
 #include "ivf/fgmm_ivf.h"
@@ -305,35 +306,13 @@ void write_fbin(const std::string &p, const std::vector<float> &x, uint32_t n, u
 }
 
 // Embedding-like rows: unit vectors around 40 cluster directions of
-// unequal size (Zipf-like weights) and unequal spread.
+// unequal size and spread, the same clusters for base and queries.
 void embeddings(fgmm_rng *r, int n, int d, std::vector<float> *out)
 {
-    const int C = 40;
-    fgmm_rng cr;
-    fgmm_rng_seed(&cr, 2024);  // the same clusters for base and queries
-    std::vector<double> mu(C * d), spread(C), cum(C);
-    double tot = 0;
-    for (int c = 0; c < C; c++) {
-        double s = 0;
-        for (int j = 0; j < d; j++) s += (mu[c * d + j] = fgmm_rng_normal(&cr)) * mu[c * d + j];
-        for (int j = 0; j < d; j++) mu[c * d + j] /= std::sqrt(s);
-        spread[c] = 0.4 + 0.8 * fgmm_rng_uniform(&cr);
-        tot += 1.0 / (1.0 + c);
-        cum[c] = tot;
-    }
     out->resize((size_t)n * d);
-    std::vector<double> v(d);
-    for (int i = 0; i < n; i++) {
-        double u = fgmm_rng_uniform(r) * tot;
-        int c = 0;
-        while (c < C - 1 && cum[c] < u) c++;
-        double s = 0;
-        for (int j = 0; j < d; j++) {
-            v[j] = mu[c * d + j] + spread[c] * fgmm_rng_normal(r) / std::sqrt((double)d);
-            s += v[j] * v[j];
-        }
-        for (int j = 0; j < d; j++) (*out)[(size_t)i * d + j] = (float)(v[j] / std::sqrt(s));
-    }
+    fgmm_error err{};
+    ASSERT_EQ(fgmm_synthetic_embeddings(2024, 40, d, 0.4, 1.2, r, n, out->data(), &err), FGMM_OK)
+        << err.msg;
 }
 
 
