@@ -5,8 +5,8 @@
  *   variances.npy  float32 (K, D) diag, (K,) spherical
  *   model.json     shape, covariance type and the fit's metadata
  *
- * Saving builds the hidden sibling ".<name>.tmp.<pid>/", fsyncs it and
- * renames it to dir without replacing anything: a crash or failure leaves
+ * Saving builds the hidden sibling ".<name>.tmp.<pid>/" (fgmm_io_tmpdir),
+ * fsyncs it and renames it to dir without replacing anything: a crash or failure leaves
  * either nothing visible or a complete model, and never touches what was at
  * dir before. What a killed save left behind (its process is gone) is
  * removed by the next save to the same name.
@@ -16,11 +16,9 @@
 #include "io/json_file.h"
 #include "io/npy_header.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <signal.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
