@@ -64,8 +64,8 @@ typedef struct {
     int64_t next_row; /* rows must arrive contiguous */
     int64_t total_rows, total_entries, multi_rows;
     int64_t *list_sizes;
-    unsigned char *raw, *frame;
-    size_t raw_cap, frame_cap;
+    unsigned char *frame;
+    size_t frame_cap;
     ZSTD_CCtx *cctx;
 } assign_writer;
 
@@ -107,20 +107,27 @@ static fgmm_status write_shard(assign_writer *w, fgmm_error *err)
     const size_t R = (size_t)w->rows, E = (size_t)w->entries;
     const size_t raw = R * ASSIGN_ROW_BYTES + E * ASSIGN_ENTRY_BYTES;
     const size_t bound = ZSTD_compressBound(raw);
-    if (grow_bytes(&w->raw, &w->raw_cap, raw) || grow_bytes(&w->frame, &w->frame_cap, bound))
+    if (grow_bytes(&w->frame, &w->frame_cap, bound))
         return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for an assignment shard of "
                          "%zu rows", R);
-    unsigned char *p = w->raw;
-    memcpy(p, w->counts, R);
-    p += R;
-    memcpy(p, w->loglik, R * 4);
-    p += R * 4;
-    memcpy(p, w->lists, E * 4);
-    p += E * 4;
-    memcpy(p, w->weights, E * 4);
-    size_t stored = ZSTD_compress2(w->cctx, w->frame, bound, w->raw, raw);
-    if (ZSTD_isError(stored))
-        return fgmm_fail(err, FGMM_ERR_INTERNAL, "zstd: %s", ZSTD_getErrorName(stored));
+    /* The body's four arrays go into one frame as they lie, without
+     * gathering them first. */
+    const struct {
+        const void *p;
+        size_t n;
+    } parts[4] = {{w->counts, R}, {w->loglik, R * 4}, {w->lists, E * 4}, {w->weights, E * 4}};
+    ZSTD_outBuffer out = {w->frame, bound, 0};
+    for (int i = 0; i < 4; i++) {
+        ZSTD_inBuffer in = {parts[i].p, parts[i].n, 0};
+        const ZSTD_EndDirective mode = i == 3 ? ZSTD_e_end : ZSTD_e_continue;
+        size_t left;
+        do {
+            left = ZSTD_compressStream2(w->cctx, &out, &in, mode);
+            if (ZSTD_isError(left))
+                return fgmm_fail(err, FGMM_ERR_INTERNAL, "zstd: %s", ZSTD_getErrorName(left));
+        } while (mode == ZSTD_e_end ? left != 0 : in.pos < in.size);
+    }
+    const size_t stored = out.pos;
 
     assign_header h = {ASSIGN_VERSION, (uint32_t)w->k, (uint64_t)w->first, (uint64_t)R,
                        (uint64_t)E, (uint64_t)raw, (uint64_t)stored,
@@ -454,7 +461,6 @@ done:
     free(w.loglik);
     free(w.lists);
     free(w.weights);
-    free(w.raw);
     free(w.frame);
     free(w.list_sizes);
     ZSTD_freeCCtx(w.cctx);
