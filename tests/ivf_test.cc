@@ -474,6 +474,41 @@ TEST_F(IvfEval, LibraryAndBinaryAgree)
     closedir(d);
 }
 
+// The embedding generator: unit rows, clusters shared between calls with
+// the same centre seed, the first cluster the largest, bad sizes refused.
+TEST(SyntheticEmbeddings, UnitRowsSharedCentresAndBadArguments)
+{
+    const int n = 4000, d = 16, c = 8;
+    std::vector<float> a((size_t)n * d), b((size_t)n * d);
+    fgmm_rng r1, r2;
+    fgmm_rng_seed(&r1, 1);
+    fgmm_rng_seed(&r2, 1);
+    fgmm_error err{};
+    ASSERT_EQ(fgmm_synthetic_embeddings(9, c, d, 0.1, 0.2, &r1, n, a.data(), &err), FGMM_OK);
+    ASSERT_EQ(fgmm_synthetic_embeddings(9, c, d, 0.1, 0.2, &r2, n, b.data(), &err), FGMM_OK);
+    EXPECT_EQ(a, b);  // deterministic
+    for (int i = 0; i < n; i++) {
+        double s = 0;
+        for (int j = 0; j < d; j++) s += (double)a[(size_t)i * d + j] * a[(size_t)i * d + j];
+        ASSERT_NEAR(s, 1.0, 1e-5) << "row " << i;
+    }
+    // Tight clusters: the first row's cluster holds at least its share of
+    // the smallest weight, (1/c) / H_c (4.6% for c = 8), so that many rows
+    // lie close to it; independent directions in 16 dimensions would not.
+    int near_first = 0;
+    for (int i = 0; i < n; i++) {
+        double dot = 0;
+        for (int j = 0; j < d; j++) dot += (double)a[(size_t)i * d + j] * a[j];
+        near_first += dot > 0.9;
+    }
+    EXPECT_GT(near_first, n / 50);
+    EXPECT_EQ(fgmm_synthetic_embeddings(9, 0, d, 0.1, 0.2, &r1, n, a.data(), &err),
+              FGMM_ERR_ARGUMENT);
+    EXPECT_NE(strstr(err.msg, "clusters (0)"), nullptr) << err.msg;
+    EXPECT_EQ(fgmm_synthetic_embeddings(9, c, d, 0.3, 0.2, &r1, n, a.data(), &err),
+              FGMM_ERR_ARGUMENT);
+}
+
 TEST_F(IvfEval, BadInputs)
 {
     const std::string bq = " --base " + path("base.fbin") + " --query " + path("query.fbin");
