@@ -124,7 +124,7 @@ fgmm_status fgmm_chunk_check_finite(const fgmm_chunk *c, int d, const char *name
                         return fgmm_fail(err, FGMM_ERR_DATA,
                                          "%s: row %lld column %d is %s; data must be finite",
                                          name, (long long)(c->first_row + i), j,
-                                         isnan(r[j]) ? "NaN" : "Inf");
+                                         isnan(r[j]) ? "NaN" : "inf");
             }
         }
     } else if (c->dtype == FGMM_F16) {
@@ -139,7 +139,7 @@ fgmm_status fgmm_chunk_check_finite(const fgmm_chunk *c, int d, const char *name
                     return fgmm_fail(err, FGMM_ERR_DATA,
                                      "%s: row %lld column %d is %s; data must be finite", name,
                                      (long long)(c->first_row + i), j,
-                                     (r[j] & 0x3ffu) ? "NaN" : "Inf");
+                                     (r[j] & 0x3ffu) ? "NaN" : "inf");
         }
     }
     return FGMM_OK;

@@ -169,8 +169,9 @@ fgmm_status fgmm_init_model(const fgmm_backend_ops *ops, void *be, fgmm_source *
     for (int64_t i = 0; i < S; i++) {
         for (int j = 0; j < D; j++) {
             if (!isfinite(x[(size_t)i * D + j])) {
-                st = fgmm_fail(err, FGMM_ERR_DATA, "%s: row %lld column %d is not finite",
-                               fgmm_source_name(src), (long long)idx[i], j);
+                st = fgmm_fail(err, FGMM_ERR_DATA, "%s: row %lld column %d is %s; data must be finite",
+                               fgmm_source_name(src), (long long)idx[i], j,
+                               isnan(x[(size_t)i * D + j]) ? "NaN" : "inf");
                 goto done;
             }
             shift[j] += x[(size_t)i * D + j];

@@ -36,7 +36,8 @@ typedef struct {
     double *l;      /* TILE x K: logits, then responsibilities */
     float *lf;      /* TILE x K: responsibilities in float */
     float *af;      /* TILE x 2D: [y, y^2] in float */
-    float *sf;      /* K x 2D: this tile's statistics in float */
+    float *sf;      /* K x 2D: this tile's statistics in float (in double
+                     * under exact_stats: the buffer is sized for it) */
     float *x;       /* D: one row converted to float */
     double *topv;   /* top_m: a row's best logits (assign) */
 } cpu_thread;
@@ -58,6 +59,9 @@ typedef struct {
     int threads, lanes;
     int workers; /* threads the next chunks may use (set_workers) */
     int k, d;
+    /* FGMM_PRECISION_FP64: the statistics product in double too (dgemm),
+     * for callers that compare with a float64 reference below 1e-6. */
+    int exact_stats, scratch_exact;
     fgmm_pool *pool;
     const fgmm_estep_params *p;
     cpu_thread *t;      /* scratch, one per pool thread */
@@ -114,10 +118,11 @@ static fgmm_status cpu_backend_create(int threads, cpu_backend **out, fgmm_error
 static fgmm_status cpu_begin_pass(void *self, const fgmm_estep_params *p, fgmm_error *err)
 {
     cpu_backend *b = self;
-    if (!b->t || b->k != p->k || b->d != p->d) {
+    if (!b->t || b->k != p->k || b->d != p->d || b->scratch_exact != b->exact_stats) {
         free_threads(b);
         b->k = p->k;
         b->d = p->d;
+        b->scratch_exact = b->exact_stats;
         b->t = calloc((size_t)b->threads, sizeof(cpu_thread));
         if (!b->t) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
         size_t stats_bytes = sizeof(double) * ((size_t)2 * p->d + 1) * (size_t)p->k;
@@ -143,7 +148,8 @@ static fgmm_status cpu_begin_pass(void *self, const fgmm_estep_params *p, fgmm_e
             t->x = malloc(sizeof(float) * (size_t)p->d);
             t->lf = malloc(sizeof(float) * TILE_ROWS * (size_t)p->k);
             t->af = malloc(sizeof(float) * TILE_ROWS * 2 * (size_t)p->d);
-            t->sf = malloc(sizeof(float) * 2 * (size_t)p->d * p->k);
+            t->sf = malloc((b->exact_stats ? sizeof(double) : sizeof(float)) * 2 * (size_t)p->d *
+                           p->k);
             if (!t->a || !t->l || !t->x || !t->lf || !t->af || !t->sf) {
                 free_threads(b);
                 return fgmm_fail(err, FGMM_ERR_NO_MEMORY,
@@ -237,13 +243,20 @@ static void cpu_tile(cpu_backend *b, cpu_thread *t, fgmm_stats *st, int64_t r0, 
      * so rounding does not grow with N. The responsibilities and [y, y^2]
      * are already exact to double; their float copies carry 6e-8 relative
      * error each, and a 256-term sum of them stays near 1e-7. */
+    double *sums = fgmm_stats_sums(st);
+    size_t ns = (size_t)K * D2;
+    if (b->exact_stats) {
+        double *sd = (double *)t->sf;
+        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, D2, n, 1.0, t->l, K, t->a, D2,
+                    0.0, sd, D2);
+        for (size_t i = 0; i < ns; i++) sums[i] += sd[i];
+        return;
+    }
     size_t nl = (size_t)n * K, na = (size_t)n * D2;
     for (size_t i = 0; i < nl; i++) t->lf[i] = (float)t->l[i];
     for (size_t i = 0; i < na; i++) t->af[i] = (float)t->a[i];
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, D2, n, 1.0f, t->lf, K, t->af, D2,
                 0.0f, t->sf, D2);
-    double *sums = fgmm_stats_sums(st);
-    size_t ns = (size_t)K * D2;
     for (size_t i = 0; i < ns; i++) sums[i] += t->sf[i];
 }
 
@@ -373,11 +386,12 @@ static void cpu_destroy(void *self)
 
 static fgmm_status cpu_set_precision(void *self, fgmm_precision p, fgmm_error *err)
 {
-    (void)self;
+    cpu_backend *b = self;
     if (p == FGMM_PRECISION_FAST)
         return fgmm_fail(err, FGMM_ERR_UNSUPPORTED,
-                         "the fast precision mode is the GPU's; the CPU engine has one "
-                         "precision (float64 logits)");
+                         "the fast precision mode is the GPU's; the CPU engine computes "
+                         "logits in float64 (fp64: statistics too)");
+    b->exact_stats = p == FGMM_PRECISION_FP64;
     return FGMM_OK;
 }
 
@@ -395,8 +409,8 @@ static void cpu_set_pinned(void *self, int on)
 
 static const char *cpu_path(void *self)
 {
-    (void)self;
-    return "cpu";
+    cpu_backend *b = self;
+    return b->exact_stats ? "cpu, float64 statistics" : "cpu";
 }
 
 static size_t cpu_device_bytes(void *self)

@@ -330,7 +330,7 @@ static fgmm_status fs_read_rows(void *impl, const int64_t *idx, int64_t n, float
                 if (!isfinite(o[j]))
                     return fgmm_fail(err, FGMM_ERR_DATA,
                                      "%s: row %lld column %d is %s; data must be finite",
-                                     f->path, (long long)idx[i], j, isnan(o[j]) ? "NaN" : "Inf");
+                                     f->path, (long long)idx[i], j, isnan(o[j]) ? "NaN" : "inf");
     }
     return FGMM_OK;
 }

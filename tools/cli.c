@@ -177,8 +177,10 @@ int cli_parse_bytes(const char *cmd, const char *name, const char *s, int64_t *o
 const char CLI_READER_HELP[] =
     "  --precision P        cuda: default (tensor cores, split bf16: statistics within 1e-4\n"
     "                       of float64), fast (plain bf16, ~1e-2), fp32 (SIMT kernels) or\n"
-    "                       fp64 (float64 SIMT kernels, as exact as the CPU). Passes whose\n"
-    "                       logits the first three cannot form run in fp64 and say so\n"
+    "                       fp64 (float64 SIMT kernels). Passes whose logits the first\n"
+    "                       three cannot form run in fp64 and say so. cpu: default (float64\n"
+    "                       logits, float32 statistics per 256-row tile, ~1e-6) or fp64\n"
+    "                       (statistics in float64 too)\n"
     "  --cache-budget B     shard directories: keep decoded rows in memory across EM steps when\n"
     "                       the dataset fits in B bytes (e.g. 20G; 0: stream every step;\n"
     "                       default: half the memory available)\n"
