@@ -11,5 +11,5 @@ venv="$TEST_TMPDIR/venv"
   "$here"/python/flashgmm-*.whl
 export FLASHGMM_CLI="$here/tools/flashgmm"
 cd "$TEST_TMPDIR"
-exec "$venv/bin/python" -m pytest -q -p no:cacheprovider \
+exec "$venv/bin/python" -m pytest -q -p no:cacheprovider --rootdir "$here/python" \
   --junitxml="${XML_OUTPUT_FILE:-$TEST_TMPDIR/pytest.xml}" "$here/python/tests"

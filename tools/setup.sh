@@ -13,6 +13,7 @@ PACKAGES=(
   openmpi-bin                                               # dist: mpirun and libmpi (loaded at run time)
   python3-numpy python3-sklearn                             # peer test and benchmarks
   python3-faiss                                             # the IVF client test
+  python3-dev python3-venv python3-pip python3-pytest       # the Python package and its tests
 )
 
 missing=()
