@@ -43,7 +43,8 @@ uint64_t fresh_seed()
     return (uint64_t)time(nullptr) * 1000003u + counter++;
 }
 
-void check_estep(fgmm_covariance cov, int64_t n, int K, int D, int threads, double spread)
+void check_estep(fgmm_covariance cov, int64_t n, int K, int D, int threads, double spread,
+                 fgmm_precision prec = FGMM_PRECISION_DEFAULT)
 {
     uint64_t seed = fresh_seed();
     SCOPED_TRACE("seed " + std::to_string(seed));
@@ -56,6 +57,7 @@ void check_estep(fgmm_covariance cov, int64_t n, int K, int D, int threads, doub
     ASSERT_EQ(fgmm_source_memory(f.x.data(), FGMM_F32, n, D, "mem", &f.src, &err), FGMM_OK)
         << err.msg;
     ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CPU, threads, &f.e, &err), FGMM_OK) << err.msg;
+    ASSERT_EQ(fgmm_engine_set_precision(f.e, prec, &err), FGMM_OK) << err.msg;
     ASSERT_EQ(fgmm_stats_create(K, D, nullptr, &f.s, &err), FGMM_OK);
     std::vector<float> per_row(n, NAN);
     ASSERT_EQ(fgmm_engine_estep(f.e, f.src, f.m, f.s, per_row.data(), &err), FGMM_OK) << err.msg;
@@ -64,10 +66,13 @@ void check_estep(fgmm_covariance cov, int64_t n, int K, int D, int threads, doub
     unshift(f.s, nk, sx, sxx);
     double e_nk = rel_err(nk, ref.nk), e_sx = rel_err(sx, ref.sx), e_sxx = rel_err(sxx, ref.sxx);
     double e_ll = std::fabs(fgmm_stats_loglik(f.s) - ref.loglik) / std::fabs(ref.loglik);
-    EXPECT_LE(e_nk, 1e-6);
-    EXPECT_LE(e_sx, 1e-6);
-    EXPECT_LE(e_sxx, 1e-6);
-    EXPECT_LE(e_ll, 1e-6);
+    // fp64: the statistics product in double too, so only summation order
+    // separates it from the reference.
+    const double tol = prec == FGMM_PRECISION_FP64 ? 1e-12 : 1e-6;
+    EXPECT_LE(e_nk, tol);
+    EXPECT_LE(e_sx, tol);
+    EXPECT_LE(e_sxx, tol);
+    EXPECT_LE(e_ll, tol);
     EXPECT_EQ(fgmm_stats_rows(f.s), n);
     for (int64_t i = 0; i < n; i++) {
         ASSERT_FALSE(std::isnan(per_row[i])) << "row " << i << " not written";
@@ -80,8 +85,9 @@ void check_estep(fgmm_covariance cov, int64_t n, int K, int D, int threads, doub
     if (K > 1) {
         EXPECT_LT(maxnk, (double)n);
     }
-    printf("  N=%lld K=%d D=%d %s threads=%d: rel err nk %.2e sx %.2e sxx %.2e ll %.2e\n",
-           (long long)n, K, D, fgmm_covariance_name(cov), threads, e_nk, e_sx, e_sxx, e_ll);
+    printf("  N=%lld K=%d D=%d %s threads=%d%s: rel err nk %.2e sx %.2e sxx %.2e ll %.2e\n",
+           (long long)n, K, D, fgmm_covariance_name(cov), threads,
+           prec == FGMM_PRECISION_FP64 ? " fp64" : "", e_nk, e_sx, e_sxx, e_ll);
 }
 
 TEST(Estep, DiagMatchesFloat64Reference)
@@ -90,6 +96,14 @@ TEST(Estep, DiagMatchesFloat64Reference)
     check_estep(FGMM_COV_DIAG, 70001, 8, 5, 2, 0.7);  // crosses a 65536-row chunk
     check_estep(FGMM_COV_DIAG, 257, 1, 1, 1, 1.0);
     check_estep(FGMM_COV_DIAG, 500, 300, 3, 2, 1.0);
+}
+
+TEST(Estep, CpuFp64StatisticsMatchFloat64Reference)
+{
+    check_estep(FGMM_COV_DIAG, 3001, 17, 24, 2, 1.0, FGMM_PRECISION_FP64);
+    check_estep(FGMM_COV_DIAG, 70001, 8, 5, 2, 0.7, FGMM_PRECISION_FP64);
+    check_estep(FGMM_COV_SPHERICAL, 500, 300, 3, 2, 1.0, FGMM_PRECISION_FP64);
+    check_estep(FGMM_COV_DIAG, 257, 1, 1, 1, 1.0, FGMM_PRECISION_FP64);
 }
 
 // The size of the terms that cancel in a logit (what decides whether the
