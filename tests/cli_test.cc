@@ -350,11 +350,11 @@ TEST_F(Cli, PrecisionFlag)
                    "--precision fp32 --out " + path("p3"));
     EXPECT_EQ(r.code, 0) << r.out;
     EXPECT_NE(r.out.find("[cpu]"), std::string::npos) << r.out;
-    // fp64 is the CPU's own arithmetic: accepted there too.
+    // fp64 on the CPU: the statistics in float64 too, and the summary says so.
     r = run("fit --quiet --data " + path("good.fbin") + " --k 2 --max-iter 2 --device cpu "
             "--precision fp64 --out " + path("p4"));
     EXPECT_EQ(r.code, 0) << r.out;
-    EXPECT_NE(r.out.find("[cpu]"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("[cpu, float64 statistics]"), std::string::npos) << r.out;
 }
 
 TEST_F(Cli, RingSlotsFlag)
