@@ -125,6 +125,20 @@ void fuzz_check_refusal(fgmm_status st, const fgmm_error *err, const char *what)
     if (!strstr(err->msg, what)) fuzz_fail("message does not name %s: %s", what, err->msg);
 }
 
+#ifdef FUZZ_LIBFUZZER
+/* Under libFuzzer: FGMM_FUZZ_SEEDS=DIR writes the seed corpus and exits
+ * (campaign.sh's first step for each target). */
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc, (void)argv;
+    const char *dir = getenv("FGMM_FUZZ_SEEDS");
+    if (!dir) return 0;
+    mkdir(dir, 0755);
+    int n = fuzz_write_seeds(dir);
+    exit(n < 0);
+}
+#endif
+
 static int by_name(const void *a, const void *b)
 {
     return strcmp(*(const char *const *)a, *(const char *const *)b);

@@ -22,7 +22,7 @@ bash tools/setup.sh || { echo "0 passed, 1 failed"; exit 1; }
 QUIET=(--noshow_progress)
 
 stamp=$(mktemp)
-trap 'rm -f "$stamp" "$stamp.targets" "$stamp.query"' EXIT
+trap 'rm -f "$stamp" "$stamp".*' EXIT
 
 # Targets that //... builds: `bazel test //...` skips those tagged manual.
 bazel query "${QUIET[@]}" 'tests(//...) except attr(tags, "manual", //...)' \
@@ -35,27 +35,53 @@ build_rc=$?
 bazel test "${QUIET[@]}" --keep_going --nocache_test_results \
   --test_env=FGMM_REQUIRE_GPU //... 2>&1
 test_rc=$?
+logs=$(bazel info "${QUIET[@]}" bazel-testlogs 2>/dev/null)
+
+# The same tests again under AddressSanitizer and UndefinedBehaviorSanitizer
+# (`--config=asan`, the CPU build; .bazelrc): every CPU test and every fuzz
+# target's replay. GPU tests (tag gpu) need the CUDA build, and the Python
+# extension cannot be loaded by an uninstrumented interpreter (tag no_asan).
+# FGMM_SKIP_ASAN=1 leaves this pass out (a GPU host's quick run).
+ASAN_QUERY='tests(//...) except attr(tags, "manual|gpu|no_asan", //...)'
+if [ "${FGMM_SKIP_ASAN:-}" = 1 ]; then
+  : >"$stamp.asan_targets"; asan_query_rc=0; asan_rc=0; asan_logs=""
+else
+  bazel query "${QUIET[@]}" "$ASAN_QUERY" >"$stamp.asan_targets" 2>"$stamp.query"
+  asan_query_rc=$?
+  if [ "$asan_query_rc" -ne 0 ]; then cat "$stamp.query" >&2; fi
+  echo "== the CPU tests again under AddressSanitizer and UndefinedBehaviorSanitizer (--config=asan)"
+  # shellcheck disable=SC2046
+  bazel test "${QUIET[@]}" --config=asan --keep_going --nocache_test_results \
+    --test_env=LSAN_OPTIONS="suppressions=$PWD/tools/lsan.supp:print_suppressions=0:fast_unwind_on_malloc=0" \
+    $(cat "$stamp.asan_targets") 2>&1
+  asan_rc=$?
+  asan_logs=$(bazel info "${QUIET[@]}" --config=asan bazel-testlogs 2>/dev/null)
+fi
 
 /usr/bin/python3 - "$stamp" "$query_rc" "$build_rc" "$test_rc" "$MIN_TEST_TARGETS" \
-  "${FGMM_REQUIRE_GPU:-}" <<'PY'
+  "${FGMM_REQUIRE_GPU:-}" "$logs" "$asan_query_rc" "$asan_rc" "$asan_logs" <<'PY'
 import glob, os, sys
 import xml.etree.ElementTree as ET
 
 stamp, query_rc, build_rc, test_rc, min_targets = sys.argv[1], *map(int, sys.argv[2:6])
 require_gpu = sys.argv[6] == "1"
+logs, asan_query_rc, asan_rc, asan_logs = sys.argv[7], int(sys.argv[8]), int(sys.argv[9]), sys.argv[10]
 since = os.stat(stamp).st_mtime
-targets = open(stamp + ".targets").read().split() if query_rc == 0 else []
+targets = [(t, logs, "") for t in open(stamp + ".targets").read().split()] if query_rc == 0 else []
+if asan_logs:
+    targets += [(t, asan_logs, " [asan]") for t in open(stamp + ".asan_targets").read().split()]
 passed = failed = skipped = 0
 problems = []  # failures that are not a test case: the build, a missing XML
 
-def xml_files(target):
+def xml_files(target, logs):
     pkg, name = target.lstrip("/").split(":")
-    base = os.path.join("bazel-testlogs", pkg, name)
+    base = os.path.join(logs, pkg, name)
     one = os.path.join(base, "test.xml")
     return [one] if os.path.exists(one) else sorted(glob.glob(os.path.join(base, "shard_*", "test.xml")))
 
-for t in targets:
-    files = xml_files(t)
+for t, where, mark in targets:
+    files = xml_files(t, where)
+    t += mark
     if not files:
         problems.append(f"{t}: no test.xml (did not build or run)")
         continue
@@ -99,7 +125,7 @@ for t in targets:
             failed += 1
             print(f"FAILED {name} (result {result!r}, not completed)")
 
-if query_rc != 0:
+if query_rc != 0 or asan_query_rc != 0:
     problems.append("bazel query for the test targets failed")
 elif len(targets) < min_targets:
     problems.append(f"{len(targets)} test targets found, expected at least {min_targets}")
@@ -109,10 +135,10 @@ failed += len(problems)
 # A failing build or `bazel test` with every case above passed (a target
 # that failed outside googletest, an interrupted run) is one failure more;
 # otherwise the cases already count it.
-for what, rc in (("build", build_rc), ("test", test_rc)):
+for what, rc in (("build", build_rc), ("test", test_rc), ("test --config=asan", asan_rc)):
     if rc != 0:
         print(f"bazel {what} failed (exit {rc})")
-if (build_rc or test_rc) and failed == 0:
+if (build_rc or test_rc or asan_rc) and failed == 0:
     failed = 1
 print(f"{skipped} skipped")
 print(f"{passed} passed, {failed} failed")
