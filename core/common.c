@@ -79,13 +79,20 @@ uint16_t fgmm_float_to_half(float f)
     return sign | (uint16_t)h;
 }
 
+/* Rows may lie at any address (a mapped file's data need not start on an
+ * element boundary: .npy headers are not always padded), so multi-byte
+ * values are read with memcpy, which compiles to plain unaligned loads. */
 void fgmm_convert_row(fgmm_dtype t, const void *src, size_t n, float *dst)
 {
     switch (t) {
     case FGMM_F32: memcpy(dst, src, n * 4); break;
     case FGMM_F16: {
-        const uint16_t *s = (const uint16_t *)src;
-        for (size_t i = 0; i < n; i++) dst[i] = fgmm_half_to_float(s[i]);
+        const unsigned char *s = (const unsigned char *)src;
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, s + 2 * i, 2);
+            dst[i] = fgmm_half_to_float(h);
+        }
         break;
     }
     case FGMM_U8: {
@@ -106,7 +113,7 @@ fgmm_status fgmm_chunk_check_finite(const fgmm_chunk *c, int d, const char *name
 {
     if (c->dtype == FGMM_F32) {
         for (int64_t i = 0; i < c->n_rows; i++) {
-            const float *r = (const float *)((const char *)c->rows + (size_t)i * c->row_stride);
+            const unsigned char *r = (const unsigned char *)c->rows + (size_t)i * c->row_stride;
             /* An all-ones exponent is NaN or Inf. Testing the bits with an OR
              * reduction vectorises (8 values a cycle with AVX2); a float sum
              * would be one dependent add per value, which made this scan the
@@ -115,31 +122,40 @@ fgmm_status fgmm_chunk_check_finite(const fgmm_chunk *c, int d, const char *name
             uint32_t bad = 0;
             for (int j = 0; j < d; j++) {
                 uint32_t u;
-                memcpy(&u, &r[j], 4);
+                memcpy(&u, r + 4 * (size_t)j, 4);
                 bad |= (uint32_t)((u & 0x7f800000u) == 0x7f800000u);
             }
             if (bad) {
-                for (int j = 0; j < d; j++)
-                    if (!isfinite(r[j]))
+                for (int j = 0; j < d; j++) {
+                    float v;
+                    memcpy(&v, r + 4 * (size_t)j, 4);
+                    if (!isfinite(v))
                         return fgmm_fail(err, FGMM_ERR_DATA,
                                          "%s: row %lld column %d is %s; data must be finite",
                                          name, (long long)(c->first_row + i), j,
-                                         isnan(r[j]) ? "NaN" : "inf");
+                                         isnan(v) ? "NaN" : "inf");
+                }
             }
         }
     } else if (c->dtype == FGMM_F16) {
         for (int64_t i = 0; i < c->n_rows; i++) {
-            const uint16_t *r =
-                (const uint16_t *)((const char *)c->rows + (size_t)i * c->row_stride);
+            const unsigned char *r = (const unsigned char *)c->rows + (size_t)i * c->row_stride;
             uint32_t bad = 0;
-            for (int j = 0; j < d; j++) bad |= (uint32_t)((r[j] & 0x7c00u) == 0x7c00u);
+            for (int j = 0; j < d; j++) {
+                uint16_t h;
+                memcpy(&h, r + 2 * (size_t)j, 2);
+                bad |= (uint32_t)((h & 0x7c00u) == 0x7c00u);
+            }
             if (!bad) continue;
-            for (int j = 0; j < d; j++)
-                if ((r[j] & 0x7c00u) == 0x7c00u)
+            for (int j = 0; j < d; j++) {
+                uint16_t h;
+                memcpy(&h, r + 2 * (size_t)j, 2);
+                if ((h & 0x7c00u) == 0x7c00u)
                     return fgmm_fail(err, FGMM_ERR_DATA,
                                      "%s: row %lld column %d is %s; data must be finite", name,
                                      (long long)(c->first_row + i), j,
-                                     (r[j] & 0x3ffu) ? "NaN" : "inf");
+                                     (h & 0x3ffu) ? "NaN" : "inf");
+            }
         }
     }
     return FGMM_OK;
