@@ -23,6 +23,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -202,7 +203,8 @@ static PyObject *py_source_array(PyObject *self, PyObject *args)
     }
     b->has_view = 1;
     fgmm_dtype t;
-    if (b->view.ndim != 2 || !dtype_of_format(b->view.format, b->view.itemsize, &t)) {
+    if (b->view.ndim != 2 || b->view.shape[1] > INT_MAX ||
+        !dtype_of_format(b->view.format, b->view.itemsize, &t)) {
         PyBuffer_Release(&b->view);
         free(b);
         PyErr_SetString(ArgumentError,
@@ -290,7 +292,7 @@ static int read_doubles(PyObject *o, double *dst, size_t n, const char *what)
 {
     Py_buffer v;
     if (PyObject_GetBuffer(o, &v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
-    int ok = v.itemsize == 8 && v.format && strchr("d<=@", v.format[0]) &&
+    int ok = v.itemsize == 8 && v.format && v.format[0] && strchr("d<=@", v.format[0]) &&
              v.format[strlen(v.format) - 1] == 'd' && (size_t)v.len == n * 8;
     if (ok) memcpy(dst, v.buf, n * 8);
     PyBuffer_Release(&v);
@@ -351,7 +353,14 @@ static PyObject *py_model_arrays(PyObject *self, PyObject *args)
     int nll = fgmm_model_loglik_count(m);
     PyObject *ll = PyList_New(nll);
     if (!ll) return NULL;
-    for (int i = 0; i < nll; i++) PyList_SetItem(ll, i, PyFloat_FromDouble(fgmm_model_loglik(m)[i]));
+    for (int i = 0; i < nll; i++) {
+        PyObject *v = PyFloat_FromDouble(fgmm_model_loglik(m)[i]);
+        if (!v) {
+            Py_DECREF(ll);
+            return NULL;
+        }
+        PyList_SetItem(ll, i, v);
+    }
     PyObject *r = Py_BuildValue(
         "{s:i,s:i,s:s,s:N,s:N,s:N,s:N,s:i,s:i,s:L,s:L,s:d,s:d,s:K,s:s,s:s,s:s}", "k", k, "d", d,
         "covariance", fgmm_covariance_name(c), "weights",
@@ -447,7 +456,9 @@ typedef struct {
 } step_ctx;
 
 /* Runs with the GIL released by the caller: takes it for the callable and
- * for Python's signal handlers, so Ctrl-C stops the fit between steps. */
+ * for Python's signal handlers, so Ctrl-C stops the fit between steps. The
+ * engine's lock is held meanwhile: the callable must not use the same
+ * engine (the package passes only its progress logger). */
 static fgmm_status on_step(void *user, int iteration, const fgmm_model *m, fgmm_error *err)
 {
     step_ctx *c = user;
@@ -803,6 +814,7 @@ static PyObject *new_error(PyObject *mod, const char *name, PyObject *builtin, c
     char full[64];
     snprintf(full, sizeof full, "flashgmm.%s", name);
     PyObject *bases = builtin ? PyTuple_Pack(2, Error, builtin) : NULL;
+    if (builtin && !bases) return NULL;
     PyObject *t = PyErr_NewExceptionWithDoc(full, doc, builtin ? bases : Error, NULL);
     Py_XDECREF(bases);
     if (t && PyModule_AddObjectRef(mod, name, t) < 0) Py_CLEAR(t);

@@ -252,6 +252,10 @@ class GaussianMixture(*_BASES):
         self.covariances_ = var.reshape(k, d) if a["covariance"] == "diag" else var
         self.precisions_ = 1.0 / self.covariances_
         self.precisions_cholesky_ = 1.0 / np.sqrt(self.covariances_)
+        # Read-only: the C model is built from these arrays and cached by
+        # their identity; replace an array (gm.means_ = ...) to change it.
+        for arr in (self.weights_, self.means_, self.covariances_):
+            arr.setflags(write=False)
         self.converged_ = bool(a["converged"])
         self.n_iter_ = int(a["iterations"])
         self.lower_bound_ = a["loglik"][-1] if a["loglik"] else -np.inf
@@ -298,7 +302,8 @@ class GaussianMixture(*_BASES):
     # ------------------------------------------------------------ scoring
 
     def score_samples(self, X):
-        """Log-likelihood log p(x) of each row (float64 array)."""
+        """Log-likelihood log p(x) of each row (float64 array of the
+        library's float32 per-row values: ~1e-7 relative)."""
         model, src, _kept, n = self._scoring_source(X)
         out = np.empty(n, dtype=np.float32)
         _native.score(self._engine(), src, model, out)
@@ -330,13 +335,14 @@ class GaussianMixture(*_BASES):
             proba[rows, idx] = np.exp(lresp)
             return proba
         # K beyond one pass's top-m: blocks of components, each a model of
-        # its own with renormalised weights W_B. Within block B the pass
+        # its own with renormalised weights w_k / W_B. Within block B a pass
         # gives l_B = log sum_{k in B} (w_k / W_B) N_k(x) and
-        # lresp_k = log(w_k N_k(x)) - log W_B - l_B, so the full posterior is
-        # exp(lresp_k + l_B + log W_B - log p(x)).
-        full_ll = np.empty(n, dtype=np.float32)
-        _native.score(engine, src, model, full_ll)
+        # lresp_k = log(w_k N_k(x)) - log W_B - l_B, so log p(x) =
+        # logsumexp_B (l_B + log W_B) and the posterior of k is
+        # exp(lresp_k + l_B + log W_B - log p(x)): every value from the same
+        # passes, so each row sums to one.
         cov = "diag" if np.ndim(self.covariances_) == 2 else "spherical"
+        blocks = []
         for b0 in range(0, k, _MAX_TOP_M):
             b1 = min(k, b0 + _MAX_TOP_M)
             wb = self.weights_[b0:b1]
@@ -350,8 +356,10 @@ class GaussianMixture(*_BASES):
             lresp = np.empty((n, m), dtype=np.float32)
             ll = np.empty(n, dtype=np.float32)
             _native.assign(engine, src, sub, m, idx, lresp, ll)
-            shift = ll.astype(np.float64) + math.log(total) - full_ll
-            proba[rows, b0 + idx] = np.exp(lresp + shift[:, None])
+            blocks.append((b0, idx, lresp, ll.astype(np.float64) + math.log(total)))
+        log_p = np.logaddexp.reduce(np.stack([b[3] for b in blocks]), axis=0)
+        for b0, idx, lresp, shift in blocks:
+            proba[rows, b0 + idx] = np.exp(lresp + (shift - log_p)[:, None])
         return proba
 
     def _n_parameters(self):
@@ -379,8 +387,10 @@ class GaussianMixture(*_BASES):
         self._handle()
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, not {n_samples}")
-        rng = (self.random_state if isinstance(self.random_state, np.random.RandomState)
-               else np.random.RandomState(self.random_state))
+        rs = self.random_state
+        # As scikit-learn's check_random_state: None is numpy's global one.
+        rng = (rs if isinstance(rs, np.random.RandomState)
+               else np.random.mtrand._rand if rs is None else np.random.RandomState(rs))
         counts = rng.multinomial(n_samples, self.weights_)
         k, d = self.means_.shape
         sd = np.sqrt(self.covariances_)
@@ -405,8 +415,8 @@ class GaussianMixture(*_BASES):
         params set the estimator's other parameters (device, ...)."""
         model = _native.model_load(os.fsdecode(path))
         a = _native.model_arrays(model)
-        gm = cls(n_components=a["k"], covariance_type=a["covariance"],
-                 reg_covar=a["reg_covar"], **params)
+        params.setdefault("reg_covar", a["reg_covar"])
+        gm = cls(n_components=a["k"], covariance_type=a["covariance"], **params)
         gm._set_fitted(model)
         return gm
 
