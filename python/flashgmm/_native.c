@@ -126,17 +126,6 @@ static PyObject *py_engine(PyObject *self, PyObject *args)
     return cap;
 }
 
-static PyObject *py_engine_info(PyObject *self, PyObject *args)
-{
-    (void)self;
-    PyObject *eo;
-    if (!PyArg_ParseTuple(args, "O", &eo)) return NULL;
-    engine_box *b = as_engine(eo);
-    if (!b) return NULL;
-    return Py_BuildValue("(ssi)", fgmm_engine_device_name(b->e), fgmm_engine_path(b->e),
-                         fgmm_engine_threads(b->e));
-}
-
 /* ----------------------------------------------------------------- source */
 
 typedef struct {
@@ -784,7 +773,6 @@ static PyObject *py_devices(PyObject *self, PyObject *noargs)
 
 static PyMethodDef methods[] = {
     {"engine", py_engine, METH_VARARGS, NULL},
-    {"engine_info", py_engine_info, METH_VARARGS, NULL},
     {"source_array", py_source_array, METH_VARARGS, NULL},
     {"source_path", py_source_path, METH_VARARGS, NULL},
     {"source_info", py_source_info, METH_VARARGS, NULL},
