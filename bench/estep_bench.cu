@@ -72,7 +72,8 @@ static void setup(Dev &d, int64_t n, int K, int D, const void *x, const float *w
     const char *ka = getenv("FGMM_BENCH_KERNEL_A");
     const int portable = ka && !strcmp(ka, "mma");
     d.sel = fgmmc_select(cc_major, wgmma, portable,
-                         !prec ? FGMMC_PREC_FP32 : prec == 1 ? FGMMC_PREC_FAST : FGMMC_PREC_DEFAULT, D);
+                         !prec ? FGMMC_PREC_FP32 : prec == 1 ? FGMMC_PREC_FAST : FGMMC_PREC_DEFAULT, D,
+                         0);
     d.wide = d.sel.family == FGMMC_FAMILY_WIDE;
     /* The fused kernel where the context would use it;
      * FGMM_BENCH_FUSED=S uses it up to S slices of 64 components

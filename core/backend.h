@@ -22,6 +22,15 @@ typedef struct {
     const double *c;     /* K */
     const double *shift; /* D */
     int loglik_only;     /* scoring: only log-likelihoods, statistics stay zero */
+    /* NULL, or K*D flags (k*D + j) marking the stiff (component, dimension)
+     * pairs (fgmm_estep_params_mark_stiff), n_stiff of them, which a back
+     * end with stiff_pairs evaluates exactly: in the logit as the direct
+     * difference -(x_j - mu_kj)^2 / (2 v_kj), every term non-negative, so
+     * nothing cancels; in the statistics as float64 sums of r (x_j - mu_kj)
+     * and r (x_j - mu_kj)^2 centred on the component's own mean. The other
+     * pairs go through the fast kernels as usual. */
+    const unsigned char *stiff;
+    int64_t n_stiff;
 } fgmm_estep_params;
 
 /* A back end: what computes passes over rows. Every device-specific
@@ -31,6 +40,9 @@ typedef struct {
 typedef struct {
     const char *name; /* "cpu", "cuda": for messages and model metadata */
     fgmm_device device; /* what the back end computes on */
+    /* 1: begin_pass honours fgmm_estep_params.stiff in a statistics or
+     * scoring pass of a precision mode whose limit the model exceeds. */
+    int stiff_pairs;
     /* Start a pass: zero partial statistics, upload parameters. */
     fgmm_status (*begin_pass)(void *self, const fgmm_estep_params *p, fgmm_error *err);
     /* Fold a chunk's rows into the partial statistics. per_row_ll, when not
@@ -186,6 +198,13 @@ void fgmm_estep_params_fill(const fgmm_model *m, double *w, double *c, double *s
  * O(D) value). A logit computed with relative precision eps is off by
  * about eps times this (core/diagnostics.h, fgmm_engine_last_pass_fallback). */
 double fgmm_estep_params_magnitude(const fgmm_estep_params *p);
+
+/* Marks in flags (K*D, k*D + j) the pairs whose term |m w1| + m^2 |w2| (as
+ * in fgmm_estep_params_magnitude) exceeds limit / (2 D), and returns how
+ * many. The unmarked terms of any component then add up to at most
+ * limit / 2 + D, inside what a mode of that limit keeps. */
+int64_t fgmm_estep_params_mark_stiff(const fgmm_estep_params *p, double limit,
+                                     unsigned char *flags);
 
 
 /* exp(x) for x <= 0, vectorisable, relative error < 1e-14; exp(x) for

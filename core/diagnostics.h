@@ -23,6 +23,9 @@ size_t fgmm_engine_device_bytes(const fgmm_engine *e);
  * default: two engines pinned in one machine share the same cores. The
  * sums do not change. No effect on a GPU engine. */
 void fgmm_engine_pin_threads(fgmm_engine *e, int on);
+/* EM steps of the last fgmm_fit that ran FAST under the precision
+ * schedule (FGMM_PRECISION_AUTO); 0 without it. */
+int fgmm_engine_last_fit_fast_steps(const fgmm_engine *e);
 /* Passes of the last fgmm_fit whose rows came from the device row cache. */
 int fgmm_engine_cached_passes(const fgmm_engine *e);
 /* Where the engine's last pass spent its time: *wait_s waiting for the
@@ -54,8 +57,16 @@ double fgmm_engine_last_pass_threads(const fgmm_engine *e);
  * component fitted to a single row) cancel by far more than bf16 hi + lo or
  * fp32 keep, and the responsibilities would be off by whole nats. A larger
  * reg_covar brings such a model back to the fast kernels. */
-enum { FGMM_PASS_AS_ASKED = 0, FGMM_PASS_FP64 = 1 };
+enum { FGMM_PASS_AS_ASKED = 0, FGMM_PASS_FP64 = 1, FGMM_PASS_STIFF = 2 };
 int fgmm_engine_last_pass_fallback(const fgmm_engine *e, double *magnitude, double *limit);
+/* FGMM_PASS_STIFF: the pass ran in the mode asked, with the stiff
+ * (component, dimension) pairs, those whose terms exceed the mode's limit,
+ * evaluated exactly (fgmm_estep_params.stiff), so the cost grows with
+ * their number instead of the whole pass going to float64. Passes fall
+ * back to float64 when more than a quarter of all pairs are stiff, and the
+ * top-m assignment always does. This returns how many pairs the last pass
+ * evaluated so (0 unless FGMM_PASS_STIFF). */
+int64_t fgmm_engine_last_pass_stiff_pairs(const fgmm_engine *e);
 
 #ifdef __cplusplus
 }

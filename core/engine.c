@@ -75,6 +75,7 @@ void fgmm_engine_free(fgmm_engine *e)
     free(e->w);
     free(e->c);
     free(e->shift);
+    free(e->stiff);
     free(e->rank_times);
     free(e);
 }
@@ -97,18 +98,30 @@ fgmm_device fgmm_engine_device(const fgmm_engine *e) { return e->ops->device; }
 
 fgmm_status fgmm_precision_parse(const char *s, fgmm_precision *out, fgmm_error *err)
 {
-    if (!strcmp(s, "default")) *out = FGMM_PRECISION_DEFAULT;
+    if (!strcmp(s, "auto")) *out = FGMM_PRECISION_AUTO;
+    else if (!strcmp(s, "default")) *out = FGMM_PRECISION_DEFAULT;
     else if (!strcmp(s, "fast")) *out = FGMM_PRECISION_FAST;
     else if (!strcmp(s, "fp32")) *out = FGMM_PRECISION_FP32;
     else if (!strcmp(s, "fp64")) *out = FGMM_PRECISION_FP64;
     else
         return fgmm_fail(err, FGMM_ERR_ARGUMENT,
-                         "unknown precision '%s'; expected default, fast, fp32 or fp64", s);
+                         "unknown precision '%s'; expected auto, default, fast, fp32 or fp64", s);
     return FGMM_OK;
 }
 
 fgmm_status fgmm_engine_set_precision(fgmm_engine *e, fgmm_precision p, fgmm_error *err)
 {
+    e->schedule = 0;
+    if (p == FGMM_PRECISION_AUTO) {
+        /* The schedule needs FAST; a back end without it runs DEFAULT. */
+        fgmm_error ignored = {0};
+        const int has_fast = e->ops->set_precision(e->backend, FGMM_PRECISION_FAST, &ignored) == FGMM_OK;
+        fgmm_status st = e->ops->set_precision(e->backend, FGMM_PRECISION_DEFAULT, err);
+        if (st) return st;
+        e->precision = e->backend_precision = FGMM_PRECISION_DEFAULT;
+        e->schedule = has_fast;
+        return FGMM_OK;
+    }
     fgmm_status st = e->ops->set_precision(e->backend, p, err);
     if (!st) e->precision = e->backend_precision = p;
     return st;
@@ -119,6 +132,30 @@ int fgmm_engine_last_pass_fallback(const fgmm_engine *e, double *magnitude, doub
     if (magnitude) *magnitude = e->pass_magnitude;
     if (limit) *limit = e->pass_limit;
     return e->pass_fell_back;
+}
+
+int64_t fgmm_engine_last_pass_stiff_pairs(const fgmm_engine *e) { return e->pass_stiff; }
+
+int fgmm_engine_last_fit_fast_steps(const fgmm_engine *e) { return e->fast_steps; }
+
+int64_t fgmm_estep_params_mark_stiff(const fgmm_estep_params *p, double limit,
+                                     unsigned char *flags)
+{
+    const int K = p->k, D = p->d;
+    const double cut = limit / (2.0 * D);
+    int64_t n = 0;
+    for (int j = 0; j < D; j++) {
+        const double *w1 = p->w + (size_t)j * K, *w2 = p->w + (size_t)(D + j) * K;
+        for (int k = 0; k < K; k++) {
+            const double m = w2[k] < 0 ? -w1[k] / (2 * w2[k]) : 0;
+            const double t = fabs(m * w1[k]) + m * m * fabs(w2[k]);
+            /* NaN terms are stiff too: the exact path meets them as they are. */
+            const int s = !(t <= cut);
+            flags[(size_t)k * D + j] = (unsigned char)s;
+            n += s;
+        }
+    }
+    return n;
 }
 
 double fgmm_estep_params_magnitude(const fgmm_estep_params *p)
@@ -264,7 +301,8 @@ void fgmm_engine_last_pass_phases(const fgmm_engine *e, double *setup_s, double 
 /* Loads the E-step terms of m into the engine's scratch and begins a
  * back-end pass (loglik_only: scoring, no statistics). */
 static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
-                                    fgmm_stats *out, int loglik_only, fgmm_error *err);
+                                    fgmm_stats *out, int loglik_only, int stiff_ok,
+                                    fgmm_error *err);
 
 /* Ends a pass begun at t_rows (after its setup) and records the phases.
  * On the GPU the rows phase only queues the work: the kernels' time lands
@@ -285,7 +323,7 @@ fgmm_status fgmm_engine_pass(fgmm_engine *e, fgmm_source *src, const fgmm_model 
 {
     double t_setup = fgmm_now_seconds();
     e->pass_setup_s = e->pass_rows_s = e->pass_finish_s = 0;
-    fgmm_status st = begin_model_pass(e, src, m, out, loglik_only, err);
+    fgmm_status st = begin_model_pass(e, src, m, out, loglik_only, 1, err);
     if (st) return st;
     int cached = 0;
     int64_t pass_first, pass_rows;
@@ -359,7 +397,8 @@ fgmm_status fgmm_engine_pass(fgmm_engine *e, fgmm_source *src, const fgmm_model 
 }
 
 static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
-                                    fgmm_stats *out, int loglik_only, fgmm_error *err)
+                                    fgmm_stats *out, int loglik_only, int stiff_ok,
+                                    fgmm_error *err)
 {
     int K = fgmm_model_k(m), D = fgmm_model_d(m);
     if (fgmm_source_dim(src) != D)
@@ -383,7 +422,7 @@ static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm
         e->d = D;
     }
     fgmm_estep_params_fill(m, e->w, e->c, e->shift);
-    e->params = (fgmm_estep_params){K, D, e->w, e->c, e->shift, loglik_only};
+    e->params = (fgmm_estep_params){K, D, e->w, e->c, e->shift, loglik_only, NULL, 0};
     /* The back end's precision policy decides whether this model's
      * logits are too ill-conditioned for the mode asked for (fgmm_engine_
      * last_pass_fallback): such a pass (E-step, scoring or assignment) then
@@ -392,6 +431,25 @@ static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm
     fgmm_precision want =
         e->ops->pass_precision(e->backend, e->precision, e->pass_magnitude, &e->pass_limit);
     e->pass_fell_back = want != e->precision ? FGMM_PASS_FP64 : FGMM_PASS_AS_ASKED;
+    e->pass_stiff = 0;
+    /* Too large terms in some pairs only: those pairs are evaluated
+     * exactly and the rest stays in the mode asked. Past a quarter of all
+     * pairs the exact evaluation costs about what float64 does. */
+    if (want != e->precision && stiff_ok && e->ops->stiff_pairs &&
+        (e->precision == FGMM_PRECISION_DEFAULT || e->precision == FGMM_PRECISION_FAST) &&
+        isfinite(e->pass_magnitude)) {
+        free(e->stiff);
+        e->stiff = malloc((size_t)K * D);
+        if (!e->stiff) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+        int64_t n = fgmm_estep_params_mark_stiff(&e->params, e->pass_limit, e->stiff);
+        if (n <= (int64_t)K * D / 4) {
+            want = e->precision;
+            e->pass_fell_back = FGMM_PASS_STIFF;
+            e->pass_stiff = n;
+            e->params.stiff = e->stiff;
+            e->params.n_stiff = n;
+        }
+    }
     if (want != e->backend_precision) {
         fgmm_status st = e->ops->set_precision(e->backend, want, err);
         if (st) return st;
@@ -429,7 +487,7 @@ fgmm_status fgmm_assign(fgmm_engine *e, fgmm_source *src, const fgmm_model *m, i
     int32_t *idx = NULL;
     float *lresp = NULL, *ll = NULL;
     int64_t cap = 0;
-    if ((st = begin_model_pass(e, src, m, s, 1, err))) goto done;
+    if ((st = begin_model_pass(e, src, m, s, 1, 0, err))) goto done;
     if ((st = fgmm_source_rewind(src, err))) goto done;
     for (;;) {
         fgmm_chunk ch;

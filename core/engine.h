@@ -18,8 +18,12 @@ struct fgmm_engine {
     fgmm_estep_params params;
     fgmm_precision precision;
     fgmm_precision backend_precision; /* what the back end was last set to */
+    int schedule; /* FGMM_PRECISION_AUTO with FAST: fgmm_fit sets precision per step */
+    int fast_steps; /* of the last fit (fgmm_engine_last_fit_fast_steps) */
     int pass_fell_back;               /* FGMM_PASS_* of the last pass */
     double pass_magnitude, pass_limit;
+    unsigned char *stiff; /* K*D flags of the current pass (FGMM_PASS_STIFF) */
+    int64_t pass_stiff;   /* how many */
     uint64_t data_serial; /* names each fit's data for the back end's row cache */
     int cached_passes;
     double pass_wait_s, pass_compute_s; /* the last pass's split, see fgmm.h */

@@ -326,9 +326,19 @@ typedef enum {
     FGMM_PRECISION_DEFAULT = 0,
     FGMM_PRECISION_FAST = 1,
     FGMM_PRECISION_FP32 = 2,
-    FGMM_PRECISION_FP64 = 3
+    FGMM_PRECISION_FP64 = 3,
+    /* A schedule, where the engine has FAST: fgmm_fit runs FAST steps while
+     * the log-likelihood still moves by more than 10 x tol (and has not
+     * gone down: bf16's noise then dominates), DEFAULT steps from then on
+     * and for the last two of max_iter, and decides convergence only
+     * between two DEFAULT steps. EM is a fixed-point iteration: the early
+     * steps tolerate bf16's error and only the last ones decide the model.
+     * The schedule is a function of the log-likelihood history, so a
+     * resumed fit repeats it. Other passes (scoring, assignment) run
+     * DEFAULT. Without FAST (the CPU engine) AUTO is DEFAULT. */
+    FGMM_PRECISION_AUTO = 4
 } fgmm_precision;
-/* Parses "default", "fast", "fp32", "fp64". */
+/* Parses "auto", "default", "fast", "fp32", "fp64". */
 fgmm_status fgmm_precision_parse(const char *s, fgmm_precision *out, fgmm_error *err);
 /* FGMM_ERR_UNSUPPORTED for FAST on the CPU engine. */
 fgmm_status fgmm_engine_set_precision(fgmm_engine *e, fgmm_precision p, fgmm_error *err);

@@ -194,6 +194,24 @@ static fgmm_status gather_times(fgmm_engine *e, fgmm_status local, const double 
     return FGMM_OK;
 }
 
+/* The precision schedule (FGMM_PRECISION_AUTO, core/fgmm.h): bf16 steps
+ * until the log-likelihood moves by less than SCHEDULE_SWITCH x tol. */
+#define SCHEDULE_SWITCH 10.0
+
+/* Whether step `it` of a scheduled fit runs in DEFAULT: it follows a step
+ * that ended the FAST phase (switched), or it is one of the last two. */
+static int schedule_precise(int switched, int it, int max_iter)
+{
+    return switched || it >= max_iter - 1;
+}
+
+/* After a step of change `change` (precise: it ran DEFAULT): whether the
+ * steps from now on run DEFAULT. */
+static int schedule_switch(int switched, int precise, double change, double tol)
+{
+    return switched || precise || fabs(change) < SCHEDULE_SWITCH * tol || change < 0;
+}
+
 /* The fit's progress line of one step (rank 0). */
 static void print_step(fgmm_engine *e, const fgmm_fit_params *p, int it, double ll, double change,
                        double dt, double t_m, double t_end, int64_t N, int reseeded)
@@ -214,11 +232,16 @@ static void print_step(fgmm_engine *e, const fgmm_fit_params *p, int it, double 
                 e->pass_setup_s, e->pass_rows_s, e->pass_finish_s, t_end - t_m);
     if (reseeded)
         fprintf(stderr, "  re-seeded %d collapsed component%s", reseeded, reseeded > 1 ? "s" : "");
+    if (e->schedule) fprintf(stderr, "  %s", e->precision == FGMM_PRECISION_FAST ? "bf16" : "split");
     double mag, limit;
-    if (fgmm_engine_last_pass_fallback(e, &mag, &limit) == FGMM_PASS_FP64)
+    const int how = fgmm_engine_last_pass_fallback(e, &mag, &limit);
+    if (how == FGMM_PASS_FP64)
         fprintf(stderr, "  in float64 on the %s: logit terms of %.2g exceed the %.0g "
                 "its precision mode keeps (a larger reg_covar keeps them there)",
                 e->ops->name, mag, limit);
+    else if (how == FGMM_PASS_STIFF)
+        fprintf(stderr, "  %lld stiff (component, dimension) terms exact",
+                (long long)fgmm_engine_last_pass_stiff_pairs(e));
     fputc('\n', stderr);
 }
 
@@ -278,8 +301,19 @@ fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
     for (int i = 0; i < start; i++)
         if ((st = fgmm_model_push_loglik(m, p->resume_loglik[i], err))) goto fail;
     if (start > 0) prev = p->resume_loglik[start - 1];
+    /* The schedule's state after the steps done (a function of their
+     * log-likelihoods, so a resumed fit repeats the uninterrupted one). */
+    int switched = 0, last_precise = !e->schedule, before_last_precise = !e->schedule;
+    for (int i = 1; e->schedule && i <= start; i++) {
+        const double before = i > 1 ? p->resume_loglik[i - 2] : -INFINITY;
+        before_last_precise = last_precise;
+        last_precise = schedule_precise(switched, i, p->max_iter);
+        switched = schedule_switch(switched, last_precise, p->resume_loglik[i - 1] - before, p->tol);
+    }
     /* A resumed fit that had converged stops where the uninterrupted one did. */
-    if (start > 1 && fabs(prev - p->resume_loglik[start - 2]) < p->tol) meta->converged = 1;
+    if (start > 1 && fabs(prev - p->resume_loglik[start - 2]) < p->tol && last_precise &&
+        before_last_precise)
+        meta->converged = 1;
     /* One name per fit: within it the source's rows do not change, so a
      * back end that kept them (the GPU row cache) may reuse them. */
     uint64_t key = ++e->data_serial;
@@ -287,7 +321,12 @@ fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
     /* A failure of rank 0's on_step, told to the other ranks at the next
      * collective. */
     fgmm_status pending = FGMM_OK;
+    int prev_precise = last_precise;
+    e->fast_steps = 0;
     for (int it = start + 1; it <= p->max_iter && !meta->converged; it++) {
+        const int precise = !e->schedule || schedule_precise(switched, it, p->max_iter);
+        if (e->schedule) e->precision = precise ? FGMM_PRECISION_DEFAULT : FGMM_PRECISION_FAST;
+        e->fast_steps += !precise;
         double t0 = fgmm_now_seconds();
         st = pending ? pending : fgmm_engine_pass(e, src, m, s, NULL, key, 0, err);
         /* Candidates travel with their values: the rank that owns a row
@@ -319,7 +358,11 @@ fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
         if (p->verbose && rank == 0)
             print_step(e, p, it, ll, change, t_end - t0, t_m, t_end, N, reseeded);
         prev = ll;
-        if (fabs(change) < p->tol) meta->converged = 1;
+        /* Converged: a change below tol between two steps of the precise
+         * mode (every step, without the schedule). */
+        if (fabs(change) < p->tol && precise && prev_precise) meta->converged = 1;
+        if (e->schedule) switched = schedule_switch(switched, precise, change, p->tol);
+        prev_precise = precise;
         if (p->on_step && rank == 0 &&
             it % (p->on_step_every > 0 ? p->on_step_every : 1) == 0 &&
             (st = p->on_step(p->on_step_user, it, m, err))) {
@@ -327,12 +370,14 @@ fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
             pending = st;
         }
     }
+    if (e->schedule) e->precision = FGMM_PRECISION_DEFAULT;
     if ((st = gather_times(e, pending, times, p->verbose, err))) goto fail;
     meta->seconds = fgmm_now_seconds() - t_start;
     fgmm_stats_free(s);
     *out = m;
     return FGMM_OK;
 fail:
+    if (e->schedule) e->precision = FGMM_PRECISION_DEFAULT;
     fgmm_stats_free(s);
     fgmm_model_free(m);
     return st;

@@ -15,6 +15,9 @@ fgmm_status fgmmc_assign(fgmmc_context *ctx, const void *rows, size_t row_stride
     if (!ctx->in_pass)
         return fgmm_fail(err, FGMM_ERR_ARGUMENT,
                           "fgmmc_assign: no pass in progress (call fgmmc_begin_pass first)");
+    if (ctx->st_np)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT,
+                         "fgmmc_assign: not available in a pass with stiff pairs");
     if (m < 0 || m > FGMMC_MAX_TOPM)
         return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmmc_assign: m=%d, must be in 0..%d", m,
                           FGMMC_MAX_TOPM);

@@ -116,6 +116,10 @@ static fgmm_status cuda_begin_pass(void *self, const fgmm_estep_params *p, fgmm_
     for (int i = 0; i < LL_RING; i++) b->ring[i].live = 0;
     b->offered = b->calls;
     fgmm_error ce = {0};
+    if (p->stiff && p->n_stiff > 0)
+        return from_cuda(fgmmc_begin_pass_stiff(b->ctx, p->k, p->d, p->w, p->c, p->shift,
+                                                p->stiff, p->loglik_only, &ce),
+                         &ce, err);
     return from_cuda(p->loglik_only
                          ? fgmmc_begin_ll_pass(b->ctx, p->k, p->d, p->w, p->c, p->shift, &ce)
                          : fgmmc_begin_pass(b->ctx, p->k, p->d, p->w, p->c, p->shift, &ce),
@@ -330,7 +334,7 @@ static fgmm_status cuda_kmeans_nearest(void *self, const double *centers, int k,
         }
         c[kk] = -0.5 * nn;
     }
-    b->km_params = (fgmm_estep_params){k, d, w, c, shift, 1};
+    b->km_params = (fgmm_estep_params){k, d, w, c, shift, 1, NULL, 0};
     if ((st = cuda_begin_pass(b, &b->km_params, err))) goto done;
     fgmm_chunk ch = {x, sizeof(float) * (size_t)d, 0, s, FGMM_F32};
     st = cuda_assign(b, &ch, 1, label, resp, ll, err);
@@ -366,6 +370,7 @@ done:
 static const fgmm_backend_ops cuda_ops = {
     .name = "cuda",
     .device = FGMM_DEVICE_CUDA,
+    .stiff_pairs = 1,
     .begin_pass = cuda_begin_pass,
     .accumulate = cuda_accumulate,
     .end_pass = cuda_end_pass,

@@ -107,7 +107,8 @@ void fgmmc_free(fgmmc_context *ctx)
                    ctx->d_w64t, ctx->d_y64, ctx->d_l64,
                    ctx->d_topi,  ctx->d_topr, ctx->d_pp_x, ctx->d_pp_dist, ctx->d_pp_cand,
                    ctx->d_pp_d2, ctx->d_pp_bsum, ctx->d_pp_prefix, ctx->d_pp_thresh,
-                   ctx->d_pp_potpart, ctx->d_pp_pot, ctx->d_pp_pick};
+                   ctx->d_pp_potpart, ctx->d_pp_pot, ctx->d_pp_pick, ctx->d_st_idx,
+                   ctx->d_st_val, ctx->d_st_part};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i]) cudaFree(dev[i]);
     void *host[] = {ctx->h_in[0], ctx->h_in[1], ctx->h_ll[0], ctx->h_ll[1], ctx->h_param,
@@ -122,6 +123,8 @@ void fgmmc_free(fgmmc_context *ctx)
     free(ctx->pp_prefix);
     free(ctx->pp_shift);
     free(ctx->pp_cand);
+    free(ctx->st_idx);
+    free(ctx->st_val);
     if (ctx->direct_done) cudaEventDestroy(ctx->direct_done);
     if (ctx->stream) cudaStreamDestroy(ctx->stream);
     if (ctx->copy_stream) cudaStreamDestroy(ctx->copy_stream);

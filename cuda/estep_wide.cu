@@ -67,8 +67,10 @@ fgmm_status fgmmc_estep_wide_launch(const fgmmc_batch *bt, const fgmmc_plan *pla
         if ((st = wide_rows_step(b, m, s, err))) return st;
         if ((st = prec == 1 ? wide_logits_step<1>(b, m, s, err) : wide_logits_step<3>(b, m, s, err)))
             return st;
+        if (b.st_np && (st = fgmmc_stiff_logits_launch(&b, m, s, err))) return st;
         if ((st = wide_softmax_step(b, m, ll_only, s, err))) return st;
         if (ll_only) continue;
+        if (b.st_np && (st = fgmmc_stiff_stats_launch(&b, m, s, err))) return st;
         if ((st = prec == 1 ? wide_stats_step<1>(b, plan, r0, m, s, err)
                             : wide_stats_step<3>(b, plan, r0, m, s, err)))
             return st;

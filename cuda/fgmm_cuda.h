@@ -95,6 +95,22 @@ fgmm_status fgmmc_accumulate(fgmmc_context *ctx, const void *rows, size_t row_st
                               int64_t n, fgmm_dtype dtype, float *per_row_ll,
                               fgmm_error *err);
 
+/* fgmmc_begin_pass (ll_only 0) or fgmmc_begin_ll_pass (1) with stiff
+ * pairs: stiff (K*D flags, k*D + j; NULL: none) marks the (component,
+ * dimension) pairs whose terms are too large for the tensor cores (tiny
+ * variances far from the shift). Those are taken out of w and c and
+ * evaluated exactly: in the logit as -(x_j - mu_kj)^2 / (2 v_kj) in
+ * float64 (mu_kj = shift_j + w[j*K+k] / (-2 w[(D+j)*K+k])), in the
+ * statistics as float64 sums centred on mu_kj, which fgmmc_end_pass turns
+ * into the sums about the shift that it returns, so variances there keep
+ * their digits. Such a pass runs the wide tensor-core GEMMs (estep_wide.cu)
+ * whatever d, in the mode set (DEFAULT or FAST; FGMM_ERR_ARGUMENT in the
+ * others); its cost grows with the number of stiff pairs. The top-m
+ * assignment is not available in it. */
+fgmm_status fgmmc_begin_pass_stiff(fgmmc_context *ctx, int k, int d, const double *w,
+                                   const double *c, const double *shift,
+                                   const unsigned char *stiff, int ll_only, fgmm_error *err);
+
 /* fgmmc_begin_pass for scoring: the pass computes only the rows'
  * log-likelihoods (per_row_ll and the sum), with the log-sum-exp kernel
  * alone; fgmmc_end_pass returns zero statistics. */

@@ -84,6 +84,16 @@ typedef struct {
      * rows of 2D+1 and of K doubles. */
     const double *f64_w, *f64_shift;
     double *f64_y, *f64_l;
+    /* Stiff pairs (stiff.cu; wide path only): components st_comp[0..st_nc),
+     * component i's pairs st_off[i]..st_off[i+1]-1 with dimension st_dim,
+     * mean st_mu (data coordinates) and precision st_prec = 1 / variance;
+     * the pass's float64 sums st_acc (2 per pair: r (x - mu), r (x - mu)^2)
+     * and a sub-chunk's partials st_part (st_splits x 2 st_np). */
+    int st_nc, st_splits;
+    int64_t st_np;
+    const int *st_comp, *st_off, *st_dim;
+    const double *st_mu, *st_prec;
+    double *st_acc, *st_part;
 } fgmmc_batch;
 
 #ifdef __CUDACC__
@@ -388,6 +398,18 @@ fgmm_status fgmmc_estep_f64_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
 fgmm_status fgmmc_topm_f64_launch(const fgmmc_batch *b, int m, int *out_idx, float *out_lresp,
                                   cudaStream_t s, fgmm_error *err);
 
+/* ------------------------------------------- stiff pairs (stiff.cu) */
+
+/* Adds the stiff pairs' exact terms, in log2 units, to the logits of the
+ * m rows of a wide sub-chunk view b (b->wide_l, stride fgmmc_wide_ls). */
+fgmm_status fgmmc_stiff_logits_launch(const fgmmc_batch *b, int64_t m, cudaStream_t s,
+                                      fgmm_error *err);
+/* After the sub-chunk's normalisation (b->lse2 of its rows): adds the
+ * stiff pairs' float64 sums over its m rows to b->st_acc, in a fixed
+ * order. */
+fgmm_status fgmmc_stiff_stats_launch(const fgmmc_batch *b, int64_t m, cudaStream_t s,
+                                     fgmm_error *err);
+
 /* ------------------------------------------------- the selector (select.cu) */
 
 /* The kernel families. Every choice among them is made in select.cu. */
@@ -410,8 +432,10 @@ typedef struct {
 
 /* The choice for a device of compute capability cc_major, whose binary
  * code has the wgmma kernels (wgmma_usable; portable = 1 declines them),
- * for rows of d values in precision mode p. */
-fgmmc_choice fgmmc_select(int cc_major, int wgmma_usable, int portable, fgmmc_precision p, int d);
+ * for rows of d values in precision mode p; stiff: the pass has stiff
+ * pairs, which only the wide family evaluates (it materialises logits). */
+fgmmc_choice fgmmc_select(int cc_major, int wgmma_usable, int portable, fgmmc_precision p, int d,
+                          int stiff);
 /* Whether the choice's family runs on tensor cores (needs W^T split). */
 int fgmmc_choice_tc(const fgmmc_choice *c);
 /* The plan for a batch of n rows. ll_only: a scoring pass (kernel A

@@ -6,12 +6,115 @@
  */
 #include <cuda_bf16.h>
 #include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cuda/context.h"
 
-fgmm_status fgmmc_begin_pass(fgmmc_context *ctx, int k, int d, const double *w, const double *c,
-                              const double *shift, fgmm_error *err)
+/* Most partial sums of the stiff pairs' statistics kept at once. */
+#define STIFF_PART_BYTES ((size_t)128 << 20)
+
+/* The stiff pairs of a pass, by component, into the context's host arrays
+ * (comp, off, dim; mu, prec, shift), and how each touched component's c
+ * changes once they leave the GEMM: + sum over its stiff pairs of
+ * m^2 prec / 2 (into cadj, k doubles), the part of c that the pairs' exact
+ * terms carry instead. */
+static fgmm_status stiff_collect(fgmmc_context *ctx, int k, int d, const double *w,
+                                 const double *shift, const unsigned char *stiff, double *cadj,
+                                 fgmm_error *err)
+{
+    int64_t np = 0;
+    int nc = 0;
+    for (int kk = 0; kk < k; kk++) {
+        int any = 0;
+        for (int j = 0; j < d; j++) any += stiff[(size_t)kk * d + j] != 0;
+        np += any;
+        nc += any > 0;
+    }
+    ctx->st_np = 0;
+    ctx->st_nc = 0;
+    if (np == 0) return FGMM_OK;
+    if (np > INT32_MAX / 2)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%lld stiff pairs: too many", (long long)np);
+    const size_t ni = (size_t)(2 * nc + 1) + (size_t)np, nv = 4 * (size_t)np + (size_t)d;
+    if (ni > ctx->n_st_idx) {
+        free(ctx->st_idx);
+        ctx->n_st_idx = 0;
+        if (!(ctx->st_idx = (int *)malloc(ni * sizeof(int))))
+            return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for %lld stiff pairs",
+                             (long long)np);
+        ctx->n_st_idx = ni;
+    }
+    if (nv > ctx->n_st_val) {
+        free(ctx->st_val);
+        ctx->n_st_val = 0;
+        if (!(ctx->st_val = (double *)malloc(nv * sizeof(double))))
+            return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for %lld stiff pairs",
+                             (long long)np);
+        ctx->n_st_val = nv;
+    }
+    int *comp = ctx->st_idx, *off = comp + nc, *dim = off + nc + 1;
+    double *mu = ctx->st_val, *prec = mu + np, *sh = prec + np;
+    memcpy(sh, shift, sizeof(double) * (size_t)d);
+    int ci = 0;
+    int64_t p = 0;
+    for (int kk = 0; kk < k; kk++) {
+        cadj[kk] = 0.0;
+        const int64_t first = p;
+        for (int j = 0; j < d; j++) {
+            if (!stiff[(size_t)kk * d + j]) continue;
+            /* w1 = m / v, w2 = -1 / (2 v): prec = 1 / v, m = w1 v. */
+            const double w1 = w[(size_t)j * k + kk], w2 = w[(size_t)(d + j) * k + kk];
+            const double pr = -2.0 * w2, m = w1 / pr;
+            dim[p] = j;
+            mu[p] = shift[j] + m;
+            prec[p] = pr;
+            cadj[kk] += 0.5 * m * m * pr;
+            p++;
+        }
+        if (p > first) {
+            comp[ci] = kk;
+            off[ci] = (int)first;
+            ci++;
+        }
+    }
+    off[nc] = (int)p;
+    ctx->st_np = np;
+    ctx->st_nc = nc;
+    int splits = (int)(STIFF_PART_BYTES / ((size_t)np * 16));
+    ctx->st_splits = splits < 1 ? 1 : splits > 32 ? 32 : splits;
+    return FGMM_OK;
+}
+
+/* Uploads the stiff pairs collected by stiff_collect and zeroes their sums. */
+static fgmm_status stiff_upload(fgmmc_context *ctx, fgmm_error *err)
+{
+    const int64_t np = ctx->st_np;
+    const size_t ni = (size_t)(2 * ctx->st_nc + 1) + (size_t)np;
+    fgmm_status st;
+    if ((st = DEV_RESERVE(ctx, ctx->d_st_idx, ctx->cap_st_idx, ni * sizeof(int), "stiff pairs",
+                          err)) ||
+        (st = DEV_RESERVE(ctx, ctx->d_st_val, ctx->cap_st_val, 4 * (size_t)np * sizeof(double),
+                          "stiff pairs' terms", err)) ||
+        (st = DEV_RESERVE(ctx, ctx->d_st_part, ctx->cap_st_part,
+                          (size_t)ctx->st_splits * 2 * (size_t)np * sizeof(double),
+                          "stiff pairs' partial sums", err)))
+        return st;
+    /* Synchronous: the host arrays are rewritten by the next pass. */
+    FGMMC_CHECK(cudaMemcpy(ctx->d_st_idx, ctx->st_idx, ni * sizeof(int), cudaMemcpyHostToDevice),
+                err);
+    FGMMC_CHECK(cudaMemcpy(ctx->d_st_val, ctx->st_val, 2 * (size_t)np * sizeof(double),
+                           cudaMemcpyHostToDevice),
+                err);
+    FGMMC_CHECK(cudaMemsetAsync(ctx->d_st_val + 2 * np, 0, 2 * (size_t)np * sizeof(double),
+                                ctx->stream),
+                err);
+    return FGMM_OK;
+}
+
+static fgmm_status begin(fgmmc_context *ctx, int k, int d, const double *w, const double *c,
+                         const double *shift, const unsigned char *stiff, fgmm_error *err)
 {
     if (!ctx) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmmc_begin_pass: ctx is NULL");
     if (k <= 0) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmmc_begin_pass: k=%d, must be >= 1", k);
@@ -48,11 +151,37 @@ fgmm_status fgmmc_begin_pass(fgmmc_context *ctx, int k, int d, const double *w, 
     ctx->fill_rows = 0;
     ctx->batch_cap = 0;
 
-    /* Logits in log2 units (see estep.cu): scale in double, round once. */
+    ctx->st_np = 0;
+    ctx->st_nc = 0;
+    double *cadj = NULL;
+    if (stiff) {
+        if (ctx->prec != FGMMC_PREC_DEFAULT && ctx->prec != FGMMC_PREC_FAST)
+            return fgmm_fail(err, FGMM_ERR_ARGUMENT,
+                             "fgmmc_begin_pass_stiff: stiff pairs need precision default or fast");
+        if (!(cadj = (double *)malloc(sizeof(double) * (size_t)k)))
+            return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+        if ((st = stiff_collect(ctx, k, d, w, shift, stiff, cadj, err))) {
+            free(cadj);
+            return st;
+        }
+    }
+
+    /* Logits in log2 units (see estep.cu): scale in double, round once.
+     * Stiff pairs leave the GEMM operands (stiff.cu carries them). */
     float *hw = (float *)ctx->h_param, *hc = hw + nw, *hs = hc + k;
     for (size_t i = 0; i < nw; i++) hw[i] = (float)(w[i] * M_LOG2E);
-    for (int i = 0; i < k; i++) hc[i] = (float)(c[i] * M_LOG2E);
+    for (int i = 0; i < k; i++) hc[i] = (float)((c[i] + (ctx->st_np ? cadj[i] : 0.0)) * M_LOG2E);
     for (int i = 0; i < d; i++) hs[i] = (float)shift[i];
+    free(cadj);
+    if (ctx->st_np) {
+        const int *comp = ctx->st_idx, *off = comp + ctx->st_nc, *dim = off + ctx->st_nc + 1;
+        for (int ci = 0; ci < ctx->st_nc; ci++)
+            for (int p = off[ci]; p < off[ci + 1]; p++) {
+                hw[(size_t)dim[p] * k + comp[ci]] = 0.f;
+                hw[(size_t)(d + dim[p]) * k + comp[ci]] = 0.f;
+            }
+        if ((st = stiff_upload(ctx, err))) return st;
+    }
     FGMMC_CHECK(cudaMemcpyAsync(ctx->d_w, hw, nw * sizeof(float), cudaMemcpyHostToDevice, ctx->stream),
                 err);
     FGMMC_CHECK(cudaMemcpyAsync(ctx->d_c, hc, (size_t)k * sizeof(float), cudaMemcpyHostToDevice,
@@ -117,11 +246,26 @@ fgmm_status fgmmc_begin_pass(fgmmc_context *ctx, int k, int d, const double *w, 
     return FGMM_OK;
 }
 
+fgmm_status fgmmc_begin_pass(fgmmc_context *ctx, int k, int d, const double *w, const double *c,
+                              const double *shift, fgmm_error *err)
+{
+    return begin(ctx, k, d, w, c, shift, NULL, err);
+}
+
 fgmm_status fgmmc_begin_ll_pass(fgmmc_context *ctx, int k, int d, const double *w,
                                  const double *c, const double *shift, fgmm_error *err)
 {
-    fgmm_status st = fgmmc_begin_pass(ctx, k, d, w, c, shift, err);
+    fgmm_status st = begin(ctx, k, d, w, c, shift, NULL, err);
     if (!st) ctx->ll_only = 1;
+    return st;
+}
+
+fgmm_status fgmmc_begin_pass_stiff(fgmmc_context *ctx, int k, int d, const double *w,
+                                   const double *c, const double *shift,
+                                   const unsigned char *stiff, int ll_only, fgmm_error *err)
+{
+    fgmm_status st = begin(ctx, k, d, w, c, shift, stiff, err);
+    if (!st) ctx->ll_only = ll_only != 0;
     return st;
 }
 
@@ -155,6 +299,29 @@ fgmm_status fgmmc_end_pass(fgmmc_context *ctx, double *nk, double *sums, double 
         nk[k] = a[2 * D];
     }
     *ll_sum = h[per];
+    if (ctx->st_np) {
+        /* The stiff pairs' sums about their means mu become sums about the
+         * shift: with delta = mu - shift, sum r y = A1 + delta nk and
+         * sum r y^2 = A2 + 2 delta A1 + delta^2 nk, which the M-step turns
+         * back into mean mu + A1 / nk and variance A2 / nk - (A1 / nk)^2
+         * whatever nk is; the terms of size delta^2 cancel in float64 only. */
+        const int64_t np = ctx->st_np;
+        const int *comp = ctx->st_idx, *off = comp + ctx->st_nc, *dim = off + ctx->st_nc + 1;
+        const double *mu = ctx->st_val, *sh = mu + 2 * np;
+        double *a = ctx->st_val + 2 * np + D;
+        FGMMC_CHECK(cudaMemcpy(a, ctx->d_st_val + 2 * np, 2 * (size_t)np * sizeof(double),
+                               cudaMemcpyDeviceToHost),
+                    err);
+        for (int ci = 0; ci < ctx->st_nc; ci++) {
+            const int kk = comp[ci];
+            for (int p = off[ci]; p < off[ci + 1]; p++) {
+                const int j = dim[p];
+                const double delta = mu[p] - sh[j], a1 = a[2 * p], a2 = a[2 * p + 1];
+                sums[(size_t)kk * 2 * D + j] = a1 + delta * nk[kk];
+                sums[(size_t)kk * 2 * D + D + j] = a2 + 2 * delta * a1 + delta * delta * nk[kk];
+            }
+        }
+    }
     if (ctx->cache_filling && ctx->cache_next == ctx->cache_rows) ctx->cache_complete = 1;
     ctx->cache_filling = 0;
     ctx->in_pass = 0;

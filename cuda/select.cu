@@ -5,7 +5,9 @@
  *
  *   FP64 mode                       -> float64 SIMT (estep_f64.cu)
  *   FP32 mode, or a GPU before sm_80 -> fp32 SIMT (estep.cu)
- *   otherwise, 2D > 256             -> wide tensor-core GEMMs (estep_wide.cu)
+ *   otherwise, 2D > 256, or a pass with stiff pairs
+ *                                   -> wide tensor-core GEMMs (estep_wide.cu),
+ *                                      with stiff.cu's exact terms
  *   otherwise, sm_90a code on this GPU (and not declined by
  *              fgmmc_set_portable_kernels) -> wgmma (wgmma_*.cu), fused
  *              kernels A + B up to FGMMC_FUSED_MAX_SLICES slices
@@ -17,11 +19,12 @@
 #include "cuda/context.h"
 #include "cuda/testing.h"
 
-fgmmc_choice fgmmc_select(int cc_major, int wgmma_usable, int portable, fgmmc_precision p, int d)
+fgmmc_choice fgmmc_select(int cc_major, int wgmma_usable, int portable, fgmmc_precision p, int d,
+                          int stiff)
 {
     fgmmc_choice c;
     /* kw: the tensor-core kernels' row width, or the wide family's. */
-    int kw = fgmmc_tc_kw(d);
+    int kw = stiff ? 0 : fgmmc_tc_kw(d);
     const int wide = kw == 0;
     if (wide) kw = fgmmc_wide_yw(d);
     c.kw = kw;
@@ -163,7 +166,7 @@ const char *fgmmc_path_name(const fgmmc_context *ctx)
 
 void fgmmc_ctx_select(fgmmc_context *ctx, int d)
 {
-    ctx->sel = fgmmc_select(ctx->cc_major, ctx->wgmma, ctx->portable, ctx->prec, d);
+    ctx->sel = fgmmc_select(ctx->cc_major, ctx->wgmma, ctx->portable, ctx->prec, d, ctx->st_np > 0);
 }
 
 fgmm_status fgmmc_ctx_plan(const fgmmc_context *ctx, int64_t m, fgmmc_plan *plan, fgmm_error *err)
@@ -202,4 +205,16 @@ void fgmmc_ctx_batch(const fgmmc_context *ctx, const void *x_dev, int64_t m, fgm
     bt->f64_shift = ctx->d_shift64;
     bt->f64_y = ctx->d_y64;
     bt->f64_l = ctx->d_l64;
+    if (ctx->st_np) {
+        bt->st_nc = ctx->st_nc;
+        bt->st_splits = ctx->st_splits;
+        bt->st_np = ctx->st_np;
+        bt->st_comp = ctx->d_st_idx;
+        bt->st_off = ctx->d_st_idx + ctx->st_nc;
+        bt->st_dim = ctx->d_st_idx + 2 * ctx->st_nc + 1;
+        bt->st_mu = ctx->d_st_val;
+        bt->st_prec = ctx->d_st_val + ctx->st_np;
+        bt->st_acc = ctx->d_st_val + 2 * ctx->st_np;
+        bt->st_part = ctx->d_st_part;
+    }
 }

@@ -15,6 +15,7 @@
  *                          YW = fgmmc_wide_yw(d) columns (the column of ones
  *                          makes nk fall out of the statistics product);
  *   2 wide_logits_kernel:  L = Y W^T (fp32, sub x LS), hi*hi + hi*lo + lo*hi;
+ *   2b (passes with stiff pairs) stiff.cu adds their exact terms to L
  *   3 wide_softmax_kernel: per row (a warp) lse2 over l + c, the row's ll,
  *                          per-block ll sums; R = exp2(l + c - lse2) split
  *                          bf16 hi + lo (sub x LS);
@@ -283,7 +284,10 @@ __global__ void __launch_bounds__(256) wide_softmax_kernel(fgmmc_batch b, int64_
         const float lse2 = mx + log2f(s);
         const float ll = __fmul_rn(lse2, 0.693147180559945309f);
         llrow = ll;
-        if (lane == 0) b.ll[row] = ll;
+        if (lane == 0) {
+            b.ll[row] = ll;
+            b.lse2[row] = lse2; /* stiff pairs' responsibilities (stiff.cu) */
+        }
         if (WRITE_R) {
             for (int k = lane; k < ls; k += 32) {
                 const float r = k < K ? exp2f(__fadd_rn(l[k], __ldg(b.c + k)) - lse2) : 0.f;
@@ -435,6 +439,7 @@ static inline fgmmc_batch wide_sub_batch(const fgmmc_batch *bt, int64_t row0)
     const size_t es = fgmmc_dtype_size(b.dtype);
     b.x = (const char *)bt->x + (size_t)row0 * b.d * es;
     b.ll = bt->ll + row0;
+    b.lse2 = bt->lse2 + row0;
     b.block_ll = bt->block_ll + row0 / WD_SM_ROWS;
     return b;
 }

@@ -344,7 +344,7 @@ TEST_F(Cli, PrecisionFlag)
                     path("p1"),
                 1, "--precision fast applies to --device cuda");
     expect_fail("fit --data " + path("good.fbin") + " --k 2 --precision half --out " + path("p2"),
-                2, "unknown precision 'half'; expected default, fast, fp32 or fp64");
+                2, "unknown precision 'half'; expected auto, default, fast, fp32 or fp64");
     EXPECT_FALSE(exists(path("p1")));
     Result r = run("fit --quiet --data " + path("good.fbin") + " --k 2 --max-iter 2 --device cpu "
                    "--precision fp32 --out " + path("p3"));

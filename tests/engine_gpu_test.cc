@@ -9,6 +9,9 @@
 #include <string>
 #include <vector>
 
+extern "C" {
+#include "core/backend.h"
+}
 #include "core/diagnostics.h"
 #include "core/fgmm.h"
 #include "io/fgmm_io.h"
@@ -194,6 +197,73 @@ void trajectory_case(int n, int K, int D, fgmm_covariance cov = FGMM_COV_DIAG,
     }
 }
 
+// The precision schedule against float64 from one initial model, same
+// tol and max_iter: the final models' mean log-likelihoods, both scored in
+// float64 on the CPU, within 1e-6 relative, in at most 20% more steps.
+void schedule_case(const char *what, const void *rows, fgmm_dtype dtype, int64_t n, int D,
+                   int K, double tol)
+{
+    SCOPED_TRACE(what);
+    fgmm_error err{};
+    fgmm_source *src;
+    ASSERT_EQ(fgmm_source_memory(rows, dtype, n, D, what, &src, &err), FGMM_OK);
+    fgmm_engine *cpu;
+    ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CPU, 0, &cpu, &err), FGMM_OK) << err.msg;
+    ASSERT_EQ(fgmm_engine_set_precision(cpu, FGMM_PRECISION_FP64, &err), FGMM_OK);
+    fgmm_fit_params p;
+    fgmm_fit_params_default(&p);
+    p.k = K;
+    p.seed = 3;
+    fgmm_model *init = nullptr;
+    ASSERT_EQ(fgmm_initialize(cpu, src, &p, &init, &err), FGMM_OK) << err.msg;
+    p.init = FGMM_INIT_MODEL;
+    p.init_model = init;
+    p.max_iter = 300;
+    p.tol = tol;
+    double mean[2];
+    int steps[2], fast = 0;
+    const fgmm_precision modes[2] = {FGMM_PRECISION_AUTO, FGMM_PRECISION_FP64};
+    for (int i = 0; i < 2; i++) {
+        fgmm_engine *e;
+        ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CUDA, 0, &e, &err), FGMM_OK) << err.msg;
+        ASSERT_EQ(fgmm_engine_set_precision(e, modes[i], &err), FGMM_OK) << err.msg;
+        fgmm_model *m;
+        ASSERT_EQ(fgmm_fit(e, src, &p, &m, &err), FGMM_OK) << err.msg;
+        steps[i] = fgmm_model_loglik_count(m);
+        if (i == 0) fast = fgmm_engine_last_fit_fast_steps(e);
+        ASSERT_EQ(fgmm_score(cpu, src, m, &mean[i], nullptr, &err), FGMM_OK) << err.msg;
+        fgmm_model_free(m);
+        fgmm_engine_free(e);
+    }
+    const double rel = std::fabs(mean[0] - mean[1]) / std::fabs(mean[1]);
+    printf("  %s: auto %d steps (%d bf16) mean ll %.10f; fp64 %d steps %.10f; rel %.2e\n", what,
+           steps[0], fast, mean[0], steps[1], mean[1], rel);
+    EXPECT_GT(fast, 0) << "no step ran in bf16";
+    EXPECT_LE(rel, 1e-6);
+    EXPECT_LE(steps[0], (int)std::ceil(1.2 * steps[1]));
+    fgmm_model_free(init);
+    fgmm_engine_free(cpu);
+    fgmm_source_close(src);
+}
+
+TEST(EngineCuda, PrecisionScheduleReachesTheFloat64Fit)
+{
+    NEED_GPU();
+    fgmm_rng rng;
+    fgmm_rng_seed(&rng, 77);
+    std::vector<float> x;
+    fgmm_model *truth = random_mixture(&rng, 24, 48, FGMM_COV_DIAG, 1.5, 120000, x);
+    schedule_case("random mixture, float32", x.data(), FGMM_F32, 120000, 48, 24, 1e-4);
+    fgmm_model_free(truth);
+    // Pixels with blank dimensions (stiff pairs) as uint8.
+    std::vector<float> px;
+    fgmm_model *blank = blank_pixel_mixture(40000, 6, 8, 64, px);
+    std::vector<uint8_t> u(px.size());
+    for (size_t i = 0; i < px.size(); i++) u[i] = (uint8_t)px[i];
+    schedule_case("blank pixels, uint8", u.data(), FGMM_U8, 40000, 64, 6, 1e-4);
+    fgmm_model_free(blank);
+}
+
 TEST(EngineCuda, TrajectoryMatchesCpu)
 {
     NEED_GPU();
@@ -248,12 +318,215 @@ fgmm_status store_best(void *user, int64_t first_row, int64_t n, int m, const in
 // cancel) runs its E-step, scoring and top-m assignment passes in float64
 // on the GPU, matching float64; a variance floor brings it back to the
 // tensor cores.
-TEST(EngineCuda, IllConditionedModelRunsInFloat64)
+// A mixture with `stiff` of its K components stiff in their first `dims`
+// dimensions: mean 50 + k there (far from the data's centre) and variance
+// 1e-4 (terms of ~3e7 each against the tensor cores' 1e5), variance 4 and
+// means ~N(3, 4) elsewhere; rows drawn from it. With one_row, component 0
+// instead sits on row 0 with variance reg everywhere, as a component
+// re-seeded on a single row does.
+fgmm_model *stiff_mixture(int64_t n, int K, int D, int stiff, int dims, bool one_row,
+                          std::vector<float> &x)
+{
+    fgmm_error err{};
+    fgmm_model *m = nullptr;
+    if (fgmm_model_create(K, D, FGMM_COV_DIAG, &m, &err) != FGMM_OK) return nullptr;
+    double *w = fgmm_model_weights(m), *mu = fgmm_model_means(m), *var = fgmm_model_variances(m);
+    fgmm_rng rng;
+    fgmm_rng_seed(&rng, 1234 + K + D + stiff);
+    for (int k = 0; k < K; k++) {
+        w[k] = 1.0 / K;
+        for (int j = 0; j < D; j++) {
+            const bool st = k < stiff && j < dims;
+            mu[(size_t)k * D + j] = st ? 50.0 + k : 3.0 + 2.0 * fgmm_rng_normal(&rng);
+            var[(size_t)k * D + j] = st ? 1e-4 : 4.0;
+        }
+    }
+    x.resize((size_t)n * D);
+    for (int64_t i = 0; i < n; i++) {
+        const int k = (int)(i % K);
+        for (int j = 0; j < D; j++)
+            x[(size_t)i * D + j] = (float)(mu[(size_t)k * D + j] +
+                                           std::sqrt(var[(size_t)k * D + j]) * fgmm_rng_normal(&rng));
+    }
+    if (one_row)
+        for (int j = 0; j < D; j++) {
+            mu[j] = x[j];
+            var[j] = 1e-6;
+        }
+    return m;
+}
+
+// The M-step's variances from float64 raw moments (ref) and from the
+// engine's statistics (s), in the pairs marked stiff: their largest
+// relative difference, and whether any is negative.
+double stiff_variance_error(fgmm_stats *s, const RefStats &ref, const fgmm_model *m0,
+                            const unsigned char *stiff, bool *negative)
+{
+    const int K = fgmm_model_k(m0), D = fgmm_model_d(m0);
+    fgmm_model *m = nullptr;
+    fgmm_error err{};
+    EXPECT_EQ(fgmm_model_clone(m0, &m, &err), FGMM_OK);
+    EXPECT_EQ(fgmm_stats_mstep(s, m, 0.0, 0.0, nullptr, &err), FGMM_OK) << err.msg;
+    double worst = 0;
+    *negative = false;
+    for (int k = 0; k < K; k++)
+        for (int j = 0; j < D; j++) {
+            if (!stiff[(size_t)k * D + j]) continue;
+            const size_t i = (size_t)k * D + j;
+            const double mean = ref.sx[i] / ref.nk[k], v = ref.sxx[i] / ref.nk[k] - mean * mean;
+            const double got = fgmm_model_variances_c(m)[i];
+            if (got < 0) *negative = true;
+            worst = std::max(worst, std::fabs(got - v) / (v + 1e-12));
+        }
+    fgmm_model_free(m);
+    return worst;
+}
+
+// Components whose terms are too large for the tensor cores in some
+// dimensions only: those (component, dimension) pairs are evaluated
+// exactly and the rest stays on the tensor cores. Statistics within the
+// mode's bound of float64, and the stiff pairs' variances to 1e-4 where
+// the tensor cores' own sums would not keep a single digit.
+void stiff_case(int64_t n, int K, int D, int stiff, int dims, bool one_row, fgmm_dtype dtype)
+{
+    SCOPED_TRACE("K=" + std::to_string(K) + " D=" + std::to_string(D) + " stiff " +
+                 std::to_string(stiff) + " x " + std::to_string(dims) +
+                 (one_row ? " one-row component" : "") + " dtype " + std::to_string((int)dtype));
+    std::vector<float> x;
+    fgmm_model *m = stiff_mixture(n, K, D, stiff, dims, one_row, x);
+    ASSERT_NE(m, nullptr);
+    // Rows as the engine reads them, and x as their exact values.
+    std::vector<uint16_t> h;
+    std::vector<uint8_t> u;
+    const void *rows = x.data();
+    if (dtype == FGMM_F16) {
+        h.resize(x.size());
+        for (size_t i = 0; i < x.size(); i++) {
+            h[i] = fgmm_float_to_half(x[i]);
+            x[i] = fgmm_half_to_float(h[i]);
+        }
+        rows = h.data();
+    } else if (dtype == FGMM_U8) {
+        u.resize(x.size());
+        for (size_t i = 0; i < x.size(); i++) {
+            u[i] = (uint8_t)std::lround(std::fmin(255.0, std::fmax(0.0, (double)x[i])));
+            x[i] = u[i];
+        }
+        rows = u.data();
+    }
+    fgmm_error err{};
+    fgmm_source *src;
+    fgmm_engine *e;
+    ASSERT_EQ(fgmm_source_memory(rows, dtype, n, D, "stiff", &src, &err), FGMM_OK);
+    ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CUDA, 2, &e, &err), FGMM_OK) << err.msg;
+    fgmm_stats *s;
+    ASSERT_EQ(fgmm_stats_create(K, D, nullptr, &s, &err), FGMM_OK);
+    std::vector<float> ll(n, NAN);
+    ASSERT_EQ(fgmm_engine_estep(e, src, m, s, ll.data(), &err), FGMM_OK) << err.msg;
+    double mag = 0, limit = 0;
+    ASSERT_EQ(fgmm_engine_last_pass_fallback(e, &mag, &limit), FGMM_PASS_STIFF)
+        << "magnitude " << mag << " limit " << limit;
+    EXPECT_STREQ(fgmm_engine_path(e), "tensor cores, split bf16");
+    // Which pairs the engine marked, by the same rule.
+    std::vector<double> wt((size_t)2 * D * K), ct(K), sh(D);
+    fgmm_estep_params_fill(m, wt.data(), ct.data(), sh.data());
+    fgmm_estep_params p{K, D, wt.data(), ct.data(), sh.data(), 0, nullptr, 0};
+    std::vector<unsigned char> flags((size_t)K * D);
+    const int64_t marked = fgmm_estep_params_mark_stiff(&p, limit, flags.data());
+    EXPECT_EQ(fgmm_engine_last_pass_stiff_pairs(e), marked);
+    EXPECT_GE(marked, one_row ? D : (int64_t)stiff * dims);
+    RefStats ref = reference_estep(m, x, n);
+    std::vector<double> nk, sx, sxx;
+    unshift(s, nk, sx, sxx);
+    bool negative = false;
+    const double ev = stiff_variance_error(s, ref, m, flags.data(), &negative);
+    const double e4 = std::fabs(fgmm_stats_loglik(s) - ref.loglik) / std::fabs(ref.loglik);
+    printf("  stiff pairs %lld (magnitude %.2g): rel err nk %.2e sx %.2e sxx %.2e ll %.2e, "
+           "stiff variances %.2e\n",
+           (long long)marked, mag, rel_err(nk, ref.nk), rel_err(sx, ref.sx), rel_err(sxx, ref.sxx),
+           e4, ev);
+    EXPECT_LE(rel_err(nk, ref.nk), 1e-4);
+    EXPECT_LE(rel_err(sx, ref.sx), 1e-4);
+    EXPECT_LE(rel_err(sxx, ref.sxx), 1e-4);
+    EXPECT_LE(e4, 1e-4);
+    EXPECT_LE(ev, 1e-4);
+    EXPECT_FALSE(negative);
+    for (int64_t i = 0; i < n; i++)
+        ASSERT_NEAR(ll[i], ref.row_ll[i], 1e-3 * std::fabs(ref.row_ll[i]) + 1e-3) << "row " << i;
+    // Scoring takes the same path.
+    double mean_ll = 0, ref_mean = 0;
+    for (int64_t i = 0; i < n; i++) ref_mean += ref.row_ll[i] / n;
+    ASSERT_EQ(fgmm_score(e, src, m, &mean_ll, nullptr, &err), FGMM_OK) << err.msg;
+    EXPECT_EQ(fgmm_engine_last_pass_fallback(e, nullptr, nullptr), FGMM_PASS_STIFF);
+    EXPECT_NEAR(mean_ll, ref_mean, 1e-4 * std::fabs(ref_mean));
+    fgmm_stats_free(s);
+    fgmm_engine_free(e);
+    fgmm_source_close(src);
+    fgmm_model_free(m);
+}
+
+TEST(EngineCuda, StiffPairsAreExact)
+{
+    NEED_GPU();
+    stiff_case(20000, 16, 40, 1, 8, false, FGMM_F32);    // one component
+    stiff_case(40000, 32, 64, 10, 12, false, FGMM_F32);  // ten
+    stiff_case(30000, 24, 96, 24, 20, false, FGMM_F32);  // every component, some dimensions
+    stiff_case(20000, 20, 128, 0, 0, true, FGMM_F32);    // one component on a single row
+    stiff_case(30001, 40, 200, 7, 30, false, FGMM_F32);  // D > 128
+    stiff_case(20000, 16, 40, 16, 8, false, FGMM_F16);
+    stiff_case(20000, 16, 40, 4, 8, false, FGMM_U8);
+}
+
+// MNIST-like pixels: each component blank (0, variance 1e-6) on its own
+// dimensions, with integer rows as uint8: the blank pairs run exactly.
+TEST(EngineCuda, BlankPixelsRunExactlyOnTensorCores)
 {
     NEED_GPU();
     std::vector<float> x;
     const int64_t n = 3000;
     const int K = 4, D = 40;
+    fgmm_model *m = blank_pixel_mixture(n, K, 8, D, x);
+    ASSERT_NE(m, nullptr);
+    std::vector<uint8_t> u(x.size());
+    for (size_t i = 0; i < x.size(); i++) u[i] = (uint8_t)x[i];
+    fgmm_error err{};
+    fgmm_source *src;
+    fgmm_engine *e;
+    ASSERT_EQ(fgmm_source_memory(u.data(), FGMM_U8, n, D, "blank", &src, &err), FGMM_OK);
+    ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CUDA, 2, &e, &err), FGMM_OK) << err.msg;
+    fgmm_stats *s;
+    ASSERT_EQ(fgmm_stats_create(K, D, nullptr, &s, &err), FGMM_OK);
+    std::vector<float> ll(n, NAN);
+    ASSERT_EQ(fgmm_engine_estep(e, src, m, s, ll.data(), &err), FGMM_OK) << err.msg;
+    EXPECT_EQ(fgmm_engine_last_pass_fallback(e, nullptr, nullptr), FGMM_PASS_STIFF);
+    EXPECT_EQ(fgmm_engine_last_pass_stiff_pairs(e), K * 8);
+    RefStats ref = reference_estep(m, x, n);
+    std::vector<double> nk, sx, sxx;
+    unshift(s, nk, sx, sxx);
+    EXPECT_LE(rel_err(nk, ref.nk), 1e-4);
+    EXPECT_LE(rel_err(sx, ref.sx), 1e-4);
+    EXPECT_LE(rel_err(sxx, ref.sxx), 1e-4);
+    // The blank pairs' sums are exactly zero: every row of the component is 0 there.
+    for (int k = 0; k < K; k++)
+        for (int j = 8 * k; j < 8 * k + 8; j++) {
+            EXPECT_EQ(sx[(size_t)k * D + j], 0.0) << k << "," << j;
+            EXPECT_EQ(sxx[(size_t)k * D + j], 0.0) << k << "," << j;
+        }
+    for (int64_t i = 0; i < n; i++)
+        ASSERT_NEAR(ll[i], ref.row_ll[i], 1e-3 * std::fabs(ref.row_ll[i]) + 1e-3) << "row " << i;
+    fgmm_stats_free(s);
+    fgmm_engine_free(e);
+    fgmm_source_close(src);
+    fgmm_model_free(m);
+}
+
+// More than a quarter of the pairs stiff: the passes run in float64.
+TEST(EngineCuda, IllConditionedModelRunsInFloat64)
+{
+    NEED_GPU();
+    std::vector<float> x;
+    const int64_t n = 3000;
+    const int K = 2, D = 24;
     fgmm_model *m = blank_pixel_mixture(n, K, 8, D, x);
     ASSERT_NE(m, nullptr);
     fgmm_error err{};

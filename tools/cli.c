@@ -175,12 +175,16 @@ int cli_parse_bytes(const char *cmd, const char *name, const char *s, int64_t *o
 /* ----------------------------------------------------- engine and data */
 
 const char CLI_READER_HELP[] =
-    "  --precision P        cuda: default (tensor cores, split bf16: statistics within 1e-4\n"
-    "                       of float64), fast (plain bf16, ~1e-2), fp32 (SIMT kernels) or\n"
-    "                       fp64 (float64 SIMT kernels). Passes whose logits the first\n"
-    "                       three cannot form run in fp64 and say so. cpu: default (float64\n"
-    "                       logits, float32 statistics per 256-row tile, ~1e-6) or fp64\n"
-    "                       (statistics in float64 too)\n"
+    "  --precision P        cuda: auto (the default: fast steps while the log-likelihood\n"
+    "                       still moves by more than 10 x tol, then default steps, which\n"
+    "                       alone decide convergence), default (tensor cores, split bf16:\n"
+    "                       statistics within 1e-4 of float64), fast (plain bf16, ~1e-2),\n"
+    "                       fp32 (SIMT kernels) or fp64 (float64 SIMT kernels). Stiff\n"
+    "                       (component, dimension) terms too large for the tensor cores are\n"
+    "                       computed exactly; past a quarter of them a pass runs in fp64 and\n"
+    "                       says so. cpu: default (float64 logits, float32 statistics per\n"
+    "                       256-row tile, ~1e-6; auto is default) or fp64 (statistics in\n"
+    "                       float64 too)\n"
     "  --cache-budget B     shard directories: keep decoded rows in memory across EM steps when\n"
     "                       the dataset fits in B bytes (e.g. 20G; 0: stream every step;\n"
     "                       default: half the memory available)\n"
@@ -216,7 +220,7 @@ int cli_open_engine_on(const char *cmd, const cli_io_flags *f, int gpu, int defa
 {
     fgmm_error err = {0};
     fgmm_device dev = FGMM_DEVICE_AUTO;
-    fgmm_precision prec = FGMM_PRECISION_DEFAULT;
+    fgmm_precision prec = FGMM_PRECISION_AUTO;
     long nt = default_threads;
     *e = NULL;
     if (f->device && fgmm_device_parse(f->device, &dev, &err)) return cli_fail(cmd, &err);

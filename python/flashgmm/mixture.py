@@ -109,15 +109,16 @@ class GaussianMixture(*_BASES):
         not given come from init_params' initialisation.
     random_state : None, an int or a numpy RandomState.
     device : "auto" (a GPU when present), "cpu" or "cuda".
-    precision : "default", "fast", "fp32" or "fp64" (the CLI's --precision;
-        docs/precision.md).
+    precision : "auto" (bf16 steps, then split-bf16 ones, which alone decide
+        convergence), "default", "fast", "fp32" or "fp64" (the CLI's
+        --precision; docs/precision.md).
     threads : CPU threads (0: every core).
     verbose : > 0 logs every EM step to the "flashgmm" logger.
     """
 
     def __init__(self, n_components=1, *, covariance_type="diag", tol=1e-3, reg_covar=1e-6,
                  max_iter=100, init_params="kmeans++", weights_init=None, means_init=None,
-                 precisions_init=None, random_state=None, device="auto", precision="default",
+                 precisions_init=None, random_state=None, device="auto", precision="auto",
                  threads=0, verbose=0):
         self.n_components = n_components
         self.covariance_type = covariance_type
