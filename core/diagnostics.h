@@ -24,7 +24,8 @@ size_t fgmm_engine_device_bytes(const fgmm_engine *e);
  * sums do not change. No effect on a GPU engine. */
 void fgmm_engine_pin_threads(fgmm_engine *e, int on);
 /* EM steps of the last fgmm_fit that ran FAST under the precision
- * schedule (FGMM_PRECISION_AUTO); 0 without it. */
+ * schedule (FGMM_PRECISION_AUTO; a FAST step past FAST's limit runs
+ * DEFAULT and does not count); 0 without it. */
 int fgmm_engine_last_fit_fast_steps(const fgmm_engine *e);
 /* Passes of the last fgmm_fit whose rows came from the device row cache. */
 int fgmm_engine_cached_passes(const fgmm_engine *e);
@@ -59,13 +60,14 @@ double fgmm_engine_last_pass_threads(const fgmm_engine *e);
  * reg_covar brings such a model back to the fast kernels. */
 enum { FGMM_PASS_AS_ASKED = 0, FGMM_PASS_FP64 = 1, FGMM_PASS_STIFF = 2 };
 int fgmm_engine_last_pass_fallback(const fgmm_engine *e, double *magnitude, double *limit);
-/* FGMM_PASS_STIFF: the pass ran in the mode asked, with the stiff
- * (component, dimension) pairs, those whose terms exceed the mode's limit,
+/* FGMM_PASS_STIFF: the pass ran on the tensor cores (DEFAULT), with the
+ * stiff (component, dimension) pairs, those whose terms exceed its limit,
  * evaluated exactly (fgmm_estep_params.stiff), so the cost grows with
- * their number instead of the whole pass going to float64. Passes fall
- * back to float64 when more than a quarter of all pairs are stiff, and the
- * top-m assignment always does. This returns how many pairs the last pass
- * evaluated so (0 unless FGMM_PASS_STIFF). */
+ * their number instead of the whole pass going to float64. A pass falls
+ * back to float64 when more than half of all pairs are stiff, and the
+ * top-m assignment always does. A FAST pass past FAST's limit runs
+ * DEFAULT first. This returns how many pairs the last pass marked stiff
+ * (when too many sent it to float64 too; 0 when none). */
 int64_t fgmm_engine_last_pass_stiff_pairs(const fgmm_engine *e);
 
 #ifdef __cplusplus

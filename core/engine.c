@@ -33,6 +33,9 @@
 
 /* Components per block in the O(K*D) per-pass loops over the model. */
 #define PARAMS_BLOCK 64
+/* The largest share of (component, dimension) pairs a pass evaluates
+ * exactly (FGMM_PASS_STIFF) rather than on float64 kernels. */
+#define STIFF_MOST 0.5
 
 double fgmm_now_seconds(void)
 {
@@ -144,17 +147,26 @@ int64_t fgmm_estep_params_mark_stiff(const fgmm_estep_params *p, double limit,
     const int K = p->k, D = p->d;
     const double cut = limit / (2.0 * D);
     int64_t n = 0;
-    for (int j = 0; j < D; j++) {
-        const double *w1 = p->w + (size_t)j * K, *w2 = p->w + (size_t)(D + j) * K;
-        for (int k = 0; k < K; k++) {
-            const double m = w2[k] < 0 ? -w1[k] / (2 * w2[k]) : 0;
-            const double t = fabs(m * w1[k]) + m * m * fabs(w2[k]);
-            /* NaN terms are stiff too: the exact path meets them as they are. */
-            const int s = !(t <= cut);
-            flags[(size_t)k * D + j] = (unsigned char)s;
-            n += s;
+    double *t = malloc(sizeof(double) * (size_t)D);
+    if (!t) return -1;
+    for (int k = 0; k < K; k++) {
+        double s = D;
+        for (int j = 0; j < D; j++) {
+            const double w1 = p->w[(size_t)j * K + k], w2 = p->w[(size_t)(D + j) * K + k];
+            const double m = w2 < 0 ? -w1 / (2 * w2) : 0;
+            t[j] = fabs(m * w1) + m * m * fabs(w2);
+            s += t[j];
+        }
+        /* A component within the limit keeps all its pairs on the fast
+         * kernels. NaN terms are stiff: the exact path meets them as they are. */
+        const int over = !(s <= limit);
+        for (int j = 0; j < D; j++) {
+            const int st = over && !(t[j] <= cut);
+            flags[(size_t)k * D + j] = (unsigned char)st;
+            n += st;
         }
     }
+    free(t);
     return n;
 }
 
@@ -215,13 +227,13 @@ void fgmm_engine_pin_threads(fgmm_engine *e, int on)
  * instead of one per value. */
 #define LOG_GROUP 8
 
-void fgmm_estep_params_fill(const fgmm_model *m, double *w, double *c, double *shift)
+/* w and c for model m in the coordinates of shift. */
+static void fill_with_shift(const fgmm_model *m, const double *shift, double *w, double *c)
 {
     int K = fgmm_model_k(m), D = fgmm_model_d(m);
     const double *wt = fgmm_model_weights_c(m), *mu = fgmm_model_means_c(m),
                  *var = fgmm_model_variances_c(m);
     int sph = fgmm_model_covariance(m) == FGMM_COV_SPHERICAL;
-    fgmm_model_shift(m, shift);
     const double log2pi = 1.8378770664093453;
     /* Blocks of components: w is written along its rows (dimension-major),
      * the block's means and variances stay in cache across j. sum_j log
@@ -264,6 +276,69 @@ void fgmm_estep_params_fill(const fgmm_model *m, double *w, double *c, double *s
     }
 }
 
+void fgmm_estep_params_fill(const fgmm_model *m, double *w, double *c, double *shift)
+{
+    fgmm_model_shift(m, shift);
+    fill_with_shift(m, shift, w, c);
+}
+
+/* The k-th smallest of v[0..n) (v is reordered). */
+static double select_kth(double *v, int n, int k)
+{
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        const double piv = v[lo + (hi - lo) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (v[i] < piv) i++;
+            while (v[j] > piv) j--;
+            if (i <= j) {
+                const double t = v[i];
+                v[i++] = v[j];
+                v[j--] = t;
+            }
+        }
+        if (k <= j) hi = j;
+        else if (k >= i) lo = i;
+        else break;
+    }
+    return v[k];
+}
+
+/* A shift for a model with stiff pairs: per dimension the mean of the
+ * means weighted by precisions capped at their upper quartile over the
+ * components. Where a quarter or more of the components are tight at one
+ * value (MNIST's pixels blank in many clusters) it lands there and their
+ * terms vanish; one tight component alone (a component on an outlying row)
+ * weighs no more than the common ones and cannot drag it away from the
+ * data. Returns 0 when out of memory. */
+static int capped_precision_shift(const fgmm_model *m, double *shift)
+{
+    const int K = fgmm_model_k(m), D = fgmm_model_d(m);
+    const int sph = fgmm_model_covariance(m) == FGMM_COV_SPHERICAL;
+    const double *mu = fgmm_model_means_c(m), *var = fgmm_model_variances_c(m);
+    double *p = malloc(sizeof(double) * (size_t)K), *q = malloc(sizeof(double) * (size_t)K);
+    if (!p || !q) {
+        free(p);
+        free(q);
+        return 0;
+    }
+    for (int j = 0; j < D; j++) {
+        for (int k = 0; k < K; k++) q[k] = p[k] = 1.0 / (sph ? var[k] : var[(size_t)k * D + j]);
+        const double cap = select_kth(q, K, (3 * (K - 1)) / 4);
+        double num = 0, den = 0;
+        for (int k = 0; k < K; k++) {
+            const double wk = p[k] < cap ? p[k] : cap;
+            num += wk * mu[(size_t)k * D + j];
+            den += wk;
+        }
+        const double s = num / den;
+        if (isfinite(s)) shift[j] = s;
+    }
+    free(p);
+    free(q);
+    return 1;
+}
 
 fgmm_status fgmm_engine_estep(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
                               fgmm_stats *out, float *per_row_ll, fgmm_error *err)
@@ -396,6 +471,44 @@ fgmm_status fgmm_engine_pass(fgmm_engine *e, fgmm_source *src, const fgmm_model 
     return finish_pass(e, ops, be, out, t_rows, err);
 }
 
+/* The pass's terms with capped_precision_shift's shift instead, when they
+ * leave fewer stiff pairs than the *n marked now (e->stiff, e->w, e->c
+ * and e->shift are then replaced and *n updated). */
+static fgmm_status try_capped_shift(fgmm_engine *e, const fgmm_model *m, double limit, int64_t *n,
+                                    fgmm_error *err)
+{
+    const int K = e->k, D = e->d;
+    double *w = malloc(sizeof(double) * 2 * (size_t)D * K), *c = malloc(sizeof(double) * K);
+    double *s = malloc(sizeof(double) * D);
+    unsigned char *flags = malloc((size_t)K * D);
+    fgmm_status st = FGMM_OK;
+    if (!w || !c || !s || !flags) {
+        st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+        goto done;
+    }
+    memcpy(s, e->shift, sizeof(double) * D);
+    if (!capped_precision_shift(m, s)) {
+        st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+        goto done;
+    }
+    fill_with_shift(m, s, w, c);
+    const fgmm_estep_params alt = {K, D, w, c, s, 0, NULL, 0};
+    const int64_t n2 = fgmm_estep_params_mark_stiff(&alt, limit, flags);
+    if (n2 >= 0 && n2 < *n) {
+        memcpy(e->w, w, sizeof(double) * 2 * (size_t)D * K);
+        memcpy(e->c, c, sizeof(double) * K);
+        memcpy(e->shift, s, sizeof(double) * D);
+        memcpy(e->stiff, flags, (size_t)K * D);
+        *n = n2;
+    }
+done:
+    free(w);
+    free(c);
+    free(s);
+    free(flags);
+    return st;
+}
+
 static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
                                     fgmm_stats *out, int loglik_only, int stiff_ok,
                                     fgmm_error *err)
@@ -432,20 +545,43 @@ static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm
         e->ops->pass_precision(e->backend, e->precision, e->pass_magnitude, &e->pass_limit);
     e->pass_fell_back = want != e->precision ? FGMM_PASS_FP64 : FGMM_PASS_AS_ASKED;
     e->pass_stiff = 0;
+    /* Too large for FAST: DEFAULT's split keeps 20 times larger terms at
+     * twice FAST's cost, far less than any exact evaluation. */
+    if (want != e->precision && e->precision == FGMM_PRECISION_FAST) {
+        double limit2;
+        if (e->ops->pass_precision(e->backend, FGMM_PRECISION_DEFAULT, e->pass_magnitude,
+                                   &limit2) == FGMM_PRECISION_DEFAULT) {
+            want = FGMM_PRECISION_DEFAULT;
+            e->pass_fell_back = FGMM_PASS_AS_ASKED;
+        }
+    }
     /* Too large terms in some pairs only: those pairs are evaluated
-     * exactly and the rest stays in the mode asked. Past a quarter of all
-     * pairs the exact evaluation costs about what float64 does. */
-    if (want != e->precision && stiff_ok && e->ops->stiff_pairs &&
+     * exactly and the rest runs DEFAULT. Past STIFF_MOST of all pairs the
+     * exact evaluation costs more than float64 does. */
+    if (e->pass_fell_back == FGMM_PASS_FP64 && stiff_ok && e->ops->stiff_pairs &&
         (e->precision == FGMM_PRECISION_DEFAULT || e->precision == FGMM_PRECISION_FAST) &&
         isfinite(e->pass_magnitude)) {
+        double limit2;
+        (void)e->ops->pass_precision(e->backend, FGMM_PRECISION_DEFAULT, e->pass_magnitude,
+                                     &limit2);
         free(e->stiff);
         e->stiff = malloc((size_t)K * D);
         if (!e->stiff) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
-        int64_t n = fgmm_estep_params_mark_stiff(&e->params, e->pass_limit, e->stiff);
-        if (n <= (int64_t)K * D / 4) {
-            want = e->precision;
+        int64_t n = fgmm_estep_params_mark_stiff(&e->params, limit2, e->stiff);
+        if (n < 0) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+        if (n > 0) {
+            fgmm_status st = try_capped_shift(e, m, limit2, &n, err);
+            if (st) return st;
+        }
+        e->pass_stiff = n;
+        if (n == 0) { /* the shift alone brought every term within the limit */
+            want = FGMM_PRECISION_DEFAULT;
+            e->pass_fell_back = FGMM_PASS_AS_ASKED;
+            e->pass_limit = limit2;
+        } else if (n <= (int64_t)(STIFF_MOST * K * (double)D)) {
+            want = FGMM_PRECISION_DEFAULT;
             e->pass_fell_back = FGMM_PASS_STIFF;
-            e->pass_stiff = n;
+            e->pass_limit = limit2;
             e->params.stiff = e->stiff;
             e->params.n_stiff = n;
         }

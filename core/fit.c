@@ -232,10 +232,16 @@ static void print_step(fgmm_engine *e, const fgmm_fit_params *p, int it, double 
                 e->pass_setup_s, e->pass_rows_s, e->pass_finish_s, t_end - t_m);
     if (reseeded)
         fprintf(stderr, "  re-seeded %d collapsed component%s", reseeded, reseeded > 1 ? "s" : "");
-    if (e->schedule) fprintf(stderr, "  %s", e->precision == FGMM_PRECISION_FAST ? "bf16" : "split");
+    if (e->schedule && e->backend_precision == FGMM_PRECISION_FAST) fputs("  bf16", stderr);
+    else if (e->schedule && e->backend_precision == FGMM_PRECISION_DEFAULT) fputs("  split", stderr);
     double mag, limit;
     const int how = fgmm_engine_last_pass_fallback(e, &mag, &limit);
-    if (how == FGMM_PASS_FP64)
+    if (how == FGMM_PASS_FP64 && fgmm_engine_last_pass_stiff_pairs(e) > 0)
+        fprintf(stderr, "  in float64 on the %s: %lld of %lld (component, dimension) terms "
+                "exceed what the tensor cores keep (a larger reg_covar keeps them there)",
+                e->ops->name, (long long)fgmm_engine_last_pass_stiff_pairs(e),
+                (long long)e->k * e->d);
+    else if (how == FGMM_PASS_FP64)
         fprintf(stderr, "  in float64 on the %s: logit terms of %.2g exceed the %.0g "
                 "its precision mode keeps (a larger reg_covar keeps them there)",
                 e->ops->name, mag, limit);
@@ -326,7 +332,7 @@ fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
     for (int it = start + 1; it <= p->max_iter && !meta->converged; it++) {
         const int precise = !e->schedule || schedule_precise(switched, it, p->max_iter);
         if (e->schedule) e->precision = precise ? FGMM_PRECISION_DEFAULT : FGMM_PRECISION_FAST;
-        e->fast_steps += !precise;
+
         double t0 = fgmm_now_seconds();
         st = pending ? pending : fgmm_engine_pass(e, src, m, s, NULL, key, 0, err);
         /* Candidates travel with their values: the rank that owns a row
@@ -343,6 +349,8 @@ fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
             times[2] += fgmm_now_seconds() - t_c;
         }
         if (st) goto fail;
+        /* What the step ran: a FAST step past FAST's limit runs DEFAULT. */
+        e->fast_steps += e->backend_precision == FGMM_PRECISION_FAST;
         double ll = fgmm_stats_loglik(s) / (double)fgmm_stats_rows(s);
         double t_m = fgmm_now_seconds();
         int reseeded = 0;

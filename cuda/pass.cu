@@ -196,6 +196,10 @@ static fgmm_status begin(fgmmc_context *ctx, int k, int d, const double *w, cons
      * hi + lo bf16 (zero rows up to a multiple of 64 components, zero
      * columns up to kw, the family's row width). */
     fgmmc_ctx_select(ctx, d);
+    if (ctx->st_np && ctx->sel.family != FGMMC_FAMILY_WIDE)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT,
+                         "fgmmc_begin_pass_stiff: stiff pairs need bf16 tensor cores (sm_80 or "
+                         "newer); this is %s", ctx->desc);
     const int kw = ctx->sel.kw, wide = ctx->sel.family == FGMMC_FAMILY_WIDE;
     if (ctx->sel.family == FGMMC_FAMILY_F64) {
         /* The terms in double as the engine made them (natural log units),

@@ -4,7 +4,7 @@
  *
  *   after the logit GEMM   L[i][k] += -(x_ij - mu_kj)^2 prec_kj / 2 (log2
  *                          units) for each stiff pair (k, j), summed in
- *                          float64;
+ *                          float64 in the pairs' order;
  *   after normalisation    for each stiff pair, sum_i r_ik (x_ij - mu_kj)
  *                          and sum_i r_ik (x_ij - mu_kj)^2 in float64, with
  *                          r_ik = exp2(L[i][k] + c_k - lse2_i) as the wide
@@ -22,50 +22,49 @@
  */
 #include "cuda/internal.h"
 
-#define ST_ROWS 8         /* rows per block of the logit kernel */
+#define ST_ROWS 32        /* rows per block of the logit kernel: a lane each */
 #define ST_TILE 256       /* rows per responsibility tile of the statistics kernel */
 #define ST_PER_THREAD 4   /* pairs per thread and component: D <= 4 * 256 */
 #define ST_THREADS 256
 
-/* A block per ST_ROWS rows; warps take the components in turn, lanes
- * their pairs, and each (row, component) logit is written by one lane. */
+/* A block per 32 rows, a lane per row; the warps take the components in
+ * turn and walk each one's pairs in order, every lane on its own row (the
+ * pair's terms are the same address across the warp: one broadcast load),
+ * so no sum crosses lanes and each (row, component) logit is written by
+ * one lane. Rows sit in shared memory with a stride of D + 1 floats: lanes
+ * reading one dimension of 32 rows hit 32 different banks. */
 static __global__ void __launch_bounds__(ST_THREADS)
     stiff_logits_kernel(fgmmc_batch b, int64_t m, float *L, int ls)
 {
-    extern __shared__ float xs[]; /* ST_ROWS x D, the rows as they are */
-    const int D = b.d, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    extern __shared__ float xs[]; /* ST_ROWS x (D + 1), the rows as they are */
+    const int D = b.d, S = D + 1, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int64_t row0 = (int64_t)blockIdx.x * ST_ROWS;
     for (int e = threadIdx.x; e < ST_ROWS * D; e += ST_THREADS) {
         const int r = e / D, j = e - r * D;
-        xs[e] = row0 + r < m ? load_y(b.x, b.dtype, (size_t)(row0 + r) * D + j, 0.f) : 0.f;
+        xs[r * S + j] = row0 + r < m ? load_y(b.x, b.dtype, (size_t)(row0 + r) * D + j, 0.f) : 0.f;
     }
     __syncthreads();
     const double HALF_LOG2E = 0.72134752044448170368;
+    const float *xr = xs + lane * S;
+    const bool live = row0 + lane < m;
     for (int ci = warp; ci < b.st_nc; ci += ST_THREADS / 32) {
         const int k = b.st_comp[ci], p0 = b.st_off[ci], p1 = b.st_off[ci + 1];
-        double acc[ST_ROWS];
-#pragma unroll
-        for (int r = 0; r < ST_ROWS; r++) acc[r] = 0.0;
-        for (int p = p0 + lane; p < p1; p += 32) {
-            const int j = b.st_dim[p];
-            const double mu = b.st_mu[p], pr = b.st_prec[p];
-#pragma unroll
-            for (int r = 0; r < ST_ROWS; r++) {
-                const double dd = (double)xs[r * D + j] - mu;
-                acc[r] = fma(pr * dd, dd, acc[r]);
-            }
+        double acc0 = 0.0, acc1 = 0.0; /* two chains: the adds overlap */
+        int p = p0;
+        for (; p + 1 < p1; p += 2) {
+            const int j0 = __ldg(b.st_dim + p), j1 = __ldg(b.st_dim + p + 1);
+            const double d0 = (double)xr[j0] - __ldg(b.st_mu + p);
+            const double d1 = (double)xr[j1] - __ldg(b.st_mu + p + 1);
+            acc0 = fma(__ldg(b.st_prec + p) * d0, d0, acc0);
+            acc1 = fma(__ldg(b.st_prec + p + 1) * d1, d1, acc1);
         }
-        double mine = 0.0;
-#pragma unroll
-        for (int r = 0; r < ST_ROWS; r++) {
-            double v = acc[r];
-#pragma unroll
-            for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-            if (lane == r) mine = v;
+        if (p < p1) {
+            const double d0 = (double)xr[__ldg(b.st_dim + p)] - __ldg(b.st_mu + p);
+            acc0 = fma(__ldg(b.st_prec + p) * d0, d0, acc0);
         }
-        if (lane < ST_ROWS && row0 + lane < m) {
+        if (live) {
             float *dst = L + (size_t)(row0 + lane) * ls + k;
-            *dst = __fadd_rn(*dst, (float)(-HALF_LOG2E * mine));
+            *dst = __fadd_rn(*dst, (float)(-HALF_LOG2E * (acc0 + acc1)));
         }
     }
 }
@@ -143,7 +142,11 @@ fgmm_status fgmmc_stiff_logits_launch(const fgmmc_batch *b, int64_t m, cudaStrea
         return fgmm_fail(err, FGMM_ERR_ARGUMENT, "stiff pairs: d=%d > %d", b->d,
                          ST_PER_THREAD * ST_THREADS);
     const unsigned blocks = (unsigned)((m + ST_ROWS - 1) / ST_ROWS);
-    const size_t smem = (size_t)ST_ROWS * b->d * sizeof(float); /* <= 32 KiB */
+    const size_t smem = (size_t)ST_ROWS * (b->d + 1) * sizeof(float); /* <= 128 KiB */
+    /* Past 48 KiB of shared memory a kernel must ask for it. */
+    FGMMC_CHECK(cudaFuncSetAttribute(stiff_logits_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     (int)smem),
+                err);
     stiff_logits_kernel<<<blocks, ST_THREADS, smem, s>>>(*b, m, b->wide_l, fgmmc_wide_ls(b->k));
     FGMMC_CHECK_LAUNCH("stiff_logits_kernel", err);
     return FGMM_OK;

@@ -199,9 +199,10 @@ void trajectory_case(int n, int K, int D, fgmm_covariance cov = FGMM_COV_DIAG,
 
 // The precision schedule against float64 from one initial model, same
 // tol and max_iter: the final models' mean log-likelihoods, both scored in
-// float64 on the CPU, within 1e-6 relative, in at most 20% more steps.
+// float64 on the CPU, within 1e-6 relative, in at most 20% more steps (or
+// two more: the step that leaves bf16 cannot count towards convergence).
 void schedule_case(const char *what, const void *rows, fgmm_dtype dtype, int64_t n, int D,
-                   int K, double tol)
+                   int K, double tol, bool expect_fast)
 {
     SCOPED_TRACE(what);
     fgmm_error err{};
@@ -238,9 +239,9 @@ void schedule_case(const char *what, const void *rows, fgmm_dtype dtype, int64_t
     const double rel = std::fabs(mean[0] - mean[1]) / std::fabs(mean[1]);
     printf("  %s: auto %d steps (%d bf16) mean ll %.10f; fp64 %d steps %.10f; rel %.2e\n", what,
            steps[0], fast, mean[0], steps[1], mean[1], rel);
-    EXPECT_GT(fast, 0) << "no step ran in bf16";
+    if (expect_fast) EXPECT_GT(fast, 0) << "no step ran in bf16";
     EXPECT_LE(rel, 1e-6);
-    EXPECT_LE(steps[0], (int)std::ceil(1.2 * steps[1]));
+    EXPECT_LE(steps[0], std::max(steps[1] + 2, (int)std::ceil(1.2 * steps[1])));
     fgmm_model_free(init);
     fgmm_engine_free(cpu);
     fgmm_source_close(src);
@@ -253,14 +254,15 @@ TEST(EngineCuda, PrecisionScheduleReachesTheFloat64Fit)
     fgmm_rng_seed(&rng, 77);
     std::vector<float> x;
     fgmm_model *truth = random_mixture(&rng, 24, 48, FGMM_COV_DIAG, 1.5, 120000, x);
-    schedule_case("random mixture, float32", x.data(), FGMM_F32, 120000, 48, 24, 1e-4);
+    schedule_case("random mixture, float32", x.data(), FGMM_F32, 120000, 48, 24, 1e-6, true);
     fgmm_model_free(truth);
-    // Pixels with blank dimensions (stiff pairs) as uint8.
+    // Pixels with blank dimensions (stiff pairs) as uint8: every step runs
+    // split bf16, FAST's limit being far too small.
     std::vector<float> px;
     fgmm_model *blank = blank_pixel_mixture(40000, 6, 8, 64, px);
     std::vector<uint8_t> u(px.size());
     for (size_t i = 0; i < px.size(); i++) u[i] = (uint8_t)px[i];
-    schedule_case("blank pixels, uint8", u.data(), FGMM_U8, 40000, 64, 6, 1e-4);
+    schedule_case("blank pixels, uint8", u.data(), FGMM_U8, 40000, 64, 6, 1e-5, false);
     fgmm_model_free(blank);
 }
 
@@ -319,7 +321,7 @@ fgmm_status store_best(void *user, int64_t first_row, int64_t n, int m, const in
 // on the GPU, matching float64; a variance floor brings it back to the
 // tensor cores.
 // A mixture with `stiff` of its K components stiff in their first `dims`
-// dimensions: mean 50 + k there (far from the data's centre) and variance
+// dimensions: mean 50 + 4k there (far from the data's centre) and variance
 // 1e-4 (terms of ~3e7 each against the tensor cores' 1e5), variance 4 and
 // means ~N(3, 4) elsewhere; rows drawn from it. With one_row, component 0
 // instead sits on row 0 with variance reg everywhere, as a component
@@ -337,7 +339,7 @@ fgmm_model *stiff_mixture(int64_t n, int K, int D, int stiff, int dims, bool one
         w[k] = 1.0 / K;
         for (int j = 0; j < D; j++) {
             const bool st = k < stiff && j < dims;
-            mu[(size_t)k * D + j] = st ? 50.0 + k : 3.0 + 2.0 * fgmm_rng_normal(&rng);
+            mu[(size_t)k * D + j] = st ? 50.0 + 4.0 * k : 3.0 + 2.0 * fgmm_rng_normal(&rng);
             var[(size_t)k * D + j] = st ? 1e-4 : 4.0;
         }
     }
@@ -358,7 +360,9 @@ fgmm_model *stiff_mixture(int64_t n, int K, int D, int stiff, int dims, bool one
 
 // The M-step's variances from float64 raw moments (ref) and from the
 // engine's statistics (s), in the pairs marked stiff: their largest
-// relative difference, and whether any is negative.
+// difference relative to the variance, and whether any is negative. The
+// reference's E[x^2] - E[x]^2 itself cancels in float64, to about
+// 1e-15 E[x^2]: that much of an absolute difference is the reference's.
 double stiff_variance_error(fgmm_stats *s, const RefStats &ref, const fgmm_model *m0,
                             const unsigned char *stiff, bool *negative)
 {
@@ -376,7 +380,9 @@ double stiff_variance_error(fgmm_stats *s, const RefStats &ref, const fgmm_model
             const double mean = ref.sx[i] / ref.nk[k], v = ref.sxx[i] / ref.nk[k] - mean * mean;
             const double got = fgmm_model_variances_c(m)[i];
             if (got < 0) *negative = true;
-            worst = std::max(worst, std::fabs(got - v) / (v + 1e-12));
+            const double floor = 1e-13 * ref.sxx[i] / ref.nk[k] + 1e-300;
+            worst = std::max(worst,
+                             std::max(0.0, std::fabs(got - v) - floor) / (std::max(v, 0.0) + floor));
         }
     fgmm_model_free(m);
     return worst;
@@ -427,14 +433,13 @@ void stiff_case(int64_t n, int K, int D, int stiff, int dims, bool one_row, fgmm
     ASSERT_EQ(fgmm_engine_last_pass_fallback(e, &mag, &limit), FGMM_PASS_STIFF)
         << "magnitude " << mag << " limit " << limit;
     EXPECT_STREQ(fgmm_engine_path(e), "tensor cores, split bf16");
-    // Which pairs the engine marked, by the same rule.
-    std::vector<double> wt((size_t)2 * D * K), ct(K), sh(D);
-    fgmm_estep_params_fill(m, wt.data(), ct.data(), sh.data());
-    fgmm_estep_params p{K, D, wt.data(), ct.data(), sh.data(), 0, nullptr, 0};
-    std::vector<unsigned char> flags((size_t)K * D);
-    const int64_t marked = fgmm_estep_params_mark_stiff(&p, limit, flags.data());
-    EXPECT_EQ(fgmm_engine_last_pass_stiff_pairs(e), marked);
-    EXPECT_GE(marked, one_row ? D : (int64_t)stiff * dims);
+    const int64_t marked = fgmm_engine_last_pass_stiff_pairs(e);
+    EXPECT_GT(marked, 0);
+    // The pairs stiff by construction, whose variances are checked.
+    std::vector<unsigned char> flags((size_t)K * D, 0);
+    for (int k = 0; k < K; k++)
+        for (int j = 0; j < D; j++)
+            flags[(size_t)k * D + j] = one_row ? k == 0 : (k < stiff && j < dims);
     RefStats ref = reference_estep(m, x, n);
     std::vector<double> nk, sx, sxx;
     unshift(s, nk, sx, sxx);
@@ -520,13 +525,14 @@ TEST(EngineCuda, BlankPixelsRunExactlyOnTensorCores)
     fgmm_model_free(m);
 }
 
-// More than a quarter of the pairs stiff: the passes run in float64.
+// In the fp32 mode (no stiff pairs there) such a model's passes run in
+// float64, as do assignments in every mode.
 TEST(EngineCuda, IllConditionedModelRunsInFloat64)
 {
     NEED_GPU();
     std::vector<float> x;
     const int64_t n = 3000;
-    const int K = 2, D = 24;
+    const int K = 4, D = 40;
     fgmm_model *m = blank_pixel_mixture(n, K, 8, D, x);
     ASSERT_NE(m, nullptr);
     fgmm_error err{};
@@ -534,6 +540,7 @@ TEST(EngineCuda, IllConditionedModelRunsInFloat64)
     fgmm_engine *e;
     ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, n, D, "blank", &src, &err), FGMM_OK);
     ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CUDA, 2, &e, &err), FGMM_OK) << err.msg;
+    ASSERT_EQ(fgmm_engine_set_precision(e, FGMM_PRECISION_FP32, &err), FGMM_OK) << err.msg;
     fgmm_stats *s;
     ASSERT_EQ(fgmm_stats_create(K, D, nullptr, &s, &err), FGMM_OK);
     std::vector<float> ll(n, NAN);
@@ -541,7 +548,7 @@ TEST(EngineCuda, IllConditionedModelRunsInFloat64)
     double mag = 0, limit = 0;
     EXPECT_EQ(fgmm_engine_last_pass_fallback(e, &mag, &limit), FGMM_PASS_FP64);
     EXPECT_GT(mag, limit);
-    EXPECT_EQ(limit, 1e5) << "the split-bf16 limit";
+    EXPECT_EQ(limit, 1e5) << "the fp32 limit";
     EXPECT_STREQ(fgmm_engine_path(e), "float64 SIMT");
     RefStats ref = reference_estep(m, x, n);
     std::vector<double> nk, sx, sxx;
@@ -571,11 +578,11 @@ TEST(EngineCuda, IllConditionedModelRunsInFloat64)
             if (L[(size_t)i * K + k] > L[(size_t)i * K + b]) b = k;
         ASSERT_EQ(best[i], b) << "row " << i;
     }
-    // Variances floored at 225 on the blank dimensions: back on the tensor cores.
+    // Variances floored at 225 on the blank dimensions: back on fp32.
     for (int i = 0; i < K * D; i++) fgmm_model_variances(m)[i] = 225.0;
     ASSERT_EQ(fgmm_engine_estep(e, src, m, s, nullptr, &err), FGMM_OK) << err.msg;
     EXPECT_EQ(fgmm_engine_last_pass_fallback(e, &mag, &limit), FGMM_PASS_AS_ASKED) << "magnitude " << mag;
-    EXPECT_STREQ(fgmm_engine_path(e), "tensor cores, split bf16");
+    EXPECT_STREQ(fgmm_engine_path(e), "fp32 SIMT");
     fgmm_stats_free(s);
     fgmm_engine_free(e);
     fgmm_source_close(src);
