@@ -81,6 +81,13 @@ int main(int argc, char **argv)
     CHECK(fgmm_source_memory(x, u8 ? FGMM_U8 : FGMM_F32, N, (int)D, "synthetic", &src, &err));
     fgmm_engine *e;
     CHECK(fgmm_engine_create(dev, 0, &e, &err));
+    /* FGMM_BENCH_PRECISION: the engine's precision mode (default: default). */
+    const char *pm = getenv("FGMM_BENCH_PRECISION");
+    if (pm) {
+        fgmm_precision pp;
+        CHECK(fgmm_precision_parse(pm, &pp, &err));
+        CHECK(fgmm_engine_set_precision(e, pp, &err));
+    }
     fgmm_fit_params p;
     fgmm_fit_params_default(&p);
     p.k = (int)K;
@@ -108,8 +115,10 @@ int main(int argc, char **argv)
         ll = fgmm_stats_loglik(s) / N;
         double ps, pr, pf;
         fgmm_engine_last_pass_phases(e, &ps, &pr, &pf);
-        fprintf(stderr, "step %d: %.4f s  loglik %.6f  [setup %.4f, rows %.4f, finish %.4f, M-step %.4f]\n",
-                it + 1, t[it], ll, ps, pr, pf, t[it] - (am - a));
+        const int how = fgmm_engine_last_pass_fallback(e, NULL, NULL);
+        fprintf(stderr, "step %d: %.4f s  loglik %.6f  [setup %.4f, rows %.4f, finish %.4f, M-step %.4f]  %s%s\n",
+                it + 1, t[it], ll, ps, pr, pf, t[it] - (am - a), fgmm_engine_path(e),
+                how == FGMM_PASS_STIFF ? ", stiff pairs exact" : "");
     }
     double ts0 = now(), mean_ll;
     CHECK(fgmm_score(e, src, m, &mean_ll, NULL, &err));
