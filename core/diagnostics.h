@@ -64,7 +64,7 @@ int fgmm_engine_last_pass_fallback(const fgmm_engine *e, double *magnitude, doub
  * stiff (component, dimension) pairs, those whose terms exceed its limit,
  * evaluated exactly (fgmm_estep_params.stiff), so the cost grows with
  * their number instead of the whole pass going to float64. A pass falls
- * back to float64 when more than half of all pairs are stiff, and the
+ * back to float64 when more than 15% of all pairs are stiff, and the
  * top-m assignment always does. A FAST pass past FAST's limit runs
  * DEFAULT first. This returns how many pairs the last pass marked stiff
  * (when too many sent it to float64 too; 0 when none). */

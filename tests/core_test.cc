@@ -138,6 +138,52 @@ TEST(Estep, LogitMagnitudeByHand)
     fgmm_model_free(m);
 }
 
+// The stiff pairs for a limit: only components whose terms add up past it,
+// and in them the pairs whose own term is past limit / (2D), so that what
+// is left stays within the limit.
+TEST(Estep, StiffPairsByHand)
+{
+    fgmm_error err{};
+    fgmm_model *m;
+    const int K = 3, D = 4;
+    ASSERT_EQ(fgmm_model_create(K, D, FGMM_COV_DIAG, &m, &err), FGMM_OK);
+    // Component 0 broad; 1 tight in dimensions 0 and 2, far from the
+    // shift; 2 tight in dimension 3 at the shift's value.
+    for (int k = 0; k < K; k++) {
+        fgmm_model_weights(m)[k] = 1.0 / K;
+        for (int j = 0; j < D; j++) {
+            fgmm_model_means(m)[k * D + j] = k == 1 ? 10.0 + j : 0.0;
+            fgmm_model_variances(m)[k * D + j] = 4.0;
+        }
+    }
+    fgmm_model_variances(m)[1 * D + 0] = 1e-6;
+    fgmm_model_variances(m)[1 * D + 2] = 1e-6;
+    fgmm_model_variances(m)[2 * D + 3] = 1e-6;
+    std::vector<double> w(2 * D * K), c(K), shift(D);
+    fgmm_estep_params_fill(m, w.data(), c.data(), shift.data());
+    fgmm_estep_params p = {K, D, w.data(), c.data(), shift.data(), 0, nullptr, 0};
+    const double limit = 1e5;
+    std::vector<unsigned char> flags(K * D, 9);
+    ASSERT_EQ(fgmm_estep_params_mark_stiff(&p, limit, flags.data()), 3);
+    for (int k = 0; k < K; k++) {
+        double t[D], rest = D;
+        for (int j = 0; j < D; j++) {
+            const double d = fgmm_model_means(m)[k * D + j] - shift[j];
+            t[j] = 1.5 * d * d / fgmm_model_variances(m)[k * D + j];
+        }
+        for (int j = 0; j < D; j++) {
+            // Dimension 3 of component 2: its mean is 10/3 from the shift.
+            const bool want = (k == 1 && (j == 0 || j == 2)) || (k == 2 && j == 3);
+            EXPECT_EQ(flags[k * D + j], want ? 1 : 0) << k << "," << j << " term " << t[j];
+            if (!want) rest += t[j];
+        }
+        EXPECT_LE(rest, limit / 2 + D) << "component " << k;
+    }
+    // A limit above every component's sum: nothing is stiff.
+    EXPECT_EQ(fgmm_estep_params_mark_stiff(&p, 1e20, flags.data()), 0);
+    fgmm_model_free(m);
+}
+
 // The CPU engine keeps float64 logits: it computes even a model the GPU
 // could not (blank pixels with tiny variances) to float64's accuracy, and
 // never reports a fallback.

@@ -475,10 +475,10 @@ TEST(EngineCuda, StiffPairsAreExact)
     NEED_GPU();
     stiff_case(20000, 16, 40, 1, 8, false, FGMM_F32);    // one component
     stiff_case(40000, 32, 64, 10, 12, false, FGMM_F32);  // ten
-    stiff_case(30000, 24, 96, 24, 20, false, FGMM_F32);  // every component, some dimensions
+    stiff_case(30000, 24, 96, 24, 12, false, FGMM_F32);  // every component, some dimensions
     stiff_case(20000, 20, 128, 0, 0, true, FGMM_F32);    // one component on a single row
     stiff_case(30001, 40, 200, 7, 30, false, FGMM_F32);  // D > 128
-    stiff_case(20000, 16, 40, 16, 8, false, FGMM_F16);
+    stiff_case(20000, 16, 40, 16, 5, false, FGMM_F16);
     stiff_case(20000, 16, 40, 4, 8, false, FGMM_U8);
 }
 
@@ -489,7 +489,7 @@ TEST(EngineCuda, BlankPixelsRunExactlyOnTensorCores)
     NEED_GPU();
     std::vector<float> x;
     const int64_t n = 3000;
-    const int K = 4, D = 40;
+    const int K = 4, D = 64;
     fgmm_model *m = blank_pixel_mixture(n, K, 8, D, x);
     ASSERT_NE(m, nullptr);
     std::vector<uint8_t> u(x.size());

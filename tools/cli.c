@@ -181,7 +181,7 @@ const char CLI_READER_HELP[] =
     "                       statistics within 1e-4 of float64), fast (plain bf16, ~1e-2),\n"
     "                       fp32 (SIMT kernels) or fp64 (float64 SIMT kernels). Stiff\n"
     "                       (component, dimension) terms too large for the tensor cores are\n"
-    "                       computed exactly; past a quarter of them a pass runs in fp64 and\n"
+    "                       computed exactly; past 15% of them a pass runs in fp64 and\n"
     "                       says so. cpu: default (float64 logits, float32 statistics per\n"
     "                       256-row tile, ~1e-6; auto is default) or fp64 (statistics in\n"
     "                       float64 too)\n"
