@@ -474,18 +474,21 @@ fgmm_status fgmm_engine_pass(fgmm_engine *e, fgmm_source *src, const fgmm_model 
     return finish_pass(e, ops, be, out, t_rows, err);
 }
 
-/* The pass's terms with capped_precision_shift's shift instead, when they
- * leave fewer stiff pairs than the *n marked now (e->stiff, e->w, e->c
- * and e->shift are then replaced and *n updated). */
-static fgmm_status try_capped_shift(fgmm_engine *e, const fgmm_model *m, double limit, int64_t *n,
-                                    fgmm_error *err)
+/* capped_precision_shift's shift instead of e->shift when it leaves fewer
+ * stiff pairs than the *n marked now (as fgmm_estep_params_mark_stiff
+ * counts them, from the model: a term is 1.5 (mu - s)^2 / v). *n is then
+ * updated, and when at most `most` remain, e->stiff, e->w, e->c and
+ * e->shift are redone for it; past `most` the pass goes to float64 and
+ * needs none of them. */
+static fgmm_status try_capped_shift(fgmm_engine *e, const fgmm_model *m, double limit,
+                                    int64_t most, int64_t *n, fgmm_error *err)
 {
-    const int K = e->k, D = e->d;
-    double *w = malloc(sizeof(double) * 2 * (size_t)D * K), *c = malloc(sizeof(double) * K);
-    double *s = malloc(sizeof(double) * D);
+    const int K = e->k, D = e->d, sph = fgmm_model_covariance(m) == FGMM_COV_SPHERICAL;
+    const double *mu = fgmm_model_means_c(m), *var = fgmm_model_variances_c(m);
+    double *s = malloc(sizeof(double) * D), *t = malloc(sizeof(double) * D);
     unsigned char *flags = malloc((size_t)K * D);
     fgmm_status st = FGMM_OK;
-    if (!w || !c || !s || !flags) {
+    if (!s || !t || !flags) {
         st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
         goto done;
     }
@@ -494,20 +497,33 @@ static fgmm_status try_capped_shift(fgmm_engine *e, const fgmm_model *m, double 
         st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
         goto done;
     }
-    fill_with_shift(m, s, w, c);
-    const fgmm_estep_params alt = {K, D, w, c, s, 0, NULL, 0};
-    const int64_t n2 = fgmm_estep_params_mark_stiff(&alt, limit, flags);
-    if (n2 >= 0 && n2 < *n) {
-        memcpy(e->w, w, sizeof(double) * 2 * (size_t)D * K);
-        memcpy(e->c, c, sizeof(double) * K);
-        memcpy(e->shift, s, sizeof(double) * D);
-        memcpy(e->stiff, flags, (size_t)K * D);
+    const double cut = limit / (2.0 * D);
+    int64_t n2 = 0;
+    for (int k = 0; k < K && n2 < *n; k++) {
+        double sum = D;
+        for (int j = 0; j < D; j++) {
+            const double d = mu[(size_t)k * D + j] - s[j];
+            t[j] = 1.5 * d * d / (sph ? var[k] : var[(size_t)k * D + j]);
+            sum += t[j];
+        }
+        const int over = !(sum <= limit);
+        for (int j = 0; j < D; j++) {
+            const int stiff = over && !(t[j] <= cut);
+            flags[(size_t)k * D + j] = (unsigned char)stiff;
+            n2 += stiff;
+        }
+    }
+    if (n2 < *n) {
         *n = n2;
+        if (n2 <= most) {
+            memcpy(e->shift, s, sizeof(double) * D);
+            fill_with_shift(m, e->shift, e->w, e->c);
+            memcpy(e->stiff, flags, (size_t)K * D);
+        }
     }
 done:
-    free(w);
-    free(c);
     free(s);
+    free(t);
     free(flags);
     return st;
 }
@@ -572,8 +588,9 @@ static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm
         if (!e->stiff) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
         int64_t n = fgmm_estep_params_mark_stiff(&e->params, limit2, e->stiff);
         if (n < 0) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+        const int64_t most = (int64_t)(STIFF_MOST * K * (double)D);
         if (n > 0) {
-            fgmm_status st = try_capped_shift(e, m, limit2, &n, err);
+            fgmm_status st = try_capped_shift(e, m, limit2, most, &n, err);
             if (st) return st;
         }
         e->pass_stiff = n;
@@ -581,7 +598,7 @@ static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm
             want = FGMM_PRECISION_DEFAULT;
             e->pass_fell_back = FGMM_PASS_AS_ASKED;
             e->pass_limit = limit2;
-        } else if (n <= (int64_t)(STIFF_MOST * K * (double)D)) {
+        } else if (n <= most) {
             want = FGMM_PRECISION_DEFAULT;
             e->pass_fell_back = FGMM_PASS_STIFF;
             e->pass_limit = limit2;
