@@ -240,9 +240,13 @@ void schedule_case(const char *what, const void *rows, fgmm_dtype dtype, int64_t
     const double rel = std::fabs(mean[0] - mean[1]) / std::fabs(mean[1]);
     printf("  %s: auto %d steps (%d bf16) mean ll %.10f; fp64 %d steps %.10f; rel %.2e\n", what,
            steps[0], fast, mean[0], steps[1], mean[1], rel);
-    if (expect_fast) EXPECT_GT(fast, 0) << "no step ran in bf16";
+    if (expect_fast) {
+        EXPECT_GT(fast, 0) << "no step ran in bf16";
+    }
     EXPECT_LE(rel, 1e-6);
-    if (check_steps) EXPECT_LE(steps[0], std::max(steps[1] + 2, (int)std::ceil(1.2 * steps[1])));
+    if (check_steps) {
+        EXPECT_LE(steps[0], std::max(steps[1] + 2, (int)std::ceil(1.2 * steps[1])));
+    }
     fgmm_model_free(init);
     fgmm_engine_free(cpu);
     fgmm_source_close(src);
