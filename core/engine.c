@@ -589,7 +589,9 @@ static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm
         int64_t n = fgmm_estep_params_mark_stiff(&e->params, limit2, e->stiff);
         if (n < 0) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
         const int64_t most = (int64_t)(STIFF_MOST * K * (double)D);
-        if (n > 0) {
+        /* A few stiff pairs (components on single rows) cost little as they
+         * are, and a second shift would not remove them. */
+        if (n > most / 8) {
             fgmm_status st = try_capped_shift(e, m, limit2, most, &n, err);
             if (st) return st;
         }
