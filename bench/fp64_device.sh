@@ -21,9 +21,7 @@ need tools/flashgmm bench/engine_bench
 F="$BIN/tools/flashgmm"
 S="$ROOT/bench/out/mnist.shards" M0="$ROOT/bench/out/mnist_init"
 if [ ! -f "$S/manifest.json" ] || [ ! -f "$M0/model.json" ]; then
-  MNIST=${MNIST:-$ROOT/shared/data/mnist/base.u8bin}
-  [ -f "$MNIST" ] || MNIST=$ROOT/../shared/data/mnist/base.u8bin
-  [ -f "$MNIST" ] || { echo "MNIST not found; set MNIST=path/to/base.u8bin" >&2; exit 2; }
+  mnist_path
   rm -rf "$S" "$M0"
   mkdir -p "$ROOT/bench/out"
   "$F" shard --input "$MNIST" --out "$S" || exit 1

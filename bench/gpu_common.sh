@@ -22,6 +22,14 @@ need() {
   done
 }
 
+# mnist_path: MNIST's base.u8bin into $MNIST, default shared/data/mnist/
+# under the repository root, else ../shared/ beside it; stops when absent.
+mnist_path() {
+  MNIST=${MNIST:-$ROOT/shared/data/mnist/base.u8bin}
+  [ -f "$MNIST" ] || MNIST=$ROOT/../shared/data/mnist/base.u8bin
+  [ -f "$MNIST" ] || { echo "MNIST not found; set MNIST=path/to/base.u8bin" >&2; exit 2; }
+}
+
 # gpu_header LOG: the GPU and host the figures belong to.
 gpu_header() {
   { nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader

@@ -22,9 +22,7 @@ F="$BIN/tools/flashgmm"
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 gpu_header "$T"
-MNIST=${MNIST:-$ROOT/shared/data/mnist/base.u8bin}
-[ -f "$MNIST" ] || MNIST=$ROOT/../shared/data/mnist/base.u8bin
-[ -f "$MNIST" ] || { echo "MNIST not found; set MNIST=path/to/base.u8bin" >&2; exit 2; }
+mnist_path
 
 # fit_table NAME DATA INIT: 20 steps from INIT in each mode; the step lines
 # and the closing line of each.

@@ -144,30 +144,40 @@ int64_t fgmm_engine_last_pass_stiff_pairs(const fgmm_engine *e) { return e->pass
 
 int fgmm_engine_last_fit_fast_steps(const fgmm_engine *e) { return e->fast_steps; }
 
+/* The stiff-pair rule for one component whose D terms are t: flags (D)
+ * marks those past limit / (2D) when the terms and D add up past limit;
+ * returns how many. A component within the limit keeps all its pairs on
+ * the fast kernels. NaN terms are stiff: the exact path meets them as they
+ * are. */
+static int mark_component(const double *t, int D, double limit, unsigned char *flags)
+{
+    double s = D;
+    for (int j = 0; j < D; j++) s += t[j];
+    const int over = !(s <= limit);
+    const double cut = limit / (2.0 * D);
+    int n = 0;
+    for (int j = 0; j < D; j++) {
+        const int st = over && !(t[j] <= cut);
+        flags[j] = (unsigned char)st;
+        n += st;
+    }
+    return n;
+}
+
 int64_t fgmm_estep_params_mark_stiff(const fgmm_estep_params *p, double limit,
                                      unsigned char *flags)
 {
     const int K = p->k, D = p->d;
-    const double cut = limit / (2.0 * D);
     int64_t n = 0;
     double *t = malloc(sizeof(double) * (size_t)D);
     if (!t) return -1;
     for (int k = 0; k < K; k++) {
-        double s = D;
         for (int j = 0; j < D; j++) {
             const double w1 = p->w[(size_t)j * K + k], w2 = p->w[(size_t)(D + j) * K + k];
             const double m = w2 < 0 ? -w1 / (2 * w2) : 0;
             t[j] = fabs(m * w1) + m * m * fabs(w2);
-            s += t[j];
         }
-        /* A component within the limit keeps all its pairs on the fast
-         * kernels. NaN terms are stiff: the exact path meets them as they are. */
-        const int over = !(s <= limit);
-        for (int j = 0; j < D; j++) {
-            const int st = over && !(t[j] <= cut);
-            flags[(size_t)k * D + j] = (unsigned char)st;
-            n += st;
-        }
+        n += mark_component(t, D, limit, flags + (size_t)k * D);
     }
     free(t);
     return n;
@@ -497,21 +507,13 @@ static fgmm_status try_capped_shift(fgmm_engine *e, const fgmm_model *m, double 
         st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
         goto done;
     }
-    const double cut = limit / (2.0 * D);
     int64_t n2 = 0;
     for (int k = 0; k < K && n2 < *n; k++) {
-        double sum = D;
         for (int j = 0; j < D; j++) {
             const double d = mu[(size_t)k * D + j] - s[j];
             t[j] = 1.5 * d * d / (sph ? var[k] : var[(size_t)k * D + j]);
-            sum += t[j];
         }
-        const int over = !(sum <= limit);
-        for (int j = 0; j < D; j++) {
-            const int stiff = over && !(t[j] <= cut);
-            flags[(size_t)k * D + j] = (unsigned char)stiff;
-            n2 += stiff;
-        }
+        n2 += mark_component(t, D, limit, flags + (size_t)k * D);
     }
     if (n2 < *n) {
         *n = n2;
@@ -544,11 +546,13 @@ static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm
         free(e->w);
         free(e->c);
         free(e->shift);
+        free(e->stiff);
         e->w = malloc(sizeof(double) * 2 * (size_t)D * K);
         e->c = malloc(sizeof(double) * (size_t)K);
         e->shift = malloc(sizeof(double) * (size_t)D);
+        e->stiff = malloc((size_t)K * D);
         e->k = e->d = 0;
-        if (!e->w || !e->c || !e->shift)
+        if (!e->w || !e->c || !e->shift || !e->stiff)
             return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
         e->k = K;
         e->d = D;
@@ -564,28 +568,21 @@ static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm
         e->ops->pass_precision(e->backend, e->precision, e->pass_magnitude, &e->pass_limit);
     e->pass_fell_back = want != e->precision ? FGMM_PASS_FP64 : FGMM_PASS_AS_ASKED;
     e->pass_stiff = 0;
-    /* Too large for FAST: DEFAULT's split keeps 20 times larger terms at
-     * twice FAST's cost, far less than any exact evaluation. */
-    if (want != e->precision && e->precision == FGMM_PRECISION_FAST) {
-        double limit2;
-        if (e->ops->pass_precision(e->backend, FGMM_PRECISION_DEFAULT, e->pass_magnitude,
-                                   &limit2) == FGMM_PRECISION_DEFAULT) {
-            want = FGMM_PRECISION_DEFAULT;
-            e->pass_fell_back = FGMM_PASS_AS_ASKED;
-        }
-    }
-    /* Too large terms in some pairs only: those pairs are evaluated
-     * exactly and the rest runs DEFAULT. Past STIFF_MOST of all pairs the
-     * exact evaluation costs more than float64 does. */
-    if (e->pass_fell_back == FGMM_PASS_FP64 && stiff_ok && e->ops->stiff_pairs &&
-        (e->precision == FGMM_PRECISION_DEFAULT || e->precision == FGMM_PRECISION_FAST) &&
-        isfinite(e->pass_magnitude)) {
-        double limit2;
-        (void)e->ops->pass_precision(e->backend, FGMM_PRECISION_DEFAULT, e->pass_magnitude,
-                                     &limit2);
-        free(e->stiff);
-        e->stiff = malloc((size_t)K * D);
-        if (!e->stiff) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+    double limit2; /* DEFAULT's */
+    const int tensor_mode =
+        e->precision == FGMM_PRECISION_DEFAULT || e->precision == FGMM_PRECISION_FAST;
+    if (want != e->precision && tensor_mode &&
+        e->ops->pass_precision(e->backend, FGMM_PRECISION_DEFAULT, e->pass_magnitude,
+                               &limit2) == FGMM_PRECISION_DEFAULT) {
+        /* Too large for FAST only: DEFAULT's split keeps 20 times larger
+         * terms at twice FAST's cost, far less than any exact evaluation. */
+        want = FGMM_PRECISION_DEFAULT;
+        e->pass_fell_back = FGMM_PASS_AS_ASKED;
+    } else if (want != e->precision && tensor_mode && stiff_ok && e->ops->stiff_pairs &&
+               isfinite(e->pass_magnitude)) {
+        /* Too large terms in some pairs only: those pairs are evaluated
+         * exactly and the rest runs DEFAULT. Past STIFF_MOST of all pairs
+         * the exact evaluation costs more than float64 does. */
         int64_t n = fgmm_estep_params_mark_stiff(&e->params, limit2, e->stiff);
         if (n < 0) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
         const int64_t most = (int64_t)(STIFF_MOST * K * (double)D);

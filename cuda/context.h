@@ -128,8 +128,8 @@ struct fgmmc_context {
      * (fgmmc_begin_pass_stiff; stiff.cu), by component: comp[nc],
      * off[nc + 1], dim[np] in d_st_idx; mu[np], prec[np], then the pass's
      * sums acc[2 np] in d_st_val; one sub-chunk's partial sums in
-     * d_st_part (st_splits x 2 np). Host: the same ints in st_idx, and
-     * mu[np], prec[np], shift[d], acc[2 np] in st_val. */
+     * d_st_part (st_splits x 2 np). Pinned host copies: the same ints in
+     * st_idx, and mu[np], prec[np], shift[d], acc[2 np] in st_val. */
     int st_nc, st_splits;
     int64_t st_np;
     int *d_st_idx;
@@ -137,7 +137,7 @@ struct fgmmc_context {
     size_t cap_st_idx, cap_st_val, cap_st_part;
     int *st_idx;
     double *st_val;
-    size_t n_st_idx, n_st_val;
+    size_t cap_h_st_idx, cap_h_st_val;
 
     /* the current pass */
     int in_pass, k, d;

@@ -112,7 +112,7 @@ void fgmmc_free(fgmmc_context *ctx)
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i]) cudaFree(dev[i]);
     void *host[] = {ctx->h_in[0], ctx->h_in[1], ctx->h_ll[0], ctx->h_ll[1], ctx->h_param,
-                    ctx->h_topi,  ctx->h_topr};
+                    ctx->h_topi,  ctx->h_topr, ctx->st_idx, ctx->st_val};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++)
         if (host[i]) cudaFreeHost(host[i]);
     for (int b = 0; b < 2; b++) {
@@ -123,8 +123,6 @@ void fgmmc_free(fgmmc_context *ctx)
     free(ctx->pp_prefix);
     free(ctx->pp_shift);
     free(ctx->pp_cand);
-    free(ctx->st_idx);
-    free(ctx->st_val);
     if (ctx->direct_done) cudaEventDestroy(ctx->direct_done);
     if (ctx->stream) cudaStreamDestroy(ctx->stream);
     if (ctx->copy_stream) cudaStreamDestroy(ctx->copy_stream);

@@ -38,22 +38,12 @@ static fgmm_status stiff_collect(fgmmc_context *ctx, int k, int d, const double 
     if (np > INT32_MAX / 2)
         return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%lld stiff pairs: too many", (long long)np);
     const size_t ni = (size_t)(2 * nc + 1) + (size_t)np, nv = 4 * (size_t)np + (size_t)d;
-    if (ni > ctx->n_st_idx) {
-        free(ctx->st_idx);
-        ctx->n_st_idx = 0;
-        if (!(ctx->st_idx = (int *)malloc(ni * sizeof(int))))
-            return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for %lld stiff pairs",
-                             (long long)np);
-        ctx->n_st_idx = ni;
-    }
-    if (nv > ctx->n_st_val) {
-        free(ctx->st_val);
-        ctx->n_st_val = 0;
-        if (!(ctx->st_val = (double *)malloc(nv * sizeof(double))))
-            return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for %lld stiff pairs",
-                             (long long)np);
-        ctx->n_st_val = nv;
-    }
+    fgmm_status st;
+    if ((st = HOST_RESERVE(ctx, ctx->st_idx, ctx->cap_h_st_idx, ni * sizeof(int), "stiff pairs",
+                           err)) ||
+        (st = HOST_RESERVE(ctx, ctx->st_val, ctx->cap_h_st_val, nv * sizeof(double),
+                           "stiff pairs' terms", err)))
+        return st;
     int *comp = ctx->st_idx, *off = comp + nc, *dim = off + nc + 1;
     double *mu = ctx->st_val, *prec = mu + np, *sh = prec + np;
     memcpy(sh, shift, sizeof(double) * (size_t)d);
