@@ -76,9 +76,16 @@ typedef struct {
      * begin_pass; statistics untouched): per row the m components of
      * largest log-joint, best first (ties: smaller index), -1 past K; their
      * log-responsibilities (-inf past K); the row's log-likelihood.
-     * idx/lresp: n*m. */
+     * idx/lresp: n*m. The chunk's rows may be reused on return; the
+     * results may arrive later (a GPU computes while the caller works on
+     * earlier ones): idx, lresp and ll must stay valid and untouched until
+     * assign_complete has delivered the call. */
     fgmm_status (*assign)(void *self, const fgmm_chunk *c, int m, int32_t *idx, float *lresp,
                           float *ll, fgmm_error *err);
+    /* Delivers the results of every assign call except the newest `keep`
+     * (0: all of them). A back end that delivers within assign itself
+     * returns at once. */
+    fgmm_status (*assign_complete)(void *self, int keep, fgmm_error *err);
     /* k-means on a sample of s rows x (s x d floats, valid until the next
      * kmeans_begin or the back end's end), centred by shift (d) where the
      * back end's arithmetic needs it. The seeding loop and its random draws

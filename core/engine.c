@@ -639,39 +639,74 @@ fgmm_status fgmm_assign(fgmm_engine *e, fgmm_source *src, const fgmm_model *m, i
     fgmm_stats *s;
     fgmm_status st = fgmm_stats_create(fgmm_model_k(m), fgmm_model_d(m), NULL, &s, err);
     if (st) return st;
-    int32_t *idx = NULL;
-    float *lresp = NULL, *ll = NULL;
-    int64_t cap = 0;
+    /* Two sets of results: the back end fills one with a chunk's while the
+     * sink works on the other's, the chunk before (assign_complete with
+     * keep 1 delivers all but the newest call). */
+    struct {
+        int32_t *idx;
+        float *lresp, *ll;
+        int64_t cap;
+    } buf[2] = {{0}};
+    int64_t prev_first = 0, prev_n = 0; /* the chunk submitted before, in buf[prev] */
+    int prev = 1, pass_open = 0;
+    const size_t mm = (size_t)(top_m > 0 ? top_m : 1);
     if ((st = begin_model_pass(e, src, m, s, 1, 0, err))) goto done;
+    pass_open = 1;
     if ((st = fgmm_source_rewind(src, err))) goto done;
     for (;;) {
         fgmm_chunk ch;
         if ((st = fgmm_source_next(src, &ch, err))) goto done;
         if (ch.n_rows == 0) break;
-        if (ch.n_rows > cap) {
-            free(idx);
-            free(lresp);
-            free(ll);
-            size_t mm = (size_t)(top_m > 0 ? top_m : 1);
-            idx = malloc(sizeof(int32_t) * (size_t)ch.n_rows * mm);
-            lresp = malloc(sizeof(float) * (size_t)ch.n_rows * mm);
-            ll = malloc(sizeof(float) * (size_t)ch.n_rows);
-            cap = ch.n_rows;
-            if (!idx || !lresp || !ll) {
+        const int cur = prev ^ 1; /* not in flight: its chunk was delivered */
+        if (ch.n_rows > buf[cur].cap) {
+            free(buf[cur].idx);
+            free(buf[cur].lresp);
+            free(buf[cur].ll);
+            buf[cur].idx = malloc(sizeof(int32_t) * (size_t)ch.n_rows * mm);
+            buf[cur].lresp = malloc(sizeof(float) * (size_t)ch.n_rows * mm);
+            buf[cur].ll = malloc(sizeof(float) * (size_t)ch.n_rows);
+            buf[cur].cap = ch.n_rows;
+            if (!buf[cur].idx || !buf[cur].lresp || !buf[cur].ll) {
+                buf[cur].cap = 0;
                 st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for the assignment of "
                                "%lld rows", (long long)ch.n_rows);
                 goto done;
             }
         }
-        if ((st = e->ops->assign(e->backend, &ch, top_m, idx, lresp, ll, err))) goto done;
-        if ((st = sink(user, ch.first_row, ch.n_rows, top_m, idx, lresp, ll, err))) goto done;
+        if ((st = e->ops->assign(e->backend, &ch, top_m, buf[cur].idx, buf[cur].lresp,
+                                 buf[cur].ll, err)))
+            goto done;
+        if (prev_n > 0) {
+            if ((st = e->ops->assign_complete(e->backend, 1, err)) ||
+                (st = sink(user, prev_first, prev_n, top_m, buf[prev].idx, buf[prev].lresp,
+                           buf[prev].ll, err)))
+                goto done;
+        }
+        prev = cur;
+        prev_first = ch.first_row;
+        prev_n = ch.n_rows;
+    }
+    if (prev_n > 0) {
+        if ((st = e->ops->assign_complete(e->backend, 0, err)) ||
+            (st = sink(user, prev_first, prev_n, top_m, buf[prev].idx, buf[prev].lresp,
+                       buf[prev].ll, err)))
+            goto done;
     }
     /* Closes the back end's pass; the statistics are all zero. */
+    pass_open = 0;
     st = e->ops->end_pass(e->backend, s, err);
 done:
-    free(idx);
-    free(lresp);
-    free(ll);
+    if (pass_open) {
+        /* Nothing in flight may outlive the buffers: the pass is closed
+         * (delivering what is left) before they are freed. */
+        fgmm_error ignore;
+        (void)e->ops->end_pass(e->backend, s, &ignore);
+    }
+    for (int b = 0; b < 2; b++) {
+        free(buf[b].idx);
+        free(buf[b].lresp);
+        free(buf[b].ll);
+    }
     fgmm_stats_free(s);
     return st;
 }

@@ -367,6 +367,12 @@ static fgmm_status cpu_assign(void *self, const fgmm_chunk *c, int m, int32_t *i
     return FGMM_OK;
 }
 
+static fgmm_status cpu_assign_complete(void *self, int keep, fgmm_error *err)
+{
+    (void)self, (void)keep, (void)err; /* cpu_assign delivers before returning */
+    return FGMM_OK;
+}
+
 static fgmm_status cpu_end_pass(void *self, fgmm_stats *out, fgmm_error *err)
 {
     cpu_backend *b = self;
@@ -503,6 +509,7 @@ static const fgmm_backend_ops cpu_ops = {
     .host_alloc = cpu_host_alloc,
     .host_free = cpu_host_free,
     .assign = cpu_assign,
+    .assign_complete = cpu_assign_complete,
     .kmeans_begin = cpu_kmeans_begin_op,
     .kmeans_total = cpu_kmeans_total_op,
     .kmeans_pick = cpu_kmeans_pick_op,

@@ -208,9 +208,16 @@ static fgmm_status cuda_assign(void *self, const fgmm_chunk *c, int m, int32_t *
     cuda_backend *b = self;
     fgmm_error ce = {0};
     /* int32_t and int are the same type on every platform CUDA runs on. */
-    return from_cuda(fgmmc_assign(b->ctx, c->rows, c->row_stride, c->n_rows, (fgmm_dtype)c->dtype,
-                                  m, (int *)idx, lresp, ll, &ce),
+    return from_cuda(fgmmc_assign_submit(b->ctx, c->rows, c->row_stride, c->n_rows,
+                                         (fgmm_dtype)c->dtype, m, (int *)idx, lresp, ll, &ce),
                      &ce, err);
+}
+
+static fgmm_status cuda_assign_complete(void *self, int keep, fgmm_error *err)
+{
+    cuda_backend *b = self;
+    fgmm_error ce = {0};
+    return from_cuda(fgmmc_assign_complete(b->ctx, keep, &ce), &ce, err);
 }
 
 static fgmm_status cuda_pass_data(void *self, uint64_t key, int64_t first, int64_t rows,
@@ -338,6 +345,7 @@ static fgmm_status cuda_kmeans_nearest(void *self, const double *centers, int k,
     if ((st = cuda_begin_pass(b, &b->km_params, err))) goto done;
     fgmm_chunk ch = {x, sizeof(float) * (size_t)d, 0, s, FGMM_F32};
     st = cuda_assign(b, &ch, 1, label, resp, ll, err);
+    if (!st) st = cuda_assign_complete(b, 0, err);
     /* Close the pass (its statistics are empty) whatever happened. */
     fgmm_stats *tmp = NULL;
     fgmm_error e2;
@@ -382,6 +390,7 @@ static const fgmm_backend_ops cuda_ops = {
     .host_alloc = cuda_host_alloc,
     .host_free = cuda_host_free,
     .assign = cuda_assign,
+    .assign_complete = cuda_assign_complete,
     .kmeans_begin = cuda_kmeans_begin,
     .kmeans_total = cuda_kmeans_total,
     .kmeans_pick = cuda_kmeans_pick,

@@ -3,7 +3,8 @@
  * cuda/'s host files share: device.cu (device, buffers, lifetime),
  * select.cu (kernel families and plans), pass.cu (the pass protocol),
  * staging.cu (rows to the device, per-row values back), cache.cu (rows
- * kept on the device), assign_driver.cu (top-m), kmeans_driver.cu
+ * kept on the device), assign_driver.cu (top-m, through the same two
+ * slots), kmeans_driver.cu
  * (k-means++ seeding). Not installed.
  *
  * Pipeline of a pass: rows are packed into pinned h_in[b] (slot b
@@ -78,6 +79,16 @@ void fgmmc_llq_complete(fgmmc_llq *q, int b, const float *h_ll);
 /* The lowest call number staged or submitted and not yet completed, or
  * `next` when there is none. */
 uint64_t fgmmc_llq_first_pending(const fgmmc_llq *q, uint64_t next);
+
+/* Where one part of an fgmmc_assign_submit call's results go (n rows, m
+ * per row; n = 0: nothing in flight), and the call's number. */
+typedef struct {
+    int *idx;
+    float *lresp, *ll;
+    int64_t n;
+    int m;
+    uint64_t call;
+} fgmmc_topm_part;
 
 struct fgmmc_context {
     int device, sm_count, cc_major;
@@ -166,13 +177,17 @@ struct fgmmc_context {
     int pass_cached;       /* this pass reads d_cache */
     int64_t cache_next;    /* next row the filling pass expects */
 
-    /* top-m outputs (fgmmc_assign) */
+    /* top-m assignment (assign_driver.cu): the device results of the part
+     * being computed; per slot, their pinned copies (row log-likelihoods in
+     * h_ll[b]) and where those go. */
     int *d_topi;
     float *d_topr;
     size_t cap_topi, cap_topr;
-    int *h_topi;
-    float *h_topr;
-    size_t cap_h_topi, cap_h_topr;
+    int *h_topi[2];
+    float *h_topr[2];
+    size_t cap_h_topi[2], cap_h_topr[2];
+    fgmmc_topm_part topm_pend[2];
+    uint64_t topm_calls; /* fgmmc_assign_submit calls so far */
 
     /* k-means++ seeding (fgmmc_pp_*) */
     int64_t pp_s;

@@ -146,13 +146,28 @@ fgmm_status fgmmc_accumulate_at(fgmmc_context *ctx, int64_t first_row, const voi
  * statistics are touched): for each of n rows, the m (0..32) components of
  * largest log-joint, best first, ties to the smaller index, into idx (n*m,
  * -1 past K) with their log-responsibilities in lresp (n*m, -inf past K),
- * and the row's
- * log-likelihood in ll (n). Logits in fp32 (the SIMT kernels' accuracy).
- * With k-means terms (w = centres, c = -|centre|^2/2) and m = 1 it is the
- * nearest-centre step of k-means. Synchronous; all pointers are host. */
+ * and the row's log-likelihood in ll (n). Logits in fp32 (the SIMT
+ * kernels' accuracy). With k-means terms (w = centres, c = -|centre|^2/2)
+ * and m = 1 it is the nearest-centre step of k-means. All pointers are
+ * host. Synchronous: fgmmc_assign_submit then fgmmc_assign_complete(0). */
 fgmm_status fgmmc_assign(fgmmc_context *ctx, const void *rows, size_t row_stride, int64_t n,
                           fgmm_dtype dtype, int m, int *idx, float *lresp, float *ll,
                           fgmm_error *err);
+
+/* The same, returning once the rows have been taken (the caller may reuse
+ * them) and the work is queued: the results reach idx, lresp and ll later,
+ * which must stay valid and untouched until fgmmc_assign_complete has
+ * delivered this call (or fgmmc_end_pass has returned). Calls are numbered
+ * 1, 2, ... over the context's life. A failed call ends the pass, and
+ * results still in flight are then never delivered. */
+fgmm_status fgmmc_assign_submit(fgmmc_context *ctx, const void *rows, size_t row_stride,
+                                int64_t n, fgmm_dtype dtype, int m, int *idx, float *lresp,
+                                float *ll, fgmm_error *err);
+
+/* Delivers the results of every submitted call except the newest `keep`
+ * ones, waiting for the GPU where they are not there yet (keep 0: all;
+ * keep 1 lets the caller work on one call's results while the next runs). */
+fgmm_status fgmmc_assign_complete(fgmmc_context *ctx, int keep, fgmm_error *err);
 
 /* How many fgmmc_accumulate(_at) calls so far have delivered their
  * per_row_ll (calls are numbered 1, 2, ... over the context's life; those

@@ -116,6 +116,9 @@ static fgmm_status begin(fgmmc_context *ctx, int k, int d, const double *w, cons
     if (!w || !c || !shift)
         return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmmc_begin_pass: w, c and shift must be non-NULL");
     ctx->in_pass = 0;
+    /* Results of an abandoned pass's assignment are never delivered: their
+     * destinations may be gone. */
+    memset(ctx->topm_pend, 0, sizeof ctx->topm_pend);
     FGMMC_CHECK(cudaSetDevice(ctx->device), err);
 
     size_t nw = (size_t)2 * d * k, per = (size_t)k * (2 * (size_t)d + 1);
@@ -276,8 +279,10 @@ fgmm_status fgmmc_end_pass(fgmmc_context *ctx, double *nk, double *sums, double 
     FGMMC_CHECK(cudaSetDevice(ctx->device), err);
     fgmm_status st = fgmmc_flush_batch(ctx, err);
     if (!st) st = fgmmc_drain_all(ctx, err);
+    if (!st) st = fgmmc_assign_complete(ctx, 0, err);
     if (st) {
         ctx->in_pass = 0;
+        memset(ctx->topm_pend, 0, sizeof ctx->topm_pend);
         return st;
     }
     const int K = ctx->k, D = ctx->d;
