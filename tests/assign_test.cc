@@ -132,7 +132,8 @@ TEST(AssignCpu, TopMMatchesFloat64Reference)
 }
 
 // A source that hands out rows in small chunks (as the shard reader's
-// 8,192-row chunks, here 37): the assignment does not depend on chunking.
+// 8,192-row chunks, here 37): the assignment does not depend on chunking,
+// and a sink's error stops it while later chunks are in flight.
 struct SmallChunks {
     const float *x;
     int64_t n, pos;
@@ -195,6 +196,17 @@ void small_chunks_case(fgmm_device dev)
     EXPECT_EQ(a.idx, b.idx);
     EXPECT_EQ(a.lresp, b.lresp);
     EXPECT_EQ(std::memcmp(a.ll.data(), b.ll.data(), sizeof(float) * n), 0);
+    // A sink that fails while later chunks are in flight stops the pass
+    // with its error, and the engine assigns again as before.
+    Collected f, again;
+    f.m = again.m = m;
+    f.fail_at = 5;
+    EXPECT_EQ(fgmm_assign(e, small, mod, m, collect, &f, &err), FGMM_ERR_IO);
+    EXPECT_NE(std::strstr(err.msg, "sink refused rows 185.."), nullptr) << err.msg;
+    ASSERT_EQ(fgmm_assign(e, small, mod, m, collect, &again, &err), FGMM_OK) << err.msg;
+    EXPECT_EQ(again.idx, a.idx);
+    EXPECT_EQ(again.lresp, a.lresp);
+    EXPECT_EQ(std::memcmp(again.ll.data(), a.ll.data(), sizeof(float) * n), 0);
     fgmm_engine_free(e);
     fgmm_source_close(small);
     fgmm_source_close(whole);

@@ -1,6 +1,7 @@
 // io_fault_test.cc - a full disk at every step of every write io/ makes:
 // the write, the fsync and the rename of shard files, the manifest, the
-// conversion journal, .npy arrays and model directories. Each must be a
+// conversion journal, .npy arrays, model directories and assignment
+// shards. Each must be a
 // clear error naming the file and saying the disk is full, and must leave
 // no partial output: no half file under a final name, no temporary file,
 // and for a conversion, a state that the same call completes later.
@@ -22,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "backends/fgmm_backends.h"
 #include "core/fgmm.h"
 #include "io/fgmm_io.h"
 
@@ -313,6 +315,47 @@ TEST(DiskFull, ModelSaveAtEveryStep)
         EXPECT_EQ(fgmm_model_means_c(back)[11], 11.0);
         fgmm_model_free(back);
     }
+    fgmm_model_free(m);
+}
+
+// An assignment directory whose second shard cannot be written: the
+// writer thread fails while the engine is still delivering rows. The error
+// names the shard and says the disk is full, nothing is left, and the same
+// call then completes.
+TEST(DiskFull, AssignmentShardWhileRowsArrive)
+{
+    fgmm_model *m = make_model();
+    const int64_t n = 300000;
+    std::vector<float> x((size_t)n * 4);
+    for (size_t i = 0; i < x.size(); i++) x[i] = (float)((i * 2654435761u) % 1000) / 80.0f;
+    fgmm_error err = {};
+    fgmm_source *src = nullptr;
+    fgmm_engine *e = nullptr;
+    ASSERT_EQ(fgmm_source_memory_chunked(x.data(), FGMM_F32, n, 4, 10000, "mem", &src, &err),
+              FGMM_OK);
+    ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CPU, 2, &e, &err), FGMM_OK) << err.msg;
+    fgmm_assign_options o;
+    fgmm_assign_options_default(&o);
+    o.shard_rows = 50000; // six shards, the second from row 50000
+    std::string parent = fresh("parent");
+    ASSERT_EQ(mkdir(parent.c_str(), 0755), 0);
+    std::string dir = parent + "/lists", part = "assign-000000050000.fga";
+    fgmm_status st;
+    {
+        Armed a(PWRITE, part);
+        st = fgmm_assignments_write(e, src, m, &o, dir.c_str(), nullptr, &err);
+        EXPECT_EQ(g_fault.hits, 1);
+    }
+    EXPECT_EQ(st, FGMM_ERR_IO);
+    expect_disk_full(err, part);
+    EXPECT_FALSE(exists(dir));
+    EXPECT_EQ(listing(parent), std::vector<std::string>{});
+    fgmm_assign_summary sum;
+    ASSERT_EQ(fgmm_assignments_write(e, src, m, &o, dir.c_str(), &sum, &err), FGMM_OK) << err.msg;
+    EXPECT_EQ(sum.rows, n);
+    EXPECT_EQ(sum.shards, 6);
+    fgmm_engine_free(e);
+    fgmm_source_close(src);
     fgmm_model_free(m);
 }
 
