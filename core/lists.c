@@ -44,7 +44,7 @@ int fgmm_list_select(const fgmm_list_rule *r, const int32_t *idx, const float *l
     double sum = 0;
     int c = 0;
     for (; c < m && idx[c] >= 0; c++) {
-        w[c] = c == 0 ? 1.0 : exp(((double)lresp[c] - (double)lresp[0]) * inv_t); /* exp(0) */
+        w[c] = exp(((double)lresp[c] - (double)lresp[0]) * inv_t);
         sum += w[c];
     }
     if (ambiguity) *ambiguity = c > 1 ? w[1] / sum : 0;

@@ -83,21 +83,6 @@ typedef struct {
     fgmm_error err;
 } chunk_queue;
 
-/* One of the body's four arrays on its way into its own zstd frame: the
- * chunk's values (in, cleared per chunk) are compressed as they come, into
- * out, and the frame is ended when the shard is. */
-typedef struct {
-    void *in;
-    int64_t in_cap; /* elements */
-    size_t in_len;  /* bytes this chunk */
-    unsigned char *out;
-    size_t out_cap, out_len;
-    ZSTD_CCtx *cctx;
-} body_stream;
-
-/* The body's arrays in file order: counts, loglik, lists, weights. */
-enum { S_COUNTS, S_LOGLIK, S_LISTS, S_WEIGHTS, N_STREAMS };
-
 typedef struct {
     const fgmm_assign_options *o;
     double select_s, write_s;
@@ -107,53 +92,41 @@ typedef struct {
     int writing; /* 0: the budget's counting pass */
     /* The shard being filled. */
     int64_t first, rows, entries;
-    body_stream body[N_STREAMS];
+    int64_t row_cap, entry_cap;
+    uint8_t *counts;
+    float *loglik;
+    int32_t *lists;
+    float *weights;
     /* The whole assignment. */
     int64_t next_row; /* rows must arrive contiguous */
     int64_t total_rows, total_entries, multi_rows;
     int64_t *list_sizes;
+    unsigned char *frame;
+    size_t frame_cap;
+    ZSTD_CCtx *cctx;
     chunk_queue queue;
 } assign_writer;
 
-/* Room for need elements of elem bytes in s->in (contents kept). */
-static int grow_in(body_stream *s, int64_t need, size_t elem)
+static int grow(void **p, int64_t *cap, int64_t need, size_t elem)
 {
-    if (need <= s->in_cap) return 0;
-    int64_t c = s->in_cap ? s->in_cap : 1024;
+    if (need <= *cap) return 0;
+    int64_t c = *cap ? *cap : 1024;
     while (c < need) c *= 2;
-    void *q = realloc(s->in, (size_t)c * elem);
+    void *q = realloc(*p, (size_t)c * elem);
     if (!q) return -1;
-    s->in = q;
-    s->in_cap = c;
+    *p = q;
+    *cap = c;
     return 0;
 }
 
-/* Feeds s->in's in_len bytes to the stream's frame (end: and ends the
- * frame). With zstd's worker threads the compression itself runs on them,
- * behind this call. */
-static fgmm_status stream_feed(body_stream *s, int end, fgmm_error *err)
+static int grow_bytes(unsigned char **p, size_t *cap, size_t need)
 {
-    ZSTD_inBuffer in = {s->in, s->in_len, 0};
-    const ZSTD_EndDirective mode = end ? ZSTD_e_end : ZSTD_e_continue;
-    for (;;) {
-        const size_t room = ZSTD_CStreamOutSize();
-        if (s->out_cap - s->out_len < room) {
-            size_t c = s->out_cap ? 2 * s->out_cap : 4 * room;
-            unsigned char *q = realloc(s->out, c);
-            if (!q) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for an assignment "
-                                     "shard");
-            s->out = q;
-            s->out_cap = c;
-        }
-        ZSTD_outBuffer out = {s->out, s->out_cap, s->out_len};
-        const size_t left = ZSTD_compressStream2(s->cctx, &out, &in, mode);
-        s->out_len = out.pos;
-        if (ZSTD_isError(left))
-            return fgmm_fail(err, FGMM_ERR_INTERNAL, "zstd: %s", ZSTD_getErrorName(left));
-        if (end ? left == 0 : in.pos == in.size) break;
-    }
-    s->in_len = 0;
-    return FGMM_OK;
+    if (need <= *cap) return 0;
+    unsigned char *q = realloc(*p, need);
+    if (!q) return -1;
+    *p = q;
+    *cap = need;
+    return 0;
 }
 
 static fgmm_status write_shard(assign_writer *w, fgmm_error *err);
@@ -167,31 +140,36 @@ static fgmm_status flush_shard(assign_writer *w, fgmm_error *err)
     return st;
 }
 
-/* Ends the four frames and writes the shard: header, then the frames back
- * to back (docs/formats.md: the stored bytes are zstd frames whose
- * contents, concatenated, are the body). */
 static fgmm_status write_shard(assign_writer *w, fgmm_error *err)
 {
     const size_t R = (size_t)w->rows, E = (size_t)w->entries;
     const size_t raw = R * ASSIGN_ROW_BYTES + E * ASSIGN_ENTRY_BYTES;
-    fgmm_status st;
-    size_t stored = 0;
-    XXH3_state_t *xs = XXH3_createState();
-    if (!xs) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
-    XXH3_64bits_reset(xs);
-    for (int i = 0; i < N_STREAMS; i++) {
-        if ((st = stream_feed(&w->body[i], 1, err))) {
-            XXH3_freeState(xs);
-            return st;
-        }
-        XXH3_64bits_update(xs, w->body[i].out, w->body[i].out_len);
-        stored += w->body[i].out_len;
+    const size_t bound = ZSTD_compressBound(raw);
+    if (grow_bytes(&w->frame, &w->frame_cap, bound))
+        return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for an assignment shard of "
+                         "%zu rows", R);
+    /* The body's four arrays go into one frame as they lie, without
+     * gathering them first. */
+    const struct {
+        const void *p;
+        size_t n;
+    } parts[4] = {{w->counts, R}, {w->loglik, R * 4}, {w->lists, E * 4}, {w->weights, E * 4}};
+    ZSTD_outBuffer out = {w->frame, bound, 0};
+    for (int i = 0; i < 4; i++) {
+        ZSTD_inBuffer in = {parts[i].p, parts[i].n, 0};
+        const ZSTD_EndDirective mode = i == 3 ? ZSTD_e_end : ZSTD_e_continue;
+        size_t left;
+        do {
+            left = ZSTD_compressStream2(w->cctx, &out, &in, mode);
+            if (ZSTD_isError(left))
+                return fgmm_fail(err, FGMM_ERR_INTERNAL, "zstd: %s", ZSTD_getErrorName(left));
+        } while (mode == ZSTD_e_end ? left != 0 : in.pos < in.size);
     }
-    const uint64_t sum = XXH3_64bits_digest(xs);
-    XXH3_freeState(xs);
+    const size_t stored = out.pos;
 
     assign_header h = {ASSIGN_VERSION, (uint32_t)w->k, (uint64_t)w->first, (uint64_t)R,
-                       (uint64_t)E, (uint64_t)raw, (uint64_t)stored, sum, 0};
+                       (uint64_t)E, (uint64_t)raw, (uint64_t)stored,
+                       XXH3_64bits(w->frame, stored), 0};
     unsigned char hb[ASSIGN_HEADER_BYTES];
     assign_header_pack(&h, hb);
     h.header_checksum = XXH3_64bits(hb, ASSIGN_HEADER_SUMMED);
@@ -204,22 +182,16 @@ static fgmm_status write_shard(assign_writer *w, fgmm_error *err)
     char *path = fgmm_io_join(w->dir, name);
     if (!path) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
     fgmm_io_tmpfile t;
-    st = fgmm_io_tmp_create(&t, path, NULL, err);
+    fgmm_status st = fgmm_io_tmp_create(&t, path, NULL, err);
     free(path);
     if (st) return st;
-    st = fgmm_io_pwrite_all(t.fd, hb, sizeof hb, 0, t.tmp, err);
-    size_t at = sizeof hb;
-    for (int i = 0; i < N_STREAMS && !st; i++) {
-        st = fgmm_io_pwrite_all(t.fd, w->body[i].out, w->body[i].out_len, (off_t)at, t.tmp, err);
-        at += w->body[i].out_len;
-    }
-    if (st) {
+    if ((st = fgmm_io_pwrite_all(t.fd, hb, sizeof hb, 0, t.tmp, err)) ||
+        (st = fgmm_io_pwrite_all(t.fd, w->frame, stored, sizeof hb, t.tmp, err))) {
         fgmm_io_tmp_abort(&t);
         return st;
     }
     if ((st = fgmm_io_tmp_commit(&t, err))) return st;
 
-    for (int i = 0; i < N_STREAMS; i++) w->body[i].out_len = 0;
     w->first += w->rows;
     w->rows = w->entries = 0;
     return FGMM_OK;
@@ -249,16 +221,15 @@ static fgmm_status take_rows(assign_writer *w, int64_t first_row, int64_t n, int
         return FGMM_OK;
     }
     if (w->rows == 0) w->first = first_row;
-    body_stream *bc = &w->body[S_COUNTS], *bl = &w->body[S_LOGLIK], *bi = &w->body[S_LISTS],
-                *bw = &w->body[S_WEIGHTS];
-    const int64_t most = n * (rule->max_lists > 0 ? rule->max_lists : 1);
-    if (grow_in(bc, n, 1) || grow_in(bl, n, sizeof(float)) || grow_in(bi, most, sizeof(int32_t)) ||
-        grow_in(bw, most, sizeof(float)))
-        return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
-    uint8_t *counts = bc->in;
-    int32_t *out_lists = bi->in;
-    float *out_weights = bw->in;
-    int64_t e = 0;
+    if (w->rows + n > w->row_cap) {
+        int64_t cap = w->row_cap;
+        if (grow((void **)&w->counts, &cap, w->rows + n, 1))
+            return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+        float *nl = realloc(w->loglik, sizeof(float) * (size_t)cap);
+        if (!nl) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+        w->loglik = nl;
+        w->row_cap = cap;
+    }
     for (int64_t i = 0; i < n; i++) {
         double amb;
         int c = fgmm_list_select(rule, idx + i * m, lresp + i * m, lists, weights, &amb);
@@ -266,27 +237,27 @@ static fgmm_status take_rows(assign_writer *w, int64_t first_row, int64_t n, int
             return fgmm_fail(err, FGMM_ERR_INTERNAL, "row %lld has no component",
                              (long long)(first_row + i));
         if (w->budget) c = 1 + fgmm_list_budget_admit(w->budget, amb, c - 1);
-        counts[i] = (uint8_t)c;
-        memcpy(out_lists + e, lists, sizeof(int32_t) * (size_t)c);
-        memcpy(out_weights + e, weights, sizeof(float) * (size_t)c);
-        e += c;
+        if (w->entries + c > w->entry_cap) {
+            int64_t cap = w->entry_cap;
+            if (grow((void **)&w->lists, &cap, w->entries + c, sizeof(int32_t)))
+                return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+            float *nw = realloc(w->weights, sizeof(float) * (size_t)cap);
+            if (!nw) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+            w->weights = nw;
+            w->entry_cap = cap;
+        }
+        w->counts[w->rows] = (uint8_t)c;
+        w->loglik[w->rows] = ll[i];
+        w->rows++;
+        memcpy(w->lists + w->entries, lists, sizeof(int32_t) * (size_t)c);
+        memcpy(w->weights + w->entries, weights, sizeof(float) * (size_t)c);
+        w->entries += c;
         for (int j = 0; j < c; j++) w->list_sizes[lists[j]]++;
+        w->total_entries += c;
         w->multi_rows += c > 1;
     }
-    memcpy(bl->in, ll, sizeof(float) * (size_t)n);
-    bc->in_len = (size_t)n;
-    bl->in_len = sizeof(float) * (size_t)n;
-    bi->in_len = bw->in_len = sizeof(float) * (size_t)e;
-    w->rows += n;
-    w->entries += e;
-    w->total_entries += e;
     w->total_rows += n;
     w->select_s += now() - t0;
-    const double t1 = now();
-    fgmm_status st = FGMM_OK;
-    for (int i = 0; i < N_STREAMS && !st; i++) st = stream_feed(&w->body[i], 0, err);
-    w->write_s += now() - t1;
-    if (st) return st;
     if (w->rows >= w->o->shard_rows) return flush_shard(w, err);
     return FGMM_OK;
 }
@@ -556,22 +527,18 @@ fgmm_status fgmm_assignments_write_ranks(fgmm_engine *e, fgmm_source *src, const
     w.k = K;
     w.dir = paths; /* rank 0's */
     w.list_sizes = calloc((size_t)K, sizeof(int64_t));
-    int ok = w.list_sizes != NULL;
-    /* zstd's own worker threads compress each array as its values arrive
-     * (the frames are the same kind of frames); a library built without
-     * them ignores the request and compresses on the writer thread. The
-     * counts are a byte per row: one worker is plenty. */
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    const int workers = (int)(cores > 8 ? 8 : cores > 1 ? cores : 0);
-    for (int i = 0; i < N_STREAMS; i++) {
-        ZSTD_CCtx *c = w.body[i].cctx = ZSTD_createCCtx();
-        ok = ok && c;
-        if (!c) continue;
-        ZSTD_CCtx_setParameter(c, ZSTD_c_compressionLevel, ASSIGN_ZSTD_LEVEL);
-        ZSTD_CCtx_setParameter(c, ZSTD_c_nbWorkers, i == S_COUNTS && workers ? 1 : workers);
-        ZSTD_CCtx_setParameter(c, ZSTD_c_jobSize, ASSIGN_ZSTD_JOB_BYTES);
+    w.cctx = ZSTD_createCCtx();
+    if (!w.list_sizes || !w.cctx) st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+    if (w.cctx) {
+        /* zstd's own worker threads compress a shard in parallel (the
+         * frame is the same kind of frame); a library built without them
+         * ignores the request and compresses on this thread. */
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        ZSTD_CCtx_setParameter(w.cctx, ZSTD_c_compressionLevel, ASSIGN_ZSTD_LEVEL);
+        ZSTD_CCtx_setParameter(w.cctx, ZSTD_c_nbWorkers,
+                               (int)(cores > 8 ? 8 : cores > 1 ? cores : 0));
+        ZSTD_CCtx_setParameter(w.cctx, ZSTD_c_jobSize, ASSIGN_ZSTD_JOB_BYTES);
     }
-    if (!ok) st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
     if (!st && size > 1) st = fgmm_source_partition(src, rank, size, &view, err);
     fgmm_source *mysrc = view ? view : src;
     int64_t first = 0, rows = 0;
@@ -632,12 +599,13 @@ done:
     if (t.tmp) fgmm_io_tmpdir_abort(&t);
     fgmm_source_close(view);
     fgmm_list_budget_free(w.budget);
-    for (int i = 0; i < N_STREAMS; i++) {
-        free(w.body[i].in);
-        free(w.body[i].out);
-        ZSTD_freeCCtx(w.body[i].cctx);
-    }
+    free(w.counts);
+    free(w.loglik);
+    free(w.lists);
+    free(w.weights);
+    free(w.frame);
     free(w.list_sizes);
+    ZSTD_freeCCtx(w.cctx);
     for (int i = 0; i < QUEUE_CHUNKS; i++) {
         free(w.queue.q[i].idx);
         free(w.queue.q[i].lresp);
