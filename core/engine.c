@@ -169,15 +169,21 @@ int64_t fgmm_estep_params_mark_stiff(const fgmm_estep_params *p, double limit,
 {
     const int K = p->k, D = p->d;
     int64_t n = 0;
-    double *t = malloc(sizeof(double) * (size_t)D);
+    /* A block of components' terms at a time, w read along its rows as in
+     * fgmm_estep_params_magnitude: one component at a time strides by K. */
+    double *t = malloc(sizeof(double) * (size_t)D * PARAMS_BLOCK);
     if (!t) return -1;
-    for (int k = 0; k < K; k++) {
+    for (int k0 = 0; k0 < K; k0 += PARAMS_BLOCK) {
+        const int nb = K - k0 < PARAMS_BLOCK ? K - k0 : PARAMS_BLOCK;
         for (int j = 0; j < D; j++) {
-            const double w1 = p->w[(size_t)j * K + k], w2 = p->w[(size_t)(D + j) * K + k];
-            const double m = w2 < 0 ? -w1 / (2 * w2) : 0;
-            t[j] = fabs(m * w1) + m * m * fabs(w2);
+            const double *w1 = p->w + (size_t)j * K + k0, *w2 = p->w + (size_t)(D + j) * K + k0;
+            for (int b = 0; b < nb; b++) {
+                const double m = w2[b] < 0 ? -w1[b] / (2 * w2[b]) : 0;
+                t[(size_t)b * D + j] = fabs(m * w1[b]) + m * m * fabs(w2[b]);
+            }
         }
-        n += mark_component(t, D, limit, flags + (size_t)k * D);
+        for (int b = 0; b < nb; b++)
+            n += mark_component(t + (size_t)b * D, D, limit, flags + (size_t)(k0 + b) * D);
     }
     free(t);
     return n;
