@@ -304,8 +304,8 @@ void fgmm_estep_params_fill(const fgmm_model *m, double *w, double *c, double *s
 /* The k-th smallest of v[0..n), with tmp (n) as scratch; v is reordered.
  * A three-way partition around a median of three, written without
  * branches on the values (each goes to both ends of tmp, and the count of
- * the side it belongs to advances): with comparisons that branch, the
- * mispredictions took three times as long. */
+ * the side it belongs to advances): a partition that branches on them
+ * mispredicts about every other value, and took three times as long. */
 static double select_kth(double *v, double *tmp, int n, int k)
 {
     while (n > 16) {
@@ -355,9 +355,9 @@ static int capped_precision_shift(const fgmm_model *m, double *shift)
     const int K = fgmm_model_k(m), D = fgmm_model_d(m);
     const int sph = fgmm_model_covariance(m) == FGMM_COV_SPHERICAL;
     const double *mu = fgmm_model_means_c(m), *var = fgmm_model_variances_c(m);
-    double *p = malloc(sizeof(double) * (size_t)K * 3), *q = p + K, *tmp = q + K;
+    double *p = malloc(sizeof(double) * (size_t)K * 3);
     if (!p) return 0;
-    double cap = 0;
+    double *q = p + K, *tmp = q + K, cap = 0;
     for (int j = 0; j < D; j++) {
         for (int k = 0; k < K; k++) q[k] = p[k] = 1.0 / (sph ? var[k] : var[(size_t)k * D + j]);
         /* Spherical: the same precisions, so the same cap, in every dimension. */
