@@ -51,17 +51,6 @@ fgmm_status fgmmc_assign_complete(fgmmc_context *ctx, int keep, fgmm_error *err)
     return FGMM_OK;
 }
 
-/* Whether p is page-locked host memory the GPU can copy from directly. */
-static int host_pinned(const void *p)
-{
-    cudaPointerAttributes a;
-    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return 0;
-    }
-    return a.type == cudaMemoryTypeHost;
-}
-
 /* Buffers for parts of cr rows with m results each. Growing one would free
  * memory a part in flight still uses: everything is delivered first. */
 static fgmm_status reserve_parts(fgmmc_context *ctx, size_t cr, size_t row_bytes, size_t mm,
@@ -100,10 +89,7 @@ static fgmm_status submit(fgmmc_context *ctx, const char *rows, size_t row_strid
                           fgmm_error *err)
 {
     const size_t row_bytes = (size_t)ctx->d * fgmmc_dtype_size(dtype);
-    int64_t chunk = (int64_t)(STAGE_BYTES / row_bytes);
-    if (chunk > MAX_CHUNK_ROWS) chunk = MAX_CHUNK_ROWS;
-    if (chunk > n) chunk = n;
-    if (chunk < 1) chunk = 1;
+    const int64_t most = fgmmc_stage_rows(row_bytes), chunk = most < n ? most : n; /* n >= 1 */
     const size_t cr = (size_t)chunk, mm = (size_t)(m > 0 ? m : 1);
     fgmm_status st;
     /* E-step batches share the slots' buffers: none may be left staged or
@@ -113,7 +99,7 @@ static fgmm_status submit(fgmmc_context *ctx, const char *rows, size_t row_strid
         return st;
     if (ctx->sel.family == FGMMC_FAMILY_F64 && (st = fgmmc_reserve_f64(ctx, cr, err))) return st;
     const uint64_t call = ++ctx->topm_calls;
-    const int direct = row_stride == row_bytes && host_pinned(rows);
+    const int direct = row_stride == row_bytes && fgmmc_host_pinned(rows);
     for (int64_t off = 0; off < n; off += chunk) {
         const int64_t rn = n - off < chunk ? n - off : chunk;
         const int b = ctx->slot;
@@ -124,13 +110,8 @@ static fgmm_status submit(fgmmc_context *ctx, const char *rows, size_t row_strid
         if (!direct) {
             /* Pack into pinned memory once its previous upload has finished. */
             FGMMC_CHECK(cudaEventSynchronize(ctx->h2d_done[b]), err);
-            char *dst = (char *)ctx->h_in[b];
-            if (row_stride == row_bytes)
-                fgmmc_parallel_copy(dst, src, (size_t)rn * row_bytes);
-            else
-                for (int64_t i = 0; i < rn; i++)
-                    memcpy(dst + (size_t)i * row_bytes, src + (size_t)i * row_stride, row_bytes);
-            from = dst;
+            fgmmc_pack_rows((char *)ctx->h_in[b], src, row_stride, row_bytes, rn);
+            from = ctx->h_in[b];
         }
         /* d_in[b] is free once the kernel of two parts ago is done. */
         FGMMC_CHECK(cudaStreamWaitEvent(ctx->copy_stream, ctx->kern_done[b], 0), err);

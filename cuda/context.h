@@ -257,6 +257,14 @@ fgmm_status fgmmc_drain_ll(fgmmc_context *ctx, int b, fgmm_error *err);
 fgmm_status fgmmc_drain_all(fgmmc_context *ctx, fgmm_error *err);
 /* memcpy of n bytes, on several threads when n is large. */
 void fgmmc_parallel_copy(void *dst, const void *src, size_t n);
+/* n rows of row_bytes, row_stride apart at src, packed one after another
+ * at dst (one parallel copy when they already are). */
+void fgmmc_pack_rows(char *dst, const char *src, size_t row_stride, size_t row_bytes, int64_t n);
+/* Rows per staged part: as many as fit STAGE_BYTES, at most MAX_CHUNK_ROWS,
+ * at least one. */
+int64_t fgmmc_stage_rows(size_t row_bytes);
+/* Whether p is page-locked host memory the GPU can copy from directly. */
+int fgmmc_host_pinned(const void *p);
 
 /* ------------------------------------------------- row cache (cache.cu) */
 

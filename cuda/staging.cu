@@ -66,6 +66,23 @@ void fgmmc_parallel_copy(void *dst, const void *src, size_t n)
     }
 }
 
+void fgmmc_pack_rows(char *dst, const char *src, size_t row_stride, size_t row_bytes, int64_t n)
+{
+    if (row_stride == row_bytes) {
+        fgmmc_parallel_copy(dst, src, (size_t)n * row_bytes);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++)
+        memcpy(dst + (size_t)i * row_bytes, src + (size_t)i * row_stride, row_bytes);
+}
+
+int64_t fgmmc_stage_rows(size_t row_bytes)
+{
+    int64_t rows = (int64_t)(STAGE_BYTES / row_bytes);
+    if (rows > MAX_CHUNK_ROWS) rows = MAX_CHUNK_ROWS;
+    return rows < 1 ? 1 : rows;
+}
+
 /* ------------------------------------------------- per-row values */
 
 void fgmmc_llq_reset(fgmmc_llq *q)
@@ -225,8 +242,7 @@ uint64_t fgmmc_ll_completed(fgmmc_context *ctx)
     return fgmmc_llq_first_pending(&ctx->llq, ctx->calls + 1) - 1;
 }
 
-/* Whether p is page-locked host memory the GPU can copy from directly. */
-static int host_pinned(const void *p)
+int fgmmc_host_pinned(const void *p)
 {
     cudaPointerAttributes a;
     if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
@@ -294,9 +310,7 @@ static fgmm_status accumulate_in(fgmmc_context *ctx, int64_t first_row, const ch
                                   float *per_row_ll, fgmm_error *err)
 {
     const size_t row_bytes = (size_t)ctx->d * fgmmc_dtype_size(dtype);
-    int64_t chunk = (int64_t)(STAGE_BYTES / row_bytes);
-    if (chunk > MAX_CHUNK_ROWS) chunk = MAX_CHUNK_ROWS;
-    if (chunk < 1) chunk = 1;
+    const int64_t chunk = fgmmc_stage_rows(row_bytes);
     fgmm_status st;
 
     if (ctx->pass_cached) {
@@ -341,7 +355,7 @@ static fgmm_status accumulate_in(fgmmc_context *ctx, int64_t first_row, const ch
         ctx->fill_dtype = dtype;
     }
     const int64_t cap = ctx->batch_cap;
-    const int direct = row_stride == row_bytes && host_pinned(rows);
+    const int direct = row_stride == row_bytes && fgmmc_host_pinned(rows);
     int copied_direct = 0;
     int64_t off = 0;
     while (off < n) {
@@ -381,12 +395,8 @@ static fgmm_status accumulate_in(fgmmc_context *ctx, int64_t first_row, const ch
                         err);
             copied_direct = 1;
         } else {
-            char *dst = (char *)ctx->h_in[b] + (size_t)ctx->fill_rows * row_bytes;
-            if (row_stride == row_bytes)
-                fgmmc_parallel_copy(dst, src, (size_t)take * row_bytes);
-            else
-                for (int64_t i = 0; i < take; i++)
-                    memcpy(dst + (size_t)i * row_bytes, src + (size_t)i * row_stride, row_bytes);
+            fgmmc_pack_rows((char *)ctx->h_in[b] + (size_t)ctx->fill_rows * row_bytes, src,
+                            row_stride, row_bytes, take);
         }
         if (per_row_ll) fgmmc_llq_stage(&ctx->llq, per_row_ll + off, ctx->fill_rows, take, ctx->calls);
         ctx->fill_rows += take;
