@@ -195,6 +195,21 @@ void fgmm_pool_run(fgmm_pool *p, int items, int workers,
                    void (*fn)(int item, int worker, void *arg), void *arg);
 void fgmm_pool_free(fgmm_pool *p);
 
+/* One chunk's top-m results, as fgmm_assign hands them to its sink: per
+ * row m indices and log-responsibilities, and the log-likelihood. Zeroed,
+ * it holds nothing. */
+typedef struct {
+    int32_t *idx;   /* cap_rows * cap_m */
+    float *lresp;   /* cap_rows * cap_m */
+    float *ll;      /* cap_rows */
+    int64_t cap_rows;
+    int cap_m;
+} fgmm_assign_rows;
+/* Room for n rows of m (0..FGMM_MAX_TOP_M) results each; contents are not
+ * kept when it grows. */
+fgmm_status fgmm_assign_rows_reserve(fgmm_assign_rows *r, int64_t n, int m, fgmm_error *err);
+void fgmm_assign_rows_free(fgmm_assign_rows *r);
+
 /* Fill w (2D*K), c (K) and shift (D) from a model. */
 void fgmm_estep_params_fill(const fgmm_model *m, double *w, double *c, double *shift);
 

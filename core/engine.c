@@ -651,6 +651,32 @@ fgmm_status fgmm_score(fgmm_engine *e, fgmm_source *src, const fgmm_model *m, do
     return st;
 }
 
+fgmm_status fgmm_assign_rows_reserve(fgmm_assign_rows *r, int64_t n, int m, fgmm_error *err)
+{
+    const int mm = m > 0 ? m : 1;
+    if (n <= r->cap_rows && mm <= r->cap_m) return FGMM_OK;
+    fgmm_assign_rows_free(r);
+    r->idx = malloc(sizeof(int32_t) * (size_t)n * (size_t)mm);
+    r->lresp = malloc(sizeof(float) * (size_t)n * (size_t)mm);
+    r->ll = malloc(sizeof(float) * (size_t)n);
+    if (!r->idx || !r->lresp || !r->ll) {
+        fgmm_assign_rows_free(r);
+        return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for the assignment of %lld rows",
+                         (long long)n);
+    }
+    r->cap_rows = n;
+    r->cap_m = mm;
+    return FGMM_OK;
+}
+
+void fgmm_assign_rows_free(fgmm_assign_rows *r)
+{
+    free(r->idx);
+    free(r->lresp);
+    free(r->ll);
+    memset(r, 0, sizeof *r);
+}
+
 fgmm_status fgmm_assign(fgmm_engine *e, fgmm_source *src, const fgmm_model *m, int top_m,
                         fgmm_assign_sink sink, void *user, fgmm_error *err)
 {
@@ -664,14 +690,9 @@ fgmm_status fgmm_assign(fgmm_engine *e, fgmm_source *src, const fgmm_model *m, i
     /* Two sets of results: the back end fills one with a chunk's while the
      * sink works on the other's, the chunk before (assign_complete with
      * keep 1 delivers all but the newest call). */
-    struct {
-        int32_t *idx;
-        float *lresp, *ll;
-        int64_t cap;
-    } buf[2] = {{0}};
+    fgmm_assign_rows buf[2] = {{0}};
     int64_t prev_first = 0, prev_n = 0; /* the chunk submitted before, in buf[prev] */
     int prev = 1, pass_open = 0;
-    const size_t mm = (size_t)(top_m > 0 ? top_m : 1);
     if ((st = begin_model_pass(e, src, m, s, 1, 0, err))) goto done;
     pass_open = 1;
     if ((st = fgmm_source_rewind(src, err))) goto done;
@@ -680,21 +701,7 @@ fgmm_status fgmm_assign(fgmm_engine *e, fgmm_source *src, const fgmm_model *m, i
         if ((st = fgmm_source_next(src, &ch, err))) goto done;
         if (ch.n_rows == 0) break;
         const int cur = prev ^ 1; /* not in flight: its chunk was delivered */
-        if (ch.n_rows > buf[cur].cap) {
-            free(buf[cur].idx);
-            free(buf[cur].lresp);
-            free(buf[cur].ll);
-            buf[cur].idx = malloc(sizeof(int32_t) * (size_t)ch.n_rows * mm);
-            buf[cur].lresp = malloc(sizeof(float) * (size_t)ch.n_rows * mm);
-            buf[cur].ll = malloc(sizeof(float) * (size_t)ch.n_rows);
-            buf[cur].cap = ch.n_rows;
-            if (!buf[cur].idx || !buf[cur].lresp || !buf[cur].ll) {
-                buf[cur].cap = 0;
-                st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for the assignment of "
-                               "%lld rows", (long long)ch.n_rows);
-                goto done;
-            }
-        }
+        if ((st = fgmm_assign_rows_reserve(&buf[cur], ch.n_rows, top_m, err))) goto done;
         if ((st = e->ops->assign(e->backend, &ch, top_m, buf[cur].idx, buf[cur].lresp,
                                  buf[cur].ll, err)))
             goto done;
@@ -724,11 +731,8 @@ done:
         fgmm_error ignore;
         (void)e->ops->end_pass(e->backend, s, &ignore);
     }
-    for (int b = 0; b < 2; b++) {
-        free(buf[b].idx);
-        free(buf[b].lresp);
-        free(buf[b].ll);
-    }
+    fgmm_assign_rows_free(&buf[0]);
+    fgmm_assign_rows_free(&buf[1]);
     fgmm_stats_free(s);
     return st;
 }

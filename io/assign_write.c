@@ -64,9 +64,7 @@ static double now(void)
 typedef struct {
     int64_t first, n;
     int m;
-    int32_t *idx;
-    float *lresp, *ll;
-    int64_t cap; /* rows the arrays hold */
+    fgmm_assign_rows r;
 } queued_chunk;
 
 /* Chunks q[head], q[head + 1], ... (count of them, modulo QUEUE_CHUNKS)
@@ -273,7 +271,7 @@ static void *writer_main(void *arg)
         queued_chunk *c = &cq->q[cq->head];
         pthread_mutex_unlock(&cq->mu);
         fgmm_error e = {0};
-        fgmm_status st = take_rows(w, c->first, c->n, c->m, c->idx, c->lresp, c->ll, &e);
+        fgmm_status st = take_rows(w, c->first, c->n, c->m, c->r.idx, c->r.lresp, c->r.ll, &e);
         pthread_mutex_lock(&cq->mu);
         cq->head = (cq->head + 1) % QUEUE_CHUNKS;
         cq->count--;
@@ -305,27 +303,15 @@ static fgmm_status on_rows(void *user, int64_t first_row, int64_t n, int m, cons
     queued_chunk *c = &cq->q[(cq->head + cq->count) % QUEUE_CHUNKS];
     pthread_mutex_unlock(&cq->mu);
     if (st) return st;
-    const size_t mm = (size_t)(m > 0 ? m : 1);
-    if (n > c->cap) {
-        free(c->idx);
-        free(c->lresp);
-        free(c->ll);
-        c->idx = malloc(sizeof(int32_t) * (size_t)n * mm);
-        c->lresp = malloc(sizeof(float) * (size_t)n * mm);
-        c->ll = malloc(sizeof(float) * (size_t)n);
-        c->cap = c->idx && c->lresp && c->ll ? n : 0;
-        if (!c->cap)
-            return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for the assignment of %lld "
-                             "rows", (long long)n);
-    }
+    if ((st = fgmm_assign_rows_reserve(&c->r, n, m, err))) return st;
     c->first = first_row;
     c->n = n;
     c->m = m;
     if (m > 0) {
-        memcpy(c->idx, idx, sizeof(int32_t) * (size_t)n * mm);
-        memcpy(c->lresp, lresp, sizeof(float) * (size_t)n * mm);
+        memcpy(c->r.idx, idx, sizeof(int32_t) * (size_t)n * (size_t)m);
+        memcpy(c->r.lresp, lresp, sizeof(float) * (size_t)n * (size_t)m);
     }
-    memcpy(c->ll, ll, sizeof(float) * (size_t)n);
+    memcpy(c->r.ll, ll, sizeof(float) * (size_t)n);
     pthread_mutex_lock(&cq->mu);
     cq->count++;
     pthread_cond_broadcast(&cq->changed);
@@ -606,11 +592,7 @@ done:
     free(w.frame);
     free(w.list_sizes);
     ZSTD_freeCCtx(w.cctx);
-    for (int i = 0; i < QUEUE_CHUNKS; i++) {
-        free(w.queue.q[i].idx);
-        free(w.queue.q[i].lresp);
-        free(w.queue.q[i].ll);
-    }
+    for (int i = 0; i < QUEUE_CHUNKS; i++) fgmm_assign_rows_free(&w.queue.q[i].r);
     pthread_mutex_destroy(&w.queue.mu);
     pthread_cond_destroy(&w.queue.changed);
     free(counts);
