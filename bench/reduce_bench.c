@@ -22,7 +22,7 @@
  *             gather.
  * Each figure of a repetition is the slowest rank's (every rank waits for
  * it at the next step). Rank 0 prints one line per K, key=value:
- * bytes_per_rank is fgmm_stats_serial_size(K, D) (the all-gather adds a
+ * bytes_per_rank is fgmm_stats_serial_size() (the all-gather adds a
  * status record of about 1 KiB per rank), recv_bytes what every rank
  * receives (R x bytes_per_rank), then median and min over the repetitions.
  * After every total the sum's row count and log-likelihood are checked
@@ -115,21 +115,23 @@ static fgmm_status slowest(const red_t *r, double *times, int reps, fgmm_error *
 static fgmm_status bench_k(const red_t *r, const char *name, int K, int D, int warmup,
                            int reps, uint64_t seed, fgmm_error *err)
 {
-    const size_t ser = fgmm_stats_serial_size(K, D);
     const int R = r->size, runs = warmup + reps;
     fgmm_stats *s = NULL, *part = NULL;
-    char *own = malloc(ser), *send = malloc(ser), *recv = malloc(ser * (size_t)R);
-    double *times = calloc((size_t)reps * N_TIMES, sizeof(double));
+    char *own = NULL, *send = NULL, *recv = NULL;
+    double *times = NULL;
     fgmm_status st = FGMM_OK;
+    if ((st = fgmm_stats_create(K, D, NULL, &s, err)) ||
+        (st = fgmm_stats_create(K, D, NULL, &part, err)))
+        goto done;
+    const size_t ser = fgmm_stats_serial_size(s);
+    own = malloc(ser), send = malloc(ser), recv = malloc(ser * (size_t)R);
+    times = calloc((size_t)reps * N_TIMES, sizeof(double));
     if (!own || !send || !recv || !times) {
         st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for K=%d, D=%d on %d ranks", K,
                        D, R);
         goto done;
     }
-    if ((st = fgmm_stats_create(K, D, NULL, &s, err)) ||
-        (st = fgmm_stats_create(K, D, NULL, &part, err)) ||
-        (st = fill_stats(s, r->rank, seed, err)))
-        goto done;
+    if ((st = fill_stats(s, r->rank, seed, err))) goto done;
     fgmm_stats_serialize(s, own);
     int64_t want_rows = 0;
     double want_ll = 0;

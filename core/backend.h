@@ -31,6 +31,17 @@ typedef struct {
      * pairs go through the fast kernels as usual. */
     const unsigned char *stiff;
     int64_t n_stiff;
+    /* Full and tied covariances (cov; 0, diag, otherwise): the logit is
+     *   log(w_k N(x | mu_k, S_k)) = c[k] - |f_k (x - mu_k)|^2 / 2
+     * with f_k = L_k^-1 for S_k = L_k L_k^T (fgmm_precision_factor: lower
+     * triangular, row-major) and c[k] = log w_k - (D log 2pi) / 2 + sum_j
+     * log f_kjj, a sum of squares that cancels nowhere; w is unused. shift
+     * is then the statistics' (fgmm_stats_shift): the means (full, K*D) or
+     * the weighted mean of the means (tied, D), and a back end's statistics
+     * follow fgmm_stats's full or tied layout. */
+    fgmm_covariance cov;
+    const double *factor; /* K*D*D (full) or D*D (tied, shared) */
+    const double *means;  /* K*D */
 } fgmm_estep_params;
 
 /* A back end: what computes passes over rows. Every device-specific
@@ -209,6 +220,17 @@ typedef struct {
  * kept when it grows. */
 fgmm_status fgmm_assign_rows_reserve(fgmm_assign_rows *r, int64_t n, int m, fgmm_error *err);
 void fgmm_assign_rows_free(fgmm_assign_rows *r);
+
+/* The Cholesky factor of the symmetric positive definite D x D row-major
+ * a (only its lower triangle is read): l = L, lower triangular with zeros
+ * above, a = L L^T. Returns 0, or the order (1..D) of the first leading
+ * minor that is not positive definite (l is then undefined). */
+int fgmm_cholesky(const double *a, int d, double *l);
+/* The E-step's factor of a covariance a: w = L^-1 (lower triangular,
+ * zeros above), so that (x - mu)^T a^-1 (x - mu) = |w (x - mu)|^2, and
+ * *half_logdet = sum_j log w_jj = -log det(a) / 2. scikit-learn's
+ * precisions_cholesky_ is w^T. Returns as fgmm_cholesky. */
+int fgmm_precision_factor(const double *a, int d, double *w, double *half_logdet);
 
 /* Fill w (2D*K), c (K) and shift (D) from a model. */
 void fgmm_estep_params_fill(const fgmm_model *m, double *w, double *c, double *shift);

@@ -82,6 +82,8 @@ void fgmm_engine_free(fgmm_engine *e)
     free(e->c);
     free(e->shift);
     free(e->stiff);
+    free(e->factor);
+    free(e->mshift);
     free(e->rank_times);
     free(e);
 }
@@ -552,6 +554,60 @@ done:
     return st;
 }
 
+/* Grows *p to hold n doubles. */
+static int reserve_doubles(double **p, size_t *cap, size_t n)
+{
+    if (n <= *cap) return 1;
+    free(*p);
+    *cap = 0;
+    if (!(*p = malloc(sizeof(double) * n))) return 0;
+    *cap = n;
+    return 1;
+}
+
+/* The terms of a full or tied model (fgmm_estep_params.cov): its precision
+ * factors, c and the statistics' shift. Factorising is O(K D^3 / 3), a
+ * pass's setup; a covariance that is not positive definite fails here,
+ * naming its component. */
+static fgmm_status fill_matrix_params(fgmm_engine *e, const fgmm_model *m, int loglik_only,
+                                      fgmm_error *err)
+{
+    const int K = e->k, D = e->d;
+    const fgmm_covariance cov = fgmm_model_covariance(m);
+    const int nf = cov == FGMM_COV_FULL ? K : 1;
+    const size_t DD = (size_t)D * D;
+    if (!reserve_doubles(&e->factor, &e->factor_len, (size_t)nf * DD) ||
+        !reserve_doubles(&e->mshift, &e->mshift_len,
+                         cov == FGMM_COV_FULL ? (size_t)K * D : (size_t)D))
+        return fgmm_fail(err, FGMM_ERR_NO_MEMORY,
+                         "out of memory for the precision factors of a '%s' model of K=%d, D=%d "
+                         "(%.1f MB)",
+                         fgmm_covariance_name(cov), K, D, 8e-6 * (double)nf * DD);
+    const double *wt = fgmm_model_weights_c(m), *var = fgmm_model_variances_c(m);
+    double half_logdet[1] = {0}, shared = 0;
+    for (int f = 0; f < nf; f++) {
+        int minor = fgmm_precision_factor(var + (size_t)f * DD, D, e->factor + (size_t)f * DD,
+                                          half_logdet);
+        if (minor)
+            return fgmm_fail(err, FGMM_ERR_DATA,
+                             "the covariance of %s%d is not positive definite (leading minor of "
+                             "order %d)",
+                             nf > 1 ? "component " : "the tied model, matrix ", f, minor);
+        if (nf > 1) e->c[f] = half_logdet[0];
+        else shared = half_logdet[0];
+    }
+    const double log2pi = 1.8378770664093453;
+    for (int k = 0; k < K; k++)
+        e->c[k] = log(wt[k]) - 0.5 * D * log2pi + (nf > 1 ? e->c[k] : shared);
+    if (cov == FGMM_COV_FULL)
+        memcpy(e->mshift, fgmm_model_means_c(m), sizeof(double) * (size_t)K * D);
+    else
+        fgmm_model_shift(m, e->mshift);
+    e->params = (fgmm_estep_params){K, D, NULL, e->c, e->mshift, loglik_only, NULL, 0,
+                                    cov, e->factor, fgmm_model_means_c(m)};
+    return FGMM_OK;
+}
+
 static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
                                     fgmm_stats *out, int loglik_only, int stiff_ok,
                                     fgmm_error *err)
@@ -579,8 +635,32 @@ static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm
         e->k = K;
         e->d = D;
     }
+    const fgmm_covariance layout = fgmm_covariance_is_matrix(fgmm_model_covariance(m))
+                                       ? fgmm_model_covariance(m)
+                                       : FGMM_COV_DIAG;
+    if (fgmm_stats_covariance(out) != layout)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s statistics for a '%s' covariance model",
+                         fgmm_covariance_name(fgmm_stats_covariance(out)),
+                         fgmm_covariance_name(fgmm_model_covariance(m)));
+    if (layout != FGMM_COV_DIAG) {
+        /* A sum of squares: no precision fallback, no stiff pairs. */
+        fgmm_status st = fill_matrix_params(e, m, loglik_only, err);
+        if (st) return st;
+        e->pass_magnitude = 0;
+        e->pass_limit = INFINITY;
+        e->pass_fell_back = FGMM_PASS_AS_ASKED;
+        e->pass_stiff = 0;
+        if (e->precision != e->backend_precision) {
+            if ((st = e->ops->set_precision(e->backend, e->precision, err))) return st;
+            e->backend_precision = e->precision;
+        }
+        if (e->ops->set_workers) e->ops->set_workers(e->backend, e->threads);
+        fgmm_stats_reset(out, e->mshift);
+        return e->ops->begin_pass(e->backend, &e->params, err);
+    }
     fgmm_estep_params_fill(m, e->w, e->c, e->shift);
-    e->params = (fgmm_estep_params){K, D, e->w, e->c, e->shift, loglik_only, NULL, 0};
+    e->params = (fgmm_estep_params){K,    D, e->w, e->c, e->shift, loglik_only, NULL, 0,
+                                    FGMM_COV_DIAG, NULL, NULL};
     /* The back end's precision policy decides whether this model's
      * logits are too ill-conditioned for the mode asked for (fgmm_engine_
      * last_pass_fallback): such a pass (E-step, scoring or assignment) then
@@ -641,7 +721,8 @@ fgmm_status fgmm_score(fgmm_engine *e, fgmm_source *src, const fgmm_model *m, do
                        float *per_row, fgmm_error *err)
 {
     fgmm_stats *s;
-    fgmm_status st = fgmm_stats_create(fgmm_model_k(m), fgmm_model_d(m), NULL, &s, err);
+    fgmm_status st = fgmm_stats_create_cov(fgmm_model_k(m), fgmm_model_d(m),
+                                           fgmm_model_covariance(m), NULL, &s, err);
     if (st) return st;
     /* Scoring needs no statistics: the back ends skip them (on the GPU
      * only the log-sum-exp kernel runs). */
@@ -685,7 +766,8 @@ fgmm_status fgmm_assign(fgmm_engine *e, fgmm_source *src, const fgmm_model *m, i
                          FGMM_MAX_TOP_M, top_m);
     if (!sink) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmm_assign: sink is NULL");
     fgmm_stats *s;
-    fgmm_status st = fgmm_stats_create(fgmm_model_k(m), fgmm_model_d(m), NULL, &s, err);
+    fgmm_status st = fgmm_stats_create_cov(fgmm_model_k(m), fgmm_model_d(m),
+                                           fgmm_model_covariance(m), NULL, &s, err);
     if (st) return st;
     /* Two sets of results: the back end fills one with a chunk's while the
      * sink works on the other's, the chunk before (assign_complete with

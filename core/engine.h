@@ -14,6 +14,10 @@ struct fgmm_engine {
     /* E-step parameter scratch, sized for the last model seen. */
     double *w, *c, *shift;
     int k, d;
+    /* Full and tied covariances: the precision factors and the statistics'
+     * shift (K*D for full), sized for the last such model. */
+    double *factor, *mshift;
+    size_t factor_len, mshift_len;
     /* The current pass's terms: back ends keep a pointer to them. */
     fgmm_estep_params params;
     fgmm_precision precision;

@@ -40,21 +40,26 @@ void fgmm_convert_row(fgmm_dtype t, const void *src, size_t n, float *dst);
 typedef enum {
     FGMM_COV_DIAG = 0,      /* one variance per component and dimension */
     FGMM_COV_SPHERICAL = 1, /* one variance per component */
-    FGMM_COV_FULL = 2       /* reserved: D x D per component (not yet) */
+    FGMM_COV_FULL = 2,      /* a D x D covariance matrix per component */
+    FGMM_COV_TIED = 3       /* one D x D covariance matrix shared by all components */
 } fgmm_covariance;
 
+/* 1 for the covariance types held as D x D matrices (full, tied). */
+int fgmm_covariance_is_matrix(fgmm_covariance c);
 const char *fgmm_covariance_name(fgmm_covariance c);
-/* Parses "diag" / "spherical" / "full"; FGMM_ERR_ARGUMENT otherwise. */
+/* Parses "diag" / "spherical" / "full" / "tied"; FGMM_ERR_ARGUMENT otherwise. */
 fgmm_status fgmm_covariance_parse(const char *s, fgmm_covariance *out, fgmm_error *err);
 
 typedef struct fgmm_model fgmm_model;
 
 /* Number of doubles in the variance array: K*D (diag), K (spherical),
- * K*D*D (full). */
+ * K*D*D (full: component k's covariance matrix, row-major, at k*D*D),
+ * D*D (tied). */
 size_t fgmm_covariance_len(fgmm_covariance c, int k, int d);
 
 /* A model with K components in D dimensions; weights 1/K, means 0,
- * variances 1. Metadata fields start empty. */
+ * variances 1 (identity matrices for full and tied). Metadata fields start
+ * empty. */
 fgmm_status fgmm_model_create(int k, int d, fgmm_covariance cov, fgmm_model **out,
                               fgmm_error *err);
 void fgmm_model_free(fgmm_model *m);
@@ -97,7 +102,10 @@ fgmm_status fgmm_model_push_loglik(fgmm_model *m, double ll, fgmm_error *err);
 int fgmm_model_loglik_count(const fgmm_model *m);
 const double *fgmm_model_loglik(const fgmm_model *m);
 
-/* Checks weights > 0 summing to 1 (1e-6), finite means, variances > 0. */
+/* Checks weights > 0 summing to 1 (1e-6), finite means, variances > 0;
+ * for full and tied, symmetric (to 1e-6 relative) positive definite
+ * matrices (their Cholesky factorisation succeeds), naming the component
+ * and the failing leading minor otherwise. */
 fgmm_status fgmm_model_validate(const fgmm_model *m, const char *what, fgmm_error *err);
 
 /* ----------------------------------------------------------- data sources */
@@ -218,15 +226,34 @@ fgmm_status fgmm_chunk_check_finite(const fgmm_chunk *c, int d, const char *name
  * components. The shift is part of the statistics' identity: statistics are
  * only added to statistics with the same shift (the engine derives it from
  * the model, so every tile, thread, chunk, GPU and node agrees). Shifting
- * by the data's centre keeps E[x^2]-E[x]^2 from cancelling. */
+ * by the data's centre keeps E[x^2]-E[x]^2 from cancelling.
+ *
+ * Statistics for the matrix covariances (fgmm_stats_create_cov) keep nk,
+ * sx and loglik as above, leave sxx zero and add a scatter matrix:
+ *   full  shift is K x D, one per component (the engine takes the model's
+ *         means): sx[k][j] = sum_i r_ik (x_ij - shift_kj) and
+ *         scatter[k] = sum_i r_ik (x_i - shift_k)(x_i - shift_k)^T, K x D x D.
+ *         Centred on the means before the step, the new covariance
+ *         scatter/nk - (sx/nk)(sx/nk)^T is a difference of terms of its own
+ *         size, whatever the distance between the component and the rest.
+ *   tied  shift is D: scatter = sum_i (x_i - shift)(x_i - shift)^T, D x D,
+ *         unweighted (scikit-learn's X^T X): the tied covariance is
+ *         (scatter - sum_k sx_k sx_k^T / nk) / N.
+ * Only the lower triangle of a scatter matrix (row >= column) is
+ * accumulated and read. */
 typedef struct fgmm_stats fgmm_stats;
 
-/* shift may be NULL (zero). */
+/* Diag/spherical statistics; shift may be NULL (zero). */
 fgmm_status fgmm_stats_create(int k, int d, const double *shift, fgmm_stats **out,
                               fgmm_error *err);
+/* Statistics for covariance type cov (diag and spherical share a layout);
+ * shift: fgmm_stats_shift_len doubles or NULL (zero). */
+fgmm_status fgmm_stats_create_cov(int k, int d, fgmm_covariance cov, const double *shift,
+                                  fgmm_stats **out, fgmm_error *err);
 void fgmm_stats_free(fgmm_stats *s);
 void fgmm_stats_zero(fgmm_stats *s);
-/* Zero and take a new shift (D doubles; NULL means zero). */
+/* Zero and take a new shift (fgmm_stats_shift_len doubles; NULL means
+ * zero). */
 void fgmm_stats_reset(fgmm_stats *s, const double *shift);
 /* dst += src. Fails if K, D or the shift differ. */
 fgmm_status fgmm_stats_add(fgmm_stats *dst, const fgmm_stats *src, fgmm_error *err);
@@ -237,9 +264,15 @@ fgmm_status fgmm_stats_reduce(fgmm_stats *dst, fgmm_stats *const *parts, int n,
 int fgmm_stats_k(const fgmm_stats *s);
 int fgmm_stats_d(const fgmm_stats *s);
 const double *fgmm_stats_shift(const fgmm_stats *s);
-/* Raw arrays: nk[K]; sums[K*2D] with row k = [sx[k][0..D), sxx[k][0..D)]. */
+/* The layout's covariance: FGMM_COV_DIAG (diag and spherical), FULL or TIED. */
+fgmm_covariance fgmm_stats_covariance(const fgmm_stats *s);
+/* Doubles in the shift: K*D for full, D otherwise. */
+size_t fgmm_stats_shift_len(const fgmm_stats *s);
+/* Raw arrays: nk[K]; sums[K*2D] with row k = [sx[k][0..D), sxx[k][0..D)];
+ * scatter: K*D*D (full), D*D (tied), NULL otherwise. */
 double *fgmm_stats_nk(fgmm_stats *s);
 double *fgmm_stats_sums(fgmm_stats *s);
+double *fgmm_stats_scatter(fgmm_stats *s);
 double fgmm_stats_loglik(const fgmm_stats *s);
 int64_t fgmm_stats_rows(const fgmm_stats *s);
 /* Add a scalar log-likelihood sum and a row count (back ends call this). */
@@ -267,8 +300,8 @@ fgmm_status fgmm_stats_set_candidate(fgmm_stats *s, int64_t row, const float *x,
 /* Serialised statistics: a flat, fixed-size byte image (for K, D) of
  * everything above, candidates' values included, in this machine's byte
  * order (every rank of a job runs on the same architecture). */
-size_t fgmm_stats_serial_size(int k, int d);
-/* Writes fgmm_stats_serial_size(K, D) bytes to buf. */
+size_t fgmm_stats_serial_size(const fgmm_stats *s);
+/* Writes fgmm_stats_serial_size(s) bytes to buf. */
 void fgmm_stats_serialize(const fgmm_stats *s, void *buf);
 /* Replaces s's contents (shift included) by the image in buf; fails with
  * FGMM_ERR_FORMAT when the image is damaged or of another K, D. Reading an
@@ -282,11 +315,17 @@ int fgmm_stats_collapsed(const fgmm_stats *s, double min_count);
 
 /* M-step with scikit-learn's semantics: weights Nk/N, means sx/Nk + shift,
  * variances E[(x-shift)^2] - (mean-shift)^2 + reg_covar (averaged over
- * dimensions for spherical). Components with Nk < min_count are re-seeded
- * at the candidates carried by the statistics, lowest log-likelihood first:
- * mean = that row, variance = the average variance of the surviving
- * components, weight min_count/N, then weights renormalised. *reseeded
- * gets the count. Reads no data: the statistics hold all it needs. */
+ * dimensions for spherical; for full scatter/Nk - (sx/Nk)(sx/Nk)^T +
+ * reg_covar I, for tied the weighted average of the components' scatter
+ * about their new means, over N, + reg_covar I). Components with Nk <
+ * min_count are re-seeded at the candidates carried by the statistics,
+ * lowest log-likelihood first: mean = that row, variance = the average
+ * variance (full: covariance matrix) of the surviving components, weight
+ * min_count/N, then weights renormalised. *reseeded gets the count. A
+ * full or tied covariance that is not positive definite fails with
+ * FGMM_ERR_DATA naming the component and the leading minor, as
+ * scikit-learn refuses it. Reads no data: the statistics hold all it
+ * needs. The statistics' layout must match the model's covariance. */
 fgmm_status fgmm_stats_mstep(const fgmm_stats *s, fgmm_model *m, double reg_covar,
                              double min_count, int *reseeded, fgmm_error *err);
 

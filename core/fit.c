@@ -301,7 +301,7 @@ fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
     if ((st = fgmm_model_set_text(m, FGMM_TEXT_SOURCE, fgmm_source_name(src), err)) ||
         (st = fgmm_model_set_text(m, FGMM_TEXT_INIT, init_name(p->init), err)) ||
         (st = fgmm_model_set_text(m, FGMM_TEXT_DEVICE, fgmm_engine_device_name(e), err)) ||
-        (st = fgmm_stats_create(K, D, NULL, &s, err)))
+        (st = fgmm_stats_create_cov(K, D, fgmm_model_covariance(m), NULL, &s, err)))
         goto fail;
     double prev = -INFINITY;
     for (int i = 0; i < start; i++)

@@ -139,9 +139,10 @@ fgmm_status fgmm_init_model(const fgmm_backend_ops *ops, void *be, fgmm_source *
     if ((int64_t)K > N)
         return fgmm_fail(err, FGMM_ERR_ARGUMENT, "k = %d exceeds the %lld rows of %s", K,
                          (long long)N, fgmm_source_name(src));
-    if (p->covariance != FGMM_COV_DIAG && p->covariance != FGMM_COV_SPHERICAL)
-        return fgmm_fail(err, FGMM_ERR_UNSUPPORTED, "covariance '%s' is not implemented yet",
-                         fgmm_covariance_name(p->covariance));
+    if (p->covariance != FGMM_COV_DIAG && p->covariance != FGMM_COV_SPHERICAL &&
+        !fgmm_covariance_is_matrix(p->covariance))
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "unknown covariance type %d",
+                         (int)p->covariance);
     if (p->init == FGMM_INIT_MODEL) return init_from_model(src, p, out, err);
 
 
@@ -179,8 +180,23 @@ fgmm_status fgmm_init_model(const fgmm_backend_ops *ops, void *be, fgmm_source *
     }
     for (int j = 0; j < D; j++) shift[j] /= (double)S;
     if ((st = fgmm_model_create(K, D, p->covariance, &m, err))) goto done;
-    if ((st = fgmm_stats_create(K, D, shift, &stats, err))) goto done;
-    double *nk = fgmm_stats_nk(stats), *sums_st = fgmm_stats_sums(stats);
+    const int full = p->covariance == FGMM_COV_FULL, matrix = fgmm_covariance_is_matrix(p->covariance);
+    if (full) { /* the full layout's shift is per component: the same for all here */
+        double *ks = malloc(sizeof(double) * (size_t)K * D);
+        if (!ks) {
+            st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+            goto done;
+        }
+        for (int k = 0; k < K; k++) memcpy(ks + (size_t)k * D, shift, sizeof(double) * D);
+        st = fgmm_stats_create_cov(K, D, p->covariance, ks, &stats, err);
+        free(ks);
+    } else {
+        st = fgmm_stats_create_cov(K, D, p->covariance, shift, &stats, err);
+    }
+    if (st) goto done;
+    double *nk = fgmm_stats_nk(stats), *sums_st = fgmm_stats_sums(stats),
+           *scatter = fgmm_stats_scatter(stats);
+    const size_t DD = (size_t)D * D;
 
     if (p->init == FGMM_INIT_RANDOM) {
         /* scikit-learn's 'random': uniform random responsibilities. */
@@ -208,8 +224,22 @@ fgmm_status fgmm_init_model(const fgmm_backend_ops *ops, void *be, fgmm_source *
                 }
                 fgmm_stats_offer_row(stats, idx[r0 + i], 0.0, x + (size_t)(r0 + i) * D, FGMM_F32);
             }
-            cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, 2 * D, n, 1.0, r, K, a,
-                        2 * D, 1.0, sums_st, 2 * D);
+            /* Matrix layouts take sx only; their second moments go to the
+             * scatter: all rows (tied), or each component's weighted rows
+             * (full, O(K D^2) a row, the price of random responsibilities). */
+            cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, matrix ? D : 2 * D, n, 1.0,
+                        r, K, a, 2 * D, 1.0, sums_st, 2 * D);
+            if (p->covariance == FGMM_COV_TIED)
+                cblas_dsyrk(CblasRowMajor, CblasLower, CblasTrans, D, n, 1.0, a, 2 * D, 1.0,
+                            scatter, D);
+            for (int k = 0; full && k < K; k++) {
+                for (int i = 0; i < n; i++) {
+                    const double sr = sqrt(r[(size_t)i * K + k]);
+                    for (int j = 0; j < D; j++) a[(size_t)i * 2 * D + D + j] = sr * a[(size_t)i * 2 * D + j];
+                }
+                cblas_dsyrk(CblasRowMajor, CblasLower, CblasTrans, D, n, 1.0, a + D, 2 * D, 1.0,
+                            scatter + (size_t)k * DD, D);
+            }
         }
         free(r);
         free(a);
@@ -252,7 +282,13 @@ fgmm_status fgmm_init_model(const fgmm_backend_ops *ops, void *be, fgmm_source *
             for (int j = 0; j < D; j++) {
                 double y = x[(size_t)i * D + j] - shift[j];
                 sr[j] += y;
-                sr[D + j] += y * y;
+                if (matrix) sr[D + j] = y; /* the row, for the scatter below */
+                else sr[D + j] += y * y;
+            }
+            if (matrix) {
+                cblas_dsyr(CblasRowMajor, CblasLower, D, 1.0, sr + D, 1,
+                           scatter + (full ? (size_t)l * DD : 0), D);
+                memset(sr + D, 0, sizeof(double) * D);
             }
             fgmm_stats_offer_row(stats, idx[i], -best_d2[i], x + (size_t)i * D, FGMM_F32);
         }

@@ -2,7 +2,9 @@
  * model.c - the Gaussian mixture model: parameters in double, plus the
  * metadata of the fit that produced it.
  */
-#include "core/fgmm.h"
+#include "core/backend.h"
+
+#include <stdio.h>
 
 #include <math.h>
 #include <stdlib.h>
@@ -20,12 +22,18 @@ struct fgmm_model {
     int n_loglik, cap_loglik;
 };
 
+int fgmm_covariance_is_matrix(fgmm_covariance c)
+{
+    return c == FGMM_COV_FULL || c == FGMM_COV_TIED;
+}
+
 const char *fgmm_covariance_name(fgmm_covariance c)
 {
     switch (c) {
     case FGMM_COV_DIAG: return "diag";
     case FGMM_COV_SPHERICAL: return "spherical";
     case FGMM_COV_FULL: return "full";
+    case FGMM_COV_TIED: return "tied";
     }
     return "unknown";
 }
@@ -34,12 +42,11 @@ fgmm_status fgmm_covariance_parse(const char *s, fgmm_covariance *out, fgmm_erro
 {
     if (!strcmp(s, "diag")) *out = FGMM_COV_DIAG;
     else if (!strcmp(s, "spherical")) *out = FGMM_COV_SPHERICAL;
-    else if (!strcmp(s, "full"))
-        return fgmm_fail(err, FGMM_ERR_UNSUPPORTED,
-                         "covariance 'full' is not implemented yet; use diag or spherical");
+    else if (!strcmp(s, "full")) *out = FGMM_COV_FULL;
+    else if (!strcmp(s, "tied")) *out = FGMM_COV_TIED;
     else
         return fgmm_fail(err, FGMM_ERR_ARGUMENT,
-                         "unknown covariance '%s'; expected diag or spherical", s);
+                         "unknown covariance '%s'; expected diag, spherical, full or tied", s);
     return FGMM_OK;
 }
 
@@ -49,6 +56,7 @@ size_t fgmm_covariance_len(fgmm_covariance c, int k, int d)
     case FGMM_COV_DIAG: return (size_t)k * d;
     case FGMM_COV_SPHERICAL: return (size_t)k;
     case FGMM_COV_FULL: return (size_t)k * d * d;
+    case FGMM_COV_TIED: return (size_t)d * d;
     }
     return 0;
 }
@@ -60,9 +68,13 @@ fgmm_status fgmm_model_create(int k, int d, fgmm_covariance cov, fgmm_model **ou
     if (k <= 0 || d <= 0)
         return fgmm_fail(err, FGMM_ERR_ARGUMENT, "model needs K > 0 and D > 0 (got K=%d, D=%d)",
                          k, d);
-    if (cov != FGMM_COV_DIAG && cov != FGMM_COV_SPHERICAL)
-        return fgmm_fail(err, FGMM_ERR_UNSUPPORTED, "covariance '%s' is not implemented yet",
-                         fgmm_covariance_name(cov));
+    if (cov != FGMM_COV_DIAG && cov != FGMM_COV_SPHERICAL && !fgmm_covariance_is_matrix(cov))
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "unknown covariance type %d", (int)cov);
+    if (fgmm_covariance_is_matrix(cov) && (double)d * d * (cov == FGMM_COV_FULL ? k : 1) > 1e11)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT,
+                         "a '%s' covariance of K=%d, D=%d would hold %.3g doubles",
+                         fgmm_covariance_name(cov), k, d,
+                         (double)d * d * (cov == FGMM_COV_FULL ? k : 1));
     fgmm_model *m = calloc(1, sizeof *m);
     if (!m) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory creating model");
     size_t vl = fgmm_covariance_len(cov, k, d);
@@ -78,7 +90,13 @@ fgmm_status fgmm_model_create(int k, int d, fgmm_covariance cov, fgmm_model **ou
                          d);
     }
     for (int i = 0; i < k; i++) m->weights[i] = 1.0 / k;
-    for (size_t i = 0; i < vl; i++) m->variances[i] = 1.0;
+    if (fgmm_covariance_is_matrix(cov)) {
+        memset(m->variances, 0, sizeof(double) * vl);
+        for (size_t b = 0; b < vl; b += (size_t)d * d)
+            for (int j = 0; j < d; j++) m->variances[b + (size_t)j * (d + 1)] = 1.0;
+    } else {
+        for (size_t i = 0; i < vl; i++) m->variances[i] = 1.0;
+    }
     m->meta.reg_covar = 1e-6;
     m->meta.source = m->meta.init = m->meta.device = "";
     *out = m;
@@ -162,6 +180,39 @@ fgmm_status fgmm_model_push_loglik(fgmm_model *m, double ll, fgmm_error *err)
 int fgmm_model_loglik_count(const fgmm_model *m) { return m->n_loglik; }
 const double *fgmm_model_loglik(const fgmm_model *m) { return m->loglik; }
 
+/* Full and tied: each matrix finite, symmetric and positive definite. */
+static fgmm_status validate_matrices(const fgmm_model *m, const char *what, fgmm_error *err)
+{
+    const int D = m->d, n = m->cov == FGMM_COV_FULL ? m->k : 1;
+    const size_t DD = (size_t)D * D;
+    double *l = malloc(sizeof(double) * DD);
+    if (!l) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+    fgmm_status st = FGMM_OK;
+    char who[40] = "the tied covariance";
+    for (int k = 0; k < n && !st; k++) {
+        const double *c = m->variances + (size_t)k * DD;
+        if (m->cov == FGMM_COV_FULL) snprintf(who, sizeof who, "covariance of component %d", k);
+        for (int i = 0; i < D && !st; i++)
+            for (int j = 0; j <= i && !st; j++) {
+                double a = c[(size_t)i * D + j], b = c[(size_t)j * D + i];
+                if (!isfinite(a) || !isfinite(b))
+                    st = fgmm_fail(err, FGMM_ERR_DATA, "%s: %s has %g at (%d, %d)", what, who,
+                                   isfinite(a) ? b : a, i, j);
+                else if (fabs(a - b) > 1e-6 * (fabs(a) + fabs(b)))
+                    st = fgmm_fail(err, FGMM_ERR_DATA,
+                                   "%s: %s is not symmetric: %g at (%d, %d), %g at (%d, %d)", what,
+                                   who, a, i, j, b, j, i);
+            }
+        int minor = st ? 0 : fgmm_cholesky(c, D, l);
+        if (minor)
+            st = fgmm_fail(err, FGMM_ERR_DATA,
+                           "%s: %s is not positive definite (leading minor of order %d)", what,
+                           who, minor);
+    }
+    free(l);
+    return st;
+}
+
 fgmm_status fgmm_model_validate(const fgmm_model *m, const char *what, fgmm_error *err)
 {
     double sum = 0;
@@ -178,6 +229,7 @@ fgmm_status fgmm_model_validate(const fgmm_model *m, const char *what, fgmm_erro
             return fgmm_fail(err, FGMM_ERR_DATA, "%s: mean of component %zu, dim %zu is %g", what,
                              i / m->d, i % m->d, m->means[i]);
     size_t vl = fgmm_covariance_len(m->cov, m->k, m->d);
+    if (fgmm_covariance_is_matrix(m->cov)) return validate_matrices(m, what, err);
     for (size_t i = 0; i < vl; i++)
         if (!(m->variances[i] > 0) || !isfinite(m->variances[i]))
             return fgmm_fail(err, FGMM_ERR_DATA,

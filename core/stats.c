@@ -19,9 +19,11 @@ typedef struct {
 
 struct fgmm_stats {
     int k, d;
-    double *shift; /* D */
-    double *nk;    /* K */
-    double *sums;  /* K * 2D: [sx | sxx] per component */
+    fgmm_covariance layout; /* FGMM_COV_DIAG (diag, spherical), FULL or TIED */
+    double *shift;   /* shift_len(): K*D for full, D otherwise */
+    double *nk;      /* K */
+    double *sums;    /* K * 2D: [sx | sxx] per component */
+    double *scatter; /* K*D*D (full), D*D (tied), NULL; lower triangles */
     double loglik;
     int64_t rows;
     /* Max-heap on (ll, row) of the lowest-likelihood rows seen, at most K of
@@ -36,8 +38,20 @@ struct fgmm_stats {
     float *cand_x;
 };
 
-fgmm_status fgmm_stats_create(int k, int d, const double *shift, fgmm_stats **out,
-                              fgmm_error *err)
+static size_t shift_len(fgmm_covariance layout, int k, int d)
+{
+    return layout == FGMM_COV_FULL ? (size_t)k * d : (size_t)d;
+}
+
+static size_t scatter_len(fgmm_covariance layout, int k, int d)
+{
+    return layout == FGMM_COV_FULL   ? (size_t)k * d * d
+           : layout == FGMM_COV_TIED ? (size_t)d * d
+                                     : 0;
+}
+
+fgmm_status fgmm_stats_create_cov(int k, int d, fgmm_covariance cov, const double *shift,
+                                  fgmm_stats **out, fgmm_error *err)
 {
     *out = NULL;
     if (k <= 0 || d <= 0)
@@ -46,19 +60,29 @@ fgmm_status fgmm_stats_create(int k, int d, const double *shift, fgmm_stats **ou
     if (!s) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory for statistics");
     s->k = k;
     s->d = d;
-    s->shift = calloc((size_t)d, sizeof(double));
+    s->layout = fgmm_covariance_is_matrix(cov) ? cov : FGMM_COV_DIAG;
+    const size_t ns = scatter_len(s->layout, k, d);
+    s->shift = calloc(shift_len(s->layout, k, d), sizeof(double));
     s->nk = calloc((size_t)k, sizeof(double));
     s->sums = calloc((size_t)k * 2 * d, sizeof(double));
+    s->scatter = ns ? calloc(ns, sizeof(double)) : NULL;
     s->worst = calloc((size_t)k, sizeof(worst_row));
     s->cand_x = calloc((size_t)k * d, sizeof(float));
-    if (!s->shift || !s->nk || !s->sums || !s->worst || !s->cand_x) {
+    if (!s->shift || !s->nk || !s->sums || (ns && !s->scatter) || !s->worst || !s->cand_x) {
         fgmm_stats_free(s);
         return fgmm_fail(err, FGMM_ERR_NO_MEMORY,
-                         "out of memory for statistics of K=%d, D=%d", k, d);
+                         "out of memory for %s statistics of K=%d, D=%d (%.1f MB)",
+                         fgmm_covariance_name(cov), k, d, 8e-6 * (double)ns);
     }
-    if (shift) memcpy(s->shift, shift, sizeof(double) * (size_t)d);
+    if (shift) memcpy(s->shift, shift, sizeof(double) * shift_len(s->layout, k, d));
     *out = s;
     return FGMM_OK;
+}
+
+fgmm_status fgmm_stats_create(int k, int d, const double *shift, fgmm_stats **out,
+                              fgmm_error *err)
+{
+    return fgmm_stats_create_cov(k, d, FGMM_COV_DIAG, shift, out, err);
 }
 
 void fgmm_stats_free(fgmm_stats *s)
@@ -67,6 +91,7 @@ void fgmm_stats_free(fgmm_stats *s)
     free(s->shift);
     free(s->nk);
     free(s->sums);
+    free(s->scatter);
     free(s->worst);
     free(s->cand_x);
     free(s);
@@ -76,6 +101,7 @@ void fgmm_stats_zero(fgmm_stats *s)
 {
     memset(s->nk, 0, sizeof(double) * (size_t)s->k);
     memset(s->sums, 0, sizeof(double) * (size_t)s->k * 2 * s->d);
+    if (s->scatter) memset(s->scatter, 0, sizeof(double) * scatter_len(s->layout, s->k, s->d));
     s->loglik = 0;
     s->rows = 0;
     s->n_worst = 0;
@@ -84,8 +110,9 @@ void fgmm_stats_zero(fgmm_stats *s)
 void fgmm_stats_reset(fgmm_stats *s, const double *shift)
 {
     fgmm_stats_zero(s);
-    if (shift) memcpy(s->shift, shift, sizeof(double) * (size_t)s->d);
-    else memset(s->shift, 0, sizeof(double) * (size_t)s->d);
+    const size_t n = shift_len(s->layout, s->k, s->d);
+    if (shift) memcpy(s->shift, shift, sizeof(double) * n);
+    else memset(s->shift, 0, sizeof(double) * n);
 }
 
 int fgmm_stats_k(const fgmm_stats *s) { return s->k; }
@@ -93,6 +120,9 @@ int fgmm_stats_d(const fgmm_stats *s) { return s->d; }
 const double *fgmm_stats_shift(const fgmm_stats *s) { return s->shift; }
 double *fgmm_stats_nk(fgmm_stats *s) { return s->nk; }
 double *fgmm_stats_sums(fgmm_stats *s) { return s->sums; }
+double *fgmm_stats_scatter(fgmm_stats *s) { return s->scatter; }
+fgmm_covariance fgmm_stats_covariance(const fgmm_stats *s) { return s->layout; }
+size_t fgmm_stats_shift_len(const fgmm_stats *s) { return shift_len(s->layout, s->k, s->d); }
 double fgmm_stats_loglik(const fgmm_stats *s) { return s->loglik; }
 int64_t fgmm_stats_rows(const fgmm_stats *s) { return s->rows; }
 
@@ -231,16 +261,19 @@ int fgmm_stats_collapsed(const fgmm_stats *s, double min_count)
 
 fgmm_status fgmm_stats_add(fgmm_stats *dst, const fgmm_stats *src, fgmm_error *err)
 {
-    if (dst->k != src->k || dst->d != src->d)
+    if (dst->k != src->k || dst->d != src->d || dst->layout != src->layout)
         return fgmm_fail(err, FGMM_ERR_ARGUMENT,
-                         "cannot add statistics of K=%d, D=%d to statistics of K=%d, D=%d",
-                         src->k, src->d, dst->k, dst->d);
-    if (memcmp(dst->shift, src->shift, sizeof(double) * (size_t)dst->d) != 0)
+                         "cannot add %s statistics of K=%d, D=%d to %s statistics of K=%d, D=%d",
+                         fgmm_covariance_name(src->layout), src->k, src->d,
+                         fgmm_covariance_name(dst->layout), dst->k, dst->d);
+    if (memcmp(dst->shift, src->shift, sizeof(double) * fgmm_stats_shift_len(dst)) != 0)
         return fgmm_fail(err, FGMM_ERR_ARGUMENT,
                          "cannot add statistics taken with different shifts");
     for (int k = 0; k < dst->k; k++) dst->nk[k] += src->nk[k];
     size_t n = (size_t)dst->k * 2 * dst->d;
     for (size_t i = 0; i < n; i++) dst->sums[i] += src->sums[i];
+    n = scatter_len(dst->layout, dst->k, dst->d);
+    for (size_t i = 0; i < n; i++) dst->scatter[i] += src->scatter[i];
     dst->loglik += src->loglik;
     dst->rows += src->rows;
     for (int i = 0; i < src->n_worst; i++) {
@@ -261,6 +294,130 @@ fgmm_status fgmm_stats_reduce(fgmm_stats *dst, fgmm_stats *const *parts, int n, 
     return FGMM_OK;
 }
 
+/* Fills the upper triangle of the D x D row-major a from its lower one. */
+static void symmetrize(double *a, int d)
+{
+    for (int i = 0; i < d; i++)
+        for (int j = 0; j < i; j++) a[(size_t)j * d + i] = a[(size_t)i * d + j];
+}
+
+/* Fails unless the D x D covariance c is positive definite, naming
+ * component k (k < 0: the tied covariance). l: D*D scratch. */
+static fgmm_status check_definite(const double *c, int d, int k, double reg_covar, double *l,
+                                  fgmm_error *err)
+{
+    int minor = fgmm_cholesky(c, d, l);
+    if (!minor) return FGMM_OK;
+    char who[48];
+    if (k >= 0) snprintf(who, sizeof who, "component %d's", k);
+    else snprintf(who, sizeof who, "the tied");
+    return fgmm_fail(err, FGMM_ERR_DATA,
+                     "M-step: %s covariance is not positive definite (leading minor of order %d); "
+                     "the component collapsed onto fewer than %d independent rows. Lower K or "
+                     "raise reg_covar (now %g)",
+                     who, minor, d + 1, reg_covar);
+}
+
+/* The M-step of the full and tied layouts (see fgmm_stats_mstep). */
+static fgmm_status mstep_matrix(const fgmm_stats *s, fgmm_model *m, double reg_covar,
+                                double min_count, int *reseeded, fgmm_error *err)
+{
+    const int K = s->k, D = s->d, full = s->layout == FGMM_COV_FULL;
+    const size_t DD = (size_t)D * D;
+    double *w = fgmm_model_weights(m), *mu = fgmm_model_means(m), *cov = fgmm_model_variances(m);
+    const double N = (double)s->rows;
+    int *collapsed = malloc(sizeof(int) * (size_t)K);
+    double *avg = calloc(DD, sizeof(double)), *l = malloc(sizeof(double) * DD);
+    fgmm_status st = FGMM_OK;
+    if (!collapsed || !avg || !l) {
+        st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory in M-step");
+        goto done;
+    }
+    int n_coll = 0, n_alive = 0;
+    if (!full) { /* tied: scatter - sum_k sx_k sx_k^T / nk, lower triangle */
+        for (size_t i = 0; i < DD; i++) avg[i] = s->scatter[i];
+    }
+    for (int k = 0; k < K; k++) {
+        const double nk = s->nk[k];
+        const double *sx = s->sums + (size_t)k * 2 * D;
+        const double *shift = full ? s->shift + (size_t)k * D : s->shift;
+        if (!full && nk > 0)
+            for (int i = 0; i < D; i++)
+                for (int j = 0; j <= i; j++) avg[(size_t)i * D + j] -= sx[i] * sx[j] / nk;
+        if (!(nk >= min_count) || nk <= 0) {
+            collapsed[n_coll++] = k;
+            continue;
+        }
+        n_alive++;
+        for (int j = 0; j < D; j++) mu[(size_t)k * D + j] = shift[j] + sx[j] / nk;
+        w[k] = nk / N;
+        if (!full) continue;
+        const double *sc = s->scatter + (size_t)k * DD;
+        double *c = cov + (size_t)k * DD;
+        for (int i = 0; i < D; i++) {
+            const double di = sx[i] / nk;
+            for (int j = 0; j <= i; j++)
+                c[(size_t)i * D + j] = sc[(size_t)i * D + j] / nk - di * (sx[j] / nk);
+            c[(size_t)i * D + i] += reg_covar;
+        }
+        symmetrize(c, D);
+        if ((st = check_definite(c, D, k, reg_covar, l, err))) goto done;
+        for (size_t i = 0; i < DD; i++) avg[i] += c[i];
+    }
+    if (n_alive == 0) {
+        st = fgmm_fail(err, FGMM_ERR_DATA,
+                       "M-step: all %d components collapsed (every Nk < %g); "
+                       "is K far too large for the data?",
+                       K, min_count);
+        goto done;
+    }
+    if (full) {
+        for (size_t i = 0; i < DD; i++) avg[i] /= n_alive;
+    } else {
+        for (int i = 0; i < D; i++) {
+            for (int j = 0; j <= i; j++) avg[(size_t)i * D + j] /= N;
+            avg[(size_t)i * D + i] += reg_covar;
+        }
+        symmetrize(avg, D);
+        if ((st = check_definite(avg, D, -1, reg_covar, l, err))) goto done;
+        memcpy(cov, avg, sizeof(double) * DD);
+    }
+    if (n_coll > 0) {
+        int64_t *rows = malloc(sizeof(int64_t) * (size_t)n_coll);
+        float *xs = malloc(sizeof(float) * (size_t)n_coll * D);
+        int got = rows && xs ? fgmm_stats_worst_rows(s, rows, NULL, xs, n_coll) : -1;
+        if (got < 0) st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory in M-step");
+        else if (got == 0)
+            st = fgmm_fail(err, FGMM_ERR_INTERNAL,
+                           "M-step: %d components collapsed and no row was offered to re-seed "
+                           "them", n_coll);
+        else if (fgmm_stats_missing_candidates(s, rows, 0) > 0)
+            st = fgmm_fail(err, FGMM_ERR_INTERNAL,
+                           "M-step: re-seeding candidates without their values");
+        if (!st) {
+            double wsum = 0;
+            for (int k = 0; k < K; k++) wsum += (s->nk[k] >= min_count && s->nk[k] > 0) ? w[k] : 0;
+            for (int i = 0; i < n_coll; i++) {
+                const int k = collapsed[i];
+                const float *x = xs + (size_t)(i % got) * D;
+                for (int j = 0; j < D; j++) mu[(size_t)k * D + j] = x[j];
+                if (full) memcpy(cov + (size_t)k * DD, avg, sizeof(double) * DD);
+                w[k] = (min_count > 1 ? min_count : 1) / N;
+                wsum += w[k];
+            }
+            for (int k = 0; k < K; k++) w[k] /= wsum;
+            if (reseeded) *reseeded = n_coll;
+        }
+        free(rows);
+        free(xs);
+    }
+done:
+    free(collapsed);
+    free(avg);
+    free(l);
+    return st;
+}
+
 fgmm_status fgmm_stats_mstep(const fgmm_stats *s, fgmm_model *m, double reg_covar,
                              double min_count, int *reseeded, fgmm_error *err)
 {
@@ -272,6 +429,11 @@ fgmm_status fgmm_stats_mstep(const fgmm_stats *s, fgmm_model *m, double reg_cova
                          "M-step: statistics are K=%d, D=%d but the model is K=%d, D=%d", K, D,
                          fgmm_model_k(m), fgmm_model_d(m));
     if (s->rows <= 0) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "M-step on statistics of 0 rows");
+    if ((fgmm_covariance_is_matrix(cov) ? cov : FGMM_COV_DIAG) != s->layout)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT,
+                         "M-step: %s statistics for a '%s' covariance model",
+                         fgmm_covariance_name(s->layout), fgmm_covariance_name(cov));
+    if (s->layout != FGMM_COV_DIAG) return mstep_matrix(s, m, reg_covar, min_count, reseeded, err);
     double *w = fgmm_model_weights(m), *mu = fgmm_model_means(m), *var = fgmm_model_variances(m);
     double N = (double)s->rows;
     int *collapsed = malloc(sizeof(int) * (size_t)K);
@@ -372,37 +534,45 @@ done:
 
 /* ------------------------------------------------------- serialisation */
 
-#define STATS_MAGIC 0x3141545353474d46ull /* "FGMSSTA1" little-endian */
-#define STATS_HEADER 40                   /* magic, k, d, rows, n_worst, loglik */
-#define WORST_BYTES 24                    /* ll, row, has_x */
+#define STATS_MAGIC 0x3241545353474d46ull /* "FGMSSTA2" little-endian */
+#define STATS_HEADER 48 /* magic, k, d, rows, n_worst, loglik, layout */
+#define WORST_BYTES 24  /* ll, row, has_x */
 
-size_t fgmm_stats_serial_size(int k, int d)
+static size_t serial_size(fgmm_covariance layout, int k, int d)
 {
     size_t K = (size_t)k, D = (size_t)d;
-    size_t n = STATS_HEADER + 8 * (D + K + 2 * K * D) + WORST_BYTES * K + 4 * K * D;
+    size_t n = STATS_HEADER +
+               8 * (shift_len(layout, k, d) + K + 2 * K * D + scatter_len(layout, k, d)) +
+               WORST_BYTES * K + 4 * K * D;
     return (n + 7) / 8 * 8;
 }
 
+size_t fgmm_stats_serial_size(const fgmm_stats *s) { return serial_size(s->layout, s->k, s->d); }
+
 void fgmm_stats_serialize(const fgmm_stats *s, void *buf)
 {
-    const size_t K = (size_t)s->k, D = (size_t)s->d;
+    const size_t K = (size_t)s->k, D = (size_t)s->d, ns = scatter_len(s->layout, s->k, s->d),
+                 nsh = shift_len(s->layout, s->k, s->d);
     char *p = buf;
     uint64_t magic = STATS_MAGIC;
     int32_t kd[2] = {s->k, s->d};
-    int64_t nw = s->n_worst;
-    memset(buf, 0, fgmm_stats_serial_size(s->k, s->d));
+    int64_t nw = s->n_worst, layout = s->layout;
+    memset(buf, 0, fgmm_stats_serial_size(s));
     memcpy(p, &magic, 8);
     memcpy(p + 8, kd, 8);
     memcpy(p + 16, &s->rows, 8);
     memcpy(p + 24, &nw, 8);
     memcpy(p + 32, &s->loglik, 8);
+    memcpy(p + 40, &layout, 8);
     p += STATS_HEADER;
-    memcpy(p, s->shift, 8 * D);
-    p += 8 * D;
+    memcpy(p, s->shift, 8 * nsh);
+    p += 8 * nsh;
     memcpy(p, s->nk, 8 * K);
     p += 8 * K;
     memcpy(p, s->sums, 16 * K * D);
     p += 16 * K * D;
+    if (ns) memcpy(p, s->scatter, 8 * ns);
+    p += 8 * ns;
     /* Heap entries in heap order, each with its values in the same order:
      * read back they form the same heap. */
     char *px = p + WORST_BYTES * K;
@@ -418,35 +588,42 @@ void fgmm_stats_serialize(const fgmm_stats *s, void *buf)
 
 fgmm_status fgmm_stats_deserialize(fgmm_stats *s, const void *buf, size_t bytes, fgmm_error *err)
 {
-    const size_t K = (size_t)s->k, D = (size_t)s->d;
+    const size_t K = (size_t)s->k, D = (size_t)s->d, ns = scatter_len(s->layout, s->k, s->d),
+                 nsh = shift_len(s->layout, s->k, s->d);
     const char *p = buf;
     uint64_t magic;
     int32_t kd[2];
-    int64_t rows, nw;
-    if (bytes != fgmm_stats_serial_size(s->k, s->d))
+    int64_t rows, nw, layout;
+    if (bytes != fgmm_stats_serial_size(s))
         return fgmm_fail(err, FGMM_ERR_FORMAT,
-                         "serialised statistics of %zu bytes; K=%d, D=%d take %zu", bytes, s->k,
-                         s->d, fgmm_stats_serial_size(s->k, s->d));
+                         "serialised statistics of %zu bytes; %s statistics of K=%d, D=%d take "
+                         "%zu",
+                         bytes, fgmm_covariance_name(s->layout), s->k, s->d,
+                         fgmm_stats_serial_size(s));
     memcpy(&magic, p, 8);
     memcpy(kd, p + 8, 8);
     memcpy(&rows, p + 16, 8);
     memcpy(&nw, p + 24, 8);
+    memcpy(&layout, p + 40, 8);
     if (magic != STATS_MAGIC || kd[0] != s->k || kd[1] != s->d || rows < 0 || nw < 0 ||
-        nw > s->k)
+        nw > s->k || layout != (int64_t)s->layout)
         return fgmm_fail(err, FGMM_ERR_FORMAT,
-                         "serialised statistics are damaged or not of K=%d, D=%d (header says "
-                         "K=%d, D=%d, %lld candidates)",
-                         s->k, s->d, kd[0], kd[1], (long long)nw);
+                         "serialised statistics are damaged or not %s statistics of K=%d, D=%d "
+                         "(header says K=%d, D=%d, %lld candidates)",
+                         fgmm_covariance_name(s->layout), s->k, s->d, kd[0], kd[1],
+                         (long long)nw);
     s->rows = rows;
     s->n_worst = (int)nw;
     memcpy(&s->loglik, p + 32, 8);
     p += STATS_HEADER;
-    memcpy(s->shift, p, 8 * D);
-    p += 8 * D;
+    memcpy(s->shift, p, 8 * nsh);
+    p += 8 * nsh;
     memcpy(s->nk, p, 8 * K);
     p += 8 * K;
     memcpy(s->sums, p, 16 * K * D);
     p += 16 * K * D;
+    if (ns) memcpy(s->scatter, p, 8 * ns);
+    p += 8 * ns;
     const char *px = p + WORST_BYTES * K;
     for (int i = 0; i < s->n_worst; i++) {
         worst_row *w = &s->worst[i];
@@ -507,10 +684,11 @@ fgmm_status fgmm_stats_allreduce(fgmm_stats *s, const fgmm_reducer_ops *ops, voi
                                  fgmm_status local, fgmm_error *err)
 {
     const int R = ops->size(self);
-    const size_t ser = fgmm_stats_serial_size(s->k, s->d);
+    const size_t ser = fgmm_stats_serial_size(s);
     char *send = malloc(ser), *recv = malloc(ser * (size_t)R);
     fgmm_stats *part = NULL;
-    if (!local && (!send || !recv || fgmm_stats_create(s->k, s->d, s->shift, &part, err)))
+    if (!local &&
+        (!send || !recv || fgmm_stats_create_cov(s->k, s->d, s->layout, s->shift, &part, err)))
         local = fgmm_fail(err, FGMM_ERR_NO_MEMORY,
                           "out of memory for the statistics of %d ranks (K=%d, D=%d)", R, s->k,
                           s->d);

@@ -40,6 +40,9 @@ typedef struct {
                      * under exact_stats: the buffer is sized for it) */
     float *x;       /* D: one row converted to float */
     double *topv;   /* top_m: a row's best logits (assign) */
+    /* Full and tied covariances: the tile's rows minus a centre, and a
+     * component's whitened rows, TILE x D each. */
+    double *yc, *z;
 } cpu_thread;
 
 /* Work is split into lanes: lane l takes tiles l, l + lanes, ... of every
@@ -62,6 +65,7 @@ typedef struct {
     /* FGMM_PRECISION_FP64: the statistics product in double too (dgemm),
      * for callers that compare with a float64 reference below 1e-6. */
     int exact_stats, scratch_exact;
+    fgmm_covariance layout; /* of the scratch and lanes: DIAG (diag, spherical), FULL, TIED */
     fgmm_pool *pool;
     const fgmm_estep_params *p;
     cpu_thread *t;      /* scratch, one per pool thread */
@@ -74,6 +78,9 @@ typedef struct {
     int32_t *out_idx;
     float *out_lresp, *out_ll;
     cpu_kmeans *km; /* k-means state, made on first use */
+    /* Tied covariance: b[k] = f (mu_k - shift) (K x D) and |b_k|^2 (K). */
+    double *tied_b, *tied_bb;
+    int tied_cap;
 } cpu_backend;
 
 static void free_threads(cpu_backend *b)
@@ -91,6 +98,8 @@ static void free_threads(cpu_backend *b)
         free(b->t[i].af);
         free(b->t[i].sf);
         free(b->t[i].topv);
+        free(b->t[i].yc);
+        free(b->t[i].z);
     }
     free(b->t);
     b->t = NULL;
@@ -115,19 +124,56 @@ static fgmm_status cpu_backend_create(int threads, cpu_backend **out, fgmm_error
     return FGMM_OK;
 }
 
+/* Tied covariance: the whitened means b_k = f (mu_k - shift) and their
+ * squared norms, once per pass. */
+static fgmm_status tied_terms(cpu_backend *b, fgmm_error *err)
+{
+    const fgmm_estep_params *p = b->p;
+    const int K = p->k, D = p->d;
+    if (b->tied_cap < K) {
+        free(b->tied_b);
+        free(b->tied_bb);
+        b->tied_b = malloc(sizeof(double) * (size_t)K * D);
+        b->tied_bb = malloc(sizeof(double) * (size_t)K);
+        b->tied_cap = b->tied_b && b->tied_bb ? K : 0;
+        if (!b->tied_cap) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+    }
+    for (int k = 0; k < K; k++)
+        for (int j = 0; j < D; j++)
+            b->tied_b[(size_t)k * D + j] = p->means[(size_t)k * D + j] - p->shift[j];
+    cblas_dtrmm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, K, D, 1.0,
+                p->factor, D, b->tied_b, D);
+    for (int k = 0; k < K; k++) {
+        double s = 0;
+        for (int j = 0; j < D; j++) s += b->tied_b[(size_t)k * D + j] * b->tied_b[(size_t)k * D + j];
+        b->tied_bb[k] = s;
+    }
+    return FGMM_OK;
+}
+
 static fgmm_status cpu_begin_pass(void *self, const fgmm_estep_params *p, fgmm_error *err)
 {
     cpu_backend *b = self;
-    if (!b->t || b->k != p->k || b->d != p->d || b->scratch_exact != b->exact_stats) {
+    const fgmm_covariance layout = fgmm_covariance_is_matrix(p->cov) ? p->cov : FGMM_COV_DIAG;
+    if (!b->t || b->k != p->k || b->d != p->d || b->scratch_exact != b->exact_stats ||
+        b->layout != layout) {
         free_threads(b);
         b->k = p->k;
         b->d = p->d;
+        b->layout = layout;
         b->scratch_exact = b->exact_stats;
         b->t = calloc((size_t)b->threads, sizeof(cpu_thread));
         if (!b->t) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
-        size_t stats_bytes = sizeof(double) * ((size_t)2 * p->d + 1) * (size_t)p->k;
+        const double scatter = layout == FGMM_COV_FULL   ? (double)p->k * p->d * p->d
+                               : layout == FGMM_COV_TIED ? (double)p->d * p->d
+                                                         : 0;
+        size_t stats_bytes =
+            (size_t)(sizeof(double) * (((double)2 * p->d + 1) * (double)p->k + scatter));
         size_t fit = LANE_STATS_BUDGET / stats_bytes;
         int lanes = (size_t)LANES > fit ? (fit > 0 ? (int)fit : 1) : LANES;
+        /* Full covariances past the budget: two lanes still, so two threads
+         * share the work (2 x K x D^2 doubles). */
+        if (lanes < 2 && layout == FGMM_COV_FULL) lanes = 2;
         b->lane = calloc((size_t)lanes, sizeof(fgmm_stats *));
         if (!b->lane) {
             free_threads(b);
@@ -135,7 +181,7 @@ static fgmm_status cpu_begin_pass(void *self, const fgmm_estep_params *p, fgmm_e
         }
         b->lanes = lanes;
         for (int i = 0; i < lanes; i++) {
-            fgmm_status st = fgmm_stats_create(p->k, p->d, p->shift, &b->lane[i], err);
+            fgmm_status st = fgmm_stats_create_cov(p->k, p->d, layout, p->shift, &b->lane[i], err);
             if (st) {
                 free_threads(b);
                 return st;
@@ -150,7 +196,9 @@ static fgmm_status cpu_begin_pass(void *self, const fgmm_estep_params *p, fgmm_e
             t->af = malloc(sizeof(float) * TILE_ROWS * 2 * (size_t)p->d);
             t->sf = malloc((b->exact_stats ? sizeof(double) : sizeof(float)) * 2 * (size_t)p->d *
                            p->k);
-            if (!t->a || !t->l || !t->x || !t->lf || !t->af || !t->sf) {
+            t->yc = malloc(sizeof(double) * TILE_ROWS * (size_t)p->d);
+            t->z = malloc(sizeof(double) * TILE_ROWS * (size_t)p->d);
+            if (!t->a || !t->l || !t->x || !t->lf || !t->af || !t->sf || !t->yc || !t->z) {
                 free_threads(b);
                 return fgmm_fail(err, FGMM_ERR_NO_MEMORY,
                                  "out of memory for CPU tiles (K=%d, D=%d, %d threads)", p->k,
@@ -160,7 +208,90 @@ static fgmm_status cpu_begin_pass(void *self, const fgmm_estep_params *p, fgmm_e
     }
     b->p = p;
     for (int i = 0; i < b->lanes; i++) fgmm_stats_reset(b->lane[i], p->shift);
+    if (layout == FGMM_COV_TIED) return tied_terms(b, err);
     return FGMM_OK;
+}
+
+/* Full and tied covariances: t->l = -|f_k (x - mu_k)|^2 / 2 for the tile
+ * of n rows at chunk row r0, in double; t->a keeps the rows (n x D) and,
+ * for tied, t->yc the rows minus the shift. c[k] not yet added. */
+static void matrix_logits(cpu_backend *b, cpu_thread *t, int64_t r0, int n)
+{
+    const fgmm_estep_params *p = b->p;
+    const fgmm_chunk *c = b->chunk;
+    const int K = p->k, D = p->d;
+    const size_t DD = (size_t)D * D;
+    double *x = t->a, *z = t->z, *l = t->l;
+    for (int i = 0; i < n; i++) {
+        fgmm_convert_row(c->dtype, (const char *)c->rows + (size_t)(r0 + i) * c->row_stride,
+                         (size_t)D, t->x);
+        for (int j = 0; j < D; j++) x[(size_t)i * D + j] = t->x[j];
+    }
+    if (p->cov == FGMM_COV_TIED) {
+        /* |f (x - mu_k)|^2 = |z|^2 - 2 z.b_k + |b_k|^2 with z = f (x - shift):
+         * one D x D product per row instead of K. */
+        for (size_t i = 0; i < (size_t)n * D; i++) t->yc[i] = x[i] - p->shift[i % D];
+        memcpy(z, t->yc, sizeof(double) * (size_t)n * D);
+        cblas_dtrmm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, n, D, 1.0,
+                    p->factor, D, z, D);
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, K, D, 1.0, z, D, b->tied_b, D,
+                    0.0, l, K);
+        for (int i = 0; i < n; i++) {
+            double zz = 0;
+            for (int j = 0; j < D; j++) zz += z[(size_t)i * D + j] * z[(size_t)i * D + j];
+            for (int k = 0; k < K; k++)
+                l[(size_t)i * K + k] = l[(size_t)i * K + k] - 0.5 * (zz + b->tied_bb[k]);
+        }
+        return;
+    }
+    for (int k = 0; k < K; k++) {
+        const double *mu = p->means + (size_t)k * D;
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < D; j++) z[(size_t)i * D + j] = x[(size_t)i * D + j] - mu[j];
+        cblas_dtrmm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, n, D, 1.0,
+                    p->factor + (size_t)k * DD, D, z, D);
+        for (int i = 0; i < n; i++) {
+            double s = 0;
+            for (int j = 0; j < D; j++) s += z[(size_t)i * D + j] * z[(size_t)i * D + j];
+            l[(size_t)i * K + k] = -0.5 * s;
+        }
+    }
+}
+
+/* Full and tied covariances: the tile's statistics from its
+ * responsibilities (t->l) in double (fgmm_stats's layouts). */
+static void matrix_stats(cpu_backend *b, cpu_thread *t, fgmm_stats *st, int n)
+{
+    const fgmm_estep_params *p = b->p;
+    const int K = p->k, D = p->d;
+    const size_t DD = (size_t)D * D;
+    double *sums = fgmm_stats_sums(st), *scatter = fgmm_stats_scatter(st);
+    const double *x = t->a, *l = t->l;
+    if (p->cov == FGMM_COV_TIED) {
+        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, D, n, 1.0, l, K, t->yc, D, 1.0,
+                    sums, 2 * D);
+        cblas_dsyrk(CblasRowMajor, CblasLower, CblasTrans, D, n, 1.0, t->yc, D, 1.0, scatter, D);
+        return;
+    }
+    for (int k = 0; k < K; k++) {
+        /* A component no row of the tile reaches (every r below 1e-250)
+         * adds less than 1e-240 to sums of order 1 and more: skipped. */
+        double rmax = 0;
+        for (int i = 0; i < n; i++) rmax = l[(size_t)i * K + k] > rmax ? l[(size_t)i * K + k] : rmax;
+        if (rmax < 1e-250) continue;
+        const double *mu = p->means + (size_t)k * D;
+        double *sx = sums + (size_t)k * 2 * D, *z = t->z;
+        for (int i = 0; i < n; i++) {
+            const double r = l[(size_t)i * K + k], sr = sqrt(r);
+            for (int j = 0; j < D; j++) {
+                const double y = x[(size_t)i * D + j] - mu[j];
+                sx[j] += r * y;
+                z[(size_t)i * D + j] = sr * y;
+            }
+        }
+        cblas_dsyrk(CblasRowMajor, CblasLower, CblasTrans, D, n, 1.0, z, D, 1.0,
+                    scatter + (size_t)k * DD, D);
+    }
 }
 
 /* t->l = [y, y^2] W for the tile of n rows at chunk row r0 (t->a keeps
@@ -168,6 +299,10 @@ static fgmm_status cpu_begin_pass(void *self, const fgmm_estep_params *p, fgmm_e
 static void tile_logits(cpu_backend *b, cpu_thread *t, int64_t r0, int n)
 {
     const fgmm_estep_params *p = b->p;
+    if (b->layout != FGMM_COV_DIAG) {
+        matrix_logits(b, t, r0, n);
+        return;
+    }
     const fgmm_chunk *c = b->chunk;
     const int K = p->k, D = p->d, D2 = 2 * p->d;
     for (int i = 0; i < n; i++) {
@@ -238,6 +373,10 @@ static void cpu_tile(cpu_backend *b, cpu_thread *t, fgmm_stats *st, int64_t r0, 
     }
     fgmm_stats_add_loglik(st, ll_sum, n);
     if (p->loglik_only) return; /* scoring: no statistics product */
+    if (b->layout != FGMM_COV_DIAG) {
+        matrix_stats(b, t, st, n);
+        return;
+    }
     /* sums[K x 2D] += R^T [y, y^2]: in float (sgemm runs at 1.6x dgemm's
      * rate here) over one tile of at most 256 rows, then added in double,
      * so rounding does not grow with N. The responsibilities and [y, y^2]
@@ -386,6 +525,8 @@ static void cpu_destroy(void *self)
     if (!b) return;
     free_threads(b);
     cpu_kmeans_free(b->km);
+    free(b->tied_b);
+    free(b->tied_bb);
     fgmm_pool_free(b->pool);
     free(b);
 }

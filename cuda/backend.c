@@ -103,6 +103,11 @@ static fgmm_status cuda_backend_create(int device, cuda_backend **out, fgmm_erro
 static fgmm_status cuda_begin_pass(void *self, const fgmm_estep_params *p, fgmm_error *err)
 {
     cuda_backend *b = self;
+    if (fgmm_covariance_is_matrix(p->cov))
+        return fgmm_fail(err, FGMM_ERR_UNSUPPORTED,
+                         "the CUDA engine fits diag and spherical covariances; '%s' runs on "
+                         "the CPU engine (--device cpu)",
+                         fgmm_covariance_name(p->cov));
     if (!b->st || b->k != p->k || b->d != p->d) {
         fgmm_stats_free(b->st);
         b->st = NULL;
@@ -341,7 +346,7 @@ static fgmm_status cuda_kmeans_nearest(void *self, const double *centers, int k,
         }
         c[kk] = -0.5 * nn;
     }
-    b->km_params = (fgmm_estep_params){k, d, w, c, shift, 1, NULL, 0};
+    b->km_params = (fgmm_estep_params){k, d, w, c, shift, 1, NULL, 0, FGMM_COV_DIAG, NULL, NULL};
     if ((st = cuda_begin_pass(b, &b->km_params, err))) goto done;
     fgmm_chunk ch = {x, sizeof(float) * (size_t)d, 0, s, FGMM_F32};
     st = cuda_assign(b, &ch, 1, label, resp, ll, err);

@@ -6,9 +6,10 @@
  * A checkpoint directory holds step-<N>/ subdirectories, and only the
  * newest is kept once a newer one is complete. Each step-<N>/ is a model
  * directory (fgmm_model_save) plus the parameters and log-likelihood
- * history in float64 (means.f64.npy, variances.f64.npy,
- * log_likelihood.f64.npy), since the model directory's float32 arrays
- * would round the state a resume starts from. A step is written under a
+ * history in float64 (means.f64.npy, variances.f64.npy for diag and
+ * spherical models, log_likelihood.f64.npy), since the model directory's
+ * float32 arrays would round the state a resume starts from (its
+ * covariances.npy, full and tied, is float64 already). A step is written under a
  * hidden temporary name, fsync'ed, and renamed to step-<N> only when
  * complete, so a step-<N> that exists is whole whenever the writer was
  * killed.
@@ -178,7 +179,9 @@ fgmm_status fgmm_checkpoint_write(void *user, int iteration, const fgmm_model *m
      * exact arrays into it, then the whole under its final name. */
     if (!st) st = fgmm_model_save(m, tmp, err);
     if (!st) st = fgmm_npy_write(mu, FGMM_NPY_F64, fgmm_model_means_c(m), 2, shape_kd, err);
-    if (!st)
+    /* Full and tied models keep their matrices in float64 already
+     * (covariances.npy). */
+    if (!st && !fgmm_covariance_is_matrix(fgmm_model_covariance(m)))
         st = fgmm_npy_write(var, FGMM_NPY_F64, fgmm_model_variances_c(m), spherical ? 1 : 2,
                             spherical ? shape_k : shape_kd, err);
     if (!st) st = fgmm_npy_write(ll, FGMM_NPY_F64, fgmm_model_loglik(m), 1, shape_ll, err);
@@ -279,7 +282,11 @@ fgmm_status fgmm_checkpoint_load(const char *path, fgmm_model **out, char **step
         memcpy(fgmm_model_weights(r), fgmm_model_weights_c(m), sizeof(double) * (size_t)K);
         int spherical = cov == FGMM_COV_SPHERICAL;
         st = read_exact(dir, MEANS64, fgmm_model_means(r), K, D, err);
-        if (!st) st = read_exact(dir, VARS64, fgmm_model_variances(r), K, spherical ? 1 : D, err);
+        if (!st && fgmm_covariance_is_matrix(cov))
+            memcpy(fgmm_model_variances(r), fgmm_model_variances_c(m),
+                   sizeof(double) * fgmm_covariance_len(cov, K, D));
+        else if (!st)
+            st = read_exact(dir, VARS64, fgmm_model_variances(r), K, spherical ? 1 : D, err);
     }
     if (!st && mt->iterations < 1)
         st = fgmm_fail(err, FGMM_ERR_FORMAT, "%s: model.json says %d iterations; a checkpoint "

@@ -53,7 +53,7 @@ typedef enum {
     FGMM_NPY_I64 = 3  /* fgmm_npy_stream only */
 } fgmm_npy_type;
 
-/* Writes a C-order .npy (format 1.0) of ndim (1 or 2) dimensions from
+/* Writes a C-order .npy (format 1.0) of ndim (1 to 3) dimensions from
  * doubles, stored as `type`. Written to path.tmp.<pid> then renamed over
  * path. */
 fgmm_status fgmm_npy_write(const char *path, fgmm_npy_type type, const double *data, int ndim,
@@ -80,6 +80,9 @@ void fgmm_npy_stream_abort(fgmm_npy_stream *s);
  * into newly malloc'd doubles. shape[1] is 1 for 1-D arrays. */
 fgmm_status fgmm_npy_read(const char *path, double **data, int *ndim, int64_t shape[2],
                           fgmm_error *err);
+/* The same for 1-D to 3-D arrays; shape[i] is 1 past ndim. */
+fgmm_status fgmm_npy_read3(const char *path, double **data, int *ndim, int64_t shape[3],
+                           fgmm_error *err);
 
 /* ------------------------------------------------------------------ shards */
 

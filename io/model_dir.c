@@ -3,6 +3,9 @@
  *   weights.npy    float64 (K,)
  *   means.npy      float32 (K, D)
  *   variances.npy  float32 (K, D) diag, (K,) spherical
+ *   covariances.npy float64 (K, D, D) full, (D, D) tied, in place of
+ *                  variances.npy: a covariance matrix rounded to float32
+ *                  can lose positive definiteness
  *   model.json     shape, covariance type and the fit's metadata
  *
  * Saving builds the hidden sibling ".<name>.tmp.<pid>/" (fgmm_io_tmpdir),
@@ -138,16 +141,23 @@ static fgmm_status save_json(const fgmm_model *m, const char *path, fgmm_error *
 static fgmm_status save_files(const fgmm_model *m, const char *tmp, fgmm_error *err)
 {
     int k = fgmm_model_k(m), d = fgmm_model_d(m);
-    int spherical = fgmm_model_covariance(m) == FGMM_COV_SPHERICAL;
-    int64_t shape_k[1] = {k}, shape_kd[2] = {k, d};
+    const fgmm_covariance cov = fgmm_model_covariance(m);
+    int spherical = cov == FGMM_COV_SPHERICAL;
+    int64_t shape_k[1] = {k}, shape_kd[2] = {k, d}, shape_kdd[3] = {k, d, d};
     char *w = fgmm_io_join(tmp, "weights.npy"), *mu = fgmm_io_join(tmp, "means.npy");
-    char *v = fgmm_io_join(tmp, "variances.npy"), *js = fgmm_io_join(tmp, "model.json");
+    char *v = fgmm_io_join(tmp, fgmm_covariance_is_matrix(cov) ? "covariances.npy"
+                                                                : "variances.npy");
+    char *js = fgmm_io_join(tmp, "model.json");
     fgmm_status st = FGMM_OK;
     if (!w || !mu || !v || !js)
         st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "%s: out of memory", tmp);
     if (!st) st = fgmm_npy_write(w, FGMM_NPY_F64, fgmm_model_weights_c(m), 1, shape_k, err);
     if (!st) st = fgmm_npy_write(mu, FGMM_NPY_F32, fgmm_model_means_c(m), 2, shape_kd, err);
-    if (!st)
+    if (!st && cov == FGMM_COV_FULL)
+        st = fgmm_npy_write(v, FGMM_NPY_F64, fgmm_model_variances_c(m), 3, shape_kdd, err);
+    else if (!st && cov == FGMM_COV_TIED)
+        st = fgmm_npy_write(v, FGMM_NPY_F64, fgmm_model_variances_c(m), 2, shape_kdd + 1, err);
+    else if (!st)
         st = fgmm_npy_write(v, FGMM_NPY_F32, fgmm_model_variances_c(m), spherical ? 1 : 2,
                             spherical ? shape_k : shape_kd, err);
     if (!st) st = save_json(m, js, err);
@@ -160,10 +170,6 @@ static fgmm_status save_files(const fgmm_model *m, const char *tmp, fgmm_error *
 
 fgmm_status fgmm_model_save(const fgmm_model *m, const char *dir, fgmm_error *err)
 {
-    fgmm_covariance cov = fgmm_model_covariance(m);
-    if (cov != FGMM_COV_DIAG && cov != FGMM_COV_SPHERICAL)
-        return fgmm_fail(err, FGMM_ERR_UNSUPPORTED, "%s: cannot save a '%s' covariance model",
-                         dir, fgmm_covariance_name(cov));
     fgmm_io_tmpdir t;
     fgmm_status st = fgmm_io_tmpdir_create(&t, dir, err);
     if (st) return st;
@@ -207,6 +213,30 @@ static fgmm_status get_text(const fgmm_json_ctx *c, const json_t *root, const ch
     fgmm_status st = fgmm_json_get_str(c, root, key, 0, &s);
     if (st || !s) return st;
     return fgmm_model_set_text(m, f, s, c->err);
+}
+
+/* covariances.npy: (K, D, D) for full, (D, D) for tied. */
+static fgmm_status load_matrices(const char *dir, fgmm_covariance cov, int k, int d,
+                                 double **out, fgmm_error *err)
+{
+    char *path = fgmm_io_join(dir, "covariances.npy");
+    if (!path) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "%s: out of memory", dir);
+    int ndim;
+    int64_t shape[3], want[3] = {k, d, d};
+    const int full = cov == FGMM_COV_FULL, want_ndim = full ? 3 : 2;
+    const int64_t *ws = full ? want : want + 1;
+    fgmm_status st = fgmm_npy_read3(path, out, &ndim, shape, err);
+    if (!st && (ndim != want_ndim || memcmp(shape, ws, sizeof(int64_t) * want_ndim) != 0)) {
+        char got[96], exp[96];
+        fgmm_npy_shape_str(shape, ndim, got, sizeof got);
+        fgmm_npy_shape_str(ws, want_ndim, exp, sizeof exp);
+        st = fgmm_fail(err, FGMM_ERR_FORMAT, "%s: shape %s, expected %s from model.json (%s)",
+                       path, got, exp, fgmm_covariance_name(cov));
+        free(*out);
+        *out = NULL;
+    }
+    free(path);
+    return st;
 }
 
 static fgmm_status load_array(const char *dir, const char *name, int k, int d, double **out,
@@ -310,11 +340,14 @@ fgmm_status fgmm_model_load(const char *dir, fgmm_model **out, fgmm_error *err)
     fgmm_json_ctx c = {jpath, NULL, err};
     if ((st = load_header(&c, root, &m)) || (st = load_meta(&c, root, m))) goto done;
     int k = fgmm_model_k(m), d = fgmm_model_d(m);
-    int spherical = fgmm_model_covariance(m) == FGMM_COV_SPHERICAL;
+    const fgmm_covariance cov = fgmm_model_covariance(m);
+    int spherical = cov == FGMM_COV_SPHERICAL;
     if ((st = load_array(dir, "weights.npy", k, 0, &w, err)) ||
-        (st = load_array(dir, "means.npy", k, d, &mu, err)) ||
-        (st = load_array(dir, "variances.npy", k, spherical ? 0 : d, &var, err)))
+        (st = load_array(dir, "means.npy", k, d, &mu, err)))
         goto done;
+    if (fgmm_covariance_is_matrix(cov)) st = load_matrices(dir, cov, k, d, &var, err);
+    else st = load_array(dir, "variances.npy", k, spherical ? 0 : d, &var, err);
+    if (st) goto done;
     memcpy(fgmm_model_weights(m), w, sizeof(double) * (size_t)k);
     memcpy(fgmm_model_means(m), mu, sizeof(double) * (size_t)k * (size_t)d);
     memcpy(fgmm_model_variances(m), var,

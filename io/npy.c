@@ -322,8 +322,8 @@ fgmm_status fgmm_npy_stream_open(const char *path, fgmm_npy_type type, int ndim,
     if (!descr)
         return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s: unknown .npy element type %d", path,
                          (int)type);
-    if (ndim != 1 && ndim != 2)
-        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s: can write 1-D or 2-D arrays, not %d-D",
+    if (ndim < 1 || ndim > 3)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "%s: can write 1-D to 3-D arrays, not %d-D",
                          path, ndim);
     uint64_t count = 1;
     for (int i = 0; i < ndim; i++) {
@@ -466,7 +466,8 @@ static void to_double(fgmm_npy_kind k, const void *src, size_t n, double *dst)
 
 /* Checks what fgmm_npy_read accepts and returns the element count. */
 static fgmm_status check_readable(const fgmm_npy_header *h, uint64_t file_bytes,
-                                  const char *path, uint64_t *count, fgmm_error *err)
+                                  const char *path, int max_ndim, uint64_t *count,
+                                  fgmm_error *err)
 {
     char sh[256];
     fgmm_npy_shape_str(h->shape, h->ndim, sh, sizeof sh);
@@ -474,10 +475,10 @@ static fgmm_status check_readable(const fgmm_npy_header *h, uint64_t file_bytes,
         return fgmm_fail(err, FGMM_ERR_FORMAT,
                          "%s: .npy dtype '%s' is not supported; expected one of '<f4', '<f8', "
                          "'<f2', '|u1', '|i1', '<i4', '<i8'", path, h->descr);
-    if (h->ndim != 1 && h->ndim != 2)
+    if (h->ndim < 1 || h->ndim > max_ndim)
         return fgmm_fail(err, FGMM_ERR_FORMAT, "%s: array has %d dimensions (shape %s); "
-                         "expected 1 or 2", path, h->ndim, sh);
-    if (h->fortran_order && h->ndim == 2)
+                         "expected 1 to %d", path, h->ndim, sh, max_ndim);
+    if (h->fortran_order && h->ndim >= 2)
         return fgmm_fail(err, FGMM_ERR_FORMAT,
                          "%s: array is in Fortran order; expected C order (fortran_order False)",
                          path);
@@ -501,8 +502,8 @@ static fgmm_status check_readable(const fgmm_npy_header *h, uint64_t file_bytes,
     return FGMM_OK;
 }
 
-fgmm_status fgmm_npy_read(const char *path, double **data, int *ndim, int64_t shape[2],
-                          fgmm_error *err)
+static fgmm_status npy_read(const char *path, int max_ndim, double **data, int *ndim,
+                            int64_t *shape, fgmm_error *err)
 {
     *data = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -517,7 +518,7 @@ fgmm_status fgmm_npy_read(const char *path, double **data, int *ndim, int64_t sh
     else if (!S_ISREG(sb.st_mode))
         st = fgmm_fail(err, FGMM_ERR_IO, "%s: not a regular file", path);
     if (!st) st = fgmm_npy_header_read(fd, (uint64_t)sb.st_size, path, &h, err);
-    if (!st) st = check_readable(&h, (uint64_t)sb.st_size, path, &count, err);
+    if (!st) st = check_readable(&h, (uint64_t)sb.st_size, path, max_ndim, &count, err);
     if (!st && count > SIZE_MAX / sizeof(double))
         st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "%s: array too large", path);
     if (!st && (!(out = malloc(count ? count * sizeof(double) : 1)) ||
@@ -540,7 +541,18 @@ fgmm_status fgmm_npy_read(const char *path, double **data, int *ndim, int64_t sh
     }
     *data = out;
     *ndim = h.ndim;
-    shape[0] = h.shape[0];
-    shape[1] = h.ndim == 2 ? h.shape[1] : 1;
+    for (int i = 0; i < max_ndim; i++) shape[i] = i < h.ndim ? h.shape[i] : 1;
     return FGMM_OK;
+}
+
+fgmm_status fgmm_npy_read(const char *path, double **data, int *ndim, int64_t shape[2],
+                          fgmm_error *err)
+{
+    return npy_read(path, 2, data, ndim, shape, err);
+}
+
+fgmm_status fgmm_npy_read3(const char *path, double **data, int *ndim, int64_t shape[3],
+                           fgmm_error *err)
+{
+    return npy_read(path, 3, data, ndim, shape, err);
 }

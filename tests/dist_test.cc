@@ -59,7 +59,7 @@ TEST(DistStats, ByteImageAddsLikeTheOriginal)
         fgmm_stats_offer_row(d1, 500 + r, -fgmm_rng_uniform(&rng), x, FGMM_F32);
     }
     ASSERT_EQ(fgmm_stats_add(d2, d1, &err), FGMM_OK);
-    std::vector<char> img(fgmm_stats_serial_size(K, D));
+    std::vector<char> img(fgmm_stats_serial_size(a));
     fgmm_stats_serialize(a, img.data());
     ASSERT_EQ(fgmm_stats_deserialize(c, img.data(), img.size(), &err), FGMM_OK) << err.msg;
     ASSERT_EQ(fgmm_stats_add(d1, a, &err), FGMM_OK);

@@ -707,13 +707,20 @@ TEST_F(Io, NpyReadAndWriteErrors)
     EXPECT_EQ(fgmm_npy_read(path("3d.npy").c_str(), &data, &ndim, shape, &err), FGMM_ERR_FORMAT);
     EXPECT_NE(std::string(err.msg).find("3 dimensions"), std::string::npos) << err.msg;
     EXPECT_EQ(data, nullptr);
+    int64_t shape3[3];  // full covariances' (K, D, D)
+    ASSERT_EQ(fgmm_npy_read3(path("3d.npy").c_str(), &data, &ndim, shape3, &err), FGMM_OK)
+        << err.msg;
+    EXPECT_EQ(ndim, 3);
+    EXPECT_EQ(shape3[2], 2);
+    free(data);
+    data = nullptr;
 
     double v[2] = {1, 2};
     int64_t sh[1] = {2};
     EXPECT_EQ(fgmm_npy_write(path("nodir/x.npy").c_str(), FGMM_NPY_F64, v, 1, sh, &err),
               FGMM_ERR_IO);
     EXPECT_NE(std::string(err.msg).find("nodir/x.npy"), std::string::npos) << err.msg;
-    EXPECT_EQ(fgmm_npy_write(path("x.npy").c_str(), FGMM_NPY_F64, v, 3, sh, &err),
+    EXPECT_EQ(fgmm_npy_write(path("x.npy").c_str(), FGMM_NPY_F64, v, 4, sh, &err),
               FGMM_ERR_ARGUMENT);
     EXPECT_EQ(tmp_leftovers(), 0);
 }

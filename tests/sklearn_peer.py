@@ -1,7 +1,8 @@
 """Peer check: scikit-learn's GaussianMixture from a given initial model.
 
 usage: sklearn_peer.py DIR N D K COV ITERS
-DIR holds x.f32 (N*D float32), w.f64 (K), mu.f64 (K*D), var.f64 (K*D or K).
+DIR holds x.f32 (N*D float32), w.f64 (K), mu.f64 (K*D), var.f64 (K*D diag,
+K spherical, K*D*D full, D*D tied).
 Prints the lower bound (mean log-likelihood per row of the last E-step),
 then the fitted weights, means and variances, one number per line.
 """
@@ -18,9 +19,15 @@ w = np.fromfile(os.path.join(d, "w.f64"))
 mu = np.fromfile(os.path.join(d, "mu.f64")).reshape(k, dim)
 var = np.fromfile(os.path.join(d, "var.f64"))
 if cov == "diag":
-    var = var.reshape(k, dim)
+    prec = 1.0 / var.reshape(k, dim)
+elif cov == "full":
+    prec = np.linalg.inv(var.reshape(k, dim, dim))
+elif cov == "tied":
+    prec = np.linalg.inv(var.reshape(dim, dim))
+else:
+    prec = 1.0 / var
 gm = GaussianMixture(k, covariance_type=cov, max_iter=iters, tol=0.0, reg_covar=1e-6,
-                     weights_init=w, means_init=mu, precisions_init=1.0 / var)
+                     weights_init=w, means_init=mu, precisions_init=prec)
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     gm.fit(x)

@@ -21,7 +21,8 @@ static const char FIT_HELP_HEAD[] =
     "                       or a shard directory from flashgmm shard (streamed from disk)\n"
     "  --k K                number of components (optional with --init MODEL_DIR)\n"
     "  --out MODEL_DIR      output model directory; must not exist\n"
-    "  --covariance C       diag (default) or spherical\n"
+    "  --covariance C       diag (default), spherical, full (a D x D matrix per component)\n"
+    "                       or tied (one D x D matrix shared)\n"
     "  --init I             kmeans++ (default), random, kmeans, or a model directory\n"
     "  --max-iter N         EM steps at most (default 100)\n"
     "  --tol T              stop when the mean log-likelihood per row changes by < T (1e-3)\n"
@@ -322,6 +323,14 @@ static void report(const fgmm_fit_params *p, const fgmm_model *m, fgmm_source *s
            fgmm_source_dim(src), fgmm_engine_path(e), meta->iterations,
            meta->iterations == 1 ? "" : "s", meta->converged ? "converged" : "not converged",
            nll ? fgmm_model_loglik(m)[nll - 1] : NAN, meta->seconds, out);
+    if (p->verbose && fgmm_covariance_is_matrix(p->covariance)) {
+        /* What the matrices take: the model's, the E-step's precision
+         * factors and the statistics' scatter, each this many doubles. */
+        const double mats = (double)fgmm_covariance_len(p->covariance, p->k, fgmm_source_dim(src));
+        fprintf(stderr, "%s covariance: %.1f MB of matrices in the model, as much again for "
+                "the precision factors and for each set of statistics\n",
+                fgmm_covariance_name(p->covariance), 8e-6 * mats);
+    }
     fgmm_shard_read_stats rs;
     fgmm_error ignore;
     if (p->verbose && fgmm_shards_stats(src, &rs, &ignore) == FGMM_OK)

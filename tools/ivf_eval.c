@@ -135,9 +135,10 @@ int cmd_ivf_eval(int argc, char **argv)
             break;
         case OPT_COVARIANCE:
             if (fgmm_covariance_parse(optarg, &p.cov, &err)) return cli_fail("ivf-eval", &err);
-            if (p.cov == FGMM_COV_FULL) {
+            if (fgmm_covariance_is_matrix(p.cov)) {
                 fprintf(stderr, "flashgmm ivf-eval: --covariance expects diag or spherical, "
-                                "got 'full'\n");
+                                "got '%s' (the evaluator's list search ranks lists by "
+                                "diagonal terms)\n", optarg);
                 return CLI_EXIT_USAGE;
             }
             break;
