@@ -49,6 +49,9 @@ typedef struct {
     uint64_t offered; /* calls whose rows were offered */
     int64_t rows; /* rows folded in since begin_pass */
     int k, d;
+    fgmm_covariance layout; /* b->st's */
+    int matrix;             /* this pass: a full or tied model */
+    double *mx_shift;       /* full: the centre the GPU works about (d) */
     /* k-means: the sample (the caller's), its shift, and the last
      * potentials' candidates (kmeans_commit's) */
     const float *km_x;
@@ -103,24 +106,41 @@ static fgmm_status cuda_backend_create(int device, cuda_backend **out, fgmm_erro
 static fgmm_status cuda_begin_pass(void *self, const fgmm_estep_params *p, fgmm_error *err)
 {
     cuda_backend *b = self;
-    if (fgmm_covariance_is_matrix(p->cov))
-        return fgmm_fail(err, FGMM_ERR_UNSUPPORTED,
-                         "the CUDA engine fits diag and spherical covariances; '%s' runs on "
-                         "the CPU engine (--device cpu)",
-                         fgmm_covariance_name(p->cov));
-    if (!b->st || b->k != p->k || b->d != p->d) {
+    const fgmm_covariance layout = fgmm_covariance_is_matrix(p->cov) ? p->cov : FGMM_COV_DIAG;
+    if (!b->st || b->k != p->k || b->d != p->d || b->layout != layout) {
         fgmm_stats_free(b->st);
         b->st = NULL;
-        fgmm_status st = fgmm_stats_create(p->k, p->d, p->shift, &b->st, err);
+        free(b->mx_shift);
+        b->mx_shift = malloc(sizeof(double) * (size_t)p->d);
+        if (!b->mx_shift) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+        fgmm_status st = fgmm_stats_create_cov(p->k, p->d, layout, p->shift, &b->st, err);
         if (st) return st;
         b->k = p->k;
         b->d = p->d;
+        b->layout = layout;
     }
     fgmm_stats_reset(b->st, p->shift);
     b->rows = 0;
     for (int i = 0; i < LL_RING; i++) b->ring[i].live = 0;
     b->offered = b->calls;
     fgmm_error ce = {0};
+    b->matrix = layout != FGMM_COV_DIAG;
+    if (b->matrix) {
+        /* Full: the statistics' shift is the means; the GPU centres its
+         * fp32 arithmetic on their average. Tied: on the shift. */
+        const double *centre = p->shift;
+        if (layout == FGMM_COV_FULL) {
+            for (int j = 0; j < p->d; j++) b->mx_shift[j] = 0;
+            for (int k = 0; k < p->k; k++)
+                for (int j = 0; j < p->d; j++) b->mx_shift[j] += p->means[(size_t)k * p->d + j];
+            for (int j = 0; j < p->d; j++) b->mx_shift[j] /= p->k;
+            centre = b->mx_shift;
+        }
+        return from_cuda(fgmmc_begin_matrix_pass(b->ctx, p->k, p->d, layout == FGMM_COV_TIED,
+                                                 p->factor, p->means, p->c, centre,
+                                                 p->loglik_only, &ce),
+                         &ce, err);
+    }
     if (p->stiff && p->n_stiff > 0)
         return from_cuda(fgmmc_begin_pass_stiff(b->ctx, p->k, p->d, p->w, p->c, p->shift,
                                                 p->stiff, p->loglik_only, &ce),
@@ -169,7 +189,10 @@ static fgmm_status cuda_end_pass(void *self, fgmm_stats *out, fgmm_error *err)
     double ll = 0;
     fgmm_error ce = {0};
     fgmm_status st = from_cuda(
-        fgmmc_end_pass(b->ctx, fgmm_stats_nk(b->st), fgmm_stats_sums(b->st), &ll, &ce), &ce, err);
+        b->matrix ? fgmmc_end_matrix_pass(b->ctx, fgmm_stats_nk(b->st), fgmm_stats_sums(b->st),
+                                          fgmm_stats_scatter(b->st), &ll, &ce)
+                  : fgmmc_end_pass(b->ctx, fgmm_stats_nk(b->st), fgmm_stats_sums(b->st), &ll, &ce),
+        &ce, err);
     if (st) return st;
     offer_delivered(b, b->calls); /* end_pass delivered everything */
     fgmm_stats_add_loglik(b->st, ll, b->rows);
@@ -182,6 +205,7 @@ static void cuda_destroy(void *self)
     if (!b) return;
     fgmmc_free(b->ctx);
     fgmm_stats_free(b->st);
+    free(b->mx_shift);
     for (int i = 0; i < LL_RING; i++) free(b->ring[i].buf);
     free(b);
 }

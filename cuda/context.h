@@ -150,6 +150,13 @@ struct fgmmc_context {
     double *st_val;
     size_t cap_h_st_idx, cap_h_st_val;
 
+    /* Full and tied covariances (fgmmc_begin_matrix_pass): 0, or 1 full,
+     * 2 tied; their terms and accumulators (estep_matrix.cu). */
+    int matrix;
+    float *d_mx_f, *d_mx_m, *d_mx_c, *d_mx_l;
+    double *d_mx_scatter;
+    size_t cap_mx_f, cap_mx_m, cap_mx_c, cap_mx_l, cap_mx_scatter;
+
     /* the current pass */
     int in_pass, k, d;
     float *d_w, *d_c, *d_shift;

@@ -111,6 +111,27 @@ fgmm_status fgmmc_begin_pass_stiff(fgmmc_context *ctx, int k, int d, const doubl
                                    const double *c, const double *shift,
                                    const unsigned char *stiff, int ll_only, fgmm_error *err);
 
+/* A pass of a full or tied covariance model (tied: one shared factor):
+ * the log-joint of row x and component k is
+ *   l_k(x) = c[k] - |F_k (x - mu_k)|^2 / 2
+ * with F_k = factor + k*d*d (tied: factor), d x d lower triangular
+ * row-major, means k x d, shift d (any centre near the data: rows and
+ * means are taken relative to it before the fp32 arithmetic). The
+ * statistics fgmmc_end_matrix_pass returns: nk and ll as fgmmc_end_pass
+ * does; sums[k*2d + j] = sum r_k (x_j - centre_kj) with centre mu_k (full)
+ * or shift (tied), the second half of each row zero; scatter = the lower
+ * triangles of sum r_k (x - mu_k)(x - mu_k)^T (full, k x d x d) or of
+ * sum (x - shift)(x - shift)^T (tied, d x d, weight 1). d <= 256; a model
+ * whose factors, sums and scratch do not fit the device's free memory is
+ * refused up front (FGMM_ERR_NO_MEMORY, with the sizes). ll_only: scoring.
+ * Rows go in through fgmmc_accumulate(_at), the top-m through fgmmc_assign
+ * (fp32 logits). */
+fgmm_status fgmmc_begin_matrix_pass(fgmmc_context *ctx, int k, int d, int tied,
+                                    const double *factor, const double *means, const double *c,
+                                    const double *shift, int ll_only, fgmm_error *err);
+/* fgmmc_end_pass of a matrix pass, with its scatter sums (see above). */
+fgmm_status fgmmc_end_matrix_pass(fgmmc_context *ctx, double *nk, double *sums, double *scatter,
+                                  double *ll_sum, fgmm_error *err);
 /* fgmmc_begin_pass for scoring: the pass computes only the rows'
  * log-likelihoods (per_row_ll and the sum), with the log-sum-exp kernel
  * alone; fgmmc_end_pass returns zero statistics. */

@@ -94,6 +94,16 @@ typedef struct {
     const int *st_comp, *st_off, *st_dim;
     const double *st_mu, *st_prec;
     double *st_acc, *st_part;
+    /* Full and tied covariances (estep_matrix.cu): F (K x D x D, or one D x
+     * D when tied) lower triangular, m = mu - shift (K x D), c (K, natural
+     * log), a sub-batch's logits then responsibilities mx_l
+     * (fgmmc_matrix_sub_rows x K), the scatter accumulators (K x D x D or
+     * D x D doubles, lower triangles), and the SM count the grids are cut
+     * for. */
+    int mx_tied, mx_sms;
+    const float *mx_f, *mx_m, *mx_c;
+    float *mx_l;
+    double *mx_scatter;
 } fgmmc_batch;
 
 #ifdef __CUDACC__
@@ -398,6 +408,23 @@ fgmm_status fgmmc_estep_f64_launch(const fgmmc_batch *b, const fgmmc_plan *plan,
 fgmm_status fgmmc_topm_f64_launch(const fgmmc_batch *b, int m, int *out_idx, float *out_lresp,
                                   cudaStream_t s, fgmm_error *err);
 
+/* ------------------------------- full and tied covariances (estep_matrix.cu) */
+
+/* Rows per sub-batch: their K logits fill the logits buffer. */
+int64_t fgmmc_matrix_sub_rows(int k);
+/* The plan of a sub-batch of n rows (partial_elems: the statistics
+ * kernel's partials; lse_blocks: the log-sum-exp kernel's blocks). */
+void fgmmc_estep_matrix_plan(int k, int d, int64_t n, int sm_count, int tied, fgmmc_plan *plan);
+/* FGMM_ERR_ARGUMENT past the family's D (256), and the statistics
+ * kernel's shared memory for d. */
+fgmm_status fgmmc_matrix_smem_check(int d, fgmm_error *err);
+/* The E-step of a batch (with ll_only, its log-likelihoods only). */
+fgmm_status fgmmc_estep_matrix_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int ll_only,
+                                      int sm_count, cudaStream_t s, fgmm_error *err);
+/* The top-m assignment of a batch from its fp32 logits. */
+fgmm_status fgmmc_topm_matrix_launch(const fgmmc_batch *b, int m, int *out_idx, float *out_lresp,
+                                     int sm_count, cudaStream_t s, fgmm_error *err);
+
 /* ------------------------------------------- stiff pairs (stiff.cu) */
 
 /* Adds the stiff pairs' exact terms, in log2 units, to the logits of the
@@ -418,7 +445,8 @@ typedef enum {
     FGMMC_FAMILY_MMA,      /* bf16 mma.sync, 2D <= 256 (estep_tc.cu), sm_80+ */
     FGMMC_FAMILY_WGMMA,    /* bf16 wgmma, 2D <= 256 (wgmma_*.cu), sm_90a */
     FGMMC_FAMILY_WIDE,     /* bf16 mma.sync GEMMs, 2D > 256 (estep_wide.cu) */
-    FGMMC_FAMILY_F64       /* float64 SIMT (estep_f64.cu) */
+    FGMMC_FAMILY_F64,      /* float64 SIMT (estep_f64.cu) */
+    FGMMC_FAMILY_MATRIX    /* full and tied covariances, fp32 SIMT (estep_matrix.cu) */
 } fgmmc_family;
 
 /* What a pass runs: the family, its products (3: split bf16, 1: plain
@@ -428,6 +456,7 @@ typedef struct {
     fgmmc_family family;
     int prec;
     int kw;
+    int tied; /* FGMMC_FAMILY_MATRIX: one covariance for all components */
 } fgmmc_choice;
 
 /* The choice for a device of compute capability cc_major, whose binary

@@ -116,6 +116,7 @@ static fgmm_status begin(fgmmc_context *ctx, int k, int d, const double *w, cons
     if (!w || !c || !shift)
         return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmmc_begin_pass: w, c and shift must be non-NULL");
     ctx->in_pass = 0;
+    ctx->matrix = 0;
     /* Results of an abandoned pass's assignment are never delivered: their
      * destinations may be gone. */
     memset(ctx->topm_pend, 0, sizeof ctx->topm_pend);
@@ -264,6 +265,122 @@ fgmm_status fgmmc_begin_pass_stiff(fgmmc_context *ctx, int k, int d, const doubl
     fgmm_status st = begin(ctx, k, d, w, c, shift, stiff, err);
     if (!st) ctx->ll_only = ll_only != 0;
     return st;
+}
+
+/* ------------------------------------------- full and tied covariances */
+
+fgmm_status fgmmc_begin_matrix_pass(fgmmc_context *ctx, int k, int d, int tied,
+                                    const double *factor, const double *means, const double *c,
+                                    const double *shift, int ll_only, fgmm_error *err)
+{
+    if (!ctx) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmmc_begin_matrix_pass: ctx is NULL");
+    if (k <= 0 || d <= 0)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmmc_begin_matrix_pass: k=%d, d=%d", k, d);
+    if (!factor || !means || !c || !shift)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT,
+                         "fgmmc_begin_matrix_pass: factor, means, c and shift must be non-NULL");
+    ctx->in_pass = 0;
+    memset(ctx->topm_pend, 0, sizeof ctx->topm_pend);
+    FGMMC_CHECK(cudaSetDevice(ctx->device), err);
+    fgmm_status st = fgmmc_matrix_smem_check(d, err);
+    if (st) return st;
+    const size_t nf = tied ? 1 : (size_t)k, dd = (size_t)d * d;
+    const size_t per = (size_t)k * (2 * (size_t)d + 1);
+    const int64_t sub = fgmmc_matrix_sub_rows(k);
+    fgmmc_plan plan;
+    fgmmc_estep_matrix_plan(k, d, sub, ctx->sm_count, tied, &plan);
+    /* What the pass holds on the device: the factors (fp32), the scatter
+     * sums (float64), a sub-batch's logits and the statistics' partials.
+     * Checked up front, so a model too large for the GPU is refused with
+     * its sizes rather than failing in some allocation. */
+    const double need = (double)nf * dd * 4 + (double)nf * dd * 8 + (double)sub * k * 4 +
+                        (double)plan.partial_elems * 8 + (double)k * d * 4;
+    const double held = (double)ctx->cap_mx_f + ctx->cap_mx_scatter + ctx->cap_mx_l +
+                        ctx->cap_part + ctx->cap_mx_m;
+    size_t free_b = 0, total_b = 0;
+    FGMMC_CHECK(cudaMemGetInfo(&free_b, &total_b), err);
+    if (need > (double)free_b + held)
+        return fgmm_fail(err, FGMM_ERR_NO_MEMORY,
+                         "a %s covariance of K=%d, D=%d needs %.2f GB on the GPU (%.2f GB of "
+                         "fp32 precision factors, %.2f GB of float64 scatter sums, %.2f GB of "
+                         "logits and partial sums); %s has %.2f GB free. Use fewer components, "
+                         "or the CPU engine (--device cpu)",
+                         tied ? "tied" : "full", k, d, need / 1e9, (double)nf * dd * 4 / 1e9,
+                         (double)nf * dd * 8 / 1e9,
+                         ((double)sub * k * 4 + (double)plan.partial_elems * 8) / 1e9, ctx->desc,
+                         ((double)free_b + held) / 1e9);
+    const size_t up = (nf * dd + (size_t)k * d + (size_t)k + (size_t)d) * sizeof(float);
+    if ((st = DEV_RESERVE(ctx, ctx->d_mx_f, ctx->cap_mx_f, nf * dd * sizeof(float), "factors",
+                          err)) ||
+        (st = DEV_RESERVE(ctx, ctx->d_mx_m, ctx->cap_mx_m, (size_t)k * d * sizeof(float), "means",
+                          err)) ||
+        (st = DEV_RESERVE(ctx, ctx->d_mx_c, ctx->cap_mx_c, (size_t)k * sizeof(float), "c", err)) ||
+        (st = DEV_RESERVE(ctx, ctx->d_shift, ctx->cap_shift, (size_t)d * sizeof(float), "shift",
+                          err)) ||
+        (st = DEV_RESERVE(ctx, ctx->d_mx_l, ctx->cap_mx_l, (size_t)sub * k * sizeof(float),
+                          "logits", err)) ||
+        (st = DEV_RESERVE(ctx, ctx->d_mx_scatter, ctx->cap_mx_scatter, nf * dd * sizeof(double),
+                          "scatter sums", err)) ||
+        (st = DEV_RESERVE(ctx, ctx->d_block_ll, ctx->cap_block_ll,
+                          (size_t)plan.lse_blocks * sizeof(double), "tile ll", err)) ||
+        (st = DEV_RESERVE(ctx, ctx->d_acc, ctx->cap_acc, (per + 1) * sizeof(double),
+                          "accumulators", err)) ||
+        (st = HOST_RESERVE(ctx, ctx->h_param, ctx->cap_h_param,
+                           up > (per + 1) * sizeof(double) ? up : (per + 1) * sizeof(double),
+                           "parameter staging", err)))
+        return st;
+    FGMMC_CHECK(cudaStreamSynchronize(ctx->stream), err);
+    fgmmc_llq_reset(&ctx->llq);
+    ctx->fill_rows = 0;
+    ctx->batch_cap = 0;
+    ctx->st_np = 0;
+    ctx->st_nc = 0;
+    float *hf = (float *)ctx->h_param, *hm = hf + nf * dd, *hc = hm + (size_t)k * d,
+          *hs = hc + k;
+    for (size_t i = 0; i < nf * dd; i++) hf[i] = (float)factor[i];
+    /* Means relative to the shift, in double before the rounding. */
+    for (int kk = 0; kk < k; kk++)
+        for (int j = 0; j < d; j++)
+            hm[(size_t)kk * d + j] = (float)(means[(size_t)kk * d + j] - shift[j]);
+    for (int i = 0; i < k; i++) hc[i] = (float)c[i];
+    for (int i = 0; i < d; i++) hs[i] = (float)shift[i];
+    FGMMC_CHECK(cudaMemcpyAsync(ctx->d_mx_f, hf, nf * dd * sizeof(float), cudaMemcpyHostToDevice,
+                                ctx->stream),
+                err);
+    FGMMC_CHECK(cudaMemcpyAsync(ctx->d_mx_m, hm, (size_t)k * d * sizeof(float),
+                                cudaMemcpyHostToDevice, ctx->stream),
+                err);
+    FGMMC_CHECK(cudaMemcpyAsync(ctx->d_mx_c, hc, (size_t)k * sizeof(float), cudaMemcpyHostToDevice,
+                                ctx->stream),
+                err);
+    FGMMC_CHECK(cudaMemcpyAsync(ctx->d_shift, hs, (size_t)d * sizeof(float),
+                                cudaMemcpyHostToDevice, ctx->stream),
+                err);
+    FGMMC_CHECK(cudaMemsetAsync(ctx->d_acc, 0, (per + 1) * sizeof(double), ctx->stream), err);
+    FGMMC_CHECK(cudaMemsetAsync(ctx->d_mx_scatter, 0, nf * dd * sizeof(double), ctx->stream), err);
+    ctx->matrix = tied ? 2 : 1;
+    fgmmc_ctx_select(ctx, d);
+    ctx->k = k;
+    ctx->d = d;
+    ctx->cache_filling = ctx->pass_cached = 0;
+    ctx->ll_only = ll_only != 0;
+    ctx->in_pass = 1;
+    return FGMM_OK;
+}
+
+fgmm_status fgmmc_end_matrix_pass(fgmmc_context *ctx, double *nk, double *sums, double *scatter,
+                                  double *ll_sum, fgmm_error *err)
+{
+    if (!ctx || !ctx->matrix)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmmc_end_matrix_pass: no matrix pass");
+    if (!scatter)
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmmc_end_matrix_pass: scatter is NULL");
+    const size_t n = (ctx->matrix == 2 ? 1 : (size_t)ctx->k) * ctx->d * ctx->d;
+    fgmm_status st = fgmmc_end_pass(ctx, nk, sums, ll_sum, err);
+    if (st) return st;
+    FGMMC_CHECK(cudaMemcpy(scatter, ctx->d_mx_scatter, n * sizeof(double), cudaMemcpyDeviceToHost),
+                err);
+    return FGMM_OK;
 }
 
 /* ----------------------------------------------------------- pass end */

@@ -12,6 +12,8 @@
  *              fgmmc_set_portable_kernels) -> wgmma (wgmma_*.cu), fused
  *              kernels A + B up to FGMMC_FUSED_MAX_SLICES slices
  *   otherwise                       -> mma.sync (estep_tc.cu)
+ *   a full or tied covariance pass  -> fp32 SIMT with float64 sums
+ *                                      (estep_matrix.cu), whatever the mode
  * Tensor-core families form 3 products (split bf16) by default, 1 (plain
  * bf16) in FAST mode. The top-m assignment runs float64 logits in FP64
  * mode and the fp32 SIMT kernel otherwise.
@@ -23,6 +25,7 @@ fgmmc_choice fgmmc_select(int cc_major, int wgmma_usable, int portable, fgmmc_pr
                           int stiff)
 {
     fgmmc_choice c;
+    c.tied = 0;
     /* kw: the tensor-core kernels' row width, or the wide family's. */
     int kw = stiff ? 0 : fgmmc_tc_kw(d);
     const int wide = kw == 0;
@@ -50,6 +53,8 @@ int fgmmc_choice_tc(const fgmmc_choice *c)
 
 const char *fgmmc_choice_name(const fgmmc_choice *c)
 {
+    if (c->family == FGMMC_FAMILY_MATRIX)
+        return c->tied ? "fp32 SIMT, tied covariance" : "fp32 SIMT, full covariance";
     if (c->family == FGMMC_FAMILY_F64) return "float64 SIMT";
     if (!fgmmc_choice_tc(c)) return "fp32 SIMT";
     return c->prec == 3 ? "tensor cores, split bf16" : "tensor cores, bf16";
@@ -59,6 +64,9 @@ fgmm_status fgmmc_select_plan(const fgmmc_choice *c, int k, int d, int64_t n, in
                               int ll_only, int max_fused_slices, fgmmc_plan *plan, fgmm_error *err)
 {
     switch (c->family) {
+    case FGMMC_FAMILY_MATRIX:
+        fgmmc_estep_matrix_plan(k, d, n, sm_count, c->tied, plan);
+        return FGMM_OK;
     case FGMMC_FAMILY_F64: fgmmc_estep_f64_plan(k, d, n, sm_count, plan); return FGMM_OK;
     case FGMMC_FAMILY_SIMT: fgmmc_estep_plan(k, d, n, sm_count, plan); return FGMM_OK;
     case FGMMC_FAMILY_WIDE: fgmmc_estep_wide_plan(k, d, n, sm_count, plan); return FGMM_OK;
@@ -114,6 +122,8 @@ fgmm_status fgmmc_select_launch(const fgmmc_choice *c, const fgmmc_batch *b, con
                                 int ll_only, cudaStream_t s, fgmm_error *err)
 {
     switch (c->family) {
+    case FGMMC_FAMILY_MATRIX:
+        return fgmmc_estep_matrix_launch(b, plan, ll_only, b->mx_sms, s, err);
     case FGMMC_FAMILY_F64: return fgmmc_estep_f64_launch(b, plan, ll_only, s, err);
     case FGMMC_FAMILY_WIDE: return fgmmc_estep_wide_launch(b, plan, c->prec, ll_only, s, err);
     case FGMMC_FAMILY_MMA:
@@ -129,6 +139,8 @@ fgmm_status fgmmc_select_topm_launch(const fgmmc_choice *c, const fgmmc_batch *b
                                      int *out_idx, float *out_lresp, cudaStream_t s,
                                      fgmm_error *err)
 {
+    if (c->family == FGMMC_FAMILY_MATRIX)
+        return fgmmc_topm_matrix_launch(b, m, out_idx, out_lresp, b->mx_sms, s, err);
     if (c->family == FGMMC_FAMILY_F64) return fgmmc_topm_f64_launch(b, m, out_idx, out_lresp, s, err);
     return fgmmc_topm_launch(b, m, out_idx, out_lresp, s, err);
 }
@@ -166,6 +178,13 @@ const char *fgmmc_path_name(const fgmmc_context *ctx)
 
 void fgmmc_ctx_select(fgmmc_context *ctx, int d)
 {
+    if (ctx->matrix) {
+        ctx->sel.family = FGMMC_FAMILY_MATRIX;
+        ctx->sel.prec = 3;
+        ctx->sel.kw = 0;
+        ctx->sel.tied = ctx->matrix == 2;
+        return;
+    }
     ctx->sel = fgmmc_select(ctx->cc_major, ctx->wgmma, ctx->portable, ctx->prec, d, ctx->st_np > 0);
 }
 
@@ -205,6 +224,13 @@ void fgmmc_ctx_batch(const fgmmc_context *ctx, const void *x_dev, int64_t m, fgm
     bt->f64_shift = ctx->d_shift64;
     bt->f64_y = ctx->d_y64;
     bt->f64_l = ctx->d_l64;
+    bt->mx_tied = ctx->matrix == 2;
+    bt->mx_sms = ctx->sm_count;
+    bt->mx_f = ctx->d_mx_f;
+    bt->mx_m = ctx->d_mx_m;
+    bt->mx_c = ctx->d_mx_c;
+    bt->mx_l = ctx->d_mx_l;
+    bt->mx_scatter = ctx->d_mx_scatter;
     if (ctx->st_np) {
         bt->st_nc = ctx->st_nc;
         bt->st_splits = ctx->st_splits;

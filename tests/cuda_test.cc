@@ -777,3 +777,21 @@ TEST(Cuda, ArgumentErrors)
 }
 
 }  // namespace
+
+// A full covariance whose factors and sums cannot fit the device is
+// refused before anything is read or allocated, with its sizes.
+TEST(Cuda, MatrixPassTooLargeIsRefused)
+{
+    NEED_GPU();
+    Ctx ctx;
+    fgmm_error err{};
+    ASSERT_EQ(fgmmc_create(0, &ctx.p, &err), FGMM_OK) << err.msg;
+    double one = 1.0;  // never read: the refusal comes first
+    EXPECT_EQ(fgmmc_begin_matrix_pass(ctx.p, 200000, 256, 0, &one, &one, &one, &one, 0, &err),
+              FGMM_ERR_NO_MEMORY);
+    EXPECT_NE(std::string(err.msg).find("GB"), std::string::npos) << err.msg;
+    EXPECT_NE(std::string(err.msg).find("K=200000, D=256"), std::string::npos) << err.msg;
+    EXPECT_EQ(fgmmc_begin_matrix_pass(ctx.p, 4, 300, 0, &one, &one, &one, &one, 0, &err),
+              FGMM_ERR_ARGUMENT);
+    EXPECT_NE(std::string(err.msg).find("D <= 256"), std::string::npos) << err.msg;
+}

@@ -293,7 +293,8 @@ static int read_doubles(PyObject *o, double *dst, size_t n, const char *what)
 }
 
 /* model_new(covariance, k, d, weights, means, variances, reg_covar): a model
- * from float64 arrays (K; K*D; K*D or K), checked as a loaded model is. */
+ * from float64 arrays (K; K*D; K*D diag, K spherical, K*D*D full, D*D
+ * tied), checked as a loaded model is. */
 static PyObject *py_model_new(PyObject *self, PyObject *args)
 {
     (void)self;

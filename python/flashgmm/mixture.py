@@ -98,7 +98,9 @@ class GaussianMixture(*_BASES):
     Parameters
     ----------
     n_components : int, K.
-    covariance_type : "diag" or "spherical".
+    covariance_type : "diag", "spherical", "full" (a D x D matrix per
+        component) or "tied" (one D x D matrix shared); covariances_ has
+        scikit-learn's shapes: (K, D), (K,), (K, D, D), (D, D).
     tol : convergence threshold on the change of the mean log-likelihood.
     reg_covar : added to every variance.
     max_iter : EM steps at most.
@@ -164,8 +166,8 @@ class GaussianMixture(*_BASES):
         k = self.n_components
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise ValueError(f"n_components must be an integer >= 1, not {k!r}")
-        if self.covariance_type not in ("diag", "spherical"):
-            raise ValueError("covariance_type must be 'diag' or 'spherical', not "
+        if self.covariance_type not in _COVARIANCES:
+            raise ValueError("covariance_type must be 'diag', 'spherical', 'full' or 'tied', not "
                              f"{self.covariance_type!r}")
         if not isinstance(self.max_iter, (int, np.integer)) or self.max_iter < 1:
             raise ValueError(f"max_iter must be an integer >= 1, not {self.max_iter!r}")
@@ -223,11 +225,16 @@ class GaussianMixture(*_BASES):
         given = [self.weights_init, self.means_init, self.precisions_init]
         if all(g is None for g in given):
             return None
-        var_shape = (k, d) if self.covariance_type == "diag" else (k,)
+        cov = self.covariance_type
         w = _given(self.weights_init, (k,), "weights_init")
         mu = _given(self.means_init, (k, d), "means_init")
-        prec = _given(self.precisions_init, var_shape, "precisions_init")
-        if prec is not None and not np.all(prec > 0):
+        prec = _given(self.precisions_init, _cov_shape(cov, k, d), "precisions_init")
+        if prec is not None and cov in ("full", "tied"):
+            try:
+                np.linalg.cholesky(prec)
+            except np.linalg.LinAlgError:
+                raise ValueError("precisions_init must be symmetric positive definite") from None
+        elif prec is not None and not np.all(prec > 0):
             raise ValueError("precisions_init must be positive")
         if w is not None and (np.any(w < 0) or not np.isclose(w.sum(), 1.0, atol=1e-6)):
             raise ValueError("weights_init must be non-negative and sum to 1")
@@ -237,11 +244,13 @@ class GaussianMixture(*_BASES):
                 1, 0.0, float(self.reg_covar), seed, 0, 20, None, True))
             w = w if w is not None else np.frombuffer(base["weights"])
             mu = mu if mu is not None else np.frombuffer(base["means"]).reshape(k, d)
-            var = 1.0 / prec if prec is not None else np.frombuffer(base["variances"])
+            var = (_inverse(cov, prec) if prec is not None
+                   else np.frombuffer(base["variances"]))
         else:
-            var = 1.0 / prec
+            var = _inverse(cov, prec)
         return _native.model_new(self.covariance_type, k, d, np.ascontiguousarray(w),
-                                 np.ascontiguousarray(mu), np.ascontiguousarray(var),
+                                 np.ascontiguousarray(mu),
+                                 np.ascontiguousarray(var, np.float64).ravel(),
                                  float(self.reg_covar))
 
     def _set_fitted(self, model):
@@ -250,9 +259,10 @@ class GaussianMixture(*_BASES):
         var = np.frombuffer(a["variances"]).copy()
         self.weights_ = np.frombuffer(a["weights"]).copy()
         self.means_ = np.frombuffer(a["means"]).copy().reshape(k, d)
-        self.covariances_ = var.reshape(k, d) if a["covariance"] == "diag" else var
-        self.precisions_ = 1.0 / self.covariances_
-        self.precisions_cholesky_ = 1.0 / np.sqrt(self.covariances_)
+        self._fitted_covariance = a["covariance"]
+        self.covariances_ = var.reshape(_cov_shape(a["covariance"], k, d))
+        self.precisions_ = _inverse(a["covariance"], self.covariances_)
+        self.precisions_cholesky_ = _precisions_cholesky(a["covariance"], self.covariances_)
         # Read-only: the C model is built from these arrays and cached by
         # their identity; replace an array (gm.means_ = ...) to change it.
         for arr in (self.weights_, self.means_, self.covariances_):
@@ -278,10 +288,10 @@ class GaussianMixture(*_BASES):
                                  "'fit' with appropriate arguments before using this estimator.")
         if getattr(self, "_model_handle", None) is None or self._model_key != self._parameter_key():
             k, d = self.means_.shape
-            cov = "diag" if np.ndim(self.covariances_) == 2 else "spherical"
-            m = _native.model_new(cov, k, d, np.ascontiguousarray(self.weights_, np.float64),
+            m = _native.model_new(self._covariance_kind(), k, d,
+                                  np.ascontiguousarray(self.weights_, np.float64),
                                   np.ascontiguousarray(self.means_, np.float64),
-                                  np.ascontiguousarray(self.covariances_, np.float64),
+                                  np.ascontiguousarray(self.covariances_, np.float64).ravel(),
                                   float(self.reg_covar))
             h = getattr(self, "_history", None)
             if h:
@@ -291,6 +301,12 @@ class GaussianMixture(*_BASES):
             self._model_handle = m
             self._model_key = self._parameter_key()
         return self._model_handle
+
+    def _covariance_kind(self):
+        """The covariance type of the fitted arrays (covariance_type
+        describes the next fit)."""
+        kind = getattr(self, "_fitted_covariance", None)
+        return kind if kind in _COVARIANCES else self.covariance_type
 
     def _scoring_source(self, X):
         model = self._handle()
@@ -342,7 +358,7 @@ class GaussianMixture(*_BASES):
         # logsumexp_B (l_B + log W_B) and the posterior of k is
         # exp(lresp_k + l_B + log W_B - log p(x)): every value from the same
         # passes, so each row sums to one.
-        cov = "diag" if np.ndim(self.covariances_) == 2 else "spherical"
+        cov = self._covariance_kind()
         blocks = []
         for b0 in range(0, k, _MAX_TOP_M):
             b1 = min(k, b0 + _MAX_TOP_M)
@@ -350,7 +366,9 @@ class GaussianMixture(*_BASES):
             total = wb.sum()
             sub = _native.model_new(cov, b1 - b0, d, np.ascontiguousarray(wb / total),
                                     np.ascontiguousarray(self.means_[b0:b1], np.float64),
-                                    np.ascontiguousarray(self.covariances_[b0:b1], np.float64),
+                                    np.ascontiguousarray(
+                                        self.covariances_ if cov == "tied"
+                                        else self.covariances_[b0:b1], np.float64).ravel(),
                                     float(self.reg_covar))
             m = b1 - b0
             idx = np.empty((n, m), dtype=np.int32)
@@ -365,7 +383,8 @@ class GaussianMixture(*_BASES):
 
     def _n_parameters(self):
         k, d = self.means_.shape
-        cov_params = k * d if np.ndim(self.covariances_) == 2 else k
+        cov_params = {"diag": k * d, "spherical": k, "full": k * d * (d + 1) // 2,
+                      "tied": d * (d + 1) // 2}[self._covariance_kind()]
         return int(cov_params + k * d + k - 1)
 
     def bic(self, X):
@@ -394,11 +413,17 @@ class GaussianMixture(*_BASES):
                else np.random.mtrand._rand if rs is None else np.random.RandomState(rs))
         counts = rng.multinomial(n_samples, self.weights_)
         k, d = self.means_.shape
-        sd = np.sqrt(self.covariances_)
-        if sd.ndim == 1:
-            sd = np.repeat(sd[:, None], d, axis=1)
-        X = np.vstack([self.means_[j] + rng.standard_normal((c, d)) * sd[j]
-                       for j, c in enumerate(counts)])
+        kind = self._covariance_kind()
+        if kind in ("full", "tied"):
+            covs = self.covariances_ if kind == "full" else [self.covariances_] * k
+            X = np.vstack([rng.multivariate_normal(self.means_[j], covs[j], c)
+                           for j, c in enumerate(counts)])
+        else:
+            sd = np.sqrt(self.covariances_)
+            if sd.ndim == 1:
+                sd = np.repeat(sd[:, None], d, axis=1)
+            X = np.vstack([self.means_[j] + rng.standard_normal((c, d)) * sd[j]
+                           for j, c in enumerate(counts)])
         y = np.concatenate([np.full(c, j, dtype=int) for j, c in enumerate(counts)])
         return X, y
 
@@ -406,7 +431,7 @@ class GaussianMixture(*_BASES):
 
     def save(self, path):
         """Writes the model directory the CLI writes (weights.npy, means.npy,
-        variances.npy, model.json; docs/formats.md). Refuses a path that
+        variances.npy or covariances.npy, model.json; docs/formats.md). Refuses a path that
         exists (ExistsError); writes a temporary name, then renames."""
         _native.model_save(self._handle(), os.fsdecode(path))
 
@@ -424,17 +449,17 @@ class GaussianMixture(*_BASES):
     @classmethod
     def from_sklearn(cls, gm, **params):
         """A fitted estimator from a fitted sklearn.mixture.GaussianMixture
-        of covariance_type "diag" or "spherical"."""
-        if gm.covariance_type not in ("diag", "spherical"):
-            raise ValueError("flashgmm models 'diag' and 'spherical' covariances, not "
-                             f"{gm.covariance_type!r}")
+        (any covariance_type)."""
+        if gm.covariance_type not in _COVARIANCES:
+            raise ValueError("flashgmm models 'diag', 'spherical', 'full' and 'tied' "
+                             f"covariances, not {gm.covariance_type!r}")
         out = cls(n_components=gm.n_components, covariance_type=gm.covariance_type,
                   tol=gm.tol, reg_covar=gm.reg_covar, max_iter=gm.max_iter, **params)
         k, d = gm.means_.shape
         out._set_fitted(_native.model_new(
             gm.covariance_type, k, d, np.ascontiguousarray(gm.weights_, np.float64),
             np.ascontiguousarray(gm.means_, np.float64),
-            np.ascontiguousarray(gm.covariances_, np.float64), float(gm.reg_covar)))
+            np.ascontiguousarray(gm.covariances_, np.float64).ravel(), float(gm.reg_covar)))
         out.converged_ = bool(getattr(gm, "converged_", False))
         out.n_iter_ = int(getattr(gm, "n_iter_", 0))
         out.lower_bound_ = float(getattr(gm, "lower_bound_", -np.inf))
@@ -444,20 +469,40 @@ class GaussianMixture(*_BASES):
         """The fitted model as a sklearn.mixture.GaussianMixture."""
         from sklearn.mixture import GaussianMixture as SkGaussianMixture
         self._handle()
-        gm = SkGaussianMixture(n_components=self.means_.shape[0],
-                               covariance_type=("diag" if np.ndim(self.covariances_) == 2
-                                                else "spherical"),
+        kind = self._covariance_kind()
+        gm = SkGaussianMixture(n_components=self.means_.shape[0], covariance_type=kind,
                                tol=self.tol, reg_covar=self.reg_covar, max_iter=self.max_iter)
         gm.weights_ = self.weights_.copy()
         gm.means_ = self.means_.copy()
         gm.covariances_ = self.covariances_.copy()
-        gm.precisions_ = 1.0 / gm.covariances_
-        gm.precisions_cholesky_ = 1.0 / np.sqrt(gm.covariances_)
+        gm.precisions_ = _inverse(kind, gm.covariances_)
+        gm.precisions_cholesky_ = _precisions_cholesky(kind, gm.covariances_)
         gm.converged_ = self.converged_
         gm.n_iter_ = self.n_iter_
         gm.lower_bound_ = self.lower_bound_
         gm.n_features_in_ = self.means_.shape[1]
         return gm
+
+
+_COVARIANCES = ("diag", "spherical", "full", "tied")
+
+
+def _cov_shape(kind, k, d):
+    return {"diag": (k, d), "spherical": (k,), "full": (k, d, d), "tied": (d, d)}[kind]
+
+
+def _inverse(kind, a):
+    """Precisions from covariances or back: matrix inverses for full and
+    tied, reciprocals otherwise."""
+    return np.linalg.inv(a) if kind in ("full", "tied") else 1.0 / a
+
+
+def _precisions_cholesky(kind, cov):
+    """scikit-learn's precisions_cholesky_: L^-T for cov = L L^T (full,
+    tied), 1 / sqrt(cov) otherwise."""
+    if kind not in ("full", "tied"):
+        return 1.0 / np.sqrt(cov)
+    return np.swapaxes(np.linalg.inv(np.linalg.cholesky(cov)), -1, -2)
 
 
 def _given(value, shape, name):

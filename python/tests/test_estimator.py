@@ -17,6 +17,9 @@ def _init(x, k, cov, seed=3):
     variance, equal weights."""
     rng = np.random.RandomState(seed)
     means = x[rng.choice(len(x), k, replace=False)].astype(np.float64)
+    if cov in ("full", "tied"):
+        prec = np.linalg.inv(np.cov(x.astype(np.float64), rowvar=False))
+        return np.full(k, 1.0 / k), means, prec if cov == "tied" else np.tile(prec, (k, 1, 1))
     var = np.tile(x.astype(np.float64).var(axis=0), (k, 1))
     if cov == "spherical":
         var = var.mean(axis=1)
@@ -28,7 +31,7 @@ def _rel(a, b):
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300)))
 
 
-@pytest.mark.parametrize("cov", ["diag", "spherical"])
+@pytest.mark.parametrize("cov", ["diag", "spherical", "full", "tied"])
 def test_same_start_same_fit_as_sklearn(small, cov):
     """Same data, same initial model, 10 steps: parameters and lower bound
     within 1e-6 relative of scikit-learn's float64 fit (the CPU engine's
@@ -50,6 +53,8 @@ def test_same_start_same_fit_as_sklearn(small, cov):
     assert np.max(np.abs(ours.means_ - sk.means_)) < 1e-6 * np.max(np.abs(sk.means_))
     assert _rel(ours.covariances_, sk.covariances_) < 1e-6
     assert _rel(ours.precisions_, sk.precisions_) < 1e-6
+    assert _rel(ours.precisions_cholesky_, sk.precisions_cholesky_) < 1e-6
+    assert ours.covariances_.shape == sk.covariances_.shape
     assert _rel(default.covariances_, sk.covariances_) < 1e-4
     # The same data scored both ways.
     assert _rel(ours.score_samples(small), sk.score_samples(small)) < 1e-5
@@ -129,8 +134,34 @@ def test_spherical_from_and_to_sklearn(small):
     gm = flashgmm.GaussianMixture.from_sklearn(sk, device="cpu")
     assert gm.covariances_.shape == (4,)
     np.testing.assert_allclose(gm.score_samples(small), sk.score_samples(small), rtol=1e-5)
-    with pytest.raises(ValueError, match="full"):
-        flashgmm.GaussianMixture.from_sklearn(SkGaussianMixture(2).fit(small[:50]))
+    bad = SkGaussianMixture(2).fit(small[:50])
+    bad.covariance_type = "banded"
+    with pytest.raises(ValueError, match="banded"):
+        flashgmm.GaussianMixture.from_sklearn(bad)
+
+
+@pytest.mark.parametrize("cov", ["full", "tied"])
+def test_matrix_covariances_from_to_sklearn_save_load(small, tmp_path, cov):
+    """A scikit-learn full or tied model scores, predicts, saves and loads
+    the same through flashgmm; sample draws from the matrices."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sk = SkGaussianMixture(4, covariance_type=cov, random_state=0).fit(small)
+    gm = flashgmm.GaussianMixture.from_sklearn(sk, device="cpu")
+    assert gm.covariances_.shape == sk.covariances_.shape
+    np.testing.assert_allclose(gm.score_samples(small), sk.score_samples(small), rtol=1e-5)
+    assert (gm.predict(small) == sk.predict(small)).mean() > 0.999
+    np.testing.assert_allclose(gm.predict_proba(small), sk.predict_proba(small), atol=1e-5)
+    gm.save(tmp_path / "m")
+    assert (tmp_path / "m" / "covariances.npy").exists()
+    back = flashgmm.GaussianMixture.load(tmp_path / "m", device="cpu")
+    assert np.array_equal(back.covariances_, gm.covariances_)
+    assert back.covariance_type == cov
+    np.testing.assert_allclose(back.to_sklearn().score_samples(small), sk.score_samples(small),
+                               rtol=1e-9)
+    x, y = back.sample(4000)
+    assert x.shape == (4000, small.shape[1])
+    assert abs(back.bic(small) - sk.bic(small)) < 1e-5 * abs(sk.bic(small))
 
 
 def test_sample(small):
