@@ -9,7 +9,9 @@
  * rows crossing PCIe every step on a GPU. Then one scoring pass (fgmm_score)
  * and the top-10 assignment pass (fgmm_assign). With "fit": fgmm_fit for ITERS steps, where the GPU row
  * cache (default budget) keeps the rows on the device after step 1; its
- * per-step lines go to stderr.
+ * per-step lines go to stderr. FGMM_BENCH_COVARIANCE=full|tied|spherical
+ * fits that covariance type instead of diag (GFLOP/s then counts
+ * 4*N*K*D^2 for full, as Flash-GMM's full-covariance kernel is counted).
  */
 #include "backends/fgmm_backends.h"
 #include "core/diagnostics.h"
@@ -91,17 +93,21 @@ int main(int argc, char **argv)
     fgmm_fit_params p;
     fgmm_fit_params_default(&p);
     p.k = (int)K;
+    const char *cv = getenv("FGMM_BENCH_COVARIANCE");
+    if (cv) CHECK(fgmm_covariance_parse(cv, &p.covariance, &err));
     /* FGMM_BENCH_REG_COVAR: a variance floor large enough that no component
      * is a spike the GPU hands to the CPU (FGMM_GPU_MAGNITUDE in fgmm.h). */
     const char *rc = getenv("FGMM_BENCH_REG_COVAR");
     if (rc) p.reg_covar = atof(rc);
-    p.init_sample = 65536 < N ? 65536 : N;
+    /* Full covariances need rows enough per component for D x D. */
+    const long sample = p.covariance == FGMM_COV_FULL ? 262144 : 65536;
+    p.init_sample = sample < N ? sample : N;
     fgmm_model *m;
     double t0 = now();
     CHECK(fgmm_initialize(e, src, &p, &m, &err));
     fprintf(stderr, "init %.2f s\n", now() - t0);
     fgmm_stats *s;
-    CHECK(fgmm_stats_create((int)K, (int)D, NULL, &s, &err));
+    CHECK(fgmm_stats_create_cov((int)K, (int)D, p.covariance, NULL, &s, &err));
     double *t = malloc(sizeof(double) * iters);
     double ll = 0;
     for (int it = 0; it < iters; it++) {
@@ -139,9 +145,11 @@ int main(int argc, char **argv)
     }
     qsort(t, iters, sizeof(double), cmp);
     double med = t[iters / 2];
-    printf("%s N=%ld K=%ld D=%ld %s: %.4f s/step  %.3g rows/s  %.1f GFLOP/s effective\n",
-           fgmm_engine_device_name(e), N, K, D, u8 ? "uint8" : "float32", med, N / med,
-           8.0 * N * K * D / med / 1e9);
+    const double flops =
+        p.covariance == FGMM_COV_FULL ? 4.0 * N * K * D * D : 8.0 * N * K * D;
+    printf("%s N=%ld K=%ld D=%ld %s %s: %.4f s/step  %.3g rows/s  %.1f GFLOP/s effective\n",
+           fgmm_engine_device_name(e), N, K, D, u8 ? "uint8" : "float32",
+           fgmm_covariance_name(p.covariance), med, N / med, flops / med / 1e9);
     printf("%s N=%ld K=%ld D=%ld %s: scoring (log-likelihoods only) %.4f s (%.3g rows/s)\n",
            fgmm_engine_device_name(e), N, K, D, u8 ? "uint8" : "float32", tscore, N / tscore);
     printf("%s N=%ld K=%ld D=%ld %s: top-10 assignment %.4f s (%.3g rows/s, %ld rows)\n",

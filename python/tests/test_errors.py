@@ -41,7 +41,7 @@ def test_shapes_and_types(small):
 
 @pytest.mark.parametrize("params,match", [
     (dict(n_components=0), "n_components"),
-    (dict(covariance_type="full"), "covariance_type"),
+    (dict(covariance_type="banded"), "covariance_type"),
     (dict(tol=-1.0), "tol"),
     (dict(reg_covar=float("nan")), "reg_covar"),
     (dict(max_iter=0), "max_iter"),

@@ -53,7 +53,9 @@ def test_same_start_same_fit_as_sklearn(small, cov):
     assert np.max(np.abs(ours.means_ - sk.means_)) < 1e-6 * np.max(np.abs(sk.means_))
     assert _rel(ours.covariances_, sk.covariances_) < 1e-6
     assert _rel(ours.precisions_, sk.precisions_) < 1e-6
-    assert _rel(ours.precisions_cholesky_, sk.precisions_cholesky_) < 1e-6
+    # Normwise: the factors' zeros above the diagonal have no relative error.
+    assert (np.max(np.abs(ours.precisions_cholesky_ - sk.precisions_cholesky_))
+            < 1e-6 * np.max(np.abs(sk.precisions_cholesky_)))
     assert ours.covariances_.shape == sk.covariances_.shape
     assert _rel(default.covariances_, sk.covariances_) < 1e-4
     # The same data scored both ways.
@@ -157,8 +159,9 @@ def test_matrix_covariances_from_to_sklearn_save_load(small, tmp_path, cov):
     back = flashgmm.GaussianMixture.load(tmp_path / "m", device="cpu")
     assert np.array_equal(back.covariances_, gm.covariances_)
     assert back.covariance_type == cov
+    # means.npy holds float32 means: the loaded model scores to ~1e-7.
     np.testing.assert_allclose(back.to_sklearn().score_samples(small), sk.score_samples(small),
-                               rtol=1e-9)
+                               rtol=1e-6)
     x, y = back.sample(4000)
     assert x.shape == (4000, small.shape[1])
     assert abs(back.bic(small) - sk.bic(small)) < 1e-5 * abs(sk.bic(small))
