@@ -78,6 +78,7 @@ typedef struct {
     int32_t *out_idx;
     float *out_lresp, *out_ll;
     cpu_kmeans *km; /* k-means state, made on first use */
+    int tile_n; /* full_chunk: the current tile's rows */
     /* Tied covariance: b[k] = f (mu_k - shift) (K x D) and |b_k|^2 (K). */
     double *tied_b, *tied_bb;
     int tied_cap;
@@ -171,9 +172,9 @@ static fgmm_status cpu_begin_pass(void *self, const fgmm_estep_params *p, fgmm_e
             (size_t)(sizeof(double) * (((double)2 * p->d + 1) * (double)p->k + scatter));
         size_t fit = LANE_STATS_BUDGET / stats_bytes;
         int lanes = (size_t)LANES > fit ? (fit > 0 ? (int)fit : 1) : LANES;
-        /* Full covariances past the budget: two lanes still, so two threads
-         * share the work (2 x K x D^2 doubles). */
-        if (lanes < 2 && layout == FGMM_COV_FULL) lanes = 2;
+        /* Full covariance: one set of statistics, the threads sharing each
+         * tile's components instead (full_accumulate). */
+        if (layout == FGMM_COV_FULL) lanes = 1;
         b->lane = calloc((size_t)lanes, sizeof(fgmm_stats *));
         if (!b->lane) {
             free_threads(b);
@@ -215,18 +216,48 @@ static fgmm_status cpu_begin_pass(void *self, const fgmm_estep_params *p, fgmm_e
 /* Full and tied covariances: t->l = -|f_k (x - mu_k)|^2 / 2 for the tile
  * of n rows at chunk row r0, in double; t->a keeps the rows (n x D) and,
  * for tied, t->yc the rows minus the shift. c[k] not yet added. */
-static void matrix_logits(cpu_backend *b, cpu_thread *t, int64_t r0, int n)
+/* The tile's rows in double into t->a (n x D). */
+static void tile_rows(cpu_backend *b, cpu_thread *t, int64_t r0, int n)
 {
-    const fgmm_estep_params *p = b->p;
     const fgmm_chunk *c = b->chunk;
-    const int K = p->k, D = p->d;
-    const size_t DD = (size_t)D * D;
-    double *x = t->a, *z = t->z, *l = t->l;
+    const int D = b->p->d;
     for (int i = 0; i < n; i++) {
         fgmm_convert_row(c->dtype, (const char *)c->rows + (size_t)(r0 + i) * c->row_stride,
                          (size_t)D, t->x);
-        for (int j = 0; j < D; j++) x[(size_t)i * D + j] = t->x[j];
+        for (int j = 0; j < D; j++) t->a[(size_t)i * D + j] = t->x[j];
     }
+}
+
+/* Full covariance: logits of components [k0, k1) for the n rows in
+ * rows->a, into rows->l, with t->z as scratch. */
+static void full_logits(cpu_backend *b, const cpu_thread *rows, cpu_thread *t, int k0, int k1,
+                        int n)
+{
+    const fgmm_estep_params *p = b->p;
+    const int K = p->k, D = p->d;
+    const size_t DD = (size_t)D * D;
+    const double *x = rows->a;
+    double *z = t->z, *l = rows->l;
+    for (int k = k0; k < k1; k++) {
+        const double *mu = p->means + (size_t)k * D;
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < D; j++) z[(size_t)i * D + j] = x[(size_t)i * D + j] - mu[j];
+        cblas_dtrmm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, n, D, 1.0,
+                    p->factor + (size_t)k * DD, D, z, D);
+        for (int i = 0; i < n; i++) {
+            double s = 0;
+            for (int j = 0; j < D; j++) s += z[(size_t)i * D + j] * z[(size_t)i * D + j];
+            l[(size_t)i * K + k] = -0.5 * s;
+        }
+    }
+}
+
+static void matrix_logits(cpu_backend *b, cpu_thread *t, int64_t r0, int n)
+{
+    const fgmm_estep_params *p = b->p;
+    const int K = p->k, D = p->d;
+    double *x = t->a, *z = t->z, *l = t->l;
+    tile_rows(b, t, r0, n);
     if (p->cov == FGMM_COV_TIED) {
         /* |f (x - mu_k)|^2 = |z|^2 - 2 z.b_k + |b_k|^2 with z = f (x - shift):
          * one D x D product per row instead of K. */
@@ -244,36 +275,29 @@ static void matrix_logits(cpu_backend *b, cpu_thread *t, int64_t r0, int n)
         }
         return;
     }
-    for (int k = 0; k < K; k++) {
-        const double *mu = p->means + (size_t)k * D;
-        for (int i = 0; i < n; i++)
-            for (int j = 0; j < D; j++) z[(size_t)i * D + j] = x[(size_t)i * D + j] - mu[j];
-        cblas_dtrmm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, n, D, 1.0,
-                    p->factor + (size_t)k * DD, D, z, D);
-        for (int i = 0; i < n; i++) {
-            double s = 0;
-            for (int j = 0; j < D; j++) s += z[(size_t)i * D + j] * z[(size_t)i * D + j];
-            l[(size_t)i * K + k] = -0.5 * s;
-        }
-    }
+    full_logits(b, t, t, 0, K, n);
 }
 
 /* Full and tied covariances: the tile's statistics from its
- * responsibilities (t->l) in double (fgmm_stats's layouts). */
-static void matrix_stats(cpu_backend *b, cpu_thread *t, fgmm_stats *st, int n)
+ * responsibilities (t->l) in double (fgmm_stats's layouts); full: of
+ * components [k0, k1) only, from the rows and responsibilities in rows,
+ * with t's scratch. */
+static void matrix_stats_of(cpu_backend *b, const cpu_thread *rows, cpu_thread *t, fgmm_stats *st,
+                            int k0, int k1, int n)
 {
     const fgmm_estep_params *p = b->p;
     const int K = p->k, D = p->d;
     const size_t DD = (size_t)D * D;
     double *sums = fgmm_stats_sums(st), *scatter = fgmm_stats_scatter(st);
-    const double *x = t->a, *l = t->l;
+    const double *x = rows->a, *l = rows->l;
     if (p->cov == FGMM_COV_TIED) {
-        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, D, n, 1.0, l, K, t->yc, D, 1.0,
+        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, D, n, 1.0, l, K, rows->yc, D, 1.0,
                     sums, 2 * D);
-        cblas_dsyrk(CblasRowMajor, CblasLower, CblasTrans, D, n, 1.0, t->yc, D, 1.0, scatter, D);
+        cblas_dsyrk(CblasRowMajor, CblasLower, CblasTrans, D, n, 1.0, rows->yc, D, 1.0, scatter,
+                    D);
         return;
     }
-    for (int k = 0; k < K; k++) {
+    for (int k = k0; k < k1; k++) {
         /* A component no row of the tile reaches (every r below 1e-250)
          * adds less than 1e-240 to sums of order 1 and more: skipped. */
         double rmax = 0;
@@ -292,6 +316,11 @@ static void matrix_stats(cpu_backend *b, cpu_thread *t, fgmm_stats *st, int n)
         cblas_dsyrk(CblasRowMajor, CblasLower, CblasTrans, D, n, 1.0, z, D, 1.0,
                     scatter + (size_t)k * DD, D);
     }
+}
+
+static void matrix_stats(cpu_backend *b, cpu_thread *t, fgmm_stats *st, int k0, int k1, int n)
+{
+    matrix_stats_of(b, t, t, st, k0, k1, n);
 }
 
 /* t->l = [y, y^2] W for the tile of n rows at chunk row r0 (t->a keeps
@@ -340,12 +369,14 @@ static double add_c_max(double *l, const double *c, int K)
 }
 
 /* One tile of n rows starting at chunk row r0, summed into st. */
-static void cpu_tile(cpu_backend *b, cpu_thread *t, fgmm_stats *st, int64_t r0, int n)
+/* The tile's rows' log-sum-exp over t->l (logits without c): their
+ * responsibilities in place (unless scoring), nk, log-likelihoods, and
+ * the rows offered as re-seeding candidates. */
+static void tile_lse(cpu_backend *b, cpu_thread *t, fgmm_stats *st, int64_t r0, int n)
 {
     const fgmm_estep_params *p = b->p;
     const fgmm_chunk *c = b->chunk;
-    const int K = p->k, D2 = 2 * p->d;
-    tile_logits(b, t, r0, n);
+    const int K = p->k;
     double *nk = fgmm_stats_nk(st);
     double ll_sum = 0;
     for (int i = 0; i < n; i++) {
@@ -372,9 +403,17 @@ static void cpu_tile(cpu_backend *b, cpu_thread *t, fgmm_stats *st, int64_t r0, 
         if (b->per_row_ll) b->per_row_ll[r0 + i] = (float)ll;
     }
     fgmm_stats_add_loglik(st, ll_sum, n);
+}
+
+static void cpu_tile(cpu_backend *b, cpu_thread *t, fgmm_stats *st, int64_t r0, int n)
+{
+    const fgmm_estep_params *p = b->p;
+    const int K = p->k, D2 = 2 * p->d;
+    tile_logits(b, t, r0, n);
+    tile_lse(b, t, st, r0, n);
     if (p->loglik_only) return; /* scoring: no statistics product */
     if (b->layout != FGMM_COV_DIAG) {
-        matrix_stats(b, t, st, n);
+        matrix_stats(b, t, st, 0, p->k, n);
         return;
     }
     /* sums[K x 2D] += R^T [y, y^2]: in float (sgemm runs at 1.6x dgemm's
@@ -421,6 +460,49 @@ static int chunk_lanes(const cpu_backend *b, int64_t n)
     return tiles < b->lanes ? (int)tiles : b->lanes;
 }
 
+static void assign_rows(cpu_backend *b, cpu_thread *t, int64_t r0, int n);
+
+/* Full covariance: a tile's K products of D x D dominate, so the threads
+ * share each tile's components, FULL_BLOCK at a time, rather than tiles:
+ * one set of statistics (K D^2 doubles) instead of one per lane, and each
+ * component's sums still run in row order, whoever computes them. */
+#define FULL_BLOCK 4
+
+static void full_logits_item(int item, int worker, void *arg)
+{
+    cpu_backend *b = arg;
+    const int k0 = item * FULL_BLOCK, k1 = k0 + FULL_BLOCK < b->k ? k0 + FULL_BLOCK : b->k;
+    full_logits(b, &b->t[0], &b->t[worker], k0, k1, b->tile_n);
+}
+
+static void full_stats_item(int item, int worker, void *arg)
+{
+    cpu_backend *b = arg;
+    const int k0 = item * FULL_BLOCK, k1 = k0 + FULL_BLOCK < b->k ? k0 + FULL_BLOCK : b->k;
+    matrix_stats_of(b, &b->t[0], &b->t[worker], b->lane[0], k0, k1, b->tile_n);
+}
+
+/* The chunk's tiles in order: rows (caller), logits (shared), log-sum-exp
+ * (caller), then statistics or top-m. */
+static void full_chunk(cpu_backend *b, int assign)
+{
+    const int64_t n = b->chunk->n_rows;
+    const int items = (b->k + FULL_BLOCK - 1) / FULL_BLOCK;
+    cpu_thread *t0 = &b->t[0];
+    for (int64_t r0 = 0; r0 < n; r0 += TILE_ROWS) {
+        const int nt = (int)(n - r0 < TILE_ROWS ? n - r0 : TILE_ROWS);
+        tile_rows(b, t0, r0, nt);
+        b->tile_n = nt;
+        fgmm_pool_run(b->pool, items, b->workers, full_logits_item, b);
+        if (assign) {
+            assign_rows(b, t0, r0, nt);
+            continue;
+        }
+        tile_lse(b, t0, b->lane[0], r0, nt);
+        if (!b->p->loglik_only) fgmm_pool_run(b->pool, items, b->workers, full_stats_item, b);
+    }
+}
+
 static fgmm_status cpu_accumulate(void *self, const fgmm_chunk *c, float *per_row_ll,
                                   fgmm_error *err)
 {
@@ -428,6 +510,10 @@ static fgmm_status cpu_accumulate(void *self, const fgmm_chunk *c, float *per_ro
     if (!b->p) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "accumulate: no pass in progress");
     b->chunk = c;
     b->per_row_ll = per_row_ll;
+    if (b->layout == FGMM_COV_FULL) {
+        full_chunk(b, 0);
+        return FGMM_OK;
+    }
     fgmm_pool_run(b->pool, chunk_lanes(b, c->n_rows), b->workers, cpu_lane, b);
     return FGMM_OK;
 }
@@ -435,12 +521,10 @@ static fgmm_status cpu_accumulate(void *self, const fgmm_chunk *c, float *per_ro
 /* Top-m of one tile: logits in double, then per row a log-sum-exp and an
  * insertion into a sorted list (strictly larger replaces, candidates in
  * index order: ties keep the smaller index). */
-static void assign_tile(cpu_backend *b, cpu_thread *t, fgmm_stats *st, int64_t r0, int n)
+static void assign_rows(cpu_backend *b, cpu_thread *t, int64_t r0, int n)
 {
-    (void)st; /* assignment sums nothing */
     const fgmm_estep_params *p = b->p;
     const int K = p->k, m = b->top_m;
-    tile_logits(b, t, r0, n);
     for (int i = 0; i < n; i++) {
         double *l = t->l + (size_t)i * K;
         double mx = add_c_max(l, p->c, K);
@@ -476,6 +560,13 @@ static void assign_tile(cpu_backend *b, cpu_thread *t, fgmm_stats *st, int64_t r
     }
 }
 
+static void assign_tile(cpu_backend *b, cpu_thread *t, fgmm_stats *st, int64_t r0, int n)
+{
+    (void)st; /* assignment sums nothing */
+    tile_logits(b, t, r0, n);
+    assign_rows(b, t, r0, n);
+}
+
 static void assign_lane(int lane, int worker, void *arg)
 {
     deal_tiles(arg, lane, worker, assign_tile);
@@ -502,6 +593,10 @@ static fgmm_status cpu_assign(void *self, const fgmm_chunk *c, int m, int32_t *i
     b->out_idx = idx;
     b->out_lresp = lresp;
     b->out_ll = ll;
+    if (b->layout == FGMM_COV_FULL) {
+        full_chunk(b, 1);
+        return FGMM_OK;
+    }
     fgmm_pool_run(b->pool, chunk_lanes(b, c->n_rows), b->workers, assign_lane, b);
     return FGMM_OK;
 }
