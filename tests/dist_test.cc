@@ -268,7 +268,8 @@ TEST(DistNccl, SaysWhatIsMissing)
 // Ranks as threads of this process: G = 1, 2, 3 CPU engines agree with a
 // fit without a reducer, and a repeat gives the same bits.
 std::vector<double> fit_local(const float *x, int64_t n, int d, int k, int iters, uint64_t seed,
-                              int ranks, std::vector<double> *loglik)
+                              int ranks, std::vector<double> *loglik,
+                              fgmm_covariance cov = FGMM_COV_DIAG)
 {
     fgmm_error err{};
     std::vector<fgmm_engine *> e(ranks);
@@ -280,6 +281,7 @@ std::vector<double> fit_local(const float *x, int64_t n, int d, int k, int iters
     fgmm_fit_params p;
     fgmm_fit_params_default(&p);
     p.k = k;
+    p.covariance = cov;
     p.tol = 0;
     p.seed = seed;
     p.max_iter = iters;
@@ -350,6 +352,39 @@ TEST(DistGroup, ThreadRanksAgreeAndRepeatBitForBit)
     printf("threads: 2 ranks differ by %.3g, 3 by %.3g (relative)\n", diff2 / scale, diff3 / scale);
     EXPECT_LE(diff2, 1e-9 * scale);
     EXPECT_LE(diff3, 1e-9 * scale);
+    free(x);
+}
+
+// Full and tied statistics (scatter matrices, per-component shifts) go
+// through the same reduction: 2 and 3 ranks agree with 1, and repeat.
+TEST(DistGroup, FullAndTiedRanksAgree)
+{
+    uint64_t seed = fresh_seed();
+    printf("seed %llu\n", (unsigned long long)seed);
+    const int64_t n = 3400;
+    const int d = 4, k = 4, iters = 6;
+    float *x = dist_test_data(seed, n, d, k);
+    ASSERT_NE(x, nullptr);
+    for (fgmm_covariance cov : {FGMM_COV_FULL, FGMM_COV_TIED}) {
+        SCOPED_TRACE(fgmm_covariance_name(cov));
+        std::vector<double> l1, l2, l3, l3b;
+        std::vector<double> p1 = fit_local(x, n, d, k, iters, seed, 1, &l1, cov);
+        std::vector<double> p2 = fit_local(x, n, d, k, iters, seed, 2, &l2, cov);
+        std::vector<double> p3 = fit_local(x, n, d, k, iters, seed, 3, &l3, cov);
+        std::vector<double> p3b = fit_local(x, n, d, k, iters, seed, 3, &l3b, cov);
+        ASSERT_EQ(p1.size(), (size_t)(k + k * d + (cov == FGMM_COV_FULL ? k : 1) * d * d));
+        EXPECT_EQ(p3b, p3);
+        double scale = 0, diff = 0;
+        for (size_t i = 0; i < p1.size(); i++) {
+            scale = std::fmax(scale, std::fabs(p1[i]));
+            diff = std::fmax(diff, std::fmax(std::fabs(p2[i] - p1[i]), std::fabs(p3[i] - p1[i])));
+        }
+        printf("%s: 2 and 3 ranks differ from 1 by %.3g (relative)\n", fgmm_covariance_name(cov),
+               diff / scale);
+        EXPECT_LE(diff, 1e-9 * scale);
+        for (int i = 0; i < iters; i++)
+            EXPECT_LE(std::fabs(l3[i] - l1[i]), 1e-12 * std::fabs(l1[i])) << "step " << i;
+    }
     free(x);
 }
 
