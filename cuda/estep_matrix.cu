@@ -5,7 +5,8 @@
  * A batch is cut into sub-batches of rows whose K logits fit the logits
  * buffer; for each:
  *   logits  per (row tile, component): z = F_k (x - mu_k), l = c_k - |z|^2/2,
- *           a 64-row x 128-column register-tiled product with F_k (lower
+ *           a 128-row x 128-column register-tiled product (8 x 8 per
+ *           thread) with F_k (lower
  *           triangular, D x D; tied: one F for every component) staged
  *           through shared memory. A sum of squares: nothing cancels, so
  *           fp32 keeps the logit to ~1e-6 relative.
@@ -28,7 +29,8 @@
 
 #include "cuda/context.h"
 
-#define MX_TR 64      /* logits: rows per block */
+#define MX_TR 128     /* logits: rows per block */
+#define MX_MR 8       /* logits: rows per thread (MX_TR / 16) */
 #define MX_JB 128     /* logits: z columns per block pass */
 #define MX_IC 32      /* logits: inner dimension staged per step */
 #define MX_G 32       /* stats: rows per group */
@@ -90,11 +92,12 @@ __global__ void __launch_bounds__(MX_THREADS)
     const int t = threadIdx.x, k = blockIdx.y;
     const int64_t row0 = (int64_t)blockIdx.x * MX_TR;
     const float *Fk = F + (size_t)k * f_stride, *mk = m + (size_t)k * d;
-    const int ty = t / 16, tx = t % 16; /* rows ty*4 .. +3, columns tx + 16 v */
-    float q[4] = {0.f, 0.f, 0.f, 0.f};
+    const int ty = t / 16, tx = t % 16; /* rows ty*MX_MR .., columns tx + 16 v */
+    float q[MX_MR];
+    for (int u = 0; u < MX_MR; u++) q[u] = 0.f;
     for (int jb = 0; jb < d; jb += MX_JB) {
-        float acc[4][8];
-        for (int u = 0; u < 4; u++)
+        float acc[MX_MR][8];
+        for (int u = 0; u < MX_MR; u++)
             for (int v = 0; v < 8; v++) acc[u][v] = 0.f;
         const int iend = d < jb + MX_JB ? d : jb + MX_JB; /* F is lower triangular */
         for (int i0 = 0; i0 < iend; i0 += MX_IC) {
@@ -113,23 +116,23 @@ __global__ void __launch_bounds__(MX_THREADS)
             __syncthreads();
 #pragma unroll 8
             for (int ii = 0; ii < MX_IC; ii++) {
-                float a[4], b[8];
-                for (int u = 0; u < 4; u++) a[u] = ys[ii][ty * 4 + u];
+                float a[MX_MR], b[8];
+                for (int u = 0; u < MX_MR; u++) a[u] = ys[ii][ty * MX_MR + u];
                 for (int v = 0; v < 8; v++) b[v] = fs[ii][tx + 16 * v];
-                for (int u = 0; u < 4; u++)
+                for (int u = 0; u < MX_MR; u++)
                     for (int v = 0; v < 8; v++) acc[u][v] = fmaf(a[u], b[v], acc[u][v]);
             }
             __syncthreads();
         }
-        for (int u = 0; u < 4; u++)
+        for (int u = 0; u < MX_MR; u++)
             for (int v = 0; v < 8; v++) q[u] = fmaf(acc[u][v], acc[u][v], q[u]);
     }
     /* The 16 threads of a row group are 16 consecutive lanes. */
-    for (int u = 0; u < 4; u++)
+    for (int u = 0; u < MX_MR; u++)
         for (int o = 8; o > 0; o >>= 1) q[u] += __shfl_xor_sync(0xffffffffu, q[u], o);
     if (tx == 0)
-        for (int u = 0; u < 4; u++) {
-            const int64_t row = row0 + ty * 4 + u;
+        for (int u = 0; u < MX_MR; u++) {
+            const int64_t row = row0 + ty * MX_MR + u;
             if (row < n) l[(size_t)row * K + k] = c[k] - 0.5f * q[u];
         }
 }
