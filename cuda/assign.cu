@@ -73,20 +73,7 @@ __global__ void __launch_bounds__(SIMT_NT) topm_kernel(fgmmc_batch b, int m, int
             float *tv = topv + tid * m;
             int *ti = topi + tid * m;
             int kn = K - k0 < T_TN ? K - k0 : T_TN;
-            for (int nn = 0; nn < kn; nn++) {
-                float v = L[tid][nn];
-                if (count == m && !(v > tv[m - 1])) continue;
-                /* Insert: shift the smaller entries down by one. */
-                int p = count < m ? count : m - 1;
-                while (p > 0 && v > tv[p - 1]) {
-                    tv[p] = tv[p - 1];
-                    ti[p] = ti[p - 1];
-                    p--;
-                }
-                tv[p] = v;
-                ti[p] = k0 + nn;
-                if (count < m) count++;
-            }
+            for (int nn = 0; nn < kn; nn++) topm_insert(tv, ti, count, m, L[tid][nn], k0 + nn);
         }
     }
 

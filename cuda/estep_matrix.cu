@@ -77,8 +77,6 @@ void fgmmc_estep_matrix_plan(int k, int d, int64_t n, int sm_count, int tied, fg
     plan->partial_elems = (size_t)k * splits * part_elems(d, !tied) +
                           (tied ? (size_t)splits * part_elems(d, 1) : 0);
     plan->slices = entry_blocks(d);
-    plan->kb = 0;
-    plan->fused = 0;
 }
 
 /* ------------------------------------------------------------ kernels */
@@ -269,10 +267,10 @@ __global__ void __launch_bounds__(MX_THREADS)
     }
 }
 
-/* The partials of `comps` components into the accumulators, splits in
+/* The partials of gridDim.y components into the accumulators, splits in
  * order: acc (k*(2d+1): sums, then nk at 2d) when acc is not NULL, and the
  * triangle into scatter (D x D per component, lower part) when not NULL. */
-__global__ void mx_reduce_kernel(const double *part, int comps, int splits, int d, int has_tri,
+__global__ void mx_reduce_kernel(const double *part, int splits, int d, int has_tri,
                                  double *acc, double *scatter, int scatter_per_comp)
 {
     const int k = blockIdx.y;
@@ -292,7 +290,6 @@ __global__ void mx_reduce_kernel(const double *part, int comps, int splits, int 
             scatter[(scatter_per_comp ? (size_t)k * d * d : 0) + (size_t)a * d + b] += s;
         }
     }
-    (void)comps;
 }
 
 __global__ void mx_ll_sum_kernel(const double *block_ll, int nb, double *acc_ll)
@@ -304,8 +301,7 @@ __global__ void mx_ll_sum_kernel(const double *block_ll, int nb, double *acc_ll)
     }
 }
 
-/* Top-m of the logits of n rows (one thread per row, insertion into a
- * sorted list: strictly larger replaces, so ties keep the smaller index);
+/* Top-m of the logits of n rows (one thread per row, topm_insert);
  * log-responsibilities against ll. */
 __global__ void mx_topm_kernel(const float *l, int64_t n, int K, int m, const float *ll,
                                int *out_idx, float *out_lresp)
@@ -316,19 +312,7 @@ __global__ void mx_topm_kernel(const float *l, int64_t n, int K, int m, const fl
     int ti[FGMMC_MAX_TOPM];
     int count = 0;
     const float *lr = l + (size_t)row * K;
-    for (int k = 0; k < K; k++) {
-        const float v = lr[k];
-        if (count == m && !(v > tv[m - 1])) continue;
-        int q = count < m ? count : m - 1;
-        while (q > 0 && v > tv[q - 1]) {
-            tv[q] = tv[q - 1];
-            ti[q] = ti[q - 1];
-            q--;
-        }
-        tv[q] = v;
-        ti[q] = k;
-        if (count < m) count++;
-    }
+    for (int k = 0; k < K; k++) topm_insert(tv, ti, count, m, lr[k], k);
     for (int j = 0; j < m; j++) {
         out_idx[(size_t)row * m + j] = j < count ? ti[j] : -1;
         out_lresp[(size_t)row * m + j] = j < count ? tv[j] - ll[row] : -INFINITY;
@@ -403,7 +387,7 @@ fgmm_status fgmmc_estep_matrix_launch(const fgmmc_batch *b, const fgmmc_plan *pl
         FGMMC_CHECK_LAUNCH("mx_stats_kernel", err);
         const size_t pe = part_elems(D, full);
         dim3 gr((unsigned)((pe + 255) / 256), (unsigned)K);
-        mx_reduce_kernel<<<gr, 256, 0, s>>>(b->partials, K, plan.splits, D, full, b->acc,
+        mx_reduce_kernel<<<gr, 256, 0, s>>>(b->partials, plan.splits, D, full, b->acc,
                                             full ? b->mx_scatter : NULL, 1);
         FGMMC_CHECK_LAUNCH("mx_reduce_kernel", err);
         if (full) continue;
@@ -415,7 +399,7 @@ fgmm_status fgmmc_estep_matrix_launch(const fgmmc_batch *b, const fgmmc_plan *pl
         FGMMC_CHECK_LAUNCH("mx_stats_kernel (tied scatter)", err);
         const size_t pe2 = part_elems(D, 1);
         dim3 gr2((unsigned)((pe2 + 255) / 256), 1u);
-        mx_reduce_kernel<<<gr2, 256, 0, s>>>(p2, 1, plan.splits, D, 1, NULL, b->mx_scatter, 0);
+        mx_reduce_kernel<<<gr2, 256, 0, s>>>(p2, plan.splits, D, 1, NULL, b->mx_scatter, 0);
         FGMMC_CHECK_LAUNCH("mx_reduce_kernel (tied scatter)", err);
     }
     return FGMM_OK;

@@ -124,6 +124,24 @@ static __device__ __forceinline__ float load_y(const void *x, int dtype, size_t 
     return __fsub_rn(v, shift);
 }
 
+/* Offers (v, k) to a top-m list of count entries, best first: an entry
+ * strictly larger goes ahead, so of equal values the one offered first
+ * (the smaller index) stays ahead. */
+static __device__ __forceinline__ void topm_insert(float *tv, int *ti, int &count, int m, float v,
+                                                   int k)
+{
+    if (count == m && !(v > tv[m - 1])) return;
+    int p = count < m ? count : m - 1;
+    while (p > 0 && v > tv[p - 1]) {
+        tv[p] = tv[p - 1];
+        ti[p] = ti[p - 1];
+        p--;
+    }
+    tv[p] = v;
+    ti[p] = k;
+    if (count < m) count++;
+}
+
 /* One step j of the logit chains of a thread's MI x NJ micro-tile:
  * ys -> y_j of the thread's first row (rows LY apart), w1/w2 -> w of its
  * first component (components LX apart). Explicit _rn intrinsics: the

@@ -103,6 +103,42 @@ static fgmm_status stiff_upload(fgmmc_context *ctx, fgmm_error *err)
     return FGMM_OK;
 }
 
+/* What every pass's start does first: no pass is open (results of an
+ * abandoned pass's assignment are never delivered, their destinations may
+ * be gone) and the context's device is current. */
+static fgmm_status close_pass(fgmmc_context *ctx, fgmm_error *err)
+{
+    ctx->in_pass = 0;
+    ctx->matrix = 0;
+    memset(ctx->topm_pend, 0, sizeof ctx->topm_pend);
+    FGMMC_CHECK(cudaSetDevice(ctx->device), err);
+    return FGMM_OK;
+}
+
+/* Before a pass's terms are written into h_param: the previous pass's
+ * upload from it or download into it is done, and nothing of that pass
+ * is staged (its per-row destinations may be gone). */
+static fgmm_status idle_staging(fgmmc_context *ctx, fgmm_error *err)
+{
+    FGMMC_CHECK(cudaStreamSynchronize(ctx->stream), err);
+    fgmmc_llq_reset(&ctx->llq);
+    ctx->fill_rows = 0;
+    ctx->batch_cap = 0;
+    ctx->st_np = 0;
+    ctx->st_nc = 0;
+    return FGMM_OK;
+}
+
+/* The pass is open over k components of d dimensions. */
+static void open_pass(fgmmc_context *ctx, int k, int d, int ll_only)
+{
+    ctx->k = k;
+    ctx->d = d;
+    ctx->cache_filling = ctx->pass_cached = 0;
+    ctx->ll_only = ll_only != 0;
+    ctx->in_pass = 1;
+}
+
 static fgmm_status begin(fgmmc_context *ctx, int k, int d, const double *w, const double *c,
                          const double *shift, const unsigned char *stiff, fgmm_error *err)
 {
@@ -115,15 +151,10 @@ static fgmm_status begin(fgmmc_context *ctx, int k, int d, const double *w, cons
                           FGMMC_MAX_D);
     if (!w || !c || !shift)
         return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmmc_begin_pass: w, c and shift must be non-NULL");
-    ctx->in_pass = 0;
-    ctx->matrix = 0;
-    /* Results of an abandoned pass's assignment are never delivered: their
-     * destinations may be gone. */
-    memset(ctx->topm_pend, 0, sizeof ctx->topm_pend);
-    FGMMC_CHECK(cudaSetDevice(ctx->device), err);
+    fgmm_status st = close_pass(ctx, err);
+    if (st) return st;
 
     size_t nw = (size_t)2 * d * k, per = (size_t)k * (2 * (size_t)d + 1);
-    fgmm_status st;
     if ((st = DEV_RESERVE(ctx, ctx->d_w, ctx->cap_w, nw * sizeof(float), "w", err)) ||
         (st = DEV_RESERVE(ctx, ctx->d_c, ctx->cap_c, (size_t)k * sizeof(float), "c", err)) ||
         (st = DEV_RESERVE(ctx, ctx->d_shift, ctx->cap_shift, (size_t)d * sizeof(float), "shift",
@@ -137,16 +168,7 @@ static fgmm_status begin(fgmmc_context *ctx, int k, int d, const double *w, cons
                                                                     : (per + 1) * sizeof(double),
                            "parameter staging", err)))
         return st;
-    /* h_param may still be the source of the previous pass's upload or
-     * the target of its download. */
-    FGMMC_CHECK(cudaStreamSynchronize(ctx->stream), err);
-    /* Log-likelihoods of an abandoned pass: their destinations may be gone. */
-    fgmmc_llq_reset(&ctx->llq);
-    ctx->fill_rows = 0;
-    ctx->batch_cap = 0;
-
-    ctx->st_np = 0;
-    ctx->st_nc = 0;
+    if ((st = idle_staging(ctx, err))) return st;
     double *cadj = NULL;
     if (stiff) {
         if (ctx->prec != FGMMC_PREC_DEFAULT && ctx->prec != FGMMC_PREC_FAST)
@@ -236,11 +258,7 @@ static fgmm_status begin(fgmmc_context *ctx, int k, int d, const double *w, cons
                                         err)))
             return st;
     }
-    ctx->k = k;
-    ctx->d = d;
-    ctx->cache_filling = ctx->pass_cached = 0;
-    ctx->ll_only = 0;
-    ctx->in_pass = 1;
+    open_pass(ctx, k, d, 0);
     return FGMM_OK;
 }
 
@@ -279,11 +297,8 @@ fgmm_status fgmmc_begin_matrix_pass(fgmmc_context *ctx, int k, int d, int tied,
     if (!factor || !means || !c || !shift)
         return fgmm_fail(err, FGMM_ERR_ARGUMENT,
                          "fgmmc_begin_matrix_pass: factor, means, c and shift must be non-NULL");
-    ctx->in_pass = 0;
-    memset(ctx->topm_pend, 0, sizeof ctx->topm_pend);
-    FGMMC_CHECK(cudaSetDevice(ctx->device), err);
-    fgmm_status st = fgmmc_matrix_smem_check(d, err);
-    if (st) return st;
+    fgmm_status st = close_pass(ctx, err);
+    if (st || (st = fgmmc_matrix_smem_check(d, err))) return st;
     const size_t nf = tied ? 1 : (size_t)k, dd = (size_t)d * d;
     const size_t per = (size_t)k * (2 * (size_t)d + 1);
     const int64_t sub = fgmmc_matrix_sub_rows(k);
@@ -329,12 +344,7 @@ fgmm_status fgmmc_begin_matrix_pass(fgmmc_context *ctx, int k, int d, int tied,
                            up > (per + 1) * sizeof(double) ? up : (per + 1) * sizeof(double),
                            "parameter staging", err)))
         return st;
-    FGMMC_CHECK(cudaStreamSynchronize(ctx->stream), err);
-    fgmmc_llq_reset(&ctx->llq);
-    ctx->fill_rows = 0;
-    ctx->batch_cap = 0;
-    ctx->st_np = 0;
-    ctx->st_nc = 0;
+    if ((st = idle_staging(ctx, err))) return st;
     float *hf = (float *)ctx->h_param, *hm = hf + nf * dd, *hc = hm + (size_t)k * d,
           *hs = hc + k;
     for (size_t i = 0; i < nf * dd; i++) hf[i] = (float)factor[i];
@@ -360,11 +370,7 @@ fgmm_status fgmmc_begin_matrix_pass(fgmmc_context *ctx, int k, int d, int tied,
     FGMMC_CHECK(cudaMemsetAsync(ctx->d_mx_scatter, 0, nf * dd * sizeof(double), ctx->stream), err);
     ctx->matrix = tied ? 2 : 1;
     fgmmc_ctx_select(ctx, d);
-    ctx->k = k;
-    ctx->d = d;
-    ctx->cache_filling = ctx->pass_cached = 0;
-    ctx->ll_only = ll_only != 0;
-    ctx->in_pass = 1;
+    open_pass(ctx, k, d, ll_only);
     return FGMM_OK;
 }
 
