@@ -294,6 +294,56 @@ fgmm_status fgmm_stats_reduce(fgmm_stats *dst, fgmm_stats *const *parts, int n, 
     return FGMM_OK;
 }
 
+/* Every component collapsed: there is nothing to re-seed from. */
+static fgmm_status all_collapsed(int K, double min_count, fgmm_error *err)
+{
+    return fgmm_fail(err, FGMM_ERR_DATA,
+                     "M-step: all %d components collapsed (every Nk < %g); "
+                     "is K far too large for the data?",
+                     K, min_count);
+}
+
+/* The rows n_coll collapsed components are re-seeded at, lowest
+ * log-likelihood first: *got of them (at least 1) in *xs, D floats each,
+ * malloc'd. Fewer candidates than collapsed components (tiny data): the
+ * caller reuses them in order, still deterministic. */
+static fgmm_status reseed_rows(const fgmm_stats *s, int n_coll, float **xs, int *got,
+                               fgmm_error *err)
+{
+    int64_t *rows = malloc(sizeof(int64_t) * (size_t)n_coll);
+    float *x = malloc(sizeof(float) * (size_t)n_coll * s->d);
+    fgmm_status st = FGMM_OK;
+    *xs = NULL;
+    *got = 0;
+    if (!rows || !x)
+        st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory in M-step");
+    else if ((*got = fgmm_stats_worst_rows(s, rows, NULL, x, n_coll)) == 0)
+        st = fgmm_fail(err, FGMM_ERR_INTERNAL,
+                       "M-step: %d components collapsed and no row was offered to re-seed "
+                       "them", n_coll);
+    else if (fgmm_stats_missing_candidates(s, rows, 0) > 0)
+        st = fgmm_fail(err, FGMM_ERR_INTERNAL,
+                       "M-step: re-seeding candidates without their values");
+    free(rows);
+    if (st) free(x);
+    else *xs = x;
+    return st;
+}
+
+/* The weights once the collapsed components are re-seeded: theirs
+ * max(min_count, 1) / N, then all renormalised. */
+static void reseed_weights(const fgmm_stats *s, double *w, const int *collapsed, int n_coll,
+                           double min_count, double N)
+{
+    double wsum = 0;
+    for (int k = 0; k < s->k; k++) wsum += (s->nk[k] >= min_count && s->nk[k] > 0) ? w[k] : 0;
+    for (int i = 0; i < n_coll; i++) {
+        w[collapsed[i]] = (min_count > 1 ? min_count : 1) / N;
+        wsum += w[collapsed[i]];
+    }
+    for (int k = 0; k < s->k; k++) w[k] /= wsum;
+}
+
 /* Fills the upper triangle of the D x D row-major a from its lower one. */
 static void symmetrize(double *a, int d)
 {
@@ -365,10 +415,7 @@ static fgmm_status mstep_matrix(const fgmm_stats *s, fgmm_model *m, double reg_c
         for (size_t i = 0; i < DD; i++) avg[i] += c[i];
     }
     if (n_alive == 0) {
-        st = fgmm_fail(err, FGMM_ERR_DATA,
-                       "M-step: all %d components collapsed (every Nk < %g); "
-                       "is K far too large for the data?",
-                       K, min_count);
+        st = all_collapsed(K, min_count, err);
         goto done;
     }
     if (full) {
@@ -383,33 +430,18 @@ static fgmm_status mstep_matrix(const fgmm_stats *s, fgmm_model *m, double reg_c
         memcpy(cov, avg, sizeof(double) * DD);
     }
     if (n_coll > 0) {
-        int64_t *rows = malloc(sizeof(int64_t) * (size_t)n_coll);
-        float *xs = malloc(sizeof(float) * (size_t)n_coll * D);
-        int got = rows && xs ? fgmm_stats_worst_rows(s, rows, NULL, xs, n_coll) : -1;
-        if (got < 0) st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory in M-step");
-        else if (got == 0)
-            st = fgmm_fail(err, FGMM_ERR_INTERNAL,
-                           "M-step: %d components collapsed and no row was offered to re-seed "
-                           "them", n_coll);
-        else if (fgmm_stats_missing_candidates(s, rows, 0) > 0)
-            st = fgmm_fail(err, FGMM_ERR_INTERNAL,
-                           "M-step: re-seeding candidates without their values");
-        if (!st) {
-            double wsum = 0;
-            for (int k = 0; k < K; k++) wsum += (s->nk[k] >= min_count && s->nk[k] > 0) ? w[k] : 0;
-            for (int i = 0; i < n_coll; i++) {
-                const int k = collapsed[i];
-                const float *x = xs + (size_t)(i % got) * D;
-                for (int j = 0; j < D; j++) mu[(size_t)k * D + j] = x[j];
-                if (full) memcpy(cov + (size_t)k * DD, avg, sizeof(double) * DD);
-                w[k] = (min_count > 1 ? min_count : 1) / N;
-                wsum += w[k];
-            }
-            for (int k = 0; k < K; k++) w[k] /= wsum;
-            if (reseeded) *reseeded = n_coll;
+        float *xs;
+        int got;
+        if ((st = reseed_rows(s, n_coll, &xs, &got, err))) goto done;
+        for (int i = 0; i < n_coll; i++) {
+            const int k = collapsed[i];
+            const float *x = xs + (size_t)(i % got) * D;
+            for (int j = 0; j < D; j++) mu[(size_t)k * D + j] = x[j];
+            if (full) memcpy(cov + (size_t)k * DD, avg, sizeof(double) * DD);
         }
-        free(rows);
         free(xs);
+        reseed_weights(s, w, collapsed, n_coll, min_count, N);
+        if (reseeded) *reseeded = n_coll;
     }
 done:
     free(collapsed);
@@ -472,42 +504,14 @@ fgmm_status fgmm_stats_mstep(const fgmm_stats *s, fgmm_model *m, double reg_cova
     fgmm_status st = FGMM_OK;
     if (n_coll > 0) {
         if (n_alive == 0) {
-            st = fgmm_fail(err, FGMM_ERR_DATA,
-                           "M-step: all %d components collapsed (every Nk < %g); "
-                           "is K far too large for the data?",
-                           K, min_count);
+            st = all_collapsed(K, min_count, err);
             goto done;
         }
-        int64_t *rows = malloc(sizeof(int64_t) * (size_t)n_coll);
-        float *xs = malloc(sizeof(float) * (size_t)n_coll * D);
-        if (!rows || !xs) {
-            free(rows);
-            free(xs);
-            st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory in M-step");
-            goto done;
-        }
-        int got = fgmm_stats_worst_rows(s, rows, NULL, xs, n_coll);
-        if (got == 0) {
-            free(rows);
-            free(xs);
-            st = fgmm_fail(err, FGMM_ERR_INTERNAL,
-                           "M-step: %d components collapsed and no row was offered to re-seed "
-                           "them", n_coll);
-            goto done;
-        }
-        if (fgmm_stats_missing_candidates(s, rows, 0) > 0) {
-            free(rows);
-            free(xs);
-            st = fgmm_fail(err, FGMM_ERR_INTERNAL,
-                           "M-step: re-seeding candidates without their values");
-            goto done;
-        }
-        double wsum = 0;
-        for (int k = 0; k < K; k++) wsum += (s->nk[k] >= min_count && s->nk[k] > 0) ? w[k] : 0;
-        for (int i = 0; i < n_coll && !st; i++) {
+        float *xs;
+        int got;
+        if ((st = reseed_rows(s, n_coll, &xs, &got, err))) goto done;
+        for (int i = 0; i < n_coll; i++) {
             int k = collapsed[i];
-            /* Fewer candidates than collapsed components (tiny data): they
-             * are reused in order, still deterministic. */
             const float *x = xs + (size_t)(i % got) * D;
             double sph = 0;
             for (int j = 0; j < D; j++) {
@@ -517,13 +521,9 @@ fgmm_status fgmm_stats_mstep(const fgmm_stats *s, fgmm_model *m, double reg_cova
                 sph += v;
             }
             if (cov == FGMM_COV_SPHERICAL) var[k] = sph / D;
-            w[k] = (min_count > 1 ? min_count : 1) / N;
-            wsum += w[k];
         }
-        free(rows);
         free(xs);
-        if (!st)
-            for (int k = 0; k < K; k++) w[k] /= wsum;
+        reseed_weights(s, w, collapsed, n_coll, min_count, N);
         if (reseeded) *reseeded = n_coll;
     }
 done:
