@@ -584,21 +584,20 @@ static fgmm_status fill_matrix_params(fgmm_engine *e, const fgmm_model *m, int l
                          "(%.1f MB)",
                          fgmm_covariance_name(cov), K, D, 8e-6 * (double)nf * DD);
     const double *wt = fgmm_model_weights_c(m), *var = fgmm_model_variances_c(m);
-    double half_logdet[1] = {0}, shared = 0;
+    double half_logdet = 0; /* sum_j log f_jj of the last factor: tied's only one */
     for (int f = 0; f < nf; f++) {
         int minor = fgmm_precision_factor(var + (size_t)f * DD, D, e->factor + (size_t)f * DD,
-                                          half_logdet);
+                                          &half_logdet);
         if (minor)
             return fgmm_fail(err, FGMM_ERR_DATA,
                              "the covariance of %s%d is not positive definite (leading minor of "
                              "order %d)",
                              nf > 1 ? "component " : "the tied model, matrix ", f, minor);
-        if (nf > 1) e->c[f] = half_logdet[0];
-        else shared = half_logdet[0];
+        if (nf > 1) e->c[f] = half_logdet;
     }
     const double log2pi = 1.8378770664093453;
     for (int k = 0; k < K; k++)
-        e->c[k] = log(wt[k]) - 0.5 * D * log2pi + (nf > 1 ? e->c[k] : shared);
+        e->c[k] = log(wt[k]) - 0.5 * D * log2pi + (nf > 1 ? e->c[k] : half_logdet);
     if (cov == FGMM_COV_FULL)
         memcpy(e->mshift, fgmm_model_means_c(m), sizeof(double) * (size_t)K * D);
     else
