@@ -342,4 +342,34 @@ inline fgmm_model *random_matrix_mixture(fgmm_rng *rng, int K, int D, fgmm_covar
     return m;
 }
 
+// Rows whose best component by fgmm_assign (top_m candidates, the first of
+// each row) is not the best of the reference logits L (N x K), past a near
+// tie: a row counts only when the two logits differ by more than
+// tie * (1 + |best|). -1 when fgmm_assign fails (err says why).
+inline int64_t assign_misses(fgmm_engine *e, fgmm_source *src, const fgmm_model *m, int top_m,
+                             const std::vector<double> &L, int64_t n, double tie,
+                             fgmm_error *err)
+{
+    const int K = fgmm_model_k(m);
+    std::vector<int32_t> first((size_t)n, -2);
+    auto sink = [](void *u, int64_t row0, int64_t cnt, int mm, const int32_t *idx, const float *,
+                   const float *, fgmm_error *) -> fgmm_status {
+        std::vector<int32_t> &f = *static_cast<std::vector<int32_t> *>(u);
+        for (int64_t i = 0; i < cnt; i++) f[(size_t)(row0 + i)] = idx[i * mm];
+        return FGMM_OK;
+    };
+    if (fgmm_assign(e, src, m, top_m, sink, &first, err) != FGMM_OK) return -1;
+    int64_t wrong = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const double *l = L.data() + (size_t)i * K;
+        int best = 0;
+        for (int k = 1; k < K; k++)
+            if (l[k] > l[best]) best = k;
+        const int got = first[(size_t)i];
+        wrong += got != best &&
+                 (got < 0 || got >= K || l[best] - l[got] > tie * (1 + std::fabs(l[best])));
+    }
+    return wrong;
+}
+
 #endif
