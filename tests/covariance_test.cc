@@ -195,6 +195,18 @@ TEST(MatrixCovariance, ValidateNamesTheComponent)
     ASSERT_EQ(fgmm_model_validate(m, "model", &err), FGMM_ERR_DATA);
     EXPECT_NE(std::string(err.msg).find("component 1"), std::string::npos) << err.msg;
     EXPECT_NE(std::string(err.msg).find("positive definite"), std::string::npos) << err.msg;
+    // A pass refuses the same matrix (its factor does not exist), naming it.
+    std::vector<float> x(10 * 2, 1.0f);
+    fgmm_source *src;
+    fgmm_engine *e;
+    ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, 10, 2, "rows", &src, &err), FGMM_OK);
+    ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CPU, 1, &e, &err), FGMM_OK);
+    double ll;
+    EXPECT_EQ(fgmm_score(e, src, m, &ll, nullptr, &err), FGMM_ERR_DATA);
+    EXPECT_NE(std::string(err.msg).find("component 1"), std::string::npos) << err.msg;
+    EXPECT_NE(std::string(err.msg).find("positive definite"), std::string::npos) << err.msg;
+    fgmm_engine_free(e);
+    fgmm_source_close(src);
     c[1] = 0.5;  // not symmetric
     ASSERT_EQ(fgmm_model_validate(m, "model", &err), FGMM_ERR_DATA);
     EXPECT_NE(std::string(err.msg).find("symmetric"), std::string::npos) << err.msg;

@@ -517,6 +517,8 @@ TEST_F(IvfEval, BadInputs)
     expect_fail(" --base " + path("base.fbin") + " --query " + path("d5.fbin") +
                     " --nlist 8 --out " + path("o1"),
                 1, "dimension 5");
+    expect_fail(bq + " --nlist 8 --covariance full --out " + path("o2"), 2,
+                "expects diag or spherical, got 'full'");
     expect_fail(bq + " --nlist 8 --nprobe 4,2 --out " + path("o2"), 2, "--nprobe");
     expect_fail(bq + " --nlist 8 --nprobe 1,x --out " + path("o2"), 2, "--nprobe");
     expect_fail(bq + " --nlist 8 --nprobe 1,16 --out " + path("o2"), 2,

@@ -51,6 +51,9 @@ def test_shapes_and_types(small):
     (dict(random_state="seed"), "random_state"),
     (dict(means_init=np.zeros((2, 2))), "means_init"),
     (dict(precisions_init=-np.ones((3, 7))), "precisions_init"),
+    (dict(covariance_type="full", precisions_init=np.tile(-np.eye(7), (3, 1, 1))),
+     "precisions_init must be symmetric positive definite"),
+    (dict(covariance_type="tied", precisions_init=np.ones((3, 7))), "precisions_init"),
     (dict(weights_init=np.array([0.5, 0.5, 0.5])), "weights_init"),
 ])
 def test_bad_parameters(small, params, match):
