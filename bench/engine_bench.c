@@ -53,6 +53,19 @@ static fgmm_status count_rows(void *user, int64_t first_row, int64_t n, int m,
     return FGMM_OK;
 }
 
+/* Norm-wise relative difference |a - b| / |b| over lower triangles where the
+ * arrays are scatter matrices (only those are accumulated). */
+static double rel_diff(const double *a, const double *b, long n, long d, int tri)
+{
+    double num = 0, den = 0;
+    for (long i = 0; i < n; i++) {
+        if (tri && (i % d) > (i / d) % d) continue;
+        num += (a[i] - b[i]) * (a[i] - b[i]);
+        den += b[i] * b[i];
+    }
+    return sqrt(num) / (sqrt(den) + 1e-300);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 5) {
@@ -125,6 +138,35 @@ int main(int argc, char **argv)
         fprintf(stderr, "step %d: %.4f s  loglik %.6f  [setup %.4f, rows %.4f, finish %.4f, M-step %.4f]  %s%s\n",
                 it + 1, t[it], ll, ps, pr, pf, t[it] - (am - a), fgmm_engine_path(e),
                 how == FGMM_PASS_STIFF ? ", stiff pairs exact" : "");
+    }
+    if (dev == FGMM_DEVICE_CUDA) {
+        /* One E-step on the first rows from the current model on the CPU back
+         * end, in float64, against the GPU's statistics of the same rows. */
+        const long nsub = N < 20000 ? N : 20000;
+        fgmm_source *sub;
+        CHECK(fgmm_source_memory(x, u8 ? FGMM_U8 : FGMM_F32, nsub, (int)D, "subset", &sub, &err));
+        fgmm_engine *ce;
+        CHECK(fgmm_engine_create(FGMM_DEVICE_CPU, 0, &ce, &err));
+        fgmm_stats *sg, *sc;
+        CHECK(fgmm_stats_create_cov((int)K, (int)D, p.covariance, NULL, &sg, &err));
+        CHECK(fgmm_stats_create_cov((int)K, (int)D, p.covariance, NULL, &sc, &err));
+        CHECK(fgmm_engine_estep(e, sub, m, sg, NULL, &err));
+        CHECK(fgmm_engine_estep(ce, sub, m, sc, NULL, &err));
+        const long ns = p.covariance == FGMM_COV_FULL ? K * D * D : D * D;
+        const int mat = fgmm_covariance_is_matrix(p.covariance);
+        printf("%s N=%ld K=%ld D=%ld %s: statistics of %ld rows against the CPU in float64: "
+               "rel err nk %.2e sums %.2e",
+               fgmm_engine_device_name(e), N, K, D, fgmm_covariance_name(p.covariance), nsub,
+               rel_diff(fgmm_stats_nk(sg), fgmm_stats_nk(sc), K, 1, 0),
+               rel_diff(fgmm_stats_sums(sg), fgmm_stats_sums(sc), 2 * K * D, 1, 0));
+        if (mat)
+            printf(" scatter %.2e",
+                   rel_diff(fgmm_stats_scatter(sg), fgmm_stats_scatter(sc), ns, D, 1));
+        printf("\n");
+        fgmm_stats_free(sg);
+        fgmm_stats_free(sc);
+        fgmm_engine_free(ce);
+        fgmm_source_close(sub);
     }
     double ts0 = now(), mean_ll;
     CHECK(fgmm_score(e, src, m, &mean_ll, NULL, &err));

@@ -42,6 +42,10 @@ typedef struct {
     fgmm_covariance cov;
     const double *factor; /* K*D*D (full) or D*D (tied, shared) */
     const double *means;  /* K*D */
+    /* The statistics end_pass will receive, already reset: a back end may
+     * sum into them directly rather than into partials of its own, which
+     * for full covariances saves K*D*D doubles. */
+    fgmm_stats *out;
 } fgmm_estep_params;
 
 /* A back end: what computes passes over rows. Every device-specific

@@ -655,6 +655,7 @@ static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm
         }
         if (e->ops->set_workers) e->ops->set_workers(e->backend, e->threads);
         fgmm_stats_reset(out, e->mshift);
+        e->params.out = out;
         return e->ops->begin_pass(e->backend, &e->params, err);
     }
     fgmm_estep_params_fill(m, e->w, e->c, e->shift);
@@ -713,6 +714,7 @@ static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm
     }
     if (e->ops->set_workers) e->ops->set_workers(e->backend, e->threads);
     fgmm_stats_reset(out, e->shift);
+    e->params.out = out;
     return e->ops->begin_pass(e->backend, &e->params, err);
 }
 

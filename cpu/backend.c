@@ -70,6 +70,9 @@ typedef struct {
     const fgmm_estep_params *p;
     cpu_thread *t;      /* scratch, one per pool thread */
     fgmm_stats **lane;  /* partial statistics, one per lane */
+    /* Full covariance: the single lane is the pass's output statistics
+     * (fgmm_estep_params.out), not the back end's own. */
+    int lane_borrowed;
     /* the chunk being processed (shared, read-only) */
     const fgmm_chunk *chunk;
     float *per_row_ll;
@@ -86,7 +89,7 @@ typedef struct {
 
 static void free_threads(cpu_backend *b)
 {
-    if (b->lane)
+    if (b->lane && !b->lane_borrowed)
         for (int i = 0; i < b->lanes; i++) fgmm_stats_free(b->lane[i]);
     free(b->lane);
     b->lane = NULL;
@@ -173,7 +176,8 @@ static fgmm_status cpu_begin_pass(void *self, const fgmm_estep_params *p, fgmm_e
         size_t fit = LANE_STATS_BUDGET / stats_bytes;
         int lanes = (size_t)LANES > fit ? (fit > 0 ? (int)fit : 1) : LANES;
         /* Full covariance: one set of statistics, the threads sharing each
-         * tile's components instead (full_accumulate). */
+         * tile's components instead (full_accumulate), and that set is the
+         * pass's output: a copy would be another K*D*D doubles. */
         if (layout == FGMM_COV_FULL) lanes = 1;
         b->lane = calloc((size_t)lanes, sizeof(fgmm_stats *));
         if (!b->lane) {
@@ -181,7 +185,8 @@ static fgmm_status cpu_begin_pass(void *self, const fgmm_estep_params *p, fgmm_e
             return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
         }
         b->lanes = lanes;
-        for (int i = 0; i < lanes; i++) {
+        b->lane_borrowed = layout == FGMM_COV_FULL;
+        for (int i = 0; i < lanes && !b->lane_borrowed; i++) {
             fgmm_status st = fgmm_stats_create_cov(p->k, p->d, layout, p->shift, &b->lane[i], err);
             if (st) {
                 free_threads(b);
@@ -207,8 +212,15 @@ static fgmm_status cpu_begin_pass(void *self, const fgmm_estep_params *p, fgmm_e
             }
         }
     }
+    if (b->lane_borrowed) {
+        if (!p->out)
+            return fgmm_fail(err, FGMM_ERR_ARGUMENT,
+                             "begin_pass: a full-covariance pass needs its output statistics");
+        b->lane[0] = p->out; /* reset by the caller */
+    } else {
+        for (int i = 0; i < b->lanes; i++) fgmm_stats_reset(b->lane[i], p->shift);
+    }
     b->p = p;
-    for (int i = 0; i < b->lanes; i++) fgmm_stats_reset(b->lane[i], p->shift);
     if (layout == FGMM_COV_TIED) return tied_terms(b, err);
     return FGMM_OK;
 }
@@ -611,6 +623,13 @@ static fgmm_status cpu_end_pass(void *self, fgmm_stats *out, fgmm_error *err)
 {
     cpu_backend *b = self;
     if (!b->p) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "end_pass: no pass in progress");
+    if (b->lane_borrowed) {
+        const int same = b->lane[0] == out;
+        b->lane[0] = NULL;
+        return same ? FGMM_OK
+                    : fgmm_fail(err, FGMM_ERR_ARGUMENT,
+                                "end_pass: not the statistics the pass began with");
+    }
     return fgmm_stats_reduce(out, b->lane, b->lanes, err);
 }
 
