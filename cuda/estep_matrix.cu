@@ -81,6 +81,27 @@ void fgmmc_estep_matrix_plan(int k, int d, int64_t n, int sm_count, int tied, fg
 
 /* ------------------------------------------------------------ kernels */
 
+/* One staged step of MX_IC inner indices: the thread's MX_MR rows x its
+ * columns tx + 16 v for v >= VMIN. */
+template <int VMIN>
+__device__ __forceinline__ void mx_logit_step(const float (*ys)[MX_TR + 1],
+                                              const float (*fs)[MX_JB + 1], int ty, int tx,
+                                              float (&acc)[MX_MR][8])
+{
+#pragma unroll 8
+    for (int ii = 0; ii < MX_IC; ii++) {
+        float a[MX_MR], b[8];
+#pragma unroll
+        for (int u = 0; u < MX_MR; u++) a[u] = ys[ii][ty * MX_MR + u];
+#pragma unroll
+        for (int v = VMIN; v < 8; v++) b[v] = fs[ii][tx + 16 * v];
+#pragma unroll
+        for (int u = 0; u < MX_MR; u++)
+#pragma unroll
+            for (int v = VMIN; v < 8; v++) acc[u][v] = fmaf(a[u], b[v], acc[u][v]);
+    }
+}
+
 __global__ void __launch_bounds__(MX_THREADS)
     mx_logits_kernel(const void *x, int dtype, int64_t n, int d, int K, const float *shift,
                      const float *m, const float *F, size_t f_stride, const float *c, float *l)
@@ -112,13 +133,17 @@ __global__ void __launch_bounds__(MX_THREADS)
                 fs[ii][jj] = (j < d && i <= j) ? Fk[(size_t)j * d + i] : 0.f;
             }
             __syncthreads();
-#pragma unroll 8
-            for (int ii = 0; ii < MX_IC; ii++) {
-                float a[MX_MR], b[8];
-                for (int u = 0; u < MX_MR; u++) a[u] = ys[ii][ty * MX_MR + u];
-                for (int v = 0; v < 8; v++) b[v] = fs[ii][tx + 16 * v];
-                for (int u = 0; u < MX_MR; u++)
-                    for (int v = 0; v < 8; v++) acc[u][v] = fmaf(a[u], b[v], acc[u][v]);
+            /* F is lower triangular: this step's i >= i0 meet only columns
+             * j >= i0, so a thread's columns tx + 16 v (+ jb) with v below
+             * (i0 - jb) / 16 get zeros; they are skipped (the same bits:
+             * adding a product with 0 changes no sum). i0 - jb is a
+             * multiple of MX_IC, so the first live v is even. */
+            const int vmin = i0 > jb ? (i0 - jb) / 16 : 0;
+            switch (vmin) {
+            case 0: mx_logit_step<0>(ys, fs, ty, tx, acc); break;
+            case 2: mx_logit_step<2>(ys, fs, ty, tx, acc); break;
+            case 4: mx_logit_step<4>(ys, fs, ty, tx, acc); break;
+            default: mx_logit_step<6>(ys, fs, ty, tx, acc); break;
             }
             __syncthreads();
         }
