@@ -210,6 +210,13 @@ void fgmm_pool_run(fgmm_pool *p, int items, int workers,
                    void (*fn)(int item, int worker, void *arg), void *arg);
 void fgmm_pool_free(fgmm_pool *p);
 
+/* fgmm_stats_mstep with the full covariances' per-component work (the new
+ * matrix and its definiteness check, O(D^3) each) on pool's workers; the
+ * same result as without (pool NULL: this thread). */
+fgmm_status fgmm_stats_mstep_pool(const fgmm_stats *s, fgmm_model *m, double reg_covar,
+                                  double min_count, int *reseeded, fgmm_pool *pool,
+                                  fgmm_error *err);
+
 /* One chunk's top-m results, as fgmm_assign hands them to its sink: per
  * row m indices and log-responsibilities, and the log-likelihood. Zeroed,
  * it holds nothing. */

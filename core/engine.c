@@ -84,6 +84,8 @@ void fgmm_engine_free(fgmm_engine *e)
     free(e->stiff);
     free(e->factor);
     free(e->mshift);
+    free(e->factor_minor);
+    fgmm_pool_free(e->host_pool);
     free(e->rank_times);
     free(e);
 }
@@ -565,6 +567,33 @@ static int reserve_doubles(double **p, size_t *cap, size_t n)
     return 1;
 }
 
+fgmm_status fgmm_engine_host_pool(fgmm_engine *e, fgmm_error *err)
+{
+    if (e->host_pool) return FGMM_OK;
+    int n = e->threads;
+    if (e->ops->device != FGMM_DEVICE_CPU) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        n = cores > 1 ? (cores < 64 ? (int)cores : 64) : 1;
+    }
+    return fgmm_pool_create(n, &e->host_pool, err);
+}
+
+typedef struct {
+    const double *var;
+    double *factor, *half_logdet;
+    int *minor;
+    int d;
+} factor_job;
+
+static void factor_one(int f, int worker, void *arg)
+{
+    (void)worker;
+    const factor_job *j = arg;
+    const size_t DD = (size_t)j->d * j->d;
+    j->minor[f] = fgmm_precision_factor(j->var + (size_t)f * DD, j->d, j->factor + (size_t)f * DD,
+                                        &j->half_logdet[f]);
+}
+
 /* The terms of a full or tied model (fgmm_estep_params.cov): its precision
  * factors, c and the statistics' shift. Factorising is O(K D^3 / 3), a
  * pass's setup; a covariance that is not positive definite fails here,
@@ -584,17 +613,27 @@ static fgmm_status fill_matrix_params(fgmm_engine *e, const fgmm_model *m, int l
                          "(%.1f MB)",
                          fgmm_covariance_name(cov), K, D, 8e-6 * (double)nf * DD);
     const double *wt = fgmm_model_weights_c(m), *var = fgmm_model_variances_c(m);
-    double half_logdet = 0; /* sum_j log f_jj of the last factor: tied's only one */
-    for (int f = 0; f < nf; f++) {
-        int minor = fgmm_precision_factor(var + (size_t)f * DD, D, e->factor + (size_t)f * DD,
-                                          &half_logdet);
-        if (minor)
+    fgmm_status st = fgmm_engine_host_pool(e, err);
+    if (st) return st;
+    if (e->factor_minor_len < nf) {
+        free(e->factor_minor);
+        e->factor_minor_len = 0;
+        if (!(e->factor_minor = malloc(sizeof(int) * (size_t)nf)))
+            return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+        e->factor_minor_len = nf;
+    }
+    /* Each component's factor and sum_j log f_jj (into c) on its own: the
+     * same bits whichever worker takes it. */
+    factor_job job = {var, e->factor, e->c, e->factor_minor, D};
+    fgmm_pool_run(e->host_pool, nf, fgmm_pool_threads(e->host_pool), factor_one, &job);
+    for (int f = 0; f < nf; f++)
+        if (e->factor_minor[f])
             return fgmm_fail(err, FGMM_ERR_DATA,
                              "the covariance of %s%d is not positive definite (leading minor of "
                              "order %d)",
-                             nf > 1 ? "component " : "the tied model, matrix ", f, minor);
-        if (nf > 1) e->c[f] = half_logdet;
-    }
+                             nf > 1 ? "component " : "the tied model, matrix ", f,
+                             e->factor_minor[f]);
+    const double half_logdet = e->c[0]; /* tied: the one factor's */
     const double log2pi = 1.8378770664093453;
     for (int k = 0; k < K; k++)
         e->c[k] = log(wt[k]) - 0.5 * D * log2pi + (nf > 1 ? e->c[k] : half_logdet);
@@ -603,7 +642,7 @@ static fgmm_status fill_matrix_params(fgmm_engine *e, const fgmm_model *m, int l
     else
         fgmm_model_shift(m, e->mshift);
     e->params = (fgmm_estep_params){K, D, NULL, e->c, e->mshift, loglik_only, NULL, 0,
-                                    cov, e->factor, fgmm_model_means_c(m)};
+                                    cov, e->factor, fgmm_model_means_c(m), NULL};
     return FGMM_OK;
 }
 
@@ -660,7 +699,7 @@ static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm
     }
     fgmm_estep_params_fill(m, e->w, e->c, e->shift);
     e->params = (fgmm_estep_params){K,    D, e->w, e->c, e->shift, loglik_only, NULL, 0,
-                                    FGMM_COV_DIAG, NULL, NULL};
+                                    FGMM_COV_DIAG, NULL, NULL, NULL};
     /* The back end's precision policy decides whether this model's
      * logits are too ill-conditioned for the mode asked for (fgmm_engine_
      * last_pass_fallback): such a pass (E-step, scoring or assignment) then

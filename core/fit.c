@@ -357,7 +357,11 @@ fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
         if (fgmm_stats_collapsed(s, p->min_count) &&
             (st = fgmm_engine_fill_candidates(e, src, s, err)))
             goto fail;
-        if ((st = fgmm_stats_mstep(s, m, p->reg_covar, p->min_count, &reseeded, err)))
+        /* Full covariances: each component's O(D^3) check on the host pool. */
+        if (fgmm_stats_covariance(s) == FGMM_COV_FULL && (st = fgmm_engine_host_pool(e, err)))
+            goto fail;
+        if ((st = fgmm_stats_mstep_pool(s, m, p->reg_covar, p->min_count, &reseeded,
+                                        e->host_pool, err)))
             goto fail;
         if ((st = fgmm_model_push_loglik(m, ll, err))) goto fail;
         meta->iterations = it;

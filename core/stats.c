@@ -353,11 +353,8 @@ static void symmetrize(double *a, int d)
 
 /* Fails unless the D x D covariance c is positive definite, naming
  * component k (k < 0: the tied covariance). l: D*D scratch. */
-static fgmm_status check_definite(const double *c, int d, int k, double reg_covar, double *l,
-                                  fgmm_error *err)
+static fgmm_status definite_failure(int k, int minor, int d, double reg_covar, fgmm_error *err)
 {
-    int minor = fgmm_cholesky(c, d, l);
-    if (!minor) return FGMM_OK;
     char who[48];
     if (k >= 0) snprintf(who, sizeof who, "component %d's", k);
     else snprintf(who, sizeof who, "the tied");
@@ -368,18 +365,57 @@ static fgmm_status check_definite(const double *c, int d, int k, double reg_cova
                      who, minor, d + 1, reg_covar);
 }
 
-/* The M-step of the full and tied layouts (see fgmm_stats_mstep). */
+static fgmm_status check_definite(const double *c, int d, int k, double reg_covar, double *l,
+                                  fgmm_error *err)
+{
+    int minor = fgmm_cholesky(c, d, l);
+    return minor ? definite_failure(k, minor, d, reg_covar, err) : FGMM_OK;
+}
+
+typedef struct {
+    const fgmm_stats *s;
+    double *cov, *l; /* l: D*D scratch per worker */
+    const int *alive;
+    int *minor; /* per alive component */
+    double reg_covar;
+} cov_job;
+
+/* Component alive[i]'s covariance, scatter/nk - d d^T + reg_covar I, and
+ * whether it is positive definite: independent of every other component,
+ * so the same bits whichever worker computes it. */
+static void cov_one(int i, int worker, void *arg)
+{
+    const cov_job *j = arg;
+    const int D = j->s->d, k = j->alive[i];
+    const size_t DD = (size_t)D * D;
+    const double nk = j->s->nk[k], *sx = j->s->sums + (size_t)k * 2 * D;
+    const double *sc = j->s->scatter + (size_t)k * DD;
+    double *c = j->cov + (size_t)k * DD;
+    for (int r = 0; r < D; r++) {
+        const double dr = sx[r] / nk;
+        for (int q = 0; q <= r; q++) c[(size_t)r * D + q] = sc[(size_t)r * D + q] / nk - dr * (sx[q] / nk);
+        c[(size_t)r * D + r] += j->reg_covar;
+    }
+    symmetrize(c, D);
+    j->minor[i] = fgmm_cholesky(c, D, j->l + (size_t)worker * DD);
+}
+
+/* The M-step of the full and tied layouts (see fgmm_stats_mstep); the full
+ * covariances' O(K D^3) checks on pool's workers when pool is not NULL. */
 static fgmm_status mstep_matrix(const fgmm_stats *s, fgmm_model *m, double reg_covar,
-                                double min_count, int *reseeded, fgmm_error *err)
+                                double min_count, int *reseeded, fgmm_pool *pool,
+                                fgmm_error *err)
 {
     const int K = s->k, D = s->d, full = s->layout == FGMM_COV_FULL;
     const size_t DD = (size_t)D * D;
     double *w = fgmm_model_weights(m), *mu = fgmm_model_means(m), *cov = fgmm_model_variances(m);
     const double N = (double)s->rows;
-    int *collapsed = malloc(sizeof(int) * (size_t)K);
-    double *avg = calloc(DD, sizeof(double)), *l = malloc(sizeof(double) * DD);
+    const int workers = pool ? fgmm_pool_threads(pool) : 1;
+    int *collapsed = malloc(sizeof(int) * (size_t)K), *alive = malloc(sizeof(int) * (size_t)K),
+        *minor = malloc(sizeof(int) * (size_t)K);
+    double *avg = calloc(DD, sizeof(double)), *l = malloc(sizeof(double) * DD * (size_t)workers);
     fgmm_status st = FGMM_OK;
-    if (!collapsed || !avg || !l) {
+    if (!collapsed || !alive || !minor || !avg || !l) {
         st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory in M-step");
         goto done;
     }
@@ -398,21 +434,25 @@ static fgmm_status mstep_matrix(const fgmm_stats *s, fgmm_model *m, double reg_c
             collapsed[n_coll++] = k;
             continue;
         }
-        n_alive++;
+        alive[n_alive++] = k;
         for (int j = 0; j < D; j++) mu[(size_t)k * D + j] = shift[j] + sx[j] / nk;
         w[k] = nk / N;
-        if (!full) continue;
-        const double *sc = s->scatter + (size_t)k * DD;
-        double *c = cov + (size_t)k * DD;
-        for (int i = 0; i < D; i++) {
-            const double di = sx[i] / nk;
-            for (int j = 0; j <= i; j++)
-                c[(size_t)i * D + j] = sc[(size_t)i * D + j] / nk - di * (sx[j] / nk);
-            c[(size_t)i * D + i] += reg_covar;
+    }
+    if (full && n_alive > 0) {
+        cov_job job = {s, cov, l, alive, minor, reg_covar};
+        if (pool) fgmm_pool_run(pool, n_alive, workers, cov_one, &job);
+        else
+            for (int i = 0; i < n_alive; i++) cov_one(i, 0, &job);
+        /* The first failing component, in order, as one thread would. */
+        for (int i = 0; i < n_alive; i++)
+            if (minor[i]) {
+                st = definite_failure(alive[i], minor[i], D, reg_covar, err);
+                goto done;
+            }
+        for (int i = 0; i < n_alive; i++) {
+            const double *c = cov + (size_t)alive[i] * DD;
+            for (size_t q = 0; q < DD; q++) avg[q] += c[q];
         }
-        symmetrize(c, D);
-        if ((st = check_definite(c, D, k, reg_covar, l, err))) goto done;
-        for (size_t i = 0; i < DD; i++) avg[i] += c[i];
     }
     if (n_alive == 0) {
         st = all_collapsed(K, min_count, err);
@@ -445,6 +485,8 @@ static fgmm_status mstep_matrix(const fgmm_stats *s, fgmm_model *m, double reg_c
     }
 done:
     free(collapsed);
+    free(alive);
+    free(minor);
     free(avg);
     free(l);
     return st;
@@ -452,6 +494,13 @@ done:
 
 fgmm_status fgmm_stats_mstep(const fgmm_stats *s, fgmm_model *m, double reg_covar,
                              double min_count, int *reseeded, fgmm_error *err)
+{
+    return fgmm_stats_mstep_pool(s, m, reg_covar, min_count, reseeded, NULL, err);
+}
+
+fgmm_status fgmm_stats_mstep_pool(const fgmm_stats *s, fgmm_model *m, double reg_covar,
+                                  double min_count, int *reseeded, fgmm_pool *pool,
+                                  fgmm_error *err)
 {
     int K = s->k, D = s->d;
     fgmm_covariance cov = fgmm_model_covariance(m);
@@ -465,7 +514,8 @@ fgmm_status fgmm_stats_mstep(const fgmm_stats *s, fgmm_model *m, double reg_cova
         return fgmm_fail(err, FGMM_ERR_ARGUMENT,
                          "M-step: %s statistics for a '%s' covariance model",
                          fgmm_covariance_name(s->layout), fgmm_covariance_name(cov));
-    if (s->layout != FGMM_COV_DIAG) return mstep_matrix(s, m, reg_covar, min_count, reseeded, err);
+    if (s->layout != FGMM_COV_DIAG)
+        return mstep_matrix(s, m, reg_covar, min_count, reseeded, pool, err);
     double *w = fgmm_model_weights(m), *mu = fgmm_model_means(m), *var = fgmm_model_variances(m);
     double N = (double)s->rows;
     int *collapsed = malloc(sizeof(int) * (size_t)K);
