@@ -23,7 +23,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 static double now(void)
 {
@@ -123,10 +122,9 @@ int main(int argc, char **argv)
     fprintf(stderr, "init %.2f s\n", now() - t0);
     fgmm_stats *s;
     CHECK(fgmm_stats_create_cov((int)K, (int)D, p.covariance, NULL, &s, &err));
-    /* The M-step on every core, as fgmm_fit runs it for full covariances. */
+    /* The M-step on the engine's host pool, as fgmm_fit runs it. */
     fgmm_pool *pool;
-    const long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    CHECK(fgmm_pool_create(cores > 1 ? (int)cores : 1, &pool, &err));
+    CHECK(fgmm_engine_host_pool(e, &pool, &err));
     double *t = malloc(sizeof(double) * iters);
     double ll = 0;
     for (int it = 0; it < iters; it++) {

@@ -48,6 +48,9 @@ typedef struct {
     fgmm_stats *out;
 } fgmm_estep_params;
 
+/* A fixed set of worker threads (below). */
+typedef struct fgmm_pool fgmm_pool;
+
 /* A back end: what computes passes over rows. Every device-specific
  * operation the engine and the initialisation need is one of these, so
  * core/ never asks which device it runs on. Calls on one back end come from
@@ -143,6 +146,9 @@ typedef struct {
     /* Optional: pin the back end's threads, one core each (see
      * fgmm_engine_pin_threads); the result must not depend on it. */
     void (*set_pinned)(void *self, int on);
+    /* Optional: the back end's own host threads, which the engine borrows
+     * between passes for its O(K D^3) host work (fgmm_engine_host_pool). */
+    fgmm_pool *(*pool)(void *self);
 } fgmm_backend_ops;
 
 /* Collectives across the R ranks of one fit (processes, GPUs): exactly
@@ -197,7 +203,6 @@ fgmm_status fgmm_engine_create_on(const fgmm_backend_ops *ops, void *self, int t
  * 0..workers-1 is free; the caller is worker 0 and the call returns when
  * every item is done. worker < fgmm_pool_threads(p). One call at a time per
  * pool. */
-typedef struct fgmm_pool fgmm_pool;
 fgmm_status fgmm_pool_create(int threads, fgmm_pool **out, fgmm_error *err);
 int fgmm_pool_threads(const fgmm_pool *p);
 /* on: worker w runs on the w-th core (modulo their number) of those this
@@ -209,6 +214,12 @@ void fgmm_pool_set_pinned(fgmm_pool *p, int on);
 void fgmm_pool_run(fgmm_pool *p, int items, int workers,
                    void (*fn)(int item, int worker, void *arg), void *arg);
 void fgmm_pool_free(fgmm_pool *p);
+
+/* The pool for the engine's host work of O(K D^3), one component per item
+ * (precision factors, the M-step's definiteness checks): the back end's
+ * own (ops->pool) where it has one, else one of every core made on first
+ * use (a GPU back end computes on one host thread). */
+fgmm_status fgmm_engine_host_pool(fgmm_engine *e, fgmm_pool **out, fgmm_error *err);
 
 /* fgmm_stats_mstep with the full covariances' per-component work (the new
  * matrix and its definiteness check, O(D^3) each) on pool's workers; the

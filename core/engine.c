@@ -84,7 +84,6 @@ void fgmm_engine_free(fgmm_engine *e)
     free(e->stiff);
     free(e->factor);
     free(e->mshift);
-    free(e->factor_minor);
     fgmm_pool_free(e->host_pool);
     free(e->rank_times);
     free(e);
@@ -567,15 +566,18 @@ static int reserve_doubles(double **p, size_t *cap, size_t n)
     return 1;
 }
 
-fgmm_status fgmm_engine_host_pool(fgmm_engine *e, fgmm_error *err)
+fgmm_status fgmm_engine_host_pool(fgmm_engine *e, fgmm_pool **out, fgmm_error *err)
 {
-    if (e->host_pool) return FGMM_OK;
-    int n = e->threads;
-    if (e->ops->device != FGMM_DEVICE_CPU) {
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        n = cores > 1 ? (cores < 64 ? (int)cores : 64) : 1;
+    *out = e->ops->pool ? e->ops->pool(e->backend) : NULL;
+    if (*out) return FGMM_OK;
+    if (!e->host_pool) {
+        const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        fgmm_status st =
+            fgmm_pool_create(cores > 1 ? (cores < 64 ? (int)cores : 64) : 1, &e->host_pool, err);
+        if (st) return st;
     }
-    return fgmm_pool_create(n, &e->host_pool, err);
+    *out = e->host_pool;
+    return FGMM_OK;
 }
 
 typedef struct {
@@ -613,26 +615,24 @@ static fgmm_status fill_matrix_params(fgmm_engine *e, const fgmm_model *m, int l
                          "(%.1f MB)",
                          fgmm_covariance_name(cov), K, D, 8e-6 * (double)nf * DD);
     const double *wt = fgmm_model_weights_c(m), *var = fgmm_model_variances_c(m);
-    fgmm_status st = fgmm_engine_host_pool(e, err);
+    fgmm_pool *pool;
+    fgmm_status st = fgmm_engine_host_pool(e, &pool, err);
     if (st) return st;
-    if (e->factor_minor_len < nf) {
-        free(e->factor_minor);
-        e->factor_minor_len = 0;
-        if (!(e->factor_minor = malloc(sizeof(int) * (size_t)nf)))
-            return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
-        e->factor_minor_len = nf;
-    }
+    int *minor = malloc(sizeof(int) * (size_t)nf);
+    if (!minor) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
     /* Each component's factor and sum_j log f_jj (into c) on its own: the
-     * same bits whichever worker takes it. */
-    factor_job job = {var, e->factor, e->c, e->factor_minor, D};
-    fgmm_pool_run(e->host_pool, nf, fgmm_pool_threads(e->host_pool), factor_one, &job);
-    for (int f = 0; f < nf; f++)
-        if (e->factor_minor[f])
-            return fgmm_fail(err, FGMM_ERR_DATA,
-                             "the covariance of %s%d is not positive definite (leading minor of "
-                             "order %d)",
-                             nf > 1 ? "component " : "the tied model, matrix ", f,
-                             e->factor_minor[f]);
+     * same bits whichever worker takes it; the first failure in order is
+     * the one reported. */
+    factor_job job = {var, e->factor, e->c, minor, D};
+    fgmm_pool_run(pool, nf, fgmm_pool_threads(pool), factor_one, &job);
+    for (int f = 0; f < nf && !st; f++)
+        if (minor[f])
+            st = fgmm_fail(err, FGMM_ERR_DATA,
+                           "the covariance of %s%d is not positive definite (leading minor of "
+                           "order %d)",
+                           nf > 1 ? "component " : "the tied model, matrix ", f, minor[f]);
+    free(minor);
+    if (st) return st;
     const double half_logdet = e->c[0]; /* tied: the one factor's */
     const double log2pi = 1.8378770664093453;
     for (int k = 0; k < K; k++)

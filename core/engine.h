@@ -18,14 +18,8 @@ struct fgmm_engine {
      * shift (K*D for full), sized for the last such model. */
     double *factor, *mshift;
     size_t factor_len, mshift_len;
-    /* Host work of O(K D^3) (factorising, the M-step's definiteness
-     * checks), one component per item: made on first use with the
-     * engine's threads on the CPU and every core otherwise (a GPU engine
-     * computes on one host thread, and its setup would then outlast the
-     * pass). factor_minor: per component, fgmm_precision_factor's result. */
+    /* fgmm_engine_host_pool's, for a back end without a pool of its own. */
     fgmm_pool *host_pool;
-    int *factor_minor;
-    int factor_minor_len;
     /* The current pass's terms: back ends keep a pointer to them. */
     fgmm_estep_params params;
     fgmm_precision precision;
@@ -53,9 +47,6 @@ struct fgmm_engine {
 fgmm_status fgmm_engine_pass(fgmm_engine *e, fgmm_source *src, const fgmm_model *m,
                              fgmm_stats *out, float *per_row_ll, uint64_t key, int loglik_only,
                              fgmm_error *err);
-
-/* Makes e->host_pool if it is not made yet. */
-fgmm_status fgmm_engine_host_pool(fgmm_engine *e, fgmm_error *err);
 
 /* Monotonic wall-clock seconds. */
 double fgmm_now_seconds(void);

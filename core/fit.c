@@ -358,10 +358,12 @@ fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
             (st = fgmm_engine_fill_candidates(e, src, s, err)))
             goto fail;
         /* Full covariances: each component's O(D^3) check on the host pool. */
-        if (fgmm_stats_covariance(s) == FGMM_COV_FULL && (st = fgmm_engine_host_pool(e, err)))
+        fgmm_pool *pool = NULL;
+        if (fgmm_stats_covariance(s) == FGMM_COV_FULL &&
+            (st = fgmm_engine_host_pool(e, &pool, err)))
             goto fail;
-        if ((st = fgmm_stats_mstep_pool(s, m, p->reg_covar, p->min_count, &reseeded,
-                                        e->host_pool, err)))
+        if ((st = fgmm_stats_mstep_pool(s, m, p->reg_covar, p->min_count, &reseeded, pool,
+                                        err)))
             goto fail;
         if ((st = fgmm_model_push_loglik(m, ll, err))) goto fail;
         meta->iterations = it;

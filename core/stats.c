@@ -393,7 +393,8 @@ static void cov_one(int i, int worker, void *arg)
     double *c = j->cov + (size_t)k * DD;
     for (int r = 0; r < D; r++) {
         const double dr = sx[r] / nk;
-        for (int q = 0; q <= r; q++) c[(size_t)r * D + q] = sc[(size_t)r * D + q] / nk - dr * (sx[q] / nk);
+        for (int q = 0; q <= r; q++)
+            c[(size_t)r * D + q] = sc[(size_t)r * D + q] / nk - dr * (sx[q] / nk);
         c[(size_t)r * D + r] += j->reg_covar;
     }
     symmetrize(c, D);

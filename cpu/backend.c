@@ -668,6 +668,8 @@ static void cpu_set_pinned(void *self, int on)
     fgmm_pool_set_pinned(b->pool, on);
 }
 
+static fgmm_pool *cpu_pool(void *self) { return ((cpu_backend *)self)->pool; }
+
 static const char *cpu_path(void *self)
 {
     cpu_backend *b = self;
@@ -773,6 +775,7 @@ static const fgmm_backend_ops cpu_ops = {
     .kmeans_nearest = cpu_kmeans_nearest_op,
     .set_workers = cpu_set_workers,
     .set_pinned = cpu_set_pinned,
+    .pool = cpu_pool,
 };
 
 fgmm_status fgmm_cpu_engine_create(int threads, fgmm_engine **out, fgmm_error *err)

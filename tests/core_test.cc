@@ -122,7 +122,7 @@ TEST(Estep, LogitMagnitudeByHand)
     fgmm_model_weights(m)[1] = 0.75;
     std::vector<double> w(8), c(2), shift(2);
     fgmm_estep_params_fill(m, w.data(), c.data(), shift.data());
-    fgmm_estep_params p = {2, 2, w.data(), c.data(), shift.data(), 0, nullptr, 0, FGMM_COV_DIAG, nullptr, nullptr};
+    fgmm_estep_params p = {2, 2, w.data(), c.data(), shift.data(), 0, nullptr, 0, FGMM_COV_DIAG, nullptr, nullptr, nullptr};
     // Per component: D + sum_j 1.5 (mu - shift)^2 / var.
     double best = 0;
     for (int k = 0; k < 2; k++) {
@@ -161,7 +161,7 @@ TEST(Estep, StiffPairsByHand)
     fgmm_model_variances(m)[2 * D + 3] = 1e-6;
     std::vector<double> w(2 * D * K), c(K), shift(D);
     fgmm_estep_params_fill(m, w.data(), c.data(), shift.data());
-    fgmm_estep_params p = {K, D, w.data(), c.data(), shift.data(), 0, nullptr, 0, FGMM_COV_DIAG, nullptr, nullptr};
+    fgmm_estep_params p = {K, D, w.data(), c.data(), shift.data(), 0, nullptr, 0, FGMM_COV_DIAG, nullptr, nullptr, nullptr};
     const double limit = 1e5;
     std::vector<unsigned char> flags(K * D, 9);
     ASSERT_EQ(fgmm_estep_params_mark_stiff(&p, limit, flags.data()), 3);
