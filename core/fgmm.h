@@ -473,6 +473,14 @@ typedef struct {
     fgmm_covariance covariance;
     fgmm_init_kind init;
     const fgmm_model *init_model; /* for FGMM_INIT_MODEL */
+    /* For FGMM_INIT_MODEL instead of init_model: a model the fit takes
+     * over. Its values move into the fit's model instead of being copied,
+     * so the initial and the fitted model are never both held (a K x D x D
+     * full covariance each); fgmm_fit frees it on every path, and the
+     * caller must not use it after the call. Not with a reducer
+     * (fgmm_engine_set_reducer), whose ranks would share it: fgmm_fit then
+     * fails with FGMM_ERR_ARGUMENT and leaves it to the caller. */
+    fgmm_model *init_model_owned;
     int max_iter;                 /* default 100 */
     double tol;                   /* default 1e-3, on mean log-likelihood per row */
     double reg_covar;             /* default 1e-6 */
@@ -498,7 +506,8 @@ typedef struct {
 
 void fgmm_fit_params_default(fgmm_fit_params *p);
 
-/* Initial model for src under p (no EM step). */
+/* Initial model for src under p (no EM step). An init_model_owned is read
+ * as init_model is, and stays the caller's. */
 fgmm_status fgmm_initialize(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
                             fgmm_model **out, fgmm_error *err);
 

@@ -251,8 +251,9 @@ static void print_step(fgmm_engine *e, const fgmm_fit_params *p, int it, double 
     fputc('\n', stderr);
 }
 
-fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
-                     fgmm_model **out, fgmm_error *err)
+/* owned: p->init_model_owned until the fit has taken its values, then NULL. */
+static fgmm_status fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
+                       fgmm_model **owned, fgmm_model **out, fgmm_error *err)
 {
     *out = NULL;
     double t_start = fgmm_now_seconds();
@@ -279,7 +280,13 @@ fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
     /* Initialisation runs once, on rank 0, on a sample of all N rows (a
      * share's read_rows reaches every row): the same model as in one
      * process. */
-    st = rank == 0 ? fgmm_initialize(e, src, p, &m, err) : FGMM_OK;
+    st = rank == 0 ? fgmm_init_model(e->ops, e->backend, src, p, &m, err) : FGMM_OK;
+    /* A model handed over has given its values to m: it goes now, before
+     * the fit's own K x D x D arrays exist. */
+    const fgmm_model *im = *owned ? *owned : p->init_model;
+    const int init_reseeded = start > 0 && im ? fgmm_model_meta_c(im)->reseeded : 0;
+    fgmm_model_free(*owned);
+    *owned = NULL;
     if (e->red) {
         double t_c = fgmm_now_seconds();
         st = share_model(e, &m, st, err);
@@ -297,7 +304,7 @@ fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
     meta->rows = N;
     meta->iterations = start;
     meta->converged = 0;
-    meta->reseeded = start > 0 && p->init_model ? fgmm_model_meta_c(p->init_model)->reseeded : 0;
+    meta->reseeded = init_reseeded;
     if ((st = fgmm_model_set_text(m, FGMM_TEXT_SOURCE, fgmm_source_name(src), err)) ||
         (st = fgmm_model_set_text(m, FGMM_TEXT_INIT, init_name(p->init), err)) ||
         (st = fgmm_model_set_text(m, FGMM_TEXT_DEVICE, fgmm_engine_device_name(e), err)) ||
@@ -397,8 +404,26 @@ fail:
     return st;
 }
 
+fgmm_status fgmm_fit(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
+                     fgmm_model **out, fgmm_error *err)
+{
+    if (p->init_model_owned && e->red) {
+        *out = NULL;
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT, "a fit across ranks takes its initial model as "
+                                                 "init_model, not init_model_owned");
+    }
+    fgmm_model *owned = p->init_model_owned;
+    fgmm_status st = fit(e, src, p, &owned, out, err);
+    fgmm_model_free(owned);
+    return st;
+}
+
 fgmm_status fgmm_initialize(fgmm_engine *e, fgmm_source *src, const fgmm_fit_params *p,
                             fgmm_model **out, fgmm_error *err)
 {
-    return fgmm_init_model(e->ops, e->backend, src, p, out, err);
+    if (!p->init_model_owned) return fgmm_init_model(e->ops, e->backend, src, p, out, err);
+    fgmm_fit_params q = *p; /* read, not taken: only fgmm_fit takes it */
+    q.init_model = p->init_model_owned;
+    q.init_model_owned = NULL;
+    return fgmm_init_model(e->ops, e->backend, src, &q, out, err);
 }

@@ -101,7 +101,7 @@ static fgmm_status kmeans_centers(const fgmm_backend_ops *ops, void *be, const f
 static fgmm_status init_from_model(fgmm_source *src, const fgmm_fit_params *p, fgmm_model **out,
                                    fgmm_error *err)
 {
-    const fgmm_model *im = p->init_model;
+    const fgmm_model *im = p->init_model_owned ? p->init_model_owned : p->init_model;
     if (!im) return fgmm_fail(err, FGMM_ERR_ARGUMENT, "init from a model, but no model given");
     if (fgmm_model_d(im) != fgmm_source_dim(src))
         return fgmm_fail(err, FGMM_ERR_DATA,
@@ -120,12 +120,16 @@ static fgmm_status init_from_model(fgmm_source *src, const fgmm_fit_params *p, f
     fgmm_model *m;
     if ((st = fgmm_model_create(fgmm_model_k(im), fgmm_model_d(im), p->covariance, &m, err)))
         return st;
+    *out = m;
+    if (p->init_model_owned) { /* fgmm_fit frees it, now holding m's start */
+        fgmm_model_swap_values(m, p->init_model_owned);
+        return FGMM_OK;
+    }
     int K = fgmm_model_k(im), D = fgmm_model_d(im);
     memcpy(fgmm_model_weights(m), fgmm_model_weights_c(im), sizeof(double) * (size_t)K);
     memcpy(fgmm_model_means(m), fgmm_model_means_c(im), sizeof(double) * (size_t)K * D);
     memcpy(fgmm_model_variances(m), fgmm_model_variances_c(im),
            sizeof(double) * fgmm_covariance_len(p->covariance, K, D));
-    *out = m;
     return FGMM_OK;
 }
 

@@ -13,4 +13,8 @@
 fgmm_status fgmm_init_model(const fgmm_backend_ops *ops, void *be, fgmm_source *src,
                             const fgmm_fit_params *p, fgmm_model **out, fgmm_error *err);
 
+/* Exchanges the weights, means and covariances of two models of the same
+ * K, D and covariance type (model.c); nothing else of either changes. */
+void fgmm_model_swap_values(fgmm_model *a, fgmm_model *b);
+
 #endif

@@ -3,6 +3,7 @@
  * metadata of the fit that produced it.
  */
 #include "core/backend.h"
+#include "core/init.h"
 
 #include <stdio.h>
 
@@ -101,6 +102,17 @@ fgmm_status fgmm_model_create(int k, int d, fgmm_covariance cov, fgmm_model **ou
     m->meta.source = m->meta.init = m->meta.device = "";
     *out = m;
     return FGMM_OK;
+}
+
+void fgmm_model_swap_values(fgmm_model *a, fgmm_model *b)
+{
+    double *w = a->weights, *mu = a->means, *v = a->variances;
+    a->weights = b->weights;
+    a->means = b->means;
+    a->variances = b->variances;
+    b->weights = w;
+    b->means = mu;
+    b->variances = v;
 }
 
 void fgmm_model_free(fgmm_model *m)

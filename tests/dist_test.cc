@@ -172,7 +172,8 @@ std::vector<double> params_of(const fgmm_model *m)
 }
 
 // Fit 6 steps straight; fit 3, checkpoint through on_step, resume for 3
-// more: the same parameter bytes and log-likelihood history.
+// more: the same parameter bytes and log-likelihood history, whether the
+// resumed fit copies the checkpoint or takes it over (init_model_owned).
 TEST(DistCheckpoint, ResumeEqualsAnUninterruptedFit)
 {
     uint64_t seed = fresh_seed();
@@ -222,6 +223,40 @@ TEST(DistCheckpoint, ResumeEqualsAnUninterruptedFit)
     EXPECT_EQ(0, memcmp(fgmm_model_loglik(straight), fgmm_model_loglik(resumed),
                         6 * sizeof(double)));
     EXPECT_EQ(fgmm_model_meta_c(resumed)->iterations, 6);
+    // The fit may take the checkpoint over instead of copying it: the same
+    // bits and history.
+    fgmm_model *taken, *from_taken;
+    ASSERT_EQ(fgmm_model_clone(ck, &taken, &err), FGMM_OK);
+    q.init_model = nullptr;
+    q.init_model_owned = taken;
+    fgmm_model *read;  // fgmm_initialize only reads it
+    ASSERT_EQ(fgmm_initialize(e, src, &q, &read, &err), FGMM_OK) << err.msg;
+    EXPECT_EQ(params_of(read), params_of(ck));
+    EXPECT_EQ(params_of(taken), params_of(ck));
+    fgmm_model_free(read);
+    ASSERT_EQ(fgmm_fit(e, src, &q, &from_taken, &err), FGMM_OK) << err.msg;
+    b = params_of(from_taken);
+    ASSERT_EQ(a.size(), b.size());
+    EXPECT_EQ(0, memcmp(a.data(), b.data(), a.size() * sizeof(double)));
+    ASSERT_EQ(fgmm_model_loglik_count(from_taken), 6);
+    EXPECT_EQ(0, memcmp(fgmm_model_loglik(straight), fgmm_model_loglik(from_taken),
+                        6 * sizeof(double)));
+    fgmm_model_free(from_taken);
+    // Across ranks each rank reads the initial model: refused, and the
+    // model is left to the caller.
+    fgmm_dist_reducer one;
+    ASSERT_EQ(fgmm_dist_single(&one, &err), FGMM_OK);
+    ASSERT_EQ(fgmm_model_clone(ck, &taken, &err), FGMM_OK);
+    q.init_model_owned = taken;
+    fgmm_model *refused = nullptr;
+    EXPECT_EQ(fgmm_dist_fit(e, &one, src, &q, &refused, &err), FGMM_ERR_ARGUMENT);
+    EXPECT_NE(std::string(err.msg).find("init_model_owned"), std::string::npos) << err.msg;
+    EXPECT_EQ(refused, nullptr);
+    EXPECT_EQ(fgmm_model_k(taken), k);
+    fgmm_model_free(taken);
+    fgmm_dist_free(&one);
+    q.init_model = ck;
+    q.init_model_owned = nullptr;
     // Resuming needs the model it continues from.
     q.init = FGMM_INIT_KMEANSPP;
     fgmm_model *bad = nullptr;

@@ -471,12 +471,20 @@ int cmd_fit(int argc, char **argv)
             fprintf(stderr, "fit: resuming from %s after step %d\n", resumed_step,
                     p.resume_iteration);
     }
+    /* One engine and no ranks: the fit takes the initial model over, so it
+     * and the fitted model are not both held. */
+    const int from_model = init_model != NULL;
+    if (init_model && !place.launched && place.n == 1) {
+        p.init_model_owned = init_model;
+        p.init_model = NULL;
+        init_model = NULL;
+    }
     if (fit_place_run(&place, timeout_s, &p, &m, &err)) {
         rc = cli_fail("fit", &err);
         goto done;
     }
     /* The initialisation the fit started from, as the first run names it. */
-    if (init_model) fgmm_model_set_text(m, FGMM_TEXT_INIT, f.init, NULL);
+    if (from_model) fgmm_model_set_text(m, FGMM_TEXT_INIT, f.init, NULL);
     else if (resumed)
         fgmm_model_set_text(m, FGMM_TEXT_INIT, fgmm_model_meta_c(resumed)->init, NULL);
     if (lead && fgmm_model_save(m, f.out, &err)) {
