@@ -566,6 +566,9 @@ static int reserve_doubles(double **p, size_t *cap, size_t n)
     return 1;
 }
 
+/* OpenBLAS's own thread count (process-wide). */
+void openblas_set_num_threads(int n);
+
 fgmm_status fgmm_engine_host_pool(fgmm_engine *e, fgmm_pool **out, fgmm_error *err)
 {
     *out = e->ops->pool ? e->ops->pool(e->backend) : NULL;
@@ -575,6 +578,10 @@ fgmm_status fgmm_engine_host_pool(fgmm_engine *e, fgmm_pool **out, fgmm_error *e
         fgmm_status st =
             fgmm_pool_create(cores > 1 ? (cores < 64 ? (int)cores : 64) : 1, &e->host_pool, err);
         if (st) return st;
+        /* Each worker factorises whole components through LAPACK: OpenBLAS
+         * threads inside them would oversubscribe every core (on 16 cores
+         * the setup and M-step ran 3-6x slower), as in the CPU back end. */
+        openblas_set_num_threads(1);
     }
     *out = e->host_pool;
     return FGMM_OK;
