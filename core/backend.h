@@ -196,6 +196,9 @@ fgmm_status fgmm_stats_allreduce(fgmm_stats *s, const fgmm_reducer_ops *ops, voi
  * back end computes on (initialisation uses as many). */
 fgmm_status fgmm_engine_create_on(const fgmm_backend_ops *ops, void *self, int threads,
                                   fgmm_engine **out, fgmm_error *err);
+/* The back end an engine computes on, for tests that drive a back end
+ * through this interface; it stays the engine's. */
+void fgmm_engine_backend(const fgmm_engine *e, const fgmm_backend_ops **ops, void **self);
 
 /* A fixed set of worker threads (core/pool.c), the one thread mechanism of
  * the product. fgmm_pool_run calls fn(item, worker, arg) once for each item

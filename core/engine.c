@@ -566,6 +566,12 @@ static int reserve_doubles(double **p, size_t *cap, size_t n)
     return 1;
 }
 
+void fgmm_engine_backend(const fgmm_engine *e, const fgmm_backend_ops **ops, void **self)
+{
+    *ops = e->ops;
+    *self = e->backend;
+}
+
 /* OpenBLAS's own thread count (process-wide). */
 void openblas_set_num_threads(int n);
 

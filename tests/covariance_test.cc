@@ -11,8 +11,10 @@
 #include <string>
 #include <vector>
 
+extern "C" {
 #include "backends/fgmm_backends.h"
-#include "core/backend.h"
+#include "core/backend.h" /* the back-end interface */
+}
 #include "core/fgmm.h"
 #include "io/fgmm_io.h"
 #include "tests/reference.h"
@@ -246,6 +248,50 @@ TEST(MatrixCovariance, SingularComponentFailsTheMStep)
 
 // What a reduction across ranks carries: an image read back adds like the
 // original, and layouts that differ do not add.
+// The CPU back end sums a full-covariance pass straight into the
+// statistics the pass began with (fgmm_estep_params.out): a pass without
+// them, or one ended into others, is refused, and the back end stays
+// usable.
+TEST(MatrixCovariance, FullPassKeepsItsOutputStatistics)
+{
+    const int K = 2, D = 3;
+    fgmm_error err{};
+    fgmm_engine *e;
+    ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CPU, 2, &e, &err), FGMM_OK) << err.msg;
+    const fgmm_backend_ops *ops;
+    void *be;
+    fgmm_engine_backend(e, &ops, &be);
+    std::vector<double> factor((size_t)K * D * D, 0.0), means((size_t)K * D, 0.0), c(K, 0.0);
+    for (int k = 0; k < K; k++)
+        for (int j = 0; j < D; j++) factor[(size_t)k * D * D + (size_t)j * (D + 1)] = 1.0;
+    fgmm_estep_params p{};
+    p.k = K;
+    p.d = D;
+    p.c = c.data();
+    p.shift = means.data();
+    p.cov = FGMM_COV_FULL;
+    p.factor = factor.data();
+    p.means = means.data();
+    EXPECT_EQ(ops->begin_pass(be, &p, &err), FGMM_ERR_ARGUMENT);
+    EXPECT_NE(std::string(err.msg).find("needs its output statistics"), std::string::npos)
+        << err.msg;
+    fgmm_stats *s, *other;
+    ASSERT_EQ(fgmm_stats_create_cov(K, D, FGMM_COV_FULL, means.data(), &s, &err), FGMM_OK);
+    ASSERT_EQ(fgmm_stats_create_cov(K, D, FGMM_COV_FULL, means.data(), &other, &err), FGMM_OK);
+    p.out = s;
+    ASSERT_EQ(ops->begin_pass(be, &p, &err), FGMM_OK) << err.msg;
+    EXPECT_EQ(ops->end_pass(be, other, &err), FGMM_ERR_ARGUMENT);
+    EXPECT_NE(std::string(err.msg).find("not the statistics the pass began with"),
+              std::string::npos)
+        << err.msg;
+    ASSERT_EQ(ops->begin_pass(be, &p, &err), FGMM_OK) << err.msg;
+    EXPECT_EQ(ops->end_pass(be, s, &err), FGMM_OK) << err.msg;
+    EXPECT_EQ(fgmm_stats_rows(s), 0);
+    fgmm_stats_free(s);
+    fgmm_stats_free(other);
+    fgmm_engine_free(e);
+}
+
 TEST(MatrixCovariance, StatisticsSerialiseAndAdd)
 {
     for (fgmm_covariance cov : {FGMM_COV_FULL, FGMM_COV_TIED}) {
