@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Sourced by the GPU benchmark scripts (bench/estep_table.sh,
-# engine_phases.sh, fp64_device.sh).
+# engine_phases.sh, fp64_device.sh, matrix_table.sh).
 #
 # The binaries are those of
 #   bazel build --config=sm90 -c opt --dynamic_mode=off //...
