@@ -9,10 +9,7 @@
 #   bash bench/engine_phases.sh [OUTDIR] [tests]
 set -uo pipefail
 . "$(dirname "$0")/gpu_common.sh"
-OUTD=${1:-$ROOT/bench/out/gpu}
-mkdir -p "$OUTD"
-T="$OUTD/engine_phases.txt"
-: > "$T"
+gpu_log engine_phases.txt "${1:-}"
 need bench/engine_bench
 [ -z "${OLD:-}" ] || [ -x "$OLD" ] || { echo "OLD=$OLD: not an executable" >&2; exit 2; }
 gpu_header "$T"

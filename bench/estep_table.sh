@@ -11,10 +11,7 @@
 #   bash bench/estep_table.sh [OUTDIR] [tests]
 set -uo pipefail
 . "$(dirname "$0")/gpu_common.sh"
-OUTD=${1:-$ROOT/bench/out/gpu}
-mkdir -p "$OUTD"
-T="$OUTD/estep_table.txt"
-: > "$T"
+gpu_log estep_table.txt "${1:-}"
 need bench/estep_bench
 gpu_header "$T"
 [ "${2:-}" = tests ] && gpu_tests "$OUTD" "$T"

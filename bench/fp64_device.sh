@@ -13,10 +13,7 @@
 #   bash bench/fp64_device.sh [OUTDIR] [cpu]
 set -uo pipefail
 . "$(dirname "$0")/gpu_common.sh"
-OUTD=${1:-$ROOT/bench/out/gpu}
-mkdir -p "$OUTD"
-T="$OUTD/fp64.txt"
-: > "$T"
+gpu_log fp64.txt "${1:-}"
 need tools/flashgmm bench/engine_bench
 F="$BIN/tools/flashgmm"
 S="$ROOT/bench/out/mnist.shards" M0="$ROOT/bench/out/mnist_init"

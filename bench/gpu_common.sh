@@ -30,6 +30,15 @@ mnist_path() {
   [ -f "$MNIST" ] || { echo "MNIST not found; set MNIST=path/to/base.u8bin" >&2; exit 2; }
 }
 
+# gpu_log FILE [OUTDIR]: OUTD (default bench/out/gpu) made, and T, the
+# script's log OUTD/FILE, started empty.
+gpu_log() {
+  OUTD=${2:-$ROOT/bench/out/gpu}
+  mkdir -p "$OUTD"
+  T="$OUTD/$1"
+  : > "$T"
+}
+
 # gpu_header LOG: the GPU and host the figures belong to.
 gpu_header() {
   { nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader

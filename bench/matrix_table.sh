@@ -9,10 +9,7 @@
 #   bash bench/matrix_table.sh [OUTDIR] [tests]
 set -uo pipefail
 . "$(dirname "$0")/gpu_common.sh"
-OUTD=${1:-$ROOT/bench/out/gpu}
-mkdir -p "$OUTD"
-T="$OUTD/matrix_table.txt"
-: > "$T"
+gpu_log matrix_table.txt "${1:-}"
 need bench/engine_bench
 gpu_header "$T"
 [ "${2:-}" = tests ] && gpu_tests "$OUTD" "$T"

@@ -13,10 +13,7 @@
 #   bash bench/real_fits.sh [OUTDIR]
 set -uo pipefail
 . "$(dirname "$0")/gpu_common.sh"
-OUTD=${1:-$ROOT/bench/out/gpu}
-mkdir -p "$OUTD"
-T="$OUTD/real_fits.txt"
-: > "$T"
+gpu_log real_fits.txt "${1:-}"
 need tools/flashgmm bench/engine_bench
 F="$BIN/tools/flashgmm"
 W=$(mktemp -d)
