@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
-# No progress lines: Bazel's summary (or its errors) and then the demo.
-bazel build --noshow_progress -c opt --dynamic_mode=off //tools:flashgmm >&2
+# Only the demo's own lines: Bazel prints nothing but warnings and errors.
+bazel build --noshow_progress --ui_event_filters=-info --show_result=0 -c opt \
+    --dynamic_mode=off //tools:flashgmm >&2
 exec bazel-bin/tools/flashgmm demo "$@"
