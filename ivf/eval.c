@@ -100,9 +100,10 @@ done:
     return st;
 }
 
-/* The mixture's starting point: the k-means model itself (diag), or its
- * variances averaged over dimensions (spherical), which is what the
- * spherical M-step computes from the same labels. */
+/* The mixture's starting point, what each M-step computes from the
+ * k-means labels: the k-means model itself (diag), its variances averaged
+ * over dimensions (spherical), the diagonal matrices of its variances
+ * (full), or their average weighted by the components' shares (tied). */
 static fgmm_status gmm_start(const fgmm_model *km, fgmm_covariance cov, fgmm_model **out,
                              fgmm_error *err)
 {
@@ -110,14 +111,23 @@ static fgmm_status gmm_start(const fgmm_model *km, fgmm_covariance cov, fgmm_mod
     const int k = fgmm_model_k(km), d = fgmm_model_d(km);
     fgmm_status st = fgmm_model_create(k, d, cov, out, err);
     if (st) return st;
-    memcpy(fgmm_model_weights(*out), fgmm_model_weights_c(km), sizeof(double) * (size_t)k);
+    const double *w = fgmm_model_weights_c(km);
+    memcpy(fgmm_model_weights(*out), w, sizeof(double) * (size_t)k);
     memcpy(fgmm_model_means(*out), fgmm_model_means_c(km), sizeof(double) * (size_t)k * d);
     const double *v = fgmm_model_variances_c(km);
     double *sv = fgmm_model_variances(*out);
+    memset(sv, 0, sizeof(double) * fgmm_covariance_len(cov, k, d));
     for (int c = 0; c < k; c++) {
-        double s = 0;
-        for (int j = 0; j < d; j++) s += v[(size_t)c * d + j];
-        sv[c] = s / d;
+        const double *vc = v + (size_t)c * d;
+        if (cov == FGMM_COV_SPHERICAL) {
+            double s = 0;
+            for (int j = 0; j < d; j++) s += vc[j];
+            sv[c] = s / d;
+        } else if (cov == FGMM_COV_FULL) {
+            for (int j = 0; j < d; j++) sv[((size_t)c * d + j) * d + j] = vc[j];
+        } else {
+            for (int j = 0; j < d; j++) sv[(size_t)j * d + j] += w[c] * vc[j];
+        }
     }
     return FGMM_OK;
 }

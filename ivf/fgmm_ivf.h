@@ -142,10 +142,16 @@ typedef struct {
     fgmm_covariance cov;
     float *centroids;  /* K*D */
     double *means;     /* K*D */
-    double *inv_var;   /* K*D (diag) or K (spherical) */
-    double *log_const; /* K: log w_k - 1/2 sum_j log(2 pi var_kj) */
+    double *inv_var;   /* K*D (diag), K (spherical), NULL (full, tied) */
+    /* Full and tied: the precisions' Cholesky factors W (K, or 1 when tied,
+     * lower triangular D x D), so that the Mahalanobis term is
+     * |W (q - mu_k)|^2; NULL otherwise. */
+    double *factor;
+    double *log_const; /* K: log w_k - 1/2 log det(2 pi Sigma_k) */
 } fgmm_ivf_coarse;
 
+/* Any covariance type. A full or tied covariance whose Cholesky
+ * factorisation fails is FGMM_ERR_ARGUMENT, naming the component. */
 fgmm_status fgmm_ivf_coarse_from_model(const fgmm_model *m, fgmm_ivf_coarse *out,
                                        fgmm_error *err);
 void fgmm_ivf_coarse_free(fgmm_ivf_coarse *c);

@@ -155,6 +155,34 @@ TEST(IvfProbe, PosteriorOrderFollowsWeightsAndVariances)
     fgmm_model_free(m);
 }
 
+TEST(IvfProbe, MatrixCovarianceThatIsNotPositiveDefiniteIsNamed)
+{
+    const int d = 2;
+    fgmm_error err{};
+    for (fgmm_covariance cov : {FGMM_COV_FULL, FGMM_COV_TIED}) {
+        fgmm_model *m = nullptr;
+        ASSERT_EQ(fgmm_model_create(2, d, cov, &m, &err), FGMM_OK);
+        double *w = fgmm_model_weights(m), *v = fgmm_model_variances(m);
+        w[0] = w[1] = 0.5;
+        for (int i = 0; i < 2 * d; i++) fgmm_model_means(m)[i] = i;
+        // Component 0 (full) or the shared matrix (tied): eigenvalues 3, -1.
+        const double good[4] = {1, 0, 0, 1}, bad[4] = {1, 2, 2, 1};
+        memcpy(v, bad, sizeof bad);
+        if (cov == FGMM_COV_FULL) {
+            memcpy(v, good, sizeof good);
+            memcpy(v + 4, bad, sizeof bad);
+        }
+        fgmm_ivf_coarse c;
+        EXPECT_EQ(fgmm_ivf_coarse_from_model(m, &c, &err), FGMM_ERR_ARGUMENT);
+        const char *want =
+            cov == FGMM_COV_FULL
+                ? "covariance of component 1 is not positive definite (leading minor 2)"
+                : "tied covariance is not positive definite (leading minor 2)";
+        EXPECT_NE(strstr(err.msg, want), nullptr) << err.msg;
+        fgmm_model_free(m);
+    }
+}
+
 struct Top1 {
     std::vector<int32_t> idx;
 };
@@ -175,7 +203,8 @@ TEST(IvfProbe, PosteriorOrderAgreesWithTheEnginesTopComponent)
     const int n = 600, d = 6, k = 8;
     fgmm_rng r;
     fgmm_rng_seed(&r, 5);
-    for (fgmm_covariance cov : {FGMM_COV_DIAG, FGMM_COV_SPHERICAL}) {
+    for (fgmm_covariance cov :
+         {FGMM_COV_DIAG, FGMM_COV_SPHERICAL, FGMM_COV_FULL, FGMM_COV_TIED}) {
         fgmm_model *m = nullptr;
         fgmm_error err{};
         ASSERT_EQ(fgmm_model_create(k, d, cov, &m, &err), FGMM_OK);
@@ -185,8 +214,23 @@ TEST(IvfProbe, PosteriorOrderAgreesWithTheEnginesTopComponent)
         for (int c = 0; c < k; c++) tot += w[c] = 0.2 + fgmm_rng_uniform(&r);
         for (int c = 0; c < k; c++) w[c] /= tot;
         for (int i = 0; i < k * d; i++) mu[i] = 2 * fgmm_rng_normal(&r);
-        for (size_t i = 0; i < fgmm_covariance_len(cov, k, d); i++)
-            v[i] = 0.3 + 2 * fgmm_rng_uniform(&r);
+        if (fgmm_covariance_is_matrix(cov)) {
+            // B B^T + 0.3 I: symmetric positive definite, correlated.
+            for (int f = 0; f < (cov == FGMM_COV_FULL ? k : 1); f++) {
+                std::vector<double> b(d * d);
+                for (auto &e : b) e = fgmm_rng_normal(&r);
+                double *a = v + (size_t)f * d * d;
+                for (int i = 0; i < d; i++)
+                    for (int j = 0; j < d; j++) {
+                        double s = i == j ? 0.3 : 0.0;
+                        for (int l = 0; l < d; l++) s += b[i * d + l] * b[j * d + l];
+                        a[i * d + j] = s;
+                    }
+            }
+        } else {
+            for (size_t i = 0; i < fgmm_covariance_len(cov, k, d); i++)
+                v[i] = 0.3 + 2 * fgmm_rng_uniform(&r);
+        }
         std::vector<float> x(n * d);
         for (auto &e : x) e = (float)(2.5 * fgmm_rng_normal(&r));
         fgmm_engine *e = nullptr;
@@ -509,6 +553,35 @@ TEST(SyntheticEmbeddings, UnitRowsSharedCentresAndBadArguments)
               FGMM_ERR_ARGUMENT);
 }
 
+// Full and tied mixtures as the GMM methods' model: EM from the k-means
+// model's diagonal, lists by the engine, probes by the Mahalanobis
+// posterior; exhaustive at nprobe = K, and an index that finds something.
+TEST_F(IvfEval, FullAndTiedMixtures)
+{
+    for (const char *cov : {"full", "tied"}) {
+        const std::string out = path(std::string("cov_") + cov);
+        Result r = run("ivf-eval --quiet --base " + path("base.fbin") + " --query " +
+                       path("query.fbin") + " --queries 50 --train-sample 4000 --nlist 16" +
+                       " --methods gmm,gmm-multi --max-iter 4 --nprobe 1,2,4,8,16 --seed 3" +
+                       " --covariance " + cov + " --out " + out);
+        ASSERT_EQ(r.code, 0) << cov << ": " << r.out;
+        std::string header;
+        std::vector<Row> rows = parse_results(read_all(out + "/results.csv"), &header);
+        EXPECT_EQ(header, kHeader);
+        std::map<std::string, std::vector<Row>> by;
+        for (const Row &row : rows) by[row.method].push_back(row);
+        EXPECT_EQ(by.size(), 4u) << cov;
+        for (const char *m : {"gmm", "gmm/posterior", "gmm-multi", "gmm-multi/posterior"}) {
+            const std::vector<Row> &c = by[m];
+            ASSERT_EQ(c.size(), 5u) << cov << " " << m;
+            EXPECT_EQ(c.back().r10, 1.0) << cov << " " << m;
+            EXPECT_NEAR(c.back().dist, 16 + c.back().index_rows, 0.01) << cov << " " << m;
+            EXPECT_GT(c[2].r10, 0.5) << cov << " " << m << " at nprobe 4";
+        }
+        EXPECT_EQ(by["gmm"][0].index_rows, kN) << cov;
+    }
+}
+
 TEST_F(IvfEval, BadInputs)
 {
     const std::string bq = " --base " + path("base.fbin") + " --query " + path("query.fbin");
@@ -517,8 +590,8 @@ TEST_F(IvfEval, BadInputs)
     expect_fail(" --base " + path("base.fbin") + " --query " + path("d5.fbin") +
                     " --nlist 8 --out " + path("o1"),
                 1, "dimension 5");
-    expect_fail(bq + " --nlist 8 --covariance full --out " + path("o2"), 2,
-                "expects diag or spherical, got 'full'");
+    expect_fail(bq + " --nlist 8 --covariance dense --out " + path("o2"), 2,
+                "unknown covariance 'dense'; expected diag, spherical, full or tied");
     expect_fail(bq + " --nlist 8 --nprobe 4,2 --out " + path("o2"), 2, "--nprobe");
     expect_fail(bq + " --nlist 8 --nprobe 1,x --out " + path("o2"), 2, "--nprobe");
     expect_fail(bq + " --nlist 8 --nprobe 1,16 --out " + path("o2"), 2,

@@ -46,7 +46,7 @@ static const char IVF_EVAL_HELP[] =
     "  --nlist K            lists (1 .. training rows)\n"
     "  --out DIR            output directory, must not exist\n"
     "  --methods LIST       from kmeans,kmeans-soar,gmm,gmm-multi (default: all)\n"
-    "  --covariance C       the mixture's: diag (default) or spherical\n"
+    "  --covariance C       the mixture's: diag (default), spherical, full or tied\n"
     "  --nprobe LIST        increasing, e.g. 1,2,4 (default 1,2,4,...,64 up to K, and K\n"
     "                       when K < 64)\n"
     "  --train-sample N     train on a seeded random sample of N base rows (default: all)\n"
@@ -135,12 +135,6 @@ int cmd_ivf_eval(int argc, char **argv)
             break;
         case OPT_COVARIANCE:
             if (fgmm_covariance_parse(optarg, &p.cov, &err)) return cli_fail("ivf-eval", &err);
-            if (fgmm_covariance_is_matrix(p.cov)) {
-                fprintf(stderr, "flashgmm ivf-eval: --covariance expects diag or spherical, "
-                                "got '%s' (the evaluator's list search ranks lists by "
-                                "diagonal terms)\n", optarg);
-                return CLI_EXIT_USAGE;
-            }
             break;
         case OPT_NPROBE:
             if (fgmm_ivf_nprobe_parse(optarg, p.nprobe, &p.n_nprobe, &err))
