@@ -5,7 +5,8 @@
 # bazel-bin/bench/engine_bench), then, when FLASH_GMM_DIR names a checkout
 # of github.com/IBM/Flash-GMM, its full-covariance E-step and PyTorch's
 # materialising step on data of the same structure
-# (bench/flash_gmm_peer.py). With "tests", the GPU tests run first.
+# (bench/flash_gmm_peer.py) at N in PEER_SIZES (default: both). With
+# "tests", the GPU tests run first.
 #   bash bench/matrix_table.sh [OUTDIR] [tests]
 set -uo pipefail
 . "$(dirname "$0")/gpu_common.sh"
@@ -22,7 +23,7 @@ step full 200000 3
 step full 1000000 2
 step tied 1000000 2
 if [ -n "${FLASH_GMM_DIR:-}" ]; then
-  for n in 200000 1000000; do
+  for n in ${PEER_SIZES:-200000 1000000}; do
     echo "== Flash-GMM and PyTorch, N=$n" | tee -a "$T"
     timeout 300 python3 "$ROOT/bench/flash_gmm_peer.py" "$FLASH_GMM_DIR" full "$n" 1024 128 2>&1 |
       tee -a "$T"
