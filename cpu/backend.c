@@ -30,6 +30,8 @@ void openblas_set_num_threads(int n);
 /* Rows per tile. 256 rows keep the dgemm efficient (the inner dimension is
  * 2D) while the tile's logits (TILE x K doubles) stay in L2 for K <= 512. */
 #define TILE_ROWS 256
+/* The smallest responsibility the statistics take (tile_lse). */
+#define R_NEGLIGIBLE 1e-200
 
 typedef struct {
     double *a;      /* TILE x 2D: [y, y^2] */
@@ -402,9 +404,15 @@ static void tile_lse(cpu_backend *b, cpu_thread *t, fgmm_stats *st, int64_t r0, 
         for (; k < K; k++) s4[0] += l[k];
         double s = (s4[0] + s4[1]) + (s4[2] + s4[3]);
         double inv = 1.0 / s;
+        /* Responsibilities below R_NEGLIGIBLE become 0: what they
+         * would add is below N * 1e-200 of any statistic, and left in, the
+         * floored exponentials (~3e-308) scaled by inv and multiplied by
+         * the rows are subnormal numbers, on which the statistics'
+         * products run tens of times slower. */
         if (!p->loglik_only)
             for (k = 0; k < K; k++) {
-                l[k] *= inv;
+                const double r = l[k] * inv;
+                l[k] = r >= R_NEGLIGIBLE ? r : 0.0;
                 nk[k] += l[k];
             }
         double ll = mx + log(s);

@@ -292,6 +292,55 @@ TEST(MatrixCovariance, FullPassKeepsItsOutputStatistics)
     fgmm_engine_free(e);
 }
 
+// A component that no row comes near gets responsibilities of about
+// exp(-708) (the exponential's floor) from every row: the CPU back end
+// drops such responsibilities, so its statistics are exactly zero rather
+// than sums of subnormal numbers (which cost the full covariance's
+// products tens of times their time), and the near component's nk is N.
+TEST(MatrixCovariance, NegligibleResponsibilitiesAddNothing)
+{
+    const int n = 300, K = 2, D = 5;
+    fgmm_rng rng;
+    fgmm_rng_seed(&rng, 11);
+    std::vector<float> x((size_t)n * D);
+    for (auto &v : x) v = (float)fgmm_rng_normal(&rng);
+    for (fgmm_covariance cov : {FGMM_COV_DIAG, FGMM_COV_FULL, FGMM_COV_TIED}) {
+        SCOPED_TRACE(fgmm_covariance_name(cov));
+        fgmm_error err{};
+        fgmm_model *m;
+        ASSERT_EQ(fgmm_model_create(K, D, cov, &m, &err), FGMM_OK);
+        fgmm_model_weights(m)[0] = fgmm_model_weights(m)[1] = 0.5;
+        for (int j = 0; j < D; j++) fgmm_model_means(m)[D + j] = 1e3;
+        double *v = fgmm_model_variances(m);
+        const size_t vl = fgmm_covariance_len(cov, K, D);
+        for (size_t i = 0; i < vl; i++) v[i] = 0.0;
+        if (cov == FGMM_COV_DIAG)
+            for (size_t i = 0; i < vl; i++) v[i] = 1.0;
+        else
+            for (size_t f = 0; f < vl / ((size_t)D * D); f++)
+                for (int j = 0; j < D; j++) v[f * D * D + (size_t)j * (D + 1)] = 1.0;
+        fgmm_source *src;
+        ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, n, D, "rows", &src, &err), FGMM_OK);
+        fgmm_engine *e;
+        ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CPU, 2, &e, &err), FGMM_OK) << err.msg;
+        fgmm_stats *s;
+        ASSERT_EQ(fgmm_stats_create_cov(K, D, cov, nullptr, &s, &err), FGMM_OK);
+        ASSERT_EQ(fgmm_engine_estep(e, src, m, s, nullptr, &err), FGMM_OK) << err.msg;
+        EXPECT_EQ(fgmm_stats_nk(s)[0], (double)n);
+        EXPECT_EQ(fgmm_stats_nk(s)[1], 0.0);
+        const double *sums = fgmm_stats_sums(s);
+        for (int j = 0; j < 2 * D; j++) EXPECT_EQ(sums[2 * D + j], 0.0) << "sum " << j;
+        if (cov == FGMM_COV_FULL) {
+            const double *sc = fgmm_stats_scatter(s) + (size_t)D * D;
+            for (int i = 0; i < D * D; i++) EXPECT_EQ(sc[i], 0.0) << "scatter " << i;
+        }
+        fgmm_stats_free(s);
+        fgmm_engine_free(e);
+        fgmm_source_close(src);
+        fgmm_model_free(m);
+    }
+}
+
 TEST(MatrixCovariance, StatisticsSerialiseAndAdd)
 {
     for (fgmm_covariance cov : {FGMM_COV_FULL, FGMM_COV_TIED}) {
