@@ -312,22 +312,28 @@ static void matrix_stats_of(cpu_backend *b, const cpu_thread *rows, cpu_thread *
         return;
     }
     for (int k = k0; k < k1; k++) {
-        /* A component no row of the tile reaches (every r below 1e-250)
-         * adds less than 1e-240 to sums of order 1 and more: skipped. */
+        /* A component no row of the tile reaches (tile_lse zeroes the
+         * negligible responsibilities) adds nothing: skipped. */
         double rmax = 0;
         for (int i = 0; i < n; i++) rmax = l[(size_t)i * K + k] > rmax ? l[(size_t)i * K + k] : rmax;
-        if (rmax < 1e-250) continue;
+        if (rmax == 0.0) continue;
         const double *mu = p->means + (size_t)k * D;
         double *sx = sums + (size_t)k * 2 * D, *z = t->z;
+        /* Only the rows of non-zero responsibility (tile_lse zeroes the
+         * negligible ones) enter the scatter's product: on separated
+         * clusters a component reaches few rows of a tile. */
+        int na = 0;
         for (int i = 0; i < n; i++) {
             const double r = l[(size_t)i * K + k], sr = sqrt(r);
+            if (r == 0.0) continue;
             for (int j = 0; j < D; j++) {
                 const double y = x[(size_t)i * D + j] - mu[j];
                 sx[j] += r * y;
-                z[(size_t)i * D + j] = sr * y;
+                z[(size_t)na * D + j] = sr * y;
             }
+            na++;
         }
-        cblas_dsyrk(CblasRowMajor, CblasLower, CblasTrans, D, n, 1.0, z, D, 1.0,
+        cblas_dsyrk(CblasRowMajor, CblasLower, CblasTrans, D, na, 1.0, z, D, 1.0,
                     scatter + (size_t)k * DD, D);
     }
 }
