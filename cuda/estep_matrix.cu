@@ -1,24 +1,28 @@
 /*
- * estep_matrix.cu - the E-step of the full and tied covariances, fp32 SIMT
- * with float64 accumulators (FGMMC_FAMILY_MATRIX).
+ * estep_matrix.cu - the E-step of the full and tied covariances on tensor
+ * cores, tf32 x 3 products with fp32 accumulators summed in float64
+ * (FGMMC_FAMILY_MATRIX).
  *
  * A batch is cut into sub-batches of rows whose K logits fit the logits
  * buffer; for each:
- *   logits  per (row tile, component): z = F_k (x - mu_k), l = c_k - |z|^2/2,
- *           a 128-row x 128-column register-tiled product (8 x 8 per
- *           thread) with F_k (lower
- *           triangular, D x D; tied: one F for every component) staged
- *           through shared memory. A sum of squares: nothing cancels, so
- *           fp32 keeps the logit to ~1e-6 relative.
+ *   logits  per (128-row tile, component): z = F_k (x - mu_k) as the tile
+ *           product Y F_k^T (F_k lower triangular, D x D; tied: one F for
+ *           every component), l = c_k - |z|^2/2. Y and F are staged through
+ *           shared memory 32 inner indices at a time and split into tf32
+ *           pairs (hi + lo); each product is lo*hi + hi*lo + hi*hi, which
+ *           keeps fp32's accuracy. A sum of squares: nothing cancels after
+ *           the product, so the logit keeps ~1e-6 relative.
  *   lse     one warp per row: the row's log-sum-exp (its log-likelihood) and
  *           its responsibilities, written over the logits.
- *   stats   per (component, row range, block of scatter entries): nk, the
- *           sums r (x - centre) and the lower triangle of sum r (x -
- *           centre)(x - centre)^T over groups of 32 rows, in fp32 within a
- *           group and float64 across groups, into the block's own partial
- *           (no atomics: the same bits every run). A group whose largest
- *           responsibility is below 1e-30 adds to nk only: its products
- *           would change nothing a float64 sum of terms of order 1 keeps.
+ *   stats   per (component, row range, block of 32 x 32 tiles of the lower
+ *           triangle): nk, the sums r (x - centre) and the scatter
+ *           sum r (x - centre)(x - centre)^T as the product A^T A of the
+ *           rows A = sqrt(r) (x - centre), 32 rows at a time, tf32 x 3 on
+ *           tensor cores in fp32 within those 32 rows and float64 across
+ *           them, into the block's own partial (no atomics: the same bits
+ *           every run). 32 rows whose largest responsibility is below 1e-30
+ *           add to nk only: their products would change nothing a float64
+ *           sum of terms of order 1 keeps.
  *   reduce  the partials, in a fixed order, into the pass's accumulators.
  * Full: centre mu_k, scatter per component. Tied: the sums about the
  * shift, and the unweighted scatter sum (x - shift)(x - shift)^T through
@@ -30,12 +34,13 @@
 #include "cuda/context.h"
 
 #define MX_TR 128     /* logits: rows per block */
-#define MX_MR 8       /* logits: rows per thread (MX_TR / 16) */
-#define MX_JB 128     /* logits: z columns per block pass */
-#define MX_IC 32      /* logits: inner dimension staged per step */
-#define MX_G 32       /* stats: rows per group */
-#define MX_ENT 24     /* stats: scatter entries per thread */
-#define MX_THREADS 256
+#define MX_TC 128     /* logits: z columns per block pass */
+#define MX_IC 32      /* logits: inner indices staged per step */
+#define MX_LS (MX_IC + 4) /* logits: a staged row's stride (conflict-free fragments) */
+#define MX_LOGIT_THREADS 256
+#define MX_G 32       /* stats: rows per group (one staged step) */
+#define MX_TILE 32    /* stats: a warp's output tile, MX_TILE x MX_TILE */
+#define MX_TILES_MAX 8 /* stats: tiles (warps) per block at most */
 #define MX_LOGIT_BYTES ((size_t)256 << 20) /* a sub-batch's logits */
 
 int64_t fgmmc_matrix_sub_rows(int k)
@@ -45,13 +50,31 @@ int64_t fgmmc_matrix_sub_rows(int k)
     return s < MX_TR ? MX_TR : s;
 }
 
-/* Scatter entries (lower triangle) and their blocks. */
+/* Scatter entries (lower triangle), the 32 x 32 tiles that cover them
+ * (tile (ta, tb), tb <= ta, numbered row by row) and the blocks the tiles
+ * are dealt to, as evenly as MX_TILES_MAX per block allows. */
 static int64_t tri_entries(int d) { return (int64_t)d * (d + 1) / 2; }
-static int entry_blocks(int d)
+static int scatter_tiles(int d)
 {
-    const int64_t per = (int64_t)MX_THREADS * MX_ENT;
-    return (int)((tri_entries(d) + per - 1) / per);
+    const int nt = (d + MX_TILE - 1) / MX_TILE;
+    return nt * (nt + 1) / 2;
 }
+static int tile_blocks(int d) { return (scatter_tiles(d) + MX_TILES_MAX - 1) / MX_TILES_MAX; }
+static int tiles_per_block(int d)
+{
+    const int nb = tile_blocks(d);
+    return (scatter_tiles(d) + nb - 1) / nb;
+}
+/* Threads of a stats block: a warp per tile, at least 4 warps (they all
+ * stage rows; the sums take d <= 2 * threads). */
+static int stats_threads(int d, int scatter)
+{
+    const int w = scatter ? tiles_per_block(d) : 0;
+    return 32 * (w > 4 ? w : 4);
+}
+/* A staged row's stride in the stats kernel: d rounded up to the tile,
+ * plus 8, so that a fragment's 4 rows x 8 columns hit 32 banks. */
+static __host__ __device__ int stats_stride(int d) { return (d + MX_TILE - 1) / MX_TILE * MX_TILE + 8; }
 
 /* Doubles of one (component, split) partial: nk, D sums, the triangle. */
 static size_t part_elems(int d, int scatter)
@@ -59,105 +82,192 @@ static size_t part_elems(int d, int scatter)
     return 1 + (size_t)d + (scatter ? (size_t)tri_entries(d) : 0);
 }
 
+/* Row ranges for a grid of `comps` components over `rows` rows: enough
+ * blocks for two waves of the SMs, each range a whole number of groups. */
+static int row_splits(int comps, int64_t rows, int sm_count)
+{
+    int splits = (int)((2 * (int64_t)sm_count + comps - 1) / comps);
+    const int64_t groups = (rows + MX_G - 1) / MX_G;
+    if (splits > groups) splits = (int)(groups > 0 ? groups : 1);
+    return splits < 1 ? 1 : splits;
+}
+static int split_rows(int64_t rows, int splits)
+{
+    const int64_t groups = (rows + MX_G - 1) / MX_G;
+    return (int)(((groups + splits - 1) / splits) * MX_G);
+}
+
 void fgmmc_estep_matrix_plan(int k, int d, int64_t n, int sm_count, int tied, fgmmc_plan *plan)
 {
     memset(plan, 0, sizeof *plan);
     const int64_t sub = fgmmc_matrix_sub_rows(k);
     const int64_t rows = n < sub ? n : sub;
-    /* Row ranges per component: enough blocks for two waves of the SMs
-     * over all components, each range a whole number of groups. */
-    int splits = (int)((2 * (int64_t)sm_count + k - 1) / k);
-    const int64_t groups = (rows + MX_G - 1) / MX_G;
-    if (splits > groups) splits = (int)(groups > 0 ? groups : 1);
-    if (splits < 1) splits = 1;
-    plan->splits = splits;
-    plan->rows_per_split = (int)(((groups + splits - 1) / splits) * MX_G);
+    plan->splits = row_splits(k, rows, sm_count);
+    plan->rows_per_split = split_rows(rows, plan->splits);
     plan->lse_blocks = (int)((rows + 7) / 8); /* 8 warps, one row each */
-    /* Partials of the weighted pass, then (tied) of the scatter pass. */
-    plan->partial_elems = (size_t)k * splits * part_elems(d, !tied) +
-                          (tied ? (size_t)splits * part_elems(d, 1) : 0);
-    plan->slices = entry_blocks(d);
+    /* Partials of the weighted pass, then (tied) of the scatter pass, which
+     * has one component and therefore its own row ranges. */
+    plan->partial_elems = (size_t)k * plan->splits * part_elems(d, !tied) +
+                          (tied ? (size_t)row_splits(1, rows, sm_count) * part_elems(d, 1) : 0);
+    plan->slices = tile_blocks(d);
 }
 
 /* ------------------------------------------------------------ kernels */
 
-/* One staged step of MX_IC inner indices: the thread's MX_MR rows x its
- * columns tx + 16 v for v >= VMIN. */
-template <int VMIN>
-__device__ __forceinline__ void mx_logit_step(const float (*ys)[MX_TR + 1],
-                                              const float (*fs)[MX_JB + 1], int ty, int tx,
-                                              float (&acc)[MX_MR][8])
+/* ------------------------------------------------------------ tf32 x 3 */
+
+/* v's nearest tf32 (the fp32 bit layout, low 13 mantissa bits zero). */
+static __device__ __forceinline__ uint32_t tf32_of(float v)
 {
-#pragma unroll 8
-    for (int ii = 0; ii < MX_IC; ii++) {
-        float a[MX_MR], b[8];
-#pragma unroll
-        for (int u = 0; u < MX_MR; u++) a[u] = ys[ii][ty * MX_MR + u];
-#pragma unroll
-        for (int v = VMIN; v < 8; v++) b[v] = fs[ii][tx + 16 * v];
-#pragma unroll
-        for (int u = 0; u < MX_MR; u++)
-#pragma unroll
-            for (int v = VMIN; v < 8; v++) acc[u][v] = fmaf(a[u], b[v], acc[u][v]);
-    }
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(v));
+    return r;
 }
 
-__global__ void __launch_bounds__(MX_THREADS)
+/* v = hi + lo to about 22 bits: the product of two split operands, as
+ * lo*hi + hi*lo + hi*hi, keeps fp32's accuracy on tensor cores (the
+ * dropped lo*lo is 2^-22 of it). */
+static __device__ __forceinline__ void split_tf32(float v, uint32_t &hi, uint32_t &lo)
+{
+    hi = tf32_of(v);
+    lo = tf32_of(v - __uint_as_float(hi));
+}
+
+/* d += a (16x8, row) * b (8x8, col), tf32 in, fp32 accumulate. */
+static __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                uint32_t b1)
+{
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* The three products of one split pair, small terms first. */
+static __device__ __forceinline__ void mma_tf32x3(float (&d)[4], const uint32_t (&ah)[4],
+                                                  const uint32_t (&al)[4], uint32_t bh0,
+                                                  uint32_t bh1, uint32_t bl0, uint32_t bl1)
+{
+    mma_tf32(d, al, bh0, bh1);
+    mma_tf32(d, ah, bl0, bl1);
+    mma_tf32(d, ah, bh0, bh1);
+}
+
+/* The logits kernel's shared memory: a step's rows Y and factor columns F
+ * (tf32 pairs), and each column quarter's share of |z|^2 per row. */
+typedef struct {
+    uint32_t yh[MX_TR][MX_LS], yl[MX_TR][MX_LS];
+    uint32_t fh[MX_TC][MX_LS], fl[MX_TC][MX_LS];
+    float q[4][MX_TR];
+} mx_logit_smem;
+
+/* grid (row tiles, components). Warp w computes 64 rows x 32 columns of
+ * the tile's z: rows 64 (w & 1), column quarter cq. F is lower triangular,
+ * so quarter cq meets only the inner steps i0 < 32 (cq + 1) (within the
+ * column pass): the quarters' work is 4 : 3 : 2 : 1 steps, and the map
+ * below gives each of the SM's four schedulers (warps w and w + 4, w mod 4)
+ * quarters {0, 3} or {1, 2}, 5 steps each. */
+__global__ void __launch_bounds__(MX_LOGIT_THREADS, 2)
     mx_logits_kernel(const void *x, int dtype, int64_t n, int d, int K, const float *shift,
                      const float *m, const float *F, size_t f_stride, const float *c, float *l)
 {
-    __shared__ float ys[MX_IC][MX_TR + 1];
-    __shared__ float fs[MX_IC][MX_JB + 1];
-    const int t = threadIdx.x, k = blockIdx.y;
+    extern __shared__ __align__(16) unsigned char mx_smem[];
+    mx_logit_smem &S = *reinterpret_cast<mx_logit_smem *>(mx_smem);
+    const int t = threadIdx.x, w = t >> 5, lane = t & 31, g = lane >> 2, tq = lane & 3;
+    const int k = blockIdx.y;
     const int64_t row0 = (int64_t)blockIdx.x * MX_TR;
     const float *Fk = F + (size_t)k * f_stride, *mk = m + (size_t)k * d;
-    const int ty = t / 16, tx = t % 16; /* rows ty*MX_MR .., columns tx + 16 v */
-    float q[MX_MR];
-    for (int u = 0; u < MX_MR; u++) q[u] = 0.f;
-    for (int jb = 0; jb < d; jb += MX_JB) {
-        float acc[MX_MR][8];
-        for (int u = 0; u < MX_MR; u++)
-            for (int v = 0; v < 8; v++) acc[u][v] = 0.f;
-        const int iend = d < jb + MX_JB ? d : jb + MX_JB; /* F is lower triangular */
+    const int sched = w & 3, second = w >> 2;
+    const int wr = 64 * (sched & 1);
+    const int cq = (sched >> 1) == 0 ? (second ? 3 : 0) : (second ? 2 : 1);
+    const int wc = 32 * cq;
+    /* |z|^2 per (quarter, row), summed over the column passes: each entry
+     * has one writer (lane tq == 0 of one warp), so the order is fixed. */
+    for (int e = t; e < 4 * MX_TR; e += MX_LOGIT_THREADS) (&S.q[0][0])[e] = 0.f;
+    for (int jb = 0; jb < d; jb += MX_TC) {
+        float acc[4][4][4];
+#pragma unroll
+        for (int mt = 0; mt < 4; mt++)
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) acc[mt][nt][i] = 0.f;
+        const int iend = d < jb + MX_TC ? d : jb + MX_TC; /* F is lower triangular */
         for (int i0 = 0; i0 < iend; i0 += MX_IC) {
-            for (int e = t; e < MX_IC * MX_TR; e += MX_THREADS) {
+            for (int e = t; e < MX_TR * MX_IC; e += MX_LOGIT_THREADS) {
                 const int r = e / MX_IC, ii = e % MX_IC, i = i0 + ii;
                 const int64_t row = row0 + r;
                 float y = 0.f;
                 if (row < n && i < d)
                     y = __fsub_rn(load_y(x, dtype, (size_t)row * d + i, shift[i]), mk[i]);
-                ys[ii][r] = y;
+                split_tf32(y, S.yh[r][ii], S.yl[r][ii]);
             }
-            for (int e = t; e < MX_IC * MX_JB; e += MX_THREADS) {
+            for (int e = t; e < MX_TC * MX_IC; e += MX_LOGIT_THREADS) {
                 const int jj = e / MX_IC, ii = e % MX_IC, i = i0 + ii, j = jb + jj;
-                fs[ii][jj] = (j < d && i <= j) ? Fk[(size_t)j * d + i] : 0.f;
+                const float f = (j < d && i <= j) ? Fk[(size_t)j * d + i] : 0.f;
+                split_tf32(f, S.fh[jj][ii], S.fl[jj][ii]);
             }
             __syncthreads();
-            /* F is lower triangular: this step's i >= i0 meet only columns
-             * j >= i0, so a thread's columns tx + 16 v (+ jb) with v below
-             * (i0 - jb) / 16 get zeros; they are skipped (the same bits:
-             * adding a product with 0 changes no sum). i0 - jb is a
-             * multiple of MX_IC, so the first live v is even. */
-            const int vmin = i0 > jb ? (i0 - jb) / 16 : 0;
-            switch (vmin) {
-            case 0: mx_logit_step<0>(ys, fs, ty, tx, acc); break;
-            case 2: mx_logit_step<2>(ys, fs, ty, tx, acc); break;
-            case 4: mx_logit_step<4>(ys, fs, ty, tx, acc); break;
-            default: mx_logit_step<6>(ys, fs, ty, tx, acc); break;
+            /* Skipped: a quarter past d, or one whose columns j < i0 see
+             * only the factor's zeros (adding 0 products changes no sum). */
+            if (jb + wc < d && i0 < jb + wc + 32) {
+#pragma unroll
+                for (int kk = 0; kk < MX_IC; kk += 8) {
+                    uint32_t bh[4][2], bl[4][2];
+#pragma unroll
+                    for (int nt = 0; nt < 4; nt++) {
+                        const int col = wc + 8 * nt + g;
+                        bh[nt][0] = S.fh[col][kk + tq];
+                        bh[nt][1] = S.fh[col][kk + tq + 4];
+                        bl[nt][0] = S.fl[col][kk + tq];
+                        bl[nt][1] = S.fl[col][kk + tq + 4];
+                    }
+#pragma unroll
+                    for (int mt = 0; mt < 4; mt++) {
+                        const int r = wr + 16 * mt + g;
+                        const uint32_t ah[4] = {S.yh[r][kk + tq], S.yh[r + 8][kk + tq],
+                                                S.yh[r][kk + tq + 4], S.yh[r + 8][kk + tq + 4]};
+                        const uint32_t al[4] = {S.yl[r][kk + tq], S.yl[r + 8][kk + tq],
+                                                S.yl[r][kk + tq + 4], S.yl[r + 8][kk + tq + 4]};
+#pragma unroll
+                        for (int nt = 0; nt < 4; nt++)
+                            mma_tf32x3(acc[mt][nt], ah, al, bh[nt][0], bh[nt][1], bl[nt][0],
+                                       bl[nt][1]);
+                    }
+                }
             }
             __syncthreads();
         }
-        for (int u = 0; u < MX_MR; u++)
-            for (int v = 0; v < 8; v++) q[u] = fmaf(acc[u][v], acc[u][v], q[u]);
+        /* Accumulator i of tile (mt, nt): row 16 mt + g (+ 8 for i >= 2);
+         * a row's 8 columns per tile sit in the 4 lanes of its g. */
+#pragma unroll
+        for (int mt = 0; mt < 4; mt++) {
+            float q0 = 0.f, q1 = 0.f;
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++) {
+                q0 = fmaf(acc[mt][nt][0], acc[mt][nt][0], q0);
+                q0 = fmaf(acc[mt][nt][1], acc[mt][nt][1], q0);
+                q1 = fmaf(acc[mt][nt][2], acc[mt][nt][2], q1);
+                q1 = fmaf(acc[mt][nt][3], acc[mt][nt][3], q1);
+            }
+            q0 += __shfl_xor_sync(0xffffffffu, q0, 1);
+            q0 += __shfl_xor_sync(0xffffffffu, q0, 2);
+            q1 += __shfl_xor_sync(0xffffffffu, q1, 1);
+            q1 += __shfl_xor_sync(0xffffffffu, q1, 2);
+            if (tq == 0) {
+                S.q[cq][wr + 16 * mt + g] += q0;
+                S.q[cq][wr + 16 * mt + g + 8] += q1;
+            }
+        }
     }
-    /* The 16 threads of a row group are 16 consecutive lanes. */
-    for (int u = 0; u < MX_MR; u++)
-        for (int o = 8; o > 0; o >>= 1) q[u] += __shfl_xor_sync(0xffffffffu, q[u], o);
-    if (tx == 0)
-        for (int u = 0; u < MX_MR; u++) {
-            const int64_t row = row0 + ty * MX_MR + u;
-            if (row < n) l[(size_t)row * K + k] = c[k] - 0.5f * q[u];
+    __syncthreads();
+    if (t < MX_TR) {
+        const int64_t row = row0 + t;
+        if (row < n) {
+            const float qs = ((S.q[0][t] + S.q[1][t]) + S.q[2][t]) + S.q[3][t];
+            l[(size_t)row * K + k] = c[k] - 0.5f * qs;
         }
+    }
 }
 
 /* One warp per row: log-sum-exp, responsibilities over the logits, the
@@ -194,6 +304,8 @@ __global__ void __launch_bounds__(256)
     }
 }
 
+static __device__ __forceinline__ int64_t tri_entries_dev(int d) { return (int64_t)d * (d + 1) / 2; }
+
 /* Entry e of the lower triangle, row-major by rows: (a, b), b <= a. */
 static __device__ __forceinline__ void tri_index(int64_t e, int &a, int &b)
 {
@@ -204,35 +316,64 @@ static __device__ __forceinline__ void tri_index(int64_t e, int &a, int &b)
     b = (int)(e - (int64_t)aa * (aa + 1) / 2);
 }
 
-/* grid (components, splits, entry blocks). R: n x ldr responsibilities
+/* grid (components, splits, tile blocks). R: n x ldr responsibilities
  * (NULL: weight 1); centre: m (comp x d, NULL: 0) after the shift. Block
- * (k, s, eb) writes its partial: nk and the sums (eb == 0 only), and its
- * entries of the triangle (scatter). */
-__global__ void __launch_bounds__(MX_THREADS)
-    mx_stats_kernel(const void *x, int dtype, int64_t n, int d, const float *shift,
-                    const float *m, const float *R, int ldr, int rows_per_split, int scatter,
-                    double *part)
+ * (k, s, tb) writes its partial: nk and the sums (tb == 0 only) and, with
+ * scatter, the entries of its tiles, warp w the tile tb * tpb + w:
+ * rows 32 ta.., columns 32 tb.. of sum A^T A over the split's rows, A the
+ * staged rows sqrt(r) (x - centre). Shared memory: A in fp32 and as tf32
+ * pairs, MX_G rows of stats_stride(d); then the MX_G weights. */
+__global__ void mx_stats_kernel(const void *x, int dtype, int64_t n, int d, const float *shift,
+                                const float *m, const float *R, int ldr, int rows_per_split,
+                                int scatter, int tpb, double *part)
 {
-    extern __shared__ float sm[];
-    float *ys = sm;                      /* MX_G x d: sqrt(r) y */
-    float *sr = sm + (size_t)MX_G * d;   /* MX_G: sqrt(r) */
+    extern __shared__ __align__(16) unsigned char mx_smem[];
+    const int P = stats_stride(d);
+    float *ys = reinterpret_cast<float *>(mx_smem);
+    uint32_t *yh = reinterpret_cast<uint32_t *>(ys + MX_G * P), *yl = yh + MX_G * P;
+    float *sr = reinterpret_cast<float *>(yl + MX_G * P);
     __shared__ float gmax;
-    const int t = threadIdx.x, k = blockIdx.x, s = blockIdx.y, eb = blockIdx.z;
+    const int t = threadIdx.x, nthr = blockDim.x, w = t >> 5, lane = t & 31, g = lane >> 2,
+              tq = lane & 3;
+    const int k = blockIdx.x, s = blockIdx.y, tb = blockIdx.z;
     const int splits = gridDim.y;
     const int64_t r0 = (int64_t)s * rows_per_split;
     const int64_t r1 = r0 + rows_per_split < n ? r0 + rows_per_split : n;
     const float *mk = m ? m + (size_t)k * d : NULL;
-    const int64_t ntri = scatter ? (int64_t)d * (d + 1) / 2 : 0;
-    const int64_t e0 = (int64_t)eb * MX_THREADS * MX_ENT;
-    double dacc[MX_ENT];
-    for (int q = 0; q < MX_ENT; q++) dacc[q] = 0;
-    double dsx = 0, dnk = 0; /* thread t < d: sum for dimension t; thread 0: nk */
+    const int64_t ntri = scatter ? tri_entries_dev(d) : 0;
+    /* This warp's tile, if any: index -> (ta, tc), tc <= ta. */
+    const int ntiles = scatter ? (((d + MX_TILE - 1) / MX_TILE) * ((d + MX_TILE - 1) / MX_TILE + 1)) / 2 : 0;
+    const int tile = tb * tpb + w;
+    const bool has_tile = scatter && w < tpb && tile < ntiles;
+    int ta = 0, tc = 0;
+    if (has_tile) {
+        while ((ta + 1) * (ta + 2) / 2 <= tile) ta++;
+        tc = tile - ta * (ta + 1) / 2;
+    }
+    /* Columns past d stay zero: they meet only other zeros. */
+    for (int e = t; e < MX_G * P; e += nthr) {
+        ys[e] = 0.f;
+        yh[e] = yl[e] = 0u;
+    }
+    float acc[2][4][4];
+    double dacc[2][4][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                acc[mt][nt][i] = 0.f;
+                dacc[mt][nt][i] = 0;
+            }
+    double dsx[2] = {0, 0}, dnk = 0; /* thread t: dimensions t, t + nthr; thread 0: nk */
     for (int64_t g0 = r0; g0 < r1; g0 += MX_G) {
         const int gn = r1 - g0 < MX_G ? (int)(r1 - g0) : MX_G;
+        __syncthreads(); /* the previous group's readers are done */
         if (t < MX_G) {
             float r = 0.f;
             if (t < gn) r = R ? R[(size_t)(g0 + t) * ldr + k] : 1.f;
-            sr[t] = r; /* r for now; sqrt below */
+            sr[t] = r;
         }
         __syncthreads();
         if (t == 0) {
@@ -245,51 +386,86 @@ __global__ void __launch_bounds__(MX_THREADS)
             dnk += sum;
         }
         __syncthreads();
-        const bool skip = gmax < 1e-30f;
-        if (!skip) {
-            for (int e = t; e < MX_G * d; e += MX_THREADS) {
-                const int g = e / d, j = e % d;
-                float y = 0.f;
-                if (g < gn) {
-                    y = load_y(x, dtype, (size_t)(g0 + g) * d + j, shift[j]);
-                    if (mk) y = __fsub_rn(y, mk[j]);
+        if (gmax < 1e-30f) continue; /* uniform across the block */
+        for (int e = t; e < MX_G * d; e += nthr) {
+            const int gg = e / d, j = e % d;
+            float y = 0.f;
+            if (gg < gn) {
+                y = load_y(x, dtype, (size_t)(g0 + gg) * d + j, shift[j]);
+                if (mk) y = __fsub_rn(y, mk[j]);
+            }
+            const float v = sqrtf(sr[gg]) * y;
+            ys[gg * P + j] = v;
+            if (scatter) split_tf32(v, yh[gg * P + j], yl[gg * P + j]);
+        }
+        __syncthreads();
+        if (tb == 0)
+            for (int q = 0; q < 2; q++) {
+                const int j = t + q * nthr;
+                if (j < d) {
+                    float a = 0.f;
+                    for (int gg = 0; gg < MX_G; gg++) a = fmaf(sqrtf(sr[gg]), ys[gg * P + j], a);
+                    dsx[q] += a;
                 }
-                ys[e] = sqrtf(sr[g]) * y;
             }
+        if (has_tile) {
+            /* A^T A: fragment (row a, inner row kr) of A^T is A[kr][a]. */
+#pragma unroll
+            for (int kk = 0; kk < MX_G; kk += 8) {
+                const int k0 = (kk + tq) * P, k1 = (kk + tq + 4) * P;
+                uint32_t bh[4][2], bl[4][2];
+#pragma unroll
+                for (int nt = 0; nt < 4; nt++) {
+                    const int col = MX_TILE * tc + 8 * nt + g;
+                    bh[nt][0] = yh[k0 + col];
+                    bh[nt][1] = yh[k1 + col];
+                    bl[nt][0] = yl[k0 + col];
+                    bl[nt][1] = yl[k1 + col];
+                }
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++) {
+                    const int a0 = MX_TILE * ta + 16 * mt + g;
+                    const uint32_t ah[4] = {yh[k0 + a0], yh[k0 + a0 + 8], yh[k1 + a0],
+                                            yh[k1 + a0 + 8]};
+                    const uint32_t al[4] = {yl[k0 + a0], yl[k0 + a0 + 8], yl[k1 + a0],
+                                            yl[k1 + a0 + 8]};
+#pragma unroll
+                    for (int nt = 0; nt < 4; nt++)
+                        mma_tf32x3(acc[mt][nt], ah, al, bh[nt][0], bh[nt][1], bl[nt][0],
+                                   bl[nt][1]);
+                }
+            }
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        dacc[mt][nt][i] += acc[mt][nt][i];
+                        acc[mt][nt][i] = 0.f;
+                    }
         }
-        __syncthreads();
-        if (!skip) {
-            if (t < MX_G) sr[t] = sqrtf(sr[t]);
-            __syncthreads();
-            if (eb == 0 && t < d) { /* d <= MX_THREADS (fgmmc_matrix_smem_check) */
-                float a = 0.f;
-                for (int g = 0; g < MX_G; g++) a = fmaf(sr[g], ys[(size_t)g * d + t], a);
-                dsx += a;
-            }
-            for (int q = 0; q < MX_ENT; q++) {
-                const int64_t e = e0 + (int64_t)q * MX_THREADS + t;
-                if (e >= ntri) break;
-                int a, b;
-                tri_index(e, a, b);
-                float acc = 0.f;
-                for (int g = 0; g < MX_G; g++)
-                    acc = fmaf(ys[(size_t)g * d + a], ys[(size_t)g * d + b], acc);
-                dacc[q] += acc;
-            }
-        }
-        __syncthreads();
     }
     const size_t pe = 1 + (size_t)d + (size_t)ntri;
     double *p = part + ((size_t)k * splits + s) * pe;
-    if (eb == 0) {
+    if (tb == 0) {
         if (t == 0) p[0] = dnk;
-        if (t < d) p[1 + t] = dsx;
+        for (int q = 0; q < 2; q++) {
+            const int j = t + q * nthr;
+            if (j < d) p[1 + j] = dsx[q];
+        }
     }
-    for (int q = 0; q < MX_ENT; q++) {
-        const int64_t e = e0 + (int64_t)q * MX_THREADS + t;
-        if (e >= ntri) break;
-        p[1 + d + e] = dacc[q];
-    }
+    if (has_tile)
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int a = MX_TILE * ta + 16 * mt + g + (i >= 2 ? 8 : 0);
+                    const int b = MX_TILE * tc + 8 * nt + 2 * tq + (i & 1);
+                    if (a < d && b <= a) p[1 + d + (int64_t)a * (a + 1) / 2 + b] = dacc[mt][nt][i];
+                }
 }
 
 /* The partials of gridDim.y components into the accumulators, splits in
@@ -346,24 +522,34 @@ __global__ void mx_topm_kernel(const float *l, int64_t n, int K, int m, const fl
 
 /* ------------------------------------------------------------ launchers */
 
-static size_t stats_smem(int d) { return sizeof(float) * ((size_t)MX_G * d + MX_G); }
+#define MX_D_MAX 256 /* the stats kernel's sums take d <= 2 x its 128 threads at least */
+
+static size_t stats_smem(int d)
+{
+    return sizeof(float) * (3 * (size_t)MX_G * stats_stride(d) + MX_G);
+}
+
+static fgmm_status allow_smem(const void *kernel, const char *name, size_t need, fgmm_error *err)
+{
+    if (need <= 48 * 1024) return FGMM_OK;
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)need);
+    if (e != cudaSuccess)
+        return fgmm_fail(err, FGMM_ERR_DEVICE, "%s: %zu bytes of shared memory: %s", name, need,
+                         cudaGetErrorString(e));
+    return FGMM_OK;
+}
 
 fgmm_status fgmmc_matrix_smem_check(int d, fgmm_error *err)
 {
-    if (d > MX_THREADS)
+    if (d > MX_D_MAX)
         return fgmm_fail(err, FGMM_ERR_ARGUMENT,
-                         "full and tied covariances on the GPU take D <= %d (got %d)", MX_THREADS,
+                         "full and tied covariances on the GPU take D <= %d (got %d)", MX_D_MAX,
                          d);
-    const size_t need = stats_smem(d);
-    if (need > 48 * 1024) {
-        cudaError_t e = cudaFuncSetAttribute(mx_stats_kernel,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             (int)need);
-        if (e != cudaSuccess)
-            return fgmm_fail(err, FGMM_ERR_DEVICE, "matrix statistics: %zu bytes of shared "
-                             "memory: %s", need, cudaGetErrorString(e));
-    }
-    return FGMM_OK;
+    fgmm_status st = allow_smem((const void *)mx_stats_kernel, "matrix statistics",
+                                stats_smem(d), err);
+    if (st) return st;
+    return allow_smem((const void *)mx_logits_kernel, "matrix logits", sizeof(mx_logit_smem), err);
 }
 
 /* Logits of rows [r0, r0 + n) of the batch into b->mx_l. */
@@ -373,9 +559,9 @@ static fgmm_status launch_logits(const fgmmc_batch *b, int64_t r0, int64_t n, cu
     const size_t esz = fgmmc_dtype_size(b->dtype);
     const void *x = (const char *)b->x + (size_t)r0 * b->d * esz;
     dim3 grid((unsigned)((n + MX_TR - 1) / MX_TR), (unsigned)b->k);
-    mx_logits_kernel<<<grid, MX_THREADS, 0, s>>>(x, b->dtype, n, b->d, b->k, b->shift, b->mx_m,
-                                                 b->mx_f, b->mx_tied ? 0 : (size_t)b->d * b->d,
-                                                 b->mx_c, b->mx_l);
+    mx_logits_kernel<<<grid, MX_LOGIT_THREADS, sizeof(mx_logit_smem), s>>>(
+        x, b->dtype, n, b->d, b->k, b->shift, b->mx_m, b->mx_f,
+        b->mx_tied ? 0 : (size_t)b->d * b->d, b->mx_c, b->mx_l);
     FGMMC_CHECK_LAUNCH("mx_logits_kernel", err);
     return FGMM_OK;
 }
@@ -401,14 +587,14 @@ fgmm_status fgmmc_estep_matrix_launch(const fgmmc_batch *b, const fgmmc_plan *pl
         FGMMC_CHECK_LAUNCH("mx_ll_sum_kernel", err);
         if (ll_only) continue;
         const void *x = (const char *)b->x + (size_t)r0 * D * esz;
-        const int eblocks = entry_blocks(D);
+        const int tblocks = tile_blocks(D), tpb = tiles_per_block(D);
         /* Weighted pass: full, per component about its mean with its
          * scatter; tied, about the shift without. */
         const int full = !b->mx_tied;
-        dim3 g1((unsigned)K, (unsigned)plan.splits, full ? (unsigned)eblocks : 1u);
-        mx_stats_kernel<<<g1, MX_THREADS, stats_smem(D), s>>>(
+        dim3 g1((unsigned)K, (unsigned)plan.splits, full ? (unsigned)tblocks : 1u);
+        mx_stats_kernel<<<g1, stats_threads(D, full), stats_smem(D), s>>>(
             x, b->dtype, n, D, b->shift, full ? b->mx_m : NULL, b->mx_l, K, plan.rows_per_split,
-            full, b->partials);
+            full, tpb, b->partials);
         FGMMC_CHECK_LAUNCH("mx_stats_kernel", err);
         const size_t pe = part_elems(D, full);
         dim3 gr((unsigned)((pe + 255) / 256), (unsigned)K);
@@ -418,13 +604,14 @@ fgmm_status fgmmc_estep_matrix_launch(const fgmmc_batch *b, const fgmmc_plan *pl
         if (full) continue;
         /* Tied: sum (x - shift)(x - shift)^T over the rows, weight 1. */
         double *p2 = b->partials + (size_t)K * plan.splits * pe;
-        dim3 g2(1u, (unsigned)plan.splits, (unsigned)eblocks);
-        mx_stats_kernel<<<g2, MX_THREADS, stats_smem(D), s>>>(x, b->dtype, n, D, b->shift, NULL,
-                                                              NULL, 0, plan.rows_per_split, 1, p2);
+        const int splits2 = row_splits(1, n, sm_count);
+        dim3 g2(1u, (unsigned)splits2, (unsigned)tblocks);
+        mx_stats_kernel<<<g2, stats_threads(D, 1), stats_smem(D), s>>>(
+            x, b->dtype, n, D, b->shift, NULL, NULL, 0, split_rows(n, splits2), 1, tpb, p2);
         FGMMC_CHECK_LAUNCH("mx_stats_kernel (tied scatter)", err);
         const size_t pe2 = part_elems(D, 1);
         dim3 gr2((unsigned)((pe2 + 255) / 256), 1u);
-        mx_reduce_kernel<<<gr2, 256, 0, s>>>(p2, plan.splits, D, 1, NULL, b->mx_scatter, 0);
+        mx_reduce_kernel<<<gr2, 256, 0, s>>>(p2, splits2, D, 1, NULL, b->mx_scatter, 0);
         FGMMC_CHECK_LAUNCH("mx_reduce_kernel (tied scatter)", err);
     }
     return FGMM_OK;

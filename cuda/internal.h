@@ -464,7 +464,7 @@ typedef enum {
     FGMMC_FAMILY_WGMMA,    /* bf16 wgmma, 2D <= 256 (wgmma_*.cu), sm_90a */
     FGMMC_FAMILY_WIDE,     /* bf16 mma.sync GEMMs, 2D > 256 (estep_wide.cu) */
     FGMMC_FAMILY_F64,      /* float64 SIMT (estep_f64.cu) */
-    FGMMC_FAMILY_MATRIX    /* full and tied covariances, fp32 SIMT (estep_matrix.cu) */
+    FGMMC_FAMILY_MATRIX    /* full and tied covariances, tf32 x 3 (estep_matrix.cu) */
 } fgmmc_family;
 
 /* What a pass runs: the family, its products (3: split bf16, 1: plain

@@ -12,8 +12,9 @@
  *              fgmmc_set_portable_kernels) -> wgmma (wgmma_*.cu), fused
  *              kernels A + B up to FGMMC_FUSED_MAX_SLICES slices
  *   otherwise                       -> mma.sync (estep_tc.cu)
- *   a full or tied covariance pass  -> fp32 SIMT with float64 sums
- *                                      (estep_matrix.cu), whatever the mode
+ *   a full or tied covariance pass  -> tensor cores, tf32 x 3 with
+ *                                      float64 sums (estep_matrix.cu),
+ *                                      whatever the mode
  * Tensor-core families form 3 products (split bf16) by default, 1 (plain
  * bf16) in FAST mode. The top-m assignment runs float64 logits in FP64
  * mode and the fp32 SIMT kernel otherwise.
@@ -54,7 +55,8 @@ int fgmmc_choice_tc(const fgmmc_choice *c)
 const char *fgmmc_choice_name(const fgmmc_choice *c)
 {
     if (c->family == FGMMC_FAMILY_MATRIX)
-        return c->tied ? "fp32 SIMT, tied covariance" : "fp32 SIMT, full covariance";
+        return c->tied ? "tensor cores, tf32 x 3, tied covariance"
+                       : "tensor cores, tf32 x 3, full covariance";
     if (c->family == FGMMC_FAMILY_F64) return "float64 SIMT";
     if (!fgmmc_choice_tc(c)) return "fp32 SIMT";
     return c->prec == 3 ? "tensor cores, split bf16" : "tensor cores, bf16";
