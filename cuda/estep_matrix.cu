@@ -552,6 +552,23 @@ fgmm_status fgmmc_matrix_smem_check(int d, fgmm_error *err)
     return allow_smem((const void *)mx_logits_kernel, "matrix logits", sizeof(mx_logit_smem), err);
 }
 
+__global__ void mx_factor_kernel(const double *src, float *f, size_t n)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        f[i] = (float)src[i];
+}
+
+fgmm_status fgmmc_matrix_factor_launch(const double *src, float *f, size_t n, cudaStream_t s,
+                                       fgmm_error *err)
+{
+    const size_t blocks = (n + 255) / 256;
+    mx_factor_kernel<<<(unsigned)(blocks < 4096 ? (blocks > 0 ? blocks : 1) : 4096), 256, 0, s>>>(
+        src, f, n);
+    FGMMC_CHECK_LAUNCH("mx_factor_kernel", err);
+    return FGMM_OK;
+}
+
 /* Logits of rows [r0, r0 + n) of the batch into b->mx_l. */
 static fgmm_status launch_logits(const fgmmc_batch *b, int64_t r0, int64_t n, cudaStream_t s,
                                  fgmm_error *err)

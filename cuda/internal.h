@@ -433,9 +433,13 @@ int64_t fgmmc_matrix_sub_rows(int k);
 /* The plan of a sub-batch of n rows (partial_elems: the statistics
  * kernel's partials; lse_blocks: the log-sum-exp kernel's blocks). */
 void fgmmc_estep_matrix_plan(int k, int d, int64_t n, int sm_count, int tied, fgmmc_plan *plan);
-/* FGMM_ERR_ARGUMENT past the family's D (256), and the statistics
- * kernel's shared memory for d. */
+/* FGMM_ERR_ARGUMENT past the family's D (256), and the kernels' shared
+ * memory for d. */
 fgmm_status fgmmc_matrix_smem_check(int d, fgmm_error *err);
+/* f[i] = (float)src[i] for i < n, on the device: the factors arrive in
+ * float64 and the kernels read fp32. */
+fgmm_status fgmmc_matrix_factor_launch(const double *src, float *f, size_t n, cudaStream_t s,
+                                       fgmm_error *err);
 /* The E-step of a batch (with ll_only, its log-likelihoods only). */
 fgmm_status fgmmc_estep_matrix_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int ll_only,
                                       int sm_count, cudaStream_t s, fgmm_error *err);

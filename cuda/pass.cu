@@ -324,7 +324,7 @@ fgmm_status fgmmc_begin_matrix_pass(fgmmc_context *ctx, int k, int d, int tied,
                          (double)nf * dd * 8 / 1e9,
                          ((double)sub * k * 4 + (double)plan.partial_elems * 8) / 1e9, ctx->desc,
                          ((double)free_b + held) / 1e9);
-    const size_t up = (nf * dd + (size_t)k * d + (size_t)k + (size_t)d) * sizeof(float);
+    const size_t up = ((size_t)k * d + (size_t)k + (size_t)d) * sizeof(float);
     if ((st = DEV_RESERVE(ctx, ctx->d_mx_f, ctx->cap_mx_f, nf * dd * sizeof(float), "factors",
                           err)) ||
         (st = DEV_RESERVE(ctx, ctx->d_mx_m, ctx->cap_mx_m, (size_t)k * d * sizeof(float), "means",
@@ -345,18 +345,22 @@ fgmm_status fgmmc_begin_matrix_pass(fgmmc_context *ctx, int k, int d, int tied,
                            "parameter staging", err)))
         return st;
     if ((st = idle_staging(ctx, err))) return st;
-    float *hf = (float *)ctx->h_param, *hm = hf + nf * dd, *hc = hm + (size_t)k * d,
-          *hs = hc + k;
-    for (size_t i = 0; i < nf * dd; i++) hf[i] = (float)factor[i];
+    float *hm = (float *)ctx->h_param, *hc = hm + (size_t)k * d, *hs = hc + k;
     /* Means relative to the shift, in double before the rounding. */
     for (int kk = 0; kk < k; kk++)
         for (int j = 0; j < d; j++)
             hm[(size_t)kk * d + j] = (float)(means[(size_t)kk * d + j] - shift[j]);
     for (int i = 0; i < k; i++) hc[i] = (float)c[i];
     for (int i = 0; i < d; i++) hs[i] = (float)shift[i];
-    FGMMC_CHECK(cudaMemcpyAsync(ctx->d_mx_f, hf, nf * dd * sizeof(float), cudaMemcpyHostToDevice,
-                                ctx->stream),
+    /* The factors go up in float64 through the scatter sums' buffer (the
+     * same size, zeroed below) and are rounded there: K D^2 conversions on
+     * one host thread cost more than the copy. */
+    FGMMC_CHECK(cudaMemcpyAsync(ctx->d_mx_scatter, factor, nf * dd * sizeof(double),
+                                cudaMemcpyHostToDevice, ctx->stream),
                 err);
+    if ((st = fgmmc_matrix_factor_launch(ctx->d_mx_scatter, ctx->d_mx_f, nf * dd, ctx->stream,
+                                         err)))
+        return st;
     FGMMC_CHECK(cudaMemcpyAsync(ctx->d_mx_m, hm, (size_t)k * d * sizeof(float),
                                 cudaMemcpyHostToDevice, ctx->stream),
                 err);
