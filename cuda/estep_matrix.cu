@@ -26,7 +26,8 @@
  *   reduce  the partials, in a fixed order, into the pass's accumulators.
  * Full: centre mu_k, scatter per component. Tied: the sums about the
  * shift, and the unweighted scatter sum (x - shift)(x - shift)^T through
- * the same stats kernel with one component of weight 1.
+ * the same stats kernel with one component of weight 1, its products in
+ * float64 (mx_stats_kernel<true>).
  */
 #include <math.h>
 #include <stdint.h>
@@ -322,7 +323,12 @@ static __device__ __forceinline__ void tri_index(int64_t e, int &a, int &b)
  * scatter, the entries of its tiles, warp w the tile tb * tpb + w:
  * rows 32 ta.., columns 32 tb.. of sum A^T A over the split's rows, A the
  * staged rows sqrt(r) (x - centre). Shared memory: A in fp32 and as tf32
- * pairs, MX_G rows of stats_stride(d); then the MX_G weights. */
+ * pairs, MX_G rows of stats_stride(d); then the MX_G weights.
+ * EXACT: the products in float64 instead (the tied scatter, whose
+ * covariance is S/N minus the weighted means' scatter: at condition
+ * number 1e8 that difference needs more than tf32 x 3's 2^-22, and it is
+ * one component, N D^2 / 2 products, not K of them). */
+template <bool EXACT>
 __global__ void mx_stats_kernel(const void *x, int dtype, int64_t n, int d, const float *shift,
                                 const float *m, const float *R, int ldr, int rows_per_split,
                                 int scatter, int tpb, double *part)
@@ -396,7 +402,7 @@ __global__ void mx_stats_kernel(const void *x, int dtype, int64_t n, int d, cons
             }
             const float v = sqrtf(sr[gg]) * y;
             ys[gg * P + j] = v;
-            if (scatter) split_tf32(v, yh[gg * P + j], yl[gg * P + j]);
+            if (scatter && !EXACT) split_tf32(v, yh[gg * P + j], yl[gg * P + j]);
         }
         __syncthreads();
         if (tb == 0)
@@ -408,7 +414,28 @@ __global__ void mx_stats_kernel(const void *x, int dtype, int64_t n, int d, cons
                     dsx[q] += a;
                 }
             }
-        if (has_tile) {
+        if (EXACT && has_tile) {
+            /* The entries of the mma layout below, in float64. */
+            for (int gg = 0; gg < MX_G; gg++) {
+                const float *yr = ys + gg * P;
+                double av[2][2], bv[4][2];
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) av[mt][h] = yr[MX_TILE * ta + 16 * mt + g + 8 * h];
+#pragma unroll
+                for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) bv[nt][h] = yr[MX_TILE * tc + 8 * nt + 2 * tq + h];
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                    for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+                        for (int i = 0; i < 4; i++)
+                            dacc[mt][nt][i] = fma(av[mt][i >> 1], bv[nt][i & 1], dacc[mt][nt][i]);
+            }
+        } else if (has_tile) {
             /* A^T A: fragment (row a, inner row kr) of A^T is A[kr][a]. */
 #pragma unroll
             for (int kk = 0; kk < MX_G; kk += 8) {
@@ -546,9 +573,11 @@ fgmm_status fgmmc_matrix_smem_check(int d, fgmm_error *err)
         return fgmm_fail(err, FGMM_ERR_ARGUMENT,
                          "full and tied covariances on the GPU take D <= %d (got %d)", MX_D_MAX,
                          d);
-    fgmm_status st = allow_smem((const void *)mx_stats_kernel, "matrix statistics",
+    fgmm_status st = allow_smem((const void *)mx_stats_kernel<false>, "matrix statistics",
                                 stats_smem(d), err);
-    if (st) return st;
+    if (st || (st = allow_smem((const void *)mx_stats_kernel<true>, "matrix statistics",
+                               stats_smem(d), err)))
+        return st;
     return allow_smem((const void *)mx_logits_kernel, "matrix logits", sizeof(mx_logit_smem), err);
 }
 
@@ -609,7 +638,7 @@ fgmm_status fgmmc_estep_matrix_launch(const fgmmc_batch *b, const fgmmc_plan *pl
          * scatter; tied, about the shift without. */
         const int full = !b->mx_tied;
         dim3 g1((unsigned)K, (unsigned)plan.splits, full ? (unsigned)tblocks : 1u);
-        mx_stats_kernel<<<g1, stats_threads(D, full), stats_smem(D), s>>>(
+        mx_stats_kernel<false><<<g1, stats_threads(D, full), stats_smem(D), s>>>(
             x, b->dtype, n, D, b->shift, full ? b->mx_m : NULL, b->mx_l, K, plan.rows_per_split,
             full, tpb, b->partials);
         FGMMC_CHECK_LAUNCH("mx_stats_kernel", err);
@@ -623,7 +652,7 @@ fgmm_status fgmmc_estep_matrix_launch(const fgmmc_batch *b, const fgmmc_plan *pl
         double *p2 = b->partials + (size_t)K * plan.splits * pe;
         const int splits2 = row_splits(1, n, sm_count);
         dim3 g2(1u, (unsigned)splits2, (unsigned)tblocks);
-        mx_stats_kernel<<<g2, stats_threads(D, 1), stats_smem(D), s>>>(
+        mx_stats_kernel<true><<<g2, stats_threads(D, 1), stats_smem(D), s>>>(
             x, b->dtype, n, D, b->shift, NULL, NULL, 0, split_rows(n, splits2), 1, tpb, p2);
         FGMMC_CHECK_LAUNCH("mx_stats_kernel (tied scatter)", err);
         const size_t pe2 = part_elems(D, 1);
