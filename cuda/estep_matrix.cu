@@ -33,12 +33,14 @@
 #include <stdint.h>
 
 #include "cuda/context.h"
+#include "cuda/tc_frag.h"
 
 #define MX_TR 128     /* logits: rows per block */
 #define MX_TC 128     /* logits: z columns per block pass */
 #define MX_IC 32      /* logits: inner indices staged per step */
 #define MX_LS (MX_IC + 4) /* logits: a staged row's stride (conflict-free fragments) */
 #define MX_LOGIT_THREADS 256
+#define MX_YV 4     /* logits: rows of 4-wide loads in flight per thread */
 #define MX_G 32       /* stats: rows per group (one staged step) */
 #define MX_TILE 32    /* stats: a warp's output tile, MX_TILE x MX_TILE */
 #define MX_TILES_MAX 8 /* stats: tiles (warps) per block at most */
@@ -154,114 +156,222 @@ static __device__ __forceinline__ void mma_tf32x3(float (&d)[4], const uint32_t 
     mma_tf32(d, ah, bh0, bh1);
 }
 
-/* The logits kernel's shared memory: a step's rows Y and factor columns F
- * (tf32 pairs), and each column quarter's share of |z|^2 per row. */
+/* The logits kernel's shared memory: a step's rows Y (tf32 pairs), two
+ * stages of factor columns F (tf32 pairs, copied asynchronously one step
+ * ahead), and each column quarter's share of |z|^2 per row. Rows are
+ * MX_LS = 36 words: 16-byte aligned, and a fragment's 8 rows x 4 words
+ * hit 32 banks. */
 typedef struct {
     uint32_t yh[MX_TR][MX_LS], yl[MX_TR][MX_LS];
-    uint32_t fh[MX_TC][MX_LS], fl[MX_TC][MX_LS];
+    uint32_t fh[2][MX_TC][MX_LS], fl[2][MX_TC][MX_LS];
     float q[4][MX_TR];
 } mx_logit_smem;
+
+/* Step s of the logits' walk: column pass jb, inner indices i0.. (F is
+ * lower triangular: pass jb needs i0 < min(d, jb + MX_TC)). */
+static __device__ __forceinline__ bool mx_step(int d, int s, int &jb, int &i0)
+{
+    for (jb = 0; jb < d; jb += MX_TC) {
+        const int iend = d < jb + MX_TC ? d : jb + MX_TC;
+        const int steps = (iend + MX_IC - 1) / MX_IC;
+        if (s < steps) {
+            i0 = s * MX_IC;
+            return true;
+        }
+        s -= steps;
+    }
+    return false;
+}
+
+/* Starts the asynchronous copy of F's columns jb.., inner i0.. into stage
+ * st. Columns and inner indices past d arrive as zeros. */
+static __device__ __forceinline__ void mx_fetch_f(mx_logit_smem &S, int st, const float *Fh,
+                                                  const float *Fl, int d, int jb, int i0, bool v4)
+{
+    const int t = threadIdx.x;
+    if (v4) { /* d % 4 == 0: 16-byte pieces, each wholly inside or past d */
+        for (int e = t; e < MX_TC * (MX_IC / 4); e += MX_LOGIT_THREADS) {
+            const int jj = e / (MX_IC / 4), c = 4 * (e % (MX_IC / 4));
+            const int j = jb + jj, i = i0 + c;
+            const bool in = j < d && i < d;
+            const size_t at = in ? (size_t)j * d + i : 0;
+            cp_async16(&S.fh[st][jj][c], Fh + at, in ? 16 : 0);
+            cp_async16(&S.fl[st][jj][c], Fl + at, in ? 16 : 0);
+        }
+    } else {
+        for (int e = t; e < MX_TC * MX_IC; e += MX_LOGIT_THREADS) {
+            const int jj = e / MX_IC, c = e % MX_IC;
+            const int j = jb + jj, i = i0 + c;
+            const bool in = j < d && i < d;
+            const size_t at = in ? (size_t)j * d + i : 0;
+            cp_async4(&S.fh[st][jj][c], Fh + at, in ? 4 : 0);
+            cp_async4(&S.fl[st][jj][c], Fl + at, in ? 4 : 0);
+        }
+    }
+    cp_async_commit();
+}
+
+/* Stages rows row0.. of Y = x - shift - mu_k, inner indices i0.., as
+ * tf32 pairs (rows past n and indices past d as zeros). With v4 (d % 4 ==
+ * 0 and the rows aligned) a thread takes 4 columns of 4 rows, every load
+ * issued before any conversion; the values' bits are those of load_y. */
+static __device__ __forceinline__ void mx_stage_y(mx_logit_smem &S, const void *x, int dtype,
+                                                  int64_t n, int d, const float *shift,
+                                                  const float *mk, int64_t row0, int i0, bool v4)
+{
+    const int t = threadIdx.x;
+    if (v4) {
+        const int c = 4 * (t & 7), i = i0 + c; /* the same 4 columns for every row */
+        const bool in = i < d;
+        float sh[4] = {0.f, 0.f, 0.f, 0.f}, mu[4] = {0.f, 0.f, 0.f, 0.f};
+        if (in)
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                sh[q] = shift[i + q];
+                mu[q] = mk[i + q];
+            }
+#pragma unroll
+        for (int u0 = 0; u0 < 4; u0 += MX_YV) {
+        float4 v[MX_YV];
+#pragma unroll
+        for (int u = 0; u < MX_YV; u++) {
+            const int64_t row = row0 + (t >> 3) + 32 * (u0 + u);
+            v[u] = in && row < n ? load_x4(x, dtype, (size_t)row * d + i)
+                                 : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+#pragma unroll
+        for (int u = 0; u < MX_YV; u++) {
+            const int r = (t >> 3) + 32 * (u0 + u);
+            const bool ok = in && row0 + r < n;
+            const float xv[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+            uint32_t h[4], l[4];
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                const float y = ok ? __fsub_rn(__fsub_rn(xv[q], sh[q]), mu[q]) : 0.f;
+                split_tf32(y, h[q], l[q]);
+            }
+            *reinterpret_cast<uint4 *>(&S.yh[r][c]) = make_uint4(h[0], h[1], h[2], h[3]);
+            *reinterpret_cast<uint4 *>(&S.yl[r][c]) = make_uint4(l[0], l[1], l[2], l[3]);
+        }
+        }
+    } else {
+        for (int e = t; e < MX_TR * MX_IC; e += MX_LOGIT_THREADS) {
+            const int r = e / MX_IC, ii = e % MX_IC, i = i0 + ii;
+            const int64_t row = row0 + r;
+            float y = 0.f;
+            if (row < n && i < d)
+                y = __fsub_rn(load_y(x, dtype, (size_t)row * d + i, shift[i]), mk[i]);
+            split_tf32(y, S.yh[r][ii], S.yl[r][ii]);
+        }
+    }
+}
 
 /* grid (row tiles, components). Warp w computes 64 rows x 32 columns of
  * the tile's z: rows 64 (w & 1), column quarter cq. F is lower triangular,
  * so quarter cq meets only the inner steps i0 < 32 (cq + 1) (within the
  * column pass): the quarters' work is 4 : 3 : 2 : 1 steps, and the map
  * below gives each of the SM's four schedulers (warps w and w + 4, w mod 4)
- * quarters {0, 3} or {1, 2}, 5 steps each. */
+ * quarters {0, 3} or {1, 2}, 5 steps each. Per step: F of the next step
+ * is copied asynchronously while Y is staged and multiplied. */
 __global__ void __launch_bounds__(MX_LOGIT_THREADS, 2)
     mx_logits_kernel(const void *x, int dtype, int64_t n, int d, int K, const float *shift,
-                     const float *m, const float *F, size_t f_stride, const float *c, float *l)
+                     const float *m, const float *F, size_t f_lo, size_t f_stride,
+                     const float *c, float *l, int v4)
 {
     extern __shared__ __align__(16) unsigned char mx_smem[];
     mx_logit_smem &S = *reinterpret_cast<mx_logit_smem *>(mx_smem);
     const int t = threadIdx.x, w = t >> 5, lane = t & 31, g = lane >> 2, tq = lane & 3;
     const int k = blockIdx.y;
     const int64_t row0 = (int64_t)blockIdx.x * MX_TR;
-    const float *Fk = F + (size_t)k * f_stride, *mk = m + (size_t)k * d;
+    const float *Fh = F + (size_t)k * f_stride, *Fl = Fh + f_lo, *mk = m + (size_t)k * d;
     const int sched = w & 3, second = w >> 2;
     const int wr = 64 * (sched & 1);
     const int cq = (sched >> 1) == 0 ? (second ? 3 : 0) : (second ? 2 : 1);
     const int wc = 32 * cq;
+    const bool fv4 = (d & 3) == 0; /* F rows are 16-byte aligned */
     /* |z|^2 per (quarter, row), summed over the column passes: each entry
      * has one writer (lane tq == 0 of one warp), so the order is fixed. */
     for (int e = t; e < 4 * MX_TR; e += MX_LOGIT_THREADS) (&S.q[0][0])[e] = 0.f;
-    for (int jb = 0; jb < d; jb += MX_TC) {
-        float acc[4][4][4];
+    float acc[4][4][4];
 #pragma unroll
-        for (int mt = 0; mt < 4; mt++)
+    for (int mt = 0; mt < 4; mt++)
 #pragma unroll
-            for (int nt = 0; nt < 4; nt++)
+        for (int nt = 0; nt < 4; nt++)
 #pragma unroll
-                for (int i = 0; i < 4; i++) acc[mt][nt][i] = 0.f;
-        const int iend = d < jb + MX_TC ? d : jb + MX_TC; /* F is lower triangular */
-        for (int i0 = 0; i0 < iend; i0 += MX_IC) {
-            for (int e = t; e < MX_TR * MX_IC; e += MX_LOGIT_THREADS) {
-                const int r = e / MX_IC, ii = e % MX_IC, i = i0 + ii;
-                const int64_t row = row0 + r;
-                float y = 0.f;
-                if (row < n && i < d)
-                    y = __fsub_rn(load_y(x, dtype, (size_t)row * d + i, shift[i]), mk[i]);
-                split_tf32(y, S.yh[r][ii], S.yl[r][ii]);
-            }
-            for (int e = t; e < MX_TC * MX_IC; e += MX_LOGIT_THREADS) {
-                const int jj = e / MX_IC, ii = e % MX_IC, i = i0 + ii, j = jb + jj;
-                const float f = (j < d && i <= j) ? Fk[(size_t)j * d + i] : 0.f;
-                split_tf32(f, S.fh[jj][ii], S.fl[jj][ii]);
-            }
-            __syncthreads();
-            /* Skipped: a quarter past d, or one whose columns j < i0 see
-             * only the factor's zeros (adding 0 products changes no sum). */
-            if (jb + wc < d && i0 < jb + wc + 32) {
+            for (int i = 0; i < 4; i++) acc[mt][nt][i] = 0.f;
+    int jb, i0;
+    mx_step(d, 0, jb, i0);
+    mx_fetch_f(S, 0, Fh, Fl, d, jb, i0, fv4);
+    for (int s = 0;; s++) {
+        int njb, ni0;
+        const bool more = mx_step(d, s + 1, njb, ni0);
+        if (more) mx_fetch_f(S, (s + 1) & 1, Fh, Fl, d, njb, ni0, fv4);
+        mx_stage_y(S, x, dtype, n, d, shift, mk, row0, i0, v4 != 0);
+        if (more)
+            cp_async_wait<1>();
+        else
+            cp_async_wait<0>();
+        __syncthreads();
+        const int st = s & 1;
+        /* Skipped: a quarter past d, or one whose columns j < i0 see
+         * only the factor's zeros (adding 0 products changes no sum). */
+        if (jb + wc < d && i0 < jb + wc + 32) {
 #pragma unroll
-                for (int kk = 0; kk < MX_IC; kk += 8) {
-                    uint32_t bh[4][2], bl[4][2];
+            for (int kk = 0; kk < MX_IC; kk += 8) {
+                uint32_t bh[4][2], bl[4][2];
 #pragma unroll
-                    for (int nt = 0; nt < 4; nt++) {
-                        const int col = wc + 8 * nt + g;
-                        bh[nt][0] = S.fh[col][kk + tq];
-                        bh[nt][1] = S.fh[col][kk + tq + 4];
-                        bl[nt][0] = S.fl[col][kk + tq];
-                        bl[nt][1] = S.fl[col][kk + tq + 4];
-                    }
+                for (int nt = 0; nt < 4; nt++) {
+                    const int col = wc + 8 * nt + g;
+                    bh[nt][0] = S.fh[st][col][kk + tq];
+                    bh[nt][1] = S.fh[st][col][kk + tq + 4];
+                    bl[nt][0] = S.fl[st][col][kk + tq];
+                    bl[nt][1] = S.fl[st][col][kk + tq + 4];
+                }
 #pragma unroll
-                    for (int mt = 0; mt < 4; mt++) {
-                        const int r = wr + 16 * mt + g;
-                        const uint32_t ah[4] = {S.yh[r][kk + tq], S.yh[r + 8][kk + tq],
-                                                S.yh[r][kk + tq + 4], S.yh[r + 8][kk + tq + 4]};
-                        const uint32_t al[4] = {S.yl[r][kk + tq], S.yl[r + 8][kk + tq],
-                                                S.yl[r][kk + tq + 4], S.yl[r + 8][kk + tq + 4]};
+                for (int mt = 0; mt < 4; mt++) {
+                    const int r = wr + 16 * mt + g;
+                    const uint32_t ah[4] = {S.yh[r][kk + tq], S.yh[r + 8][kk + tq],
+                                            S.yh[r][kk + tq + 4], S.yh[r + 8][kk + tq + 4]};
+                    const uint32_t al[4] = {S.yl[r][kk + tq], S.yl[r + 8][kk + tq],
+                                            S.yl[r][kk + tq + 4], S.yl[r + 8][kk + tq + 4]};
 #pragma unroll
-                        for (int nt = 0; nt < 4; nt++)
-                            mma_tf32x3(acc[mt][nt], ah, al, bh[nt][0], bh[nt][1], bl[nt][0],
-                                       bl[nt][1]);
-                    }
+                    for (int nt = 0; nt < 4; nt++)
+                        mma_tf32x3(acc[mt][nt], ah, al, bh[nt][0], bh[nt][1], bl[nt][0],
+                                   bl[nt][1]);
                 }
             }
-            __syncthreads();
         }
-        /* Accumulator i of tile (mt, nt): row 16 mt + g (+ 8 for i >= 2);
-         * a row's 8 columns per tile sit in the 4 lanes of its g. */
+        /* The end of a column pass: its |z|^2 into S.q. Accumulator i of
+         * tile (mt, nt) is row 16 mt + g (+ 8 for i >= 2); a row's 8
+         * columns per tile sit in the 4 lanes of its g. */
+        if (!more || njb != jb) {
 #pragma unroll
-        for (int mt = 0; mt < 4; mt++) {
-            float q0 = 0.f, q1 = 0.f;
+            for (int mt = 0; mt < 4; mt++) {
+                float q0 = 0.f, q1 = 0.f;
 #pragma unroll
-            for (int nt = 0; nt < 4; nt++) {
-                q0 = fmaf(acc[mt][nt][0], acc[mt][nt][0], q0);
-                q0 = fmaf(acc[mt][nt][1], acc[mt][nt][1], q0);
-                q1 = fmaf(acc[mt][nt][2], acc[mt][nt][2], q1);
-                q1 = fmaf(acc[mt][nt][3], acc[mt][nt][3], q1);
-            }
-            q0 += __shfl_xor_sync(0xffffffffu, q0, 1);
-            q0 += __shfl_xor_sync(0xffffffffu, q0, 2);
-            q1 += __shfl_xor_sync(0xffffffffu, q1, 1);
-            q1 += __shfl_xor_sync(0xffffffffu, q1, 2);
-            if (tq == 0) {
-                S.q[cq][wr + 16 * mt + g] += q0;
-                S.q[cq][wr + 16 * mt + g + 8] += q1;
+                for (int nt = 0; nt < 4; nt++) {
+                    q0 = fmaf(acc[mt][nt][0], acc[mt][nt][0], q0);
+                    q0 = fmaf(acc[mt][nt][1], acc[mt][nt][1], q0);
+                    q1 = fmaf(acc[mt][nt][2], acc[mt][nt][2], q1);
+                    q1 = fmaf(acc[mt][nt][3], acc[mt][nt][3], q1);
+#pragma unroll
+                    for (int i = 0; i < 4; i++) acc[mt][nt][i] = 0.f;
+                }
+                q0 += __shfl_xor_sync(0xffffffffu, q0, 1);
+                q0 += __shfl_xor_sync(0xffffffffu, q0, 2);
+                q1 += __shfl_xor_sync(0xffffffffu, q1, 1);
+                q1 += __shfl_xor_sync(0xffffffffu, q1, 2);
+                if (tq == 0) {
+                    S.q[cq][wr + 16 * mt + g] += q0;
+                    S.q[cq][wr + 16 * mt + g + 8] += q1;
+                }
             }
         }
+        __syncthreads(); /* Y and this stage of F are free again */
+        if (!more) break;
+        jb = njb;
+        i0 = ni0;
     }
-    __syncthreads();
     if (t < MX_TR) {
         const int64_t row = row0 + t;
         if (row < n) {
@@ -376,33 +486,33 @@ __global__ void mx_stats_kernel(const void *x, int dtype, int64_t n, int d, cons
     for (int64_t g0 = r0; g0 < r1; g0 += MX_G) {
         const int gn = r1 - g0 < MX_G ? (int)(r1 - g0) : MX_G;
         __syncthreads(); /* the previous group's readers are done */
-        if (t < MX_G) {
-            float r = 0.f;
-            if (t < gn) r = R ? R[(size_t)(g0 + t) * ldr + k] : 1.f;
-            sr[t] = r;
-        }
-        __syncthreads();
-        if (t == 0) {
-            float mx = 0.f, sum = 0.f;
-            for (int i = 0; i < MX_G; i++) {
-                mx = fmaxf(mx, sr[i]);
-                sum += sr[i];
+        if (w == 0) { /* MX_G == 32: a lane per row */
+            const float r = lane < gn ? (R ? R[(size_t)(g0 + lane) * ldr + k] : 1.f) : 0.f;
+            float mx = r, sum = r;
+            for (int o = 16; o > 0; o >>= 1) {
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+                sum += __shfl_xor_sync(0xffffffffu, sum, o);
             }
-            gmax = mx;
-            dnk += sum;
+            sr[lane] = r;
+            if (lane == 0) {
+                gmax = mx;
+                dnk += sum;
+            }
         }
         __syncthreads();
         if (gmax < 1e-30f) continue; /* uniform across the block */
-        for (int e = t; e < MX_G * d; e += nthr) {
-            const int gg = e / d, j = e % d;
-            float y = 0.f;
-            if (gg < gn) {
-                y = load_y(x, dtype, (size_t)(g0 + gg) * d + j, shift[j]);
-                if (mk) y = __fsub_rn(y, mk[j]);
+        for (int gg = 0; gg < MX_G; gg++) {
+            const float sq = sqrtf(sr[gg]);
+            for (int j = t; j < d; j += nthr) {
+                float y = 0.f;
+                if (gg < gn) {
+                    y = load_y(x, dtype, (size_t)(g0 + gg) * d + j, shift[j]);
+                    if (mk) y = __fsub_rn(y, mk[j]);
+                }
+                const float v = sq * y;
+                ys[gg * P + j] = v;
+                if (scatter && !EXACT) split_tf32(v, yh[gg * P + j], yl[gg * P + j]);
             }
-            const float v = sqrtf(sr[gg]) * y;
-            ys[gg * P + j] = v;
-            if (scatter && !EXACT) split_tf32(v, yh[gg * P + j], yl[gg * P + j]);
         }
         __syncthreads();
         if (tb == 0)
@@ -584,8 +694,12 @@ fgmm_status fgmmc_matrix_smem_check(int d, fgmm_error *err)
 __global__ void mx_factor_kernel(const double *src, float *f, size_t n)
 {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
-        f[i] = (float)src[i];
+         i += (size_t)gridDim.x * blockDim.x) {
+        uint32_t hi, lo;
+        split_tf32((float)src[i], hi, lo);
+        f[i] = __uint_as_float(hi);
+        f[n + i] = __uint_as_float(lo);
+    }
 }
 
 fgmm_status fgmmc_matrix_factor_launch(const double *src, float *f, size_t n, cudaStream_t s,
@@ -605,9 +719,11 @@ static fgmm_status launch_logits(const fgmmc_batch *b, int64_t r0, int64_t n, cu
     const size_t esz = fgmmc_dtype_size(b->dtype);
     const void *x = (const char *)b->x + (size_t)r0 * b->d * esz;
     dim3 grid((unsigned)((n + MX_TR - 1) / MX_TR), (unsigned)b->k);
+    /* 4-wide row loads: d % 4 == 0 and the sub-batch's rows aligned. */
+    const int v4 = b->d % 4 == 0 && (uintptr_t)x % (4 * esz) == 0;
     mx_logits_kernel<<<grid, MX_LOGIT_THREADS, sizeof(mx_logit_smem), s>>>(
-        x, b->dtype, n, b->d, b->k, b->shift, b->mx_m, b->mx_f,
-        b->mx_tied ? 0 : (size_t)b->d * b->d, b->mx_c, b->mx_l);
+        x, b->dtype, n, b->d, b->k, b->shift, b->mx_m, b->mx_f, b->mx_lo,
+        b->mx_tied ? 0 : (size_t)b->d * b->d, b->mx_c, b->mx_l, v4);
     FGMMC_CHECK_LAUNCH("mx_logits_kernel", err);
     return FGMM_OK;
 }

@@ -95,12 +95,14 @@ typedef struct {
     const double *st_mu, *st_prec;
     double *st_acc, *st_part;
     /* Full and tied covariances (estep_matrix.cu): F (K x D x D, or one D x
-     * D when tied) lower triangular, m = mu - shift (K x D), c (K, natural
+     * D when tied) lower triangular as tf32 pairs, the high parts at mx_f
+     * and the low parts mx_lo floats after, m = mu - shift (K x D), c (K, natural
      * log), a sub-batch's logits then responsibilities mx_l
      * (fgmmc_matrix_sub_rows x K), the scatter accumulators (K x D x D or
      * D x D doubles, lower triangles), and the SM count the grids are cut
      * for. */
     int mx_tied, mx_sms;
+    size_t mx_lo;
     const float *mx_f, *mx_m, *mx_c;
     float *mx_l;
     double *mx_scatter;
@@ -436,8 +438,8 @@ void fgmmc_estep_matrix_plan(int k, int d, int64_t n, int sm_count, int tied, fg
 /* FGMM_ERR_ARGUMENT past the family's D (256), and the kernels' shared
  * memory for d. */
 fgmm_status fgmmc_matrix_smem_check(int d, fgmm_error *err);
-/* f[i] = (float)src[i] for i < n, on the device: the factors arrive in
- * float64 and the kernels read fp32. */
+/* src[i] (i < n) as the tf32 pair f[i] + f[n + i], on the device: the
+ * factors arrive in float64 and the logits kernel reads them split. */
 fgmm_status fgmmc_matrix_factor_launch(const double *src, float *f, size_t n, cudaStream_t s,
                                        fgmm_error *err);
 /* The E-step of a batch (with ll_only, its log-likelihoods only). */

@@ -304,11 +304,12 @@ fgmm_status fgmmc_begin_matrix_pass(fgmmc_context *ctx, int k, int d, int tied,
     const int64_t sub = fgmmc_matrix_sub_rows(k);
     fgmmc_plan plan;
     fgmmc_estep_matrix_plan(k, d, sub, ctx->sm_count, tied, &plan);
-    /* What the pass holds on the device: the factors (fp32), the scatter
-     * sums (float64), a sub-batch's logits and the statistics' partials.
-     * Checked up front, so a model too large for the GPU is refused with
-     * its sizes rather than failing in some allocation. */
-    const double need = (double)nf * dd * 4 + (double)nf * dd * 8 + (double)sub * k * 4 +
+    /* What the pass holds on the device: the factors (tf32 pairs, 8 bytes
+     * an entry), the scatter sums (float64), a sub-batch's logits and the
+     * statistics' partials. Checked up front, so a model too large for the
+     * GPU is refused with its sizes rather than failing in some
+     * allocation. */
+    const double need = (double)nf * dd * 8 + (double)nf * dd * 8 + (double)sub * k * 4 +
                         (double)plan.partial_elems * 8 + (double)k * d * 4;
     const double held = (double)ctx->cap_mx_f + ctx->cap_mx_scatter + ctx->cap_mx_l +
                         ctx->cap_part + ctx->cap_mx_m;
@@ -317,15 +318,15 @@ fgmm_status fgmmc_begin_matrix_pass(fgmmc_context *ctx, int k, int d, int tied,
     if (need > (double)free_b + held)
         return fgmm_fail(err, FGMM_ERR_NO_MEMORY,
                          "a %s covariance of K=%d, D=%d needs %.2f GB on the GPU (%.2f GB of "
-                         "fp32 precision factors, %.2f GB of float64 scatter sums, %.2f GB of "
+                         "precision factors as tf32 pairs, %.2f GB of float64 scatter sums, %.2f GB of "
                          "logits and partial sums); %s has %.2f GB free. Use fewer components, "
                          "or the CPU engine (--device cpu)",
-                         tied ? "tied" : "full", k, d, need / 1e9, (double)nf * dd * 4 / 1e9,
+                         tied ? "tied" : "full", k, d, need / 1e9, (double)nf * dd * 8 / 1e9,
                          (double)nf * dd * 8 / 1e9,
                          ((double)sub * k * 4 + (double)plan.partial_elems * 8) / 1e9, ctx->desc,
                          ((double)free_b + held) / 1e9);
     const size_t up = ((size_t)k * d + (size_t)k + (size_t)d) * sizeof(float);
-    if ((st = DEV_RESERVE(ctx, ctx->d_mx_f, ctx->cap_mx_f, nf * dd * sizeof(float), "factors",
+    if ((st = DEV_RESERVE(ctx, ctx->d_mx_f, ctx->cap_mx_f, 2 * nf * dd * sizeof(float), "factors",
                           err)) ||
         (st = DEV_RESERVE(ctx, ctx->d_mx_m, ctx->cap_mx_m, (size_t)k * d * sizeof(float), "means",
                           err)) ||
@@ -353,8 +354,8 @@ fgmm_status fgmmc_begin_matrix_pass(fgmmc_context *ctx, int k, int d, int tied,
     for (int i = 0; i < k; i++) hc[i] = (float)c[i];
     for (int i = 0; i < d; i++) hs[i] = (float)shift[i];
     /* The factors go up in float64 through the scatter sums' buffer (the
-     * same size, zeroed below) and are rounded there: K D^2 conversions on
-     * one host thread cost more than the copy. */
+     * same size, zeroed below) and are split there into tf32 pairs: K D^2
+     * conversions on one host thread cost more than the copy. */
     FGMMC_CHECK(cudaMemcpyAsync(ctx->d_mx_scatter, factor, nf * dd * sizeof(double),
                                 cudaMemcpyHostToDevice, ctx->stream),
                 err);
