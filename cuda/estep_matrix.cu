@@ -7,11 +7,13 @@
  * buffer; for each:
  *   logits  per (128-row tile, component): z = F_k (x - mu_k) as the tile
  *           product Y F_k^T (F_k lower triangular, D x D; tied: one F for
- *           every component), l = c_k - |z|^2/2. Y and F are staged through
- *           shared memory 32 inner indices at a time and split into tf32
- *           pairs (hi + lo); each product is lo*hi + hi*lo + hi*hi, which
- *           keeps fp32's accuracy. A sum of squares: nothing cancels after
- *           the product, so the logit keeps ~1e-6 relative.
+ *           every component), l = c_k - |z|^2/2, 32 inner indices a
+ *           step. F is split into tf32 pairs (hi + lo) once per pass
+ *           (mx_factor_kernel) and copied into shared memory one step
+ *           ahead (cp.async); Y = x - mu_k is staged and split each step.
+ *           Each product is lo*hi + hi*lo + hi*hi, which keeps fp32's
+ *           accuracy. A sum of squares: nothing cancels after the
+ *           product, so the logit keeps ~1e-6 relative.
  *   lse     one warp per row: the row's log-sum-exp (its log-likelihood) and
  *           its responsibilities, written over the logits.
  *   stats   per (component, row range, block of 32 x 32 tiles of the lower
