@@ -58,8 +58,8 @@ int64_t fgmmc_matrix_sub_rows(int k)
 /* Scatter entries (lower triangle), the 32 x 32 tiles that cover them
  * (tile (ta, tb), tb <= ta, numbered row by row) and the blocks the tiles
  * are dealt to, as evenly as MX_TILES_MAX per block allows. */
-static int64_t tri_entries(int d) { return (int64_t)d * (d + 1) / 2; }
-static int scatter_tiles(int d)
+static __host__ __device__ int64_t tri_entries(int d) { return (int64_t)d * (d + 1) / 2; }
+static __host__ __device__ int scatter_tiles(int d)
 {
     const int nt = (d + MX_TILE - 1) / MX_TILE;
     return nt * (nt + 1) / 2;
@@ -417,8 +417,6 @@ __global__ void __launch_bounds__(256)
     }
 }
 
-static __device__ __forceinline__ int64_t tri_entries_dev(int d) { return (int64_t)d * (d + 1) / 2; }
-
 /* Entry e of the lower triangle, row-major by rows: (a, b), b <= a. */
 static __device__ __forceinline__ void tri_index(int64_t e, int &a, int &b)
 {
@@ -458,11 +456,10 @@ __global__ void mx_stats_kernel(const void *x, int dtype, int64_t n, int d, cons
     const int64_t r0 = (int64_t)s * rows_per_split;
     const int64_t r1 = r0 + rows_per_split < n ? r0 + rows_per_split : n;
     const float *mk = m ? m + (size_t)k * d : NULL;
-    const int64_t ntri = scatter ? tri_entries_dev(d) : 0;
+    const int64_t ntri = scatter ? tri_entries(d) : 0;
     /* This warp's tile, if any: index -> (ta, tc), tc <= ta. */
-    const int ntiles = scatter ? (((d + MX_TILE - 1) / MX_TILE) * ((d + MX_TILE - 1) / MX_TILE + 1)) / 2 : 0;
     const int tile = tb * tpb + w;
-    const bool has_tile = scatter && w < tpb && tile < ntiles;
+    const bool has_tile = scatter && w < tpb && tile < scatter_tiles(d);
     int ta = 0, tc = 0;
     if (has_tile) {
         while ((ta + 1) * (ta + 2) / 2 <= tile) ta++;
@@ -724,7 +721,8 @@ static fgmm_status launch_logits(const fgmmc_batch *b, int64_t r0, int64_t n, cu
     /* 4-wide row loads: d % 4 == 0 and the sub-batch's rows aligned. */
     const int v4 = b->d % 4 == 0 && (uintptr_t)x % (4 * esz) == 0;
     mx_logits_kernel<<<grid, MX_LOGIT_THREADS, sizeof(mx_logit_smem), s>>>(
-        x, b->dtype, n, b->d, b->k, b->shift, b->mx_m, b->mx_f, b->mx_lo,
+        x, b->dtype, n, b->d, b->k, b->shift, b->mx_m, b->mx_f,
+        (b->mx_tied ? 1 : (size_t)b->k) * b->d * b->d,
         b->mx_tied ? 0 : (size_t)b->d * b->d, b->mx_c, b->mx_l, v4);
     FGMMC_CHECK_LAUNCH("mx_logits_kernel", err);
     return FGMM_OK;

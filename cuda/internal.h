@@ -96,13 +96,12 @@ typedef struct {
     double *st_acc, *st_part;
     /* Full and tied covariances (estep_matrix.cu): F (K x D x D, or one D x
      * D when tied) lower triangular as tf32 pairs, the high parts at mx_f
-     * and the low parts mx_lo floats after, m = mu - shift (K x D), c (K, natural
+     * and the low parts after all of them, m = mu - shift (K x D), c (K, natural
      * log), a sub-batch's logits then responsibilities mx_l
      * (fgmmc_matrix_sub_rows x K), the scatter accumulators (K x D x D or
      * D x D doubles, lower triangles), and the SM count the grids are cut
      * for. */
     int mx_tied, mx_sms;
-    size_t mx_lo;
     const float *mx_f, *mx_m, *mx_c;
     float *mx_l;
     double *mx_scatter;

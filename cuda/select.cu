@@ -229,7 +229,6 @@ void fgmmc_ctx_batch(const fgmmc_context *ctx, const void *x_dev, int64_t m, fgm
     bt->mx_tied = ctx->matrix == 2;
     bt->mx_sms = ctx->sm_count;
     bt->mx_f = ctx->d_mx_f;
-    bt->mx_lo = (size_t)(ctx->matrix == 2 ? 1 : ctx->k) * ctx->d * ctx->d;
     bt->mx_m = ctx->d_mx_m;
     bt->mx_c = ctx->d_mx_c;
     bt->mx_l = ctx->d_mx_l;
