@@ -155,7 +155,8 @@ struct fgmmc_context {
     int matrix;
     float *d_mx_f, *d_mx_m, *d_mx_c, *d_mx_l;
     double *d_mx_scatter;
-    size_t cap_mx_f, cap_mx_m, cap_mx_c, cap_mx_l, cap_mx_scatter;
+    void *d_mx_live;
+    size_t cap_mx_f, cap_mx_m, cap_mx_c, cap_mx_l, cap_mx_scatter, cap_mx_live;
 
     /* the current pass */
     int in_pass, k, d;

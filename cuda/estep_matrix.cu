@@ -16,15 +16,21 @@
  *           product, so the logit keeps ~1e-6 relative.
  *   lse     one warp per row: the row's log-sum-exp (its log-likelihood) and
  *           its responsibilities, written over the logits.
- *   stats   per (component, row range, block of 32 x 32 tiles of the lower
- *           triangle): nk, the sums r (x - centre) and the scatter
- *           sum r (x - centre)(x - centre)^T as the product A^T A of the
- *           rows A = sqrt(r) (x - centre), 32 rows at a time, tf32 x 3 on
- *           tensor cores in fp32 within those 32 rows and float64 across
- *           them, into the block's own partial (no atomics: the same bits
- *           every run). 32 rows whose largest responsibility is below 1e-30
+ *   live    per (component, chunk of MX_CH rows): nk = sum r in float64,
+ *           and the rows whose responsibility is at least MX_LIVE, listed
+ *           per component in row order (a count pass, a prefix over the
+ *           chunks, a write pass: the same list every run). Rows below it
  *           add to nk only: their products would change nothing a float64
- *           sum of terms of order 1 keeps.
+ *           sum of terms of order 1 keeps. A row is live for a handful of
+ *           components, so the statistics below cost what those pairs
+ *           cost, not N x K.
+ *   stats   per (component, range of its live rows, block of 32 x 32 tiles
+ *           of the lower triangle): the sums r (x - centre) and the
+ *           scatter sum r (x - centre)(x - centre)^T as the product A^T A
+ *           of the rows A = sqrt(r) (x - centre), 32 rows at a time, tf32 x
+ *           3 on tensor cores in fp32 within those 32 rows and float64
+ *           across them, into the block's own partial (no atomics: the
+ *           same bits every run).
  *   reduce  the partials, in a fixed order, into the pass's accumulators.
  * Full: centre mu_k, scatter per component. Tied: the sums about the
  * shift, and the unweighted scatter sum (x - shift)(x - shift)^T through
@@ -47,6 +53,8 @@
 #define MX_TILE 32    /* stats: a warp's output tile, MX_TILE x MX_TILE */
 #define MX_TILES_MAX 8 /* stats: tiles (warps) per block at most */
 #define MX_LOGIT_BYTES ((size_t)256 << 20) /* a sub-batch's logits */
+#define MX_CH 2048    /* live: rows per chunk */
+#define MX_LIVE 1e-30f /* live: the smallest responsibility that is listed */
 
 int64_t fgmmc_matrix_sub_rows(int k)
 {
@@ -417,6 +425,95 @@ __global__ void __launch_bounds__(256)
     }
 }
 
+/* The live lists' buffer (b->mx_live), laid out for the largest
+ * sub-batch: per (component, chunk) nk in double and a count, then each
+ * component's total, then each component's list (sub-batch rows long).
+ * Entry (k, chunk) sits at k * nch + chunk, nch the sub-batch's chunks. */
+typedef struct {
+    double *nkp;
+    int *cnt, *live_n, *live;
+} mx_live_bufs;
+
+static int64_t live_chunks(int64_t rows) { return (rows + MX_CH - 1) / MX_CH; }
+
+size_t fgmmc_matrix_live_bytes(int k)
+{
+    const int64_t sub = fgmmc_matrix_sub_rows(k), nch = live_chunks(sub);
+    return (size_t)k * nch * (sizeof(double) + sizeof(int)) + (size_t)k * sizeof(int) +
+           (size_t)k * sub * sizeof(int);
+}
+
+static mx_live_bufs live_bufs(void *base, int k)
+{
+    const int64_t nch = live_chunks(fgmmc_matrix_sub_rows(k));
+    mx_live_bufs L;
+    L.nkp = (double *)base;
+    L.cnt = (int *)(L.nkp + (size_t)k * nch);
+    L.live_n = L.cnt + (size_t)k * nch;
+    L.live = L.live_n + k;
+    return L;
+}
+
+/* grid (chunks, ceil(K / 8)), 256 threads: warp w takes component
+ * blockIdx.y * 8 + w over the chunk's rows, a lane per row. Without off:
+ * the chunk's count of live rows (r >= MX_LIVE) and its sum of r (in
+ * double, a fixed butterfly) into cnt and nkp at k * nch + chunk. With
+ * off: the live rows, in row order, into live[k * stride + off[k * nch +
+ * chunk] ..]. */
+__global__ void __launch_bounds__(256)
+    mx_live_kernel(const float *R, int64_t n, int K, int nch, int *cnt, double *nkp,
+                   const int *off, int *live, int64_t stride)
+{
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int k = blockIdx.y * 8 + w;
+    if (k >= K) return; /* whole warps */
+    const int64_t c0 = (int64_t)blockIdx.x * MX_CH;
+    const int64_t c1 = c0 + MX_CH < n ? c0 + MX_CH : n;
+    const size_t at = (size_t)k * nch + blockIdx.x;
+    int o = off ? off[at] : 0;
+    double nk = 0;
+    for (int64_t r0 = c0; r0 < c1; r0 += 32) {
+        const int64_t row = r0 + lane;
+        const float r = row < c1 ? R[(size_t)row * K + k] : 0.f;
+        const bool in = r >= MX_LIVE;
+        const unsigned b = __ballot_sync(0xffffffffu, in);
+        if (!off)
+            nk += r;
+        else if (in)
+            live[(size_t)k * stride + o + __popc(b & ((1u << lane) - 1u))] = (int)row;
+        o += __popc(b);
+    }
+    if (!off) {
+        for (int x = 16; x > 0; x >>= 1) nk += __shfl_xor_sync(0xffffffffu, nk, x);
+        if (lane == 0) {
+            cnt[at] = o;
+            nkp[at] = nk;
+        }
+    }
+}
+
+/* A thread per component: its counts become their exclusive prefix over
+ * the chunks, live_n[k] the total, and its nk (chunks in order) joins the
+ * accumulators (acc: k * (2d + 1) entries, nk at 2d). */
+__global__ void mx_live_scan_kernel(int K, int nch, int *cnt, const double *nkp, int *live_n,
+                                    double *acc, int d)
+{
+    const int k = blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= K) return;
+    int total = 0;
+    double nk = 0;
+#pragma unroll 4
+    for (int c = 0; c < nch; c++) {
+        const size_t at = (size_t)k * nch + c;
+        const int v = cnt[at];
+        cnt[at] = total;
+        total += v;
+        nk += nkp[at];
+    }
+    live_n[k] = total;
+    acc[(size_t)k * (2 * d + 1) + 2 * d] += nk;
+}
+
 /* Entry e of the lower triangle, row-major by rows: (a, b), b <= a. */
 static __device__ __forceinline__ void tri_index(int64_t e, int &a, int &b)
 {
@@ -428,19 +525,24 @@ static __device__ __forceinline__ void tri_index(int64_t e, int &a, int &b)
 }
 
 /* grid (components, splits, tile blocks). R: n x ldr responsibilities
- * (NULL: weight 1); centre: m (comp x d, NULL: 0) after the shift. Block
- * (k, s, tb) writes its partial: nk and the sums (tb == 0 only) and, with
- * scatter, the entries of its tiles, warp w the tile tb * tpb + w:
- * rows 32 ta.., columns 32 tb.. of sum A^T A over the split's rows, A the
- * staged rows sqrt(r) (x - centre). Shared memory: A in fp32 and as tf32
- * pairs, MX_G rows of stats_stride(d); then the MX_G weights.
+ * (NULL: weight 1); centre: m (comp x d, NULL: 0) after the shift. The
+ * rows: with live, component k's live rows live[k * live_stride ..], of
+ * which there are live_n[k], split evenly in whole groups; without, rows
+ * [s * rows_per_split, ..) of the batch. Block (k, s, tb) writes its
+ * partial: nk (without live; with live it is the live kernel's) and the
+ * sums (tb == 0 only) and, with scatter, the entries of its tiles, warp w
+ * the tile tb * tpb + w: rows 32 ta.., columns 32 tb.. of sum A^T A over
+ * the split's rows, A the staged rows sqrt(r) (x - centre). Shared
+ * memory: A in fp32 and as tf32 pairs, MX_G rows of stats_stride(d); then
+ * the MX_G weights.
  * EXACT: the products in float64 instead (the tied scatter, whose
  * covariance is S/N minus the weighted means' scatter: at condition
  * number 1e8 that difference needs more than tf32 x 3's 2^-22, and it is
  * one component, N D^2 / 2 products, not K of them). */
 template <bool EXACT>
 __global__ void mx_stats_kernel(const void *x, int dtype, int64_t n, int d, const float *shift,
-                                const float *m, const float *R, int ldr, int rows_per_split,
+                                const float *m, const float *R, int ldr, const int *live,
+                                const int *live_n, int64_t live_stride, int rows_per_split,
                                 int scatter, int tpb, double *part)
 {
     extern __shared__ __align__(16) unsigned char mx_smem[];
@@ -449,12 +551,18 @@ __global__ void mx_stats_kernel(const void *x, int dtype, int64_t n, int d, cons
     uint32_t *yh = reinterpret_cast<uint32_t *>(ys + MX_G * P), *yl = yh + MX_G * P;
     float *sr = reinterpret_cast<float *>(yl + MX_G * P);
     __shared__ float gmax;
+    __shared__ int64_t srow[MX_G];
     const int t = threadIdx.x, nthr = blockDim.x, w = t >> 5, lane = t & 31, g = lane >> 2,
               tq = lane & 3;
     const int k = blockIdx.x, s = blockIdx.y, tb = blockIdx.z;
     const int splits = gridDim.y;
-    const int64_t r0 = (int64_t)s * rows_per_split;
-    const int64_t r1 = r0 + rows_per_split < n ? r0 + rows_per_split : n;
+    /* [r0, r1): positions in the live list, or rows of the batch. */
+    const int *lk = live ? live + (size_t)k * live_stride : NULL;
+    const int64_t total = live ? live_n[k] : n;
+    const int64_t per = live ? ((total + splits - 1) / splits + MX_G - 1) / MX_G * MX_G
+                             : rows_per_split;
+    const int64_t r0 = (int64_t)s * per < total ? (int64_t)s * per : total;
+    const int64_t r1 = r0 + per < total ? r0 + per : total;
     const float *mk = m ? m + (size_t)k * d : NULL;
     const int64_t ntri = scatter ? tri_entries(d) : 0;
     /* This warp's tile, if any: index -> (ta, tc), tc <= ta. */
@@ -486,26 +594,28 @@ __global__ void mx_stats_kernel(const void *x, int dtype, int64_t n, int d, cons
         const int gn = r1 - g0 < MX_G ? (int)(r1 - g0) : MX_G;
         __syncthreads(); /* the previous group's readers are done */
         if (w == 0) { /* MX_G == 32: a lane per row */
-            const float r = lane < gn ? (R ? R[(size_t)(g0 + lane) * ldr + k] : 1.f) : 0.f;
+            const int64_t row = lane < gn ? (lk ? lk[g0 + lane] : g0 + lane) : 0;
+            const float r = lane < gn ? (R ? R[(size_t)row * ldr + k] : 1.f) : 0.f;
             float mx = r, sum = r;
             for (int o = 16; o > 0; o >>= 1) {
                 mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
                 sum += __shfl_xor_sync(0xffffffffu, sum, o);
             }
             sr[lane] = r;
+            srow[lane] = row;
             if (lane == 0) {
                 gmax = mx;
-                dnk += sum;
+                if (!lk) dnk += sum;
             }
         }
         __syncthreads();
-        if (gmax < 1e-30f) continue; /* uniform across the block */
+        if (gmax < MX_LIVE) continue; /* uniform across the block */
         for (int gg = 0; gg < MX_G; gg++) {
             const float sq = sqrtf(sr[gg]);
             for (int j = t; j < d; j += nthr) {
                 float y = 0.f;
                 if (gg < gn) {
-                    y = load_y(x, dtype, (size_t)(g0 + gg) * d + j, shift[j]);
+                    y = load_y(x, dtype, (size_t)srow[gg] * d + j, shift[j]);
                     if (mk) y = __fsub_rn(y, mk[j]);
                 }
                 const float v = sq * y;
@@ -748,15 +858,26 @@ fgmm_status fgmmc_estep_matrix_launch(const fgmmc_batch *b, const fgmmc_plan *pl
                                           b->acc + (size_t)K * (2 * D + 1));
         FGMMC_CHECK_LAUNCH("mx_ll_sum_kernel", err);
         if (ll_only) continue;
+        /* nk and each component's live rows. */
+        const mx_live_bufs L = live_bufs(b->mx_live, K);
+        const int nch = (int)live_chunks(n);
+        dim3 gl((unsigned)nch, (unsigned)((K + 7) / 8));
+        mx_live_kernel<<<gl, 256, 0, s>>>(b->mx_l, n, K, nch, L.cnt, L.nkp, NULL, NULL, 0);
+        FGMMC_CHECK_LAUNCH("mx_live_kernel (count)", err);
+        mx_live_scan_kernel<<<(unsigned)((K + 127) / 128), 128, 0, s>>>(K, nch, L.cnt, L.nkp,
+                                                                        L.live_n, b->acc, D);
+        FGMMC_CHECK_LAUNCH("mx_live_scan_kernel", err);
+        mx_live_kernel<<<gl, 256, 0, s>>>(b->mx_l, n, K, nch, NULL, NULL, L.cnt, L.live, n);
+        FGMMC_CHECK_LAUNCH("mx_live_kernel (list)", err);
         const void *x = (const char *)b->x + (size_t)r0 * D * esz;
         const int tblocks = tile_blocks(D), tpb = tiles_per_block(D);
-        /* Weighted pass: full, per component about its mean with its
-         * scatter; tied, about the shift without. */
+        /* Weighted pass over the live rows: full, per component about its
+         * mean with its scatter; tied, about the shift without. */
         const int full = !b->mx_tied;
         dim3 g1((unsigned)K, (unsigned)plan.splits, full ? (unsigned)tblocks : 1u);
         mx_stats_kernel<false><<<g1, stats_threads(D, full), stats_smem(D), s>>>(
-            x, b->dtype, n, D, b->shift, full ? b->mx_m : NULL, b->mx_l, K, plan.rows_per_split,
-            full, tpb, b->partials);
+            x, b->dtype, n, D, b->shift, full ? b->mx_m : NULL, b->mx_l, K, L.live, L.live_n, n,
+            plan.rows_per_split, full, tpb, b->partials);
         FGMMC_CHECK_LAUNCH("mx_stats_kernel", err);
         const size_t pe = part_elems(D, full);
         dim3 gr((unsigned)((pe + 255) / 256), (unsigned)K);
@@ -769,7 +890,8 @@ fgmm_status fgmmc_estep_matrix_launch(const fgmmc_batch *b, const fgmmc_plan *pl
         const int splits2 = row_splits(1, n, sm_count);
         dim3 g2(1u, (unsigned)splits2, (unsigned)tblocks);
         mx_stats_kernel<true><<<g2, stats_threads(D, 1), stats_smem(D), s>>>(
-            x, b->dtype, n, D, b->shift, NULL, NULL, 0, split_rows(n, splits2), 1, tpb, p2);
+            x, b->dtype, n, D, b->shift, NULL, NULL, 0, NULL, NULL, 0, split_rows(n, splits2), 1,
+            tpb, p2);
         FGMMC_CHECK_LAUNCH("mx_stats_kernel (tied scatter)", err);
         const size_t pe2 = part_elems(D, 1);
         dim3 gr2((unsigned)((pe2 + 255) / 256), 1u);

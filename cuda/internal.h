@@ -105,6 +105,7 @@ typedef struct {
     const float *mx_f, *mx_m, *mx_c;
     float *mx_l;
     double *mx_scatter;
+    void *mx_live; /* fgmmc_matrix_live_bytes(K): the live rows' lists */
 } fgmmc_batch;
 
 #ifdef __CUDACC__
@@ -434,6 +435,9 @@ int64_t fgmmc_matrix_sub_rows(int k);
 /* The plan of a sub-batch of n rows (partial_elems: the statistics
  * kernel's partials; lse_blocks: the log-sum-exp kernel's blocks). */
 void fgmmc_estep_matrix_plan(int k, int d, int64_t n, int sm_count, int tied, fgmmc_plan *plan);
+/* Bytes of the lists of live rows (responsibility >= 1e-30) per
+ * component that the statistics walk, for the largest sub-batch. */
+size_t fgmmc_matrix_live_bytes(int k);
 /* FGMM_ERR_ARGUMENT past the family's D (256), and the kernels' shared
  * memory for d. */
 fgmm_status fgmmc_matrix_smem_check(int d, fgmm_error *err);

@@ -305,25 +305,25 @@ fgmm_status fgmmc_begin_matrix_pass(fgmmc_context *ctx, int k, int d, int tied,
     fgmmc_plan plan;
     fgmmc_estep_matrix_plan(k, d, sub, ctx->sm_count, tied, &plan);
     /* What the pass holds on the device: the factors (tf32 pairs, 8 bytes
-     * an entry), the scatter sums (float64), a sub-batch's logits and the
-     * statistics' partials. Checked up front, so a model too large for the
-     * GPU is refused with its sizes rather than failing in some
-     * allocation. */
-    const double need = (double)nf * dd * 8 + (double)nf * dd * 8 + (double)sub * k * 4 +
-                        (double)plan.partial_elems * 8 + (double)k * d * 4;
+     * an entry), the scatter sums (float64), a sub-batch's logits, its
+     * live rows' lists and the statistics' partials. Checked up front, so
+     * a model too large for the GPU is refused with its sizes rather than
+     * failing in some allocation. */
+    const size_t live_b = fgmmc_matrix_live_bytes(k);
+    const double work = (double)sub * k * 4 + (double)live_b + (double)plan.partial_elems * 8;
+    const double need = (double)nf * dd * 8 + (double)nf * dd * 8 + work + (double)k * d * 4;
     const double held = (double)ctx->cap_mx_f + ctx->cap_mx_scatter + ctx->cap_mx_l +
-                        ctx->cap_part + ctx->cap_mx_m;
+                        ctx->cap_mx_live + ctx->cap_part + ctx->cap_mx_m;
     size_t free_b = 0, total_b = 0;
     FGMMC_CHECK(cudaMemGetInfo(&free_b, &total_b), err);
     if (need > (double)free_b + held)
         return fgmm_fail(err, FGMM_ERR_NO_MEMORY,
                          "a %s covariance of K=%d, D=%d needs %.2f GB on the GPU (%.2f GB of "
                          "precision factors as tf32 pairs, %.2f GB of float64 scatter sums, %.2f GB of "
-                         "logits and partial sums); %s has %.2f GB free. Use fewer components, "
-                         "or the CPU engine (--device cpu)",
+                         "logits, row lists and partial sums); %s has %.2f GB free. Use fewer "
+                         "components, or the CPU engine (--device cpu)",
                          tied ? "tied" : "full", k, d, need / 1e9, (double)nf * dd * 8 / 1e9,
-                         (double)nf * dd * 8 / 1e9,
-                         ((double)sub * k * 4 + (double)plan.partial_elems * 8) / 1e9, ctx->desc,
+                         (double)nf * dd * 8 / 1e9, work / 1e9, ctx->desc,
                          ((double)free_b + held) / 1e9);
     const size_t up = ((size_t)k * d + (size_t)k + (size_t)d) * sizeof(float);
     if ((st = DEV_RESERVE(ctx, ctx->d_mx_f, ctx->cap_mx_f, 2 * nf * dd * sizeof(float), "factors",
@@ -337,6 +337,7 @@ fgmm_status fgmmc_begin_matrix_pass(fgmmc_context *ctx, int k, int d, int tied,
                           "logits", err)) ||
         (st = DEV_RESERVE(ctx, ctx->d_mx_scatter, ctx->cap_mx_scatter, nf * dd * sizeof(double),
                           "scatter sums", err)) ||
+        (st = DEV_RESERVE(ctx, ctx->d_mx_live, ctx->cap_mx_live, live_b, "live rows", err)) ||
         (st = DEV_RESERVE(ctx, ctx->d_block_ll, ctx->cap_block_ll,
                           (size_t)plan.lse_blocks * sizeof(double), "tile ll", err)) ||
         (st = DEV_RESERVE(ctx, ctx->d_acc, ctx->cap_acc, (per + 1) * sizeof(double),

@@ -233,6 +233,7 @@ void fgmmc_ctx_batch(const fgmmc_context *ctx, const void *x_dev, int64_t m, fgm
     bt->mx_c = ctx->d_mx_c;
     bt->mx_l = ctx->d_mx_l;
     bt->mx_scatter = ctx->d_mx_scatter;
+    bt->mx_live = ctx->d_mx_live;
     if (ctx->st_np) {
         bt->st_nc = ctx->st_nc;
         bt->st_splits = ctx->st_splits;
