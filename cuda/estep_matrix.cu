@@ -48,11 +48,12 @@
 #define MX_IC 32      /* logits: inner indices staged per step */
 #define MX_LS (MX_IC + 4) /* logits: a staged row's stride (conflict-free fragments) */
 #define MX_LOGIT_THREADS 256
-#define MX_YV 4     /* logits: rows of 4-wide loads in flight per thread */
 #define MX_G 32       /* stats: rows per group (one staged step) */
 #define MX_TILE 32    /* stats: a warp's output tile, MX_TILE x MX_TILE */
 #define MX_TILES_MAX 8 /* stats: tiles (warps) per block at most */
 #define MX_LOGIT_BYTES ((size_t)256 << 20) /* a sub-batch's logits */
+#define MX_PF 1 /* logits: of a thread's 4 rows of the next step, those loaded while this
+                      * step multiplies (more spill registers and run slower on sm_90) */
 #define MX_CH 2048    /* live: rows per chunk */
 #define MX_LIVE 1e-30f /* live: the smallest responsibility that is listed */
 
@@ -156,6 +157,16 @@ static __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+/* Four 8 x 4-word matrices of shared memory into fragments (ldmatrix on
+ * b16 pairs: the words arrive whole). Each lane gives one row's address,
+ * 16-byte aligned. */
+static __device__ __forceinline__ void ldm_x4_u32(uint32_t (&r)[4], const uint32_t *p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
 /* The three products of one split pair, small terms first. */
 static __device__ __forceinline__ void mma_tf32x3(float (&d)[4], const uint32_t (&ah)[4],
                                                   const uint32_t (&al)[4], uint32_t bh0,
@@ -221,58 +232,67 @@ static __device__ __forceinline__ void mx_fetch_f(mx_logit_smem &S, int st, cons
     cp_async_commit();
 }
 
-/* Stages rows row0.. of Y = x - shift - mu_k, inner indices i0.., as
- * tf32 pairs (rows past n and indices past d as zeros). With v4 (d % 4 ==
- * 0 and the rows aligned) a thread takes 4 columns of 4 rows, every load
- * issued before any conversion; the values' bits are those of load_y. */
+/* Rows row0.. of Y = x - shift - mu_k, inner indices i0.., as tf32
+ * pairs in shared memory (rows past n and indices past d as zeros), in two
+ * halves so that some loads of the next step are in flight while this
+ * step multiplies. With v4 (d % 4 == 0 and the rows aligned) thread t
+ * loads columns 4 (t % 8).. of rows t / 8 + 32 u, u < 4, into v
+ * (mx_load_y4, u in [U0, U1)), and later converts and stores them
+ * (mx_store_y4);
+ * without, mx_stage_y does both at once, a value at a time. The values'
+ * bits are those of load_y either way. */
+template <int U0, int U1>
+static __device__ __forceinline__ void mx_load_y4(float4 (&v)[4], const void *x, int dtype,
+                                                  int64_t n, int d, int64_t row0, int i0)
+{
+    const int t = threadIdx.x, i = i0 + 4 * (t & 7);
+#pragma unroll
+    for (int u = U0; u < U1; u++) {
+        const int64_t row = row0 + (t >> 3) + 32 * u;
+        v[u] = i < d && row < n ? load_x4(x, dtype, (size_t)row * d + i)
+                                : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+}
+
+static __device__ __forceinline__ void mx_store_y4(mx_logit_smem &S, const float4 (&v)[4],
+                                                   int64_t n, int d, const float *shift,
+                                                   const float *mk, int64_t row0, int i0)
+{
+    const int t = threadIdx.x, c = 4 * (t & 7), i = i0 + c;
+    const bool in = i < d;
+    float sh[4] = {0.f, 0.f, 0.f, 0.f}, mu[4] = {0.f, 0.f, 0.f, 0.f};
+    if (in)
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            sh[q] = shift[i + q];
+            mu[q] = mk[i + q];
+        }
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        const int r = (t >> 3) + 32 * u;
+        const bool ok = in && row0 + r < n;
+        const float xv[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+        uint32_t h[4], l[4];
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            const float y = ok ? __fsub_rn(__fsub_rn(xv[q], sh[q]), mu[q]) : 0.f;
+            split_tf32(y, h[q], l[q]);
+        }
+        *reinterpret_cast<uint4 *>(&S.yh[r][c]) = make_uint4(h[0], h[1], h[2], h[3]);
+        *reinterpret_cast<uint4 *>(&S.yl[r][c]) = make_uint4(l[0], l[1], l[2], l[3]);
+    }
+}
+
 static __device__ __forceinline__ void mx_stage_y(mx_logit_smem &S, const void *x, int dtype,
                                                   int64_t n, int d, const float *shift,
-                                                  const float *mk, int64_t row0, int i0, bool v4)
+                                                  const float *mk, int64_t row0, int i0)
 {
-    const int t = threadIdx.x;
-    if (v4) {
-        const int c = 4 * (t & 7), i = i0 + c; /* the same 4 columns for every row */
-        const bool in = i < d;
-        float sh[4] = {0.f, 0.f, 0.f, 0.f}, mu[4] = {0.f, 0.f, 0.f, 0.f};
-        if (in)
-#pragma unroll
-            for (int q = 0; q < 4; q++) {
-                sh[q] = shift[i + q];
-                mu[q] = mk[i + q];
-            }
-#pragma unroll
-        for (int u0 = 0; u0 < 4; u0 += MX_YV) {
-        float4 v[MX_YV];
-#pragma unroll
-        for (int u = 0; u < MX_YV; u++) {
-            const int64_t row = row0 + (t >> 3) + 32 * (u0 + u);
-            v[u] = in && row < n ? load_x4(x, dtype, (size_t)row * d + i)
-                                 : make_float4(0.f, 0.f, 0.f, 0.f);
-        }
-#pragma unroll
-        for (int u = 0; u < MX_YV; u++) {
-            const int r = (t >> 3) + 32 * (u0 + u);
-            const bool ok = in && row0 + r < n;
-            const float xv[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
-            uint32_t h[4], l[4];
-#pragma unroll
-            for (int q = 0; q < 4; q++) {
-                const float y = ok ? __fsub_rn(__fsub_rn(xv[q], sh[q]), mu[q]) : 0.f;
-                split_tf32(y, h[q], l[q]);
-            }
-            *reinterpret_cast<uint4 *>(&S.yh[r][c]) = make_uint4(h[0], h[1], h[2], h[3]);
-            *reinterpret_cast<uint4 *>(&S.yl[r][c]) = make_uint4(l[0], l[1], l[2], l[3]);
-        }
-        }
-    } else {
-        for (int e = t; e < MX_TR * MX_IC; e += MX_LOGIT_THREADS) {
-            const int r = e / MX_IC, ii = e % MX_IC, i = i0 + ii;
-            const int64_t row = row0 + r;
-            float y = 0.f;
-            if (row < n && i < d)
-                y = __fsub_rn(load_y(x, dtype, (size_t)row * d + i, shift[i]), mk[i]);
-            split_tf32(y, S.yh[r][ii], S.yl[r][ii]);
-        }
+    for (int e = threadIdx.x; e < MX_TR * MX_IC; e += MX_LOGIT_THREADS) {
+        const int r = e / MX_IC, ii = e % MX_IC, i = i0 + ii;
+        const int64_t row = row0 + r;
+        float y = 0.f;
+        if (row < n && i < d) y = __fsub_rn(load_y(x, dtype, (size_t)row * d + i, shift[i]), mk[i]);
+        split_tf32(y, S.yh[r][ii], S.yl[r][ii]);
     }
 }
 
@@ -282,7 +302,8 @@ static __device__ __forceinline__ void mx_stage_y(mx_logit_smem &S, const void *
  * column pass): the quarters' work is 4 : 3 : 2 : 1 steps, and the map
  * below gives each of the SM's four schedulers (warps w and w + 4, w mod 4)
  * quarters {0, 3} or {1, 2}, 5 steps each. Per step: F of the next step
- * is copied asynchronously while Y is staged and multiplied. */
+ * is copied asynchronously, and part of its rows loaded, while this step
+ * multiplies; fragments come by ldmatrix. */
 __global__ void __launch_bounds__(MX_LOGIT_THREADS, 2)
     mx_logits_kernel(const void *x, int dtype, int64_t n, int d, int K, const float *shift,
                      const float *m, const float *F, size_t f_lo, size_t f_stride,
@@ -312,11 +333,23 @@ __global__ void __launch_bounds__(MX_LOGIT_THREADS, 2)
     int jb, i0;
     mx_step(d, 0, jb, i0);
     mx_fetch_f(S, 0, Fh, Fl, d, jb, i0, fv4);
+    float4 yv[4];
+    if (v4) {
+        mx_load_y4<0, 4>(yv, x, dtype, n, d, row0, i0);
+        mx_store_y4(S, yv, n, d, shift, mk, row0, i0);
+    } else {
+        mx_stage_y(S, x, dtype, n, d, shift, mk, row0, i0);
+    }
+    /* Step s: Y of step s is staged (stored at the end of step s - 1);
+     * F of step s + 1 and, with v4, the rows of step s + 1 are fetched
+     * while step s multiplies. */
     for (int s = 0;; s++) {
         int njb, ni0;
         const bool more = mx_step(d, s + 1, njb, ni0);
-        if (more) mx_fetch_f(S, (s + 1) & 1, Fh, Fl, d, njb, ni0, fv4);
-        mx_stage_y(S, x, dtype, n, d, shift, mk, row0, i0, v4 != 0);
+        if (more) {
+            mx_fetch_f(S, (s + 1) & 1, Fh, Fl, d, njb, ni0, fv4);
+            if (v4) mx_load_y4<0, MX_PF>(yv, x, dtype, n, d, row0, ni0);
+        }
         if (more)
             cp_async_wait<1>();
         else
@@ -326,24 +359,37 @@ __global__ void __launch_bounds__(MX_LOGIT_THREADS, 2)
         /* Skipped: a quarter past d, or one whose columns j < i0 see
          * only the factor's zeros (adding 0 products changes no sum). */
         if (jb + wc < d && i0 < jb + wc + 32) {
+            /* Fragments by ldmatrix: a 32-bit element is a pair of b16, so
+             * matrix i of an x4 load hands lane l the word (l / 4, l % 4)
+             * of its 8 rows x 4 words; lane l addresses row l % 8 of matrix
+             * l / 8. A: matrices (rows +0, words +0), (+8, +0), (+0, +4),
+             * (+8, +4) are a0..a3; B: (columns +0, words +0), (+0, +4),
+             * (+8, +0), (+8, +4) are b0, b1 of two n-tiles. */
+            const int lr = lane & 7, lm = lane >> 3;
 #pragma unroll
             for (int kk = 0; kk < MX_IC; kk += 8) {
                 uint32_t bh[4][2], bl[4][2];
 #pragma unroll
-                for (int nt = 0; nt < 4; nt++) {
-                    const int col = wc + 8 * nt + g;
-                    bh[nt][0] = S.fh[st][col][kk + tq];
-                    bh[nt][1] = S.fh[st][col][kk + tq + 4];
-                    bl[nt][0] = S.fl[st][col][kk + tq];
-                    bl[nt][1] = S.fl[st][col][kk + tq + 4];
+                for (int np = 0; np < 2; np++) {
+                    const int col = wc + 16 * np + 8 * (lm >> 1) + lr, wd = kk + 4 * (lm & 1);
+                    uint32_t v[4];
+                    ldm_x4_u32(v, &S.fh[st][col][wd]);
+                    bh[2 * np][0] = v[0];
+                    bh[2 * np][1] = v[1];
+                    bh[2 * np + 1][0] = v[2];
+                    bh[2 * np + 1][1] = v[3];
+                    ldm_x4_u32(v, &S.fl[st][col][wd]);
+                    bl[2 * np][0] = v[0];
+                    bl[2 * np][1] = v[1];
+                    bl[2 * np + 1][0] = v[2];
+                    bl[2 * np + 1][1] = v[3];
                 }
 #pragma unroll
                 for (int mt = 0; mt < 4; mt++) {
-                    const int r = wr + 16 * mt + g;
-                    const uint32_t ah[4] = {S.yh[r][kk + tq], S.yh[r + 8][kk + tq],
-                                            S.yh[r][kk + tq + 4], S.yh[r + 8][kk + tq + 4]};
-                    const uint32_t al[4] = {S.yl[r][kk + tq], S.yl[r + 8][kk + tq],
-                                            S.yl[r][kk + tq + 4], S.yl[r + 8][kk + tq + 4]};
+                    const int r = wr + 16 * mt + lr + 8 * (lm & 1), wd = kk + 4 * (lm >> 1);
+                    uint32_t ah[4], al[4];
+                    ldm_x4_u32(ah, &S.yh[r][wd]);
+                    ldm_x4_u32(al, &S.yl[r][wd]);
 #pragma unroll
                     for (int nt = 0; nt < 4; nt++)
                         mma_tf32x3(acc[mt][nt], ah, al, bh[nt][0], bh[nt][1], bl[nt][0],
@@ -379,6 +425,12 @@ __global__ void __launch_bounds__(MX_LOGIT_THREADS, 2)
         }
         __syncthreads(); /* Y and this stage of F are free again */
         if (!more) break;
+        if (v4) {
+            mx_load_y4<MX_PF, 4>(yv, x, dtype, n, d, row0, ni0);
+            mx_store_y4(S, yv, n, d, shift, mk, row0, ni0);
+        } else {
+            mx_stage_y(S, x, dtype, n, d, shift, mk, row0, ni0);
+        }
         jb = njb;
         i0 = ni0;
     }
