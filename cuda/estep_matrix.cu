@@ -566,16 +566,6 @@ __global__ void mx_live_scan_kernel(int K, int nch, int *cnt, const double *nkp,
     acc[(size_t)k * (2 * d + 1) + 2 * d] += nk;
 }
 
-/* Entry e of the lower triangle, row-major by rows: (a, b), b <= a. */
-static __device__ __forceinline__ void tri_index(int64_t e, int &a, int &b)
-{
-    int aa = (int)((sqrtf(8.0f * (float)e + 1.0f) - 1.0f) * 0.5f);
-    while ((int64_t)aa * (aa + 1) / 2 > e) aa--;
-    while ((int64_t)(aa + 1) * (aa + 2) / 2 <= e) aa++;
-    a = aa;
-    b = (int)(e - (int64_t)aa * (aa + 1) / 2);
-}
-
 /* grid (components, splits, tile blocks). R: n x ldr responsibilities
  * (NULL: weight 1); centre: m (comp x d, NULL: 0) after the shift. The
  * rows: with live, component k's live rows live[k * live_stride ..], of
@@ -768,7 +758,9 @@ __global__ void mx_stats_kernel(const void *x, int dtype, int64_t n, int d, cons
 
 /* The partials of gridDim.y components into the accumulators, splits in
  * order: acc (k*(2d+1): sums, then nk at 2d) when acc is not NULL, and the
- * triangle into scatter (D x D per component, lower part) when not NULL. */
+ * triangle into scatter (per component the lower triangle packed row by
+ * row, tri_entries(d) doubles: half the bytes of D x D to bring back)
+ * when not NULL. */
 __global__ void mx_reduce_kernel(const double *part, int splits, int d, int has_tri,
                                  double *acc, double *scatter, int scatter_per_comp)
 {
@@ -784,9 +776,7 @@ __global__ void mx_reduce_kernel(const double *part, int splits, int d, int has_
         } else if (e <= d) {
             if (acc) acc[(size_t)k * (2 * d + 1) + (e - 1)] += s;
         } else if (scatter) {
-            int a, b;
-            tri_index(e - 1 - d, a, b);
-            scatter[(scatter_per_comp ? (size_t)k * d * d : 0) + (size_t)a * d + b] += s;
+            scatter[(scatter_per_comp ? (size_t)k * ntri : 0) + (size_t)(e - 1 - d)] += s;
         }
     }
 }

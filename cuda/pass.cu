@@ -387,11 +387,20 @@ fgmm_status fgmmc_end_matrix_pass(fgmmc_context *ctx, double *nk, double *sums, 
         return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmmc_end_matrix_pass: no matrix pass");
     if (!scatter)
         return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmmc_end_matrix_pass: scatter is NULL");
-    const size_t n = (ctx->matrix == 2 ? 1 : (size_t)ctx->k) * ctx->d * ctx->d;
-    fgmm_status st = fgmmc_end_pass(ctx, nk, sums, ll_sum, err);
-    if (st) return st;
-    FGMMC_CHECK(cudaMemcpy(scatter, ctx->d_mx_scatter, n * sizeof(double), cudaMemcpyDeviceToHost),
+    const size_t nf = ctx->matrix == 2 ? 1 : (size_t)ctx->k, d = (size_t)ctx->d;
+    const size_t ntri = d * (d + 1) / 2;
+    fgmm_status st = HOST_RESERVE(ctx, ctx->h_mx_tri, ctx->cap_h_mx_tri,
+                                  nf * ntri * sizeof(double), "scatter download", err);
+    if (st || (st = fgmmc_end_pass(ctx, nk, sums, ll_sum, err))) return st;
+    /* The triangles come back packed into pinned memory (half of D x D, at
+     * the link's speed), then each row goes to its place. */
+    FGMMC_CHECK(cudaMemcpy(ctx->h_mx_tri, ctx->d_mx_scatter, nf * ntri * sizeof(double),
+                           cudaMemcpyDeviceToHost),
                 err);
+    for (size_t f = 0; f < nf; f++)
+        for (size_t a = 0; a < d; a++)
+            memcpy(scatter + f * d * d + a * d, ctx->h_mx_tri + f * ntri + a * (a + 1) / 2,
+                   (a + 1) * sizeof(double));
     return FGMM_OK;
 }
 
