@@ -103,6 +103,27 @@ class Cli : public ::testing::Test {
     }
 };
 
+TEST_F(Cli, FitVerboseSaysWhereEachStepsTimeWent)
+{
+    Result r = run("fit --verbose --device cpu --data " + path("good.fbin") +
+                   " --k 3 --max-iter 2 --tol 0 --out " + path("mv"));
+    ASSERT_EQ(r.code, 0) << r.out;
+    size_t lines = 0;
+    for (size_t at = r.out.find("iter "); at != std::string::npos; at = r.out.find("iter ", at + 1)) {
+        const size_t eol = r.out.find('\n', at);
+        const std::string line = r.out.substr(at, eol - at);
+        EXPECT_NE(line.find("[setup "), std::string::npos) << line;
+        EXPECT_NE(line.find(", M-step "), std::string::npos) << line;
+        lines++;
+    }
+    EXPECT_EQ(lines, 2u) << r.out;
+    /* --quiet wins over --verbose. */
+    Result q = run("fit --quiet --verbose --device cpu --data " + path("good.fbin") +
+                   " --k 3 --max-iter 2 --out " + path("mq"));
+    ASSERT_EQ(q.code, 0) << q.out;
+    EXPECT_EQ(q.out.find("[setup "), std::string::npos) << q.out;
+}
+
 TEST_F(Cli, FitWritesAModelNumpyReads)
 {
     Result r = run("fit --quiet --data " + path("good.fbin") + " --k 3 --out " + path("m1"));

@@ -37,6 +37,9 @@ static const char FIT_HELP_HEAD[] =
     "                       engines sharing one machine)\n"
     "  --device D           auto (default: cuda if present), cpu or cuda\n"
     "  --quiet              no per-iteration progress\n"
+    "  --verbose            per iteration also where the step's time went: the pass's\n"
+    "                       setup, rows, finish (waiting for the device and the sums),\n"
+    "                       and the M-step\n"
     "  --gpus G             one engine per GPU in this process, the data shared among them:\n"
     "                       all, the first N (e.g. 2), or device indices (0,2; one: 3,)\n"
     "  --checkpoint-every N save the fit every N EM steps to the checkpoint directory, where\n"
@@ -81,6 +84,7 @@ enum {
     OPT_THREADS,
     OPT_DEVICE,
     OPT_QUIET,
+    OPT_VERBOSE,
     OPT_PIN_THREADS,
     OPT_GPUS,
     OPT_CHECKPOINT_EVERY,
@@ -103,6 +107,7 @@ static const struct option FIT_OPTIONS[] = {
     {"threads", required_argument, NULL, OPT_THREADS},
     {"device", required_argument, NULL, OPT_DEVICE},
     {"quiet", no_argument, NULL, OPT_QUIET},
+    {"verbose", no_argument, NULL, OPT_VERBOSE},
     {"pin-threads", no_argument, NULL, OPT_PIN_THREADS},
     {"gpus", required_argument, NULL, OPT_GPUS},
     {"checkpoint-every", required_argument, NULL, OPT_CHECKPOINT_EVERY},
@@ -123,7 +128,7 @@ typedef struct {
     const char *data, *k, *out, *covariance, *init, *max_iter, *tol, *reg_covar, *seed;
     const char *gpus, *checkpoint_every, *checkpoint_dir, *resume, *timeout;
     const char *assign_out;
-    int quiet, list_flags; /* list_flags: a list flag was given */
+    int quiet, verbose, list_flags; /* list_flags: a list flag was given */
     cli_io_flags io;
     fgmm_assign_options lists;
 } fit_flags;
@@ -155,6 +160,7 @@ static int read_flags(int argc, char **argv, fit_flags *f)
         case OPT_THREADS: f->io.threads = optarg; break;
         case OPT_DEVICE: f->io.device = optarg; break;
         case OPT_QUIET: f->quiet = 1; break;
+        case OPT_VERBOSE: f->verbose = 1; break;
         case OPT_PIN_THREADS: f->io.pin_threads = 1; break;
         case OPT_GPUS: f->gpus = optarg; break;
         case OPT_CHECKPOINT_EVERY: f->checkpoint_every = optarg; break;
@@ -235,7 +241,7 @@ static int make_params(const fit_flags *f, fgmm_fit_params *p, fgmm_model **init
     long lv;
     int k_given = 0, cov_given = 0;
     fgmm_fit_params_default(p);
-    p->verbose = !f->quiet;
+    p->verbose = f->quiet ? 0 : f->verbose ? 2 : 1;
     if (f->k) {
         if (cli_parse_long("fit", "k", f->k, -2147483647L, 2147483647L, &lv))
             return CLI_EXIT_USAGE;
