@@ -210,9 +210,13 @@ static __device__ __forceinline__ void mx_fetch_f(mx_logit_smem &S, int st, cons
                                                   const float *Fl, int d, int jb, int i0, bool v4)
 {
     const int t = threadIdx.x;
+    /* Columns j < i0 of F meet only its zeros at inner i0..: no warp
+     * reads them on this step (mx_logits_kernel's skip), so they are not
+     * copied. */
+    const int j_lo = i0 > jb ? i0 - jb : 0, cols = MX_TC - j_lo;
     if (v4) { /* d % 4 == 0: 16-byte pieces, each wholly inside or past d */
-        for (int e = t; e < MX_TC * (MX_IC / 4); e += MX_LOGIT_THREADS) {
-            const int jj = e / (MX_IC / 4), c = 4 * (e % (MX_IC / 4));
+        for (int e = t; e < cols * (MX_IC / 4); e += MX_LOGIT_THREADS) {
+            const int jj = j_lo + e / (MX_IC / 4), c = 4 * (e % (MX_IC / 4));
             const int j = jb + jj, i = i0 + c;
             const bool in = j < d && i < d;
             const size_t at = in ? (size_t)j * d + i : 0;
@@ -220,8 +224,8 @@ static __device__ __forceinline__ void mx_fetch_f(mx_logit_smem &S, int st, cons
             cp_async16(&S.fl[st][jj][c], Fl + at, in ? 16 : 0);
         }
     } else {
-        for (int e = t; e < MX_TC * MX_IC; e += MX_LOGIT_THREADS) {
-            const int jj = e / MX_IC, c = e % MX_IC;
+        for (int e = t; e < cols * MX_IC; e += MX_LOGIT_THREADS) {
+            const int jj = j_lo + e / MX_IC, c = e % MX_IC;
             const int j = jb + jj, i = i0 + c;
             const bool in = j < d && i < d;
             const size_t at = in ? (size_t)j * d + i : 0;
@@ -301,7 +305,8 @@ static __device__ __forceinline__ void mx_stage_y(mx_logit_smem &S, const void *
  * so quarter cq meets only the inner steps i0 < 32 (cq + 1) (within the
  * column pass): the quarters' work is 4 : 3 : 2 : 1 steps, and the map
  * below gives each of the SM's four schedulers (warps w and w + 4, w mod 4)
- * quarters {0, 3} or {1, 2}, 5 steps each. Per step: F of the next step
+ * quarters {0, 3} or {1, 2}, 5 steps each (less the same 6 products of
+ * each quarter's diagonal step). Per step: F of the next step
  * is copied asynchronously, and part of its rows loaded, while this step
  * multiplies; fragments come by ldmatrix. */
 __global__ void __launch_bounds__(MX_LOGIT_THREADS, 2)
@@ -366,6 +371,10 @@ __global__ void __launch_bounds__(MX_LOGIT_THREADS, 2)
              * (+8, +4) are a0..a3; B: (columns +0, words +0), (+0, +4),
              * (+8, +0), (+8, +4) are b0, b1 of two n-tiles. */
             const int lr = lane & 7, lm = lane >> 3;
+            /* On the quarter's diagonal step (inner indices = its columns)
+             * an 8 x 8 block of F with inner kk.. past columns 8 nt.. is
+             * all zeros: 6 of the 16 (kk, nt) products are skipped. */
+            const bool diag = i0 == jb + wc;
 #pragma unroll
             for (int kk = 0; kk < MX_IC; kk += 8) {
                 uint32_t bh[4][2], bl[4][2];
@@ -392,8 +401,9 @@ __global__ void __launch_bounds__(MX_LOGIT_THREADS, 2)
                     ldm_x4_u32(al, &S.yl[r][wd]);
 #pragma unroll
                     for (int nt = 0; nt < 4; nt++)
-                        mma_tf32x3(acc[mt][nt], ah, al, bh[nt][0], bh[nt][1], bl[nt][0],
-                                   bl[nt][1]);
+                        if (!(diag && 8 * (nt + 1) <= kk))
+                            mma_tf32x3(acc[mt][nt], ah, al, bh[nt][0], bh[nt][1], bl[nt][0],
+                                       bl[nt][1]);
                 }
             }
         }
