@@ -369,6 +369,21 @@ TEST(MatrixCovariance, StatisticsSerialiseAndAdd)
         ASSERT_EQ(fgmm_stats_add(sum2, b, &err), FGMM_OK) << err.msg;
         EXPECT_EQ(0, memcmp(fgmm_stats_scatter(sum1), fgmm_stats_scatter(sum2), 8 * ns));
         EXPECT_EQ(0, memcmp(fgmm_stats_sums(sum1), fgmm_stats_sums(sum2), 8 * K * 2 * D));
+        // Only the lower triangles are added (and zeroed): the upper ones
+        // are neither accumulated nor read.
+        const size_t nm = ns / ((size_t)D * D);
+        for (size_t f = 0; f < nm; f++)
+            for (int r = 0; r < D; r++)
+                for (int c = 0; c < D; c++) {
+                    const size_t i = (f * D + r) * D + c;
+                    EXPECT_EQ(fgmm_stats_scatter(sum1)[i], c <= r ? fgmm_stats_scatter(a)[i] : 0.0)
+                        << f << " " << r << " " << c;
+                }
+        fgmm_stats_zero(a);
+        for (size_t f = 0; f < nm; f++)
+            for (int r = 0; r < D; r++)
+                for (int c = 0; c <= r; c++)
+                    EXPECT_EQ(fgmm_stats_scatter(a)[(f * D + r) * D + c], 0.0);
         EXPECT_EQ(fgmm_stats_add(diag, a, &err), FGMM_ERR_ARGUMENT);
         std::vector<char> dimg(fgmm_stats_serial_size(diag));
         fgmm_stats_serialize(diag, dimg.data());
