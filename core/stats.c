@@ -43,11 +43,18 @@ static size_t shift_len(fgmm_covariance layout, int k, int d)
     return layout == FGMM_COV_FULL ? (size_t)k * d : (size_t)d;
 }
 
+/* The scatter matrices' count: K full, 1 tied, none otherwise. Only their
+ * lower triangles are ever written or read, so zeroing and adding them
+ * touch those alone (half of K D^2 doubles: tens of ms a pass at K=1024,
+ * D=128). */
+static size_t scatter_count(fgmm_covariance layout, int k)
+{
+    return layout == FGMM_COV_FULL ? (size_t)k : layout == FGMM_COV_TIED ? 1 : 0;
+}
+
 static size_t scatter_len(fgmm_covariance layout, int k, int d)
 {
-    return layout == FGMM_COV_FULL   ? (size_t)k * d * d
-           : layout == FGMM_COV_TIED ? (size_t)d * d
-                                     : 0;
+    return scatter_count(layout, k) * (size_t)d * d;
 }
 
 fgmm_status fgmm_stats_create_cov(int k, int d, fgmm_covariance cov, const double *shift,
@@ -97,19 +104,11 @@ void fgmm_stats_free(fgmm_stats *s)
     free(s);
 }
 
-/* The scatter matrices' count (K full, 1 tied): only their lower
- * triangles are ever written or read, so zeroing and adding them touch
- * those alone (half of K D^2 doubles: tens of ms a pass at K=1024, D=128). */
-static size_t scatter_count(const fgmm_stats *s)
-{
-    return s->layout == FGMM_COV_FULL ? (size_t)s->k : s->layout == FGMM_COV_TIED ? 1 : 0;
-}
-
 void fgmm_stats_zero(fgmm_stats *s)
 {
     memset(s->nk, 0, sizeof(double) * (size_t)s->k);
     memset(s->sums, 0, sizeof(double) * (size_t)s->k * 2 * s->d);
-    const size_t D = (size_t)s->d, nm = scatter_count(s);
+    const size_t D = (size_t)s->d, nm = scatter_count(s->layout, s->k);
     for (size_t f = 0; f < nm; f++)
         for (size_t a = 0; a < D; a++)
             memset(s->scatter + (f * D + a) * D, 0, sizeof(double) * (a + 1));
@@ -283,7 +282,7 @@ fgmm_status fgmm_stats_add(fgmm_stats *dst, const fgmm_stats *src, fgmm_error *e
     for (int k = 0; k < dst->k; k++) dst->nk[k] += src->nk[k];
     size_t n = (size_t)dst->k * 2 * dst->d;
     for (size_t i = 0; i < n; i++) dst->sums[i] += src->sums[i];
-    const size_t D = (size_t)dst->d, nm = scatter_count(dst);
+    const size_t D = (size_t)dst->d, nm = scatter_count(dst->layout, dst->k);
     for (size_t f = 0; f < nm; f++)
         for (size_t a = 0; a < D; a++) {
             double *o = dst->scatter + (f * D + a) * D;
