@@ -112,9 +112,9 @@ void fgmmc_free(fgmmc_context *ctx)
                    ctx->d_mx_l, ctx->d_mx_scatter, ctx->d_mx_live};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i]) cudaFree(dev[i]);
-    void *host[] = {ctx->h_in[0], ctx->h_in[1], ctx->h_ll[0], ctx->h_ll[1], ctx->h_param, ctx->h_mx_tri,
-                    ctx->h_topi[0], ctx->h_topi[1], ctx->h_topr[0], ctx->h_topr[1],
-                    ctx->st_idx, ctx->st_val};
+    void *host[] = {ctx->h_in[0], ctx->h_in[1], ctx->h_ll[0],   ctx->h_ll[1],
+                    ctx->h_param, ctx->h_mx_tri, ctx->h_topi[0], ctx->h_topi[1],
+                    ctx->h_topr[0], ctx->h_topr[1], ctx->st_idx, ctx->st_val};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++)
         if (host[i]) cudaFreeHost(host[i]);
     for (int b = 0; b < 2; b++) {

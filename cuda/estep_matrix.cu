@@ -53,7 +53,7 @@
 #define MX_TILES_MAX 8 /* stats: tiles (warps) per block at most */
 #define MX_LOGIT_BYTES ((size_t)256 << 20) /* a sub-batch's logits */
 #define MX_PF 1 /* logits: of a thread's 4 rows of the next step, those loaded while this
-                      * step multiplies (more spill registers and run slower on sm_90) */
+                 * step multiplies (more spill registers on sm_90 and run slower) */
 #define MX_CH 2048    /* live: rows per chunk */
 #define MX_LIVE 1e-30f /* live: the smallest responsibility that is listed */
 
@@ -88,7 +88,10 @@ static int stats_threads(int d, int scatter)
 }
 /* A staged row's stride in the stats kernel: d rounded up to the tile,
  * plus 8, so that a fragment's 4 rows x 8 columns hit 32 banks. */
-static __host__ __device__ int stats_stride(int d) { return (d + MX_TILE - 1) / MX_TILE * MX_TILE + 8; }
+static __host__ __device__ int stats_stride(int d)
+{
+    return (d + MX_TILE - 1) / MX_TILE * MX_TILE + 8;
+}
 
 /* Doubles of one (component, split) partial: nk, D sums, the triangle. */
 static size_t part_elems(int d, int scatter)
@@ -240,11 +243,10 @@ static __device__ __forceinline__ void mx_fetch_f(mx_logit_smem &S, int st, cons
  * pairs in shared memory (rows past n and indices past d as zeros), in two
  * halves so that some loads of the next step are in flight while this
  * step multiplies. With v4 (d % 4 == 0 and the rows aligned) thread t
- * loads columns 4 (t % 8).. of rows t / 8 + 32 u, u < 4, into v
- * (mx_load_y4, u in [U0, U1)), and later converts and stores them
- * (mx_store_y4);
- * without, mx_stage_y does both at once, a value at a time. The values'
- * bits are those of load_y either way. */
+ * loads columns 4 (t % 8).. of rows t / 8 + 32 u, u < 4, into v: rows u <
+ * MX_PF early (mx_load_y4<0, MX_PF>), the rest when they are converted and
+ * stored (mx_finish_y). Without v4, mx_finish_y stages a value at a time.
+ * The values' bits are those of load_y either way. */
 template <int U0, int U1>
 static __device__ __forceinline__ void mx_load_y4(float4 (&v)[4], const void *x, int dtype,
                                                   int64_t n, int d, int64_t row0, int i0)
@@ -287,10 +289,15 @@ static __device__ __forceinline__ void mx_store_y4(mx_logit_smem &S, const float
     }
 }
 
-static __device__ __forceinline__ void mx_stage_y(mx_logit_smem &S, const void *x, int dtype,
-                                                  int64_t n, int d, const float *shift,
-                                                  const float *mk, int64_t row0, int i0)
+static __device__ __forceinline__ void mx_finish_y(mx_logit_smem &S, float4 (&v)[4], const void *x,
+                                                   int dtype, int64_t n, int d, const float *shift,
+                                                   const float *mk, int64_t row0, int i0, bool v4)
 {
+    if (v4) {
+        mx_load_y4<MX_PF, 4>(v, x, dtype, n, d, row0, i0);
+        mx_store_y4(S, v, n, d, shift, mk, row0, i0);
+        return;
+    }
     for (int e = threadIdx.x; e < MX_TR * MX_IC; e += MX_LOGIT_THREADS) {
         const int r = e / MX_IC, ii = e % MX_IC, i = i0 + ii;
         const int64_t row = row0 + r;
@@ -339,12 +346,8 @@ __global__ void __launch_bounds__(MX_LOGIT_THREADS, 2)
     mx_step(d, 0, jb, i0);
     mx_fetch_f(S, 0, Fh, Fl, d, jb, i0, fv4);
     float4 yv[4];
-    if (v4) {
-        mx_load_y4<0, 4>(yv, x, dtype, n, d, row0, i0);
-        mx_store_y4(S, yv, n, d, shift, mk, row0, i0);
-    } else {
-        mx_stage_y(S, x, dtype, n, d, shift, mk, row0, i0);
-    }
+    if (v4) mx_load_y4<0, MX_PF>(yv, x, dtype, n, d, row0, i0);
+    mx_finish_y(S, yv, x, dtype, n, d, shift, mk, row0, i0, v4 != 0);
     /* Step s: Y of step s is staged (stored at the end of step s - 1);
      * F of step s + 1 and, with v4, the rows of step s + 1 are fetched
      * while step s multiplies. */
@@ -435,12 +438,7 @@ __global__ void __launch_bounds__(MX_LOGIT_THREADS, 2)
         }
         __syncthreads(); /* Y and this stage of F are free again */
         if (!more) break;
-        if (v4) {
-            mx_load_y4<MX_PF, 4>(yv, x, dtype, n, d, row0, ni0);
-            mx_store_y4(S, yv, n, d, shift, mk, row0, ni0);
-        } else {
-            mx_stage_y(S, x, dtype, n, d, shift, mk, row0, ni0);
-        }
+        mx_finish_y(S, yv, x, dtype, n, d, shift, mk, row0, ni0, v4 != 0);
         jb = njb;
         i0 = ni0;
     }

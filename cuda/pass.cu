@@ -319,9 +319,9 @@ fgmm_status fgmmc_begin_matrix_pass(fgmmc_context *ctx, int k, int d, int tied,
     if (need > (double)free_b + held)
         return fgmm_fail(err, FGMM_ERR_NO_MEMORY,
                          "a %s covariance of K=%d, D=%d needs %.2f GB on the GPU (%.2f GB of "
-                         "precision factors as tf32 pairs, %.2f GB of float64 scatter sums, %.2f GB of "
-                         "logits, row lists and partial sums); %s has %.2f GB free. Use fewer "
-                         "components, or the CPU engine (--device cpu)",
+                         "precision factors as tf32 pairs, %.2f GB of float64 scatter sums, "
+                         "%.2f GB of logits, row lists and partial sums); %s has %.2f GB free. "
+                         "Use fewer components, or the CPU engine (--device cpu)",
                          tied ? "tied" : "full", k, d, need / 1e9, (double)nf * dd * 8 / 1e9,
                          (double)nf * dd * 8 / 1e9, work / 1e9, ctx->desc,
                          ((double)free_b + held) / 1e9);

@@ -109,7 +109,8 @@ TEST_F(Cli, FitVerboseSaysWhereEachStepsTimeWent)
                    " --k 3 --max-iter 2 --tol 0 --out " + path("mv"));
     ASSERT_EQ(r.code, 0) << r.out;
     size_t lines = 0;
-    for (size_t at = r.out.find("iter "); at != std::string::npos; at = r.out.find("iter ", at + 1)) {
+    for (size_t at = r.out.find("iter "); at != std::string::npos;
+         at = r.out.find("iter ", at + 1)) {
         const size_t eol = r.out.find('\n', at);
         const std::string line = r.out.substr(at, eol - at);
         EXPECT_NE(line.find("[setup "), std::string::npos) << line;
