@@ -118,11 +118,15 @@ TEST_F(Cli, FitVerboseSaysWhereEachStepsTimeWent)
         lines++;
     }
     EXPECT_EQ(lines, 2u) << r.out;
+    const size_t wall = r.out.find("wall time: ");
+    ASSERT_NE(wall, std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("s writing the model, ", wall), std::string::npos) << r.out;
     /* --quiet wins over --verbose. */
     Result q = run("fit --quiet --verbose --device cpu --data " + path("good.fbin") +
                    " --k 3 --max-iter 2 --out " + path("mq"));
     ASSERT_EQ(q.code, 0) << q.out;
     EXPECT_EQ(q.out.find("[setup "), std::string::npos) << q.out;
+    EXPECT_EQ(q.out.find("wall time: "), std::string::npos) << q.out;
 }
 
 TEST_F(Cli, FitWritesAModelNumpyReads)

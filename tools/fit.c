@@ -39,7 +39,7 @@ static const char FIT_HELP_HEAD[] =
     "  --quiet              no per-iteration progress\n"
     "  --verbose            per iteration also where the step's time went: the pass's\n"
     "                       setup, rows, finish (waiting for the device and the sums),\n"
-    "                       and the M-step\n"
+    "                       and the M-step; at the end, the command's wall time by phase\n"
     "  --gpus G             one engine per GPU in this process, the data shared among them:\n"
     "                       all, the first N (e.g. 2), or device indices (0,2; one: 3,)\n"
     "  --checkpoint-every N save the fit every N EM steps to the checkpoint directory, where\n"
@@ -439,8 +439,11 @@ int cmd_fit(int argc, char **argv)
         goto done;
     rc = 0;
     fgmm_error err = {0};
+    /* --verbose: the command's wall time by phase (after the run). */
+    const double t_open = cli_now();
     if ((rc = fit_place_open("fit", &f.io, f.data, gpu_ids, n_gpus, timeout_s, &place)))
         goto done;
+    const double t_opened = cli_now();
     fgmm_source *src = place.sources[0];
     fgmm_engine *e = place.engines[0];
     /* Only rank 0 speaks and writes: every rank holds the same model. */
@@ -485,10 +488,12 @@ int cmd_fit(int argc, char **argv)
         p.init_model = NULL;
         init_model = NULL;
     }
+    const double t_fit = cli_now();
     if (fit_place_run(&place, timeout_s, &p, &m, &err)) {
         rc = cli_fail("fit", &err);
         goto done;
     }
+    const double t_fitted = cli_now();
     /* The initialisation the fit started from, as the first run names it. */
     if (from_model) fgmm_model_set_text(m, FGMM_TEXT_INIT, f.init, NULL);
     else if (resumed)
@@ -497,7 +502,13 @@ int cmd_fit(int argc, char **argv)
         rc = cli_fail("fit", &err);
         goto done;
     }
+    const double t_saved = cli_now();
     if (lead) report(&p, m, src, e, f.out);
+    if (lead && p.verbose >= 2)
+        fprintf(stderr, "wall time: %.3fs opening the data and the device, %.3fs fitting "
+                "(initialisation and the steps, as the lines above split it), %.3fs writing "
+                "the model, %.3fs in all\n",
+                t_opened - t_open, t_fitted - t_fit, t_saved - t_fitted, t_saved - t_open);
     if (f.assign_out) {
         /* Every rank (or GPU) writes the shards of its share. */
         f.lists.model = f.out;
