@@ -191,6 +191,16 @@ fgmm_status fgmm_reducer_allgather_checked(const fgmm_reducer_ops *ops, void *se
 fgmm_status fgmm_stats_allreduce(fgmm_stats *s, const fgmm_reducer_ops *ops, void *self,
                                  fgmm_status local, fgmm_error *err);
 
+/* dst += a matrix pass's statistics from a back end that sums the scatter
+ * matrices apart from the rest: src (diagonal layout, the same K and D)
+ * holds the counts, the sums about dst's shift (src's own shift is not
+ * read), the log-likelihood, rows and re-seeding candidates; tri holds
+ * dst's scatter matrices (K full, 1 tied) as packed lower triangles, row a
+ * of matrix f at f D(D+1)/2 + a(a+1)/2. Half the bytes of adding a
+ * matrix-layout src, and src needs no scatter to zero each pass. */
+fgmm_status fgmm_stats_add_packed(fgmm_stats *dst, const fgmm_stats *src, const double *tri,
+                                  fgmm_error *err);
+
 /* An engine over a back end: takes ownership of self (ops->destroy(self) is
  * called by fgmm_engine_free, or here on failure). threads: how many the
  * back end computes on (initialisation uses as many). */

@@ -269,6 +269,22 @@ int fgmm_stats_collapsed(const fgmm_stats *s, double min_count)
     return n;
 }
 
+/* dst's counts, sums, log-likelihood, rows and candidates += src's (K and
+ * D checked by the callers). */
+static void add_all_but_scatter(fgmm_stats *dst, const fgmm_stats *src)
+{
+    for (int k = 0; k < dst->k; k++) dst->nk[k] += src->nk[k];
+    size_t n = (size_t)dst->k * 2 * dst->d;
+    for (size_t i = 0; i < n; i++) dst->sums[i] += src->sums[i];
+    dst->loglik += src->loglik;
+    dst->rows += src->rows;
+    for (int i = 0; i < src->n_worst; i++) {
+        const worst_row *w = &src->worst[i];
+        fgmm_stats_offer_row(dst, w->row, w->ll,
+                             w->has_x ? src->cand_x + (size_t)w->slot * src->d : NULL, FGMM_F32);
+    }
+}
+
 fgmm_status fgmm_stats_add(fgmm_stats *dst, const fgmm_stats *src, fgmm_error *err)
 {
     if (dst->k != src->k || dst->d != src->d || dst->layout != src->layout)
@@ -279,9 +295,7 @@ fgmm_status fgmm_stats_add(fgmm_stats *dst, const fgmm_stats *src, fgmm_error *e
     if (memcmp(dst->shift, src->shift, sizeof(double) * fgmm_stats_shift_len(dst)) != 0)
         return fgmm_fail(err, FGMM_ERR_ARGUMENT,
                          "cannot add statistics taken with different shifts");
-    for (int k = 0; k < dst->k; k++) dst->nk[k] += src->nk[k];
-    size_t n = (size_t)dst->k * 2 * dst->d;
-    for (size_t i = 0; i < n; i++) dst->sums[i] += src->sums[i];
+    add_all_but_scatter(dst, src);
     const size_t D = (size_t)dst->d, nm = scatter_count(dst->layout, dst->k);
     for (size_t f = 0; f < nm; f++)
         for (size_t a = 0; a < D; a++) {
@@ -289,13 +303,27 @@ fgmm_status fgmm_stats_add(fgmm_stats *dst, const fgmm_stats *src, fgmm_error *e
             const double *i = src->scatter + (f * D + a) * D;
             for (size_t b = 0; b <= a; b++) o[b] += i[b];
         }
-    dst->loglik += src->loglik;
-    dst->rows += src->rows;
-    for (int i = 0; i < src->n_worst; i++) {
-        const worst_row *w = &src->worst[i];
-        fgmm_stats_offer_row(dst, w->row, w->ll,
-                             w->has_x ? src->cand_x + (size_t)w->slot * src->d : NULL, FGMM_F32);
-    }
+    return FGMM_OK;
+}
+
+fgmm_status fgmm_stats_add_packed(fgmm_stats *dst, const fgmm_stats *src, const double *tri,
+                                  fgmm_error *err)
+{
+    if (dst->k != src->k || dst->d != src->d || src->layout != FGMM_COV_DIAG ||
+        !scatter_count(dst->layout, dst->k))
+        return fgmm_fail(err, FGMM_ERR_ARGUMENT,
+                         "fgmm_stats_add_packed: %s statistics of K=%d, D=%d with packed "
+                         "triangles into %s statistics of K=%d, D=%d",
+                         fgmm_covariance_name(src->layout), src->k, src->d,
+                         fgmm_covariance_name(dst->layout), dst->k, dst->d);
+    add_all_but_scatter(dst, src);
+    const size_t D = (size_t)dst->d, nm = scatter_count(dst->layout, dst->k);
+    for (size_t f = 0; f < nm; f++)
+        for (size_t a = 0; a < D; a++) {
+            double *o = dst->scatter + (f * D + a) * D;
+            const double *i = tri + f * (D * (D + 1) / 2) + a * (a + 1) / 2;
+            for (size_t b = 0; b <= a; b++) o[b] += i[b];
+        }
     return FGMM_OK;
 }
 

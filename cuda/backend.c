@@ -49,7 +49,7 @@ typedef struct {
     uint64_t offered; /* calls whose rows were offered */
     int64_t rows; /* rows folded in since begin_pass */
     int k, d;
-    fgmm_covariance layout; /* b->st's */
+    fgmm_covariance layout; /* the passes b->st was made for (matrix ones: b->st is diagonal) */
     int matrix;             /* this pass: a full or tied model */
     double *mx_shift;       /* full: the centre the GPU works about (d) */
     /* k-means: the sample (the caller's), its shift, and the last
@@ -113,13 +113,16 @@ static fgmm_status cuda_begin_pass(void *self, const fgmm_estep_params *p, fgmm_
         free(b->mx_shift);
         b->mx_shift = malloc(sizeof(double) * (size_t)p->d);
         if (!b->mx_shift) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
-        fgmm_status st = fgmm_stats_create_cov(p->k, p->d, layout, p->shift, &b->st, err);
+        /* Matrix passes: the scatter sums go from the GPU's packed
+         * triangles straight into the engine's statistics
+         * (fgmm_stats_add_packed), so b->st holds the rest alone. */
+        fgmm_status st = fgmm_stats_create_cov(p->k, p->d, FGMM_COV_DIAG, NULL, &b->st, err);
         if (st) return st;
         b->k = p->k;
         b->d = p->d;
         b->layout = layout;
     }
-    fgmm_stats_reset(b->st, p->shift);
+    fgmm_stats_reset(b->st, layout == FGMM_COV_DIAG ? p->shift : NULL);
     b->rows = 0;
     for (int i = 0; i < LL_RING; i++) b->ring[i].live = 0;
     b->offered = b->calls;
@@ -187,16 +190,17 @@ static fgmm_status cuda_end_pass(void *self, fgmm_stats *out, fgmm_error *err)
 {
     cuda_backend *b = self;
     double ll = 0;
+    const double *tri = NULL;
     fgmm_error ce = {0};
     fgmm_status st = from_cuda(
         b->matrix ? fgmmc_end_matrix_pass(b->ctx, fgmm_stats_nk(b->st), fgmm_stats_sums(b->st),
-                                          fgmm_stats_scatter(b->st), &ll, &ce)
+                                          &tri, &ll, &ce)
                   : fgmmc_end_pass(b->ctx, fgmm_stats_nk(b->st), fgmm_stats_sums(b->st), &ll, &ce),
         &ce, err);
     if (st) return st;
     offer_delivered(b, b->calls); /* end_pass delivered everything */
     fgmm_stats_add_loglik(b->st, ll, b->rows);
-    return fgmm_stats_add(out, b->st, err);
+    return b->matrix ? fgmm_stats_add_packed(out, b->st, tri, err) : fgmm_stats_add(out, b->st, err);
 }
 
 static void cuda_destroy(void *self)

@@ -156,7 +156,9 @@ struct fgmmc_context {
     float *d_mx_f, *d_mx_m, *d_mx_c, *d_mx_l;
     double *d_mx_scatter;
     void *d_mx_live;
-    size_t cap_mx_f, cap_mx_m, cap_mx_c, cap_mx_l, cap_mx_scatter, cap_mx_live;
+    float *d_mx_tied; /* tied: whitened rows and means (fgmmc_matrix_tied_bytes) */
+    int mx_whiten;    /* tied: this pass's logits from them (fgmmc_begin_matrix_pass) */
+    size_t cap_mx_f, cap_mx_m, cap_mx_c, cap_mx_l, cap_mx_scatter, cap_mx_live, cap_mx_tied;
 
     /* the current pass */
     int in_pass, k, d;
@@ -216,7 +218,7 @@ struct fgmmc_context {
     size_t cap_h_ll[2];
     void *h_param; /* begin_pass upload, end_pass download */
     size_t cap_h_param;
-    double *h_mx_tri; /* end_matrix_pass: the packed scatter triangles */
+    double *h_mx_tri; /* matrix passes: the factors up, the scatter sums back (packed triangles) */
     size_t cap_h_mx_tri;
 };
 

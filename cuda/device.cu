@@ -109,7 +109,7 @@ void fgmmc_free(fgmmc_context *ctx)
                    ctx->d_pp_d2, ctx->d_pp_bsum, ctx->d_pp_prefix, ctx->d_pp_thresh,
                    ctx->d_pp_potpart, ctx->d_pp_pot, ctx->d_pp_pick, ctx->d_st_idx,
                    ctx->d_st_val, ctx->d_st_part, ctx->d_mx_f, ctx->d_mx_m, ctx->d_mx_c,
-                   ctx->d_mx_l, ctx->d_mx_scatter, ctx->d_mx_live};
+                   ctx->d_mx_l, ctx->d_mx_scatter, ctx->d_mx_live, ctx->d_mx_tied};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i]) cudaFree(dev[i]);
     void *host[] = {ctx->h_in[0], ctx->h_in[1], ctx->h_ll[0],   ctx->h_ll[1],

@@ -5,15 +5,19 @@
  *
  * A batch is cut into sub-batches of rows whose K logits fit the logits
  * buffer; for each:
- *   logits  per (128-row tile, component): z = F_k (x - mu_k) as the tile
- *           product Y F_k^T (F_k lower triangular, D x D; tied: one F for
- *           every component), l = c_k - |z|^2/2, 32 inner indices a
+ *   logits  full, per (128-row tile, component): z = F_k (x - mu_k) as the
+ *           tile product Y F_k^T (F_k lower triangular, D x D),
+ *           l = c_k - |z|^2/2, 32 inner indices a
  *           step. F is split into tf32 pairs (hi + lo) once per pass
  *           (mx_factor_kernel) and copied into shared memory one step
  *           ahead (cp.async); Y = x - mu_k is staged and split each step.
  *           Each product is lo*hi + hi*lo + hi*hi, which keeps fp32's
  *           accuracy. A sum of squares: nothing cancels after the
- *           product, so the logit keeps ~1e-6 relative.
+ *           product, so the logit keeps ~1e-6 relative. Tied (one F):
+ *           the same product whitens each row once, u = F (x - shift),
+ *           and the means once per pass, b_k = F (mu_k - shift); then
+ *           l = c_k - |u - b_k|^2/2, the fp32 differences squared and
+ *           summed (mx_tied_logits_kernel): K D products a row, not K D^2.
  *   lse     one warp per row: the row's log-sum-exp (its log-likelihood) and
  *           its responsibilities, written over the logits.
  *   live    per (component, chunk of MX_CH rows): nk = sum r in float64,
@@ -55,6 +59,9 @@
 #define MX_PF 1 /* logits: of a thread's 4 rows of the next step, those loaded while this
                  * step multiplies (more spill registers on sm_90 and run slower) */
 #define MX_CH 2048    /* live: rows per chunk */
+#define MX_UROWS 65536 /* tied: rows whitened at a time */
+#define MX_DT 64      /* tied distances: rows and components per block */
+#define MX_DK 32      /* tied distances: dimensions per staged step */
 #define MX_LIVE 1e-30f /* live: the smallest responsibility that is listed */
 
 int64_t fgmmc_matrix_sub_rows(int k)
@@ -270,8 +277,8 @@ static __device__ __forceinline__ void mx_store_y4(mx_logit_smem &S, const float
     if (in)
 #pragma unroll
         for (int q = 0; q < 4; q++) {
-            sh[q] = shift[i + q];
-            mu[q] = mk[i + q];
+            sh[q] = shift ? shift[i + q] : 0.f;
+            mu[q] = mk ? mk[i + q] : 0.f;
         }
 #pragma unroll
     for (int u = 0; u < 4; u++) {
@@ -302,7 +309,9 @@ static __device__ __forceinline__ void mx_finish_y(mx_logit_smem &S, float4 (&v)
         const int r = e / MX_IC, ii = e % MX_IC, i = i0 + ii;
         const int64_t row = row0 + r;
         float y = 0.f;
-        if (row < n && i < d) y = __fsub_rn(load_y(x, dtype, (size_t)row * d + i, shift[i]), mk[i]);
+        if (row < n && i < d)
+            y = __fsub_rn(load_y(x, dtype, (size_t)row * d + i, shift ? shift[i] : 0.f),
+                          mk ? mk[i] : 0.f);
         split_tf32(y, S.yh[r][ii], S.yl[r][ii]);
     }
 }
@@ -319,14 +328,14 @@ static __device__ __forceinline__ void mx_finish_y(mx_logit_smem &S, float4 (&v)
 __global__ void __launch_bounds__(MX_LOGIT_THREADS, 2)
     mx_logits_kernel(const void *x, int dtype, int64_t n, int d, int K, const float *shift,
                      const float *m, const float *F, size_t f_lo, size_t f_stride,
-                     const float *c, float *l, int v4)
+                     const float *c, float *l, float *zout, int v4)
 {
     extern __shared__ __align__(16) unsigned char mx_smem[];
     mx_logit_smem &S = *reinterpret_cast<mx_logit_smem *>(mx_smem);
     const int t = threadIdx.x, w = t >> 5, lane = t & 31, g = lane >> 2, tq = lane & 3;
     const int k = blockIdx.y;
     const int64_t row0 = (int64_t)blockIdx.x * MX_TR;
-    const float *Fh = F + (size_t)k * f_stride, *Fl = Fh + f_lo, *mk = m + (size_t)k * d;
+    const float *Fh = F + (size_t)k * f_stride, *Fl = Fh + f_lo, *mk = m ? m + (size_t)k * d : NULL;
     const int sched = w & 3, second = w >> 2;
     const int wr = 64 * (sched & 1);
     const int cq = (sched >> 1) == 0 ? (second ? 3 : 0) : (second ? 2 : 1);
@@ -413,7 +422,21 @@ __global__ void __launch_bounds__(MX_LOGIT_THREADS, 2)
         /* The end of a column pass: its |z|^2 into S.q. Accumulator i of
          * tile (mt, nt) is row 16 mt + g (+ 8 for i >= 2); a row's 8
          * columns per tile sit in the 4 lanes of its g. */
-        if (!more || njb != jb) {
+        if ((!more || njb != jb) && zout) {
+            /* z itself (n x d, row-major) instead of |z|^2. */
+            if (jb + wc < d)
+#pragma unroll
+                for (int mt = 0; mt < 4; mt++)
+#pragma unroll
+                    for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+                        for (int i = 0; i < 4; i++) {
+                            const int64_t row = row0 + wr + 16 * mt + g + (i >= 2 ? 8 : 0);
+                            const int col = jb + wc + 8 * nt + 2 * tq + (i & 1);
+                            if (row < n && col < d) zout[(size_t)row * d + col] = acc[mt][nt][i];
+                            acc[mt][nt][i] = 0.f;
+                        }
+        } else if (!more || njb != jb) {
 #pragma unroll
             for (int mt = 0; mt < 4; mt++) {
                 float q0 = 0.f, q1 = 0.f;
@@ -442,13 +465,68 @@ __global__ void __launch_bounds__(MX_LOGIT_THREADS, 2)
         jb = njb;
         i0 = ni0;
     }
-    if (t < MX_TR) {
+    if (t < MX_TR && !zout) {
         const int64_t row = row0 + t;
         if (row < n) {
             const float qs = ((S.q[0][t] + S.q[1][t]) + S.q[2][t]) + S.q[3][t];
             l[(size_t)row * K + k] = c[k] - 0.5f * qs;
         }
     }
+}
+
+/* Tied: grid (64-row tiles, 64-component tiles), 256 threads, each 4 rows
+ * x 4 components: l[row][k] = c[k] - |u_row - b_k|^2 / 2 from the
+ * whitened rows u (n x d) and means b (K x d), the squares of the fp32
+ * differences summed in fp32 in dimension order: a sum of squares, as in
+ * mx_logits_kernel, at K d products a row instead of K d^2. */
+__global__ void __launch_bounds__(256)
+    mx_tied_logits_kernel(const float *u, int64_t n, int d, const float *bm, int K,
+                          const float *c, float *l)
+{
+    __shared__ float us[MX_DK][MX_DT + 1], bs[MX_DK][MX_DT + 1];
+    const int t = threadIdx.x, tr = t / 16, tk = t % 16;
+    const int64_t r0 = (int64_t)blockIdx.x * MX_DT;
+    const int k0 = blockIdx.y * MX_DT;
+    float acc[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; a++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) acc[a][q] = 0.f;
+    for (int j0 = 0; j0 < d; j0 += MX_DK) {
+        for (int e = t; e < MX_DT * MX_DK; e += 256) {
+            const int rr = e / MX_DK, jj = e % MX_DK, j = j0 + jj;
+            const int64_t row = r0 + rr;
+            const int kk = k0 + rr;
+            us[jj][rr] = row < n && j < d ? u[(size_t)row * d + j] : 0.f;
+            bs[jj][rr] = kk < K && j < d ? bm[(size_t)kk * d + j] : 0.f;
+        }
+        __syncthreads();
+        const int jn = d - j0 < MX_DK ? d - j0 : MX_DK;
+        for (int jj = 0; jj < jn; jj++) {
+            float uv[4], bv[4];
+#pragma unroll
+            for (int a = 0; a < 4; a++) {
+                uv[a] = us[jj][tr + 16 * a];
+                bv[a] = bs[jj][tk + 16 * a];
+            }
+#pragma unroll
+            for (int a = 0; a < 4; a++)
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    const float df = __fsub_rn(uv[a], bv[q]);
+                    acc[a][q] = fmaf(df, df, acc[a][q]);
+                }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int a = 0; a < 4; a++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            const int64_t row = r0 + tr + 16 * a;
+            const int k = k0 + tk + 16 * q;
+            if (row < n && k < K) l[(size_t)row * K + k] = c[k] - 0.5f * acc[a][q];
+        }
 }
 
 /* One warp per row: log-sum-exp, responsibilities over the logits, the
@@ -850,40 +928,106 @@ fgmm_status fgmmc_matrix_smem_check(int d, fgmm_error *err)
     return allow_smem((const void *)mx_logits_kernel, "matrix logits", sizeof(mx_logit_smem), err);
 }
 
-__global__ void mx_factor_kernel(const double *src, float *f, size_t n)
+__global__ void mx_factor_kernel(const double *tri, float *f, size_t nf, int d)
 {
+    const size_t dd = (size_t)d * d, n = nf * dd, ntri = (size_t)d * (d + 1) / 2;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
+        const size_t k = i / dd, r = i % dd / d, c = i % d;
+        const double v = c <= r ? tri[k * ntri + r * (r + 1) / 2 + c] : 0;
         uint32_t hi, lo;
-        split_tf32((float)src[i], hi, lo);
+        split_tf32((float)v, hi, lo);
         f[i] = __uint_as_float(hi);
         f[n + i] = __uint_as_float(lo);
     }
 }
 
-fgmm_status fgmmc_matrix_factor_launch(const double *src, float *f, size_t n, cudaStream_t s,
-                                       fgmm_error *err)
+fgmm_status fgmmc_matrix_factor_launch(const double *tri, float *f, size_t nf, int d,
+                                       cudaStream_t s, fgmm_error *err)
 {
-    const size_t blocks = (n + 255) / 256;
+    const size_t blocks = (nf * d * d + 255) / 256;
     mx_factor_kernel<<<(unsigned)(blocks < 4096 ? (blocks > 0 ? blocks : 1) : 4096), 256, 0, s>>>(
-        src, f, n);
+        tri, f, nf, d);
     FGMMC_CHECK_LAUNCH("mx_factor_kernel", err);
     return FGMM_OK;
 }
 
-/* Logits of rows [r0, r0 + n) of the batch into b->mx_l. */
+/* z = F rows for n rows of x (dtype, d wide) less shift (NULL: none), one
+ * factor F (tf32 pairs, low parts at f_lo), into zout (n x d). */
+static fgmm_status launch_whiten(const void *x, int dtype, int64_t n, int d, const float *shift,
+                                 const float *F, size_t f_lo, float *zout, cudaStream_t s,
+                                 fgmm_error *err)
+{
+    const size_t esz = fgmmc_dtype_size((fgmm_dtype)dtype);
+    const int v4 = d % 4 == 0 && (uintptr_t)x % (4 * esz) == 0;
+    dim3 grid((unsigned)((n + MX_TR - 1) / MX_TR), 1u);
+    mx_logits_kernel<<<grid, MX_LOGIT_THREADS, sizeof(mx_logit_smem), s>>>(
+        x, dtype, n, d, 1, shift, NULL, F, f_lo, 0, NULL, NULL, zout, v4);
+    FGMMC_CHECK_LAUNCH("mx_logits_kernel (whiten)", err);
+    return FGMM_OK;
+}
+
+size_t fgmmc_matrix_tied_bytes(int k, int d)
+{
+    return sizeof(float) * ((size_t)MX_UROWS + (size_t)k) * (size_t)d;
+}
+
+fgmm_status fgmmc_matrix_tied_means(const float *m, int k, int d, const float *F, float *tied,
+                                    double *most, cudaStream_t s, fgmm_error *err)
+{
+    float *b = tied + (size_t)MX_UROWS * d;
+    fgmm_status st = launch_whiten(m, FGMM_F32, k, d, NULL, F, (size_t)d * d, b, s, err);
+    if (st) return st;
+    /* The norms on the host: K D floats, once per pass. */
+    float *h = (float *)malloc(sizeof(float) * (size_t)k * d);
+    if (!h) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
+    cudaError_t e = cudaMemcpyAsync(h, b, sizeof(float) * (size_t)k * d, cudaMemcpyDeviceToHost, s);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(s);
+    double mx = 0;
+    for (int kk = 0; e == cudaSuccess && kk < k; kk++) {
+        double q = 0;
+        for (int j = 0; j < d; j++) q += (double)h[(size_t)kk * d + j] * h[(size_t)kk * d + j];
+        if (!(q <= mx)) mx = q; /* NaN: as large as can be */
+    }
+    free(h);
+    if (e != cudaSuccess)
+        return fgmm_fail(err, FGMM_ERR_DEVICE, "whitened means: %s", cudaGetErrorString(e));
+    *most = sqrt(mx);
+    return FGMM_OK;
+}
+
+/* Logits of rows [r0, r0 + n) of the batch into b->mx_l. Full: per
+ * component |F_k (x - mu_k)|^2. Tied: the rows whitened once, u = F (x -
+ * shift), MX_UROWS at a time, then |u - b_k|^2 against the whitened means
+ * b_k = F (mu_k - shift) (fgmmc_matrix_tied_means_launch). */
 static fgmm_status launch_logits(const fgmmc_batch *b, int64_t r0, int64_t n, cudaStream_t s,
                                  fgmm_error *err)
 {
     const size_t esz = fgmmc_dtype_size(b->dtype);
     const void *x = (const char *)b->x + (size_t)r0 * b->d * esz;
+    if (b->mx_whiten) {
+        fgmm_status st;
+        for (int64_t u0 = 0; u0 < n; u0 += MX_UROWS) {
+            const int64_t un = n - u0 < MX_UROWS ? n - u0 : MX_UROWS;
+            const void *xu = (const char *)x + (size_t)u0 * b->d * esz;
+            float *u = b->mx_wh, *bm = b->mx_wh + (size_t)MX_UROWS * b->d;
+            if ((st = launch_whiten(xu, b->dtype, un, b->d, b->shift, b->mx_f,
+                                    (size_t)b->d * b->d, u, s, err)))
+                return st;
+            dim3 grid((unsigned)((un + MX_DT - 1) / MX_DT), (unsigned)((b->k + MX_DT - 1) / MX_DT));
+            mx_tied_logits_kernel<<<grid, 256, 0, s>>>(u, un, b->d, bm, b->k, b->mx_c,
+                                                       b->mx_l + (size_t)u0 * b->k);
+            FGMMC_CHECK_LAUNCH("mx_tied_logits_kernel", err);
+        }
+        return FGMM_OK;
+    }
     dim3 grid((unsigned)((n + MX_TR - 1) / MX_TR), (unsigned)b->k);
     /* 4-wide row loads: d % 4 == 0 and the sub-batch's rows aligned. */
     const int v4 = b->d % 4 == 0 && (uintptr_t)x % (4 * esz) == 0;
+    const size_t nf = b->mx_tied ? 1 : (size_t)b->k;
     mx_logits_kernel<<<grid, MX_LOGIT_THREADS, sizeof(mx_logit_smem), s>>>(
-        x, b->dtype, n, b->d, b->k, b->shift, b->mx_m, b->mx_f,
-        (b->mx_tied ? 1 : (size_t)b->k) * b->d * b->d,
-        b->mx_tied ? 0 : (size_t)b->d * b->d, b->mx_c, b->mx_l, v4);
+        x, b->dtype, n, b->d, b->k, b->shift, b->mx_m, b->mx_f, nf * b->d * b->d,
+        b->mx_tied ? 0 : (size_t)b->d * b->d, b->mx_c, b->mx_l, NULL, v4);
     FGMMC_CHECK_LAUNCH("mx_logits_kernel", err);
     return FGMM_OK;
 }

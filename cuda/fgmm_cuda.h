@@ -129,9 +129,12 @@ fgmm_status fgmmc_begin_pass_stiff(fgmmc_context *ctx, int k, int d, const doubl
 fgmm_status fgmmc_begin_matrix_pass(fgmmc_context *ctx, int k, int d, int tied,
                                     const double *factor, const double *means, const double *c,
                                     const double *shift, int ll_only, fgmm_error *err);
-/* fgmmc_end_pass of a matrix pass, with its scatter sums (see above). */
-fgmm_status fgmmc_end_matrix_pass(fgmmc_context *ctx, double *nk, double *sums, double *scatter,
-                                  double *ll_sum, fgmm_error *err);
+/* fgmmc_end_pass of a matrix pass, with its scatter sums (see above) as
+ * packed lower triangles: *scatter points at nf d(d+1)/2 doubles (nf = k
+ * full, 1 tied), row a of matrix f at f d(d+1)/2 + a(a+1)/2, which the
+ * context holds until its next pass begins. */
+fgmm_status fgmmc_end_matrix_pass(fgmmc_context *ctx, double *nk, double *sums,
+                                  const double **scatter, double *ll_sum, fgmm_error *err);
 /* fgmmc_begin_pass for scoring: the pass computes only the rows'
  * log-likelihoods (per_row_ll and the sum), with the log-sum-exp kernel
  * alone; fgmmc_end_pass returns zero statistics. */

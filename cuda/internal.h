@@ -106,6 +106,10 @@ typedef struct {
     float *mx_l;
     double *mx_scatter;
     void *mx_live; /* fgmmc_matrix_live_bytes(K): the live rows' lists */
+    /* Tied: scratch for whitened rows, then the whitened means b_k = F
+     * (mu_k - shift), K x D (fgmmc_matrix_tied_bytes). */
+    float *mx_wh;
+    int mx_whiten; /* tied: the logits from mx_wh (else F (x - mu_k) per component) */
 } fgmmc_batch;
 
 #ifdef __CUDACC__
@@ -438,13 +442,23 @@ void fgmmc_estep_matrix_plan(int k, int d, int64_t n, int sm_count, int tied, fg
 /* Bytes of the lists of live rows (responsibility >= 1e-30) per
  * component that the statistics walk, for the largest sub-batch. */
 size_t fgmmc_matrix_live_bytes(int k);
+/* Bytes of a tied pass's whitened rows and means (b->mx_wh). */
+size_t fgmmc_matrix_tied_bytes(int k, int d);
+/* A tied pass's whitened means F m (k rows of m, d wide, fp32; F one
+ * factor as tf32 pairs) into their place in tied (b->mx_wh), and the
+ * largest |F m_k| into *most (waits for the stream). */
+fgmm_status fgmmc_matrix_tied_means(const float *m, int k, int d, const float *F, float *tied,
+                                    double *most, cudaStream_t s, fgmm_error *err);
 /* FGMM_ERR_ARGUMENT past the family's D (256), and the kernels' shared
  * memory for d. */
 fgmm_status fgmmc_matrix_smem_check(int d, fgmm_error *err);
-/* src[i] (i < n) as the tf32 pair f[i] + f[n + i], on the device: the
- * factors arrive in float64 and the logits kernel reads them split. */
-fgmm_status fgmmc_matrix_factor_launch(const double *src, float *f, size_t n, cudaStream_t s,
-                                       fgmm_error *err);
+/* nf factors, d x d lower triangular, from packed lower triangles (row r
+ * of factor k at k d(d+1)/2 + r(r+1)/2) into f as tf32 pairs, f[i] +
+ * f[nf d d + i] with i = (k d + r) d + c and zero above the diagonal, on
+ * the device: the factors arrive in float64 and the logits kernel reads
+ * them split. */
+fgmm_status fgmmc_matrix_factor_launch(const double *tri, float *f, size_t nf, int d,
+                                       cudaStream_t s, fgmm_error *err);
 /* The E-step of a batch (with ll_only, its log-likelihoods only). */
 fgmm_status fgmmc_estep_matrix_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int ll_only,
                                       int sm_count, cudaStream_t s, fgmm_error *err);
@@ -483,7 +497,8 @@ typedef struct {
     fgmmc_family family;
     int prec;
     int kw;
-    int tied; /* FGMMC_FAMILY_MATRIX: one covariance for all components */
+    int tied; /* FGMMC_FAMILY_MATRIX: one covariance for all components (2: the logits from
+               * whitened rows and means) */
 } fgmmc_choice;
 
 /* The choice for a device of compute capability cc_major, whose binary

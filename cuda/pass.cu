@@ -310,10 +310,11 @@ fgmm_status fgmmc_begin_matrix_pass(fgmmc_context *ctx, int k, int d, int tied,
      * a model too large for the GPU is refused with its sizes rather than
      * failing in some allocation. */
     const size_t live_b = fgmmc_matrix_live_bytes(k);
-    const double work = (double)sub * k * 4 + (double)live_b + (double)plan.partial_elems * 8;
+    const double work = (double)sub * k * 4 + (double)live_b + (double)plan.partial_elems * 8 +
+                        (tied ? (double)fgmmc_matrix_tied_bytes(k, d) : 0);
     const double need = (double)nf * dd * 8 + (double)nf * dd * 8 + work + (double)k * d * 4;
     const double held = (double)ctx->cap_mx_f + ctx->cap_mx_scatter + ctx->cap_mx_l +
-                        ctx->cap_mx_live + ctx->cap_part + ctx->cap_mx_m;
+                        ctx->cap_mx_live + ctx->cap_mx_tied + ctx->cap_part + ctx->cap_mx_m;
     size_t free_b = 0, total_b = 0;
     FGMMC_CHECK(cudaMemGetInfo(&free_b, &total_b), err);
     if (need > (double)free_b + held)
@@ -338,6 +339,8 @@ fgmm_status fgmmc_begin_matrix_pass(fgmmc_context *ctx, int k, int d, int tied,
         (st = DEV_RESERVE(ctx, ctx->d_mx_scatter, ctx->cap_mx_scatter, nf * dd * sizeof(double),
                           "scatter sums", err)) ||
         (st = DEV_RESERVE(ctx, ctx->d_mx_live, ctx->cap_mx_live, live_b, "live rows", err)) ||
+        (tied && (st = DEV_RESERVE(ctx, ctx->d_mx_tied, ctx->cap_mx_tied,
+                                   fgmmc_matrix_tied_bytes(k, d), "whitened rows", err))) ||
         (st = DEV_RESERVE(ctx, ctx->d_block_ll, ctx->cap_block_ll,
                           (size_t)plan.lse_blocks * sizeof(double), "tile ll", err)) ||
         (st = DEV_RESERVE(ctx, ctx->d_acc, ctx->cap_acc, (per + 1) * sizeof(double),
@@ -354,13 +357,24 @@ fgmm_status fgmmc_begin_matrix_pass(fgmmc_context *ctx, int k, int d, int tied,
             hm[(size_t)kk * d + j] = (float)(means[(size_t)kk * d + j] - shift[j]);
     for (int i = 0; i < k; i++) hc[i] = (float)c[i];
     for (int i = 0; i < d; i++) hs[i] = (float)shift[i];
-    /* The factors go up in float64 through the scatter sums' buffer (the
-     * same size, zeroed below) and are split there into tf32 pairs: K D^2
-     * conversions on one host thread cost more than the copy. */
-    FGMMC_CHECK(cudaMemcpyAsync(ctx->d_mx_scatter, factor, nf * dd * sizeof(double),
+    /* The factors go up in float64 as packed lower triangles, through the
+     * pinned buffer the scatter sums come back in (the same size; nothing
+     * of the last pass's is read after its end) into the scatter sums'
+     * buffer (zeroed below), and are split there into tf32 pairs: K D^2
+     * conversions on one host thread cost more than the copy, and the
+     * triangles are half the bytes of D x D. */
+    const size_t ntri = (size_t)d * (d + 1) / 2;
+    if ((st = HOST_RESERVE(ctx, ctx->h_mx_tri, ctx->cap_h_mx_tri, nf * ntri * sizeof(double),
+                           "scatter transfers", err)))
+        return st;
+    for (size_t f = 0; f < nf; f++)
+        for (size_t a = 0; a < (size_t)d; a++)
+            memcpy(ctx->h_mx_tri + f * ntri + a * (a + 1) / 2, factor + f * dd + a * d,
+                   (a + 1) * sizeof(double));
+    FGMMC_CHECK(cudaMemcpyAsync(ctx->d_mx_scatter, ctx->h_mx_tri, nf * ntri * sizeof(double),
                                 cudaMemcpyHostToDevice, ctx->stream),
                 err);
-    if ((st = fgmmc_matrix_factor_launch(ctx->d_mx_scatter, ctx->d_mx_f, nf * dd, ctx->stream,
+    if ((st = fgmmc_matrix_factor_launch(ctx->d_mx_scatter, ctx->d_mx_f, nf, d, ctx->stream,
                                          err)))
         return st;
     FGMMC_CHECK(cudaMemcpyAsync(ctx->d_mx_m, hm, (size_t)k * d * sizeof(float),
@@ -373,6 +387,22 @@ fgmm_status fgmmc_begin_matrix_pass(fgmmc_context *ctx, int k, int d, int tied,
                                 cudaMemcpyHostToDevice, ctx->stream),
                 err);
     FGMMC_CHECK(cudaMemsetAsync(ctx->d_acc, 0, (per + 1) * sizeof(double), ctx->stream), err);
+    /* Tied: the whitened means, once per pass (after the means and the
+     * factor's split, on the same stream). The logits come from them only
+     * while no whitened mean is far from the shift: |u - b_k|^2 then
+     * carries about 2^-22 |b_k| |z| of error where the direct product
+     * carries about 2^-24 |F| |x - mu_k| |z|, and past |b_k| = 4e3 that
+     * is more than 1e-3 of a logit (a tf32 x 3 emulation at condition
+     * number 1e8: means 3e2..3e3 whitened apart gave the same errors
+     * both ways, 3e5 apart 4-8 times the direct path's). */
+    ctx->mx_whiten = 0;
+    if (tied) {
+        double most = 0;
+        if ((st = fgmmc_matrix_tied_means(ctx->d_mx_m, k, d, ctx->d_mx_f, ctx->d_mx_tied, &most,
+                                          ctx->stream, err)))
+            return st;
+        ctx->mx_whiten = most <= 4e3;
+    }
     FGMMC_CHECK(cudaMemsetAsync(ctx->d_mx_scatter, 0, nf * dd * sizeof(double), ctx->stream), err);
     ctx->matrix = tied ? 2 : 1;
     fgmmc_ctx_select(ctx, d);
@@ -380,8 +410,8 @@ fgmm_status fgmmc_begin_matrix_pass(fgmmc_context *ctx, int k, int d, int tied,
     return FGMM_OK;
 }
 
-fgmm_status fgmmc_end_matrix_pass(fgmmc_context *ctx, double *nk, double *sums, double *scatter,
-                                  double *ll_sum, fgmm_error *err)
+fgmm_status fgmmc_end_matrix_pass(fgmmc_context *ctx, double *nk, double *sums,
+                                  const double **scatter, double *ll_sum, fgmm_error *err)
 {
     if (!ctx || !ctx->matrix)
         return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmmc_end_matrix_pass: no matrix pass");
@@ -389,18 +419,14 @@ fgmm_status fgmmc_end_matrix_pass(fgmmc_context *ctx, double *nk, double *sums, 
         return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmmc_end_matrix_pass: scatter is NULL");
     const size_t nf = ctx->matrix == 2 ? 1 : (size_t)ctx->k, d = (size_t)ctx->d;
     const size_t ntri = d * (d + 1) / 2;
-    fgmm_status st = HOST_RESERVE(ctx, ctx->h_mx_tri, ctx->cap_h_mx_tri,
-                                  nf * ntri * sizeof(double), "scatter download", err);
-    if (st || (st = fgmmc_end_pass(ctx, nk, sums, ll_sum, err))) return st;
+    fgmm_status st = fgmmc_end_pass(ctx, nk, sums, ll_sum, err);
+    if (st) return st;
     /* The triangles come back packed into pinned memory (half of D x D, at
-     * the link's speed), then each row goes to its place. */
+     * the link's speed; reserved by begin). */
     FGMMC_CHECK(cudaMemcpy(ctx->h_mx_tri, ctx->d_mx_scatter, nf * ntri * sizeof(double),
                            cudaMemcpyDeviceToHost),
                 err);
-    for (size_t f = 0; f < nf; f++)
-        for (size_t a = 0; a < d; a++)
-            memcpy(scatter + f * d * d + a * d, ctx->h_mx_tri + f * ntri + a * (a + 1) / 2,
-                   (a + 1) * sizeof(double));
+    *scatter = ctx->h_mx_tri;
     return FGMM_OK;
 }
 

@@ -55,8 +55,9 @@ int fgmmc_choice_tc(const fgmmc_choice *c)
 const char *fgmmc_choice_name(const fgmmc_choice *c)
 {
     if (c->family == FGMMC_FAMILY_MATRIX)
-        return c->tied ? "tensor cores, tf32 x 3, tied covariance"
-                       : "tensor cores, tf32 x 3, full covariance";
+        return c->tied == 2 ? "tensor cores, tf32 x 3, tied covariance, whitened rows"
+               : c->tied    ? "tensor cores, tf32 x 3, tied covariance"
+                            : "tensor cores, tf32 x 3, full covariance";
     if (c->family == FGMMC_FAMILY_F64) return "float64 SIMT";
     if (!fgmmc_choice_tc(c)) return "fp32 SIMT";
     return c->prec == 3 ? "tensor cores, split bf16" : "tensor cores, bf16";
@@ -184,7 +185,7 @@ void fgmmc_ctx_select(fgmmc_context *ctx, int d)
         ctx->sel.family = FGMMC_FAMILY_MATRIX;
         ctx->sel.prec = 3;
         ctx->sel.kw = 0;
-        ctx->sel.tied = ctx->matrix == 2;
+        ctx->sel.tied = ctx->matrix == 2 ? 1 + (ctx->mx_whiten != 0) : 0;
         return;
     }
     ctx->sel = fgmmc_select(ctx->cc_major, ctx->wgmma, ctx->portable, ctx->prec, d, ctx->st_np > 0);
@@ -234,6 +235,8 @@ void fgmmc_ctx_batch(const fgmmc_context *ctx, const void *x_dev, int64_t m, fgm
     bt->mx_l = ctx->d_mx_l;
     bt->mx_scatter = ctx->d_mx_scatter;
     bt->mx_live = ctx->d_mx_live;
+    bt->mx_wh = ctx->d_mx_tied;
+    bt->mx_whiten = ctx->matrix == 2 && ctx->mx_whiten;
     if (ctx->st_np) {
         bt->st_nc = ctx->st_nc;
         bt->st_splits = ctx->st_splits;

@@ -392,6 +392,66 @@ TEST(MatrixCovariance, StatisticsSerialiseAndAdd)
     }
 }
 
+// A matrix pass's statistics given as a diagonal-layout part (counts, sums,
+// log-likelihood, rows, candidates) and packed lower triangles add to the
+// same bits as the matrix-layout statistics holding them.
+TEST(MatrixCovariance, StatisticsAddPackedTriangles)
+{
+    for (fgmm_covariance cov : {FGMM_COV_FULL, FGMM_COV_TIED}) {
+        const int K = 3, D = 5;
+        fgmm_error err{};
+        fgmm_rng rng;
+        fgmm_rng_seed(&rng, 52);
+        std::vector<double> shift(cov == FGMM_COV_FULL ? K * D : D);
+        for (double &v : shift) v = fgmm_rng_normal(&rng);
+        fgmm_stats *whole, *part, *sum1, *sum2;
+        ASSERT_EQ(fgmm_stats_create_cov(K, D, cov, shift.data(), &whole, &err), FGMM_OK);
+        ASSERT_EQ(fgmm_stats_create(K, D, nullptr, &part, &err), FGMM_OK);
+        ASSERT_EQ(fgmm_stats_create_cov(K, D, cov, shift.data(), &sum1, &err), FGMM_OK);
+        ASSERT_EQ(fgmm_stats_create_cov(K, D, cov, shift.data(), &sum2, &err), FGMM_OK);
+        const size_t nm = cov == FGMM_COV_FULL ? K : 1, ntri = (size_t)D * (D + 1) / 2;
+        std::vector<double> tri(nm * ntri);
+        for (int k = 0; k < K; k++)
+            fgmm_stats_nk(whole)[k] = fgmm_stats_nk(part)[k] = fgmm_rng_uniform(&rng);
+        for (int i = 0; i < K * 2 * D; i++)
+            fgmm_stats_sums(whole)[i] = fgmm_stats_sums(part)[i] = fgmm_rng_normal(&rng);
+        for (size_t f = 0; f < nm; f++)
+            for (int r = 0; r < D; r++)
+                for (int c = 0; c <= r; c++)
+                    fgmm_stats_scatter(whole)[(f * D + r) * D + c] =
+                        tri[f * ntri + (size_t)r * (r + 1) / 2 + c] = fgmm_rng_normal(&rng);
+        fgmm_stats_add_loglik(whole, -7.25, 12);
+        fgmm_stats_add_loglik(part, -7.25, 12);
+        const float x[D] = {1, 2, 3, 4, 5};
+        fgmm_stats_offer_row(whole, 9, -40.0, x, FGMM_F32);
+        fgmm_stats_offer_row(part, 9, -40.0, x, FGMM_F32);
+        for (int rep = 0; rep < 2; rep++) { // into zero, then onto what is there
+            ASSERT_EQ(fgmm_stats_add(sum1, whole, &err), FGMM_OK) << err.msg;
+            ASSERT_EQ(fgmm_stats_add_packed(sum2, part, tri.data(), &err), FGMM_OK) << err.msg;
+        }
+        EXPECT_EQ(0, memcmp(fgmm_stats_scatter(sum1), fgmm_stats_scatter(sum2), 8 * nm * D * D));
+        EXPECT_EQ(0, memcmp(fgmm_stats_sums(sum1), fgmm_stats_sums(sum2), 8 * K * 2 * D));
+        EXPECT_EQ(0, memcmp(fgmm_stats_nk(sum1), fgmm_stats_nk(sum2), 8 * K));
+        EXPECT_EQ(fgmm_stats_loglik(sum1), fgmm_stats_loglik(sum2));
+        EXPECT_EQ(fgmm_stats_rows(sum2), 24);
+        int64_t rows1[4], rows2[4];
+        double ll1[4], ll2[4];
+        float xs1[4 * D], xs2[4 * D];
+        const int nw = fgmm_stats_worst_rows(sum1, rows1, ll1, xs1, 4);
+        ASSERT_EQ(fgmm_stats_worst_rows(sum2, rows2, ll2, xs2, 4), nw);
+        ASSERT_GT(nw, 0);
+        for (int i = 0; i < nw; i++) {
+            EXPECT_EQ(rows2[i], 9);
+            EXPECT_EQ(ll2[i], ll1[i]);
+            EXPECT_EQ(0, memcmp(xs1 + i * D, xs2 + i * D, sizeof(float) * D));
+        }
+        // The part must be diagonal and the target a matrix layout.
+        EXPECT_EQ(fgmm_stats_add_packed(sum2, whole, tri.data(), &err), FGMM_ERR_ARGUMENT);
+        EXPECT_EQ(fgmm_stats_add_packed(part, part, tri.data(), &err), FGMM_ERR_ARGUMENT);
+        for (fgmm_stats *s : {whole, part, sum1, sum2}) fgmm_stats_free(s);
+    }
+}
+
 TEST(MatrixCovariance, ModelFilesRoundTrip)
 {
     const char *tmp = getenv("TEST_TMPDIR");
