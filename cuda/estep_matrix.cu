@@ -987,7 +987,8 @@ fgmm_status fgmmc_matrix_tied_means(const float *m, int k, int d, const float *F
     for (int kk = 0; e == cudaSuccess && kk < k; kk++) {
         double q = 0;
         for (int j = 0; j < d; j++) q += (double)h[(size_t)kk * d + j] * h[(size_t)kk * d + j];
-        if (!(q <= mx)) mx = q; /* NaN: as large as can be */
+        if (!(q <= mx)) mx = q;
+        if (isnan(q)) break; /* NaN stays: the direct product then runs */
     }
     free(h);
     if (e != cudaSuccess)
