@@ -5,7 +5,8 @@
 #  - MNIST (60,000 x 784 uint8), K=256 from k-means++ (seed 1), 20 steps:
 #    blank pixels make every pass stiff at the default reg_covar;
 #  - bench/make_problem.py, 4M x 128 float32, K=1024 from k-means++, 20
-#    steps;
+#    steps, and the same fit whole (load, initialisation, steps, save) with
+#    its wall time by phase;
 #  - engine_bench's default data at 1M x 1024 x 128, whose k-means++ model
 #    has single-row components (variance reg_covar everywhere).
 # MNIST from $MNIST (default: shared/data/mnist/base.u8bin under the
@@ -40,6 +41,12 @@ python3 "$ROOT/bench/make_problem.py" "$W/p4" 4000000 1024 128 > /dev/null || ex
 "$F" fit --data "$W/p4/data.npy" --k 1024 --init kmeans++ --seed 1 --max-iter 0 --device cuda \
   --out "$W/p40" > /dev/null 2>&1 || exit 1
 fit_table 4m "$W/p4/data.npy" "$W/p40"
+# The whole fit as a user runs it: loading, k-means++, 20 steps, saving,
+# with --verbose's wall time by phase.
+echo "== 4m whole fit (--verbose)" | tee -a "$T"
+timeout 300 "$F" fit --data "$W/p4/data.npy" --k 1024 --seed 1 --max-iter 20 --tol 0 \
+  --device cuda --verbose --out "$W/4m-whole" 2>&1 | grep -E "^(fit:|init|wall time|fitted)" |
+  tee -a "$T"
 
 for p in auto default fp64; do
   echo "== engine_bench cuda 1000000 1024 128 3 f32 fit, $p" | tee -a "$T"
