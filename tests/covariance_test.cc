@@ -106,6 +106,59 @@ void one_step(const Case &c, uint64_t seed, int threads = 2, std::vector<double>
 
 uint64_t fresh_seed() { return (uint64_t)time(nullptr) * 2654435761u; }
 
+// A component whose Nk fell below min_count restarts on a worst-explained
+// row with the average of the surviving components' new covariances; the
+// others get scatter/Nk - d d^T + reg_covar I.
+TEST(FullCovariance, CollapsedComponentRestartsWithTheAverageCovariance)
+{
+    const int K = 3, D = 3;
+    const double reg = 1e-6;
+    fgmm_rng rng;
+    fgmm_rng_seed(&rng, 17);
+    std::vector<float> x;
+    fgmm_model *m = random_matrix_mixture(&rng, K, D, FGMM_COV_FULL, 2.0, 0.5, 2.0, 10, x);
+    ASSERT_NE(m, nullptr);
+    fgmm_error err{};
+    std::vector<double> shift(fgmm_model_means_c(m), fgmm_model_means_c(m) + K * D);
+    fgmm_stats *s;
+    ASSERT_EQ(fgmm_stats_create_cov(K, D, FGMM_COV_FULL, shift.data(), &s, &err), FGMM_OK);
+    // Components 0 and 2: covariance C_k = diag(k + 1) + 0.25 off the
+    // diagonal, mean offset d_k from the shift, over nk rows.
+    const double nks[K] = {50, 0, 80};
+    std::vector<double> want_cov((size_t)K * D * D);
+    for (int k : {0, 2}) {
+        const double nk = nks[k];
+        fgmm_stats_nk(s)[k] = nk;
+        double d[D];
+        for (int j = 0; j < D; j++) d[j] = 0.1 * (j + 1) * (k + 1);
+        for (int j = 0; j < D; j++) fgmm_stats_sums(s)[(size_t)k * 2 * D + j] = nk * d[j];
+        for (int r = 0; r < D; r++)
+            for (int c = 0; c <= r; c++) {
+                const double cv = r == c ? k + 1.0 : 0.25;
+                fgmm_stats_scatter(s)[((size_t)k * D + r) * D + c] = nk * (cv + d[r] * d[c]);
+            }
+    }
+    fgmm_stats_add_loglik(s, -1.0, 130);
+    const float row[D] = {7, 8, 9};
+    fgmm_stats_offer_row(s, 4, -99.0, row, FGMM_F32);
+    int reseeded = -1;
+    ASSERT_EQ(fgmm_stats_mstep(s, m, reg, 1e-9, &reseeded, &err), FGMM_OK) << err.msg;
+    EXPECT_EQ(reseeded, 1);
+    const double *cov = fgmm_model_variances_c(m), *mu = fgmm_model_means_c(m);
+    for (int r = 0; r < D; r++)
+        for (int c = 0; c < D; c++) {
+            const size_t i = (size_t)r * D + c;
+            for (int k : {0, 2})
+                EXPECT_NEAR(cov[(size_t)k * D * D + i], (r == c ? k + 1.0 + reg : 0.25), 1e-12)
+                    << k << " " << r << " " << c;
+            EXPECT_EQ(cov[(size_t)D * D + i], (cov[i] + cov[2 * (size_t)D * D + i]) / 2)
+                << r << " " << c;
+        }
+    for (int j = 0; j < D; j++) EXPECT_EQ(mu[D + j], (double)row[j]);
+    fgmm_stats_free(s);
+    fgmm_model_free(m);
+}
+
 TEST(FullCovariance, OneStepAgainstFloat64)
 {
     one_step({FGMM_COV_FULL, 3001, 5, 7, 0.2, 3.0, 1e-9}, 1);
