@@ -706,7 +706,9 @@ static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm
             e->backend_precision = e->precision;
         }
         if (e->ops->set_workers) e->ops->set_workers(e->backend, e->threads);
-        fgmm_stats_reset(out, e->mshift);
+        fgmm_pool *pool;
+        if ((st = fgmm_engine_host_pool(e, &pool, err))) return st;
+        fgmm_stats_reset_pool(out, e->mshift, pool);
         e->params.out = out;
         return e->ops->begin_pass(e->backend, &e->params, err);
     }

@@ -104,25 +104,54 @@ void fgmm_stats_free(fgmm_stats *s)
     free(s);
 }
 
-void fgmm_stats_zero(fgmm_stats *s)
+/* The lower triangle of scatter matrix f (a pool item). */
+static void zero_scatter(int f, int worker, void *arg)
+{
+    (void)worker;
+    fgmm_stats *s = arg;
+    const size_t D = (size_t)s->d;
+    for (size_t a = 0; a < D; a++)
+        memset(s->scatter + ((size_t)f * D + a) * D, 0, sizeof(double) * (a + 1));
+}
+
+/* All but the scatter matrices. */
+static void zero_small(fgmm_stats *s)
 {
     memset(s->nk, 0, sizeof(double) * (size_t)s->k);
     memset(s->sums, 0, sizeof(double) * (size_t)s->k * 2 * s->d);
-    const size_t D = (size_t)s->d, nm = scatter_count(s->layout, s->k);
-    for (size_t f = 0; f < nm; f++)
-        for (size_t a = 0; a < D; a++)
-            memset(s->scatter + (f * D + a) * D, 0, sizeof(double) * (a + 1));
     s->loglik = 0;
     s->rows = 0;
     s->n_worst = 0;
 }
 
-void fgmm_stats_reset(fgmm_stats *s, const double *shift)
+static void take_shift(fgmm_stats *s, const double *shift)
 {
-    fgmm_stats_zero(s);
     const size_t n = shift_len(s->layout, s->k, s->d);
     if (shift) memcpy(s->shift, shift, sizeof(double) * n);
     else memset(s->shift, 0, sizeof(double) * n);
+}
+
+void fgmm_stats_zero(fgmm_stats *s)
+{
+    zero_small(s);
+    const int nm = (int)scatter_count(s->layout, s->k);
+    for (int f = 0; f < nm; f++) zero_scatter(f, 0, s);
+}
+
+void fgmm_stats_reset(fgmm_stats *s, const double *shift)
+{
+    fgmm_stats_zero(s);
+    take_shift(s, shift);
+}
+
+void fgmm_stats_reset_pool(fgmm_stats *s, const double *shift, fgmm_pool *pool)
+{
+    zero_small(s);
+    const int nm = (int)scatter_count(s->layout, s->k);
+    if (pool && nm > 1) fgmm_pool_run(pool, nm, fgmm_pool_threads(pool), zero_scatter, s);
+    else
+        for (int f = 0; f < nm; f++) zero_scatter(f, 0, s);
+    take_shift(s, shift);
 }
 
 int fgmm_stats_k(const fgmm_stats *s) { return s->k; }

@@ -432,11 +432,23 @@ TEST(MatrixCovariance, StatisticsSerialiseAndAdd)
                     EXPECT_EQ(fgmm_stats_scatter(sum1)[i], c <= r ? fgmm_stats_scatter(a)[i] : 0.0)
                         << f << " " << r << " " << c;
                 }
+        // Zeroing, on this thread or on a pool's workers, clears the lower
+        // triangles and takes the new shift.
+        fgmm_pool *pool;
+        ASSERT_EQ(fgmm_pool_create(3, &pool, &err), FGMM_OK);
+        std::vector<double> shift2(shift.size(), 0.25);
+        fgmm_stats_reset_pool(b, shift2.data(), pool);
+        EXPECT_EQ(0, memcmp(fgmm_stats_shift(b), shift2.data(), 8 * shift2.size()));
         fgmm_stats_zero(a);
-        for (size_t f = 0; f < nm; f++)
-            for (int r = 0; r < D; r++)
-                for (int c = 0; c <= r; c++)
-                    EXPECT_EQ(fgmm_stats_scatter(a)[(f * D + r) * D + c], 0.0);
+        for (fgmm_stats *z : {a, b}) {
+            EXPECT_EQ(fgmm_stats_rows(z), 0);
+            EXPECT_EQ(fgmm_stats_nk(z)[K - 1], 0.0);
+            for (size_t f = 0; f < nm; f++)
+                for (int r = 0; r < D; r++)
+                    for (int c = 0; c <= r; c++)
+                        EXPECT_EQ(fgmm_stats_scatter(z)[(f * D + r) * D + c], 0.0);
+        }
+        fgmm_pool_free(pool);
         EXPECT_EQ(fgmm_stats_add(diag, a, &err), FGMM_ERR_ARGUMENT);
         std::vector<char> dimg(fgmm_stats_serial_size(diag));
         fgmm_stats_serialize(diag, dimg.data());
