@@ -114,45 +114,32 @@ static void zero_scatter(int f, int worker, void *arg)
         memset(s->scatter + ((size_t)f * D + a) * D, 0, sizeof(double) * (a + 1));
 }
 
-/* All but the scatter matrices. */
-static void zero_small(fgmm_stats *s)
+/* Everything, the scatter matrices on pool's workers when pool is not
+ * NULL (and there is more than one). */
+static void zero_all(fgmm_stats *s, fgmm_pool *pool)
 {
     memset(s->nk, 0, sizeof(double) * (size_t)s->k);
     memset(s->sums, 0, sizeof(double) * (size_t)s->k * 2 * s->d);
     s->loglik = 0;
     s->rows = 0;
     s->n_worst = 0;
+    const int nm = (int)scatter_count(s->layout, s->k);
+    if (pool && nm > 1) fgmm_pool_run(pool, nm, fgmm_pool_threads(pool), zero_scatter, s);
+    else
+        for (int f = 0; f < nm; f++) zero_scatter(f, 0, s);
 }
 
-static void take_shift(fgmm_stats *s, const double *shift)
+void fgmm_stats_zero(fgmm_stats *s) { zero_all(s, NULL); }
+
+void fgmm_stats_reset_pool(fgmm_stats *s, const double *shift, fgmm_pool *pool)
 {
+    zero_all(s, pool);
     const size_t n = shift_len(s->layout, s->k, s->d);
     if (shift) memcpy(s->shift, shift, sizeof(double) * n);
     else memset(s->shift, 0, sizeof(double) * n);
 }
 
-void fgmm_stats_zero(fgmm_stats *s)
-{
-    zero_small(s);
-    const int nm = (int)scatter_count(s->layout, s->k);
-    for (int f = 0; f < nm; f++) zero_scatter(f, 0, s);
-}
-
-void fgmm_stats_reset(fgmm_stats *s, const double *shift)
-{
-    fgmm_stats_zero(s);
-    take_shift(s, shift);
-}
-
-void fgmm_stats_reset_pool(fgmm_stats *s, const double *shift, fgmm_pool *pool)
-{
-    zero_small(s);
-    const int nm = (int)scatter_count(s->layout, s->k);
-    if (pool && nm > 1) fgmm_pool_run(pool, nm, fgmm_pool_threads(pool), zero_scatter, s);
-    else
-        for (int f = 0; f < nm; f++) zero_scatter(f, 0, s);
-    take_shift(s, shift);
-}
+void fgmm_stats_reset(fgmm_stats *s, const double *shift) { fgmm_stats_reset_pool(s, shift, NULL); }
 
 int fgmm_stats_k(const fgmm_stats *s) { return s->k; }
 int fgmm_stats_d(const fgmm_stats *s) { return s->d; }
@@ -314,6 +301,21 @@ static void add_all_but_scatter(fgmm_stats *dst, const fgmm_stats *src)
     }
 }
 
+/* dst's scatter lower triangles += src's, whose matrices are D x D
+ * (packed 0) or packed lower triangles (row a of matrix f at f D(D+1)/2 +
+ * a(a+1)/2). */
+static void add_scatter(fgmm_stats *dst, const double *src, int packed)
+{
+    const size_t D = (size_t)dst->d, nm = scatter_count(dst->layout, dst->k);
+    for (size_t f = 0; f < nm; f++)
+        for (size_t a = 0; a < D; a++) {
+            double *o = dst->scatter + (f * D + a) * D;
+            const double *i = packed ? src + f * (D * (D + 1) / 2) + a * (a + 1) / 2
+                                     : src + (f * D + a) * D;
+            for (size_t b = 0; b <= a; b++) o[b] += i[b];
+        }
+}
+
 fgmm_status fgmm_stats_add(fgmm_stats *dst, const fgmm_stats *src, fgmm_error *err)
 {
     if (dst->k != src->k || dst->d != src->d || dst->layout != src->layout)
@@ -325,13 +327,7 @@ fgmm_status fgmm_stats_add(fgmm_stats *dst, const fgmm_stats *src, fgmm_error *e
         return fgmm_fail(err, FGMM_ERR_ARGUMENT,
                          "cannot add statistics taken with different shifts");
     add_all_but_scatter(dst, src);
-    const size_t D = (size_t)dst->d, nm = scatter_count(dst->layout, dst->k);
-    for (size_t f = 0; f < nm; f++)
-        for (size_t a = 0; a < D; a++) {
-            double *o = dst->scatter + (f * D + a) * D;
-            const double *i = src->scatter + (f * D + a) * D;
-            for (size_t b = 0; b <= a; b++) o[b] += i[b];
-        }
+    add_scatter(dst, src->scatter, 0);
     return FGMM_OK;
 }
 
@@ -346,13 +342,7 @@ fgmm_status fgmm_stats_add_packed(fgmm_stats *dst, const fgmm_stats *src, const 
                          fgmm_covariance_name(src->layout), src->k, src->d,
                          fgmm_covariance_name(dst->layout), dst->k, dst->d);
     add_all_but_scatter(dst, src);
-    const size_t D = (size_t)dst->d, nm = scatter_count(dst->layout, dst->k);
-    for (size_t f = 0; f < nm; f++)
-        for (size_t a = 0; a < D; a++) {
-            double *o = dst->scatter + (f * D + a) * D;
-            const double *i = tri + f * (D * (D + 1) / 2) + a * (a + 1) / 2;
-            for (size_t b = 0; b <= a; b++) o[b] += i[b];
-        }
+    add_scatter(dst, tri, 1);
     return FGMM_OK;
 }
 
