@@ -49,7 +49,6 @@ typedef struct {
     uint64_t offered; /* calls whose rows were offered */
     int64_t rows; /* rows folded in since begin_pass */
     int k, d;
-    fgmm_covariance layout; /* the passes b->st was made for (matrix ones: b->st is diagonal) */
     int matrix;             /* this pass: a full or tied model */
     double *mx_shift;       /* full: the centre the GPU works about (d) */
     /* k-means: the sample (the caller's), its shift, and the last
@@ -107,20 +106,19 @@ static fgmm_status cuda_begin_pass(void *self, const fgmm_estep_params *p, fgmm_
 {
     cuda_backend *b = self;
     const fgmm_covariance layout = fgmm_covariance_is_matrix(p->cov) ? p->cov : FGMM_COV_DIAG;
-    if (!b->st || b->k != p->k || b->d != p->d || b->layout != layout) {
+    if (!b->st || b->k != p->k || b->d != p->d) {
         fgmm_stats_free(b->st);
         b->st = NULL;
         free(b->mx_shift);
         b->mx_shift = malloc(sizeof(double) * (size_t)p->d);
         if (!b->mx_shift) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
-        /* Matrix passes: the scatter sums go from the GPU's packed
-         * triangles straight into the engine's statistics
+        /* Diagonal for every pass: a matrix pass's scatter sums go from
+         * the GPU's packed triangles straight into the engine's statistics
          * (fgmm_stats_add_packed), so b->st holds the rest alone. */
         fgmm_status st = fgmm_stats_create_cov(p->k, p->d, FGMM_COV_DIAG, NULL, &b->st, err);
         if (st) return st;
         b->k = p->k;
         b->d = p->d;
-        b->layout = layout;
     }
     fgmm_stats_reset(b->st, layout == FGMM_COV_DIAG ? p->shift : NULL);
     b->rows = 0;
