@@ -86,8 +86,8 @@ typedef struct {
     const char *(*path)(void *self);
     /* Peak device memory allocated so far (0 on the CPU). */
     size_t (*device_bytes)(void *self);
-    /* Host memory for rows this back end will consume (pinned on a GPU);
-     * NULL when out of memory. */
+    /* Host memory for rows or parameters this back end will consume
+     * (pinned on a GPU); NULL when out of memory. */
     void *(*host_alloc)(void *self, size_t bytes);
     void (*host_free)(void *self, void *p);
     /* Top-m assignment of a chunk with the terms of the current pass (after

@@ -218,7 +218,7 @@ struct fgmmc_context {
     size_t cap_h_ll[2];
     void *h_param; /* begin_pass upload, end_pass download */
     size_t cap_h_param;
-    double *h_mx_tri; /* matrix passes: the factors up, the scatter sums back (packed triangles) */
+    double *h_mx_tri; /* end_matrix_pass: the packed scatter triangles */
     size_t cap_h_mx_tri;
 };
 

@@ -928,26 +928,23 @@ fgmm_status fgmmc_matrix_smem_check(int d, fgmm_error *err)
     return allow_smem((const void *)mx_logits_kernel, "matrix logits", sizeof(mx_logit_smem), err);
 }
 
-__global__ void mx_factor_kernel(const double *tri, float *f, size_t nf, int d)
+__global__ void mx_factor_kernel(const double *src, float *f, size_t n)
 {
-    const size_t dd = (size_t)d * d, n = nf * dd, ntri = (size_t)d * (d + 1) / 2;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
-        const size_t k = i / dd, r = i % dd / d, c = i % d;
-        const double v = c <= r ? tri[k * ntri + r * (r + 1) / 2 + c] : 0;
         uint32_t hi, lo;
-        split_tf32((float)v, hi, lo);
+        split_tf32((float)src[i], hi, lo);
         f[i] = __uint_as_float(hi);
         f[n + i] = __uint_as_float(lo);
     }
 }
 
-fgmm_status fgmmc_matrix_factor_launch(const double *tri, float *f, size_t nf, int d,
-                                       cudaStream_t s, fgmm_error *err)
+fgmm_status fgmmc_matrix_factor_launch(const double *src, float *f, size_t n, cudaStream_t s,
+                                       fgmm_error *err)
 {
-    const size_t blocks = (nf * d * d + 255) / 256;
+    const size_t blocks = (n + 255) / 256;
     mx_factor_kernel<<<(unsigned)(blocks < 4096 ? (blocks > 0 ? blocks : 1) : 4096), 256, 0, s>>>(
-        tri, f, nf, d);
+        src, f, n);
     FGMMC_CHECK_LAUNCH("mx_factor_kernel", err);
     return FGMM_OK;
 }

@@ -452,13 +452,10 @@ fgmm_status fgmmc_matrix_tied_means(const float *m, int k, int d, const float *F
 /* FGMM_ERR_ARGUMENT past the family's D (256), and the kernels' shared
  * memory for d. */
 fgmm_status fgmmc_matrix_smem_check(int d, fgmm_error *err);
-/* nf factors, d x d lower triangular, from packed lower triangles (row r
- * of factor k at k d(d+1)/2 + r(r+1)/2) into f as tf32 pairs, f[i] +
- * f[nf d d + i] with i = (k d + r) d + c and zero above the diagonal, on
- * the device: the factors arrive in float64 and the logits kernel reads
- * them split. */
-fgmm_status fgmmc_matrix_factor_launch(const double *tri, float *f, size_t nf, int d,
-                                       cudaStream_t s, fgmm_error *err);
+/* src[i] (i < n) as the tf32 pair f[i] + f[n + i], on the device: the
+ * factors arrive in float64 and the logits kernel reads them split. */
+fgmm_status fgmmc_matrix_factor_launch(const double *src, float *f, size_t n, cudaStream_t s,
+                                       fgmm_error *err);
 /* The E-step of a batch (with ll_only, its log-likelihoods only). */
 fgmm_status fgmmc_estep_matrix_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int ll_only,
                                       int sm_count, cudaStream_t s, fgmm_error *err);

@@ -357,24 +357,17 @@ fgmm_status fgmmc_begin_matrix_pass(fgmmc_context *ctx, int k, int d, int tied,
             hm[(size_t)kk * d + j] = (float)(means[(size_t)kk * d + j] - shift[j]);
     for (int i = 0; i < k; i++) hc[i] = (float)c[i];
     for (int i = 0; i < d; i++) hs[i] = (float)shift[i];
-    /* The factors go up in float64 as packed lower triangles, through the
-     * pinned buffer the scatter sums come back in (the same size; nothing
-     * of the last pass's is read after its end) into the scatter sums'
-     * buffer (zeroed below), and are split there into tf32 pairs: K D^2
-     * conversions on one host thread cost more than the copy, and the
-     * triangles are half the bytes of D x D. */
-    const size_t ntri = (size_t)d * (d + 1) / 2;
-    if ((st = HOST_RESERVE(ctx, ctx->h_mx_tri, ctx->cap_h_mx_tri, nf * ntri * sizeof(double),
-                           "scatter transfers", err)))
-        return st;
-    for (size_t f = 0; f < nf; f++)
-        for (size_t a = 0; a < (size_t)d; a++)
-            memcpy(ctx->h_mx_tri + f * ntri + a * (a + 1) / 2, factor + f * dd + a * d,
-                   (a + 1) * sizeof(double));
-    FGMMC_CHECK(cudaMemcpyAsync(ctx->d_mx_scatter, ctx->h_mx_tri, nf * ntri * sizeof(double),
+    /* The factors go up in float64 through the scatter sums' buffer (the
+     * same size, zeroed below) and are split there into tf32 pairs: K D^2
+     * conversions on one host thread cost more than the copy. The engine
+     * keeps them in the memory host_alloc gave it (pinned), so the copy
+     * runs at the link's speed; it is waited for, as the engine rewrites
+     * them before its next pass. */
+    FGMMC_CHECK(cudaMemcpyAsync(ctx->d_mx_scatter, factor, nf * dd * sizeof(double),
                                 cudaMemcpyHostToDevice, ctx->stream),
                 err);
-    if ((st = fgmmc_matrix_factor_launch(ctx->d_mx_scatter, ctx->d_mx_f, nf, d, ctx->stream,
+    FGMMC_CHECK(cudaStreamSynchronize(ctx->stream), err);
+    if ((st = fgmmc_matrix_factor_launch(ctx->d_mx_scatter, ctx->d_mx_f, nf * dd, ctx->stream,
                                          err)))
         return st;
     FGMMC_CHECK(cudaMemcpyAsync(ctx->d_mx_m, hm, (size_t)k * d * sizeof(float),
@@ -419,10 +412,11 @@ fgmm_status fgmmc_end_matrix_pass(fgmmc_context *ctx, double *nk, double *sums,
         return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmmc_end_matrix_pass: scatter is NULL");
     const size_t nf = ctx->matrix == 2 ? 1 : (size_t)ctx->k, d = (size_t)ctx->d;
     const size_t ntri = d * (d + 1) / 2;
-    fgmm_status st = fgmmc_end_pass(ctx, nk, sums, ll_sum, err);
-    if (st) return st;
+    fgmm_status st = HOST_RESERVE(ctx, ctx->h_mx_tri, ctx->cap_h_mx_tri,
+                                  nf * ntri * sizeof(double), "scatter download", err);
+    if (st || (st = fgmmc_end_pass(ctx, nk, sums, ll_sum, err))) return st;
     /* The triangles come back packed into pinned memory (half of D x D, at
-     * the link's speed; reserved by begin). */
+     * the link's speed). */
     FGMMC_CHECK(cudaMemcpy(ctx->h_mx_tri, ctx->d_mx_scatter, nf * ntri * sizeof(double),
                            cudaMemcpyDeviceToHost),
                 err);
