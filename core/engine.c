@@ -719,6 +719,7 @@ static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm
         if ((st = fgmm_engine_host_pool(e, &pool, err))) return st;
         fgmm_stats_reset_pool(out, e->mshift, pool);
         e->params.out = out;
+        e->params.pool = pool;
         return e->ops->begin_pass(e->backend, &e->params, err);
     }
     fgmm_estep_params_fill(m, e->w, e->c, e->shift);

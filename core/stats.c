@@ -304,16 +304,38 @@ static void add_all_but_scatter(fgmm_stats *dst, const fgmm_stats *src)
 /* dst's scatter lower triangles += src's, whose matrices are D x D
  * (packed 0) or packed lower triangles (row a of matrix f at f D(D+1)/2 +
  * a(a+1)/2). */
-static void add_scatter(fgmm_stats *dst, const double *src, int packed)
+typedef struct {
+    fgmm_stats *dst;
+    const double *src;
+    int packed;
+} scatter_add;
+
+/* Matrix f of src added into dst's lower triangle: src holds D x D
+ * matrices, or packed lower triangles (row a of matrix f at
+ * f D(D+1)/2 + a(a+1)/2). */
+static void add_scatter_one(int f, int worker, void *arg)
 {
-    const size_t D = (size_t)dst->d, nm = scatter_count(dst->layout, dst->k);
-    for (size_t f = 0; f < nm; f++)
-        for (size_t a = 0; a < D; a++) {
-            double *o = dst->scatter + (f * D + a) * D;
-            const double *i = packed ? src + f * (D * (D + 1) / 2) + a * (a + 1) / 2
-                                     : src + (f * D + a) * D;
-            for (size_t b = 0; b <= a; b++) o[b] += i[b];
-        }
+    (void)worker;
+    const scatter_add *j = arg;
+    const size_t D = (size_t)j->dst->d;
+    for (size_t a = 0; a < D; a++) {
+        double *o = j->dst->scatter + ((size_t)f * D + a) * D;
+        const double *i = j->packed ? j->src + (size_t)f * (D * (D + 1) / 2) + a * (a + 1) / 2
+                                    : j->src + ((size_t)f * D + a) * D;
+        for (size_t b = 0; b <= a; b++) o[b] += i[b];
+    }
+}
+
+/* Every matrix, on pool's workers when pool is not NULL (and there is more
+ * than one): each matrix's sums are its own, so the bits do not depend on
+ * which worker adds it. */
+static void add_scatter(fgmm_stats *dst, const double *src, int packed, fgmm_pool *pool)
+{
+    scatter_add job = {dst, src, packed};
+    const int nm = (int)scatter_count(dst->layout, dst->k);
+    if (pool && nm > 1) fgmm_pool_run(pool, nm, fgmm_pool_threads(pool), add_scatter_one, &job);
+    else
+        for (int f = 0; f < nm; f++) add_scatter_one(f, 0, &job);
 }
 
 fgmm_status fgmm_stats_add(fgmm_stats *dst, const fgmm_stats *src, fgmm_error *err)
@@ -327,12 +349,12 @@ fgmm_status fgmm_stats_add(fgmm_stats *dst, const fgmm_stats *src, fgmm_error *e
         return fgmm_fail(err, FGMM_ERR_ARGUMENT,
                          "cannot add statistics taken with different shifts");
     add_all_but_scatter(dst, src);
-    add_scatter(dst, src->scatter, 0);
+    add_scatter(dst, src->scatter, 0, NULL);
     return FGMM_OK;
 }
 
 fgmm_status fgmm_stats_add_packed(fgmm_stats *dst, const fgmm_stats *src, const double *tri,
-                                  fgmm_error *err)
+                                  fgmm_pool *pool, fgmm_error *err)
 {
     if (dst->k != src->k || dst->d != src->d || src->layout != FGMM_COV_DIAG ||
         !scatter_count(dst->layout, dst->k))
@@ -342,7 +364,7 @@ fgmm_status fgmm_stats_add_packed(fgmm_stats *dst, const fgmm_stats *src, const 
                          fgmm_covariance_name(src->layout), src->k, src->d,
                          fgmm_covariance_name(dst->layout), dst->k, dst->d);
     add_all_but_scatter(dst, src);
-    add_scatter(dst, tri, 1);
+    add_scatter(dst, tri, 1, pool);
     return FGMM_OK;
 }
 

@@ -50,6 +50,7 @@ typedef struct {
     int64_t rows; /* rows folded in since begin_pass */
     int k, d;
     int matrix;             /* this pass: a full or tied model */
+    fgmm_pool *pool;        /* this pass: the engine's idle host pool, or NULL */
     double *mx_shift;       /* full: the centre the GPU works about (d) */
     /* k-means: the sample (the caller's), its shift, and the last
      * potentials' candidates (kmeans_commit's) */
@@ -126,6 +127,7 @@ static fgmm_status cuda_begin_pass(void *self, const fgmm_estep_params *p, fgmm_
     b->offered = b->calls;
     fgmm_error ce = {0};
     b->matrix = layout != FGMM_COV_DIAG;
+    b->pool = p->pool;
     if (b->matrix) {
         /* Full: the statistics' shift is the means; the GPU centres its
          * fp32 arithmetic on their average. Tied: on the shift. */
@@ -198,7 +200,7 @@ static fgmm_status cuda_end_pass(void *self, fgmm_stats *out, fgmm_error *err)
     if (st) return st;
     offer_delivered(b, b->calls); /* end_pass delivered everything */
     fgmm_stats_add_loglik(b->st, ll, b->rows);
-    return b->matrix ? fgmm_stats_add_packed(out, b->st, tri, err) : fgmm_stats_add(out, b->st, err);
+    return b->matrix ? fgmm_stats_add_packed(out, b->st, tri, b->pool, err) : fgmm_stats_add(out, b->st, err);
 }
 
 static void cuda_destroy(void *self)

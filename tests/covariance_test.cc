@@ -467,6 +467,8 @@ TEST(MatrixCovariance, StatisticsAddPackedTriangles)
         fgmm_error err{};
         fgmm_rng rng;
         fgmm_rng_seed(&rng, 52);
+        fgmm_pool *pool;
+        ASSERT_EQ(fgmm_pool_create(3, &pool, &err), FGMM_OK);
         std::vector<double> shift(cov == FGMM_COV_FULL ? K * D : D);
         for (double &v : shift) v = fgmm_rng_normal(&rng);
         fgmm_stats *whole, *part, *sum1, *sum2;
@@ -490,9 +492,12 @@ TEST(MatrixCovariance, StatisticsAddPackedTriangles)
         const float x[D] = {1, 2, 3, 4, 5};
         fgmm_stats_offer_row(whole, 9, -40.0, x, FGMM_F32);
         fgmm_stats_offer_row(part, 9, -40.0, x, FGMM_F32);
-        for (int rep = 0; rep < 2; rep++) { // into zero, then onto what is there
+        // Into zero on this thread, then onto what is there on a pool's
+        // workers: the same bits.
+        for (fgmm_pool *with : {(fgmm_pool *)nullptr, pool}) {
             ASSERT_EQ(fgmm_stats_add(sum1, whole, &err), FGMM_OK) << err.msg;
-            ASSERT_EQ(fgmm_stats_add_packed(sum2, part, tri.data(), &err), FGMM_OK) << err.msg;
+            ASSERT_EQ(fgmm_stats_add_packed(sum2, part, tri.data(), with, &err), FGMM_OK)
+                << err.msg;
         }
         EXPECT_EQ(0, memcmp(fgmm_stats_scatter(sum1), fgmm_stats_scatter(sum2), 8 * nm * D * D));
         EXPECT_EQ(0, memcmp(fgmm_stats_sums(sum1), fgmm_stats_sums(sum2), 8 * K * 2 * D));
@@ -511,9 +516,10 @@ TEST(MatrixCovariance, StatisticsAddPackedTriangles)
             EXPECT_EQ(0, memcmp(xs1 + i * D, xs2 + i * D, sizeof(float) * D));
         }
         // The part must be diagonal and the target a matrix layout.
-        EXPECT_EQ(fgmm_stats_add_packed(sum2, whole, tri.data(), &err), FGMM_ERR_ARGUMENT);
-        EXPECT_EQ(fgmm_stats_add_packed(part, part, tri.data(), &err), FGMM_ERR_ARGUMENT);
+        EXPECT_EQ(fgmm_stats_add_packed(sum2, whole, tri.data(), nullptr, &err), FGMM_ERR_ARGUMENT);
+        EXPECT_EQ(fgmm_stats_add_packed(part, part, tri.data(), nullptr, &err), FGMM_ERR_ARGUMENT);
         for (fgmm_stats *s : {whole, part, sum1, sum2}) fgmm_stats_free(s);
+        fgmm_pool_free(pool);
     }
 }
 
