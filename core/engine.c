@@ -32,7 +32,7 @@
 #define CACHED_CALL_ROWS ((int64_t)1 << 20)
 
 /* Components per block in the O(K*D) per-pass loops over the model. */
-#define PARAMS_BLOCK 64
+#define PARAMS_BLOCK 16
 /* The largest share of (component, dimension) pairs a pass evaluates
  * exactly (FGMM_PASS_STIFF) rather than on float64 kernels. Measured on
  * the H100 (MNIST, K = 256: 45% of the pairs stiff, 25 ms a step against
@@ -167,53 +167,114 @@ static int mark_component(const double *t, int D, double limit, unsigned char *f
     return n;
 }
 
+/* The engine's O(K D) per-pass work on the model's terms, a block of
+ * PARAMS_BLOCK components per item: w (dimension-major) is read and written
+ * along its rows, and each block's results are its own, so running the
+ * blocks on the host pool gives the same bits as one thread (on the GPU
+ * host one thread took 7.5-8.7 ms a pass at K = 256, D = 784, and 20-37 ms
+ * at K = 1024, D = 768 or K = 4096, D = 128). */
+static int params_blocks(int K) { return (K + PARAMS_BLOCK - 1) / PARAMS_BLOCK; }
+
+static void run_blocks(fgmm_pool *pool, int K, void (*fn)(int, int, void *), void *arg)
+{
+    const int n = params_blocks(K);
+    if (pool && n > 1) fgmm_pool_run(pool, n, fgmm_pool_threads(pool), fn, arg);
+    else
+        for (int i = 0; i < n; i++) fn(i, 0, arg);
+}
+
+typedef struct {
+    const fgmm_estep_params *p;
+    double limit;
+    unsigned char *flags;
+    double *t;   /* D * PARAMS_BLOCK per worker */
+    int64_t *n;  /* per block: pairs marked */
+    double *most; /* per block: the largest component magnitude */
+} terms_job;
+
+static void mark_block(int blk, int worker, void *arg)
+{
+    const terms_job *j = arg;
+    const fgmm_estep_params *p = j->p;
+    const int K = p->k, D = p->d, k0 = blk * PARAMS_BLOCK;
+    const int nb = K - k0 < PARAMS_BLOCK ? K - k0 : PARAMS_BLOCK;
+    double *t = j->t + (size_t)worker * D * PARAMS_BLOCK;
+    for (int jj = 0; jj < D; jj++) {
+        const double *w1 = p->w + (size_t)jj * K + k0, *w2 = p->w + (size_t)(D + jj) * K + k0;
+        for (int b = 0; b < nb; b++) {
+            const double m = w2[b] < 0 ? -w1[b] / (2 * w2[b]) : 0;
+            t[(size_t)b * D + jj] = fabs(m * w1[b]) + m * m * fabs(w2[b]);
+        }
+    }
+    int64_t n = 0;
+    for (int b = 0; b < nb; b++)
+        n += mark_component(t + (size_t)b * D, D, j->limit, j->flags + (size_t)(k0 + b) * D);
+    j->n[blk] = n;
+}
+
+static int64_t mark_stiff_pool(const fgmm_estep_params *p, double limit, unsigned char *flags,
+                               fgmm_pool *pool)
+{
+    const int nblk = params_blocks(p->k), workers = pool ? fgmm_pool_threads(pool) : 1;
+    double *t = malloc(sizeof(double) * (size_t)p->d * PARAMS_BLOCK * workers);
+    int64_t *n = malloc(sizeof(int64_t) * (size_t)nblk);
+    int64_t total = -1;
+    if (t && n) {
+        terms_job job = {p, limit, flags, t, n, NULL};
+        run_blocks(pool, p->k, mark_block, &job);
+        total = 0;
+        for (int i = 0; i < nblk; i++) total += n[i];
+    }
+    free(t);
+    free(n);
+    return total;
+}
+
 int64_t fgmm_estep_params_mark_stiff(const fgmm_estep_params *p, double limit,
                                      unsigned char *flags)
 {
-    const int K = p->k, D = p->d;
-    int64_t n = 0;
-    /* A block of components' terms at a time, w read along its rows as in
-     * fgmm_estep_params_magnitude: one component at a time strides by K. */
-    double *t = malloc(sizeof(double) * (size_t)D * PARAMS_BLOCK);
-    if (!t) return -1;
-    for (int k0 = 0; k0 < K; k0 += PARAMS_BLOCK) {
-        const int nb = K - k0 < PARAMS_BLOCK ? K - k0 : PARAMS_BLOCK;
-        for (int j = 0; j < D; j++) {
-            const double *w1 = p->w + (size_t)j * K + k0, *w2 = p->w + (size_t)(D + j) * K + k0;
-            for (int b = 0; b < nb; b++) {
-                const double m = w2[b] < 0 ? -w1[b] / (2 * w2[b]) : 0;
-                t[(size_t)b * D + j] = fabs(m * w1[b]) + m * m * fabs(w2[b]);
-            }
+    return mark_stiff_pool(p, limit, flags, NULL);
+}
+
+static void magnitude_block(int blk, int worker, void *arg)
+{
+    (void)worker;
+    const terms_job *j = arg;
+    const fgmm_estep_params *p = j->p;
+    const int K = p->k, D = p->d, k0 = blk * PARAMS_BLOCK;
+    const int nb = K - k0 < PARAMS_BLOCK ? K - k0 : PARAMS_BLOCK;
+    double s[PARAMS_BLOCK], most = 0;
+    for (int b = 0; b < nb; b++) s[b] = D;
+    for (int jj = 0; jj < D; jj++) {
+        const double *w1 = p->w + (size_t)jj * K + k0, *w2 = p->w + (size_t)(D + jj) * K + k0;
+        for (int b = 0; b < nb; b++) {
+            const double m = w2[b] < 0 ? -w1[b] / (2 * w2[b]) : 0;
+            s[b] += fabs(m * w1[b]) + m * m * fabs(w2[b]);
         }
-        for (int b = 0; b < nb; b++)
-            n += mark_component(t + (size_t)b * D, D, limit, flags + (size_t)(k0 + b) * D);
     }
-    free(t);
-    return n;
+    for (int b = 0; b < nb; b++)
+        if (s[b] > most || s[b] != s[b]) most = s[b]; /* NaN: as large as can be */
+    j->most[blk] = most;
+}
+
+/* -1 when out of memory. */
+static double magnitude_pool(const fgmm_estep_params *p, fgmm_pool *pool)
+{
+    const int nblk = params_blocks(p->k);
+    double *blk = malloc(sizeof(double) * (size_t)nblk), most = 0;
+    if (!blk) return -1;
+    terms_job job = {p, 0, NULL, NULL, NULL, blk};
+    run_blocks(pool, p->k, magnitude_block, &job);
+    for (int i = 0; i < nblk; i++)
+        if (blk[i] > most || blk[i] != blk[i]) most = blk[i];
+    free(blk);
+    return most;
 }
 
 double fgmm_estep_params_magnitude(const fgmm_estep_params *p)
 {
-    const int K = p->k, D = p->d;
-    double most = 0;
-    /* Blocks of components, so that w (dimension-major) is read along its
-     * rows: one component at a time strides by K and took 7 ms per pass at
-     * K = 1024, D = 768, a tenth of the GPU's E-step there. */
-    for (int k0 = 0; k0 < K; k0 += PARAMS_BLOCK) {
-        const int nb = K - k0 < PARAMS_BLOCK ? K - k0 : PARAMS_BLOCK;
-        double s[PARAMS_BLOCK];
-        for (int b = 0; b < nb; b++) s[b] = D;
-        for (int j = 0; j < D; j++) {
-            const double *w1 = p->w + (size_t)j * K + k0, *w2 = p->w + (size_t)(D + j) * K + k0;
-            for (int b = 0; b < nb; b++) {
-                const double m = w2[b] < 0 ? -w1[b] / (2 * w2[b]) : 0;
-                s[b] += fabs(m * w1[b]) + m * m * fabs(w2[b]);
-            }
-        }
-        for (int b = 0; b < nb; b++)
-            if (s[b] > most || s[b] != s[b]) most = s[b]; /* NaN: as large as can be */
-    }
-    return most;
+    double most = magnitude_pool(p, NULL);
+    return most < 0 ? INFINITY : most; /* out of memory: no claim of a small one */
 }
 
 const char *fgmm_engine_path(const fgmm_engine *e)
@@ -249,59 +310,77 @@ void fgmm_engine_pin_threads(fgmm_engine *e, int on)
  * instead of one per value. */
 #define LOG_GROUP 8
 
-/* w and c for model m in the coordinates of shift. */
-static void fill_with_shift(const fgmm_model *m, const double *shift, double *w, double *c)
+typedef struct {
+    const fgmm_model *m;
+    const double *shift;
+    double *w, *c;
+} fill_job;
+
+/* w and c of one block of components in the coordinates of shift. */
+static void fill_block(int blk, int worker, void *arg)
 {
+    (void)worker;
+    const fill_job *jb = arg;
+    const fgmm_model *m = jb->m;
+    const double *shift = jb->shift;
+    double *w = jb->w, *c = jb->c;
     int K = fgmm_model_k(m), D = fgmm_model_d(m);
     const double *wt = fgmm_model_weights_c(m), *mu = fgmm_model_means_c(m),
                  *var = fgmm_model_variances_c(m);
     int sph = fgmm_model_covariance(m) == FGMM_COV_SPHERICAL;
     const double log2pi = 1.8378770664093453;
-    /* Blocks of components: w is written along its rows (dimension-major),
-     * the block's means and variances stay in cache across j. sum_j log
+    /* The block's means and variances stay in cache across j. sum_j log
      * v_kj is taken as the log of products of LOG_GROUP variances: the logs
      * were most of this loop (9 ms a pass at K = 1024, D = 768, as much as a
      * sixth of the GPU's step). A product that leaves the normal range
      * (variances beyond ~1e38 or below ~1e-38) is redone value by value. */
-    for (int k0 = 0; k0 < K; k0 += PARAMS_BLOCK) {
-        const int nb = K - k0 < PARAMS_BLOCK ? K - k0 : PARAMS_BLOCK;
-        double acc[PARAMS_BLOCK], prod[PARAMS_BLOCK];
+    const int k0 = blk * PARAMS_BLOCK;
+    const int nb = K - k0 < PARAMS_BLOCK ? K - k0 : PARAMS_BLOCK;
+    double acc[PARAMS_BLOCK], prod[PARAMS_BLOCK];
+    for (int b = 0; b < nb; b++) {
+        acc[b] = D * log2pi;
+        prod[b] = 1;
+    }
+    for (int j = 0; j < D; j++) {
+        double *w1 = w + (size_t)j * K + k0, *w2 = w + (size_t)(D + j) * K + k0;
         for (int b = 0; b < nb; b++) {
-            acc[b] = D * log2pi;
+            const int k = k0 + b;
+            double v = sph ? var[k] : var[(size_t)k * D + j];
+            double mm = mu[(size_t)k * D + j] - shift[j];
+            w1[b] = mm / v;
+            w2[b] = -0.5 / v;
+            acc[b] += mm * w1[b];
+            prod[b] *= v;
+        }
+        if (j % LOG_GROUP != LOG_GROUP - 1 && j != D - 1) continue;
+        const int j0 = j - j % LOG_GROUP;
+        for (int b = 0; b < nb; b++) {
+            if (isnormal(prod[b]) && prod[b] > 0) {
+                acc[b] += log(prod[b]);
+            } else {
+                const int k = k0 + b;
+                for (int i = j0; i <= j; i++)
+                    acc[b] += log(sph ? var[k] : var[(size_t)k * D + i]);
+            }
             prod[b] = 1;
         }
-        for (int j = 0; j < D; j++) {
-            double *w1 = w + (size_t)j * K + k0, *w2 = w + (size_t)(D + j) * K + k0;
-            for (int b = 0; b < nb; b++) {
-                const int k = k0 + b;
-                double v = sph ? var[k] : var[(size_t)k * D + j];
-                double mm = mu[(size_t)k * D + j] - shift[j];
-                w1[b] = mm / v;
-                w2[b] = -0.5 / v;
-                acc[b] += mm * w1[b];
-                prod[b] *= v;
-            }
-            if (j % LOG_GROUP != LOG_GROUP - 1 && j != D - 1) continue;
-            const int j0 = j - j % LOG_GROUP;
-            for (int b = 0; b < nb; b++) {
-                if (isnormal(prod[b]) && prod[b] > 0) {
-                    acc[b] += log(prod[b]);
-                } else {
-                    const int k = k0 + b;
-                    for (int i = j0; i <= j; i++)
-                        acc[b] += log(sph ? var[k] : var[(size_t)k * D + i]);
-                }
-                prod[b] = 1;
-            }
-        }
-        for (int b = 0; b < nb; b++) c[k0 + b] = log(wt[k0 + b]) - 0.5 * acc[b];
     }
+    for (int b = 0; b < nb; b++) c[k0 + b] = log(wt[k0 + b]) - 0.5 * acc[b];
+}
+
+/* w and c for model m in the coordinates of shift, on pool's workers when
+ * pool is not NULL. */
+static void fill_with_shift(const fgmm_model *m, const double *shift, double *w, double *c,
+                            fgmm_pool *pool)
+{
+    fill_job job = {m, shift, w, c};
+    run_blocks(pool, fgmm_model_k(m), fill_block, &job);
 }
 
 void fgmm_estep_params_fill(const fgmm_model *m, double *w, double *c, double *shift)
 {
     fgmm_model_shift(m, shift);
-    fill_with_shift(m, shift, w, c);
+    fill_with_shift(m, shift, w, c, NULL);
 }
 
 /* The k-th smallest of v[0..n), with tmp (n) as scratch; v is reordered.
@@ -358,23 +437,43 @@ static int capped_precision_shift(const fgmm_model *m, double *shift)
     const int K = fgmm_model_k(m), D = fgmm_model_d(m);
     const int sph = fgmm_model_covariance(m) == FGMM_COV_SPHERICAL;
     const double *mu = fgmm_model_means_c(m), *var = fgmm_model_variances_c(m);
-    double *p = malloc(sizeof(double) * (size_t)K * 3);
-    if (!p) return 0;
-    double *q = p + K, *tmp = q + K, cap = 0;
+    const int nd = sph ? 1 : D; /* spherical: one precision per component */
+    /* The precisions dimension-major (pt[j K + k]), written a block of
+     * components at a time so that var is read along its rows: reading
+     * var[k D + j] down a column for each j took most of this function's
+     * 2 ms at K = 256, D = 784. */
+    double *pt = malloc(sizeof(double) * ((size_t)nd * K + 2 * (size_t)K + 3 * (size_t)D));
+    if (!pt) return 0;
+    double *q = pt + (size_t)nd * K, *tmp = q + K, *cap = tmp + K, *num = cap + D, *den = num + D;
+    for (int k0 = 0; k0 < K; k0 += PARAMS_BLOCK) {
+        const int nb = K - k0 < PARAMS_BLOCK ? K - k0 : PARAMS_BLOCK;
+        for (int j = 0; j < nd; j++)
+            for (int b = 0; b < nb; b++)
+                pt[(size_t)j * K + k0 + b] = 1.0 / (sph ? var[k0 + b] : var[(size_t)(k0 + b) * D + j]);
+    }
     for (int j = 0; j < D; j++) {
-        for (int k = 0; k < K; k++) q[k] = p[k] = 1.0 / (sph ? var[k] : var[(size_t)k * D + j]);
         /* Spherical: the same precisions, so the same cap, in every dimension. */
-        if (!sph || j == 0) cap = select_kth(q, tmp, K, (3 * (K - 1)) / 4);
-        double num = 0, den = 0;
-        for (int k = 0; k < K; k++) {
-            const double wk = p[k] < cap ? p[k] : cap;
-            num += wk * mu[(size_t)k * D + j];
-            den += wk;
+        if (j < nd) {
+            memcpy(q, pt + (size_t)j * K, sizeof(double) * (size_t)K);
+            cap[j] = select_kth(q, tmp, K, (3 * (K - 1)) / 4);
+        } else {
+            cap[j] = cap[0];
         }
-        const double s = num / den;
+        num[j] = den[j] = 0;
+    }
+    /* Component by component, each dimension's sums still in k order. */
+    for (int k = 0; k < K; k++)
+        for (int j = 0; j < D; j++) {
+            const double p = pt[(size_t)(sph ? 0 : j) * K + k];
+            const double wk = p < cap[j] ? p : cap[j];
+            num[j] += wk * mu[(size_t)k * D + j];
+            den[j] += wk;
+        }
+    for (int j = 0; j < D; j++) {
+        const double s = num[j] / den[j];
         if (isfinite(s)) shift[j] = s;
     }
-    free(p);
+    free(pt);
     return 1;
 }
 
@@ -515,15 +614,45 @@ fgmm_status fgmm_engine_pass(fgmm_engine *e, fgmm_source *src, const fgmm_model 
  * updated, and when at most `most` remain, e->stiff, e->w, e->c and
  * e->shift are redone for it; past `most` the pass goes to float64 and
  * needs none of them. */
-static fgmm_status try_capped_shift(fgmm_engine *e, const fgmm_model *m, double limit,
-                                    int64_t most, int64_t *n, fgmm_error *err)
+typedef struct {
+    const fgmm_model *m;
+    const double *s;
+    double limit;
+    unsigned char *flags;
+    double *t;  /* D per worker */
+    int64_t *n; /* per block */
+} recount_job;
+
+/* The stiff pairs of one block of components under the shift s. */
+static void recount_block(int blk, int worker, void *arg)
 {
-    const int K = e->k, D = e->d, sph = fgmm_model_covariance(m) == FGMM_COV_SPHERICAL;
-    const double *mu = fgmm_model_means_c(m), *var = fgmm_model_variances_c(m);
-    double *s = malloc(sizeof(double) * D), *t = malloc(sizeof(double) * D);
+    const recount_job *j = arg;
+    const int K = fgmm_model_k(j->m), D = fgmm_model_d(j->m);
+    const int sph = fgmm_model_covariance(j->m) == FGMM_COV_SPHERICAL;
+    const double *mu = fgmm_model_means_c(j->m), *var = fgmm_model_variances_c(j->m);
+    const int k0 = blk * PARAMS_BLOCK, k1 = K - k0 < PARAMS_BLOCK ? K : k0 + PARAMS_BLOCK;
+    double *t = j->t + (size_t)worker * D;
+    int64_t n = 0;
+    for (int k = k0; k < k1; k++) {
+        for (int jj = 0; jj < D; jj++) {
+            const double d = mu[(size_t)k * D + jj] - j->s[jj];
+            t[jj] = 1.5 * d * d / (sph ? var[k] : var[(size_t)k * D + jj]);
+        }
+        n += mark_component(t, D, j->limit, j->flags + (size_t)k * D);
+    }
+    j->n[blk] = n;
+}
+
+static fgmm_status try_capped_shift(fgmm_engine *e, const fgmm_model *m, double limit,
+                                    int64_t most, int64_t *n, fgmm_pool *pool, fgmm_error *err)
+{
+    const int K = e->k, D = e->d, nblk = params_blocks(K);
+    const int workers = pool ? fgmm_pool_threads(pool) : 1;
+    double *s = malloc(sizeof(double) * D), *t = malloc(sizeof(double) * D * workers);
     unsigned char *flags = malloc((size_t)K * D);
+    int64_t *nb = malloc(sizeof(int64_t) * (size_t)nblk);
     fgmm_status st = FGMM_OK;
-    if (!s || !t || !flags) {
+    if (!s || !t || !flags || !nb) {
         st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
         goto done;
     }
@@ -532,19 +661,15 @@ static fgmm_status try_capped_shift(fgmm_engine *e, const fgmm_model *m, double 
         st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
         goto done;
     }
+    recount_job job = {m, s, limit, flags, t, nb};
+    run_blocks(pool, K, recount_block, &job);
     int64_t n2 = 0;
-    for (int k = 0; k < K && n2 < *n; k++) {
-        for (int j = 0; j < D; j++) {
-            const double d = mu[(size_t)k * D + j] - s[j];
-            t[j] = 1.5 * d * d / (sph ? var[k] : var[(size_t)k * D + j]);
-        }
-        n2 += mark_component(t, D, limit, flags + (size_t)k * D);
-    }
+    for (int i = 0; i < nblk; i++) n2 += nb[i];
     if (n2 < *n) {
         *n = n2;
         if (n2 <= most) {
             memcpy(e->shift, s, sizeof(double) * D);
-            fill_with_shift(m, e->shift, e->w, e->c);
+            fill_with_shift(m, e->shift, e->w, e->c, pool);
             memcpy(e->stiff, flags, (size_t)K * D);
         }
     }
@@ -552,6 +677,7 @@ done:
     free(s);
     free(t);
     free(flags);
+    free(nb);
     return st;
 }
 
@@ -664,7 +790,7 @@ static fgmm_status fill_matrix_params(fgmm_engine *e, const fgmm_model *m, int l
     else
         fgmm_model_shift(m, e->mshift);
     e->params = (fgmm_estep_params){K, D, NULL, e->c, e->mshift, loglik_only, NULL, 0,
-                                    cov, e->factor, fgmm_model_means_c(m), NULL};
+                                    cov, e->factor, fgmm_model_means_c(m), NULL, NULL};
     return FGMM_OK;
 }
 
@@ -722,14 +848,20 @@ static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm
         e->params.pool = pool;
         return e->ops->begin_pass(e->backend, &e->params, err);
     }
-    fgmm_estep_params_fill(m, e->w, e->c, e->shift);
+    /* The model's terms on the host pool (fill_block). */
+    fgmm_pool *pool;
+    fgmm_status pst = fgmm_engine_host_pool(e, &pool, err);
+    if (pst) return pst;
+    fgmm_model_shift(m, e->shift);
+    fill_with_shift(m, e->shift, e->w, e->c, pool);
     e->params = (fgmm_estep_params){K,    D, e->w, e->c, e->shift, loglik_only, NULL, 0,
-                                    FGMM_COV_DIAG, NULL, NULL, NULL};
+                                    FGMM_COV_DIAG, NULL, NULL, NULL, pool};
     /* The back end's precision policy decides whether this model's
      * logits are too ill-conditioned for the mode asked for (fgmm_engine_
      * last_pass_fallback): such a pass (E-step, scoring or assignment) then
      * runs in float64 and says so. */
-    e->pass_magnitude = fgmm_estep_params_magnitude(&e->params);
+    e->pass_magnitude = magnitude_pool(&e->params, pool);
+    if (e->pass_magnitude < 0) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
     fgmm_precision want =
         e->ops->pass_precision(e->backend, e->precision, e->pass_magnitude, &e->pass_limit);
     e->pass_fell_back = want != e->precision ? FGMM_PASS_FP64 : FGMM_PASS_AS_ASKED;
@@ -749,13 +881,13 @@ static fgmm_status begin_model_pass(fgmm_engine *e, fgmm_source *src, const fgmm
         /* Too large terms in some pairs only: those pairs are evaluated
          * exactly and the rest runs DEFAULT. Past STIFF_MOST of all pairs
          * the exact evaluation costs more than float64 does. */
-        int64_t n = fgmm_estep_params_mark_stiff(&e->params, limit2, e->stiff);
+        int64_t n = mark_stiff_pool(&e->params, limit2, e->stiff, pool);
         if (n < 0) return fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
         const int64_t most = (int64_t)(STIFF_MOST * K * (double)D);
         /* A few stiff pairs (components on single rows) cost little as they
          * are, and a second shift would not remove them. */
         if (n > most / 8) {
-            fgmm_status st = try_capped_shift(e, m, limit2, most, &n, err);
+            fgmm_status st = try_capped_shift(e, m, limit2, most, &n, pool, err);
             if (st) return st;
         }
         e->pass_stiff = n;

@@ -161,7 +161,7 @@ TEST(Estep, StiffPairsByHand)
     fgmm_model_variances(m)[2 * D + 3] = 1e-6;
     std::vector<double> w(2 * D * K), c(K), shift(D);
     fgmm_estep_params_fill(m, w.data(), c.data(), shift.data());
-    fgmm_estep_params p = {K, D, w.data(), c.data(), shift.data(), 0, nullptr, 0, FGMM_COV_DIAG, nullptr, nullptr, nullptr};
+    fgmm_estep_params p = {K, D, w.data(), c.data(), shift.data(), 0, nullptr, 0, FGMM_COV_DIAG, nullptr, nullptr, nullptr, nullptr};
     const double limit = 1e5;
     std::vector<unsigned char> flags(K * D, 9);
     ASSERT_EQ(fgmm_estep_params_mark_stiff(&p, limit, flags.data()), 3);
@@ -182,6 +182,139 @@ TEST(Estep, StiffPairsByHand)
     // A limit above every component's sum: nothing is stiff.
     EXPECT_EQ(fgmm_estep_params_mark_stiff(&p, 1e20, flags.data()), 0);
     fgmm_model_free(m);
+}
+
+// A back end that records the terms the engine hands to begin_pass, with
+// the GPU's precision policy and stiff pairs, computing nothing; its pool
+// (the engine's host pool) has `threads` workers.
+struct TermsProbe {
+    fgmm_pool *pool = nullptr;
+    std::vector<double> w, c, shift;
+    std::vector<unsigned char> stiff;
+    int64_t n_stiff = -1;
+};
+
+fgmm_backend_ops terms_probe_ops()
+{
+    fgmm_backend_ops o{};
+    o.name = "probe";
+    o.device = FGMM_DEVICE_CUDA;
+    o.stiff_pairs = 1;
+    o.begin_pass = [](void *self, const fgmm_estep_params *p, fgmm_error *) {
+        TermsProbe *t = (TermsProbe *)self;
+        t->w.assign(p->w, p->w + 2 * p->d * p->k);
+        t->c.assign(p->c, p->c + p->k);
+        t->shift.assign(p->shift, p->shift + p->d);
+        t->stiff.assign(p->k * p->d, 0);
+        if (p->stiff) t->stiff.assign(p->stiff, p->stiff + p->k * p->d);
+        t->n_stiff = p->stiff ? p->n_stiff : 0;
+        return FGMM_OK;
+    };
+    o.accumulate = [](void *, const fgmm_chunk *, float *, fgmm_error *) { return FGMM_OK; };
+    o.end_pass = [](void *, fgmm_stats *out, fgmm_error *) {
+        fgmm_stats_add_loglik(out, -1.0, 1);
+        return FGMM_OK;
+    };
+    o.destroy = [](void *) {};
+    o.set_precision = [](void *, fgmm_precision, fgmm_error *) { return FGMM_OK; };
+    o.pass_precision = [](void *, fgmm_precision asked, double mag, double *limit) {
+        if (asked == FGMM_PRECISION_FP64) {
+            *limit = INFINITY;
+            return asked;
+        }
+        *limit = asked == FGMM_PRECISION_FAST ? 5e3 : 1e5;
+        return mag <= *limit ? asked : FGMM_PRECISION_FP64;
+    };
+    o.path = [](void *) { return "probe"; };
+    o.device_bytes = [](void *) { return (size_t)0; };
+    o.host_alloc = [](void *, size_t b) { return malloc(b); };
+    o.host_free = [](void *, void *q) { free(q); };
+    o.pool = [](void *self) { return ((TermsProbe *)self)->pool; };
+    return o;
+}
+
+// The pass's terms (w, c, shift, the stiff pairs and the second shift that
+// removes most of them) are computed a block of components at a time on
+// the engine's host pool: the same bits with 1 and 5 workers, and, with few
+// stiff pairs, the bits of the one-thread public functions.
+TEST(Estep, PassTermsOnThePoolAreTheOneThreadBits)
+{
+    const int K = 70, D = 37, N = 50;
+    fgmm_error err{};
+    fgmm_rng rng;
+    fgmm_rng_seed(&rng, 808);
+    std::vector<float> x((size_t)N * D, 0.5f);
+    fgmm_source *src;
+    ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, N, D, "mem", &src, &err), FGMM_OK);
+    for (int many : {0, 1}) {
+        SCOPED_TRACE(many ? "many stiff pairs" : "few stiff pairs");
+        fgmm_model *m;
+        ASSERT_EQ(fgmm_model_create(K, D, FGMM_COV_DIAG, &m, &err), FGMM_OK);
+        for (int k = 0; k < K; k++) {
+            fgmm_model_weights(m)[k] = 1.0 / K;
+            for (int j = 0; j < D; j++) {
+                // Many: blank in dimensions 0..11 for 30 of the components
+                // (MNIST's pixels), lit elsewhere.
+                const bool blank = many && k % 7 < 3 && j < 12;
+                fgmm_model_means(m)[k * D + j] = blank ? 0.0 : 5 + 3 * fgmm_rng_normal(&rng);
+                fgmm_model_variances(m)[k * D + j] =
+                    blank ? 1e-6 : 0.5 + fgmm_rng_uniform(&rng);
+            }
+        }
+        // Three components tight where no shift is near their means: stiff
+        // under either shift.
+        for (int k : {3, 40, 66}) fgmm_model_variances(m)[k * D + 20] = 1e-7;
+        TermsProbe got[2];
+        for (int i = 0; i < 2; i++) {
+            ASSERT_EQ(fgmm_pool_create(i == 0 ? 1 : 5, &got[i].pool, &err), FGMM_OK);
+            fgmm_backend_ops ops = terms_probe_ops();
+            static fgmm_backend_ops kept[2];
+            kept[i] = ops;
+            fgmm_engine *e;
+            ASSERT_EQ(fgmm_engine_create_on(&kept[i], &got[i], 1, &e, &err), FGMM_OK) << err.msg;
+            ASSERT_EQ(fgmm_engine_set_precision(e, FGMM_PRECISION_DEFAULT, &err), FGMM_OK);
+            fgmm_stats *s;
+            ASSERT_EQ(fgmm_stats_create(K, D, nullptr, &s, &err), FGMM_OK);
+            ASSERT_EQ(fgmm_engine_estep(e, src, m, s, nullptr, &err), FGMM_OK) << err.msg;
+            EXPECT_EQ(fgmm_engine_last_pass_fallback(e, nullptr, nullptr), FGMM_PASS_STIFF);
+            EXPECT_EQ(fgmm_engine_last_pass_stiff_pairs(e), got[i].n_stiff);
+            fgmm_stats_free(s);
+            fgmm_engine_free(e);
+            fgmm_pool_free(got[i].pool);
+        }
+        EXPECT_GT(got[0].n_stiff, 0);
+        EXPECT_EQ(got[0].n_stiff, got[1].n_stiff);
+        EXPECT_EQ(got[0].w, got[1].w);
+        EXPECT_EQ(got[0].c, got[1].c);
+        EXPECT_EQ(got[0].shift, got[1].shift);
+        EXPECT_EQ(got[0].stiff, got[1].stiff);
+        // Few: the pairs as marked under the model's own shift, which the
+        // second shift is not tried for.
+        std::vector<double> w(2 * D * K), c(K), shift(D);
+        fgmm_estep_params_fill(m, w.data(), c.data(), shift.data());
+        if (!many) {
+            EXPECT_EQ(got[0].w, w);
+            EXPECT_EQ(got[0].c, c);
+            EXPECT_EQ(got[0].shift, shift);
+            fgmm_estep_params p = {K, D, w.data(), c.data(), shift.data(), 0, nullptr, 0,
+                                   FGMM_COV_DIAG, nullptr, nullptr, nullptr, nullptr};
+            std::vector<unsigned char> flags(K * D);
+            EXPECT_EQ(fgmm_estep_params_mark_stiff(&p, 1e5, flags.data()), got[0].n_stiff);
+            EXPECT_EQ(got[0].stiff, flags);
+            EXPECT_EQ(got[0].n_stiff, 3);
+        } else {
+            // Many: the second shift sits on the blank pixels' value and
+            // leaves fewer pairs than the model's own shift.
+            EXPECT_NE(got[0].shift, shift);
+            for (int j = 0; j < 12; j++) EXPECT_NEAR(got[0].shift[j], 0.0, 1.0) << j;
+            fgmm_estep_params p = {K, D, w.data(), c.data(), shift.data(), 0, nullptr, 0,
+                                   FGMM_COV_DIAG, nullptr, nullptr, nullptr, nullptr};
+            std::vector<unsigned char> flags(K * D);
+            EXPECT_GT(fgmm_estep_params_mark_stiff(&p, 1e5, flags.data()), got[0].n_stiff);
+        }
+        fgmm_model_free(m);
+    }
+    fgmm_source_close(src);
 }
 
 // The CPU engine keeps float64 logits: it computes even a model the GPU
