@@ -31,7 +31,9 @@
  * bounds the per-row log-likelihood scratch. */
 #define CACHED_CALL_ROWS ((int64_t)1 << 20)
 
-/* Components per block in the O(K*D) per-pass loops over the model. */
+/* Components per block in the O(K*D) per-pass loops over the model: the
+ * host pool's unit of work, so small enough that K = 256 gives 16 blocks,
+ * and a block's row of w still fills whole cache lines (128 bytes). */
 #define PARAMS_BLOCK 16
 /* The largest share of (component, dimension) pairs a pass evaluates
  * exactly (FGMM_PASS_STIFF) rather than on float64 kernels. Measured on
@@ -170,9 +172,10 @@ static int mark_component(const double *t, int D, double limit, unsigned char *f
 /* The engine's O(K D) per-pass work on the model's terms, a block of
  * PARAMS_BLOCK components per item: w (dimension-major) is read and written
  * along its rows, and each block's results are its own, so running the
- * blocks on the host pool gives the same bits as one thread (on the GPU
- * host one thread took 7.5-8.7 ms a pass at K = 256, D = 784, and 20-37 ms
- * at K = 1024, D = 768 or K = 4096, D = 128). */
+ * blocks on the host pool gives the same bits as one thread. Between two
+ * GPU steps this is host time the GPU waits for: 200k to 800k pairs at
+ * K = 256, D = 784 or K = 1024, D = 768, several passes over them when the
+ * stiff pairs are marked and a second shift is tried. */
 static int params_blocks(int K) { return (K + PARAMS_BLOCK - 1) / PARAMS_BLOCK; }
 
 static void run_blocks(fgmm_pool *pool, int K, void (*fn)(int, int, void *), void *arg)
@@ -439,9 +442,8 @@ static int capped_precision_shift(const fgmm_model *m, double *shift)
     const double *mu = fgmm_model_means_c(m), *var = fgmm_model_variances_c(m);
     const int nd = sph ? 1 : D; /* spherical: one precision per component */
     /* The precisions dimension-major (pt[j K + k]), written a block of
-     * components at a time so that var is read along its rows: reading
-     * var[k D + j] down a column for each j took most of this function's
-     * 2 ms at K = 256, D = 784. */
+     * components at a time so that var is read along its rows rather than
+     * down a column for each j. */
     double *pt = malloc(sizeof(double) * ((size_t)nd * K + 2 * (size_t)K + 3 * (size_t)D));
     if (!pt) return 0;
     double *q = pt + (size_t)nd * K, *tmp = q + K, *cap = tmp + K, *num = cap + D, *den = num + D;
@@ -449,7 +451,8 @@ static int capped_precision_shift(const fgmm_model *m, double *shift)
         const int nb = K - k0 < PARAMS_BLOCK ? K - k0 : PARAMS_BLOCK;
         for (int j = 0; j < nd; j++)
             for (int b = 0; b < nb; b++)
-                pt[(size_t)j * K + k0 + b] = 1.0 / (sph ? var[k0 + b] : var[(size_t)(k0 + b) * D + j]);
+                pt[(size_t)j * K + k0 + b] =
+                    1.0 / (sph ? var[k0 + b] : var[(size_t)(k0 + b) * D + j]);
     }
     for (int j = 0; j < D; j++) {
         /* Spherical: the same precisions, so the same cap, in every dimension. */

@@ -301,9 +301,6 @@ static void add_all_but_scatter(fgmm_stats *dst, const fgmm_stats *src)
     }
 }
 
-/* dst's scatter lower triangles += src's, whose matrices are D x D
- * (packed 0) or packed lower triangles (row a of matrix f at f D(D+1)/2 +
- * a(a+1)/2). */
 typedef struct {
     fgmm_stats *dst;
     const double *src;

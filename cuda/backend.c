@@ -200,7 +200,8 @@ static fgmm_status cuda_end_pass(void *self, fgmm_stats *out, fgmm_error *err)
     if (st) return st;
     offer_delivered(b, b->calls); /* end_pass delivered everything */
     fgmm_stats_add_loglik(b->st, ll, b->rows);
-    return b->matrix ? fgmm_stats_add_packed(out, b->st, tri, b->pool, err) : fgmm_stats_add(out, b->st, err);
+    return b->matrix ? fgmm_stats_add_packed(out, b->st, tri, b->pool, err)
+                     : fgmm_stats_add(out, b->st, err);
 }
 
 static void cuda_destroy(void *self)
