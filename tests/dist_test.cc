@@ -519,7 +519,12 @@ void expect_close(const Job &a, const Job &b, const std::string &what)
 {
     for (const char *key : {"loglik", "weights", "means", "variances"}) {
         ASSERT_EQ(a.model.at(key).size(), b.model.at(key).size()) << key;
-        double bound = std::string(key) == "loglik" ? 1e-12 : 1e-9;
+        // Ranks sum the same chunks' statistics in another order, and ten EM
+        // steps magnify that rounding: within 1e-13 on most seeds, but on
+        // about one in 30 a step lifts it to 1e-9 and the last steps to
+        // 1e-7.
+        // A lost or doubled rank or chunk moves them by a twelfth or more.
+        double bound = std::string(key) == "loglik" ? 1e-9 : 1e-6;
         double got = std::string(key) == "loglik" ? 0 : max_rel(a.model.at(key), b.model.at(key));
         if (std::string(key) == "loglik")
             for (size_t i = 0; i < a.model.at(key).size(); i++)
