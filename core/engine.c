@@ -435,47 +435,81 @@ static double select_kth(double *v, double *tmp, int n, int k)
  * terms vanish; one tight component alone (a component on an outlying row)
  * weighs no more than the common ones and cannot drag it away from the
  * data. Returns 0 when out of memory. */
-static int capped_precision_shift(const fgmm_model *m, double *shift)
+typedef struct {
+    const fgmm_model *m;
+    int sph;     /* spherical: one precision per component */
+    int nd;      /* rows of pt: D, or 1 (spherical) */
+    double *pt;  /* nd x K: the precisions dimension-major */
+    double *q;   /* 2 K per worker: select_kth's copy and scratch */
+    double *shift;
+} capped_job;
+
+/* pt's columns of one block of components: var read along its rows. */
+static void capped_transpose_block(int blk, int worker, void *arg)
+{
+    (void)worker;
+    const capped_job *j = arg;
+    const int K = fgmm_model_k(j->m), D = fgmm_model_d(j->m);
+    const double *var = fgmm_model_variances_c(j->m);
+    const int k0 = blk * PARAMS_BLOCK, nb = K - k0 < PARAMS_BLOCK ? K - k0 : PARAMS_BLOCK;
+    for (int jj = 0; jj < j->nd; jj++)
+        for (int b = 0; b < nb; b++)
+            j->pt[(size_t)jj * K + k0 + b] =
+                1.0 / (j->sph ? var[k0 + b] : var[(size_t)(k0 + b) * D + jj]);
+}
+
+/* The capped shift of PARAMS_BLOCK dimensions: each one's cap, then its
+ * weighted sums over the components in k order. */
+static void capped_dims_block(int blk, int worker, void *arg)
+{
+    const capped_job *j = arg;
+    const int K = fgmm_model_k(j->m), D = fgmm_model_d(j->m);
+    const double *mu = fgmm_model_means_c(j->m);
+    const int j0 = blk * PARAMS_BLOCK, nj = D - j0 < PARAMS_BLOCK ? D - j0 : PARAMS_BLOCK;
+    double *q = j->q + (size_t)worker * 2 * K, cap[PARAMS_BLOCK], num[PARAMS_BLOCK],
+           den[PARAMS_BLOCK];
+    /* Spherical: the same precisions, so the same cap, in every dimension. */
+    for (int b = 0; b < nj; b++) {
+        if (b == 0 || !j->sph) {
+            memcpy(q, j->pt + (size_t)(j->sph ? 0 : j0 + b) * K, sizeof(double) * (size_t)K);
+            cap[b] = select_kth(q, q + K, K, (3 * (K - 1)) / 4);
+        } else {
+            cap[b] = cap[0];
+        }
+        num[b] = den[b] = 0;
+    }
+    for (int k = 0; k < K; k++)
+        for (int b = 0; b < nj; b++) {
+            const double p = j->pt[(size_t)(j->sph ? 0 : j0 + b) * K + k];
+            const double wk = p < cap[b] ? p : cap[b];
+            num[b] += wk * mu[(size_t)k * D + j0 + b];
+            den[b] += wk;
+        }
+    for (int b = 0; b < nj; b++) {
+        const double sh = num[b] / den[b];
+        if (isfinite(sh)) j->shift[j0 + b] = sh;
+    }
+}
+
+/* A shift for a model with stiff pairs: per dimension the mean of the
+ * means weighted by precisions capped at their upper quartile over the
+ * components. Where a quarter or more of the components are tight at one
+ * value (MNIST's pixels blank in many clusters) it lands there and their
+ * terms vanish; one tight component alone (a component on an outlying row)
+ * weighs no more than the common ones and cannot drag it away from the
+ * data. Blocks of components, then of dimensions, on pool's workers (NULL:
+ * this thread); each dimension's sums run over the components in order, so
+ * the bits do not depend on the workers. Returns 0 when out of memory. */
+static int capped_precision_shift(const fgmm_model *m, double *shift, fgmm_pool *pool)
 {
     const int K = fgmm_model_k(m), D = fgmm_model_d(m);
-    const int sph = fgmm_model_covariance(m) == FGMM_COV_SPHERICAL;
-    const double *mu = fgmm_model_means_c(m), *var = fgmm_model_variances_c(m);
-    const int nd = sph ? 1 : D; /* spherical: one precision per component */
-    /* The precisions dimension-major (pt[j K + k]), written a block of
-     * components at a time so that var is read along its rows rather than
-     * down a column for each j. */
-    double *pt = malloc(sizeof(double) * ((size_t)nd * K + 2 * (size_t)K + 3 * (size_t)D));
+    const int sph = fgmm_model_covariance(m) == FGMM_COV_SPHERICAL, nd = sph ? 1 : D;
+    const int workers = pool ? fgmm_pool_threads(pool) : 1;
+    double *pt = malloc(sizeof(double) * (size_t)K * ((size_t)nd + 2 * (size_t)workers));
     if (!pt) return 0;
-    double *q = pt + (size_t)nd * K, *tmp = q + K, *cap = tmp + K, *num = cap + D, *den = num + D;
-    for (int k0 = 0; k0 < K; k0 += PARAMS_BLOCK) {
-        const int nb = K - k0 < PARAMS_BLOCK ? K - k0 : PARAMS_BLOCK;
-        for (int j = 0; j < nd; j++)
-            for (int b = 0; b < nb; b++)
-                pt[(size_t)j * K + k0 + b] =
-                    1.0 / (sph ? var[k0 + b] : var[(size_t)(k0 + b) * D + j]);
-    }
-    for (int j = 0; j < D; j++) {
-        /* Spherical: the same precisions, so the same cap, in every dimension. */
-        if (j < nd) {
-            memcpy(q, pt + (size_t)j * K, sizeof(double) * (size_t)K);
-            cap[j] = select_kth(q, tmp, K, (3 * (K - 1)) / 4);
-        } else {
-            cap[j] = cap[0];
-        }
-        num[j] = den[j] = 0;
-    }
-    /* Component by component, each dimension's sums still in k order. */
-    for (int k = 0; k < K; k++)
-        for (int j = 0; j < D; j++) {
-            const double p = pt[(size_t)(sph ? 0 : j) * K + k];
-            const double wk = p < cap[j] ? p : cap[j];
-            num[j] += wk * mu[(size_t)k * D + j];
-            den[j] += wk;
-        }
-    for (int j = 0; j < D; j++) {
-        const double s = num[j] / den[j];
-        if (isfinite(s)) shift[j] = s;
-    }
+    capped_job job = {m, sph, nd, pt, pt + (size_t)nd * K, shift};
+    run_blocks(pool, K, capped_transpose_block, &job);
+    run_blocks(pool, D, capped_dims_block, &job);
     free(pt);
     return 1;
 }
@@ -660,7 +694,7 @@ static fgmm_status try_capped_shift(fgmm_engine *e, const fgmm_model *m, double 
         goto done;
     }
     memcpy(s, e->shift, sizeof(double) * D);
-    if (!capped_precision_shift(m, s)) {
+    if (!capped_precision_shift(m, s, pool)) {
         st = fgmm_fail(err, FGMM_ERR_NO_MEMORY, "out of memory");
         goto done;
     }
