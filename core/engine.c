@@ -428,13 +428,7 @@ static double select_kth(double *v, double *tmp, int n, int k)
     return v[k];
 }
 
-/* A shift for a model with stiff pairs: per dimension the mean of the
- * means weighted by precisions capped at their upper quartile over the
- * components. Where a quarter or more of the components are tight at one
- * value (MNIST's pixels blank in many clusters) it lands there and their
- * terms vanish; one tight component alone (a component on an outlying row)
- * weighs no more than the common ones and cannot drag it away from the
- * data. Returns 0 when out of memory. */
+/* capped_precision_shift's work, shared by its blocks. */
 typedef struct {
     const fgmm_model *m;
     int sph;     /* spherical: one precision per component */

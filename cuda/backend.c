@@ -376,7 +376,7 @@ static fgmm_status cuda_kmeans_nearest(void *self, const double *centers, int k,
         c[kk] = -0.5 * nn;
     }
     b->km_params =
-        (fgmm_estep_params){k, d, w, c, shift, 1, NULL, 0, FGMM_COV_DIAG, NULL, NULL, NULL};
+        (fgmm_estep_params){k, d, w, c, shift, 1, NULL, 0, FGMM_COV_DIAG, NULL, NULL, NULL, NULL};
     if ((st = cuda_begin_pass(b, &b->km_params, err))) goto done;
     fgmm_chunk ch = {x, sizeof(float) * (size_t)d, 0, s, FGMM_F32};
     st = cuda_assign(b, &ch, 1, label, resp, ll, err);

@@ -115,8 +115,10 @@ fgmm_status fgmmc_begin_pass_stiff(fgmmc_context *ctx, int k, int d, const doubl
  * the log-joint of row x and component k is
  *   l_k(x) = c[k] - |F_k (x - mu_k)|^2 / 2
  * with F_k = factor + k*d*d (tied: factor), d x d lower triangular
- * row-major, means k x d, shift d (any centre near the data: rows and
- * means are taken relative to it before the fp32 arithmetic). The
+ * row-major with zeros above the diagonal (the whole matrix is read; from
+ * pinned memory it goes up at the link's speed), means k x d, shift d
+ * (any centre near the data: rows and means are taken relative to it
+ * before the fp32 arithmetic). The
  * statistics fgmmc_end_matrix_pass returns: nk and ll as fgmmc_end_pass
  * does; sums[k*2d + j] = sum r_k (x_j - centre_kj) with centre mu_k (full)
  * or shift (tied), the second half of each row zero; scatter = the lower

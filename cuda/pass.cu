@@ -350,6 +350,12 @@ fgmm_status fgmmc_begin_matrix_pass(fgmmc_context *ctx, int k, int d, int tied,
                            "parameter staging", err)))
         return st;
     if ((st = idle_staging(ctx, err))) return st;
+    /* The pinned buffer the packed scatter sums come back in: reserved now,
+     * so that a shortage stops the pass before it runs. */
+    if ((st = HOST_RESERVE(ctx, ctx->h_mx_tri, ctx->cap_h_mx_tri,
+                           nf * ((size_t)d * (d + 1) / 2) * sizeof(double), "scatter download",
+                           err)))
+        return st;
     float *hm = (float *)ctx->h_param, *hc = hm + (size_t)k * d, *hs = hc + k;
     /* Means relative to the shift, in double before the rounding. */
     for (int kk = 0; kk < k; kk++)
@@ -412,11 +418,10 @@ fgmm_status fgmmc_end_matrix_pass(fgmmc_context *ctx, double *nk, double *sums,
         return fgmm_fail(err, FGMM_ERR_ARGUMENT, "fgmmc_end_matrix_pass: scatter is NULL");
     const size_t nf = ctx->matrix == 2 ? 1 : (size_t)ctx->k, d = (size_t)ctx->d;
     const size_t ntri = d * (d + 1) / 2;
-    fgmm_status st = HOST_RESERVE(ctx, ctx->h_mx_tri, ctx->cap_h_mx_tri,
-                                  nf * ntri * sizeof(double), "scatter download", err);
-    if (st || (st = fgmmc_end_pass(ctx, nk, sums, ll_sum, err))) return st;
+    fgmm_status st = fgmmc_end_pass(ctx, nk, sums, ll_sum, err);
+    if (st) return st;
     /* The triangles come back packed into pinned memory (half of D x D, at
-     * the link's speed). */
+     * the link's speed; reserved by begin). */
     FGMMC_CHECK(cudaMemcpy(ctx->h_mx_tri, ctx->d_mx_scatter, nf * ntri * sizeof(double),
                            cudaMemcpyDeviceToHost),
                 err);

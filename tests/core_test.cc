@@ -122,7 +122,8 @@ TEST(Estep, LogitMagnitudeByHand)
     fgmm_model_weights(m)[1] = 0.75;
     std::vector<double> w(8), c(2), shift(2);
     fgmm_estep_params_fill(m, w.data(), c.data(), shift.data());
-    fgmm_estep_params p = {2, 2, w.data(), c.data(), shift.data(), 0, nullptr, 0, FGMM_COV_DIAG, nullptr, nullptr, nullptr};
+    fgmm_estep_params p = {2,       2,       w.data(), c.data(), shift.data(), 0, nullptr, 0,
+                           FGMM_COV_DIAG, nullptr, nullptr, nullptr, nullptr};
     // Per component: D + sum_j 1.5 (mu - shift)^2 / var.
     double best = 0;
     for (int k = 0; k < 2; k++) {
