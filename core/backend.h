@@ -232,6 +232,11 @@ int fgmm_pool_threads(const fgmm_pool *p);
 void fgmm_pool_set_pinned(fgmm_pool *p, int on);
 void fgmm_pool_run(fgmm_pool *p, int items, int workers,
                    void (*fn)(int item, int worker, void *arg), void *arg);
+/* fgmm_pool_run on all of p's workers, or, p NULL, every item in order on
+ * this thread as worker 0: for work whose items are independent, so the
+ * result is the same either way. */
+void fgmm_pool_run_all(fgmm_pool *p, int items, void (*fn)(int item, int worker, void *arg),
+                       void *arg);
 void fgmm_pool_free(fgmm_pool *p);
 
 /* The pool for the engine's host work of O(K D^3), one component per item

@@ -176,14 +176,27 @@ static int mark_component(const double *t, int D, double limit, unsigned char *f
  * GPU steps this is host time the GPU waits for: 200k to 800k pairs at
  * K = 256, D = 784 or K = 1024, D = 768, several passes over them when the
  * stiff pairs are marked and a second shift is tried. */
-static int params_blocks(int K) { return (K + PARAMS_BLOCK - 1) / PARAMS_BLOCK; }
+static int params_blocks(int n) { return (n + PARAMS_BLOCK - 1) / PARAMS_BLOCK; }
 
-static void run_blocks(fgmm_pool *pool, int K, void (*fn)(int, int, void *), void *arg)
+/* How many of n items (components or dimensions) block blk holds; its
+ * first is blk * PARAMS_BLOCK. */
+static int block_len(int blk, int n)
 {
-    const int n = params_blocks(K);
-    if (pool && n > 1) fgmm_pool_run(pool, n, fgmm_pool_threads(pool), fn, arg);
-    else
-        for (int i = 0; i < n; i++) fn(i, 0, arg);
+    const int first = blk * PARAMS_BLOCK;
+    return n - first < PARAMS_BLOCK ? n - first : PARAMS_BLOCK;
+}
+
+static void run_blocks(fgmm_pool *pool, int n, void (*fn)(int, int, void *), void *arg)
+{
+    fgmm_pool_run_all(pool, params_blocks(n), fn, arg);
+}
+
+/* The size of a pair's terms in its component's logit, with the pair's
+ * mean m = -w1 / (2 w2) in shifted coordinates (fgmm_estep_params_magnitude). */
+static double pair_term(double w1, double w2)
+{
+    const double m = w2 < 0 ? -w1 / (2 * w2) : 0;
+    return fabs(m * w1) + m * m * fabs(w2);
 }
 
 typedef struct {
@@ -199,15 +212,11 @@ static void mark_block(int blk, int worker, void *arg)
 {
     const terms_job *j = arg;
     const fgmm_estep_params *p = j->p;
-    const int K = p->k, D = p->d, k0 = blk * PARAMS_BLOCK;
-    const int nb = K - k0 < PARAMS_BLOCK ? K - k0 : PARAMS_BLOCK;
+    const int K = p->k, D = p->d, k0 = blk * PARAMS_BLOCK, nb = block_len(blk, K);
     double *t = j->t + (size_t)worker * D * PARAMS_BLOCK;
     for (int jj = 0; jj < D; jj++) {
         const double *w1 = p->w + (size_t)jj * K + k0, *w2 = p->w + (size_t)(D + jj) * K + k0;
-        for (int b = 0; b < nb; b++) {
-            const double m = w2[b] < 0 ? -w1[b] / (2 * w2[b]) : 0;
-            t[(size_t)b * D + jj] = fabs(m * w1[b]) + m * m * fabs(w2[b]);
-        }
+        for (int b = 0; b < nb; b++) t[(size_t)b * D + jj] = pair_term(w1[b], w2[b]);
     }
     int64_t n = 0;
     for (int b = 0; b < nb; b++)
@@ -244,16 +253,12 @@ static void magnitude_block(int blk, int worker, void *arg)
     (void)worker;
     const terms_job *j = arg;
     const fgmm_estep_params *p = j->p;
-    const int K = p->k, D = p->d, k0 = blk * PARAMS_BLOCK;
-    const int nb = K - k0 < PARAMS_BLOCK ? K - k0 : PARAMS_BLOCK;
+    const int K = p->k, D = p->d, k0 = blk * PARAMS_BLOCK, nb = block_len(blk, K);
     double s[PARAMS_BLOCK], most = 0;
     for (int b = 0; b < nb; b++) s[b] = D;
     for (int jj = 0; jj < D; jj++) {
         const double *w1 = p->w + (size_t)jj * K + k0, *w2 = p->w + (size_t)(D + jj) * K + k0;
-        for (int b = 0; b < nb; b++) {
-            const double m = w2[b] < 0 ? -w1[b] / (2 * w2[b]) : 0;
-            s[b] += fabs(m * w1[b]) + m * m * fabs(w2[b]);
-        }
+        for (int b = 0; b < nb; b++) s[b] += pair_term(w1[b], w2[b]);
     }
     for (int b = 0; b < nb; b++)
         if (s[b] > most || s[b] != s[b]) most = s[b]; /* NaN: as large as can be */
@@ -337,8 +342,7 @@ static void fill_block(int blk, int worker, void *arg)
      * were most of this loop (9 ms a pass at K = 1024, D = 768, as much as a
      * sixth of the GPU's step). A product that leaves the normal range
      * (variances beyond ~1e38 or below ~1e-38) is redone value by value. */
-    const int k0 = blk * PARAMS_BLOCK;
-    const int nb = K - k0 < PARAMS_BLOCK ? K - k0 : PARAMS_BLOCK;
+    const int k0 = blk * PARAMS_BLOCK, nb = block_len(blk, K);
     double acc[PARAMS_BLOCK], prod[PARAMS_BLOCK];
     for (int b = 0; b < nb; b++) {
         acc[b] = D * log2pi;
@@ -445,7 +449,7 @@ static void capped_transpose_block(int blk, int worker, void *arg)
     const capped_job *j = arg;
     const int K = fgmm_model_k(j->m), D = fgmm_model_d(j->m);
     const double *var = fgmm_model_variances_c(j->m);
-    const int k0 = blk * PARAMS_BLOCK, nb = K - k0 < PARAMS_BLOCK ? K - k0 : PARAMS_BLOCK;
+    const int k0 = blk * PARAMS_BLOCK, nb = block_len(blk, K);
     for (int jj = 0; jj < j->nd; jj++)
         for (int b = 0; b < nb; b++)
             j->pt[(size_t)jj * K + k0 + b] =
@@ -459,7 +463,7 @@ static void capped_dims_block(int blk, int worker, void *arg)
     const capped_job *j = arg;
     const int K = fgmm_model_k(j->m), D = fgmm_model_d(j->m);
     const double *mu = fgmm_model_means_c(j->m);
-    const int j0 = blk * PARAMS_BLOCK, nj = D - j0 < PARAMS_BLOCK ? D - j0 : PARAMS_BLOCK;
+    const int j0 = blk * PARAMS_BLOCK, nj = block_len(blk, D);
     double *q = j->q + (size_t)worker * 2 * K, cap[PARAMS_BLOCK], num[PARAMS_BLOCK],
            den[PARAMS_BLOCK];
     /* Spherical: the same precisions, so the same cap, in every dimension. */
@@ -639,12 +643,6 @@ fgmm_status fgmm_engine_pass(fgmm_engine *e, fgmm_source *src, const fgmm_model 
     return finish_pass(e, ops, be, out, t_rows, err);
 }
 
-/* capped_precision_shift's shift instead of e->shift when it leaves fewer
- * stiff pairs than the *n marked now (as fgmm_estep_params_mark_stiff
- * counts them, from the model: a term is 1.5 (mu - s)^2 / v). *n is then
- * updated, and when at most `most` remain, e->stiff, e->w, e->c and
- * e->shift are redone for it; past `most` the pass goes to float64 and
- * needs none of them. */
 typedef struct {
     const fgmm_model *m;
     const double *s;
@@ -661,7 +659,7 @@ static void recount_block(int blk, int worker, void *arg)
     const int K = fgmm_model_k(j->m), D = fgmm_model_d(j->m);
     const int sph = fgmm_model_covariance(j->m) == FGMM_COV_SPHERICAL;
     const double *mu = fgmm_model_means_c(j->m), *var = fgmm_model_variances_c(j->m);
-    const int k0 = blk * PARAMS_BLOCK, k1 = K - k0 < PARAMS_BLOCK ? K : k0 + PARAMS_BLOCK;
+    const int k0 = blk * PARAMS_BLOCK, k1 = k0 + block_len(blk, K);
     double *t = j->t + (size_t)worker * D;
     int64_t n = 0;
     for (int k = k0; k < k1; k++) {
@@ -674,6 +672,12 @@ static void recount_block(int blk, int worker, void *arg)
     j->n[blk] = n;
 }
 
+/* capped_precision_shift's shift instead of e->shift when it leaves fewer
+ * stiff pairs than the *n marked now (as fgmm_estep_params_mark_stiff
+ * counts them, from the model: a term is 1.5 (mu - s)^2 / v). *n is then
+ * updated, and when at most `most` remain, e->stiff, e->w, e->c and
+ * e->shift are redone for it; past `most` the pass goes to float64 and
+ * needs none of them. */
 static fgmm_status try_capped_shift(fgmm_engine *e, const fgmm_model *m, double limit,
                                     int64_t most, int64_t *n, fgmm_pool *pool, fgmm_error *err)
 {

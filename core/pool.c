@@ -175,6 +175,14 @@ void fgmm_pool_run(fgmm_pool *p, int items, int workers,
     if (pin) (void)pthread_setaffinity_np(pthread_self(), sizeof saved, &saved);
 }
 
+void fgmm_pool_run_all(fgmm_pool *p, int items, void (*fn)(int item, int worker, void *arg),
+                       void *arg)
+{
+    if (p) fgmm_pool_run(p, items, p->threads, fn, arg);
+    else
+        for (int i = 0; i < items; i++) fn(i, 0, arg);
+}
+
 void fgmm_pool_free(fgmm_pool *p)
 {
     if (!p) return;

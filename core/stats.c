@@ -115,7 +115,7 @@ static void zero_scatter(int f, int worker, void *arg)
 }
 
 /* Everything, the scatter matrices on pool's workers when pool is not
- * NULL (and there is more than one). */
+ * NULL. */
 static void zero_all(fgmm_stats *s, fgmm_pool *pool)
 {
     memset(s->nk, 0, sizeof(double) * (size_t)s->k);
@@ -123,10 +123,7 @@ static void zero_all(fgmm_stats *s, fgmm_pool *pool)
     s->loglik = 0;
     s->rows = 0;
     s->n_worst = 0;
-    const int nm = (int)scatter_count(s->layout, s->k);
-    if (pool && nm > 1) fgmm_pool_run(pool, nm, fgmm_pool_threads(pool), zero_scatter, s);
-    else
-        for (int f = 0; f < nm; f++) zero_scatter(f, 0, s);
+    fgmm_pool_run_all(pool, (int)scatter_count(s->layout, s->k), zero_scatter, s);
 }
 
 void fgmm_stats_zero(fgmm_stats *s) { zero_all(s, NULL); }
@@ -323,16 +320,12 @@ static void add_scatter_one(int f, int worker, void *arg)
     }
 }
 
-/* Every matrix, on pool's workers when pool is not NULL (and there is more
- * than one): each matrix's sums are its own, so the bits do not depend on
- * which worker adds it. */
+/* Every matrix, on pool's workers when pool is not NULL: each matrix's
+ * sums are its own, so the bits do not depend on which worker adds it. */
 static void add_scatter(fgmm_stats *dst, const double *src, int packed, fgmm_pool *pool)
 {
     scatter_add job = {dst, src, packed};
-    const int nm = (int)scatter_count(dst->layout, dst->k);
-    if (pool && nm > 1) fgmm_pool_run(pool, nm, fgmm_pool_threads(pool), add_scatter_one, &job);
-    else
-        for (int f = 0; f < nm; f++) add_scatter_one(f, 0, &job);
+    fgmm_pool_run_all(pool, (int)scatter_count(dst->layout, dst->k), add_scatter_one, &job);
 }
 
 fgmm_status fgmm_stats_add(fgmm_stats *dst, const fgmm_stats *src, fgmm_error *err)
@@ -522,9 +515,7 @@ static fgmm_status mstep_matrix(const fgmm_stats *s, fgmm_model *m, double reg_c
     }
     if (full && n_alive > 0) {
         cov_job job = {s, cov, l, alive, minor, reg_covar};
-        if (pool) fgmm_pool_run(pool, n_alive, workers, cov_one, &job);
-        else
-            for (int i = 0; i < n_alive; i++) cov_one(i, 0, &job);
+        fgmm_pool_run_all(pool, n_alive, cov_one, &job);
         /* The first failing component, in order, as one thread would. */
         for (int i = 0; i < n_alive; i++)
             if (minor[i]) {
