@@ -683,7 +683,9 @@ void matrix_case(fgmm_covariance cov, int64_t n, int K, int D, double emin, doub
                "covariances %.2e ll %.2e\n",
                fgmm_engine_device_name(e), fgmm_engine_path(e), fgmm_covariance_name(cov),
                (long long)n, K, D, emax / emin, ew, em, ec, el);
-        if (dev == FGMM_DEVICE_CUDA && path) EXPECT_STREQ(fgmm_engine_path(e), path);
+        if (dev == FGMM_DEVICE_CUDA && path) {
+            EXPECT_STREQ(fgmm_engine_path(e), path);
+        }
         EXPECT_LE(ew, tol);
         EXPECT_LE(em, tol);
         EXPECT_LE(ec, tol);
