@@ -158,6 +158,8 @@ struct fgmmc_context {
     void *d_mx_live;
     float *d_mx_tied; /* tied: whitened rows and means (fgmmc_matrix_tied_bytes) */
     int mx_whiten;    /* tied: this pass's logits from them (fgmmc_begin_matrix_pass) */
+    int mx_screen;    /* full: this pass screens its logits (fgmmc_select_screen) */
+    int mx_screen_rest; /* full: unscreened passes to go (fgmmc_select_screen_rest) */
     size_t cap_mx_f, cap_mx_m, cap_mx_c, cap_mx_l, cap_mx_scatter, cap_mx_live, cap_mx_tied;
 
     /* the current pass */

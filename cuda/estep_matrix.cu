@@ -63,6 +63,12 @@
 #define MX_DT 64      /* tied distances: rows and components per block */
 #define MX_DK 32      /* tied distances: dimensions per staged step */
 #define MX_LIVE 1e-30f /* live: the smallest responsibility that is listed */
+/* The screen: tf32's unit roundoff twice plus 256 fp32 additions, with
+ * room (mx_screen_bounds); and the window below a row's best lower bound
+ * past which a component's upper bound cannot be live (log 1e30 = 69.08
+ * and room for fp32's log-sum-exp). */
+#define MX_SCREEN_U 1.25e-3
+#define MX_WINDOW 70.f
 
 int64_t fgmmc_matrix_sub_rows(int k)
 {
@@ -187,16 +193,60 @@ static __device__ __forceinline__ void mma_tf32x3(float (&d)[4], const uint32_t 
     mma_tf32(d, ah, bh0, bh1);
 }
 
+/* ------------------------------------------------------------ the screen */
+
+/* Floats ordered as unsigned keys (atomicMax keeps a row's largest lower
+ * bound whatever the order of the writers); key 0 reads back as NaN,
+ * which lists every component of its row. */
+static __device__ __forceinline__ unsigned mx_key(float f)
+{
+    const unsigned u = __float_as_uint(f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+static __device__ __forceinline__ float mx_unkey(unsigned k)
+{
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+/* The screen's bounds on the logit c - |z|^2 / 2 from one tf32 product.
+ * y and F are rounded to tf32 (2^-11 each) and a z_i sums at most 256
+ * products in fp32, so z~_i is within MX_SCREEN_U sum_j |F_ij| |y_j| <=
+ * MX_SCREEN_U |F_i| |y| of z_i: |z~ - z| <= E = ek |y|, ek = MX_SCREEN_U
+ * |F|_F (mx_fnorm_kernel), and the logit is within E |z~| + 1.5 E^2 of
+ * c - |z~|^2 / 2; the rest covers fp32's rounding of |z~|^2 (D terms),
+ * |y|^2 and the logit itself. */
+static __device__ __forceinline__ void mx_screen_bounds(float c, float qs, float ysq, float ek,
+                                                        float &lo, float &hi)
+{
+    const float e = ek * sqrtf(1.001f * ysq);
+    const float err = e * sqrtf(qs) + 1.5f * e * e + 1e-4f * qs + 1e-6f * fabsf(c) + 1e-6f;
+    const float mid = c - 0.5f * qs;
+    lo = mid - err;
+    hi = mid + err;
+}
+
 /* The logits kernel's shared memory: a step's rows Y (tf32 pairs), two
  * stages of factor columns F (tf32 pairs, copied asynchronously one step
- * ahead), and each column quarter's share of |z|^2 per row. Rows are
- * MX_LS = 36 words: 16-byte aligned, and a fragment's 8 rows x 4 words
- * hit 32 banks. */
+ * ahead), each column quarter's share of |z|^2 per row, and for a screen
+ * the rows' |Y|^2, for listed rows their indices. Rows are MX_LS = 36
+ * words: 16-byte aligned, and a fragment's 8 rows x 4 words hit 32
+ * banks. Two blocks fill an SM's 228 KB. The screen (one product) leaves
+ * the low parts unused. */
 typedef struct {
     uint32_t yh[MX_TR][MX_LS], yl[MX_TR][MX_LS];
     uint32_t fh[2][MX_TC][MX_LS], fl[2][MX_TC][MX_LS];
     float q[4][MX_TR];
+    float ysq[MX_TR];
+    int rix[MX_TR];
 } mx_logit_smem;
+
+/* Row r of a tile: with listed rows S.rix[r], else row0 + r; the tile's
+ * first vr rows are real, the rest read as zeros. */
+static __device__ __forceinline__ int64_t mx_row(const mx_logit_smem &S, bool listed,
+                                                 int64_t row0, int r)
+{
+    return listed ? (int64_t)S.rix[r] : row0 + r;
+}
 
 /* Step s of the logits' walk: column pass jb, inner indices i0.. (F is
  * lower triangular: pass jb needs i0 < min(d, jb + MX_TC)). */
@@ -215,13 +265,15 @@ static __device__ __forceinline__ bool mx_step(int d, int s, int &jb, int &i0)
 }
 
 /* Starts the asynchronous copy of F's columns jb.., inner i0.. into stage
- * st. Columns and inner indices past d arrive as zeros. */
+ * st (with P = 1 the high parts only). Columns and inner indices past d
+ * arrive as zeros. */
+template <int P>
 static __device__ __forceinline__ void mx_fetch_f(mx_logit_smem &S, int st, const float *Fh,
                                                   const float *Fl, int d, int jb, int i0, bool v4)
 {
     const int t = threadIdx.x;
     /* Columns j < i0 of F meet only its zeros at inner i0..: no warp
-     * reads them on this step (mx_logits_kernel's skip), so they are not
+     * reads them on this step (mx_logit_tile's skip), so they are not
      * copied. */
     const int j_lo = i0 > jb ? i0 - jb : 0, cols = MX_TC - j_lo;
     if (v4) { /* d % 4 == 0: 16-byte pieces, each wholly inside or past d */
@@ -231,7 +283,7 @@ static __device__ __forceinline__ void mx_fetch_f(mx_logit_smem &S, int st, cons
             const bool in = j < d && i < d;
             const size_t at = in ? (size_t)j * d + i : 0;
             cp_async16(&S.fh[st][jj][c], Fh + at, in ? 16 : 0);
-            cp_async16(&S.fl[st][jj][c], Fl + at, in ? 16 : 0);
+            if (P == 3) cp_async16(&S.fl[st][jj][c], Fl + at, in ? 16 : 0);
         }
     } else {
         for (int e = t; e < cols * MX_IC; e += MX_LOGIT_THREADS) {
@@ -240,36 +292,40 @@ static __device__ __forceinline__ void mx_fetch_f(mx_logit_smem &S, int st, cons
             const bool in = j < d && i < d;
             const size_t at = in ? (size_t)j * d + i : 0;
             cp_async4(&S.fh[st][jj][c], Fh + at, in ? 4 : 0);
-            cp_async4(&S.fl[st][jj][c], Fl + at, in ? 4 : 0);
+            if (P == 3) cp_async4(&S.fl[st][jj][c], Fl + at, in ? 4 : 0);
         }
     }
     cp_async_commit();
 }
 
-/* Rows row0.. of Y = x - shift - mu_k, inner indices i0.., as tf32
- * pairs in shared memory (rows past n and indices past d as zeros), in two
- * halves so that some loads of the next step are in flight while this
- * step multiplies. With v4 (d % 4 == 0 and the rows aligned) thread t
- * loads columns 4 (t % 8).. of rows t / 8 + 32 u, u < 4, into v: rows u <
- * MX_PF early (mx_load_y4<0, MX_PF>), the rest when they are converted and
- * stored (mx_finish_y). Without v4, mx_finish_y stages a value at a time.
- * The values' bits are those of load_y either way. */
+/* Rows of Y = x - shift - mu_k, inner indices i0.., in shared memory
+ * (rows past vr and indices past d as zeros): as tf32 pairs (P = 3) or
+ * their high parts (P = 1), in two halves so that some loads of the next
+ * step are in flight while this step multiplies. With v4 (d % 4 == 0 and
+ * the rows aligned) thread t loads columns 4 (t % 8).. of rows t / 8 + 32
+ * u, u < 4, into v: rows u < MX_PF early (mx_load_y4<0, MX_PF>), the rest
+ * when they are converted and stored (mx_finish_y). Without v4,
+ * mx_finish_y stages a value at a time. The values' bits are those of
+ * load_y either way. With sq, each row's sum of y^2 over these indices
+ * joins S.ysq[row] (one writer per row: the same bits every run). */
 template <int U0, int U1>
-static __device__ __forceinline__ void mx_load_y4(float4 (&v)[4], const void *x, int dtype,
-                                                  int64_t n, int d, int64_t row0, int i0)
+static __device__ __forceinline__ void mx_load_y4(float4 (&v)[4], const mx_logit_smem &S,
+                                                  bool listed, const void *x, int dtype, int vr,
+                                                  int d, int64_t row0, int i0)
 {
     const int t = threadIdx.x, i = i0 + 4 * (t & 7);
 #pragma unroll
     for (int u = U0; u < U1; u++) {
-        const int64_t row = row0 + (t >> 3) + 32 * u;
-        v[u] = i < d && row < n ? load_x4(x, dtype, (size_t)row * d + i)
-                                : make_float4(0.f, 0.f, 0.f, 0.f);
+        const int r = (t >> 3) + 32 * u;
+        v[u] = i < d && r < vr ? load_x4(x, dtype, (size_t)mx_row(S, listed, row0, r) * d + i)
+                               : make_float4(0.f, 0.f, 0.f, 0.f);
     }
 }
 
-static __device__ __forceinline__ void mx_store_y4(mx_logit_smem &S, const float4 (&v)[4],
-                                                   int64_t n, int d, const float *shift,
-                                                   const float *mk, int64_t row0, int i0)
+template <int P>
+static __device__ __forceinline__ void mx_store_y4(mx_logit_smem &S, const float4 (&v)[4], int vr,
+                                                   int d, const float *shift, const float *mk,
+                                                   int i0, bool sq)
 {
     const int t = threadIdx.x, c = 4 * (t & 7), i = i0 + c;
     const bool in = i < d;
@@ -283,67 +339,96 @@ static __device__ __forceinline__ void mx_store_y4(mx_logit_smem &S, const float
 #pragma unroll
     for (int u = 0; u < 4; u++) {
         const int r = (t >> 3) + 32 * u;
-        const bool ok = in && row0 + r < n;
+        const bool ok = in && r < vr;
         const float xv[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
         uint32_t h[4], l[4];
+        float s2 = 0.f;
 #pragma unroll
         for (int q = 0; q < 4; q++) {
             const float y = ok ? __fsub_rn(__fsub_rn(xv[q], sh[q]), mu[q]) : 0.f;
-            split_tf32(y, h[q], l[q]);
+            if (P == 3)
+                split_tf32(y, h[q], l[q]);
+            else
+                h[q] = tf32_of(y);
+            s2 = fmaf(y, y, s2);
         }
         *reinterpret_cast<uint4 *>(&S.yh[r][c]) = make_uint4(h[0], h[1], h[2], h[3]);
-        *reinterpret_cast<uint4 *>(&S.yl[r][c]) = make_uint4(l[0], l[1], l[2], l[3]);
+        if (P == 3) *reinterpret_cast<uint4 *>(&S.yl[r][c]) = make_uint4(l[0], l[1], l[2], l[3]);
+        if (sq) { /* the 8 lanes t % 8 of row r, in a fixed butterfly */
+            s2 += __shfl_xor_sync(0xffffffffu, s2, 1);
+            s2 += __shfl_xor_sync(0xffffffffu, s2, 2);
+            s2 += __shfl_xor_sync(0xffffffffu, s2, 4);
+            if ((t & 7) == 0) S.ysq[r] += s2;
+        }
     }
 }
 
-static __device__ __forceinline__ void mx_finish_y(mx_logit_smem &S, float4 (&v)[4], const void *x,
-                                                   int dtype, int64_t n, int d, const float *shift,
-                                                   const float *mk, int64_t row0, int i0, bool v4)
+template <int P>
+static __device__ __forceinline__ void mx_finish_y(mx_logit_smem &S, float4 (&v)[4], bool listed,
+                                                   const void *x, int dtype, int vr, int d,
+                                                   const float *shift, const float *mk,
+                                                   int64_t row0, int i0, bool v4, bool sq)
 {
     if (v4) {
-        mx_load_y4<MX_PF, 4>(v, x, dtype, n, d, row0, i0);
-        mx_store_y4(S, v, n, d, shift, mk, row0, i0);
+        mx_load_y4<MX_PF, 4>(v, S, listed, x, dtype, vr, d, row0, i0);
+        mx_store_y4<P>(S, v, vr, d, shift, mk, i0, sq);
         return;
     }
+    /* Warp w stages rows w + 8 j, a lane per inner index. */
     for (int e = threadIdx.x; e < MX_TR * MX_IC; e += MX_LOGIT_THREADS) {
         const int r = e / MX_IC, ii = e % MX_IC, i = i0 + ii;
-        const int64_t row = row0 + r;
         float y = 0.f;
-        if (row < n && i < d)
-            y = __fsub_rn(load_y(x, dtype, (size_t)row * d + i, shift ? shift[i] : 0.f),
+        if (r < vr && i < d)
+            y = __fsub_rn(load_y(x, dtype, (size_t)mx_row(S, listed, row0, r) * d + i,
+                                 shift ? shift[i] : 0.f),
                           mk ? mk[i] : 0.f);
-        split_tf32(y, S.yh[r][ii], S.yl[r][ii]);
+        if (P == 3)
+            split_tf32(y, S.yh[r][ii], S.yl[r][ii]);
+        else
+            S.yh[r][ii] = tf32_of(y);
+        if (sq) {
+            float s2 = y * y;
+            for (int o = 16; o > 0; o >>= 1) s2 += __shfl_xor_sync(0xffffffffu, s2, o);
+            if (ii == 0) S.ysq[r] += s2;
+        }
     }
 }
 
-/* grid (row tiles, components). Warp w computes 64 rows x 32 columns of
- * the tile's z: rows 64 (w & 1), column quarter cq. F is lower triangular,
- * so quarter cq meets only the inner steps i0 < 32 (cq + 1) (within the
- * column pass): the quarters' work is 4 : 3 : 2 : 1 steps, and the map
- * below gives each of the SM's four schedulers (warps w and w + 4, w mod 4)
- * quarters {0, 3} or {1, 2}, 5 steps each (less the same 6 products of
- * each quarter's diagonal step). Per step: F of the next step
- * is copied asynchronously, and part of its rows loaded, while this step
- * multiplies; fragments come by ldmatrix. */
-__global__ void __launch_bounds__(MX_LOGIT_THREADS, 2)
-    mx_logits_kernel(const void *x, int dtype, int64_t n, int d, int K, const float *shift,
-                     const float *m, const float *F, size_t f_lo, size_t f_stride,
-                     const float *c, float *l, float *zout, int v4)
+/* The logit terms of one tile of up to MX_TR rows against component k:
+ * rows row0.. of the batch (listed false; vr = the real ones among them)
+ * or the vr rows whose indices the caller put in S.rix. Warp w computes
+ * 64 rows x 32 columns of the tile's z: rows 64 (w & 1), column quarter
+ * cq. F is lower triangular, so quarter cq meets only the inner steps i0
+ * < 32 (cq + 1) (within the column pass): the quarters' work is 4 : 3 : 2
+ * : 1 steps, and the map below gives each of the SM's four schedulers
+ * (warps w and w + 4, w mod 4) quarters {0, 3} or {1, 2}, 5 steps each
+ * (less the same 6 products of each quarter's diagonal step). Per step: F
+ * of the next step is copied asynchronously, and part of its rows loaded,
+ * while this step multiplies; fragments come by ldmatrix.
+ * Output: zout (n x d) the z themselves when not NULL; else with P = 3
+ * l[row][k] = c_k - |z|^2 / 2, and with P = 1 (the screen, one tf32
+ * product) an upper bound of that logit into l[row][k] and a lower bound
+ * folded into the row's lowkey (mx_screen_bounds). */
+template <int P>
+static __device__ void mx_logit_tile(mx_logit_smem &S, bool listed, int vr, const void *x,
+                                     int dtype, int64_t n, int d, int K, int k, int64_t row0,
+                                     const float *shift, const float *m, const float *F,
+                                     size_t f_lo, size_t f_stride, const float *c, float *l,
+                                     float *zout, bool v4, const float *ek, unsigned *lowkey)
 {
-    extern __shared__ __align__(16) unsigned char mx_smem[];
-    mx_logit_smem &S = *reinterpret_cast<mx_logit_smem *>(mx_smem);
     const int t = threadIdx.x, w = t >> 5, lane = t & 31, g = lane >> 2, tq = lane & 3;
-    const int k = blockIdx.y;
-    const int64_t row0 = (int64_t)blockIdx.x * MX_TR;
     const float *Fh = F + (size_t)k * f_stride, *Fl = Fh + f_lo, *mk = m ? m + (size_t)k * d : NULL;
     const int sched = w & 3, second = w >> 2;
     const int wr = 64 * (sched & 1);
     const int cq = (sched >> 1) == 0 ? (second ? 3 : 0) : (second ? 2 : 1);
     const int wc = 32 * cq;
     const bool fv4 = (d & 3) == 0; /* F rows are 16-byte aligned */
+    const bool screen = P == 1 && !zout;
     /* |z|^2 per (quarter, row), summed over the column passes: each entry
      * has one writer (lane tq == 0 of one warp), so the order is fixed. */
     for (int e = t; e < 4 * MX_TR; e += MX_LOGIT_THREADS) (&S.q[0][0])[e] = 0.f;
+    if (screen)
+        for (int e = t; e < MX_TR; e += MX_LOGIT_THREADS) S.ysq[e] = 0.f;
     float acc[4][4][4];
 #pragma unroll
     for (int mt = 0; mt < 4; mt++)
@@ -353,10 +438,11 @@ __global__ void __launch_bounds__(MX_LOGIT_THREADS, 2)
             for (int i = 0; i < 4; i++) acc[mt][nt][i] = 0.f;
     int jb, i0;
     mx_step(d, 0, jb, i0);
-    mx_fetch_f(S, 0, Fh, Fl, d, jb, i0, fv4);
+    mx_fetch_f<P>(S, 0, Fh, Fl, d, jb, i0, fv4);
+    __syncthreads(); /* S.rix, and the zeroed sums */
     float4 yv[4];
-    if (v4) mx_load_y4<0, MX_PF>(yv, x, dtype, n, d, row0, i0);
-    mx_finish_y(S, yv, x, dtype, n, d, shift, mk, row0, i0, v4 != 0);
+    if (v4) mx_load_y4<0, MX_PF>(yv, S, listed, x, dtype, vr, d, row0, i0);
+    mx_finish_y<P>(S, yv, listed, x, dtype, vr, d, shift, mk, row0, i0, v4, screen);
     /* Step s: Y of step s is staged (stored at the end of step s - 1);
      * F of step s + 1 and, with v4, the rows of step s + 1 are fetched
      * while step s multiplies. */
@@ -364,8 +450,8 @@ __global__ void __launch_bounds__(MX_LOGIT_THREADS, 2)
         int njb, ni0;
         const bool more = mx_step(d, s + 1, njb, ni0);
         if (more) {
-            mx_fetch_f(S, (s + 1) & 1, Fh, Fl, d, njb, ni0, fv4);
-            if (v4) mx_load_y4<0, MX_PF>(yv, x, dtype, n, d, row0, ni0);
+            mx_fetch_f<P>(S, (s + 1) & 1, Fh, Fl, d, njb, ni0, fv4);
+            if (v4) mx_load_y4<0, MX_PF>(yv, S, listed, x, dtype, vr, d, row0, ni0);
         }
         if (more)
             cp_async_wait<1>();
@@ -399,23 +485,32 @@ __global__ void __launch_bounds__(MX_LOGIT_THREADS, 2)
                     bh[2 * np][1] = v[1];
                     bh[2 * np + 1][0] = v[2];
                     bh[2 * np + 1][1] = v[3];
-                    ldm_x4_u32(v, &S.fl[st][col][wd]);
-                    bl[2 * np][0] = v[0];
-                    bl[2 * np][1] = v[1];
-                    bl[2 * np + 1][0] = v[2];
-                    bl[2 * np + 1][1] = v[3];
+                    if (P == 3) {
+                        ldm_x4_u32(v, &S.fl[st][col][wd]);
+                        bl[2 * np][0] = v[0];
+                        bl[2 * np][1] = v[1];
+                        bl[2 * np + 1][0] = v[2];
+                        bl[2 * np + 1][1] = v[3];
+                    }
                 }
 #pragma unroll
                 for (int mt = 0; mt < 4; mt++) {
+                    /* 16-row tiles wholly past the real rows (a short
+                     * list's last tile) add nothing. */
+                    if (wr + 16 * mt >= vr) continue;
                     const int r = wr + 16 * mt + lr + 8 * (lm & 1), wd = kk + 4 * (lm >> 1);
                     uint32_t ah[4], al[4];
                     ldm_x4_u32(ah, &S.yh[r][wd]);
-                    ldm_x4_u32(al, &S.yl[r][wd]);
+                    if (P == 3) ldm_x4_u32(al, &S.yl[r][wd]);
 #pragma unroll
                     for (int nt = 0; nt < 4; nt++)
-                        if (!(diag && 8 * (nt + 1) <= kk))
-                            mma_tf32x3(acc[mt][nt], ah, al, bh[nt][0], bh[nt][1], bl[nt][0],
-                                       bl[nt][1]);
+                        if (!(diag && 8 * (nt + 1) <= kk)) {
+                            if (P == 3)
+                                mma_tf32x3(acc[mt][nt], ah, al, bh[nt][0], bh[nt][1], bl[nt][0],
+                                           bl[nt][1]);
+                            else
+                                mma_tf32(acc[mt][nt], ah, bh[nt][0], bh[nt][1]);
+                        }
                 }
             }
         }
@@ -461,16 +556,75 @@ __global__ void __launch_bounds__(MX_LOGIT_THREADS, 2)
         }
         __syncthreads(); /* Y and this stage of F are free again */
         if (!more) break;
-        mx_finish_y(S, yv, x, dtype, n, d, shift, mk, row0, ni0, v4 != 0);
+        /* A screen sums y^2 where a column pass first meets its inner
+         * indices (pass jb stages 0.. jb + MX_TC; jb.. are new). */
+        mx_finish_y<P>(S, yv, listed, x, dtype, vr, d, shift, mk, row0, ni0, v4,
+                       screen && ni0 >= njb);
         jb = njb;
         i0 = ni0;
     }
-    if (t < MX_TR && !zout) {
-        const int64_t row = row0 + t;
-        if (row < n) {
-            const float qs = ((S.q[0][t] + S.q[1][t]) + S.q[2][t]) + S.q[3][t];
+    if (t < vr && !zout) {
+        const int64_t row = mx_row(S, listed, row0, t);
+        const float qs = ((S.q[0][t] + S.q[1][t]) + S.q[2][t]) + S.q[3][t];
+        if (screen) {
+            float lo, hi;
+            mx_screen_bounds(c[k], qs, S.ysq[t], ek[k], lo, hi);
+            l[(size_t)row * K + k] = hi;
+            atomicMax(lowkey + row, mx_key(lo));
+        } else {
             l[(size_t)row * K + k] = c[k] - 0.5f * qs;
         }
+    }
+}
+
+/* grid (row tiles, components): tile blockIdx.x of the batch against
+ * component blockIdx.y. P = 3: tf32 x 3 logits (or, with zout, the
+ * whitened rows); P = 1: the screen's bounds. */
+template <int P>
+__global__ void __launch_bounds__(MX_LOGIT_THREADS, 2)
+    mx_logits_kernel(const void *x, int dtype, int64_t n, int d, int K, const float *shift,
+                     const float *m, const float *F, size_t f_lo, size_t f_stride,
+                     const float *c, float *l, float *zout, int v4, const float *ek,
+                     unsigned *lowkey)
+{
+    extern __shared__ __align__(16) unsigned char mx_smem[];
+    mx_logit_smem &S = *reinterpret_cast<mx_logit_smem *>(mx_smem);
+    const int64_t row0 = (int64_t)blockIdx.x * MX_TR;
+    const int vr = n - row0 < MX_TR ? (int)(n - row0) : MX_TR;
+    mx_logit_tile<P>(S, false, vr, x, dtype, n, d, K, blockIdx.y, row0, shift, m, F, f_lo,
+                     f_stride, c, l, zout, v4 != 0, ek, lowkey);
+}
+
+/* The screen's candidates again, in tf32 x 3: component k's listed rows
+ * cand[k * stride ..] (cand_n[k] of them) in tiles of MX_TR, tile i of
+ * all components' at item i (items[k]: component k's first; items[K]:
+ * the count). A grid of a few blocks per SM walks the items. */
+__global__ void __launch_bounds__(MX_LOGIT_THREADS, 2)
+    mx_refine_kernel(const void *x, int dtype, int d, int K, const float *shift, const float *m,
+                     const float *F, size_t f_lo, size_t f_stride, const float *c, float *l,
+                     int v4, const int *cand, const int *cand_n, int64_t stride,
+                     const int *items)
+{
+    extern __shared__ __align__(16) unsigned char mx_smem[];
+    mx_logit_smem &S = *reinterpret_cast<mx_logit_smem *>(mx_smem);
+    const int total = items[K];
+    for (int it = blockIdx.x; it < total; it += gridDim.x) {
+        int lo = 0, hi = K - 1; /* the last k with items[k] <= it */
+        while (lo < hi) {
+            const int mid = (lo + hi + 1) >> 1;
+            if (items[mid] <= it)
+                lo = mid;
+            else
+                hi = mid - 1;
+        }
+        const int k = lo;
+        const int64_t p0 = (int64_t)(it - items[k]) * MX_TR;
+        const int vr = cand_n[k] - p0 < MX_TR ? (int)(cand_n[k] - p0) : MX_TR;
+        __syncthreads(); /* the previous tile's readers of S are done */
+        for (int e = threadIdx.x; e < MX_TR; e += MX_LOGIT_THREADS)
+            S.rix[e] = e < vr ? cand[(size_t)k * stride + p0 + e] : 0;
+        mx_logit_tile<3>(S, true, vr, x, dtype, 0, d, K, k, 0, shift, m, F, f_lo, f_stride, c, l,
+                         NULL, v4 != 0, NULL, NULL);
     }
 }
 
@@ -564,43 +718,59 @@ __global__ void __launch_bounds__(256)
 }
 
 /* The live lists' buffer (b->mx_live), laid out for the largest
- * sub-batch: per (component, chunk) nk in double and a count, then each
- * component's total, then each component's list (sub-batch rows long).
- * Entry (k, chunk) sits at k * nch + chunk, nch the sub-batch's chunks. */
+ * sub-batch: the pass's counts of candidate and screened pairs (2 x
+ * u64), per (component, chunk) nk in double and a count, each
+ * component's total, each component's list (sub-batch rows long); then
+ * the screen's tiles per component (K + 1), rows' lower-bound keys
+ * (sub-batch rows) and bound factors ek (K). Entry (k, chunk) sits at k *
+ * nch + chunk, nch the sub-batch's chunks. The screen's candidates use
+ * the lists before the live rows do, within one sub-batch. */
 typedef struct {
+    unsigned long long *count;
     double *nkp;
-    int *cnt, *live_n, *live;
+    int *cnt, *live_n, *live, *items;
+    unsigned *lowkey;
+    float *ek;
 } mx_live_bufs;
 
 static int64_t live_chunks(int64_t rows) { return (rows + MX_CH - 1) / MX_CH; }
 
-size_t fgmmc_matrix_live_bytes(int k)
-{
-    const int64_t sub = fgmmc_matrix_sub_rows(k), nch = live_chunks(sub);
-    return (size_t)k * nch * (sizeof(double) + sizeof(int)) + (size_t)k * sizeof(int) +
-           (size_t)k * sub * sizeof(int);
-}
-
 static mx_live_bufs live_bufs(void *base, int k)
 {
-    const int64_t nch = live_chunks(fgmmc_matrix_sub_rows(k));
+    const int64_t sub = fgmmc_matrix_sub_rows(k), nch = live_chunks(sub);
     mx_live_bufs L;
-    L.nkp = (double *)base;
+    L.count = (unsigned long long *)base;
+    L.nkp = (double *)(L.count + 2);
     L.cnt = (int *)(L.nkp + (size_t)k * nch);
     L.live_n = L.cnt + (size_t)k * nch;
     L.live = L.live_n + k;
+    L.items = L.live + (size_t)k * sub;
+    L.lowkey = (unsigned *)(L.items + k + 1);
+    L.ek = (float *)(L.lowkey + sub);
     return L;
 }
 
+size_t fgmmc_matrix_live_bytes(int k)
+{
+    const size_t sub = (size_t)fgmmc_matrix_sub_rows(k), nch = (size_t)live_chunks((int64_t)sub);
+    const size_t K = (size_t)k;
+    return 2 * sizeof(unsigned long long) + K * nch * (sizeof(double) + sizeof(int)) +
+           K * sizeof(int) + K * sub * sizeof(int) + (K + 1) * sizeof(int) +
+           sub * sizeof(unsigned) + K * sizeof(float);
+}
+
 /* grid (chunks, ceil(K / 8)), 256 threads: warp w takes component
- * blockIdx.y * 8 + w over the chunk's rows, a lane per row. Without off:
- * the chunk's count of live rows (r >= MX_LIVE) and its sum of r (in
- * double, a fixed butterfly) into cnt and nkp at k * nch + chunk. With
- * off: the live rows, in row order, into live[k * stride + off[k * nch +
- * chunk] ..]. */
+ * blockIdx.y * 8 + w over the chunk's rows, a lane per row. A row is
+ * listed when its responsibility R is at least MX_LIVE, or (CAND, R the
+ * screen's upper bounds) when its upper bound is not below the row's
+ * best lower bound less MX_WINDOW. Without off: the chunk's count into
+ * cnt at k * nch + chunk and (not CAND) its sum of R, in double, a fixed
+ * butterfly, into nkp. With off: the rows, in row order, into live[k *
+ * stride + off[k * nch + chunk] ..]. */
+template <bool CAND>
 __global__ void __launch_bounds__(256)
     mx_live_kernel(const float *R, int64_t n, int K, int nch, int *cnt, double *nkp,
-                   const int *off, int *live, int64_t stride)
+                   const int *off, int *live, int64_t stride, const unsigned *lowkey)
 {
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int k = blockIdx.y * 8 + w;
@@ -613,26 +783,32 @@ __global__ void __launch_bounds__(256)
     for (int64_t r0 = c0; r0 < c1; r0 += 32) {
         const int64_t row = r0 + lane;
         const float r = row < c1 ? R[(size_t)row * K + k] : 0.f;
-        const bool in = r >= MX_LIVE;
+        bool in;
+        if (CAND) /* NaN bounds list the row */
+            in = row < c1 && !(r < mx_unkey(lowkey[row]) - MX_WINDOW);
+        else
+            in = r >= MX_LIVE;
         const unsigned b = __ballot_sync(0xffffffffu, in);
-        if (!off)
-            nk += r;
-        else if (in)
+        if (!off) {
+            if (!CAND) nk += r;
+        } else if (in) {
             live[(size_t)k * stride + o + __popc(b & ((1u << lane) - 1u))] = (int)row;
+        }
         o += __popc(b);
     }
     if (!off) {
-        for (int x = 16; x > 0; x >>= 1) nk += __shfl_xor_sync(0xffffffffu, nk, x);
+        if (!CAND)
+            for (int x = 16; x > 0; x >>= 1) nk += __shfl_xor_sync(0xffffffffu, nk, x);
         if (lane == 0) {
             cnt[at] = o;
-            nkp[at] = nk;
+            if (!CAND) nkp[at] = nk;
         }
     }
 }
 
 /* A thread per component: its counts become their exclusive prefix over
- * the chunks, live_n[k] the total, and its nk (chunks in order) joins the
- * accumulators (acc: k * (2d + 1) entries, nk at 2d). */
+ * the chunks, live_n[k] the total, and (nkp not NULL) its nk, chunks in
+ * order, joins the accumulators (acc: k * (2d + 1) entries, nk at 2d). */
 __global__ void mx_live_scan_kernel(int K, int nch, int *cnt, const double *nkp, int *live_n,
                                     double *acc, int d)
 {
@@ -646,10 +822,68 @@ __global__ void mx_live_scan_kernel(int K, int nch, int *cnt, const double *nkp,
         const int v = cnt[at];
         cnt[at] = total;
         total += v;
-        nk += nkp[at];
+        if (nkp) nk += nkp[at];
     }
     live_n[k] = total;
-    acc[(size_t)k * (2 * d + 1) + 2 * d] += nk;
+    if (nkp) acc[(size_t)k * (2 * d + 1) + 2 * d] += nk;
+}
+
+/* One block: items[k] = the refine's tiles of components before k
+ * (ceil(cand_n / MX_TR) each), items[K] all of them; the pass's counts
+ * of candidate pairs and screened pairs grow by this sub-batch's. */
+__global__ void __launch_bounds__(256)
+    mx_items_kernel(const int *cand_n, int K, int *items, unsigned long long *count,
+                    unsigned long long pairs)
+{
+    __shared__ int part[256];
+    __shared__ unsigned long long cpart[256];
+    const int t = threadIdx.x, per = (K + 255) / 256;
+    const int k0 = t * per < K ? t * per : K, k1 = k0 + per < K ? k0 + per : K;
+    int s = 0;
+    unsigned long long cs = 0;
+    for (int k = k0; k < k1; k++) {
+        s += (cand_n[k] + MX_TR - 1) / MX_TR;
+        cs += (unsigned long long)cand_n[k];
+    }
+    part[t] = s;
+    cpart[t] = cs;
+    __syncthreads();
+    if (t == 0) {
+        int run = 0;
+        unsigned long long all = 0;
+        for (int i = 0; i < 256; i++) {
+            const int v = part[i];
+            part[i] = run;
+            run += v;
+            all += cpart[i];
+        }
+        items[K] = run;
+        count[0] += all;
+        count[1] += pairs;
+    }
+    __syncthreads();
+    int run = part[t];
+    for (int k = k0; k < k1; k++) {
+        items[k] = run;
+        run += (cand_n[k] + MX_TR - 1) / MX_TR;
+    }
+}
+
+/* Block k: ek[k] = MX_SCREEN_U |F_k|_F from the float64 factors f (K x d
+ * x d), rounded up (mx_screen_bounds). */
+__global__ void __launch_bounds__(256) mx_fnorm_kernel(const double *f, int d, float *ek)
+{
+    __shared__ double part[256];
+    const double *fk = f + (size_t)blockIdx.x * d * d;
+    double s = 0;
+    for (size_t i = threadIdx.x; i < (size_t)d * d; i += 256) s = fma(fk[i], fk[i], s);
+    part[threadIdx.x] = s;
+    __syncthreads();
+    for (int o = 128; o > 0; o >>= 1) {
+        if ((int)threadIdx.x < o) part[threadIdx.x] += part[threadIdx.x + o];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) ek[blockIdx.x] = (float)(MX_SCREEN_U * sqrt(part[0]) * (1 + 1e-6));
 }
 
 /* grid (components, splits, tile blocks). R: n x ldr responsibilities
@@ -925,7 +1159,12 @@ fgmm_status fgmmc_matrix_smem_check(int d, fgmm_error *err)
     if (st || (st = allow_smem((const void *)mx_stats_kernel<true>, "matrix statistics",
                                stats_smem(d), err)))
         return st;
-    return allow_smem((const void *)mx_logits_kernel, "matrix logits", sizeof(mx_logit_smem), err);
+    if ((st = allow_smem((const void *)mx_logits_kernel<3>, "matrix logits", sizeof(mx_logit_smem),
+                         err)) ||
+        (st = allow_smem((const void *)mx_logits_kernel<1>, "matrix screen", sizeof(mx_logit_smem),
+                         err)))
+        return st;
+    return allow_smem((const void *)mx_refine_kernel, "matrix refine", sizeof(mx_logit_smem), err);
 }
 
 __global__ void mx_factor_kernel(const double *src, float *f, size_t n)
@@ -949,6 +1188,27 @@ fgmm_status fgmmc_matrix_factor_launch(const double *src, float *f, size_t n, cu
     return FGMM_OK;
 }
 
+fgmm_status fgmmc_matrix_screen_prepare(void *live, const double *factors, int k, int d,
+                                        cudaStream_t s, fgmm_error *err)
+{
+    const mx_live_bufs L = live_bufs(live, k);
+    FGMMC_CHECK(cudaMemsetAsync(L.count, 0, 2 * sizeof(unsigned long long), s), err);
+    mx_fnorm_kernel<<<(unsigned)k, 256, 0, s>>>(factors, d, L.ek);
+    FGMMC_CHECK_LAUNCH("mx_fnorm_kernel", err);
+    return FGMM_OK;
+}
+
+fgmm_status fgmmc_matrix_screen_counts(const void *live, int k, unsigned long long counts[2],
+                                       cudaStream_t s, fgmm_error *err)
+{
+    const mx_live_bufs L = live_bufs((void *)live, k);
+    FGMMC_CHECK(cudaMemcpyAsync(counts, L.count, 2 * sizeof(unsigned long long),
+                                cudaMemcpyDeviceToHost, s),
+                err);
+    FGMMC_CHECK(cudaStreamSynchronize(s), err);
+    return FGMM_OK;
+}
+
 /* z = F rows for n rows of x (dtype, d wide) less shift (NULL: none), one
  * factor F (tf32 pairs, low parts at f_lo), into zout (n x d). */
 static fgmm_status launch_whiten(const void *x, int dtype, int64_t n, int d, const float *shift,
@@ -958,8 +1218,8 @@ static fgmm_status launch_whiten(const void *x, int dtype, int64_t n, int d, con
     const size_t esz = fgmmc_dtype_size((fgmm_dtype)dtype);
     const int v4 = d % 4 == 0 && (uintptr_t)x % (4 * esz) == 0;
     dim3 grid((unsigned)((n + MX_TR - 1) / MX_TR), 1u);
-    mx_logits_kernel<<<grid, MX_LOGIT_THREADS, sizeof(mx_logit_smem), s>>>(
-        x, dtype, n, d, 1, shift, NULL, F, f_lo, 0, NULL, NULL, zout, v4);
+    mx_logits_kernel<3><<<grid, MX_LOGIT_THREADS, sizeof(mx_logit_smem), s>>>(
+        x, dtype, n, d, 1, shift, NULL, F, f_lo, 0, NULL, NULL, zout, v4, NULL, NULL);
     FGMMC_CHECK_LAUNCH("mx_logits_kernel (whiten)", err);
     return FGMM_OK;
 }
@@ -995,11 +1255,14 @@ fgmm_status fgmmc_matrix_tied_means(const float *m, int k, int d, const float *F
 }
 
 /* Logits of rows [r0, r0 + n) of the batch into b->mx_l. Full: per
- * component |F_k (x - mu_k)|^2. Tied: the rows whitened once, u = F (x -
- * shift), MX_UROWS at a time, then |u - b_k|^2 against the whitened means
- * b_k = F (mu_k - shift) (fgmmc_matrix_tied_means_launch). */
-static fgmm_status launch_logits(const fgmmc_batch *b, int64_t r0, int64_t n, cudaStream_t s,
-                                 fgmm_error *err)
+ * component |F_k (x - mu_k)|^2; with screen, first its bounds from one
+ * tf32 product for every pair, then tf32 x 3 for the pairs those cannot
+ * rule out (the others keep their upper bounds, which normalise to less
+ * than MX_LIVE). Tied: the rows whitened once, u = F (x - shift),
+ * MX_UROWS at a time, then |u - b_k|^2 against the whitened means b_k =
+ * F (mu_k - shift) (fgmmc_matrix_tied_means_launch). */
+static fgmm_status launch_logits(const fgmmc_batch *b, int64_t r0, int64_t n, int screen,
+                                 int sm_count, cudaStream_t s, fgmm_error *err)
 {
     const size_t esz = fgmmc_dtype_size(b->dtype);
     const void *x = (const char *)b->x + (size_t)r0 * b->d * esz;
@@ -1019,14 +1282,44 @@ static fgmm_status launch_logits(const fgmmc_batch *b, int64_t r0, int64_t n, cu
         }
         return FGMM_OK;
     }
-    dim3 grid((unsigned)((n + MX_TR - 1) / MX_TR), (unsigned)b->k);
+    const int K = b->k, D = b->d;
+    dim3 grid((unsigned)((n + MX_TR - 1) / MX_TR), (unsigned)K);
     /* 4-wide row loads: d % 4 == 0 and the sub-batch's rows aligned. */
-    const int v4 = b->d % 4 == 0 && (uintptr_t)x % (4 * esz) == 0;
-    const size_t nf = b->mx_tied ? 1 : (size_t)b->k;
-    mx_logits_kernel<<<grid, MX_LOGIT_THREADS, sizeof(mx_logit_smem), s>>>(
-        x, b->dtype, n, b->d, b->k, b->shift, b->mx_m, b->mx_f, nf * b->d * b->d,
-        b->mx_tied ? 0 : (size_t)b->d * b->d, b->mx_c, b->mx_l, NULL, v4);
-    FGMMC_CHECK_LAUNCH("mx_logits_kernel", err);
+    const int v4 = D % 4 == 0 && (uintptr_t)x % (4 * esz) == 0;
+    const size_t nf = b->mx_tied ? 1 : (size_t)K, f_lo = nf * D * D;
+    const size_t f_stride = b->mx_tied ? 0 : (size_t)D * D;
+    if (!screen || b->mx_tied) {
+        mx_logits_kernel<3><<<grid, MX_LOGIT_THREADS, sizeof(mx_logit_smem), s>>>(
+            x, b->dtype, n, D, K, b->shift, b->mx_m, b->mx_f, f_lo, f_stride, b->mx_c, b->mx_l,
+            NULL, v4, NULL, NULL);
+        FGMMC_CHECK_LAUNCH("mx_logits_kernel", err);
+        return FGMM_OK;
+    }
+    const mx_live_bufs L = live_bufs(b->mx_live, K);
+    FGMMC_CHECK(cudaMemsetAsync(L.lowkey, 0, (size_t)n * sizeof(unsigned), s), err);
+    mx_logits_kernel<1><<<grid, MX_LOGIT_THREADS, sizeof(mx_logit_smem), s>>>(
+        x, b->dtype, n, D, K, b->shift, b->mx_m, b->mx_f, f_lo, f_stride, b->mx_c, b->mx_l, NULL,
+        v4, L.ek, L.lowkey);
+    FGMMC_CHECK_LAUNCH("mx_logits_kernel (screen)", err);
+    const int nch = (int)live_chunks(n);
+    dim3 gl((unsigned)nch, (unsigned)((K + 7) / 8));
+    mx_live_kernel<true><<<gl, 256, 0, s>>>(b->mx_l, n, K, nch, L.cnt, NULL, NULL, NULL, 0,
+                                            L.lowkey);
+    FGMMC_CHECK_LAUNCH("mx_live_kernel (candidates, count)", err);
+    mx_live_scan_kernel<<<(unsigned)((K + 127) / 128), 128, 0, s>>>(K, nch, L.cnt, NULL, L.live_n,
+                                                                    NULL, D);
+    FGMMC_CHECK_LAUNCH("mx_live_scan_kernel (candidates)", err);
+    mx_live_kernel<true><<<gl, 256, 0, s>>>(b->mx_l, n, K, nch, NULL, NULL, L.cnt, L.live, n,
+                                            L.lowkey);
+    FGMMC_CHECK_LAUNCH("mx_live_kernel (candidates, list)", err);
+    mx_items_kernel<<<1, 256, 0, s>>>(L.live_n, K, L.items, L.count,
+                                      (unsigned long long)n * (unsigned long long)K);
+    FGMMC_CHECK_LAUNCH("mx_items_kernel", err);
+    mx_refine_kernel<<<(unsigned)(2 * (sm_count > 0 ? sm_count : 1)), MX_LOGIT_THREADS,
+                       sizeof(mx_logit_smem), s>>>(x, b->dtype, D, K, b->shift, b->mx_m, b->mx_f,
+                                                   f_lo, f_stride, b->mx_c, b->mx_l, v4, L.live,
+                                                   L.live_n, n, L.items);
+    FGMMC_CHECK_LAUNCH("mx_refine_kernel", err);
     return FGMM_OK;
 }
 
@@ -1042,7 +1335,7 @@ fgmm_status fgmmc_estep_matrix_launch(const fgmmc_batch *b, const fgmmc_plan *pl
         const int64_t n = b->n - r0 < sub ? b->n - r0 : sub;
         fgmmc_plan plan;
         fgmmc_estep_matrix_plan(K, D, n, sm_count, b->mx_tied, &plan);
-        if ((st = launch_logits(b, r0, n, s, err))) return st;
+        if ((st = launch_logits(b, r0, n, b->mx_screen, sm_count, s, err))) return st;
         mx_lse_kernel<<<plan.lse_blocks, 256, 0, s>>>(b->mx_l, n, K, b->ll + r0, b->block_ll,
                                                      ll_only);
         FGMMC_CHECK_LAUNCH("mx_lse_kernel", err);
@@ -1054,12 +1347,14 @@ fgmm_status fgmmc_estep_matrix_launch(const fgmmc_batch *b, const fgmmc_plan *pl
         const mx_live_bufs L = live_bufs(b->mx_live, K);
         const int nch = (int)live_chunks(n);
         dim3 gl((unsigned)nch, (unsigned)((K + 7) / 8));
-        mx_live_kernel<<<gl, 256, 0, s>>>(b->mx_l, n, K, nch, L.cnt, L.nkp, NULL, NULL, 0);
+        mx_live_kernel<false><<<gl, 256, 0, s>>>(b->mx_l, n, K, nch, L.cnt, L.nkp, NULL, NULL, 0,
+                                                 NULL);
         FGMMC_CHECK_LAUNCH("mx_live_kernel (count)", err);
         mx_live_scan_kernel<<<(unsigned)((K + 127) / 128), 128, 0, s>>>(K, nch, L.cnt, L.nkp,
                                                                         L.live_n, b->acc, D);
         FGMMC_CHECK_LAUNCH("mx_live_scan_kernel", err);
-        mx_live_kernel<<<gl, 256, 0, s>>>(b->mx_l, n, K, nch, NULL, NULL, L.cnt, L.live, n);
+        mx_live_kernel<false><<<gl, 256, 0, s>>>(b->mx_l, n, K, nch, NULL, NULL, L.cnt, L.live,
+                                                 n, NULL);
         FGMMC_CHECK_LAUNCH("mx_live_kernel (list)", err);
         const void *x = (const char *)b->x + (size_t)r0 * D * esz;
         const int tblocks = tile_blocks(D), tpb = tiles_per_block(D);
@@ -1103,7 +1398,8 @@ fgmm_status fgmmc_topm_matrix_launch(const fgmmc_batch *b, int m, int *out_idx, 
         const int64_t n = b->n - r0 < sub ? b->n - r0 : sub;
         fgmmc_plan plan;
         fgmmc_estep_matrix_plan(K, b->d, n, sm_count, b->mx_tied, &plan);
-        if ((st = launch_logits(b, r0, n, s, err))) return st;
+        /* Every logit exact: the top-m reads them all. */
+        if ((st = launch_logits(b, r0, n, 0, sm_count, s, err))) return st;
         /* ll_only keeps the logits for the top-m. */
         mx_lse_kernel<<<plan.lse_blocks, 256, 0, s>>>(b->mx_l, n, K, b->ll + r0, b->block_ll, 1);
         FGMMC_CHECK_LAUNCH("mx_lse_kernel", err);

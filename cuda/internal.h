@@ -110,6 +110,7 @@ typedef struct {
      * (mu_k - shift), K x D (fgmmc_matrix_tied_bytes). */
     float *mx_wh;
     int mx_whiten; /* tied: the logits from mx_wh (else F (x - mu_k) per component) */
+    int mx_screen; /* full: the logits screened by one tf32 product first */
 } fgmmc_batch;
 
 #ifdef __CUDACC__
@@ -456,6 +457,15 @@ fgmm_status fgmmc_matrix_smem_check(int d, fgmm_error *err);
  * factors arrive in float64 and the logits kernel reads them split. */
 fgmm_status fgmmc_matrix_factor_launch(const double *src, float *f, size_t n, cudaStream_t s,
                                        fgmm_error *err);
+/* A screened full pass's set-up, after the factors are in float64 at
+ * factors (k x d x d) on the device: the bound factors per component and
+ * zeroed pair counts, in live (b->mx_live). */
+fgmm_status fgmmc_matrix_screen_prepare(void *live, const double *factors, int k, int d,
+                                        cudaStream_t s, fgmm_error *err);
+/* The screened pass's counts so far, of candidate pairs (counts[0]) and
+ * of pairs screened (counts[1]); waits for the stream. */
+fgmm_status fgmmc_matrix_screen_counts(const void *live, int k, unsigned long long counts[2],
+                                       cudaStream_t s, fgmm_error *err);
 /* The E-step of a batch (with ll_only, its log-likelihoods only). */
 fgmm_status fgmmc_estep_matrix_launch(const fgmmc_batch *b, const fgmmc_plan *plan, int ll_only,
                                       int sm_count, cudaStream_t s, fgmm_error *err);
@@ -496,6 +506,7 @@ typedef struct {
     int kw;
     int tied; /* FGMMC_FAMILY_MATRIX: one covariance for all components (2: the logits from
                * whitened rows and means) */
+    int screen; /* FGMMC_FAMILY_MATRIX, full: the logits screened first (fgmmc_select_screen) */
 } fgmmc_choice;
 
 /* The choice for a device of compute capability cc_major, whose binary
@@ -504,6 +515,15 @@ typedef struct {
  * pairs, which only the wide family evaluates (it materialises logits). */
 fgmmc_choice fgmmc_select(int cc_major, int wgmma_usable, int portable, fgmmc_precision p, int d,
                           int stiff);
+/* Whether a full-covariance pass of k components screens its logits:
+ * one tf32 product bounds every (row, component) logit, and tf32 x 3
+ * runs only where the bounds cannot rule a responsibility of MX_LIVE out
+ * (estep_matrix.cu). rest: passes still to run unscreened after a screen
+ * that kept too many pairs (fgmmc_select_screen_rest). */
+int fgmmc_select_screen(int k, int tied, int rest);
+/* The unscreened passes to run after a screened pass that kept
+ * candidates of pairs screened. */
+int fgmmc_select_screen_rest(unsigned long long candidates, unsigned long long pairs);
 /* Whether the choice's family runs on tensor cores (needs W^T split). */
 int fgmmc_choice_tc(const fgmmc_choice *c);
 /* The plan for a batch of n rows. ll_only: a scoring pass (kernel A

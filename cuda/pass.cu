@@ -376,6 +376,14 @@ fgmm_status fgmmc_begin_matrix_pass(fgmmc_context *ctx, int k, int d, int tied,
     if ((st = fgmmc_matrix_factor_launch(ctx->d_mx_scatter, ctx->d_mx_f, nf * dd, ctx->stream,
                                          err)))
         return st;
+    /* Full: whether this pass screens its logits, and the screen's bound
+     * factors (from the float64 factors, before their buffer is zeroed
+     * below). */
+    ctx->mx_screen = fgmmc_select_screen(k, tied, ctx->mx_screen_rest);
+    if (!tied && !ctx->mx_screen && ctx->mx_screen_rest > 0) ctx->mx_screen_rest--;
+    if (ctx->mx_screen && (st = fgmmc_matrix_screen_prepare(ctx->d_mx_live, ctx->d_mx_scatter, k,
+                                                            d, ctx->stream, err)))
+        return st;
     FGMMC_CHECK(cudaMemcpyAsync(ctx->d_mx_m, hm, (size_t)k * d * sizeof(float),
                                 cudaMemcpyHostToDevice, ctx->stream),
                 err);
@@ -420,6 +428,12 @@ fgmm_status fgmmc_end_matrix_pass(fgmmc_context *ctx, double *nk, double *sums,
     const size_t ntri = d * (d + 1) / 2;
     fgmm_status st = fgmmc_end_pass(ctx, nk, sums, ll_sum, err);
     if (st) return st;
+    if (ctx->mx_screen) {
+        unsigned long long counts[2];
+        if ((st = fgmmc_matrix_screen_counts(ctx->d_mx_live, ctx->k, counts, ctx->stream, err)))
+            return st;
+        ctx->mx_screen_rest = fgmmc_select_screen_rest(counts[0], counts[1]);
+    }
     /* The triangles come back packed into pinned memory (half of D x D, at
      * the link's speed; reserved by begin). */
     FGMMC_CHECK(cudaMemcpy(ctx->h_mx_tri, ctx->d_mx_scatter, nf * ntri * sizeof(double),

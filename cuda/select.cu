@@ -14,7 +14,10 @@
  *   otherwise                       -> mma.sync (estep_tc.cu)
  *   a full or tied covariance pass  -> tensor cores, tf32 x 3 with
  *                                      float64 sums (estep_matrix.cu),
- *                                      whatever the mode
+ *                                      whatever the mode; a full one of
+ *                                      K >= 16 screened by one tf32
+ *                                      product first, unless the last
+ *                                      screen kept over 1/4 of its pairs
  * Tensor-core families form 3 products (split bf16) by default, 1 (plain
  * bf16) in FAST mode. The top-m assignment runs float64 logits in FP64
  * mode and the fp32 SIMT kernel otherwise.
@@ -27,6 +30,7 @@ fgmmc_choice fgmmc_select(int cc_major, int wgmma_usable, int portable, fgmmc_pr
 {
     fgmmc_choice c;
     c.tied = 0;
+    c.screen = 0;
     /* kw: the tensor-core kernels' row width, or the wide family's. */
     int kw = stiff ? 0 : fgmmc_tc_kw(d);
     const int wide = kw == 0;
@@ -52,11 +56,24 @@ int fgmmc_choice_tc(const fgmmc_choice *c)
            c->family == FGMMC_FAMILY_WIDE;
 }
 
+/* Below 16 components a row is a candidate for too large a share of
+ * them for the screen to pay. Past 1/4
+ * of the pairs kept, the screen and the refine cost about what the
+ * direct product does: the next 4 passes run without it, then it is
+ * tried again (the model moves between passes). */
+int fgmmc_select_screen(int k, int tied, int rest) { return !tied && k >= 16 && rest == 0; }
+
+int fgmmc_select_screen_rest(unsigned long long candidates, unsigned long long pairs)
+{
+    return (double)candidates > 0.25 * (double)pairs ? 4 : 0;
+}
+
 const char *fgmmc_choice_name(const fgmmc_choice *c)
 {
     if (c->family == FGMMC_FAMILY_MATRIX)
         return c->tied == 2 ? "tensor cores, tf32 x 3, tied covariance, whitened rows"
                : c->tied    ? "tensor cores, tf32 x 3, tied covariance"
+               : c->screen  ? "tensor cores, tf32 screen then tf32 x 3, full covariance"
                             : "tensor cores, tf32 x 3, full covariance";
     if (c->family == FGMMC_FAMILY_F64) return "float64 SIMT";
     if (!fgmmc_choice_tc(c)) return "fp32 SIMT";
@@ -186,6 +203,7 @@ void fgmmc_ctx_select(fgmmc_context *ctx, int d)
         ctx->sel.prec = 3;
         ctx->sel.kw = 0;
         ctx->sel.tied = ctx->matrix == 2 ? 1 + (ctx->mx_whiten != 0) : 0;
+        ctx->sel.screen = ctx->matrix == 1 && ctx->mx_screen;
         return;
     }
     ctx->sel = fgmmc_select(ctx->cc_major, ctx->wgmma, ctx->portable, ctx->prec, d, ctx->st_np > 0);
@@ -237,6 +255,7 @@ void fgmmc_ctx_batch(const fgmmc_context *ctx, const void *x_dev, int64_t m, fgm
     bt->mx_live = ctx->d_mx_live;
     bt->mx_wh = ctx->d_mx_tied;
     bt->mx_whiten = ctx->matrix == 2 && ctx->mx_whiten;
+    bt->mx_screen = ctx->matrix == 1 && ctx->mx_screen;
     if (ctx->st_np) {
         bt->st_nc = ctx->st_nc;
         bt->st_splits = ctx->st_splits;

@@ -726,16 +726,63 @@ void matrix_case(fgmm_covariance cov, int64_t n, int K, int D, double emin, doub
 
 }  // namespace
 
+const char *const kScreened = "tensor cores, tf32 screen then tf32 x 3, full covariance";
+const char *const kDirect = "tensor cores, tf32 x 3, full covariance";
+
 TEST(EngineCuda, FullCovarianceMatchesFloat64)
 {
     NEED_GPU();
-    matrix_case(FGMM_COV_FULL, 20000, 8, 16, 0.2, 2.0, 71, 1e-5);
-    matrix_case(FGMM_COV_FULL, 70001, 3, 5, 0.5, 2.0, 72, 1e-5);  // sub-batches, a chunk edge
+    // Below 16 components the logits are not screened.
+    matrix_case(FGMM_COV_FULL, 20000, 8, 16, 0.2, 2.0, 71, 1e-5, kDirect);
+    matrix_case(FGMM_COV_FULL, 70001, 3, 5, 0.5, 2.0, 72, 1e-5);  // a chunk edge
     matrix_case(FGMM_COV_FULL, 3001, 1, 1, 1.0, 1.0, 73, 1e-5);
-    matrix_case(FGMM_COV_FULL, 6000, 40, 128, 0.3, 3.0, 74, 1e-5);
     matrix_case(FGMM_COV_FULL, 4000, 5, 33, 0.3, 3.0, (uint64_t)time(nullptr), 1e-5);
     // Past one 128-column pass of the logits and 8 tiles of the scatter.
     matrix_case(FGMM_COV_FULL, 3000, 3, 200, 0.3, 3.0, 75, 1e-5);
+}
+
+TEST(EngineCuda, ScreenedFullCovarianceMatchesFloat64)
+{
+    NEED_GPU();
+    // One tf32 product bounds every logit; tf32 x 3 recomputes the pairs
+    // the bounds cannot rule out. The same accuracy as the direct path.
+    matrix_case(FGMM_COV_FULL, 6000, 40, 128, 0.3, 3.0, 74, 1e-5, kScreened);
+    matrix_case(FGMM_COV_FULL, 20000, 24, 33, 0.3, 3.0, 76, 1e-5, kScreened);  // rows a value at a time
+    matrix_case(FGMM_COV_FULL, 3000, 16, 200, 0.3, 3.0, 78, 1e-5, kScreened);  // two column passes
+    matrix_case(FGMM_COV_FULL, 70001, 1024, 8, 0.5, 2.0, 77, 1e-5, kScreened);  // two sub-batches
+}
+
+TEST(EngineCuda, ScreenStepsAsideWhereItKeepsMostPairs)
+{
+    NEED_GPU();
+    // Components on top of one another (the same mean): no bound rules a
+    // pair out, the screen keeps them all; the pass is right, and the next
+    // ones run the direct product.
+    fgmm_rng rng;
+    fgmm_rng_seed(&rng, 94);
+    const int64_t n = 4000;
+    const int K = 24, D = 12;
+    std::vector<float> x;
+    fgmm_model *m = random_matrix_mixture(&rng, K, D, FGMM_COV_FULL, 0.0, 0.5, 2.0, n, x);
+    ASSERT_NE(m, nullptr);
+    fgmm_error err{};
+    fgmm_source *src;
+    ASSERT_EQ(fgmm_source_memory(x.data(), FGMM_F32, n, D, "mem", &src, &err), FGMM_OK);
+    fgmm_engine *e;
+    ASSERT_EQ(fgmm_engine_create(FGMM_DEVICE_CUDA, 1, &e, &err), FGMM_OK) << err.msg;
+    double ll[2];
+    for (int pass = 0; pass < 2; pass++) {
+        fgmm_stats *s;
+        ASSERT_EQ(fgmm_stats_create_cov(K, D, FGMM_COV_FULL, nullptr, &s, &err), FGMM_OK);
+        ASSERT_EQ(fgmm_engine_estep(e, src, m, s, nullptr, &err), FGMM_OK) << err.msg;
+        EXPECT_STREQ(fgmm_engine_path(e), pass == 0 ? kScreened : kDirect);
+        ll[pass] = fgmm_stats_loglik(s);
+        fgmm_stats_free(s);
+    }
+    EXPECT_LE(std::fabs(ll[0] - ll[1]), 1e-6 * std::fabs(ll[1]));
+    fgmm_engine_free(e);
+    fgmm_source_close(src);
+    fgmm_model_free(m);
 }
 
 TEST(EngineCuda, TiedCovarianceMatchesFloat64)
@@ -756,5 +803,6 @@ TEST(EngineCuda, IllConditionedMatrixCovariance)
     // Eigenvalues 1e-6 .. 1e2: the fp32 product loses what the condition
     // number takes; the bound says how much.
     matrix_case(FGMM_COV_FULL, 5000, 3, 12, 1e-6, 1e2, 91, 1e-3);
+    matrix_case(FGMM_COV_FULL, 5000, 24, 12, 1e-6, 1e2, 93, 1e-3, kScreened);
     matrix_case(FGMM_COV_TIED, 5000, 3, 12, 1e-6, 1e2, 92, 1e-3);
 }
