@@ -56,11 +56,12 @@ int fgmmc_choice_tc(const fgmmc_choice *c)
            c->family == FGMMC_FAMILY_WIDE;
 }
 
-/* Below 16 components a row is a candidate for too large a share of
- * them for the screen to pay. Past 1/4
- * of the pairs kept, the screen and the refine cost about what the
- * direct product does: the next 4 passes run without it, then it is
- * tried again (the model moves between passes). */
+/* The screen's one product costs most of what the direct three do
+ * (BENCHMARKS.md §17), so it pays only while the recomputed pairs are
+ * few: not below 16 components, where a row is a candidate for a large
+ * share of them, and not for 4 passes after a screen that kept more than
+ * 1/4 of its pairs; then it is tried again (the model moves between
+ * passes). */
 int fgmmc_select_screen(int k, int tied, int rest) { return !tied && k >= 16 && rest == 0; }
 
 int fgmmc_select_screen_rest(unsigned long long candidates, unsigned long long pairs)
