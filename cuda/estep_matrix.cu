@@ -1254,6 +1254,29 @@ fgmm_status fgmmc_matrix_tied_means(const float *m, int k, int d, const float *F
     return FGMM_OK;
 }
 
+/* Per component, the sub-batch's rows of n that mx_live_kernel<CAND>
+ * lists from R (n x K), in row order, into L.live, and their counts into
+ * L.live_n: a count pass, the prefix over the chunks (with nk, the
+ * responsibilities' sums into acc; NULL for candidates), a write pass. */
+template <bool CAND>
+static fgmm_status launch_lists(const mx_live_bufs &L, const float *R, int64_t n, int K, int d,
+                                double *acc, cudaStream_t s, fgmm_error *err)
+{
+    const int nch = (int)live_chunks(n);
+    dim3 gl((unsigned)nch, (unsigned)((K + 7) / 8));
+    const unsigned *lowkey = CAND ? L.lowkey : NULL;
+    mx_live_kernel<CAND><<<gl, 256, 0, s>>>(R, n, K, nch, L.cnt, CAND ? NULL : L.nkp, NULL, NULL,
+                                            0, lowkey);
+    FGMMC_CHECK_LAUNCH(CAND ? "mx_live_kernel (candidates, count)" : "mx_live_kernel (count)",
+                       err);
+    mx_live_scan_kernel<<<(unsigned)((K + 127) / 128), 128, 0, s>>>(
+        K, nch, L.cnt, CAND ? NULL : L.nkp, L.live_n, CAND ? NULL : acc, d);
+    FGMMC_CHECK_LAUNCH("mx_live_scan_kernel", err);
+    mx_live_kernel<CAND><<<gl, 256, 0, s>>>(R, n, K, nch, NULL, NULL, L.cnt, L.live, n, lowkey);
+    FGMMC_CHECK_LAUNCH(CAND ? "mx_live_kernel (candidates, list)" : "mx_live_kernel (list)", err);
+    return FGMM_OK;
+}
+
 /* Logits of rows [r0, r0 + n) of the batch into b->mx_l. Full: per
  * component |F_k (x - mu_k)|^2; with screen, first its bounds from one
  * tf32 product for every pair, then tf32 x 3 for the pairs those cannot
@@ -1301,17 +1324,8 @@ static fgmm_status launch_logits(const fgmmc_batch *b, int64_t r0, int64_t n, in
         x, b->dtype, n, D, K, b->shift, b->mx_m, b->mx_f, f_lo, f_stride, b->mx_c, b->mx_l, NULL,
         v4, L.ek, L.lowkey);
     FGMMC_CHECK_LAUNCH("mx_logits_kernel (screen)", err);
-    const int nch = (int)live_chunks(n);
-    dim3 gl((unsigned)nch, (unsigned)((K + 7) / 8));
-    mx_live_kernel<true><<<gl, 256, 0, s>>>(b->mx_l, n, K, nch, L.cnt, NULL, NULL, NULL, 0,
-                                            L.lowkey);
-    FGMMC_CHECK_LAUNCH("mx_live_kernel (candidates, count)", err);
-    mx_live_scan_kernel<<<(unsigned)((K + 127) / 128), 128, 0, s>>>(K, nch, L.cnt, NULL, L.live_n,
-                                                                    NULL, D);
-    FGMMC_CHECK_LAUNCH("mx_live_scan_kernel (candidates)", err);
-    mx_live_kernel<true><<<gl, 256, 0, s>>>(b->mx_l, n, K, nch, NULL, NULL, L.cnt, L.live, n,
-                                            L.lowkey);
-    FGMMC_CHECK_LAUNCH("mx_live_kernel (candidates, list)", err);
+    fgmm_status st = launch_lists<true>(L, b->mx_l, n, K, D, NULL, s, err);
+    if (st) return st;
     mx_items_kernel<<<1, 256, 0, s>>>(L.live_n, K, L.items, L.count,
                                       (unsigned long long)n * (unsigned long long)K);
     FGMMC_CHECK_LAUNCH("mx_items_kernel", err);
@@ -1345,17 +1359,7 @@ fgmm_status fgmmc_estep_matrix_launch(const fgmmc_batch *b, const fgmmc_plan *pl
         if (ll_only) continue;
         /* nk and each component's live rows. */
         const mx_live_bufs L = live_bufs(b->mx_live, K);
-        const int nch = (int)live_chunks(n);
-        dim3 gl((unsigned)nch, (unsigned)((K + 7) / 8));
-        mx_live_kernel<false><<<gl, 256, 0, s>>>(b->mx_l, n, K, nch, L.cnt, L.nkp, NULL, NULL, 0,
-                                                 NULL);
-        FGMMC_CHECK_LAUNCH("mx_live_kernel (count)", err);
-        mx_live_scan_kernel<<<(unsigned)((K + 127) / 128), 128, 0, s>>>(K, nch, L.cnt, L.nkp,
-                                                                        L.live_n, b->acc, D);
-        FGMMC_CHECK_LAUNCH("mx_live_scan_kernel", err);
-        mx_live_kernel<false><<<gl, 256, 0, s>>>(b->mx_l, n, K, nch, NULL, NULL, L.cnt, L.live,
-                                                 n, NULL);
-        FGMMC_CHECK_LAUNCH("mx_live_kernel (list)", err);
+        if ((st = launch_lists<false>(L, b->mx_l, n, K, D, b->acc, s, err))) return st;
         const void *x = (const char *)b->x + (size_t)r0 * D * esz;
         const int tblocks = tile_blocks(D), tpb = tiles_per_block(D);
         /* Weighted pass over the live rows: full, per component about its
