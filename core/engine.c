@@ -16,7 +16,7 @@
 
 /* Thread use while streaming. When the engine spends much of a pass
  * waiting for its source, more compute threads than it needs only compete
- * with the reader for the cores: on the 2-core VM at K=8 an EM step from
+ * with the reader for the cores: on 2 x86-64 cores at K=8 an EM step from
  * disk took 6.1-6.3 s with one engine thread against 7.5 s with two
  * (BENCHMARKS.md). So after WORKERS_HOLD chunks in a state, the engine
  * halves the back end's threads while it waits more than WAIT_HIGH of the
